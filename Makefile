@@ -1,0 +1,39 @@
+# tortie — common tasks. `make help` lists them.
+SHELL := /bin/bash
+CARGO ?= cargo
+MODE ?= v1
+
+.PHONY: help build test unit e2e crds lint fmt demo demo-down bench chart deps
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
+
+deps: ## install what tests need (Debian packages, kube-apiserver built from Go modules, helm)
+	bash e2e/install-deps.sh
+	bash e2e/build.sh
+
+build: ## build tortie and tortie-ipam
+	$(CARGO) build --bins
+
+crds: ## regenerate crds/v1 and crds/v3 from the Rust types
+	rm -rf crds/v1 crds/v3
+	$(CARGO) run --quiet --bin tortie -- crd --mode v1 --out crds/v1
+	$(CARGO) run --quiet --bin tortie -- crd --mode v3 --out crds/v3
+
+unit: ## unit and property tests only (no control plane)
+	$(CARGO) test --lib --bins
+
+test: deps ## every test: unit, property, CRD drift and e2e against a real kube-apiserver
+	$(CARGO) test --all-targets -- --test-threads=$${TEST_THREADS:-4}
+
+e2e: deps ## only the tests that need the real control plane
+	$(CARGO) test --test 'e2e_*' -- --test-threads=$${TEST_THREADS:-4}
+
+lint: ## rustfmt check and clippy with warnings denied
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+fmt: ## format the code
+	$(CARGO) fmt --all
+
+-include e2e/e2e.mk

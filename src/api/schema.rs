@@ -1,0 +1,128 @@
+//! Hand-written OpenAPI fragments for fields whose derived schema would be wrong for a CRD:
+//! enums kept as plain strings (so unknown values read back instead of failing), nullable
+//! array items, and Kubernetes condition lists.
+
+use schemars::{Schema, SchemaGenerator, json_schema};
+
+pub fn encap_mode(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "string",
+        "enum": ["Never", "Always", "CrossSubnet"],
+        "description": "Encapsulation mode: Never, Always or CrossSubnet."
+    })
+}
+
+pub fn allowed_uses(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "description": "What the pool's addresses may be used for: Workload, Tunnel, LoadBalancer.",
+        "maxItems": 10,
+        "x-kubernetes-list-type": "set",
+        "items": {"type": "string", "enum": ["Workload", "Tunnel", "LoadBalancer"]}
+    })
+}
+
+pub fn assignment_mode(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "string",
+        "enum": ["Automatic", "Manual"],
+        "description": "Automatic or Manual."
+    })
+}
+
+pub fn conditions(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "description": "Standard Kubernetes conditions.",
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["type"],
+        "items": {
+            "type": "object",
+            "description": "One condition of the object.",
+            "required": ["type", "status", "lastTransitionTime", "reason", "message"],
+            "properties": {
+                "type": {"type": "string", "description": "Condition type, e.g. Ready.", "maxLength": 316},
+                "status": {"type": "string", "description": "True, False or Unknown.", "enum": ["True", "False", "Unknown"]},
+                "observedGeneration": {"type": "integer", "format": "int64", "description": "Generation the condition was set for.", "minimum": 0},
+                "lastTransitionTime": {"type": "string", "format": "date-time", "description": "When the status last changed."},
+                "reason": {"type": "string", "description": "Machine-readable reason in CamelCase.", "maxLength": 1024},
+                "message": {"type": "string", "description": "Human-readable explanation.", "maxLength": 32768}
+            }
+        }
+    })
+}
+
+/// `allocations`: one entry per address of the block, an index into `attributes` or null when free.
+pub fn allocations(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "description": "One entry per address of the block (index = ordinal): the index of its entry in attributes, or null when the address is free.",
+        "x-kubernetes-list-type": "atomic",
+        "items": {"type": "integer", "nullable": true}
+    })
+}
+
+/// Free-form string map (attributes, handle block counts are typed separately).
+pub fn string_map(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "description": "String keys and values.",
+        "additionalProperties": {"type": "string"}
+    })
+}
+
+pub fn int_map(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "object",
+        "description": "String keys and integer values.",
+        "additionalProperties": {"type": "integer", "format": "int64"}
+    })
+}
+
+/// BlockAffinity `deleted`: a boolean in v3 mode; rewritten to a string for v1 mode by `crd::for_mode`.
+pub fn affinity_deleted(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "boolean",
+        "description": "Soft-delete marker: readers treat a deleted affinity as absent."
+    })
+}
+
+pub fn affinity_state(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "string",
+        "description": "Claim state: pending (claim intent), confirmed (block owned), pendingDeletion (being released). Empty means confirmed (legacy).",
+        "enum": ["", "pending", "confirmed", "pendingDeletion"]
+    })
+}
+
+/// An AS number: 1 to 4294967295 (4-byte ASNs allowed).
+pub fn as_number(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "integer",
+        "format": "int64",
+        "minimum": 0,
+        "maximum": 4294967295u64,
+        "description": "Autonomous system number (0 to 4294967295)."
+    })
+}
+
+/// A list of `{cidr: ...}` objects (service advertisement ranges).
+pub fn service_cidrs(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "description": "CIDR ranges, each as {cidr: ...}.",
+        "items": {
+            "type": "object",
+            "description": "One CIDR range.",
+            "properties": {
+                "cidr": {
+                    "type": "string",
+                    "description": "A CIDR such as 10.96.0.0/12.",
+                    "x-kubernetes-validations": [
+                        {"rule": "isCIDR(self)", "message": "cidr must be a CIDR such as 10.96.0.0/12"}
+                    ]
+                }
+            }
+        }
+    })
+}

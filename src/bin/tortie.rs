@@ -1,0 +1,15 @@
+//! `tortie`: the operator and the command-line tool.
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = tortie::cli::Cli::parse();
+    match cli.run().await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tortie: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

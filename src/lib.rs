@@ -1,0 +1,9 @@
+//! tortie: a Calico-compatible IPAM and BGP control plane for Kubernetes.
+//!
+//! Layout: `api` (CRD types and the two CRD modes), `ipam` (pure allocator core plus the apiserver
+//! store), `bgp` (pure BIRD rendering), `cni` (the CNI plugin protocol), `controllers` (the operator's
+//! reconcilers), `cli` (subcommands of the `tortie` binary).
+
+pub mod api;
+pub mod cli;
+pub mod ipam;
