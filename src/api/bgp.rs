@@ -158,6 +158,7 @@ pub struct PrefixAdvertisement {
     /// The prefix, e.g. `10.48.0.0/16`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("isCIDR(self)").message("prefixAdvertisements[].cidr must be a CIDR"))]
+    #[schemars(length(max = 64))]
     pub cidr: Option<String>,
     /// Community names (from `communities`) or literal values.
     #[serde(default, skip_serializing_if = "Option::is_none")]

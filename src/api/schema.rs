@@ -111,6 +111,7 @@ pub fn service_cidrs(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "type": "array",
         "description": "CIDR ranges, each as {cidr: ...}.",
+        "maxItems": 500,
         "items": {
             "type": "object",
             "description": "One CIDR range.",
@@ -118,6 +119,7 @@ pub fn service_cidrs(_: &mut SchemaGenerator) -> Schema {
                 "cidr": {
                     "type": "string",
                     "description": "A CIDR such as 10.96.0.0/12.",
+                    "maxLength": 64,
                     "x-kubernetes-validations": [
                         {"rule": "isCIDR(self)", "message": "cidr must be a CIDR such as 10.96.0.0/12"}
                     ]
