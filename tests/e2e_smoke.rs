@@ -56,7 +56,11 @@ async fn crds_are_installed_and_an_example_applies() {
         return;
     }
     let errors = &cluster().crd_errors;
-    assert!(errors.is_empty(), "the API server rejected CRDs of crds/v1:\n{}", errors.join("\n"));
+    assert!(
+        errors.is_empty(),
+        "the API server rejected CRDs of crds/v1:\n{}",
+        errors.join("\n")
+    );
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let names: Vec<String> = crds
         .list(&ListParams::default())

@@ -228,7 +228,11 @@ fn install_default_crds(c: &mut Cluster) {
 
 fn has_yaml(dir: &Path) -> bool {
     std::fs::read_dir(dir).is_ok_and(|rd| {
-        rd.flatten().any(|e| e.path().extension().is_some_and(|x| x == "yaml" || x == "yml" || x == "json"))
+        rd.flatten().any(|e| {
+            e.path()
+                .extension()
+                .is_some_and(|x| x == "yaml" || x == "yml" || x == "json")
+        })
     })
 }
 
@@ -239,7 +243,16 @@ fn install_crds_from(c: &Cluster, dir: &Path) -> Result<(), String> {
     let d = dir.to_string_lossy();
     let apply = run_kubectl(
         c,
-        &["apply", "--server-side", "--force-conflicts", "--field-manager=tortie-e2e", "-o", "name", "-f", &d],
+        &[
+            "apply",
+            "--server-side",
+            "--force-conflicts",
+            "--field-manager=tortie-e2e",
+            "-o",
+            "name",
+            "-f",
+            &d,
+        ],
         None,
     );
     let applied: Vec<String> = String::from_utf8_lossy(&apply.stdout)
@@ -252,7 +265,10 @@ fn install_crds_from(c: &Cluster, dir: &Path) -> Result<(), String> {
         args.extend(applied.iter().map(String::as_str));
         let wait = run_kubectl(c, &args, None);
         if !wait.status.success() {
-            return Err(format!("CRDs from {d} not Established: {}", String::from_utf8_lossy(&wait.stderr).trim()));
+            return Err(format!(
+                "CRDs from {d} not Established: {}",
+                String::from_utf8_lossy(&wait.stderr).trim()
+            ));
         }
     }
     if !apply.status.success() {
@@ -262,7 +278,11 @@ fn install_crds_from(c: &Cluster, dir: &Path) -> Result<(), String> {
             String::from_utf8_lossy(&apply.stderr).trim()
         ));
     }
-    eprintln!("e2e: {} CRDs from {d} installed in {:.1} s", applied.len(), t.elapsed().as_secs_f64());
+    eprintln!(
+        "e2e: {} CRDs from {d} installed in {:.1} s",
+        applied.len(),
+        t.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
