@@ -1,0 +1,73 @@
+//! `tortie-ipam`, the CNI IPAM plugin: the protocol (environment, stdin, result and error JSON) and
+//! the request decision are pure and live in the submodules; `plugin` is the thin shell that
+//! reads the pod, namespace and pools, calls the IPAM engine and writes the answer.
+
+pub mod config;
+pub mod env;
+pub mod error;
+pub mod request;
+pub mod result;
+
+use std::collections::BTreeMap;
+
+pub use config::NetConf;
+pub use env::{CniArgs, CniEnv, Command};
+pub use error::{CniError, Source};
+pub use result::IpamResult;
+
+/// Handle of a container's addresses: `<network name>.<containerID>` (`k8s-pod-network.<id>`).
+pub fn handle_id(network: &str, container_id: &str) -> String {
+    format!("{network}.{container_id}")
+}
+
+/// Calico's older workload-ID handle, `<namespace>.<pod>`, which DEL also releases.
+pub fn legacy_handle_id(namespace: &str, pod: &str) -> String {
+    format!("{namespace}.{pod}")
+}
+
+/// Attributes stored with a pod's allocation; Calico's GC recognises pods by `pod` + `namespace`.
+pub fn allocation_attrs(
+    node: &str,
+    namespace: &str,
+    pod: &str,
+    now: jiff::Timestamp,
+) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("node".to_string(), node.to_string()),
+        ("namespace".to_string(), namespace.to_string()),
+        ("pod".to_string(), pod.to_string()),
+        ("timestamp".to_string(), go_time_string(now)),
+    ])
+}
+
+/// Go's `time.Now().UTC().String()`, the form Calico writes in the `timestamp` attribute:
+/// `2025-01-02 15:04:05.123456789 +0000 UTC` with trailing zeros of the fraction dropped.
+pub fn go_time_string(t: jiff::Timestamp) -> String {
+    let dt = t.to_zoned(jiff::tz::TimeZone::UTC).datetime();
+    let mut s = dt.strftime("%Y-%m-%d %H:%M:%S").to_string();
+    let nanos = dt.subsec_nanosecond();
+    if nanos != 0 {
+        let frac = format!("{nanos:09}");
+        s.push('.');
+        s.push_str(frac.trim_end_matches('0'));
+    }
+    s.push_str(" +0000 UTC");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_and_attrs() {
+        assert_eq!(handle_id("k8s-pod-network", "abc123"), "k8s-pod-network.abc123");
+        assert_eq!(legacy_handle_id("yaobank", "db-1"), "yaobank.db-1");
+        let t: jiff::Timestamp = "2025-03-04T05:06:07.120Z".parse().unwrap();
+        let a = allocation_attrs("node-a", "yaobank", "db-1", t);
+        assert_eq!(a["timestamp"], "2025-03-04 05:06:07.12 +0000 UTC");
+        assert_eq!(a["node"], "node-a");
+        let t: jiff::Timestamp = "2025-03-04T05:06:07Z".parse().unwrap();
+        assert_eq!(go_time_string(t), "2025-03-04 05:06:07 +0000 UTC");
+    }
+}
