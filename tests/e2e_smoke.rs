@@ -247,3 +247,23 @@ async fn helm_reaches_the_cluster() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("NAME"));
 }
+
+#[test]
+fn unique_names_are_distinct_dns_labels() {
+    let long = "x".repeat(80);
+    let names: Vec<String> = ["node", "Node_With.Dots", "", long.as_str(), "-a-"]
+        .iter()
+        .flat_map(|p| (0..50).map(move |_| unique_name(p)))
+        .collect();
+    let distinct: std::collections::BTreeSet<&String> = names.iter().collect();
+    assert_eq!(distinct.len(), names.len());
+    for n in &names {
+        assert!(n.len() <= 63, "{n}");
+        assert!(
+            n.chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+            "{n}"
+        );
+        assert!(!n.starts_with('-') && !n.ends_with('-'), "{n}");
+    }
+}
