@@ -23,11 +23,13 @@ crds: ## regenerate crds/v1 and crds/v3 from the Rust types
 unit: ## unit and property tests only (no control plane)
 	$(CARGO) test --lib --bins
 
+# One control plane serves every test binary of a run (e2e/with-cluster.sh); tests use unique names.
 test: deps ## every test: unit, property, CRD drift and e2e against a real kube-apiserver
-	$(CARGO) test --all-targets -- --test-threads=$${TEST_THREADS:-4}
+	$(CARGO) build --all-targets
+	bash e2e/with-cluster.sh $(CARGO) test --all-targets -- --test-threads=$${TEST_THREADS:-4}
 
 e2e: deps ## only the tests that need the real control plane
-	$(CARGO) test --test 'e2e_*' -- --test-threads=$${TEST_THREADS:-4}
+	bash e2e/with-cluster.sh $(CARGO) test $(patsubst tests/%.rs,--test %,$(wildcard tests/e2e_*.rs)) -- --test-threads=$${TEST_THREADS:-4}
 
 lint: ## rustfmt check and clippy with warnings denied
 	$(CARGO) fmt --all -- --check
