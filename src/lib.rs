@@ -5,6 +5,7 @@
 //! reconcilers), `cli` (subcommands of the `tortie` binary).
 
 pub mod api;
+pub mod bgp;
 pub mod cli;
 pub mod cni;
 pub mod ipam;

@@ -1,6 +1,8 @@
 //! The `tortie` command line: one clap subcommand per job.
 
+pub mod agent;
 pub mod crd;
+pub mod render;
 
 use clap::{Parser, Subcommand};
 
@@ -16,12 +18,15 @@ pub struct Cli {
 pub enum Command {
     /// Print the CustomResourceDefinitions of a CRD mode (or write them into a directory).
     Crd(crd::CrdArgs),
+    /// Render one node's BIRD configuration from a folder of manifests (no cluster needed).
+    Render(render::RenderArgs),
 }
 
 impl Cli {
     pub async fn run(self) -> anyhow::Result<std::process::ExitCode> {
         match self.command {
             Command::Crd(args) => args.run(),
+            Command::Render(args) => args.run(),
         }
     }
 }

@@ -1,0 +1,110 @@
+//! `tortie render`: a node's BIRD files from a folder of manifests, no cluster needed.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::bgp::{self, CalicoSelectors, RenderOptions, Snapshot};
+
+#[derive(Args, Debug)]
+pub struct RenderArgs {
+    /// The node to render for (metadata.name of a Node in the manifests).
+    #[arg(long)]
+    pub node: String,
+    /// Manifest files or folders (`*.yaml`, `*.yml`, `*.json`, read recursively). Repeatable.
+    #[arg(short = 'f', long = "filename", required = true)]
+    pub files: Vec<PathBuf>,
+    /// Write the files into this folder instead of printing them.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Router id: an IPv4 address or `hash` (Calico's CALICO_ROUTER_ID); default the node's IPv4.
+    #[arg(long, env = "CALICO_ROUTER_ID")]
+    pub router_id: Option<String>,
+    /// The BIRD in use is Calico's fork: allow `krt_tunnel` (BIRD programs IPIP routes).
+    #[arg(long, env = "TORTIE_BIRD_FORK")]
+    pub bird_fork: bool,
+    /// Also check the result with `bird -p -c` / `bird6 -p -c` (needs --out).
+    #[arg(long, requires = "out")]
+    pub check: bool,
+}
+
+impl RenderArgs {
+    pub fn run(self) -> anyhow::Result<ExitCode> {
+        let mut snap = Snapshot::default();
+        let mut paths = Vec::new();
+        for f in &self.files {
+            collect(f, &mut paths)?;
+        }
+        paths.sort();
+        for p in &paths {
+            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            snap.add_manifests(&p.display().to_string(), &text)?;
+        }
+        let opts = RenderOptions {
+            router_id: self.router_id.clone(),
+            bird_fork: self.bird_fork,
+        };
+        let out = bgp::render(&snap, &self.node, &opts, &CalicoSelectors)?;
+        for w in &out.warnings {
+            eprintln!("warning: {w}");
+        }
+        if let Some(n) = out.mesh_size.filter(|n| *n > bgp::MESH_ADVISORY_NODES) {
+            eprintln!(
+                "warning: the node-to-node mesh has {n} nodes; above {} nodes use route reflectors",
+                bgp::MESH_ADVISORY_NODES
+            );
+        }
+        match &self.out {
+            None => {
+                for (name, body) in &out.files {
+                    println!("==> {name} <==");
+                    print!("{}", String::from_utf8_lossy(body));
+                    println!();
+                }
+            }
+            Some(dir) => {
+                std::fs::create_dir_all(dir)?;
+                for (name, body) in &out.files {
+                    std::fs::write(dir.join(name), body)?;
+                }
+                eprintln!(
+                    "wrote {} files for node {} to {} (hash {})",
+                    out.files.len(),
+                    self.node,
+                    dir.display(),
+                    &out.content_hash()[..12]
+                );
+                if self.check {
+                    for v6 in [false, true] {
+                        super::agent::bird_check(dir, v6)?;
+                    }
+                    eprintln!("bird -p and bird6 -p accept them");
+                }
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+fn collect(p: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
+    let meta = std::fs::metadata(p).with_context(|| format!("reading {}", p.display()))?;
+    if meta.is_dir() {
+        for e in std::fs::read_dir(p)? {
+            let e = e?.path();
+            if e.is_dir() {
+                collect(&e, out)?;
+            } else if e
+                .extension()
+                .and_then(|x| x.to_str())
+                .is_some_and(|x| matches!(x, "yaml" | "yml" | "json"))
+            {
+                out.push(e);
+            }
+        }
+    } else {
+        out.push(p.to_path_buf());
+    }
+    Ok(())
+}
