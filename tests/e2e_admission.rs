@@ -10,7 +10,9 @@ use support::*;
 
 /// A minimal manifest of `kind` in `mode` (for the boundary cases below).
 fn manifest(mode: &str, kind: &str, name: &str, spec: &str) -> String {
-    let head = format!("apiVersion: crd.projectcalico.org/v1\nkind: {kind}\nmetadata:\n  name: {name}\nspec:\n  {spec}\n");
+    let head = format!(
+        "apiVersion: crd.projectcalico.org/v1\nkind: {kind}\nmetadata:\n  name: {name}\nspec:\n  {spec}\n"
+    );
     in_mode(mode, &head)
 }
 
@@ -20,7 +22,10 @@ fn in_mode(mode: &str, manifest: &str) -> String {
         return manifest.to_string();
     }
     manifest
-        .replace("apiVersion: crd.projectcalico.org/v1", "apiVersion: projectcalico.org/v3")
+        .replace(
+            "apiVersion: crd.projectcalico.org/v1",
+            "apiVersion: projectcalico.org/v3",
+        )
         .replace("kind: IPAMConfig\n", "kind: IPAMConfiguration\n")
 }
 
@@ -31,9 +36,16 @@ fn in_mode(mode: &str, manifest: &str) -> String {
 fn invalid_manifests_are_rejected_naming_the_field() {
     install_crds("crds/v3");
     let dir = repo_dir().join("tests/bad-inputs/admission");
-    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
-    assert!(files.len() >= 50, "the admission corpus shrank to {} cases", files.len());
+    assert!(
+        files.len() >= 50,
+        "the admission corpus shrank to {} cases",
+        files.len()
+    );
     let mut failures = vec![];
     for f in &files {
         let text = std::fs::read_to_string(f).unwrap();
@@ -49,7 +61,10 @@ fn invalid_manifests_are_rejected_naming_the_field() {
             if out.status.success() {
                 failures.push(format!("[{mode}] {name}: accepted, but must be rejected"));
             } else if !stderr.contains(expect) {
-                failures.push(format!("[{mode}] {name}: rejected without {expect:?}:\n{}", stderr.trim()));
+                failures.push(format!(
+                    "[{mode}] {name}: rejected without {expect:?}:\n{}",
+                    stderr.trim()
+                ));
             }
         }
     }
@@ -69,13 +84,33 @@ fn valid_objects_pass_admission() {
     let ok = [
         ("IPPool", "p", "cidr: 10.48.0.0/20\n  blockSize: 20"),
         ("IPPool", "p", "cidr: 10.48.0.0/32\n  blockSize: 32"),
-        ("IPPool", "p", "cidr: fd00:10:48::/64\n  blockSize: 116\n  vxlanMode: Always"),
-        ("IPPool", "p", "cidr: 10.48.0.0/16\n  ipipMode: CrossSubnet\n  vxlanMode: Never"),
+        (
+            "IPPool",
+            "p",
+            "cidr: fd00:10:48::/64\n  blockSize: 116\n  vxlanMode: Always",
+        ),
+        (
+            "IPPool",
+            "p",
+            "cidr: 10.48.0.0/16\n  ipipMode: CrossSubnet\n  vxlanMode: Never",
+        ),
         ("IPPool", "p", "cidr: 10.48.0.0/30\n  disabled: true"),
-        ("BGPPeer", "peer", "peerIP: 192.168.1.10:178\n  asNumber: 4294967295"),
+        (
+            "BGPPeer",
+            "peer",
+            "peerIP: 192.168.1.10:178\n  asNumber: 4294967295",
+        ),
         ("BGPPeer", "peer", "peerIP: '[fd00::1]:178'\n  asNumber: 65000"),
-        ("BGPPeer", "peer", "nodeSelector: route-reflector == 'true'\n  peerSelector: all()"),
-        ("BGPConfiguration", "node.node-1", "listenPort: 1790\n  logSeverityScreen: Debug"),
+        (
+            "BGPPeer",
+            "peer",
+            "nodeSelector: route-reflector == 'true'\n  peerSelector: all()",
+        ),
+        (
+            "BGPConfiguration",
+            "node.node-1",
+            "listenPort: 1790\n  logSeverityScreen: Debug",
+        ),
     ];
     for mode in ["v1", "v3"] {
         for (kind, name, spec) in ok {
@@ -95,14 +130,20 @@ fn every_example_is_accepted_by_the_server() {
     install_crds("crds/v3");
     for mode in ["v1", "v3"] {
         let dir = repo_dir().join("examples").join(mode);
-        let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
         files.sort();
         for f in files {
             // The yaobank Deployments need their Namespace to exist for a server dry run of the
             // namespaced objects; dry-run the namespace for real first, then the file.
             let path = f.to_string_lossy().into_owned();
             if path.ends_with("03-yaobank.yaml") {
-                kubectl_stdin_ok(&["apply", "-f", "-"], "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: yaobank\n");
+                kubectl_stdin_ok(
+                    &["apply", "-f", "-"],
+                    "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: yaobank\n",
+                );
             }
             let out = kubectl(&["apply", "--dry-run=server", "-f", &path]);
             assert!(

@@ -46,7 +46,7 @@ impl RenderArgs {
             router_id: self.router_id.clone(),
             bird_fork: self.bird_fork,
         };
-        let out = bgp::render(&snap, &self.node, &opts, &CalicoSelectors)?;
+        let out = bgp::render(&snap, &self.node, &opts, &CalicoSelectors::default())?;
         for w in &out.warnings {
             eprintln!("warning: {w}");
         }
