@@ -1,0 +1,232 @@
+//! BGP end to end with real BIRD 1.6 daemons in network namespaces this test creates, running the
+//! configuration tortie renders. Needs root, `ip netns` and the Debian `bird` package.
+
+mod bgp_lab;
+
+use std::time::Duration;
+
+use bgp_lab::Lab;
+use tortie::bgp::{self, CalicoSelectors, RenderOptions, Snapshot};
+use tortie::cli::agent::{self, Applied, Reload};
+
+const TIMEOUT: Duration = Duration::from_secs(40);
+
+fn node_yaml(name: &str, cidr: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  annotations:\n    projectcalico.org/IPv4Address: {cidr}\n---\n"
+    )
+}
+
+fn affinity_yaml(node: &str, cidr: &str) -> String {
+    format!(
+        "apiVersion: crd.projectcalico.org/v1\nkind: BlockAffinity\nmetadata:\n  name: {node}-{}\nspec:\n  cidr: {cidr}\n  node: {node}\n  state: confirmed\n  deleted: \"false\"\n---\n",
+        cidr.replace(['.', '/'], "-")
+    )
+}
+
+fn render(snap: &Snapshot, node: &str) -> bgp::Rendered {
+    let r = bgp::render(snap, node, &RenderOptions::default(), &CalicoSelectors::default()).expect("renders");
+    assert!(r.warnings.is_empty(), "warnings: {:?}", r.warnings);
+    r
+}
+
+/// Renders for every node and installs through the agent's apply path (check, swap, reload).
+fn install(lab: &Lab, snap: &Snapshot, nodes: &[&str]) -> Vec<Applied> {
+    nodes
+        .iter()
+        .map(|n| {
+            let reload = Reload {
+                bird_socket: lab.daemons.get(*n).map(|d| d.socket.clone()),
+                bird6_socket: None,
+            };
+            agent::apply(&lab.config_dir(n), &render(snap, n).files, &reload)
+                .unwrap_or_else(|e| panic!("agent apply on {n}: {e}"))
+        })
+        .collect()
+}
+
+fn block_of(i: usize) -> String {
+    format!("10.48.0.{}/26", (i - 1) * 64)
+}
+
+#[test]
+fn three_node_mesh_then_a_fourth_node_joins() {
+    let mut lab = Lab::new("m");
+    let mut manifests = String::from(
+        "apiVersion: crd.projectcalico.org/v1\nkind: IPPool\nmetadata:\n  name: default-ipv4-ippool\nspec:\n  cidr: 10.48.0.0/16\n  ipipMode: Never\n  vxlanMode: Never\n---\n",
+    );
+    let names = ["n1", "n2", "n3"];
+    for (i, n) in names.iter().enumerate() {
+        let i = i + 1;
+        lab.add_host(n, &[&format!("10.255.0.{i}/24")]);
+        manifests.push_str(&node_yaml(n, &format!("10.255.0.{i}/24")));
+        manifests.push_str(&affinity_yaml(n, &block_of(i)));
+    }
+    let mut snap = Snapshot::default();
+    snap.add_manifests("lab", &manifests).unwrap();
+    install(&lab, &snap, &names);
+    for n in names {
+        lab.start_bird(n);
+    }
+    let sessions = lab.wait_all_established(TIMEOUT);
+    assert_eq!(sessions, 6, "3 nodes, 2 mesh sessions each");
+
+    for (i, n) in names.iter().enumerate() {
+        let i = i + 1;
+        lab.wait_for(&format!("{n} learns the other blocks"), TIMEOUT, |lab| {
+            let d = lab.daemon(n);
+            let routes = d.routes();
+            let kernel = d.kernel_routes();
+            let all = (1..=3).filter(|j| *j != i).all(|j| {
+                let b = block_of(j);
+                routes.contains(&format!("{b} via 10.255.0.{j}"))
+                    && kernel.contains(&format!("{b} via 10.255.0.{j}"))
+            });
+            // Its own block is the route seed 001 shows: `blackhole 10.48.0.0/26 proto bird`
+            // (kernel_routes() lists `proto bird` routes only, without that suffix).
+            let own = kernel.contains(&format!("blackhole {}", block_of(i)));
+            (all && own).then_some(())
+        });
+    }
+
+    // Unchanged inputs: the agent writes nothing and does not reload.
+    assert!(
+        install(&lab, &snap, &names)
+            .iter()
+            .all(|a| *a == Applied::Unchanged)
+    );
+
+    // A fourth node and its block: re-render, the running agents reload, n4 starts.
+    lab.add_host("n4", &["10.255.0.4/24"]);
+    let mut more = node_yaml("n4", "10.255.0.4/24");
+    more.push_str(&affinity_yaml("n4", &block_of(4)));
+    snap.add_manifests("n4", &more).unwrap();
+    let applied = install(&lab, &snap, &["n1", "n2", "n3", "n4"]);
+    assert!(applied.iter().all(|a| *a == Applied::Reloaded), "{applied:?}");
+    lab.start_bird("n4");
+    let sessions = lab.wait_all_established(TIMEOUT);
+    assert_eq!(sessions, 12, "4 nodes, 3 mesh sessions each");
+    for n in ["n1", "n2", "n3"] {
+        lab.wait_for(&format!("{n} learns n4's block"), TIMEOUT, |lab| {
+            let d = lab.daemon(n);
+            let b = block_of(4);
+            (d.routes().contains(&format!("{b} via 10.255.0.4"))
+                && d.kernel_routes().contains(&format!("{b} via 10.255.0.4")))
+            .then_some(())
+        });
+    }
+    lab.wait_for("n4 learns the three older blocks", TIMEOUT, |lab| {
+        let r = lab.daemon("n4").routes();
+        (1..=3)
+            .all(|j| r.contains(&format!("{} via 10.255.0.{j}", block_of(j))))
+            .then_some(())
+    });
+}
+
+/// Seed 003: cluster AS 61012 (mesh on, listenPort 178, serviceClusterIPs 10.96.0.0/12) peers
+/// with an external BIRD router 192.168.1.10 in AS 61113 through a `nodeSelector: all()` BGPPeer
+/// with keepOriginalNextHop and sourceAddress None.
+#[test]
+fn seed003_cluster_peers_with_external_router() {
+    let mut lab = Lab::new("s");
+    lab.add_host("worker1", &["10.0.0.243/24"]);
+    lab.add_host("worker2", &["10.0.0.183/24"]);
+    // The router has 192.168.1.10 on its loopback and 10.0.0.1 on the shared link.
+    lab.add_host("router", &["10.0.0.1/24", "192.168.1.10/32"]);
+    for w in ["worker1", "worker2"] {
+        lab.ip(w, &["route", "add", "192.168.1.10/32", "via", "10.0.0.1"]);
+    }
+    let manifests = format!(
+        "{}{}{}{}",
+        node_yaml("worker1", "10.0.0.243/24"),
+        node_yaml("worker2", "10.0.0.183/24"),
+        affinity_yaml("worker1", "10.244.1.0/26"),
+        affinity_yaml("worker2", "10.244.2.0/26"),
+    ) + r#"apiVersion: crd.projectcalico.org/v1
+kind: BGPConfiguration
+metadata:
+  name: default
+spec:
+  asNumber: 61012
+  bindMode: None
+  listenPort: 178
+  logSeverityScreen: Info
+  nodeToNodeMeshEnabled: true
+  serviceClusterIPs:
+    - cidr: 10.96.0.0/12
+---
+apiVersion: crd.projectcalico.org/v1
+kind: BGPPeer
+metadata:
+  name: peer-to-cluster-gre1-worker1
+spec:
+  asNumber: 61113
+  keepOriginalNextHop: true
+  nodeSelector: all()
+  peerIP: "192.168.1.10"
+  sourceAddress: None
+---
+apiVersion: crd.projectcalico.org/v1
+kind: IPPool
+metadata:
+  name: default-ipv4-ippool
+spec:
+  cidr: 10.244.0.0/16
+  ipipMode: Never
+  vxlanMode: Never
+"#;
+    let mut snap = Snapshot::default();
+    snap.add_manifests("seed003", &manifests).unwrap();
+    install(&lab, &snap, &["worker1", "worker2"]);
+    let w1 = String::from_utf8(render(&snap, "worker1").files["bird.cfg"].clone()).unwrap();
+    assert!(w1.contains("protocol bgp Node_192_168_1_10 from bgp_template"));
+    assert!(w1.contains("listen bgp port 178;"));
+
+    // The tunnel host of the seed's BIRD role: AS 61113, dials the workers on port 178 and
+    // announces the other cluster's pod range.
+    let router = r#"router id 192.168.1.10;
+protocol device { scan time 2; }
+protocol direct { interface "*"; }
+protocol kernel { learn; persist; scan time 2; import all; export none; }
+protocol static { route 10.245.0.0/16 blackhole; }
+template bgp cluster1 {
+  local as 61113; source address 192.168.1.10; multihop; gateway recursive;
+  import all; export all; connect delay time 1; connect retry time 2; error wait time 1,5;
+}
+protocol bgp worker1 from cluster1 { neighbor 10.0.0.243 port 178 as 61012; }
+protocol bgp worker2 from cluster1 { neighbor 10.0.0.183 port 178 as 61012; }
+"#;
+    let rdir = lab.config_dir("router");
+    std::fs::write(rdir.join("bird.cfg"), router).unwrap();
+    agent::bird_check(&rdir, false).expect("router config parses");
+    for n in ["worker1", "worker2", "router"] {
+        lab.start_bird(n);
+    }
+    // worker1<->worker2 mesh (2), each worker<->router (2+2).
+    let sessions = lab.wait_all_established(TIMEOUT);
+    assert_eq!(sessions, 6);
+    lab.wait_for(
+        "the router learns both blocks and the service range",
+        TIMEOUT,
+        |lab| {
+            let r = lab.daemon("router").routes();
+            (r.contains("10.244.1.0/26 via 10.0.0.243")
+                && r.contains("10.244.2.0/26 via 10.0.0.183")
+                && r.contains("10.96.0.0/12"))
+            .then_some(())
+        },
+    );
+    lab.wait_for("the workers learn the other cluster's range", TIMEOUT, |lab| {
+        ["worker1", "worker2"]
+            .iter()
+            .all(|w| lab.daemon(w).routes().contains("10.245.0.0/16"))
+            .then_some(())
+    });
+    // Between the workers, routes travel over the mesh on port 178.
+    lab.wait_for("worker2 learns worker1's block over the mesh", TIMEOUT, |lab| {
+        lab.daemon("worker2")
+            .routes()
+            .contains("10.244.1.0/26 via 10.0.0.243")
+            .then_some(())
+    });
+}
