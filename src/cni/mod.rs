@@ -5,6 +5,8 @@
 pub mod config;
 pub mod env;
 pub mod error;
+pub mod gateway;
+pub mod plugin;
 pub mod request;
 pub mod result;
 

@@ -31,6 +31,8 @@ pub struct PoolInfo {
     pub cidr: IpNet,
     pub disabled: bool,
     pub deleting: bool,
+    /// Effective block prefix length: results carry addresses with it, as Calico's do.
+    pub block_size: u8,
 }
 
 impl PoolInfo {
@@ -41,6 +43,7 @@ impl PoolInfo {
             cidr: p.spec.net()?.trunc(),
             disabled: p.spec.is_disabled(),
             deleting: p.metadata.deletion_timestamp.is_some(),
+            block_size: p.spec.effective_block_size(),
         })
     }
 }
@@ -378,6 +381,7 @@ mod tests {
             cidr: cidr.parse().unwrap(),
             disabled,
             deleting: false,
+            block_size: 26,
         };
         vec![
             p("default-ipv4-ippool", "10.48.0.0/24", false),
@@ -629,11 +633,11 @@ mod props {
         #[test]
         fn resolution_only_yields_usable_pools(entry in "[a-z0-9./:-]{1,20}", v4 in any::<bool>(), idx in 0usize..5) {
             let pools = vec![
-                PoolInfo { name: "a".into(), cidr: "10.0.0.0/24".parse().unwrap(), disabled: false, deleting: false },
-                PoolInfo { name: "b".into(), cidr: "10.1.0.0/24".parse().unwrap(), disabled: true, deleting: false },
-                PoolInfo { name: "c".into(), cidr: "fd00::/64".parse().unwrap(), disabled: false, deleting: false },
-                PoolInfo { name: "d".into(), cidr: "10.2.0.0/24".parse().unwrap(), disabled: false, deleting: true },
-                PoolInfo { name: "e".into(), cidr: "10.3.0.0/16".parse().unwrap(), disabled: false, deleting: false },
+                PoolInfo { name: "a".into(), cidr: "10.0.0.0/24".parse().unwrap(), disabled: false, deleting: false, block_size: 26 },
+                PoolInfo { name: "b".into(), cidr: "10.1.0.0/24".parse().unwrap(), disabled: true, deleting: false, block_size: 26 },
+                PoolInfo { name: "c".into(), cidr: "fd00::/64".parse().unwrap(), disabled: false, deleting: false, block_size: 26 },
+                PoolInfo { name: "d".into(), cidr: "10.2.0.0/24".parse().unwrap(), disabled: false, deleting: true, block_size: 26 },
+                PoolInfo { name: "e".into(), cidr: "10.3.0.0/16".parse().unwrap(), disabled: false, deleting: false, block_size: 26 },
             ];
             let entry = if idx < 5 && entry.len() % 2 == 0 { pools[idx].name.clone() } else { entry };
             if let Ok(c) = resolve_pool(&Source::Default, &entry, v4, &pools) {

@@ -1,0 +1,486 @@
+//! The shell of `tortie-ipam`: read the pod, its namespace and the pools, decide with
+//! [`request::plan`](super::request::plan), call the IPAM engine, answer. No decision lives here.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::Api;
+use serde_json::Value;
+use tracing::{Instrument, info, info_span, warn};
+
+use super::config::{GatewayMode, NetConf, default_routes};
+use super::env::{CniEnv, Command};
+use super::error::{CniError, Source};
+use super::gateway;
+use super::request::{self, Inputs, Plan, PoolInfo};
+use super::result::{IpConfig, IpamResult};
+use crate::api::{Block, CalicoKind, CrdMode, Pool};
+use crate::ipam::names;
+use crate::ipam::{AssignIpRequest, Attrs, AutoAssignRequest, Ipam, IpamError};
+
+/// Where Calico's node agent writes the node name (`nodename_file`'s default).
+pub const DEFAULT_NODENAME_FILE: &str = "/var/lib/calico/nodename";
+/// How long one TCP connect to the apiserver may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs one ADD, DEL, CHECK, GC or STATUS within the config's deadline; `Ok(Some(json))` is
+/// printed on stdout.
+pub async fn run(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<Option<Value>, CniError> {
+    let deadline = conf.ipam.timeout;
+    let span = info_span!("cni", command = ?env.command, container = %env.container_id);
+    match tokio::time::timeout(deadline, dispatch(env, conf, stdin).instrument(span)).await {
+        Ok(r) => r,
+        Err(_) => Err(CniError::Apiserver(format!(
+            "no answer within {}s (network config ipam.timeout_seconds); is the apiserver reachable?",
+            deadline.as_secs_f64()
+        ))),
+    }
+}
+
+async fn dispatch(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<Option<Value>, CniError> {
+    let client = client(conf).await?;
+    let mode = match conf.crd_mode {
+        Some(m) => m,
+        None => CrdMode::detect(&client)
+            .await
+            .map_err(|e| CniError::Apiserver(format!("listing API groups: {e}")))?,
+    };
+    let node = node_name(conf)?;
+    let ctx = Ctx {
+        client: client.clone(),
+        mode,
+        node,
+        handle: super::handle_id(&conf.name, &env.container_id),
+    };
+    match env.command {
+        Command::Add => ctx.add(env, conf).await.map(Some),
+        Command::Del => ctx.del(env).await.map(|_| None),
+        Command::Check => ctx.check(stdin).await.map(|_| None),
+        Command::Status => ctx.status().await.map(|_| None),
+        Command::Gc => Ok(None),
+        Command::Version => unreachable!("VERSION is answered before any I/O"),
+    }
+}
+
+/// A client for the config's kubeconfig (else `KUBECONFIG`, else in-cluster), with bounded
+/// connect and request times so that an unreachable apiserver fails instead of hanging.
+async fn client(conf: &NetConf) -> Result<kube::Client, CniError> {
+    let mut config = match &conf.kubeconfig {
+        Some(path) => {
+            let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| CniError::InvalidConfig {
+                field: "kubernetes.kubeconfig".into(),
+                reason: format!("cannot read {path}: {e}"),
+            })?;
+            kube::Config::from_custom_kubeconfig(kc, &Default::default())
+                .await
+                .map_err(|e| CniError::InvalidConfig {
+                    field: "kubernetes.kubeconfig".into(),
+                    reason: format!("{path}: {e}"),
+                })?
+        }
+        None => kube::Config::infer().await.map_err(|e| CniError::InvalidConfig {
+            field: "kubernetes.kubeconfig".into(),
+            reason: format!("not set, and no KUBECONFIG or in-cluster config: {e}"),
+        })?,
+    };
+    if let Some(root) = &conf.k8s_api_root {
+        config.cluster_url = root.parse().map_err(|e| CniError::InvalidConfig {
+            field: "kubernetes.k8s_api_root".into(),
+            reason: format!("{root:?}: {e}"),
+        })?;
+    }
+    config.connect_timeout = Some(CONNECT_TIMEOUT);
+    config.read_timeout = Some(conf.ipam.timeout);
+    config.write_timeout = Some(conf.ipam.timeout);
+    kube::Client::try_from(config).map_err(|e| CniError::Apiserver(format!("client: {e}")))
+}
+
+/// Calico's order: `nodename`, else the contents of `nodename_file`, else the host name.
+fn node_name(conf: &NetConf) -> Result<String, CniError> {
+    if let Some(n) = &conf.nodename {
+        return Ok(n.clone());
+    }
+    let file = conf.nodename_file.as_deref().unwrap_or(DEFAULT_NODENAME_FILE);
+    if let Ok(s) = std::fs::read_to_string(file) {
+        let s = s.trim();
+        if !s.is_empty() {
+            return Ok(s.to_string());
+        }
+    }
+    hostname::get()
+        .map_err(|e| CniError::Io(format!("host name: {e}")))?
+        .into_string()
+        .map_err(|h| CniError::Io(format!("host name {h:?} is not UTF-8")))
+}
+
+struct Ctx {
+    client: kube::Client,
+    mode: CrdMode,
+    node: String,
+    handle: String,
+}
+
+fn api_err(what: String) -> impl FnOnce(kube::Error) -> CniError {
+    move |e| CniError::Apiserver(format!("{what}: {e}"))
+}
+
+/// Maps an engine error to the CNI error a runtime sees, naming where the request came from.
+fn ipam_err(source: &Source) -> impl Fn(IpamError) -> CniError + '_ {
+    move |e| match e {
+        IpamError::NotInPool(ip) => {
+            CniError::AddressUnavailable(format!("{source}: address {ip} is not in any enabled IPPool"))
+        }
+        IpamError::AlreadyAssigned { ip, block } => CniError::AddressUnavailable(format!(
+            "{source}: address {ip} is already in use (IPAMBlock {block})"
+        )),
+        e @ IpamError::AffinityMismatch { .. } => CniError::AddressUnavailable(format!("{source}: {e}")),
+        IpamError::Pool { pool, reason } => CniError::PoolNotUsable {
+            origin: source.clone(),
+            reason: format!("IPPool {pool}: {reason}"),
+        },
+        IpamError::NoPools(m) => CniError::Exhausted(m),
+        e @ IpamError::Contention { .. } => CniError::TryAgainLater(e.to_string()),
+        IpamError::Store(s) => CniError::Apiserver(s.to_string()),
+        e => CniError::Ipam(e.to_string()),
+    }
+}
+
+impl Ctx {
+    async fn ipam(&self) -> Result<Ipam, CniError> {
+        Ipam::new(self.client.clone(), self.mode)
+            .await
+            .map_err(ipam_err(&Source::Default))
+    }
+
+    async fn pools(&self) -> Result<Vec<PoolInfo>, CniError> {
+        let api: Api<Pool> = Api::all_with(self.client.clone(), &self.mode.resource(CalicoKind::IPPool));
+        let list = api
+            .list(&Default::default())
+            .await
+            .map_err(api_err("listing IPPools".into()))?;
+        Ok(list.items.iter().filter_map(PoolInfo::from_pool).collect())
+    }
+
+    async fn add(&self, env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
+        let (namespace, pod_name) = env.pod()?;
+        let span = info_span!("pod", pod = %format!("{namespace}/{pod_name}"), handle = %self.handle);
+        async move {
+            let ipam = self.ipam().await?;
+            let pools = self.pools().await?;
+
+            // A repeated ADD (runtime retry) gets what the container already holds.
+            let held = ipam
+                .ips_by_handle(&self.handle)
+                .await
+                .map_err(ipam_err(&Source::Default))?;
+            if !held.is_empty() {
+                info!(?held, "container already holds addresses; returning them");
+                let ips = held.iter().map(|ip| with_block_mask(*ip, &pools)).collect();
+                return self.finish(&ipam, conf, ips).await;
+            }
+
+            let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+            let pod = pods
+                .get_opt(pod_name)
+                .await
+                .map_err(api_err(format!("reading pod {namespace}/{pod_name}")))?
+                .ok_or_else(|| CniError::ContainerUnknown {
+                    container_id: env.container_id.clone(),
+                    reason: format!("pod {namespace}/{pod_name} does not exist"),
+                })?;
+            let namespaces: Api<Namespace> = Api::all(self.client.clone());
+            let ns = namespaces
+                .get_opt(namespace)
+                .await
+                .map_err(api_err(format!("reading namespace {namespace}")))?;
+            let empty = BTreeMap::new();
+            let pod_ann = pod.metadata.annotations.as_ref().unwrap_or(&empty);
+            let ns_ann = ns.as_ref().and_then(|n| n.metadata.annotations.as_ref());
+            let ns_labels = ns.as_ref().and_then(|n| n.metadata.labels.clone());
+
+            let plan = request::plan(&Inputs {
+                conf,
+                namespace,
+                pod: pod_name,
+                pod_annotations: pod_ann,
+                namespace_annotations: ns_ann,
+                pools: &pools,
+                cni_args_ip: env.args.ip.as_deref(),
+            })?;
+            let attrs = Attrs(super::allocation_attrs(
+                &self.node,
+                namespace,
+                pod_name,
+                jiff::Timestamp::now(),
+            ));
+
+            let assigned = match plan {
+                Plan::Explicit { ips, source } => {
+                    let mut out = vec![];
+                    for ip in ips {
+                        let req = AssignIpRequest {
+                            ip,
+                            handle_id: self.handle.clone(),
+                            attrs: attrs.clone(),
+                            hostname: self.node.clone(),
+                            intended_use: crate::ipam::AllowedUse::Workload,
+                        };
+                        if let Err(e) = ipam.assign_ip(req).await {
+                            self.undo(&ipam).await;
+                            return Err(ipam_err(&source)(e));
+                        }
+                        out.push(with_block_mask(ip, &pools));
+                    }
+                    out
+                }
+                Plan::Auto { v4, v6 } => {
+                    let mut req = AutoAssignRequest::new(&self.handle, &self.node);
+                    req.attrs = attrs;
+                    req.num_v4 = usize::from(v4.wanted);
+                    req.num_v6 = usize::from(v6.wanted);
+                    req.v4_pools = v4.pools.iter().map(|p| p.name.clone()).collect();
+                    req.v6_pools = v6.pools.iter().map(|p| p.name.clone()).collect();
+                    req.namespace_labels = Some(ns_labels.unwrap_or_default());
+                    let source = if v4.wanted { &v4.source } else { &v6.source };
+                    let got = match ipam.auto_assign(req).await {
+                        Ok(g) => g,
+                        Err(e) => {
+                            self.undo(&ipam).await;
+                            return Err(ipam_err(source)(e));
+                        }
+                    };
+                    if !got.is_complete() {
+                        // No half-dual-stack pods: give back whatever one family got.
+                        self.undo(&ipam).await;
+                        let mut why = vec![];
+                        if !got.v4.is_complete() {
+                            why.push(format!("{}: {}", v4.source, got.v4.describe("IPv4")));
+                        }
+                        if !got.v6.is_complete() {
+                            why.push(format!("{}: {}", v6.source, got.v6.describe("IPv6")));
+                        }
+                        return Err(CniError::Exhausted(why.join("; ")));
+                    }
+                    got.v4.ips.iter().chain(&got.v6.ips).copied().collect()
+                }
+            };
+            info!(ips = ?assigned, node = %self.node, "assigned");
+            match self.finish(&ipam, conf, assigned).await {
+                Ok(v) => Ok(v),
+                Err(e) => {
+                    self.undo(&ipam).await;
+                    Err(e)
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Turns the addresses into the CNI result (adding gateways when configured).
+    async fn finish(&self, ipam: &Ipam, conf: &NetConf, ips: Vec<IpNet>) -> Result<Value, CniError> {
+        let mut gateways: Vec<Option<IpAddr>> = vec![];
+        for ip in &ips {
+            gateways.push(match conf.ipam.gateway {
+                GatewayMode::None => None,
+                GatewayMode::Node => Some(self.node_gateway(ipam, *ip).await?),
+            });
+        }
+        let (v4, v6) = (
+            ips.iter().any(|i| matches!(i, IpNet::V4(_))),
+            ips.iter().any(|i| matches!(i, IpNet::V6(_))),
+        );
+        let result = IpamResult {
+            ips: ips
+                .into_iter()
+                .zip(gateways)
+                .map(|(address, gateway)| IpConfig { address, gateway })
+                .collect(),
+            routes: conf.ipam.routes.clone().unwrap_or_else(|| default_routes(v4, v6)),
+        };
+        result.to_json(&conf.cni_version)
+    }
+
+    /// The node's gateway in the block of `addr`, reserved through the engine on first use.
+    async fn node_gateway(&self, ipam: &Ipam, addr: IpNet) -> Result<IpAddr, CniError> {
+        let handle = gateway::handle_id(&self.node);
+        let blocks: Api<Block> =
+            Api::all_with(self.client.clone(), &self.mode.resource(CalicoKind::IPAMBlock));
+        let block_name = names::block_name(&addr.trunc());
+        // Another ADD on this node may claim the same address first: re-read and try again.
+        for _ in 0..5 {
+            let held = ipam
+                .ips_by_handle(&handle)
+                .await
+                .map_err(ipam_err(&Source::Default))?;
+            let unallocated = blocks
+                .get_opt(&block_name)
+                .await
+                .map_err(api_err(format!("reading IPAMBlock {block_name}")))?
+                .map(|b| b.spec.unallocated)
+                .unwrap_or_default();
+            let candidates = match gateway::choose(addr, &held, &unallocated) {
+                gateway::Choice::Existing(gw) => return Ok(gw),
+                gateway::Choice::Claim(c) if c.is_empty() => {
+                    return Err(CniError::Exhausted(format!(
+                        "IPAMBlock {block_name} has no free address left for node {}'s gateway (network config ipam.gateway is \"node\")",
+                        self.node
+                    )));
+                }
+                gateway::Choice::Claim(c) => c,
+            };
+            for ip in candidates {
+                let req = AssignIpRequest {
+                    ip,
+                    handle_id: handle.clone(),
+                    attrs: Attrs::default()
+                        .with(Attrs::NODE, &self.node)
+                        .with(Attrs::TYPE, gateway::TYPE),
+                    hostname: self.node.clone(),
+                    intended_use: crate::ipam::AllowedUse::Workload,
+                };
+                match ipam.assign_ip(req).await {
+                    Ok(()) => {
+                        info!(gateway = %ip, block = %block_name, "reserved the node's gateway");
+                        return Ok(ip);
+                    }
+                    Err(IpamError::AlreadyAssigned { .. }) => continue,
+                    Err(e) => return Err(ipam_err(&Source::Default)(e)),
+                }
+            }
+        }
+        Err(CniError::TryAgainLater(format!(
+            "could not reserve a gateway for node {} in IPAMBlock {block_name}",
+            self.node
+        )))
+    }
+
+    /// Best-effort release after a failed ADD, so that a failure allocates nothing.
+    async fn undo(&self, ipam: &Ipam) {
+        if let Err(e) = ipam.release_by_handle(&self.handle).await {
+            warn!(error = %e, "releasing after a failed ADD; the runtime's DEL will retry");
+        }
+    }
+
+    async fn del(&self, env: &CniEnv) -> Result<(), CniError> {
+        let ipam = self.ipam().await?;
+        let released = ipam
+            .release_by_handle(&self.handle)
+            .await
+            .map_err(ipam_err(&Source::Default))?;
+        info!(handle = %self.handle, ?released, "released");
+        if let (Some(ns), Some(pod)) = (&env.args.pod_namespace, &env.args.pod_name) {
+            let legacy = super::legacy_handle_id(ns, pod);
+            let released = ipam
+                .release_by_handle(&legacy)
+                .await
+                .map_err(ipam_err(&Source::Default))?;
+            if !released.is_empty() {
+                info!(handle = %legacy, ?released, "released (legacy handle)");
+            }
+        }
+        Ok(())
+    }
+
+    /// CHECK: the handle must hold addresses, and every address of `prevResult` among them.
+    async fn check(&self, stdin: &[u8]) -> Result<(), CniError> {
+        let ipam = self.ipam().await?;
+        let held = ipam
+            .ips_by_handle(&self.handle)
+            .await
+            .map_err(ipam_err(&Source::Default))?;
+        if held.is_empty() {
+            return Err(CniError::CheckFailed(format!(
+                "handle {} holds no address",
+                self.handle
+            )));
+        }
+        for ip in prev_result_ips(stdin) {
+            if !held.contains(&ip) {
+                return Err(CniError::CheckFailed(format!(
+                    "prevResult address {ip} is not held by handle {} (it holds {held:?})",
+                    self.handle
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// STATUS: ready when the apiserver answers and some pool is enabled.
+    async fn status(&self) -> Result<(), CniError> {
+        let pools = self
+            .pools()
+            .await
+            .map_err(|e| CniError::NotAvailable(e.to_string()))?;
+        if pools.iter().all(|p| p.disabled || p.deleting) {
+            return Err(CniError::NotAvailable("no enabled IPPool".into()));
+        }
+        Ok(())
+    }
+}
+
+/// The address with its block's prefix length (Calico's IPAM result form), from the pool holding it.
+fn with_block_mask(ip: IpAddr, pools: &[PoolInfo]) -> IpNet {
+    let prefix = pools
+        .iter()
+        .find(|p| p.cidr.contains(&ip))
+        .map(|p| p.block_size)
+        .unwrap_or(if ip.is_ipv4() { 32 } else { 128 });
+    IpNet::new(ip, prefix).expect("block size is a valid prefix")
+}
+
+/// Addresses in the `prevResult` of a CHECK's config (any result version).
+fn prev_result_ips(stdin: &[u8]) -> Vec<IpAddr> {
+    let Ok(v) = serde_json::from_slice::<Value>(stdin) else {
+        return vec![];
+    };
+    let prev = &v["prevResult"];
+    let mut texts: Vec<&str> = prev["ips"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|i| i["address"].as_str()).collect())
+        .unwrap_or_default();
+    texts.extend(["ip4", "ip6"].iter().filter_map(|k| prev[k]["ip"].as_str()));
+    texts
+        .iter()
+        .filter_map(|t| t.parse::<IpNet>().ok().map(|n| n.addr()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prev_result_addresses_of_any_version() {
+        let v1 = br#"{"prevResult":{"cniVersion":"1.0.0","ips":[{"address":"10.0.0.5/26"},{"address":"fd00::5/122"}]}}"#;
+        assert_eq!(
+            prev_result_ips(v1),
+            vec!["10.0.0.5".parse::<IpAddr>().unwrap(), "fd00::5".parse().unwrap()]
+        );
+        let legacy = br#"{"prevResult":{"ip4":{"ip":"10.0.0.5/26"}}}"#;
+        assert_eq!(prev_result_ips(legacy).len(), 1);
+        assert!(prev_result_ips(b"{}").is_empty());
+    }
+
+    #[test]
+    fn block_mask_from_pool() {
+        let pools = vec![PoolInfo {
+            name: "p".into(),
+            cidr: "10.48.2.0/24".parse().unwrap(),
+            disabled: false,
+            deleting: false,
+            block_size: 29,
+        }];
+        assert_eq!(
+            with_block_mask("10.48.2.9".parse().unwrap(), &pools).to_string(),
+            "10.48.2.9/29"
+        );
+        assert_eq!(
+            with_block_mask("10.9.9.9".parse().unwrap(), &pools).to_string(),
+            "10.9.9.9/32"
+        );
+    }
+}
