@@ -44,7 +44,7 @@ run_go_build() {
     local secs; secs=$(elapsed "$t0"); secs=${secs%.*}
     if ((secs >= next)); then
       local n; n=$(grep -c -v -e '^go: ' -e '^#' "$log" 2>/dev/null || true)
-      printf 'build: %s: %dm%02ds elapsed, %s packages compiled (of about %s; the rest cached)\n' \
+      printf 'build: %s: %dm%02ds elapsed, %s of at most %s packages compiled (cached ones are not counted)\n' \
         "$name" $((secs / 60)) $((secs % 60)) "${n:-0}" "$total"
       next=$((next + HEARTBEAT))
     fi

@@ -150,7 +150,7 @@ gen_pki() {
         "subjectAltName=IP:127.0.0.1,IP:::1,IP:10.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local")"
     sign admin "/O=system:masters/CN=tortie-e2e-admin" "extendedKeyUsage=clientAuth"
     sign kcm "/CN=system:kube-controller-manager" "extendedKeyUsage=clientAuth"
-    openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out sa.key
+    ec sa.key   # ES256 service-account tokens
     openssl pkey -in sa.key -pubout -out sa.pub
   ) >"$log" 2>&1 || fail "generating certificates with openssl; log: $log"
 }

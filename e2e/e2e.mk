@@ -8,7 +8,6 @@
 
 E2E_SH ?= bash
 TORTIE_E2E_DIR ?= $(CURDIR)/e2e/.run/default
-export TORTIE_E2E_DIR
 
 .PHONY: e2e-deps cluster-up cluster-down cluster-env cluster-status
 
@@ -17,14 +16,14 @@ e2e-deps:
 	$(E2E_SH) e2e/build.sh
 
 cluster-up: e2e-deps
-	@$(E2E_SH) e2e/cluster.sh up
+	@$(E2E_SH) e2e/cluster.sh up -d $(TORTIE_E2E_DIR)
 	@echo '# to use it in your shell: eval "$$(e2e/cluster.sh env -d $(TORTIE_E2E_DIR))"'
 
 cluster-down:
-	@$(E2E_SH) e2e/cluster.sh down
+	@$(E2E_SH) e2e/cluster.sh down -d $(TORTIE_E2E_DIR)
 
 cluster-env:
-	@$(E2E_SH) e2e/cluster.sh env
+	@$(E2E_SH) e2e/cluster.sh env -d $(TORTIE_E2E_DIR)
 
 cluster-status:
-	@$(E2E_SH) e2e/cluster.sh status
+	@$(E2E_SH) e2e/cluster.sh status -d $(TORTIE_E2E_DIR)

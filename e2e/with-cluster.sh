@@ -8,7 +8,8 @@ set -euo pipefail
 E2E_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 (($#)) || { echo "usage: e2e/with-cluster.sh COMMAND [ARG...]" >&2; exit 2; }
 
-DIR=${TORTIE_E2E_DIR:-$E2E_DIR/.run/with-cluster-$$}
+# Always a directory of its own: never reuse (and then take down) a cluster someone else started.
+DIR=$E2E_DIR/.run/with-cluster-$$
 # The watchdog takes the cluster down even if this script is killed.
 env_lines=$("$E2E_DIR/cluster.sh" up -d "$DIR" --watch-pid $$) || exit 1
 eval "$env_lines"
