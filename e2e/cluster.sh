@@ -81,8 +81,7 @@ stop() {
   rm -f "$PIDS/$1.pid"
   [[ -n $pid ]] || return 0
   kill -TERM "$pid" 2>/dev/null || return 0
-  local i
-  for i in $(seq 1 100); do
+  for _ in $(seq 1 100); do
     alive "$pid" || return 0
     sleep 0.1
   done
@@ -115,8 +114,8 @@ port_in_use() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
 
 # A port below the kernel's ephemeral range (so no outgoing connection holds it), free right now.
 free_port() {
-  local p i
-  for i in $(seq 1 200); do
+  local p
+  for _ in $(seq 1 200); do
     p=$((20000 + RANDOM % 12000))
     port_in_use "$p" || { echo "$p"; return; }
   done
@@ -417,7 +416,8 @@ export TORTIE_E2E_DIR=$DIR
 EOF
   if [[ -n $WATCH_PID ]]; then
     # Detached watchdog: when the watched process is gone, take the cluster down.
-    TORTIE_E2E_DIR_WATCH=$DIR setsid bash -c '
+    # shellcheck disable=SC2016  # expanded by the inner bash
+    setsid bash -c '
       while kill -0 "$1" 2>/dev/null; do sleep 1; done
       TORTIE_WATCHDOG_SELF=$$ exec "$2" down -d "$3"' tortie-e2e-watchdog "$WATCH_PID" "$E2E_DIR/cluster.sh" "$DIR" \
       </dev/null >>"$LOGS/watchdog.log" 2>&1 &
