@@ -31,6 +31,9 @@ test: deps ## every test: unit, property, CRD drift and e2e against a real kube-
 e2e: deps ## only the tests that need the real control plane
 	bash e2e/with-cluster.sh $(CARGO) test $(patsubst tests/%.rs,--test %,$(wildcard tests/e2e_*.rs)) -- --test-threads=$${TEST_THREADS:-4}
 
+bench: deps ## benchmarks: criterion micro benches + system benches against the real control plane; writes BENCHMARKS.md
+	bash bench/run.sh
+
 lint: ## rustfmt check and clippy with warnings denied
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --all-targets -- -D warnings
