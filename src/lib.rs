@@ -8,4 +8,5 @@ pub mod api;
 pub mod bgp;
 pub mod cli;
 pub mod cni;
+pub mod controllers;
 pub mod ipam;

@@ -2,6 +2,7 @@
 //! configuration tortie renders. Needs root, `ip netns` and the Debian `bird` package.
 
 mod bgp_lab;
+mod support;
 
 use std::time::Duration;
 
@@ -229,4 +230,197 @@ protocol bgp worker2 from cluster1 { neighbor 10.0.0.183 port 178 as 61012; }
             .contains("10.244.1.0/26 via 10.0.0.243")
             .then_some(())
     });
+}
+
+/// The controller path against the real apiserver: Nodes and BlockAffinities in the cluster, the
+/// BGP controller publishing per-node ConfigMaps, one agent per node installing them for a real
+/// BIRD in its namespace. A fourth Node (and block) makes the agents reload and the block spread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn controller_and_agents_follow_the_apiserver() {
+    use k8s_openapi::api::core::v1::{ConfigMap, Node};
+    use kube::api::{Api, PostParams};
+    use tortie::api::{Affinity, CalicoKind, CrdMode};
+    use tortie::controllers::bgp as ctrl;
+
+    let client = support::client().await;
+    let mode = CrdMode::detect(&client).await.expect("CRD mode");
+    let ns = support::unique_name("bgp-e2e");
+    support::create_namespace(&client, &ns, &[]).await;
+    let tag = support::unique_name("b");
+    // A /24 of CGNAT space per process, so Nodes of other tests never share our addresses.
+    let net = format!("100.66.{}", std::process::id() % 250);
+    let names: Vec<String> = (1..=4).map(|i| format!("{tag}-n{i}")).collect();
+    let block = |i: usize| format!("10.77.{}.0/26", i);
+    let aff_name = |i: usize| format!("{}-{}", names[i - 1], block(i).replace(['.', '/'], "-"));
+    let _cleanup = ApiCleanup {
+        nodes: names.clone(),
+        affinities: (1..=4).map(aff_name).collect(),
+        namespace: ns.clone(),
+    };
+    let aff_api: Api<Affinity> = Api::all_with(client.clone(), &mode.resource(CalicoKind::BlockAffinity));
+    let add_node = |i: usize| {
+        let client = client.clone();
+        let aff_api = aff_api.clone();
+        let name = names[i - 1].clone();
+        let cidr = format!("{net}.{i}/24");
+        let blk = block(i);
+        let aname = aff_name(i);
+        async move {
+            support::create_node(
+                &client,
+                &name,
+                &[],
+                None,
+                &[],
+                &[("projectcalico.org/IPv4Address", &cidr)],
+            )
+            .await;
+            let aff: Affinity = serde_json::from_value(serde_json::json!({
+                "apiVersion": mode.api_version(),
+                "kind": "BlockAffinity",
+                "metadata": {"name": aname},
+                "spec": {"cidr": blk, "node": name, "state": "confirmed",
+                          "deleted": mode.affinity_flag(false)},
+            }))
+            .unwrap();
+            aff_api
+                .create(&PostParams::default(), &aff)
+                .await
+                .expect("create BlockAffinity");
+        }
+    };
+
+    let mut lab = Lab::new("c");
+    for i in 1..=3 {
+        lab.add_host(&names[i - 1], &[&format!("{net}.{i}/24")]);
+        add_node(i).await;
+    }
+    let controller = tokio::spawn(ctrl::run(
+        client.clone(),
+        mode,
+        ns.clone(),
+        ctrl::Config {
+            debounce: Duration::from_millis(100),
+            ..Default::default()
+        },
+    ));
+    let mut agents = Vec::new();
+    let spawn_agent = |lab: &Lab, node: &str| {
+        let args = agent::AgentArgs {
+            node: node.to_string(),
+            namespace: ns.clone(),
+            config_dir: lab.config_dir(node),
+            bird_socket: lab.socket(node),
+            bird6_socket: None,
+            no_reload: false,
+            retry_secs: 1,
+        };
+        tokio::spawn(agent::run_agent(client.clone(), args))
+    };
+    for n in &names[..3] {
+        agents.push(spawn_agent(&lab, n));
+    }
+    // The agent installs the first config even though BIRD is not up yet (reload fails and is
+    // retried); then the daemon starts on it.
+    for n in &names[..3] {
+        let main = lab.config_dir(n).join("bird.cfg");
+        support::wait_until(&format!("{n}'s bird.cfg"), TIMEOUT, || {
+            let ok = main.exists();
+            async move { ok.then_some(()) }
+        })
+        .await;
+        lab.start_bird(n);
+    }
+    let mine = |lab: &Lab, node: &str, peers: &[usize]| -> bool {
+        let s = lab.daemon(node).bgp_sessions();
+        peers.iter().all(|j| {
+            let want = format!("Mesh_{}", format!("{net}.{j}").replace('.', "_"));
+            s.iter().any(|(n, up)| *n == want && *up)
+        })
+    };
+    let learned = |lab: &Lab, node: &str, blocks: &[usize]| -> bool {
+        let r = lab.daemon(node).routes();
+        blocks
+            .iter()
+            .all(|j| r.contains(&format!("{} via {net}.{j}", block(*j))))
+    };
+    tokio::task::block_in_place(|| {
+        lab.wait_for("3-node mesh Established with blocks learned", TIMEOUT, |lab| {
+            (1..=3)
+                .all(|i| {
+                    let others: Vec<usize> = (1..=3).filter(|j| *j != i).collect();
+                    mine(lab, &names[i - 1], &others) && learned(lab, &names[i - 1], &others)
+                })
+                .then_some(())
+        })
+    });
+    // Each agent reported success on its Node, with the hash of the published ConfigMap.
+    let nodes: Api<Node> = Api::all(client.clone());
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    for n in &names[..3] {
+        support::wait_until(&format!("{n} reports Applied"), TIMEOUT, || {
+            let (nodes, cms, n) = (nodes.clone(), cms.clone(), n.clone());
+            async move {
+                let node = nodes.get(&n).await.ok()?;
+                let cm = cms.get(&ctrl::object_name(&n)).await.ok()?;
+                let a = node.metadata.annotations?;
+                let want = cm.metadata.annotations?.get(ctrl::ANN_HASH)?.clone();
+                (a.get(agent::ANN_STATUS)? == "Applied" && a.get(agent::ANN_APPLIED_HASH)? == &want)
+                    .then_some(())
+            }
+        })
+        .await;
+    }
+
+    // A fourth node joins: new Node + block in the apiserver.
+    lab.add_host(&names[3], &[&format!("{net}.4/24")]);
+    add_node(4).await;
+    agents.push(spawn_agent(&lab, &names[3]));
+    let main = lab.config_dir(&names[3]).join("bird.cfg");
+    support::wait_until("the new node's bird.cfg", TIMEOUT, || {
+        let ok = main.exists();
+        async move { ok.then_some(()) }
+    })
+    .await;
+    lab.start_bird(&names[3]);
+    tokio::task::block_in_place(|| {
+        lab.wait_for("4-node mesh with the new block everywhere", TIMEOUT, |lab| {
+            (1..=4)
+                .all(|i| {
+                    let others: Vec<usize> = (1..=4).filter(|j| *j != i).collect();
+                    mine(lab, &names[i - 1], &others) && learned(lab, &names[i - 1], &others)
+                })
+                .then_some(())
+        })
+    });
+    controller.abort();
+    for a in agents {
+        a.abort();
+    }
+    drop(lab);
+}
+
+/// Deletes the test's cluster objects even when the test fails (Drop cannot await: kubectl).
+struct ApiCleanup {
+    nodes: Vec<String>,
+    affinities: Vec<String>,
+    namespace: String,
+}
+
+impl Drop for ApiCleanup {
+    fn drop(&mut self) {
+        let mut args = vec!["delete", "node", "--ignore-not-found", "--wait=false"];
+        args.extend(self.nodes.iter().map(String::as_str));
+        let _ = support::kubectl(&args);
+        let mut args = vec!["delete", "blockaffinities", "--ignore-not-found", "--wait=false"];
+        args.extend(self.affinities.iter().map(String::as_str));
+        let _ = support::kubectl(&args);
+        let _ = support::kubectl(&[
+            "delete",
+            "namespace",
+            &self.namespace,
+            "--ignore-not-found",
+            "--wait=false",
+        ]);
+    }
 }

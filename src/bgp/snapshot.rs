@@ -365,3 +365,119 @@ metadata: {name: ignored}
         assert!(e.contains("n9") && e.contains(ANN_IPV4), "{e}");
     }
 }
+
+/// Fingerprints of what each node's files depend on, so a controller re-renders a node only
+/// when one of its inputs changed. Node status (heartbeats) and unrelated metadata are left out.
+pub fn input_fingerprints(snap: &Snapshot) -> BTreeMap<String, String> {
+    use sha2::{Digest, Sha256};
+    let mut global = Sha256::new();
+    let feed = |h: &mut Sha256, v: &Value| {
+        let s = v.to_string();
+        h.update((s.len() as u64).to_be_bytes());
+        h.update(s.as_bytes());
+    };
+    let mut nodes: Vec<Value> = snap
+        .nodes
+        .iter()
+        .map(|n| {
+            let ann: BTreeMap<&String, &String> = n
+                .metadata
+                .annotations
+                .iter()
+                .flatten()
+                .filter(|(k, _)| k.starts_with("projectcalico.org/"))
+                .collect();
+            serde_json::json!([n.metadata.name, ann, n.metadata.labels])
+        })
+        .collect();
+    nodes.sort_by_key(|v| v.to_string());
+    let mut rest: Vec<Value> = Vec::new();
+    for c in &snap.bgp_configs {
+        rest.push(serde_json::json!(["cfg", c.metadata.name, c.spec]));
+    }
+    for p in &snap.peers {
+        rest.push(serde_json::json!(["peer", p.metadata.name, p.spec]));
+    }
+    for p in &snap.pools {
+        rest.push(serde_json::json!(["pool", p.metadata.name, p.spec]));
+    }
+    rest.push(serde_json::json!(["secrets", snap.secrets]));
+    rest.sort_by_key(|v| v.to_string());
+    for v in nodes.iter().chain(rest.iter()) {
+        feed(&mut global, v);
+    }
+    let mut per_node: BTreeMap<String, Vec<Value>> = BTreeMap::new();
+    for a in &snap.affinities {
+        per_node
+            .entry(a.spec.node.clone())
+            .or_default()
+            .push(serde_json::json!([
+                a.spec.cidr,
+                a.spec.state,
+                a.spec.type_,
+                a.spec.deleted
+            ]));
+    }
+    let mut out = BTreeMap::new();
+    for n in &snap.nodes {
+        let name = n.metadata.name.clone().unwrap_or_default();
+        let mut h = global.clone();
+        let mut affs = per_node.remove(&name).unwrap_or_default();
+        affs.sort_by_key(|v| v.to_string());
+        for a in &affs {
+            feed(&mut h, a);
+        }
+        out.insert(name, h.finalize().iter().map(|b| format!("{b:02x}")).collect());
+    }
+    out
+}
+
+#[cfg(test)]
+mod fingerprint_tests {
+    use super::*;
+
+    fn snap(extra: &str) -> Snapshot {
+        let mut s = Snapshot::default();
+        s.add_manifests(
+            "t",
+            &format!(
+                "apiVersion: v1\nkind: Node\nmetadata:\n  name: n1\n  annotations:\n    projectcalico.org/IPv4Address: 10.0.0.1/24\n---\napiVersion: v1\nkind: Node\nmetadata:\n  name: n2\n  annotations:\n    projectcalico.org/IPv4Address: 10.0.0.2/24\n---\n{extra}"
+            ),
+        )
+        .unwrap();
+        s
+    }
+
+    #[test]
+    fn a_block_changes_only_its_node() {
+        let a = input_fingerprints(&snap(""));
+        let b = input_fingerprints(&snap(
+            "apiVersion: crd.projectcalico.org/v1\nkind: BlockAffinity\nmetadata: {name: x}\nspec: {cidr: 10.48.0.0/26, node: n2, state: confirmed, deleted: \"false\"}\n",
+        ));
+        assert_eq!(a["n1"], b["n1"]);
+        assert_ne!(a["n2"], b["n2"]);
+    }
+
+    #[test]
+    fn a_peer_or_node_change_touches_every_node() {
+        let a = input_fingerprints(&snap(""));
+        let b = input_fingerprints(&snap(
+            "apiVersion: crd.projectcalico.org/v1\nkind: BGPPeer\nmetadata: {name: p}\nspec: {peerIP: 192.0.2.1, asNumber: 65000}\n",
+        ));
+        assert_ne!(a["n1"], b["n1"]);
+        assert_ne!(a["n2"], b["n2"]);
+    }
+
+    #[test]
+    fn heartbeats_do_not_count() {
+        let mut s = snap("");
+        let a = input_fingerprints(&s);
+        s.nodes[0].metadata.resource_version = Some("999".into());
+        s.nodes[0]
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert("node.alpha.kubernetes.io/ttl".into(), "0".into());
+        assert_eq!(a, input_fingerprints(&s));
+    }
+}

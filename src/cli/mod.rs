@@ -18,6 +18,8 @@ pub struct Cli {
 pub enum Command {
     /// Print the CustomResourceDefinitions of a CRD mode (or write them into a directory).
     Crd(crd::CrdArgs),
+    /// Per-node agent: install the node's published BIRD config and reload BIRD.
+    Agent(agent::AgentArgs),
     /// Render one node's BIRD configuration from a folder of manifests (no cluster needed).
     Render(render::RenderArgs),
 }
@@ -27,6 +29,7 @@ impl Cli {
         match self.command {
             Command::Crd(args) => args.run(),
             Command::Render(args) => args.run(),
+            Command::Agent(args) => args.run().await,
         }
     }
 }

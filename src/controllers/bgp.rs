@@ -1,0 +1,572 @@
+//! BGP controller: renders each node's BIRD files with [`crate::bgp`] and publishes them for the
+//! node's agent as a ConfigMap (a Secret when they carry a BGP password) in the operator namespace.
+//!
+//! Self-contained: [`run`] starts its own watches, so the operator can start it under leader
+//! election. A node is re-rendered only when its inputs' fingerprint changed
+//! ([`crate::bgp::snapshot::input_fingerprints`]) or its published object is missing or stale;
+//! objects are written with server-side apply and owned by their Node (deleted with it).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, ObjectReference, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tokio::sync::Notify;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::api::{Affinity, BgpConfig, BgpPeer, CalicoKind, CrdMode, Pool};
+use crate::bgp::{self, CalicoSelectors, RenderOptions, Rendered, Snapshot};
+
+/// Label on every published object (the agent and `kubectl get -l` find them by it).
+pub const LABEL_CONFIG: &str = "tortie.projectcalico.org/bird-config";
+/// Annotation: the node the object is for.
+pub const ANN_NODE: &str = "tortie.projectcalico.org/node";
+/// Annotation: [`Rendered::content_hash`] of the files in the object.
+pub const ANN_HASH: &str = "tortie.projectcalico.org/content-hash";
+/// Kubernetes refuses objects above 1 MiB; keep room for metadata.
+pub const MAX_PUBLISHED_BYTES: usize = 1024 * 1024 - 16 * 1024;
+const MANAGER: &str = "tortie-bgp";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("publishing the BIRD config of node {node:?}: {source}")]
+    Publish { node: String, source: kube::Error },
+    #[error("watching {kind}: {source}")]
+    Watch {
+        kind: &'static str,
+        source: watcher::Error,
+    },
+}
+
+/// Settings of the BGP controller.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub render: RenderOptions,
+    /// Quiet time after a change before rendering, so bursts cost one pass.
+    pub debounce: Duration,
+    /// Full mesh size above which an Event advises route reflectors.
+    pub mesh_advisory_nodes: usize,
+    /// Identity in Events (pod name).
+    pub instance: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            render: RenderOptions::default(),
+            debounce: Duration::from_millis(300),
+            mesh_advisory_nodes: bgp::MESH_ADVISORY_NODES,
+            instance: "tortie".into(),
+        }
+    }
+}
+
+/// Name of a node's published object: `tortie-bird-<node>`, hashed when too long.
+pub fn object_name(node: &str) -> String {
+    let plain = format!("tortie-bird-{node}");
+    if plain.len() <= 253 {
+        return plain;
+    }
+    let h = <sha2::Sha256 as sha2::Digest>::digest(node.as_bytes());
+    let hex: String = h.iter().take(16).map(|b| format!("{b:02x}")).collect();
+    format!("tortie-bird-{}-{hex}", &node[..200])
+}
+
+/// The ConfigMap or Secret that carries `out` for `node` (owned by the Node when its uid is known).
+pub fn published_object(node: &str, node_uid: Option<&str>, namespace: &str, out: &Rendered) -> Published {
+    let meta = ObjectMeta {
+        name: Some(object_name(node)),
+        namespace: Some(namespace.to_string()),
+        labels: Some(
+            [
+                ("app.kubernetes.io/managed-by".to_string(), "tortie".to_string()),
+                (LABEL_CONFIG.to_string(), "true".to_string()),
+            ]
+            .into_iter()
+            .collect(),
+        ),
+        annotations: Some(
+            [
+                (ANN_NODE.to_string(), node.to_string()),
+                (ANN_HASH.to_string(), out.content_hash()),
+            ]
+            .into_iter()
+            .collect(),
+        ),
+        owner_references: node_uid.map(|uid| {
+            vec![OwnerReference {
+                api_version: "v1".into(),
+                kind: "Node".into(),
+                name: node.to_string(),
+                uid: uid.to_string(),
+                ..Default::default()
+            }]
+        }),
+        ..Default::default()
+    };
+    if out.has_password {
+        Published::Secret(Secret {
+            metadata: meta,
+            data: Some(
+                out.files
+                    .iter()
+                    .map(|(k, v)| (k.clone(), ByteString(v.clone())))
+                    .collect(),
+            ),
+            type_: Some("Opaque".into()),
+            ..Default::default()
+        })
+    } else {
+        Published::ConfigMap(ConfigMap {
+            metadata: meta,
+            data: Some(
+                out.files
+                    .iter()
+                    .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
+                    .collect(),
+            ),
+            ..Default::default()
+        })
+    }
+}
+
+/// A node's published config in one of its two forms.
+#[derive(Clone, Debug)]
+pub enum Published {
+    ConfigMap(ConfigMap),
+    Secret(Secret),
+}
+
+/// Files of a published ConfigMap or Secret (what the agent installs).
+pub fn files_of(p: &Published) -> BTreeMap<String, Vec<u8>> {
+    match p {
+        Published::ConfigMap(c) => c
+            .data
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
+            .collect(),
+        Published::Secret(s) => s
+            .data
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.clone(), v.0.clone()))
+            .collect(),
+    }
+}
+
+struct Watches {
+    nodes: Store<Node>,
+    configs: Store<BgpConfig>,
+    peers: Store<BgpPeer>,
+    pools: Store<Pool>,
+    affinities: Store<Affinity>,
+    secrets: Store<Secret>,
+    maps: Store<ConfigMap>,
+    secret_maps: Store<Secret>,
+}
+
+fn watch<K>(
+    api: Api<K>,
+    cfg: watcher::Config,
+    dt: K::DynamicType,
+    kick: Arc<Notify>,
+    kind: &'static str,
+) -> Store<K>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Default + Send + Sync,
+{
+    let writer = reflector::store::Writer::new(dt);
+    let store = writer.as_reader();
+    let stream = watcher::watcher(api, cfg).default_backoff().reflect(writer);
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(_) => kick.notify_one(),
+                Err(e) => warn!(kind, error = %e, "watch error (retrying)"),
+            }
+        }
+    });
+    store
+}
+
+fn watch_calico<K>(
+    client: &Client,
+    mode: CrdMode,
+    kind: CalicoKind,
+    kick: Arc<Notify>,
+    name: &'static str,
+) -> Store<K>
+where
+    K: Resource<DynamicType = kube::api::ApiResource>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let ar = mode.resource(kind);
+    let writer = reflector::store::Writer::new(ar.clone());
+    let store = writer.as_reader();
+    let api: Api<K> = Api::all_with(client.clone(), &ar);
+    let stream = watcher::watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer);
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(_) => kick.notify_one(),
+                Err(e) => warn!(kind = name, error = %e, "watch error (retrying)"),
+            }
+        }
+    });
+    store
+}
+
+/// Runs the BGP controller until the task is dropped or aborted.
+pub async fn run(client: Client, mode: CrdMode, namespace: String, config: Config) -> Result<(), Error> {
+    let kick = Arc::new(Notify::new());
+    let owned = watcher::Config::default().labels(&format!("{LABEL_CONFIG}=true"));
+    let w = Watches {
+        nodes: watch(
+            Api::all(client.clone()),
+            watcher::Config::default(),
+            (),
+            kick.clone(),
+            "Node",
+        ),
+        configs: watch_calico(
+            &client,
+            mode,
+            CalicoKind::BGPConfiguration,
+            kick.clone(),
+            "BGPConfiguration",
+        ),
+        peers: watch_calico(&client, mode, CalicoKind::BGPPeer, kick.clone(), "BGPPeer"),
+        pools: watch_calico(&client, mode, CalicoKind::IPPool, kick.clone(), "IPPool"),
+        affinities: watch_calico(
+            &client,
+            mode,
+            CalicoKind::BlockAffinity,
+            kick.clone(),
+            "BlockAffinity",
+        ),
+        secrets: watch(
+            Api::namespaced(client.clone(), &namespace),
+            watcher::Config::default(),
+            (),
+            kick.clone(),
+            "Secret",
+        ),
+        maps: watch(
+            Api::namespaced(client.clone(), &namespace),
+            owned.clone(),
+            (),
+            kick.clone(),
+            "ConfigMap",
+        ),
+        secret_maps: watch(
+            Api::namespaced(client.clone(), &namespace),
+            owned,
+            (),
+            kick.clone(),
+            "Secret(config)",
+        ),
+    };
+    for ready in [
+        w.nodes.wait_until_ready().await,
+        w.configs.wait_until_ready().await,
+        w.peers.wait_until_ready().await,
+        w.pools.wait_until_ready().await,
+        w.affinities.wait_until_ready().await,
+        w.secrets.wait_until_ready().await,
+        w.maps.wait_until_ready().await,
+        w.secret_maps.wait_until_ready().await,
+    ] {
+        if ready.is_err() {
+            warn!("a watch ended before its first list");
+        }
+    }
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "tortie-bgp".into(),
+            instance: Some(config.instance.clone()),
+        },
+    );
+    let mut state = State::default();
+    loop {
+        let span = info_span!("bgp_pass");
+        pass(&client, &namespace, &config, &w, &recorder, &mut state)
+            .instrument(span)
+            .await;
+        kick.notified().await;
+        // Let a burst of changes settle into one pass.
+        tokio::time::sleep(config.debounce).await;
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// Node -> (input fingerprint, content hash) of the last publish.
+    done: HashMap<String, (String, String)>,
+    warned: BTreeSet<String>,
+    mesh_warned: bool,
+    too_large: BTreeSet<String>,
+}
+
+fn unwrap<K: Clone>(v: Vec<Arc<K>>) -> Vec<K> {
+    v.into_iter().map(|a| (*a).clone()).collect()
+}
+
+fn snapshot(w: &Watches) -> Snapshot {
+    let mut snap = Snapshot {
+        nodes: unwrap(w.nodes.state()),
+        bgp_configs: unwrap(w.configs.state()),
+        peers: unwrap(w.peers.state()),
+        pools: unwrap(w.pools.state()),
+        affinities: unwrap(w.affinities.state()),
+        secrets: BTreeMap::new(),
+    };
+    // Only Secrets a password names are read into the snapshot.
+    let wanted: BTreeSet<String> = snap.referenced_secrets().into_iter().collect();
+    for s in w.secrets.state() {
+        if wanted.contains(&s.name_any()) {
+            snap.add_secret(&s);
+        }
+    }
+    snap
+}
+
+async fn pass(
+    client: &Client,
+    namespace: &str,
+    config: &Config,
+    w: &Watches,
+    recorder: &Recorder,
+    state: &mut State,
+) {
+    let snap = snapshot(w);
+    let fps = bgp::snapshot::input_fingerprints(&snap);
+    let published: HashMap<String, String> = w
+        .maps
+        .state()
+        .iter()
+        .map(|c| c.metadata.clone())
+        .chain(w.secret_maps.state().iter().map(|s| s.metadata.clone()))
+        .filter_map(|m| {
+            let a = m.annotations?;
+            Some((a.get(ANN_NODE)?.clone(), a.get(ANN_HASH)?.clone()))
+        })
+        .collect();
+    let selectors = CalicoSelectors::default();
+    let mut mesh_size = None;
+    for node in &snap.nodes {
+        let name = node.name_any();
+        let fp = &fps[&name];
+        let current = published.get(&name);
+        if let Some((last_fp, last_hash)) = state.done.get(&name)
+            && last_fp == fp
+            && current == Some(last_hash)
+        {
+            continue;
+        }
+        let out = match bgp::render(&snap, &name, &config.render, &selectors) {
+            Ok(o) => o,
+            Err(e) => {
+                let msg = e.to_string();
+                if state.warned.insert(format!("{name}: {msg}")) {
+                    warn!(node = %name, error = %msg, "cannot render BIRD config");
+                    event(recorder, node, EventType::Warning, "BirdConfigInvalid", &msg).await;
+                }
+                continue;
+            }
+        };
+        mesh_size = mesh_size.or(out.mesh_size);
+        for warning in &out.warnings {
+            if state.warned.insert(warning.clone()) {
+                warn!(node = %name, warning = %warning, "BGP input skipped");
+                event(recorder, node, EventType::Warning, "BgpInputIgnored", warning).await;
+            }
+        }
+        let hash = out.content_hash();
+        if out.total_size() > MAX_PUBLISHED_BYTES {
+            if state.too_large.insert(name.clone()) {
+                let msg = format!(
+                    "rendered BIRD config is {} bytes, more than a ConfigMap or Secret can hold ({MAX_PUBLISHED_BYTES}); use route reflectors or fewer peers",
+                    out.total_size()
+                );
+                warn!(node = %name, "{msg}");
+                event(recorder, node, EventType::Warning, "BirdConfigTooLarge", &msg).await;
+            }
+            continue;
+        }
+        state.too_large.remove(&name);
+        if current != Some(&hash) {
+            let span = info_span!("publish", node = %name);
+            match publish(client, namespace, node, &out).instrument(span).await {
+                Ok(()) => info!(node = %name, hash = %&hash[..12], "published BIRD config"),
+                Err(e) => {
+                    warn!(node = %name, error = %e, "publish failed; retrying on the next change");
+                    continue;
+                }
+            }
+        }
+        state.done.insert(name, (fp.clone(), hash));
+    }
+    // Forget nodes that are gone (their objects go with them through the owner reference).
+    let live: BTreeSet<String> = snap.nodes.iter().map(|n| n.name_any()).collect();
+    state.done.retain(|n, _| live.contains(n));
+    // Nothing re-rendered: the last verdict stands.
+    if let Some(n) = mesh_size {
+        let too_big = n > config.mesh_advisory_nodes;
+        if too_big && !state.mesh_warned {
+            let msg = format!(
+                "the node-to-node mesh has {n} nodes; above {} nodes use route reflectors (set nodeToNodeMeshEnabled: false and routeReflectorClusterID on a few nodes)",
+                config.mesh_advisory_nodes
+            );
+            warn!("{msg}");
+            let target = snap
+                .bgp_configs
+                .iter()
+                .find(|c| c.metadata.name.as_deref() == Some("default"));
+            let reference = match target {
+                Some(c) => ObjectReference {
+                    api_version: c.types.as_ref().map(|t| t.api_version.clone()),
+                    kind: Some("BGPConfiguration".into()),
+                    name: c.metadata.name.clone(),
+                    uid: c.metadata.uid.clone(),
+                    ..Default::default()
+                },
+                None => snap.nodes[0].object_ref(&()),
+            };
+            let _ = recorder
+                .publish(
+                    &Event {
+                        type_: EventType::Warning,
+                        reason: "MeshTooLarge".into(),
+                        note: Some(msg),
+                        action: "Render".into(),
+                        secondary: None,
+                    },
+                    &reference,
+                )
+                .await;
+        }
+        state.mesh_warned = too_big;
+    }
+}
+
+async fn event(recorder: &Recorder, node: &Node, type_: EventType, reason: &str, note: &str) {
+    let ev = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Render".into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&ev, &node.object_ref(&())).await {
+        warn!(error = %e, "cannot record event");
+    }
+}
+
+/// Server-side applies the node's object; removes the other form (ConfigMap vs Secret).
+async fn publish(client: &Client, namespace: &str, node: &Node, out: &Rendered) -> Result<(), Error> {
+    let name = node.name_any();
+    let err = |source| Error::Publish {
+        node: name.clone(),
+        source,
+    };
+    let obj = published_object(&name, node.metadata.uid.as_deref(), namespace, out);
+    let pp = PatchParams::apply(MANAGER).force();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let oname = object_name(&name);
+    match obj {
+        Published::ConfigMap(mut c) => {
+            c.metadata.managed_fields = None;
+            let v = ssa_value(&c, "ConfigMap");
+            cms.patch(&oname, &pp, &Patch::Apply(v)).await.map_err(err)?;
+            delete_if_present(&secrets, &oname).await.map_err(err)?;
+        }
+        Published::Secret(s) => {
+            let v = ssa_value(&s, "Secret");
+            secrets.patch(&oname, &pp, &Patch::Apply(v)).await.map_err(err)?;
+            delete_if_present(&cms, &oname).await.map_err(err)?;
+        }
+    }
+    Ok(())
+}
+
+fn ssa_value<T: serde::Serialize>(o: &T, kind: &str) -> serde_json::Value {
+    let mut v = serde_json::to_value(o).expect("k8s objects serialize");
+    v["apiVersion"] = "v1".into();
+    v["kind"] = kind.into();
+    v
+}
+
+async fn delete_if_present<K>(api: &Api<K>, name: &str) -> Result<(), kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rendered(pw: bool) -> Rendered {
+        Rendered {
+            files: [("bird.cfg".to_string(), b"router id 1.2.3.4;\n".to_vec())]
+                .into_iter()
+                .collect(),
+            has_password: pw,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn passwords_go_into_secrets_and_files_round_trip() {
+        let cm = published_object("n1", Some("uid-1"), "tortie-system", &rendered(false));
+        let Published::ConfigMap(c) = &cm else {
+            panic!("expected a ConfigMap")
+        };
+        assert_eq!(c.metadata.name.as_deref(), Some("tortie-bird-n1"));
+        assert_eq!(c.metadata.owner_references.as_ref().unwrap()[0].uid, "uid-1");
+        assert_eq!(
+            c.metadata.annotations.as_ref().unwrap()[ANN_HASH],
+            rendered(false).content_hash()
+        );
+        assert_eq!(files_of(&cm), rendered(false).files);
+        let s = published_object("n1", None, "tortie-system", &rendered(true));
+        assert!(matches!(s, Published::Secret(_)));
+        assert_eq!(files_of(&s), rendered(true).files);
+    }
+
+    #[test]
+    fn long_node_names_still_give_valid_object_names() {
+        let long = "a".repeat(253);
+        let n = object_name(&long);
+        assert!(n.len() <= 253, "{}", n.len());
+        assert_ne!(object_name(&long), object_name(&"b".repeat(253)));
+    }
+}

@@ -1,0 +1,3 @@
+//! The operator's controllers.
+
+pub mod bgp;
