@@ -10,3 +10,4 @@ pub mod cli;
 pub mod cni;
 pub mod controllers;
 pub mod ipam;
+pub mod metrics;

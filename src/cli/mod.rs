@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod crd;
 pub mod render;
+pub mod run;
 
 use clap::{Parser, Subcommand};
 
@@ -22,6 +23,8 @@ pub enum Command {
     Agent(agent::AgentArgs),
     /// Render one node's BIRD configuration from a folder of manifests (no cluster needed).
     Render(render::RenderArgs),
+    /// Run the operator (Installation, IPPool and IPAM GC controllers, leader-elected).
+    Run(run::RunArgs),
 }
 
 impl Cli {
@@ -30,6 +33,7 @@ impl Cli {
             Command::Crd(args) => args.run(),
             Command::Render(args) => args.run(),
             Command::Agent(args) => args.run().await,
+            Command::Run(args) => args.run().await,
         }
     }
 }

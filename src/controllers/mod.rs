@@ -1,3 +1,210 @@
-//! The operator's controllers.
+//! The operator's controllers. Every replica keeps the watch caches ([`Stores`]) warm and serves
+//! reads (metrics, readiness); only the Lease holder runs [`run_leader`], which starts the
+//! controllers that write. Pure decisions live in `podcidr`, `pools` and `gc_plan`; the
+//! reconcilers in `installation`, `ippool` and `gc` read the stores, decide, and write.
 
 pub mod bgp;
+pub mod conditions;
+pub mod gc;
+pub mod gc_plan;
+pub mod installation;
+pub mod ippool;
+pub mod podcidr;
+pub mod pools;
+mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
+use kube::api::ApiResource;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Client, Resource};
+use tokio_util_shim::CancellationToken;
+
+pub use store::{Stores, Watched};
+
+use crate::api::{CalicoKind, CrdMode};
+use crate::metrics::Metrics;
+
+/// Which controllers run (all by default).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum Part {
+    Installation,
+    Ippool,
+    Gc,
+}
+
+/// Settings shared by the controllers.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub gc_grace: Duration,
+    pub gc_interval: Duration,
+    /// Label selector limiting the IPPools this instance manages (and the blocks its GC touches).
+    pub pool_selector: Option<String>,
+    pub parts: Vec<Part>,
+    pub identity: String,
+}
+
+/// What every reconciler gets.
+pub struct Ctx {
+    pub client: Client,
+    pub mode: CrdMode,
+    pub stores: Stores,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    pub config: Config,
+    pub gc_state: tokio::sync::Mutex<gc_plan::GcState>,
+}
+
+impl Ctx {
+    pub fn new(client: Client, mode: CrdMode, stores: Stores, metrics: Arc<Metrics>, config: Config) -> Self {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "tortie".into(),
+                instance: Some(config.identity.clone()),
+            },
+        );
+        Ctx {
+            client,
+            mode,
+            stores,
+            metrics,
+            recorder,
+            config,
+            gc_state: Default::default(),
+        }
+    }
+
+    pub fn resource(&self, kind: CalicoKind) -> ApiResource {
+        self.mode.resource(kind)
+    }
+
+    /// Publishes an Event; failures are logged, never fatal (Events are best effort).
+    pub async fn event<K: Resource>(
+        &self,
+        obj: &K,
+        dt: &K::DynamicType,
+        warning: bool,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let ev = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.into(),
+            note: Some(truncate(note, 1000)),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(dt)).await {
+            tracing::warn!(error = %e, reason, "could not publish Event");
+        }
+    }
+}
+
+fn truncate(mut s: String, n: usize) -> String {
+    if s.len() > n {
+        let mut cut = n;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+    s
+}
+
+/// Errors of the controllers' Kubernetes side.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{0}")]
+    Serialize(#[from] serde_json::Error),
+    #[error("object {0} has no name")]
+    Unnamed(String),
+}
+
+impl Error {
+    /// A short label for the error metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(s)) if s.code == 409 => "conflict",
+            Error::Kube(kube::Error::Api(s)) if s.code == 404 => "not_found",
+            Error::Kube(_) => "kube",
+            Error::Serialize(_) => "serialize",
+            Error::Unnamed(_) => "unnamed",
+        }
+    }
+}
+
+/// Runs the writing controllers until `stop` is cancelled (or the task is aborted on lease loss).
+pub async fn run_leader(ctx: Arc<Ctx>, stop: CancellationToken) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for part in ctx.config.parts.clone() {
+        let (ctx, stop) = (ctx.clone(), stop.clone());
+        match part {
+            Part::Installation => tasks.spawn(installation::run(ctx, stop)),
+            Part::Ippool => tasks.spawn(ippool::run(ctx, stop)),
+            Part::Gc => tasks.spawn(gc::run(ctx, stop)),
+        };
+    }
+    while let Some(r) = tasks.join_next().await {
+        if let Err(e) = r
+            && e.is_panic()
+        {
+            tracing::error!(error = %e, "a controller panicked");
+        }
+    }
+}
+
+/// Marker types the stores are built from.
+pub type KubeadmConfig = ConfigMap;
+pub type NodeObj = Node;
+pub type PodObj = Pod;
+
+/// A tiny cancellation token on top of `tokio::sync::watch` (tokio-util is not a dependency).
+pub mod tokio_util_shim {
+    use tokio::sync::watch;
+
+    #[derive(Clone, Debug)]
+    pub struct CancellationToken {
+        tx: std::sync::Arc<watch::Sender<bool>>,
+        rx: watch::Receiver<bool>,
+    }
+
+    impl Default for CancellationToken {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
+    impl CancellationToken {
+        pub fn new() -> Self {
+            let (tx, rx) = watch::channel(false);
+            CancellationToken {
+                tx: std::sync::Arc::new(tx),
+                rx,
+            }
+        }
+
+        pub fn cancel(&self) {
+            let _ = self.tx.send(true);
+        }
+
+        pub fn is_cancelled(&self) -> bool {
+            *self.rx.borrow()
+        }
+
+        pub async fn cancelled(&self) {
+            let mut rx = self.rx.clone();
+            let _ = rx.wait_for(|v| *v).await;
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! `tortie run`: the operator. Every replica watches and serves /healthz, /readyz and /metrics;
+//! the Lease holder alone runs the writing controllers, and stops them the moment it loses the
+//! Lease. SIGTERM (or Ctrl-C) drains the controllers and releases the Lease for a fast handover.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use clap::{Args, ValueEnum};
+use kube_lease_manager::LeaseManagerBuilder;
+use tracing::{error, info, warn};
+
+use crate::api::CrdMode;
+use crate::controllers::tokio_util_shim::CancellationToken;
+use crate::controllers::{self, Config, Ctx, Part, Stores};
+use crate::metrics::{Metrics, ipam_gauges};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    Auto,
+    V1,
+    V3,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d: kube::core::Duration = s
+        .parse()
+        .map_err(|e| format!("{s:?} is not a duration like 15m, 30s or 1h30m: {e}"))?;
+    if d.is_negative() {
+        return Err(format!("{s:?} is negative"));
+    }
+    Ok(d.into())
+}
+
+/// Run the operator: Installation, IPPool and IPAM GC controllers under leader election.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Namespace of the leader-election Lease (and of the operator itself).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "tortie-system")]
+    pub namespace: String,
+    /// Name of the leader-election Lease.
+    #[arg(long, env = "TORTIE_LEASE_NAME", default_value = "tortie-operator")]
+    pub lease_name: String,
+    /// Identity in the Lease (default: POD_NAME, else host name and process id).
+    #[arg(long, env = "TORTIE_IDENTITY")]
+    pub identity: Option<String>,
+    /// How long a Lease stays valid without renewal; a dead leader is replaced after at most this.
+    #[arg(long, env = "TORTIE_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+    /// Port of /healthz, /readyz and /metrics.
+    #[arg(long, env = "TORTIE_METRICS_PORT", default_value_t = 9090)]
+    pub metrics_port: u16,
+    /// Address the HTTP server binds.
+    #[arg(long, env = "TORTIE_BIND_ADDRESS", default_value = "0.0.0.0")]
+    pub bind_address: std::net::IpAddr,
+    /// Log format.
+    #[arg(long, env = "TORTIE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// How long an allocation must look leaked before the GC releases it (0 disables leak GC).
+    /// Allocations on deleted nodes are released at once.
+    #[arg(long, env = "TORTIE_GC_GRACE_PERIOD", default_value = "15m", value_parser = parse_duration)]
+    pub gc_grace_period: Duration,
+    /// Time between GC passes (default: half the grace period, between 1s and 5m).
+    #[arg(long, env = "TORTIE_GC_INTERVAL", value_parser = parse_duration)]
+    pub gc_interval: Option<Duration>,
+    /// Calico CRD group to use: auto-detect, classic crd.projectcalico.org/v1, or projectcalico.org/v3.
+    #[arg(long, env = "TORTIE_CRD_MODE", value_enum, default_value_t = ModeArg::Auto)]
+    pub crd_mode: ModeArg,
+    /// Only manage IPPools matching this label selector (the GC then stays inside them).
+    #[arg(long, env = "TORTIE_POOL_SELECTOR")]
+    pub pool_selector: Option<String>,
+    /// Controllers to run.
+    #[arg(long, env = "TORTIE_CONTROLLERS", value_enum, value_delimiter = ',', default_values_t = [Part::Installation, Part::Ippool, Part::Gc])]
+    pub controllers: Vec<Part>,
+}
+
+impl RunArgs {
+    pub async fn run(self) -> anyhow::Result<std::process::ExitCode> {
+        init_tracing(self.log_format);
+        let client = kube::Client::try_default()
+            .await
+            .context("connecting to the Kubernetes API")?;
+        let mode = match self.crd_mode {
+            ModeArg::V1 => CrdMode::V1,
+            ModeArg::V3 => CrdMode::V3,
+            ModeArg::Auto => CrdMode::detect(&client)
+                .await
+                .context("detecting the Calico CRD mode")?,
+        };
+        let identity = self
+            .identity
+            .clone()
+            .or_else(|| std::env::var("POD_NAME").ok())
+            .unwrap_or_else(|| {
+                format!(
+                    "{}-{}",
+                    hostname::get()
+                        .map(|h| h.to_string_lossy().into_owned())
+                        .unwrap_or_else(|_| "tortie".into()),
+                    std::process::id()
+                )
+            });
+        let gc_interval = self.gc_interval.unwrap_or_else(|| {
+            (self.gc_grace_period / 2).clamp(Duration::from_secs(1), Duration::from_secs(300))
+        });
+        info!(%identity, %mode, namespace = %self.namespace, lease = %self.lease_name, "starting tortie operator");
+
+        let metrics = Arc::new(Metrics::new());
+        let stores = Stores::start(&client, mode, self.pool_selector.as_deref());
+        let config = Config {
+            gc_grace: self.gc_grace_period,
+            gc_interval,
+            pool_selector: self.pool_selector.clone(),
+            parts: self.controllers.clone(),
+            identity: identity.clone(),
+        };
+        let ctx = Arc::new(Ctx::new(
+            client.clone(),
+            mode,
+            stores.clone(),
+            metrics.clone(),
+            config,
+        ));
+
+        let shutdown = CancellationToken::new();
+        tokio::spawn(signal_handler(shutdown.clone()));
+
+        let addr = SocketAddr::new(self.bind_address, self.metrics_port);
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr}"))?;
+        info!(%addr, "serving /healthz /readyz /metrics");
+        let app = Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics_handler))
+            .with_state(ctx.clone());
+        let server_stop = shutdown.clone();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { server_stop.cancelled().await })
+                .await
+        });
+
+        let result = lead(ctx, &self, identity, shutdown.clone()).await;
+        shutdown.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+        match result {
+            Ok(()) => {
+                info!("stopped");
+                Ok(std::process::ExitCode::SUCCESS)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Holds the Lease and runs the controllers only while holding it.
+async fn lead(
+    ctx: Arc<Ctx>,
+    args: &RunArgs,
+    identity: String,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let duration = args.lease_duration.as_secs().max(2);
+    let grace = (duration / 3).max(1);
+    let manager = LeaseManagerBuilder::new(ctx.client.clone(), &args.lease_name)
+        .with_namespace(&args.namespace)
+        .with_identity(&identity)
+        .with_duration(duration)
+        .with_grace(grace)
+        .with_field_manager(format!("tortie-lease-{identity}"))
+        .build()
+        .await
+        .context("setting up the leader-election Lease")?;
+    let (mut leader, lease_task) = manager.watch().await;
+    let mut work: Option<(tokio::task::JoinHandle<()>, CancellationToken)> = None;
+    let outcome = loop {
+        let is_leader = *leader.borrow_and_update();
+        ctx.metrics.leader.set(is_leader as i64);
+        match (is_leader, work.is_some()) {
+            (true, false) => {
+                info!("acquired the Lease: starting controllers");
+                let stop = CancellationToken::new();
+                let c = ctx.clone();
+                let s = stop.clone();
+                work = Some((
+                    tokio::spawn(async move {
+                        // Decide only on complete caches.
+                        while !c.stores.synced() {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        controllers::run_leader(c, s).await
+                    }),
+                    stop,
+                ));
+            }
+            (false, true) => {
+                // Lost the Lease: stop writing now, without draining.
+                warn!("lost the Lease: stopping controllers");
+                if let Some((h, _)) = work.take() {
+                    h.abort();
+                }
+            }
+            _ => {}
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            r = leader.changed() => if r.is_err() {
+                break Err(anyhow::anyhow!("the leader-election task stopped"));
+            },
+        }
+    };
+    if let Some((h, stop)) = work.take() {
+        stop.cancel();
+        if tokio::time::timeout(Duration::from_secs(10), h).await.is_err() {
+            warn!("controllers did not stop within 10s");
+        }
+    }
+    ctx.metrics.leader.set(0);
+    // Closing the channel makes the lease task release the Lease.
+    drop(leader);
+    match tokio::time::timeout(Duration::from_secs(5), lease_task).await {
+        Ok(Ok(Ok(_))) => info!("released the Lease"),
+        Ok(Ok(Err(e))) => warn!(error = %e, "releasing the Lease failed"),
+        Ok(Err(e)) => warn!(error = %e, "lease task failed"),
+        Err(_) => warn!("releasing the Lease timed out"),
+    }
+    outcome
+}
+
+async fn signal_handler(token: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                error!(error = %e, "cannot listen for SIGTERM");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM: shutting down"),
+            _ = tokio::signal::ctrl_c() => info!("interrupt: shutting down"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    token.cancel();
+}
+
+async fn readyz(State(ctx): State<Arc<Ctx>>) -> impl IntoResponse {
+    if ctx.stores.synced() {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "watch caches not synced yet")
+    }
+}
+
+async fn metrics_handler(State(ctx): State<Arc<Ctx>>) -> impl IntoResponse {
+    let pools: Vec<(String, ipnet::IpNet)> = ctx
+        .stores
+        .pools
+        .all()
+        .iter()
+        .filter_map(|p| Some((p.metadata.name.clone()?, p.spec.net()?)))
+        .collect();
+    let blocks = ctx.stores.blocks.all();
+    ctx.metrics
+        .set_ipam(&ipam_gauges(&pools, blocks.iter().map(|b| &b.spec)));
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        ctx.metrics.encode(),
+    )
+}
+
+fn init_tracing(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("TORTIE_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,kube=warn,kube_lease_manager=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init(),
+    };
+}

@@ -1,0 +1,472 @@
+//! IPAM garbage collector: a pass every `gc_interval` (and soon after a Node change), deciding
+//! with [`super::gc_plan::plan`] and writing one guarded update per block.
+//!
+//! Every write is a full update carrying the resourceVersion just read; each ordinal is freed
+//! only if its handle and `sequenceNumberForAllocation` still match the plan (a re-allocated
+//! address is never freed); a pod named by a leak is re-read live before the write. Deletes of
+//! IPAM objects are Calico's two steps: mark `deleted`, then DELETE with a UID precondition.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, PostParams, Preconditions};
+use kube::core::{NotUsed, Object};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::gc_plan::{self, AffinityIn, BlockIn, Guard, HandleIn, PodInfo, World};
+use super::tokio_util_shim::CancellationToken;
+use super::{Ctx, Error};
+use crate::api::{Affinity, Block, CalicoKind, Handle};
+use crate::ipam::names;
+
+const NAME: &str = "gc";
+const CAS_RETRIES: usize = 3;
+
+pub async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
+    let mut node_changes = ctx.stores.nodes.changes().boxed();
+    let mut tick = tokio::time::interval(ctx.config.gc_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+            Some(_) = node_changes.next() => {
+                // Let a burst of Node events settle into one pass.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                while futures::FutureExt::now_or_never(node_changes.next()).flatten().is_some() {}
+            }
+        }
+        let _t = ctx.metrics.reconcile(NAME);
+        if let Err(e) = pass(&ctx).instrument(info_span!("gc_pass")).await {
+            ctx.metrics.error(NAME, e.metric_label());
+            warn!(error = %e, "IPAM GC pass failed; retrying next pass");
+        }
+    }
+}
+
+/// Addresses a live pod shows: status.podIPs, Calico's and Multus' annotations.
+pub fn pod_info(p: &Pod) -> Option<PodInfo> {
+    let spec = p.spec.as_ref();
+    if spec.and_then(|s| s.host_network).unwrap_or(false) {
+        return None;
+    }
+    let status = p.status.as_ref();
+    let mut ips: Vec<IpAddr> = Vec::new();
+    let mut push = |s: &str| {
+        let s = s.trim();
+        let s = s.split('/').next().unwrap_or(s);
+        if let Ok(ip) = s.parse() {
+            ips.push(ip);
+        }
+    };
+    if let Some(st) = status {
+        st.pod_ips.iter().flatten().for_each(|i| push(&i.ip));
+        st.pod_ip.iter().for_each(|i| push(i));
+    }
+    let ann = p.annotations();
+    for key in ["cni.projectcalico.org/podIP", "cni.projectcalico.org/podIPs"] {
+        if let Some(v) = ann.get(key) {
+            v.split(',').for_each(&mut push);
+        }
+    }
+    if let Some(v) = ann.get("k8s.v1.cni.cncf.io/network-status")
+        && let Ok(serde_json::Value::Array(nets)) = serde_json::from_str::<serde_json::Value>(v)
+    {
+        for n in nets {
+            for ip in n.get("ips").and_then(|x| x.as_array()).into_iter().flatten() {
+                if let Some(s) = ip.as_str() {
+                    push(s);
+                }
+            }
+        }
+    }
+    Some(PodInfo {
+        node: spec.and_then(|s| s.node_name.clone()),
+        ips,
+        created: p.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        evicted: status
+            .is_some_and(|s| s.phase.as_deref() == Some("Failed") && s.reason.as_deref() == Some("Evicted")),
+    })
+}
+
+/// Pools (name, cidr) this instance manages; with a pool selector, GC stays inside them.
+fn scope(ctx: &Ctx) -> (Vec<(String, IpNet)>, bool) {
+    let pools = ctx
+        .stores
+        .pools
+        .all()
+        .iter()
+        .filter_map(|p| Some((p.name_any(), p.spec.net()?)))
+        .collect();
+    (pools, ctx.config.pool_selector.is_some())
+}
+
+async fn pass(ctx: &Ctx) -> Result<(), Error> {
+    let st = &ctx.stores;
+    let (pools, scoped) = scope(ctx);
+    let in_scope = |cidr: &str| {
+        !scoped
+            || cidr
+                .parse::<IpNet>()
+                .is_ok_and(|n| pools.iter().any(|(_, p)| p.contains(&n)))
+    };
+    let blocks = st.blocks.all();
+    let affinities = st.affinities.all();
+    let handles = st.handles.all();
+    let nodes = st.nodes.all();
+    let pods = st.pods.all();
+    let world = World {
+        blocks: blocks
+            .iter()
+            .filter(|b| in_scope(&b.spec.cidr))
+            .map(|b| BlockIn {
+                name: b.metadata.name.as_deref().unwrap_or(""),
+                spec: &b.spec,
+            })
+            .collect(),
+        affinities: affinities
+            .iter()
+            .filter(|a| !a.spec.is_deleted() && in_scope(&a.spec.cidr))
+            .map(|a| AffinityIn {
+                name: a.metadata.name.as_deref().unwrap_or(""),
+                node: &a.spec.node,
+                cidr: &a.spec.cidr,
+                host_type: a.spec.affinity_type() == "host",
+            })
+            .collect(),
+        handles: handles
+            .iter()
+            .filter(|h| {
+                !h.spec.is_deleted()
+                    && (!scoped || (!h.spec.block.is_empty() && h.spec.block.keys().all(|c| in_scope(c))))
+            })
+            .map(|h| HandleIn {
+                name: h.metadata.name.as_deref().unwrap_or(""),
+                handle_id: &h.spec.handle_id,
+            })
+            .collect(),
+        nodes: nodes
+            .iter()
+            .map(|n| (n.name_any(), n.metadata.creation_timestamp.as_ref().map(|t| t.0)))
+            .collect(),
+        pods: pods
+            .iter()
+            .filter_map(|p| Some(((p.namespace().unwrap_or_default(), p.name_any()), pod_info(p)?)))
+            .collect(),
+        pools: pools.clone(),
+    };
+    let grace = jiff::SignedDuration::try_from(ctx.config.gc_grace).unwrap_or(jiff::SignedDuration::MAX);
+    let plan = {
+        let mut state = ctx.gc_state.lock().await;
+        gc_plan::plan(&world, &mut state, jiff::Timestamp::now(), grace)
+    };
+    ctx.metrics.set_gc_candidates(&plan.candidates);
+    debug!(
+        releases = plan.releases.len(),
+        empty_blocks = plan.empty_blocks.len(),
+        stale_affinities = plan.stale_affinities.len(),
+        orphan_handles = plan.orphan_handles.len(),
+        "GC plan"
+    );
+    let mut first_err = None;
+    let mut pod_cache: HashMap<(String, String), Option<PodInfo>> = HashMap::new();
+    for r in &plan.releases {
+        if let Err(e) = release_block(ctx, r, &mut pod_cache)
+            .instrument(info_span!("release", ipamblock = %r.block))
+            .await
+        {
+            warn!(block = %r.block, error = %e, "release failed; retrying next pass");
+            first_err.get_or_insert(e);
+        }
+    }
+    for e in &plan.empty_blocks {
+        match release_empty_block(ctx, &e.block, Some(&e.node))
+            .instrument(info_span!("release_empty", ipamblock = %e.block))
+            .await
+        {
+            Ok(true) => info!(block = %e.block, node = %e.node, why = e.why, "empty block released"),
+            Ok(false) => {}
+            Err(err) => {
+                warn!(block = %e.block, error = %err, "empty block release failed");
+                first_err.get_or_insert(err);
+            }
+        }
+    }
+    let aff_api: Api<Affinity> = Api::all_with(ctx.client.clone(), &ctx.resource(CalicoKind::BlockAffinity));
+    for name in &plan.stale_affinities {
+        if let Err(e) = delete_affinity(ctx, &aff_api, name).await {
+            first_err.get_or_insert(e);
+        } else {
+            info!(affinity = %name, "stale affinity of a deleted node removed");
+        }
+    }
+    let h_api: Api<Handle> = Api::all_with(ctx.client.clone(), &ctx.resource(CalicoKind::IPAMHandle));
+    for name in &plan.orphan_handles {
+        match get_opt(&h_api, name).await? {
+            Some(h) if !h.spec.is_deleted() => {
+                let referenced = ctx.stores.blocks.all().iter().any(|b| {
+                    b.spec.attributes.iter().any(|a| {
+                        a.handle_id
+                            .as_deref()
+                            .is_some_and(|id| names::handle_name(names::sanitize_handle_id(id)) == *name)
+                    })
+                });
+                if referenced {
+                    continue;
+                }
+                if let Err(e) = soft_delete(&h_api, h, |s| s.deleted = Some(true)).await {
+                    first_err.get_or_insert(e);
+                } else {
+                    info!(handle = %name, "IPAMHandle no block references removed");
+                }
+            }
+            _ => {}
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+async fn get_opt<K>(api: &Api<K>, name: &str) -> Result<Option<K>, Error>
+where
+    K: Clone + DeserializeOwned + std::fmt::Debug,
+{
+    Ok(api.get_opt(name).await?)
+}
+
+/// Frees the guarded ordinals of one block in one write, then decrements the handles.
+async fn release_block(
+    ctx: &Ctx,
+    r: &gc_plan::BlockRelease,
+    pods: &mut HashMap<(String, String), Option<PodInfo>>,
+) -> Result<(), Error> {
+    // Re-validate each leak's pod live: never free what a pod shows it holds.
+    let pod_api: Api<Pod> = Api::all(ctx.client.clone());
+    let mut guards: Vec<Guard> = Vec::new();
+    for g in &r.guards {
+        if let Some((ns, name)) = &g.pod {
+            let key = (ns.clone(), name.clone());
+            if !pods.contains_key(&key) {
+                let live = Api::<Pod>::namespaced(ctx.client.clone(), ns)
+                    .get_opt(name)
+                    .await?;
+                pods.insert(key.clone(), live.as_ref().and_then(pod_info));
+            }
+            if pods[&key].as_ref().is_some_and(|p| p.ips.contains(&g.ip)) {
+                info!(ip = %g.ip, pod = %format!("{ns}/{name}"), "pod holds the address now; not released");
+                continue;
+            }
+        }
+        guards.push(g.clone());
+    }
+    let _ = pod_api;
+    if guards.is_empty() {
+        return Ok(());
+    }
+    let ar = ctx.resource(CalicoKind::IPAMBlock);
+    let api: Api<Block> = Api::all_with(ctx.client.clone(), &ar);
+    let mut attempt = 0;
+    let (block, freed) = loop {
+        attempt += 1;
+        let Some(mut block) = get_opt(&api, &r.block).await? else {
+            return Ok(());
+        };
+        if block.spec.is_deleted() {
+            return Ok(());
+        }
+        let freed = gc_plan::release(&mut block.spec, &guards);
+        if freed.is_empty() {
+            return Ok(());
+        }
+        match api.replace(&r.block, &PostParams::default(), &block).await {
+            Ok(b) => break (b, freed),
+            Err(kube::Error::Api(s)) if s.code == 409 && attempt < CAS_RETRIES => continue,
+            Err(e) => return Err(e.into()),
+        }
+    };
+    // Handles after the block (Calico's order): a crash here leaves an over-counted handle only.
+    let mut per_handle: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut per_node: BTreeMap<&str, u64> = BTreeMap::new();
+    for g in &freed {
+        *per_handle.entry(&g.handle).or_default() += 1;
+        *per_node.entry(&g.node).or_default() += 1;
+    }
+    let h_api: Api<Handle> = Api::all_with(ctx.client.clone(), &ctx.resource(CalicoKind::IPAMHandle));
+    for (handle, n) in per_handle {
+        if let Err(e) = decrement_handle(&h_api, handle, &r.cidr, n).await {
+            warn!(handle, error = %e, "handle decrement failed (left over-counted)");
+        }
+    }
+    for (node, n) in per_node {
+        ctx.metrics.add_reclamations(&r.pool, node, n);
+    }
+    let list: Vec<String> = freed.iter().map(|g| format!("{} ({})", g.ip, g.why)).collect();
+    info!(
+        count = freed.len(),
+        "released leaked addresses: {}",
+        list.join(", ")
+    );
+    ctx.event(
+        &block,
+        &ar,
+        false,
+        "LeakReleased",
+        "Release",
+        format!("Released {} leaked address(es): {}", freed.len(), list.join(", ")),
+    )
+    .await;
+    Ok(())
+}
+
+async fn decrement_handle(api: &Api<Handle>, handle_id: &str, cidr: &str, n: u64) -> Result<(), Error> {
+    let name = names::handle_name(names::sanitize_handle_id(handle_id));
+    for attempt in 1..=CAS_RETRIES {
+        let Some(mut h) = get_opt(api, &name).await? else {
+            return Ok(());
+        };
+        if h.spec.is_deleted() {
+            return Ok(());
+        }
+        let left = h.spec.block.get(cidr).copied().unwrap_or(0).saturating_sub(n);
+        if left == 0 {
+            h.spec.block.remove(cidr);
+        } else {
+            h.spec.block.insert(cidr.to_string(), left);
+        }
+        let res = if h.spec.block.is_empty() {
+            soft_delete(api, h, |s| s.deleted = Some(true)).await
+        } else {
+            api.replace(&name, &PostParams::default(), &h)
+                .await
+                .map(|_| ())
+                .map_err(Error::from)
+        };
+        match res {
+            Err(Error::Kube(kube::Error::Api(s))) if s.code == 409 && attempt < CAS_RETRIES => continue,
+            other => return other,
+        }
+    }
+    Ok(())
+}
+
+/// Calico's two-step delete: mark `deleted` with a CAS update, then DELETE with a UID precondition.
+pub async fn soft_delete<S>(
+    api: &Api<Object<S, NotUsed>>,
+    mut obj: Object<S, NotUsed>,
+    mark: impl FnOnce(&mut S),
+) -> Result<(), Error>
+where
+    S: Clone + Serialize + DeserializeOwned + std::fmt::Debug,
+    Object<S, NotUsed>: Resource,
+{
+    let name = obj.name_any();
+    mark(&mut obj.spec);
+    let marked = api.replace(&name, &PostParams::default(), &obj).await?;
+    let dp = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: marked.meta().uid.clone(),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    match api.delete(&name, &dp).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn delete_affinity(_ctx: &Ctx, api: &Api<Affinity>, name: &str) -> Result<(), Error> {
+    match get_opt(api, name).await? {
+        Some(a) if !a.spec.is_deleted() => soft_delete(api, a, |s| s.deleted = s.deleted.with(true)).await,
+        _ => Ok(()),
+    }
+}
+
+/// Deletes an empty block and the affinity of `host` for it: affinity → pendingDeletion, block
+/// marked deleted (CAS on the resourceVersion read while checking it is empty) and deleted, then
+/// the affinity. Returns false when the block is not empty (or not `host`'s) any more.
+pub async fn release_empty_block(ctx: &Ctx, block_name: &str, host: Option<&str>) -> Result<bool, Error> {
+    let api: Api<Block> = Api::all_with(ctx.client.clone(), &ctx.resource(CalicoKind::IPAMBlock));
+    let aff_api: Api<Affinity> = Api::all_with(ctx.client.clone(), &ctx.resource(CalicoKind::BlockAffinity));
+    let Some(block) = get_opt(&api, block_name).await? else {
+        return Ok(false);
+    };
+    if block.spec.is_deleted() || !gc_plan::is_empty(&block.spec) || block.spec.host() != host {
+        return Ok(false);
+    }
+    let net: Option<IpNet> = block.spec.cidr.parse().ok();
+    let aff_name = host.zip(net).map(|(h, n)| names::affinity_name(h, &n));
+    let mut aff = match &aff_name {
+        Some(n) => get_opt(&aff_api, n).await?.filter(|a| !a.spec.is_deleted()),
+        None => None,
+    };
+    if let Some(a) = aff.as_mut() {
+        a.spec.state = "pendingDeletion".into();
+        *a = aff_api.replace(&a.name_any(), &PostParams::default(), a).await?;
+    }
+    let ar = ctx.resource(CalicoKind::IPAMBlock);
+    match soft_delete(&api, block.clone(), |s| s.deleted = Some(true)).await {
+        Ok(()) => {}
+        Err(Error::Kube(kube::Error::Api(s))) if s.code == 409 => {
+            // The block changed under us (an allocation): give the affinity back.
+            if let Some(mut a) = aff {
+                a.spec.state = "confirmed".into();
+                let _ = aff_api.replace(&a.name_any(), &PostParams::default(), &a).await;
+            }
+            return Ok(false);
+        }
+        Err(e) => return Err(e),
+    }
+    if let Some(a) = aff {
+        soft_delete(&aff_api, a, |s| s.deleted = s.deleted.with(true)).await?;
+    }
+    ctx.event(
+        &block,
+        &ar,
+        false,
+        "BlockReleased",
+        "Release",
+        format!(
+            "Released empty block {} of node {}",
+            block.spec.cidr,
+            host.unwrap_or("(none)")
+        ),
+    )
+    .await;
+    Ok(true)
+}
+
+/// Used by the IPPool finalizer: every empty block inside `net`, with its affinity, goes.
+pub async fn delete_empty_blocks_in(ctx: &Ctx, net: &IpNet) -> Result<(), Error> {
+    for b in ctx.stores.blocks.all() {
+        let inside = b.spec.cidr.parse::<IpNet>().is_ok_and(|n| net.contains(&n));
+        if inside && !b.spec.is_deleted() && gc_plan::is_empty(&b.spec) {
+            release_empty_block(ctx, &b.name_any(), b.spec.host()).await?;
+        }
+    }
+    let aff_api: Api<Affinity> = Api::all_with(ctx.client.clone(), &ctx.resource(CalicoKind::BlockAffinity));
+    for a in ctx.stores.affinities.all() {
+        let inside = a.spec.cidr.parse::<IpNet>().is_ok_and(|n| net.contains(&n));
+        let block_left = ctx
+            .stores
+            .blocks
+            .all()
+            .iter()
+            .any(|b| b.spec.cidr == a.spec.cidr && !b.spec.is_deleted());
+        if inside && !block_left && !a.spec.is_deleted() {
+            delete_affinity(ctx, &aff_api, &a.name_any()).await?;
+        }
+    }
+    Ok(())
+}

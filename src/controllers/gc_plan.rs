@@ -1,0 +1,490 @@
+//! Pure decisions of the IPAM garbage collector (Calico kube-controllers' IPAM GC, spec ipam.md §4),
+//! with Calico's weak spots fixed:
+//! - an address that any live pod's status.podIPs or Calico/Multus annotations show is never
+//!   released, whatever the allocation's `node` attribute says (calico #12257);
+//! - an allocation older than the pod of the same name belongs to an earlier pod (recreated with
+//!   another UID) and is a leak even before the new pod has an address;
+//! - a Node re-created under the same name after the allocation counts as gone (calico #3589);
+//! - IPAMHandles that no block references are removed after the grace period;
+//! - everything is planned per block so the shell makes one guarded write per block per pass.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use jiff::{SignedDuration, Timestamp};
+
+use crate::api::{AllocationAttribute, IPAMBlockSpec};
+
+pub const WINDOWS_RESERVED: &str = "windows-reserved-ipam-handle";
+const TUNNEL_TYPES: &[&str] = &[
+    "ipipTunnelAddress",
+    "vxlanTunnelAddress",
+    "vxlanV6TunnelAddress",
+    "wireguardTunnelAddress",
+    "wireguardV6TunnelAddress",
+];
+/// Clock skew allowed between a node's CNI timestamp and the apiserver's creationTimestamp.
+const SKEW: SignedDuration = SignedDuration::from_secs(30);
+
+/// A live pod as the GC needs it.
+#[derive(Clone, Debug, Default)]
+pub struct PodInfo {
+    pub node: Option<String>,
+    /// status.podIPs plus the addresses in Calico's and Multus' annotations.
+    pub ips: Vec<IpAddr>,
+    pub created: Option<Timestamp>,
+    pub evicted: bool,
+}
+
+/// A block from the store.
+pub struct BlockIn<'a> {
+    pub name: &'a str,
+    pub spec: &'a IPAMBlockSpec,
+}
+
+/// A BlockAffinity from the store.
+pub struct AffinityIn<'a> {
+    pub name: &'a str,
+    pub node: &'a str,
+    pub cidr: &'a str,
+    pub host_type: bool,
+}
+
+/// An IPAMHandle from the store.
+pub struct HandleIn<'a> {
+    pub name: &'a str,
+    pub handle_id: &'a str,
+}
+
+/// Everything one pass looks at.
+pub struct World<'a> {
+    pub blocks: Vec<BlockIn<'a>>,
+    pub affinities: Vec<AffinityIn<'a>>,
+    pub handles: Vec<HandleIn<'a>>,
+    /// Node name → creationTimestamp.
+    pub nodes: HashMap<String, Option<Timestamp>>,
+    /// (namespace, name) → pod.
+    pub pods: HashMap<(String, String), PodInfo>,
+    /// Pools (name, cidr) for metric labels.
+    pub pools: Vec<(String, IpNet)>,
+}
+
+/// Timers kept between passes (rebuilt each pass, so nothing accumulates).
+#[derive(Clone, Debug, Default)]
+pub struct GcState {
+    leak_since: HashMap<LeakKey, Timestamp>,
+    empty_since: HashMap<String, Timestamp>,
+    orphan_handle_since: HashMap<String, Timestamp>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct LeakKey {
+    block: String,
+    ordinal: usize,
+    handle: String,
+    seq: Option<u64>,
+}
+
+/// What must still hold at write time for an ordinal to be released.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Guard {
+    pub ordinal: usize,
+    pub handle: String,
+    /// `sequenceNumberForAllocation[ordinal]` when planned: a re-allocated ordinal has another.
+    pub seq: Option<u64>,
+    pub ip: IpAddr,
+    pub node: String,
+    /// (namespace, pod) the allocation names, re-checked live just before the write.
+    pub pod: Option<(String, String)>,
+    pub why: String,
+}
+
+/// Releases in one block: one write.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BlockRelease {
+    pub block: String,
+    pub cidr: String,
+    pub pool: String,
+    pub guards: Vec<Guard>,
+}
+
+/// An empty block to delete together with its affinity.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EmptyBlock {
+    pub block: String,
+    pub cidr: String,
+    pub node: String,
+    pub why: &'static str,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GcPlan {
+    pub releases: Vec<BlockRelease>,
+    pub empty_blocks: Vec<EmptyBlock>,
+    /// Affinities of deleted nodes whose block does not exist or is not affine to the node.
+    pub stale_affinities: Vec<String>,
+    /// Handle object names no block references.
+    pub orphan_handles: Vec<String>,
+    /// (pool, node) → leak candidates not yet released (Calico's `ipam_allocations_gc_candidates`).
+    pub candidates: BTreeMap<(String, String), u64>,
+}
+
+/// Calico's `timestamp` attribute: Go's time text `2026-08-01 10:00:05.123456789 +0000 UTC`.
+pub fn parse_go_time(s: &str) -> Option<Timestamp> {
+    let mut parts = s.split_whitespace();
+    let (d, t, off) = (parts.next()?, parts.next()?, parts.next()?);
+    jiff::fmt::strtime::parse("%Y-%m-%d %H:%M:%S%.f %z", format!("{d} {t} {off}"))
+        .ok()?
+        .to_timestamp()
+        .ok()
+}
+
+fn ordinal_ip(net: &IpNet, ordinal: usize) -> Option<IpAddr> {
+    match net {
+        IpNet::V4(n) => u32::from(n.network())
+            .checked_add(ordinal as u32)
+            .map(|v| IpAddr::V4(v.into())),
+        IpNet::V6(n) => u128::from(n.network())
+            .checked_add(ordinal as u128)
+            .map(|v| IpAddr::V6(v.into())),
+    }
+}
+
+pub fn pool_of(pools: &[(String, IpNet)], cidr: &IpNet) -> String {
+    pools
+        .iter()
+        .find(|(_, p)| p.contains(cidr))
+        .map(|(n, _)| n.clone())
+        .unwrap_or_else(|| "no_ippool".into())
+}
+
+enum Verdict {
+    Valid,
+    /// Never cleaned automatically (no handle, no pod attributes, VM...).
+    Unknown,
+    Leak {
+        why: String,
+        node_gone: bool,
+    },
+}
+
+fn node_gone(world: &World<'_>, node: &str, alloc_time: Option<Timestamp>) -> bool {
+    match world.nodes.get(node) {
+        None => true,
+        // A Node re-created under the same name after the allocation is another machine.
+        Some(Some(created)) => alloc_time.is_some_and(|t| *created > t + SKEW),
+        Some(None) => false,
+    }
+}
+
+/// The pod an allocation names, if any.
+fn pod_key(attr: &AllocationAttribute) -> Option<(String, String)> {
+    let s = attr.secondary.as_ref()?;
+    Some((s.get("namespace")?.clone(), s.get("pod")?.clone()))
+}
+
+fn classify(
+    world: &World<'_>,
+    live_ips: &HashSet<IpAddr>,
+    attr: &AllocationAttribute,
+    ip: IpAddr,
+    block_host: Option<&str>,
+) -> (Verdict, String) {
+    let empty = BTreeMap::new();
+    let sec = attr.secondary.as_ref().unwrap_or(&empty);
+    let node = sec
+        .get("node")
+        .map(String::as_str)
+        .or(block_host)
+        .unwrap_or("")
+        .to_string();
+    let handle = attr.handle_id.as_deref().unwrap_or("");
+    if handle.is_empty() || handle == WINDOWS_RESERVED || live_ips.contains(&ip) {
+        let v = if live_ips.contains(&ip) {
+            Verdict::Valid
+        } else {
+            Verdict::Unknown
+        };
+        return (v, node);
+    }
+    let at = sec.get("timestamp").and_then(|t| parse_go_time(t));
+    if let Some(t) = sec.get("type")
+        && TUNNEL_TYPES.contains(&t.as_str())
+    {
+        let v = if world.nodes.contains_key(&node) {
+            Verdict::Valid
+        } else {
+            Verdict::Leak {
+                why: format!("tunnel address of deleted node {node}"),
+                node_gone: true,
+            }
+        };
+        return (v, node);
+    }
+    if sec.contains_key("vmi-name") {
+        return (Verdict::Unknown, node);
+    }
+    let (Some(ns), Some(pod)) = (sec.get("namespace"), sec.get("pod")) else {
+        return (Verdict::Unknown, node);
+    };
+    let gone = node.is_empty() || node_gone(world, &node, at);
+    let why = match world.pods.get(&(ns.clone(), pod.clone())) {
+        None => format!("pod {ns}/{pod} no longer exists"),
+        Some(p) if p.evicted => format!("pod {ns}/{pod} was evicted"),
+        Some(p) if at.zip(p.created).is_some_and(|(a, c)| a + SKEW < c) => {
+            format!("pod {ns}/{pod} was re-created after the address was allocated")
+        }
+        Some(p) if p.node.as_deref().is_some_and(|n| !n.is_empty() && n != node) => {
+            format!(
+                "pod {ns}/{pod} runs on node {} now, not {node}",
+                p.node.as_deref().unwrap_or("")
+            )
+        }
+        Some(p) if !p.ips.is_empty() => format!("pod {ns}/{pod} holds other addresses"),
+        Some(_) => return (Verdict::Valid, node),
+    };
+    (Verdict::Leak { why, node_gone: gone }, node)
+}
+
+/// Plans one pass. `grace` zero disables leak and empty-block release (as in Calico), but the
+/// cleanup of deleted nodes still runs.
+pub fn plan(world: &World<'_>, state: &mut GcState, now: Timestamp, grace: SignedDuration) -> GcPlan {
+    let live_ips: HashSet<IpAddr> = world.pods.values().flat_map(|p| p.ips.iter().copied()).collect();
+    let mut out = GcPlan::default();
+    let mut next = GcState::default();
+    // Every allocation of each handle: (confirmed leak?, block, guard).
+    let mut by_handle: HashMap<String, Vec<(bool, usize, Guard)>> = HashMap::new();
+    let mut blocks_of_node: HashMap<&str, usize> = HashMap::new();
+    let mut referenced: HashSet<String> = HashSet::new();
+    let mut empty: Vec<(usize, &str)> = Vec::new();
+    let live_blocks: Vec<&BlockIn<'_>> = world.blocks.iter().filter(|b| !b.spec.is_deleted()).collect();
+    let nets: Vec<Option<IpNet>> = live_blocks.iter().map(|b| b.spec.cidr.parse().ok()).collect();
+
+    for (bi, b) in live_blocks.iter().enumerate() {
+        let Some(net) = nets[bi] else { continue };
+        let pool = pool_of(&world.pools, &net);
+        let host = b.spec.host();
+        if let Some(h) = host {
+            *blocks_of_node.entry(h).or_default() += 1;
+        }
+        let mut in_use = 0;
+        for (ordinal, a) in b.spec.allocations.iter().enumerate() {
+            let Some(ai) = a else { continue };
+            let Some(attr) = b.spec.attributes.get(*ai) else {
+                continue;
+            };
+            if let Some(h) = &attr.handle_id {
+                referenced.insert(crate::ipam::names::handle_name(
+                    crate::ipam::names::sanitize_handle_id(h),
+                ));
+            }
+            if attr.handle_id.as_deref() == Some(WINDOWS_RESERVED) {
+                continue;
+            }
+            in_use += 1;
+            let Some(ip) = ordinal_ip(&net, ordinal) else {
+                continue;
+            };
+            let (verdict, node) = classify(world, &live_ips, attr, ip, host);
+            let handle = attr.handle_id.clone().unwrap_or_default();
+            let seq = b
+                .spec
+                .sequence_number_for_allocation
+                .as_ref()
+                .and_then(|m| m.get(&ordinal.to_string()).copied());
+            let pod = pod_key(attr);
+            let guard = |why: String| Guard {
+                ordinal,
+                handle: handle.clone(),
+                seq,
+                ip,
+                node: node.clone(),
+                pod: pod.clone(),
+                why,
+            };
+            match verdict {
+                Verdict::Valid => {
+                    by_handle
+                        .entry(handle.clone())
+                        .or_default()
+                        .push((false, bi, guard(String::new())))
+                }
+                Verdict::Unknown => {
+                    if !handle.is_empty() {
+                        by_handle
+                            .entry(handle.clone())
+                            .or_default()
+                            .push((false, bi, guard(String::new())));
+                    }
+                }
+                Verdict::Leak { why, node_gone } => {
+                    let key = LeakKey {
+                        block: b.spec.cidr.clone(),
+                        ordinal,
+                        handle: handle.clone(),
+                        seq,
+                    };
+                    let since = *state.leak_since.get(&key).unwrap_or(&now);
+                    next.leak_since.insert(key, since);
+                    let confirmed = node_gone || (!grace.is_zero() && now.duration_since(since) >= grace);
+                    *out.candidates.entry((pool.clone(), node.clone())).or_default() += 1;
+                    by_handle
+                        .entry(handle.clone())
+                        .or_default()
+                        .push((confirmed, bi, guard(why)));
+                }
+            }
+        }
+        if in_use == 0
+            && let Some(h) = host
+        {
+            empty.push((bi, h));
+        }
+    }
+
+    // All-or-nothing per handle keeps handle counts right for multi-address pods.
+    let mut per_block: BTreeMap<usize, Vec<Guard>> = BTreeMap::new();
+    for allocs in by_handle.into_values() {
+        if allocs.iter().all(|(c, _, _)| *c) {
+            for (_, bi, g) in allocs {
+                per_block.entry(bi).or_default().push(g);
+            }
+        }
+    }
+    for (bi, mut guards) in per_block {
+        guards.sort_by_key(|g| g.ordinal);
+        let net = nets[bi].expect("parsed above");
+        out.releases.push(BlockRelease {
+            block: live_blocks[bi].name.to_string(),
+            cidr: live_blocks[bi].spec.cidr.clone(),
+            pool: pool_of(&world.pools, &net),
+            guards,
+        });
+    }
+
+    // Empty blocks: a deleted node's go at once; a live node's after `grace`, keeping its last one.
+    let mut released_of_node: HashMap<&str, usize> = HashMap::new();
+    for (bi, node) in empty {
+        let b = live_blocks[bi];
+        let gone = !world.nodes.contains_key(node);
+        if gone {
+            out.empty_blocks.push(EmptyBlock {
+                block: b.name.into(),
+                cidr: b.spec.cidr.clone(),
+                node: node.into(),
+                why: "its node no longer exists",
+            });
+            continue;
+        }
+        let since = *state.empty_since.get(&b.spec.cidr).unwrap_or(&now);
+        next.empty_since.insert(b.spec.cidr.clone(), since);
+        let total = blocks_of_node.get(node).copied().unwrap_or(0);
+        let done = released_of_node.entry(node).or_default();
+        if !grace.is_zero() && now.duration_since(since) >= grace && total > *done + 1 {
+            *done += 1;
+            out.empty_blocks.push(EmptyBlock {
+                block: b.name.into(),
+                cidr: b.spec.cidr.clone(),
+                node: node.into(),
+                why: "it stayed empty for the grace period and its node has other blocks",
+            });
+        }
+    }
+
+    // Affinities of deleted nodes whose block is gone or belongs to someone else.
+    let block_host: HashMap<&str, Option<&str>> = live_blocks
+        .iter()
+        .map(|b| (b.spec.cidr.as_str(), b.spec.host()))
+        .collect();
+    for a in &world.affinities {
+        if !a.host_type || world.nodes.contains_key(a.node) {
+            continue;
+        }
+        match block_host.get(a.cidr) {
+            Some(Some(h)) if *h == a.node => {}
+            _ => out.stale_affinities.push(a.name.to_string()),
+        }
+    }
+
+    // Handles no block references, once unreferenced for the grace period: the allocator
+    // increments a handle before it writes the block, so a young orphan may be in flight.
+    for h in &world.handles {
+        let name = crate::ipam::names::handle_name(crate::ipam::names::sanitize_handle_id(h.handle_id));
+        if referenced.contains(&name) || referenced.contains(h.name) {
+            continue;
+        }
+        let since = *state.orphan_handle_since.get(h.name).unwrap_or(&now);
+        next.orphan_handle_since.insert(h.name.to_string(), since);
+        if !grace.is_zero() && now.duration_since(since) >= grace {
+            out.orphan_handles.push(h.name.to_string());
+        }
+    }
+    *state = next;
+    out
+}
+
+/// Releases the guarded ordinals that still match, Calico-style: attributes compacted and
+/// renumbered, ordinals appended to `unallocated`, `sequenceNumber` bumped. Returns what was freed.
+pub fn release(spec: &mut IPAMBlockSpec, guards: &[Guard]) -> Vec<Guard> {
+    let mut freed = Vec::new();
+    for g in guards {
+        let Some(Some(ai)) = spec.allocations.get(g.ordinal) else {
+            continue;
+        };
+        let same_handle =
+            spec.attributes.get(*ai).and_then(|a| a.handle_id.as_deref()) == Some(g.handle.as_str());
+        let key = g.ordinal.to_string();
+        let seq = spec
+            .sequence_number_for_allocation
+            .as_ref()
+            .and_then(|m| m.get(&key).copied());
+        if !same_handle || seq != g.seq {
+            continue;
+        }
+        spec.allocations[g.ordinal] = None;
+        spec.unallocated.push(g.ordinal);
+        if let Some(m) = spec.sequence_number_for_allocation.as_mut() {
+            m.remove(&key);
+        }
+        freed.push(g.clone());
+    }
+    if freed.is_empty() {
+        return freed;
+    }
+    compact(spec);
+    spec.sequence_number = Some(spec.sequence_number.unwrap_or(0) + 1);
+    freed
+}
+
+/// Drops attributes no allocation references and renumbers the rest, keeping their order.
+pub fn compact(spec: &mut IPAMBlockSpec) {
+    let mut map: Vec<Option<usize>> = vec![None; spec.attributes.len()];
+    let mut kept = Vec::new();
+    for a in spec.allocations.iter_mut().flatten() {
+        if map[*a].is_none() {
+            map[*a] = Some(usize::MAX);
+        }
+    }
+    for (i, attr) in spec.attributes.iter().enumerate() {
+        if map[i].is_some() {
+            map[i] = Some(kept.len());
+            kept.push(attr.clone());
+        }
+    }
+    for a in spec.allocations.iter_mut().flatten() {
+        *a = map[*a].expect("referenced");
+    }
+    spec.attributes = kept;
+}
+
+/// True when no allocation is left but Windows' reserved ones.
+pub fn is_empty(spec: &IPAMBlockSpec) -> bool {
+    spec.allocations
+        .iter()
+        .flatten()
+        .all(|a| spec.attributes.get(*a).and_then(|x| x.handle_id.as_deref()) == Some(WINDOWS_RESERVED))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,340 @@
+use super::*;
+use proptest::prelude::*;
+
+fn attr(handle: &str, pairs: &[(&str, &str)]) -> AllocationAttribute {
+    AllocationAttribute {
+        handle_id: Some(handle.into()),
+        secondary: Some(
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        ),
+        ..Default::default()
+    }
+}
+
+/// A /29 at 10.0.0.0 affine to `host` with pod allocations at the given ordinals.
+fn block(host: Option<&str>, pods: &[(usize, &str, &str)]) -> IPAMBlockSpec {
+    let mut b = IPAMBlockSpec {
+        cidr: "10.0.0.0/29".into(),
+        affinity: host.map(|h| format!("host:{h}")),
+        allocations: vec![None; 8],
+        unallocated: vec![],
+        sequence_number: Some(100),
+        sequence_number_for_allocation: Some(BTreeMap::new()),
+        ..Default::default()
+    };
+    for (o, pod, node) in pods {
+        b.attributes.push(attr(
+            &format!("k8s-pod-network.{pod}"),
+            &[
+                ("namespace", "ns"),
+                ("pod", pod),
+                ("node", node),
+                ("timestamp", "2026-01-01 00:00:00.5 +0000 UTC"),
+            ],
+        ));
+        b.allocations[*o] = Some(b.attributes.len() - 1);
+        b.sequence_number_for_allocation
+            .as_mut()
+            .unwrap()
+            .insert(o.to_string(), 50 + *o as u64);
+    }
+    b.unallocated = (0..8).filter(|o| b.allocations[*o].is_none()).collect();
+    b
+}
+
+fn world<'a>(blocks: &'a [(String, IPAMBlockSpec)], nodes: &[&str], pods: &[(&str, PodInfo)]) -> World<'a> {
+    World {
+        blocks: blocks.iter().map(|(n, s)| BlockIn { name: n, spec: s }).collect(),
+        affinities: vec![],
+        handles: vec![],
+        nodes: nodes
+            .iter()
+            .map(|n| (n.to_string(), Some("2025-01-01T00:00:00Z".parse().unwrap())))
+            .collect(),
+        pods: pods
+            .iter()
+            .map(|(n, p)| (("ns".to_string(), n.to_string()), p.clone()))
+            .collect(),
+        pools: vec![("pool".into(), "10.0.0.0/24".parse().unwrap())],
+    }
+}
+
+fn t(s: &str) -> Timestamp {
+    s.parse().unwrap()
+}
+
+const GRACE: SignedDuration = SignedDuration::from_secs(900);
+
+#[test]
+fn go_time_parses() {
+    assert_eq!(
+        parse_go_time("2026-08-01 10:00:05.123456789 +0000 UTC"),
+        Some(t("2026-08-01T10:00:05.123456789Z"))
+    );
+    assert_eq!(parse_go_time("garbage"), None);
+}
+
+#[test]
+fn leak_of_deleted_pod_waits_for_grace() {
+    let blocks = vec![(
+        "b".to_string(),
+        block(Some("n1"), &[(0, "gone", "n1"), (1, "alive", "n1")]),
+    )];
+    let alive = PodInfo {
+        node: Some("n1".into()),
+        ips: vec!["10.0.0.1".parse().unwrap()],
+        ..Default::default()
+    };
+    let w = world(&blocks, &["n1"], &[("alive", alive)]);
+    let mut st = GcState::default();
+    let p = plan(&w, &mut st, t("2026-01-01T01:00:00Z"), GRACE);
+    assert!(p.releases.is_empty());
+    assert_eq!(p.candidates.get(&("pool".into(), "n1".into())), Some(&1));
+    let p = plan(&w, &mut st, t("2026-01-01T01:14:00Z"), GRACE);
+    assert!(p.releases.is_empty());
+    let p = plan(&w, &mut st, t("2026-01-01T01:15:00Z"), GRACE);
+    assert_eq!(p.releases.len(), 1);
+    let g = &p.releases[0].guards;
+    assert_eq!(g.len(), 1);
+    assert_eq!(
+        (g[0].ordinal, g[0].seq, g[0].ip),
+        (0, Some(50), "10.0.0.0".parse().unwrap())
+    );
+    assert!(g[0].why.contains("no longer exists"));
+}
+
+#[test]
+fn deleted_node_is_immediate_and_its_empty_blocks_go() {
+    let blocks = vec![
+        ("b".to_string(), block(Some("n1"), &[(0, "gone", "n1")])),
+        (
+            "e".to_string(),
+            IPAMBlockSpec {
+                cidr: "10.0.0.8/29".into(),
+                affinity: Some("host:n1".into()),
+                allocations: vec![None; 8],
+                ..Default::default()
+            },
+        ),
+    ];
+    let mut w = world(&blocks, &[], &[]);
+    w.affinities = vec![
+        AffinityIn {
+            name: "n1-10-0-0-8-29",
+            node: "n1",
+            cidr: "10.0.0.8/29",
+            host_type: true,
+        },
+        AffinityIn {
+            name: "n1-10-0-0-16-29",
+            node: "n1",
+            cidr: "10.0.0.16/29",
+            host_type: true,
+        },
+    ];
+    let p = plan(&w, &mut GcState::default(), t("2026-01-01T01:00:00Z"), GRACE);
+    assert_eq!(p.releases[0].guards.len(), 1);
+    assert_eq!(p.empty_blocks.len(), 1);
+    assert_eq!(p.empty_blocks[0].block, "e");
+    assert_eq!(p.stale_affinities, vec!["n1-10-0-0-16-29".to_string()]);
+}
+
+#[test]
+fn live_pod_address_is_never_released() {
+    // The allocation says node n1 and pod "old", which is gone; but a live pod shows the address.
+    let blocks = vec![("b".to_string(), block(Some("n1"), &[(2, "old", "n1")]))];
+    let other = PodInfo {
+        node: Some("n2".into()),
+        ips: vec!["10.0.0.2".parse().unwrap()],
+        ..Default::default()
+    };
+    let w = world(&blocks, &[], &[("other", other)]);
+    let p = plan(&w, &mut GcState::default(), t("2026-01-01T01:00:00Z"), GRACE);
+    assert!(p.releases.is_empty());
+    assert!(p.candidates.is_empty());
+}
+
+#[test]
+fn moved_recreated_and_pending_pods() {
+    let blocks = vec![(
+        "b".to_string(),
+        block(
+            Some("n1"),
+            &[(0, "moved", "n1"), (1, "recreated", "n1"), (2, "pending", "n1")],
+        ),
+    )];
+    let moved = PodInfo {
+        node: Some("n2".into()),
+        ..Default::default()
+    };
+    let recreated = PodInfo {
+        node: Some("n1".into()),
+        created: Some(t("2026-01-01T00:10:00Z")),
+        ..Default::default()
+    };
+    let pending = PodInfo {
+        node: Some("n1".into()),
+        created: Some(t("2026-01-01T00:00:00Z")),
+        ..Default::default()
+    };
+    let w = world(
+        &blocks,
+        &["n1", "n2"],
+        &[("moved", moved), ("recreated", recreated), ("pending", pending)],
+    );
+    let mut st = GcState::default();
+    plan(&w, &mut st, t("2026-01-01T01:00:00Z"), GRACE);
+    let p = plan(&w, &mut st, t("2026-01-01T02:00:00Z"), GRACE);
+    let ords: Vec<usize> = p.releases[0].guards.iter().map(|g| g.ordinal).collect();
+    assert_eq!(ords, vec![0, 1]);
+}
+
+#[test]
+fn handle_is_all_or_nothing() {
+    let mut b = block(Some("n1"), &[(0, "gone", "n1")]);
+    // A second address on the same handle whose pod attributes point to a live pod that holds it.
+    b.attributes.push(attr(
+        "k8s-pod-network.gone",
+        &[("namespace", "ns"), ("pod", "live"), ("node", "n1")],
+    ));
+    b.allocations[1] = Some(1);
+    let blocks = vec![("b".to_string(), b)];
+    let live = PodInfo {
+        node: Some("n1".into()),
+        ips: vec!["10.0.0.1".parse().unwrap()],
+        ..Default::default()
+    };
+    let w = world(&blocks, &[], &[("live", live)]);
+    let p = plan(&w, &mut GcState::default(), t("2026-01-01T01:00:00Z"), GRACE);
+    assert!(p.releases.is_empty());
+}
+
+#[test]
+fn empty_blocks_of_live_node_keep_the_last_one() {
+    let mk = |c: &str| IPAMBlockSpec {
+        cidr: c.into(),
+        affinity: Some("host:n1".into()),
+        allocations: vec![None; 8],
+        ..Default::default()
+    };
+    let blocks = vec![
+        ("a".to_string(), mk("10.0.0.0/29")),
+        ("b".to_string(), mk("10.0.0.8/29")),
+        ("c".to_string(), mk("10.0.0.16/29")),
+    ];
+    let w = world(&blocks, &["n1"], &[]);
+    let mut st = GcState::default();
+    assert!(
+        plan(&w, &mut st, t("2026-01-01T01:00:00Z"), GRACE)
+            .empty_blocks
+            .is_empty()
+    );
+    let p = plan(&w, &mut st, t("2026-01-01T01:20:00Z"), GRACE);
+    assert_eq!(p.empty_blocks.len(), 2);
+    // Grace zero disables it, as in Calico.
+    let mut st = GcState::default();
+    plan(&w, &mut st, t("2026-01-01T01:00:00Z"), SignedDuration::ZERO);
+    assert!(
+        plan(&w, &mut st, t("2026-01-01T09:00:00Z"), SignedDuration::ZERO)
+            .empty_blocks
+            .is_empty()
+    );
+}
+
+#[test]
+fn orphan_handles_after_grace() {
+    let blocks = vec![("b".to_string(), block(Some("n1"), &[(0, "p", "n1")]))];
+    let mut w = world(
+        &blocks,
+        &["n1"],
+        &[(
+            "p",
+            PodInfo {
+                node: Some("n1".into()),
+                ips: vec!["10.0.0.0".parse().unwrap()],
+                ..Default::default()
+            },
+        )],
+    );
+    w.handles = vec![
+        HandleIn {
+            name: "k8s-pod-network.p",
+            handle_id: "k8s-pod-network.p",
+        },
+        HandleIn {
+            name: "k8s-pod-network.x",
+            handle_id: "k8s-pod-network.X",
+        },
+    ];
+    let mut st = GcState::default();
+    assert!(
+        plan(&w, &mut st, t("2026-01-01T01:00:00Z"), GRACE)
+            .orphan_handles
+            .is_empty()
+    );
+    let p = plan(&w, &mut st, t("2026-01-01T01:15:00Z"), GRACE);
+    assert_eq!(p.orphan_handles, vec!["k8s-pod-network.x".to_string()]);
+}
+
+#[test]
+fn release_checks_guards_and_compacts() {
+    let mut b = block(Some("n1"), &[(0, "a", "n1"), (1, "b", "n1"), (2, "c", "n1")]);
+    let g = |o: usize, h: &str, seq: u64| Guard {
+        ordinal: o,
+        handle: h.into(),
+        seq: Some(seq),
+        ip: "10.0.0.0".parse().unwrap(),
+        node: "n1".into(),
+        pod: None,
+        why: String::new(),
+    };
+    // Ordinal 1 was re-allocated (other sequence number): kept.
+    let freed = release(
+        &mut b,
+        &[g(0, "k8s-pod-network.a", 50), g(1, "k8s-pod-network.b", 99)],
+    );
+    assert_eq!(freed.len(), 1);
+    assert_eq!(b.allocations[..3], [None, Some(0), Some(1)]);
+    assert_eq!(b.attributes.len(), 2);
+    assert_eq!(b.attributes[0].handle_id.as_deref(), Some("k8s-pod-network.b"));
+    assert_eq!(*b.unallocated.last().unwrap(), 0);
+    assert_eq!(b.sequence_number, Some(101));
+    assert!(!is_empty(&b));
+}
+
+proptest! {
+    /// Whatever is released, the block stays consistent (calicoctl ipam check's block rules) and
+    /// only guarded ordinals whose handle and sequence number still match are freed.
+    #[test]
+    fn release_keeps_block_invariants(alloc in proptest::collection::vec(proptest::option::of(0usize..4), 8), pick in proptest::collection::vec((0usize..8, any::<bool>()), 0..10)) {
+        let mut b = IPAMBlockSpec { cidr: "10.0.0.0/29".into(), allocations: vec![None; 8], sequence_number_for_allocation: Some(BTreeMap::new()), ..Default::default() };
+        for h in 0..4 { b.attributes.push(attr(&format!("h{h}"), &[])); }
+        for (o, a) in alloc.iter().enumerate() {
+            b.allocations[o] = *a;
+            if a.is_some() { b.sequence_number_for_allocation.as_mut().unwrap().insert(o.to_string(), o as u64); }
+        }
+        // Drop unreferenced attributes first so the input is valid.
+        compact(&mut b);
+        b.unallocated = (0..8).filter(|o| b.allocations[*o].is_none()).collect();
+        let before = b.clone();
+        let guards: Vec<Guard> = pick.iter().filter_map(|(o, good)| {
+            let a = before.allocations[*o]?;
+            let h = alloc[*o].map(|x| format!("h{x}"))?;
+            let _ = a;
+            Some(Guard { ordinal: *o, handle: h, seq: Some(if *good { *o as u64 } else { 999 }), ip: "10.0.0.0".parse().unwrap(), node: String::new(), pod: None, why: String::new() })
+        }).collect();
+        let freed = release(&mut b, &guards);
+        for g in &freed { prop_assert!(g.seq == Some(g.ordinal as u64)); }
+        let allocated = b.allocations.iter().filter(|a| a.is_some()).count();
+        prop_assert_eq!(allocated + b.unallocated.len(), 8);
+        for (i, _) in b.attributes.iter().enumerate() { prop_assert!(b.allocations.contains(&Some(i))); }
+        for o in 0..8 {
+            let was = before.allocations[o].map(|a| before.attributes[a].handle_id.clone());
+            let now = b.allocations[o].map(|a| b.attributes[a].handle_id.clone());
+            if freed.iter().any(|g| g.ordinal == o) { prop_assert!(now.is_none()); } else { prop_assert_eq!(was, now); }
+        }
+    }
+}

@@ -1,0 +1,883 @@
+//! Pure pool decisions: the IPPools an Installation asks for (Calico's defaults), and the checks
+//! CEL cannot do (overlap between pools in Calico's order, pod-CIDR containment, reserved ranges,
+//! selector syntax). No I/O: the controllers feed it what their stores hold.
+
+use std::collections::BTreeSet;
+
+use ipnet::IpNet;
+use jiff::Timestamp;
+
+use super::podcidr::PodCidrs;
+use crate::api::installation::{InstallationIPPool, InstallationSpec};
+use crate::api::{IPAMBlockSpec, IPPoolSpec};
+
+/// Label on every pool the Installation controller writes.
+pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+pub const MANAGER: &str = "tortie";
+/// On an IPPool (or the Installation, for the pools it lists): "true" allows a pool outside the
+/// cluster's pod CIDRs, for BGP-routed ranges the kubeadm podSubnet does not cover (tigera #1512).
+pub const ALLOW_OUTSIDE_POD_CIDR: &str = "tortie.io/allow-outside-pod-cidr";
+
+pub const DEFAULT_V4: &str = "default-ipv4-ippool";
+pub const DEFAULT_V6: &str = "default-ipv6-ippool";
+
+/// Why a pool is refused: the pool, the field, a machine reason and a message with a remedy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    pub pool: String,
+    pub field: &'static str,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+fn problem(pool: &str, field: &'static str, reason: &'static str, message: String) -> Problem {
+    Problem {
+        pool: pool.to_string(),
+        field,
+        reason,
+        message,
+    }
+}
+
+/// A pool already in the cluster, as the Installation planner needs to see it.
+pub struct Existing<'a> {
+    pub name: &'a str,
+    pub spec: &'a IPPoolSpec,
+}
+
+/// What the Installation controller should write.
+#[derive(Debug, Default, PartialEq)]
+pub struct Plan {
+    /// `None`: `ipPools: []`, pools are managed by hand and nothing is written or deleted.
+    pub managed: bool,
+    pub pools: Vec<(String, IPPoolSpec)>,
+    pub problems: Vec<Problem>,
+}
+
+/// Calico's defaults and naming applied to the Installation's pool list (tigera operator
+/// `defaults.go`), validated with [`check_spec`] plus the Installation-only rules.
+///
+/// Where tortie differs, on purpose: the pod-CIDR check runs on every reconcile (not only before
+/// the first pool exists) and can be waived with [`ALLOW_OUTSIDE_POD_CIDR`]; an IPv4 pool with no
+/// encapsulation set gets VXLAN when BGP is Disabled (IPIP needs BGP); duplicates are compared
+/// after canonicalisation; a pool with a problem is skipped while the others are still written.
+pub fn plan(
+    inst: &InstallationSpec,
+    pod: Option<&PodCidrs>,
+    allow_outside: bool,
+    existing: &[Existing<'_>],
+    selector_ok: &dyn Fn(&str) -> Result<(), String>,
+) -> Plan {
+    let net = inst.calico_network.as_ref();
+    let listed = net.and_then(|n| n.ip_pools.clone());
+    let calico_cni = inst.cni.as_ref().is_none_or(|c| c.type_ == "Calico");
+    let bgp_off = net.and_then(|n| n.bgp.as_deref()) == Some("Disabled") || !calico_cni;
+    let items: Vec<InstallationIPPool> = match listed {
+        Some(v) if v.is_empty() => return Plan::default(),
+        Some(v) => v,
+        None => default_items(inst, pod),
+    };
+    let mut plan = Plan {
+        managed: true,
+        ..Default::default()
+    };
+    let parsed: Vec<Option<IpNet>> = items
+        .iter()
+        .map(|p| p.cidr.trim().parse::<IpNet>().ok().map(|n| n.trunc()))
+        .collect();
+    let (v4s, v6s) = (
+        parsed.iter().filter(|n| matches!(n, Some(IpNet::V4(_)))).count(),
+        parsed.iter().filter(|n| matches!(n, Some(IpNet::V6(_)))).count(),
+    );
+    let mut seen_names = BTreeSet::new();
+    let mut accepted: Vec<(String, IpNet)> = Vec::new();
+    for (item, net) in items.iter().zip(&parsed) {
+        let label = item.name.clone().unwrap_or_else(|| item.cidr.clone());
+        let Some(cidr) = *net else {
+            plan.problems.push(problem(
+                &label,
+                "cidr",
+                "InvalidCIDR",
+                format!(
+                    "Installation pool {label}: spec.calicoNetwork.ipPools[].cidr {:?} is not a CIDR",
+                    item.cidr
+                ),
+            ));
+            continue;
+        };
+        let name = match &item.name {
+            Some(n) if !n.is_empty() => n.clone(),
+            _ => existing
+                .iter()
+                .find(|e| e.spec.net().map(|n| n.trunc()) == Some(cidr))
+                .map(|e| e.name.to_string())
+                .unwrap_or_else(|| match cidr {
+                    IpNet::V4(_) if v4s == 1 && v4s + v6s <= 2 => DEFAULT_V4.into(),
+                    IpNet::V6(_) if v6s == 1 && v4s + v6s <= 2 => DEFAULT_V6.into(),
+                    _ => derived_name(&cidr),
+                }),
+        };
+        let spec = match to_spec(item, cidr, bgp_off, calico_cni) {
+            Ok(s) => s,
+            Err(p) => {
+                plan.problems.push(problem(
+                    &name,
+                    p.0,
+                    p.1,
+                    format!("Installation pool {name} ({cidr}): {}", p.2),
+                ));
+                continue;
+            }
+        };
+        if let Some((other, _)) = accepted.iter().find(|(_, o)| *o == cidr) {
+            plan.problems.push(problem(
+                &name,
+                "cidr",
+                "Duplicate",
+                format!("Installation pool {name} ({cidr}) has the same CIDR as pool {other} once canonicalised; list each CIDR once"),
+            ));
+            continue;
+        }
+        if !seen_names.insert(name.clone()) {
+            plan.problems.push(problem(
+                &name,
+                "name",
+                "Duplicate",
+                format!("Installation pool {name} is listed more than once"),
+            ));
+            continue;
+        }
+        if let Some(p) = check_spec(&name, &spec, pod, allow_outside, selector_ok) {
+            plan.problems.push(p);
+            continue;
+        }
+        if let Some((other, o)) = accepted.iter().find(|(_, o)| overlaps(o, &cidr)) {
+            plan.problems.push(problem(
+                &name,
+                "cidr",
+                "CIDROverlap",
+                format!("Installation pool {name} ({cidr}) overlaps pool {other} ({o}) listed before it; pools must not overlap"),
+            ));
+            continue;
+        }
+        if let Some(e) = existing.iter().find(|e| e.name == name) {
+            let old = e.spec.net().map(|n| n.trunc());
+            if old != Some(cidr) {
+                plan.problems.push(problem(
+                    &name,
+                    "cidr",
+                    "ForbiddenChange",
+                    format!(
+                        "IPPool {name} exists with cidr {}; changing it to {cidr} is refused (addresses in use would be orphaned). Add a pool with a new name, set disableNewAllocations on {name}, recycle the pods, then remove it",
+                        e.spec.cidr
+                    ),
+                ));
+                continue;
+            }
+            if e.spec.effective_block_size() != spec.effective_block_size() {
+                plan.problems.push(problem(
+                    &name,
+                    "blockSize",
+                    "ForbiddenChange",
+                    format!(
+                        "IPPool {name} exists with blockSize {}; changing it to {} is refused (existing blocks keep their size). Create a new pool with the new block size instead",
+                        e.spec.effective_block_size(),
+                        spec.effective_block_size()
+                    ),
+                ));
+                continue;
+            }
+        }
+        accepted.push((name.clone(), cidr));
+        plan.pools.push((name, spec));
+    }
+    plan
+}
+
+/// `ipPools` unset: one pool per pod CIDR, else Calico's hard default.
+fn default_items(inst: &InstallationSpec, pod: Option<&PodCidrs>) -> Vec<InstallationIPPool> {
+    let cidrs: Vec<String> = match pod {
+        Some(p) => p.cidrs.iter().map(|c| c.to_string()).collect(),
+        None if inst.kubernetes_provider.as_deref() == Some("EKS") => {
+            return vec![InstallationIPPool {
+                cidr: "172.16.0.0/16".into(),
+                encapsulation: Some("VXLAN".into()),
+                ..Default::default()
+            }];
+        }
+        None => vec!["192.168.0.0/16".into()],
+    };
+    let (mut v4, mut v6) = (false, false);
+    cidrs
+        .into_iter()
+        .map(|c| {
+            let is6 = c.contains(':');
+            let name = match (is6, v4, v6) {
+                (false, false, _) => Some(DEFAULT_V4.to_string()),
+                (true, _, false) => Some(DEFAULT_V6.to_string()),
+                _ => None,
+            };
+            if is6 {
+                v6 = true
+            } else {
+                v4 = true
+            }
+            InstallationIPPool {
+                name,
+                cidr: c,
+                ..Default::default()
+            }
+        })
+        .collect()
+}
+
+/// Calico's generated name: `10.0.0.0/8` → `10.0.0.0-8`; IPv6 fully expanded with `.` for `:`.
+pub fn derived_name(cidr: &IpNet) -> String {
+    match cidr {
+        IpNet::V4(n) => format!("{}-{}", n.network(), n.prefix_len()),
+        IpNet::V6(n) => {
+            let segs: Vec<String> = n
+                .network()
+                .segments()
+                .iter()
+                .map(|s| format!("{s:04x}"))
+                .collect();
+            format!("{}-{}", segs.join("."), n.prefix_len())
+        }
+    }
+}
+
+type FieldErr = (&'static str, &'static str, String);
+
+/// Installation pool → IPPool spec (tigera `convert.go`), every field written explicitly.
+fn to_spec(
+    item: &InstallationIPPool,
+    cidr: IpNet,
+    bgp_off: bool,
+    calico_cni: bool,
+) -> Result<IPPoolSpec, FieldErr> {
+    let v6 = matches!(cidr, IpNet::V6(_));
+    let encap = match item.encapsulation.as_deref() {
+        Some(e) if !e.is_empty() => e.to_string(),
+        _ if v6 || !calico_cni => "None".into(),
+        _ if bgp_off => "VXLAN".into(),
+        _ => "IPIP".into(),
+    };
+    let (ipip, vxlan) = match encap.as_str() {
+        "IPIP" => ("Always", "Never"),
+        "IPIPCrossSubnet" => ("CrossSubnet", "Never"),
+        "VXLAN" => ("Never", "Always"),
+        "VXLANCrossSubnet" => ("Never", "CrossSubnet"),
+        "None" => ("Never", "Never"),
+        other => {
+            return Err((
+                "encapsulation",
+                "InvalidEncapsulation",
+                format!(
+                    "encapsulation {other:?} is not one of IPIPCrossSubnet, IPIP, VXLAN, VXLANCrossSubnet, None"
+                ),
+            ));
+        }
+    };
+    if v6 && ipip != "Never" {
+        return Err((
+            "encapsulation",
+            "InvalidEncapsulation",
+            format!("IPIP encapsulation is not supported by IPv6 pools, but it is set for {cidr}"),
+        ));
+    }
+    let nat = match item.nat_outgoing.as_deref() {
+        None | Some("") => !v6,
+        Some("Enabled") => true,
+        Some("Disabled") => false,
+        Some(other) => {
+            return Err((
+                "natOutgoing",
+                "InvalidNATOutgoing",
+                format!("natOutgoing {other:?} is not one of Enabled, Disabled"),
+            ));
+        }
+    };
+    let uses = match &item.allowed_uses {
+        Some(u) if !u.is_empty() => u.clone(),
+        _ => vec!["Workload".into(), "Tunnel".into()],
+    };
+    if let Some(u) = uses
+        .iter()
+        .find(|u| !matches!(u.as_str(), "Workload" | "Tunnel" | "LoadBalancer"))
+    {
+        return Err((
+            "allowedUses",
+            "InvalidAllowedUses",
+            format!("allowedUses {u:?} is not one of Workload, Tunnel, LoadBalancer"),
+        ));
+    }
+    let mode = item
+        .assignment_mode
+        .clone()
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| "Automatic".into());
+    if !matches!(mode.as_str(), "Automatic" | "Manual") {
+        return Err((
+            "assignmentMode",
+            "InvalidAssignmentMode",
+            format!("assignmentMode {mode:?} is not one of Automatic, Manual"),
+        ));
+    }
+    Ok(IPPoolSpec {
+        cidr: cidr.to_string(),
+        ipip_mode: Some(ipip.into()),
+        vxlan_mode: Some(vxlan.into()),
+        nat_outgoing: Some(nat),
+        disabled: Some(item.disable_new_allocations.unwrap_or(false)),
+        disable_bgp_export: Some(item.disable_bgp_export.unwrap_or(false)),
+        block_size: Some(
+            item.block_size
+                .filter(|b| *b > 0)
+                .unwrap_or(if v6 { 122 } else { 26 }),
+        ),
+        node_selector: Some(
+            item.node_selector
+                .clone()
+                .filter(|s| !s.trim().is_empty())
+                .unwrap_or_else(|| "all()".into()),
+        ),
+        namespace_selector: None,
+        allowed_uses: Some(uses),
+        assignment_mode: Some(mode),
+    })
+}
+
+/// Ranges no pool may touch: (range, reason, what it is).
+const RESERVED: &[(&str, &str, &str)] = &[
+    ("169.254.0.0/16", "LinkLocal", "the IPv4 link-local range"),
+    ("fe80::/10", "LinkLocal", "the IPv6 link-local range"),
+    ("0.0.0.0/8", "ReservedRange", "the IPv4 \"this network\" range"),
+    ("127.0.0.0/8", "ReservedRange", "the IPv4 loopback range"),
+    ("224.0.0.0/4", "ReservedRange", "the IPv4 multicast range"),
+    (
+        "240.0.0.0/4",
+        "ReservedRange",
+        "the reserved IPv4 range (and broadcast)",
+    ),
+    ("::/128", "ReservedRange", "the IPv6 unspecified address"),
+    ("::1/128", "ReservedRange", "the IPv6 loopback address"),
+    ("ff00::/8", "ReservedRange", "the IPv6 multicast range"),
+];
+
+pub fn overlaps(a: &IpNet, b: &IpNet) -> bool {
+    a.contains(b) || b.contains(a)
+}
+
+/// Checks of one pool that do not depend on other pools. `None` = fine.
+pub fn check_spec(
+    name: &str,
+    spec: &IPPoolSpec,
+    pod: Option<&PodCidrs>,
+    allow_outside: bool,
+    selector_ok: &dyn Fn(&str) -> Result<(), String>,
+) -> Option<Problem> {
+    let Ok(net) = spec.cidr.parse::<IpNet>() else {
+        return Some(problem(
+            name,
+            "cidr",
+            "InvalidCIDR",
+            format!(
+                "IPPool {name}: spec.cidr {:?} is not a CIDR such as 10.48.0.0/16",
+                spec.cidr
+            ),
+        ));
+    };
+    if net.trunc() != net {
+        return Some(problem(
+            name,
+            "cidr",
+            "InvalidCIDR",
+            format!(
+                "IPPool {name}: spec.cidr {net} is not strictly masked; use {}",
+                net.trunc()
+            ),
+        ));
+    }
+    for (r, reason, what) in RESERVED {
+        let r: IpNet = r.parse().expect("constant");
+        if overlaps(&r, &net) {
+            return Some(problem(
+                name,
+                "cidr",
+                reason,
+                format!("IPPool {name}: spec.cidr {net} overlaps {what} {r}"),
+            ));
+        }
+    }
+    let v6 = matches!(net, IpNet::V6(_));
+    let bs = spec.effective_block_size();
+    let (lo, hi) = if v6 { (116, 128) } else { (20, 32) };
+    if bs < lo || bs > hi {
+        return Some(problem(
+            name,
+            "blockSize",
+            "InvalidBlockSize",
+            format!(
+                "IPPool {name}: spec.blockSize {bs} must be between {lo} and {hi} for an IPv{} pool",
+                if v6 { 6 } else { 4 }
+            ),
+        ));
+    }
+    if net.prefix_len() > bs && !spec.is_disabled() {
+        return Some(problem(
+            name,
+            "blockSize",
+            "InvalidBlockSize",
+            format!(
+                "IPPool {name}: the pool {net} is smaller than one block (/{bs}); use a wider cidr or a larger blockSize"
+            ),
+        ));
+    }
+    use crate::api::ippool::EncapMode::Never;
+    if spec.ipip() != Never && spec.vxlan() != Never {
+        return Some(problem(
+            name,
+            "vxlanMode",
+            "InvalidEncapsulation",
+            format!("IPPool {name}: spec.ipipMode and spec.vxlanMode cannot both be enabled"),
+        ));
+    }
+    if v6 && spec.ipip() != Never {
+        return Some(problem(
+            name,
+            "ipipMode",
+            "InvalidEncapsulation",
+            format!("IPPool {name}: IPIP is not supported on an IPv6 pool"),
+        ));
+    }
+    if let Some(uses) = &spec.allowed_uses
+        && uses.iter().any(|u| u == "LoadBalancer")
+        && uses.iter().any(|u| u != "LoadBalancer")
+    {
+        return Some(problem(
+            name,
+            "allowedUses",
+            "InvalidAllowedUses",
+            format!("IPPool {name}: allowedUse LoadBalancer cannot be combined with Workload or Tunnel"),
+        ));
+    }
+    for (field, sel) in [
+        ("nodeSelector", spec.node_selector.as_deref()),
+        ("namespaceSelector", spec.namespace_selector.as_deref()),
+    ] {
+        if let Some(s) = sel.filter(|s| !s.trim().is_empty())
+            && let Err(e) = selector_ok(s)
+        {
+            return Some(problem(
+                name,
+                field,
+                "InvalidSelector",
+                format!("IPPool {name}: spec.{field} {s:?} is not a valid selector: {e}"),
+            ));
+        }
+    }
+    if let Some(pod) = pod
+        && !allow_outside
+        && !pod.contains(&net)
+    {
+        return Some(problem(
+            name,
+            "cidr",
+            "PodCIDRMismatch",
+            format!(
+                "IPPool {name} ({net}) is not within the cluster's pod CIDR(s) {} from {}; use a cidr inside the pod network, or annotate the pool {ALLOW_OUTSIDE_POD_CIDR}=true if it is routed on purpose",
+                pod.list(),
+                pod.source
+            ),
+        ));
+    }
+    None
+}
+
+/// One cluster pool as the IPPool controller sees it.
+pub struct PoolView<'a> {
+    pub name: &'a str,
+    pub spec: &'a IPPoolSpec,
+    pub created: Option<Timestamp>,
+    pub deleting: bool,
+    /// It already had `Allocatable=True`: it keeps precedence over newer overlapping pools.
+    pub active: bool,
+    pub allow_outside: bool,
+}
+
+/// Verdict per pool (same order as the input). Overlaps are resolved in Calico's order: active,
+/// then terminating, then disabled, then new pools; then creation time; then name. The first pool
+/// covering a range keeps it, later overlapping ones are refused.
+pub fn validate_pools(
+    pools: &[PoolView<'_>],
+    pod: Option<&PodCidrs>,
+    selector_ok: &dyn Fn(&str) -> Result<(), String>,
+) -> Vec<Option<Problem>> {
+    let mut out: Vec<Option<Problem>> = pools
+        .iter()
+        .map(|p| check_spec(p.name, p.spec, pod, p.allow_outside, selector_ok))
+        .collect();
+    let rank = |p: &PoolView<'_>| -> u8 {
+        if p.deleting {
+            1
+        } else if p.spec.is_disabled() {
+            2
+        } else if p.active {
+            0
+        } else {
+            3
+        }
+    };
+    let mut order: Vec<usize> = (0..pools.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (pa, pb) = (&pools[a], &pools[b]);
+        (rank(pa), pa.created, pa.name).cmp(&(rank(pb), pb.created, pb.name))
+    });
+    let mut kept: Vec<(usize, IpNet)> = Vec::new();
+    for i in order {
+        if out[i].is_some() {
+            continue;
+        }
+        let Ok(net) = pools[i].spec.cidr.parse::<IpNet>() else {
+            continue;
+        };
+        if let Some((j, other)) = kept.iter().find(|(_, o)| overlaps(o, &net)) {
+            let (name, first) = (pools[i].name, pools[*j].name);
+            out[i] = Some(problem(
+                name,
+                "cidr",
+                "CIDROverlap",
+                format!(
+                    "IPPool {name} ({net}) overlaps IPPool {first} ({other}), which came first; {name} is not used for allocation until its cidr no longer overlaps"
+                ),
+            ));
+            continue;
+        }
+        kept.push((i, net));
+    }
+    out
+}
+
+/// Addresses a pool holds, capped at 2^63 for wide IPv6 pools.
+pub fn capacity(net: &IpNet) -> u64 {
+    let host_bits = (net.max_prefix_len() - net.prefix_len()) as u32;
+    if host_bits >= 63 {
+        1u64 << 63
+    } else {
+        1u64 << host_bits
+    }
+}
+
+/// Allocated addresses and blocks inside `net`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub allocations: u64,
+    pub blocks: u64,
+}
+
+pub fn usage<'a>(net: &IpNet, blocks: impl IntoIterator<Item = &'a IPAMBlockSpec>) -> Usage {
+    let mut u = Usage::default();
+    for b in blocks {
+        if b.is_deleted() {
+            continue;
+        }
+        let Ok(bn) = b.cidr.parse::<IpNet>() else { continue };
+        if net.contains(&bn) {
+            u.blocks += 1;
+            u.allocations += b.allocations.iter().filter(|a| a.is_some()).count() as u64;
+        }
+    }
+    u
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::installation::{CalicoNetworkSpec, CniSpec};
+    use crate::controllers::podcidr::Source;
+
+    fn ok(_: &str) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn pod(c: &[&str]) -> PodCidrs {
+        PodCidrs {
+            cidrs: c.iter().map(|s| s.parse().unwrap()).collect(),
+            source: Source::Kubeadm,
+        }
+    }
+
+    fn inst(pools: Option<Vec<InstallationIPPool>>) -> InstallationSpec {
+        InstallationSpec {
+            cni: Some(CniSpec {
+                type_: "Calico".into(),
+                ..Default::default()
+            }),
+            calico_network: Some(CalicoNetworkSpec {
+                ip_pools: pools,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn item(cidr: &str) -> InstallationIPPool {
+        InstallationIPPool {
+            cidr: cidr.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn no_pools_listed_gives_default_pool_from_pod_cidr() {
+        let p = plan(&inst(None), Some(&pod(&["10.48.0.0/16"])), false, &[], &ok);
+        assert!(p.problems.is_empty(), "{:?}", p.problems);
+        assert_eq!(p.pools.len(), 1);
+        let (name, spec) = &p.pools[0];
+        assert_eq!(name, DEFAULT_V4);
+        assert_eq!(spec.cidr, "10.48.0.0/16");
+        assert_eq!(spec.ipip_mode.as_deref(), Some("Always"));
+        assert_eq!(spec.vxlan_mode.as_deref(), Some("Never"));
+        assert_eq!(spec.nat_outgoing, Some(true));
+        assert_eq!(spec.block_size, Some(26));
+        assert_eq!(spec.node_selector.as_deref(), Some("all()"));
+        assert_eq!(
+            spec.allowed_uses.as_deref(),
+            Some(&["Workload".to_string(), "Tunnel".to_string()][..])
+        );
+        assert_eq!(spec.assignment_mode.as_deref(), Some("Automatic"));
+    }
+
+    #[test]
+    fn dual_stack_and_extra_cidrs_are_named_like_calico() {
+        let p = plan(
+            &inst(None),
+            Some(&pod(&["10.244.0.0/16", "10.245.0.0/16", "fd00:10:244::/56"])),
+            false,
+            &[],
+            &ok,
+        );
+        let names: Vec<&str> = p.pools.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, [DEFAULT_V4, "10.245.0.0-16", DEFAULT_V6]);
+        let v6 = &p.pools[2].1;
+        assert_eq!(
+            (v6.block_size, v6.nat_outgoing, v6.ipip_mode.as_deref()),
+            (Some(122), Some(false), Some("Never"))
+        );
+        assert_eq!(
+            derived_name(&"fd00::/64".parse().unwrap()),
+            "fd00.0000.0000.0000.0000.0000.0000.0000-64"
+        );
+    }
+
+    #[test]
+    fn encapsulation_none_nat_disabled() {
+        let mut i = item("10.10.0.0/16");
+        i.encapsulation = Some("None".into());
+        i.nat_outgoing = Some("Disabled".into());
+        let p = plan(
+            &inst(Some(vec![i])),
+            Some(&pod(&["10.10.0.0/16"])),
+            false,
+            &[],
+            &ok,
+        );
+        let (name, spec) = &p.pools[0];
+        assert_eq!(name, DEFAULT_V4);
+        assert_eq!(spec.ipip_mode.as_deref(), Some("Never"));
+        assert_eq!(spec.vxlan_mode.as_deref(), Some("Never"));
+        assert_eq!(spec.nat_outgoing, Some(false));
+    }
+
+    #[test]
+    fn pool_outside_pod_cidr_is_refused_naming_both() {
+        let p = plan(
+            &inst(Some(vec![item("192.168.0.0/16")])),
+            Some(&pod(&["10.48.0.0/16"])),
+            false,
+            &[],
+            &ok,
+        );
+        assert!(p.pools.is_empty());
+        assert_eq!(p.problems.len(), 1);
+        let m = &p.problems[0].message;
+        assert!(
+            m.contains("192.168.0.0/16") && m.contains("10.48.0.0/16") && m.contains(DEFAULT_V4),
+            "{m}"
+        );
+        assert_eq!(p.problems[0].reason, "PodCIDRMismatch");
+        // Waived by the annotation.
+        let p = plan(
+            &inst(Some(vec![item("192.168.0.0/16")])),
+            Some(&pod(&["10.48.0.0/16"])),
+            true,
+            &[],
+            &ok,
+        );
+        assert_eq!(p.pools.len(), 1);
+    }
+
+    #[test]
+    fn bgp_disabled_defaults_to_vxlan() {
+        let mut i = inst(Some(vec![item("10.48.0.0/16")]));
+        i.calico_network.as_mut().unwrap().bgp = Some("Disabled".into());
+        let p = plan(&i, None, false, &[], &ok);
+        assert_eq!(p.pools[0].1.vxlan_mode.as_deref(), Some("Always"));
+        assert_eq!(p.pools[0].1.ipip_mode.as_deref(), Some("Never"));
+    }
+
+    #[test]
+    fn forbidden_changes_and_adoption() {
+        let old = IPPoolSpec {
+            cidr: "10.48.0.0/16".into(),
+            block_size: Some(26),
+            ..Default::default()
+        };
+        let existing = [Existing {
+            name: DEFAULT_V4,
+            spec: &old,
+        }];
+        let mut i = item("10.50.0.0/16");
+        i.name = Some(DEFAULT_V4.into());
+        let p = plan(&inst(Some(vec![i])), None, false, &existing, &ok);
+        assert_eq!(p.problems[0].reason, "ForbiddenChange");
+        assert_eq!(p.problems[0].field, "cidr");
+        let mut i = item("10.48.0.0/16");
+        i.block_size = Some(24);
+        let p = plan(&inst(Some(vec![i])), None, false, &existing, &ok);
+        assert_eq!(p.problems[0].field, "blockSize");
+        // Same CIDR under another name: the Installation pool adopts the existing name.
+        let other = [Existing {
+            name: "legacy",
+            spec: &old,
+        }];
+        let p = plan(
+            &inst(Some(vec![item("10.48.0.0/16"), item("10.49.0.0/16")])),
+            None,
+            false,
+            &other,
+            &ok,
+        );
+        assert_eq!(p.pools[0].0, "legacy");
+    }
+
+    #[test]
+    fn installation_list_checks() {
+        let p = plan(
+            &inst(Some(vec![item("10.0.0.0/16"), item("10.0.0.1/16")])),
+            None,
+            false,
+            &[],
+            &ok,
+        );
+        assert_eq!(p.pools.len(), 1);
+        assert_eq!(p.problems[0].reason, "Duplicate");
+        let p = plan(
+            &inst(Some(vec![item("10.0.0.0/16"), item("10.0.128.0/24")])),
+            None,
+            false,
+            &[],
+            &ok,
+        );
+        assert_eq!(p.pools.len(), 1);
+        assert_eq!(p.problems[0].reason, "CIDROverlap");
+        let mut v6 = item("fd00::/64");
+        v6.encapsulation = Some("IPIP".into());
+        let p = plan(&inst(Some(vec![v6])), None, false, &[], &ok);
+        assert!(
+            p.problems[0]
+                .message
+                .contains("IPIP encapsulation is not supported by IPv6 pools")
+        );
+        let p = plan(&inst(Some(vec![item("192.168.0.0/27")])), None, false, &[], &ok);
+        assert_eq!(p.problems[0].reason, "InvalidBlockSize");
+        assert!(plan(&inst(Some(vec![])), None, false, &[], &ok) == Plan::default());
+    }
+
+    fn spec(cidr: &str) -> IPPoolSpec {
+        IPPoolSpec {
+            cidr: cidr.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn later_overlapping_pool_is_invalid() {
+        let (a, b) = (spec("10.0.0.0/16"), spec("10.0.128.0/24"));
+        let t1: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let t2: Timestamp = "2026-01-02T00:00:00Z".parse().unwrap();
+        let views = |a_active: bool| {
+            vec![
+                PoolView {
+                    name: "b",
+                    spec: &b,
+                    created: Some(t1),
+                    deleting: false,
+                    active: false,
+                    allow_outside: false,
+                },
+                PoolView {
+                    name: "a",
+                    spec: &a,
+                    created: Some(t2),
+                    deleting: false,
+                    active: a_active,
+                    allow_outside: false,
+                },
+            ]
+        };
+        // Both new: the older (b) wins.
+        let v = validate_pools(&views(false), None, &ok);
+        assert!(v[0].is_none());
+        assert_eq!(v[1].as_ref().unwrap().reason, "CIDROverlap");
+        // An active pool keeps precedence over an older new one.
+        let v = validate_pools(&views(true), None, &ok);
+        assert!(v[1].is_none());
+        assert!(v[0].as_ref().unwrap().message.contains("overlaps IPPool a"));
+    }
+
+    #[test]
+    fn static_checks_name_the_field() {
+        let c = |s: IPPoolSpec| check_spec("p", &s, None, false, &ok).map(|p| (p.field, p.reason));
+        assert_eq!(c(spec("10.48.0.1/24")), Some(("cidr", "InvalidCIDR")));
+        assert_eq!(c(spec("169.254.1.0/24")), Some(("cidr", "LinkLocal")));
+        assert_eq!(c(spec("fe80::/64")), Some(("cidr", "LinkLocal")));
+        assert_eq!(c(spec("127.0.0.0/16")), Some(("cidr", "ReservedRange")));
+        assert_eq!(c(spec("224.0.0.0/24")), Some(("cidr", "ReservedRange")));
+        assert_eq!(c(spec("10.0.0.0/27")), Some(("blockSize", "InvalidBlockSize")));
+        let mut s = spec("10.0.0.0/27");
+        s.disabled = Some(true);
+        assert_eq!(c(s), None);
+        let mut s = spec("10.0.0.0/16");
+        s.node_selector = Some("zone == ".into());
+        let bad = |_: &str| Err("unexpected end".to_string());
+        let p = check_spec("p", &s, None, false, &bad).unwrap();
+        assert_eq!((p.field, p.reason), ("nodeSelector", "InvalidSelector"));
+        assert_eq!(c(spec("10.0.0.0/16")), None);
+    }
+
+    #[test]
+    fn capacity_and_usage() {
+        assert_eq!(capacity(&"10.0.0.0/24".parse().unwrap()), 256);
+        assert_eq!(capacity(&"fd00::/48".parse().unwrap()), 1 << 63);
+        let b = IPAMBlockSpec {
+            cidr: "10.0.0.0/30".into(),
+            allocations: vec![Some(0), None, Some(0), None],
+            ..Default::default()
+        };
+        let outside = IPAMBlockSpec {
+            cidr: "10.1.0.0/30".into(),
+            allocations: vec![Some(0); 4],
+            ..Default::default()
+        };
+        let u = usage(&"10.0.0.0/24".parse().unwrap(), [&b, &outside]);
+        assert_eq!(
+            u,
+            Usage {
+                allocations: 2,
+                blocks: 1
+            }
+        );
+    }
+}
