@@ -33,6 +33,8 @@ pub struct Snapshot {
     pub affinities: Vec<Affinity>,
     /// Secret name -> key -> value, only for Secrets referenced as BGP passwords.
     pub secrets: BTreeMap<String, BTreeMap<String, String>>,
+    /// (kind, name) of every object read from manifests, to refuse duplicates.
+    loaded: std::collections::BTreeSet<(String, String)>,
 }
 
 impl Snapshot {
@@ -104,6 +106,17 @@ impl Snapshot {
             origin: source.to_string(),
             message: format!("{kind} {name:?}: {e}"),
         };
+        let key = (kind.clone(), name.clone());
+        let tracked = matches!(
+            kind.as_str(),
+            "Node" | "Secret" | "BGPConfiguration" | "BGPPeer" | "IPPool" | "BlockAffinity"
+        );
+        if tracked && !self.loaded.insert(key) {
+            return Err(RenderError::Manifest {
+                origin: source.to_string(),
+                message: format!("{kind} {name:?} appears more than once in the manifests"),
+            });
+        }
         match (kind.as_str(), calico) {
             ("List", _) => {
                 if let Some(Value::Array(items)) = doc.get("items") {
@@ -351,6 +364,15 @@ metadata: {name: ignored}
         assert_eq!(s.secrets["s"]["pw"], "hunter2");
         let n = NodeBgp::from_node(&s.nodes[0]).unwrap();
         assert_eq!(n.addr(false), Some("10.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn duplicate_objects_in_manifests_are_refused() {
+        let doc = "apiVersion: crd.projectcalico.org/v1\nkind: BGPPeer\nmetadata: {name: p}\nspec: {peerIP: 192.0.2.1, asNumber: 65000}\n";
+        let mut s = Snapshot::default();
+        s.add_manifests("a.yaml", doc).unwrap();
+        let e = s.add_manifests("b.yaml", doc).unwrap_err().to_string();
+        assert!(e.contains("b.yaml") && e.contains("BGPPeer \"p\""), "{e}");
     }
 
     #[test]

@@ -720,7 +720,17 @@ fn node_blocks(c: &Cluster<'_>, v6: bool) -> Vec<BlockRow> {
             state: s.state.clone(),
         });
     }
-    rows.sort_by_key(|r| cidr_key(&r.net));
+    // Two affinities for one block (only possible in hand-written manifests): the most settled
+    // state wins, whatever the input order.
+    let rank = |s: &str| match s {
+        "confirmed" => 0,
+        "" => 1,
+        "pendingDeletion" => 2,
+        _ => 3,
+    };
+    rows.sort_by(|a, b| {
+        (cidr_key(&a.net), rank(&a.state), &a.state).cmp(&(cidr_key(&b.net), rank(&b.state), &b.state))
+    });
     rows.dedup_by(|a, b| a.net == b.net);
     rows
 }

@@ -334,14 +334,12 @@ fn unwrap<K: Clone>(v: Vec<Arc<K>>) -> Vec<K> {
 }
 
 fn snapshot(w: &Watches) -> Snapshot {
-    let mut snap = Snapshot {
-        nodes: unwrap(w.nodes.state()),
-        bgp_configs: unwrap(w.configs.state()),
-        peers: unwrap(w.peers.state()),
-        pools: unwrap(w.pools.state()),
-        affinities: unwrap(w.affinities.state()),
-        secrets: BTreeMap::new(),
-    };
+    let mut snap = Snapshot::default();
+    snap.nodes = unwrap(w.nodes.state());
+    snap.bgp_configs = unwrap(w.configs.state());
+    snap.peers = unwrap(w.peers.state());
+    snap.pools = unwrap(w.pools.state());
+    snap.affinities = unwrap(w.affinities.state());
     // Only Secrets a password names are read into the snapshot.
     let wanted: BTreeSet<String> = snap.referenced_secrets().into_iter().collect();
     for s in w.secrets.state() {
