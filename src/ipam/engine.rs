@@ -1,40 +1,1107 @@
-//! The IPAM engine (work in progress: the API is fixed, the implementation lands next).
+//! The IPAM engine: drives the pure decisions of [`allocator`] and [`block`] against the
+//! [`store`], with caches so that a steady-state allocation is one handle write plus one block
+//! write and no read.
+//!
+//! Caches and why they are safe:
+//! - Pools and IPAMConfig: watched (reflectors). A pool named in a request but missing from the
+//!   cache triggers one direct LIST (a cache miss), so a just-created pool is never "unknown".
+//! - A host's affinities: loaded once per host (label-selector LIST), then kept up to date by this
+//!   process's own writes; re-listed before every new block claim (rare) so that claims made by
+//!   other processes for the same host are seen.
+//! - Blocks and handles: the last version read or written. Every write carries its
+//!   resourceVersion, so a stale entry costs one 409, after which the object is re-read.
+//!   The block's `affinity` field is authoritative, so a stale affinity cache cannot make a node
+//!   allocate from a block it does not own.
 
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use ipnet::IpNet;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use tracing::{Instrument, debug, info_span, warn};
+
+use super::allocator::{self, Family, LoopState, PoolInfo, PoolQuery, Step};
+use super::block as blk;
+use super::store::{Store, StoreError};
 use super::*;
+use crate::api::{Affinity, Block, CalicoKind, CrdMode, Handle, IPAMConfigSpec, IpamConfig, Pool};
 
-/// Handle to the IPAM engine; cheap to clone (shares caches and watches).
+/// Calico's bound on every compare-and-swap loop.
+const RETRIES: usize = 100;
+/// How far a claim walks a pool looking for an unclaimed block (bounds huge IPv6 pools).
+const MAX_PROBE: usize = 1 << 20;
+/// How long node labels are trusted (only read when a pool selector references labels).
+const NODE_LABEL_TTL: Duration = Duration::from_secs(30);
+
+/// Handle to the IPAM engine; cheap to clone (clones share caches, watches and per-node locks).
 #[derive(Clone)]
 pub struct Ipam {
-    _client: kube::Client,
-    mode: crate::api::CrdMode,
+    inner: Arc<Inner>,
+}
+
+/// Options of an [`Ipam`] handle.
+#[derive(Clone, Debug, Default)]
+pub struct IpamOptions {
+    /// Use this configuration instead of the cluster's IPAMConfig `default` (embedding, tests
+    /// that must not change the cluster-wide singleton).
+    pub config_override: Option<IPAMConfigSpec>,
+}
+
+struct Inner {
+    store: Store,
+    opts: IpamOptions,
+    pools: reflector::Store<Pool>,
+    config: reflector::Store<IpamConfig>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    cache: Mutex<Cache>,
+    host_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+#[derive(Default)]
+struct Cache {
+    blocks: HashMap<IpNet, Block>,
+    handles: HashMap<String, Handle>,
+    /// host → (block CIDR → affinity); present once loaded for that host.
+    affinities: HashMap<String, HashMap<IpNet, Affinity>>,
+    node_labels: HashMap<String, (Instant, BTreeMap<String, String>)>,
+    /// Extra pools read by a direct LIST after a cache miss.
+    listed_pools: Option<(Instant, Vec<Pool>)>,
+}
+
+fn spawn_reflector<K>(api: kube::Api<K>, dyntype: K::DynamicType) -> (reflector::Store<K>, tokio::task::JoinHandle<()>)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let writer = reflector::store::Writer::new(dyntype);
+    let reader = writer.as_reader();
+    let stream = watcher(api, watcher::Config::default()).default_backoff();
+    let task = tokio::spawn(async move {
+        let mut s = std::pin::pin!(reflector(writer, stream));
+        while let Some(ev) = s.next().await {
+            if let Err(e) = ev {
+                debug!(error = %e, "ipam watch error (retrying)");
+            }
+        }
+    });
+    (reader, task)
+}
+
+fn jitter() -> Duration {
+    // Cheap randomness: nanoseconds of the clock; spreads retries of racing allocators.
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    Duration::from_micros(500 + u64::from(n % 20_000))
+}
+
+fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+fn block_net(b: &Block) -> Result<IpNet, IpamError> {
+    blk::block_cidr(&b.spec).map_err(|e| IpamError::Store(StoreError::Invalid {
+        kind: "IPAMBlock",
+        name: b.metadata.name.clone().unwrap_or_default(),
+        detail: format!("spec.cidr: {e}"),
+    }))
+}
+
+enum BlockOutcome {
+    Allocated(Vec<IpNet>),
+    /// The block is gone or no longer affine to the host.
+    Gone,
 }
 
 impl Ipam {
-    pub async fn new(client: kube::Client, mode: crate::api::CrdMode) -> Result<Ipam, IpamError> {
-        Ok(Ipam {
-            _client: client,
-            mode,
-        })
+    /// Starts the pool and IPAMConfig watches and waits for their first listing.
+    pub async fn new(client: kube::Client, mode: CrdMode) -> Result<Ipam, IpamError> {
+        Self::new_with(client, mode, IpamOptions::default()).await
     }
-    pub fn mode(&self) -> crate::api::CrdMode {
-        self.mode
+
+    pub async fn new_with(client: kube::Client, mode: CrdMode, opts: IpamOptions) -> Result<Ipam, IpamError> {
+        let store = Store::new(client, mode);
+        let (pools, t1) = spawn_reflector(store.pools_api(), mode.resource(CalicoKind::IPPool));
+        let (config, t2) = spawn_reflector(store.config_api(), mode.resource(CalicoKind::IPAMConfig));
+        let inner = Inner {
+            store,
+            opts,
+            pools,
+            config,
+            tasks: vec![t1, t2],
+            cache: Mutex::new(Cache::default()),
+            host_locks: Mutex::new(HashMap::new()),
+        };
+        let ready = async {
+            let _ = inner.pools.wait_until_ready().await;
+            let _ = inner.config.wait_until_ready().await;
+        };
+        if tokio::time::timeout(Duration::from_secs(30), ready).await.is_err() {
+            return Err(IpamError::BadRequest(format!(
+                "could not list IPPools/IPAMConfig ({} mode) within 30 s: are the Calico CRDs installed?",
+                mode
+            )));
+        }
+        Ok(Ipam { inner: Arc::new(inner) })
     }
-    pub async fn auto_assign(&self, _req: AutoAssignRequest) -> Result<AutoAssignResult, IpamError> {
-        Err(IpamError::BadRequest("auto_assign: not implemented yet".into()))
+
+    pub fn mode(&self) -> CrdMode {
+        self.inner.store.mode()
     }
-    pub async fn assign_ip(&self, _req: AssignIpRequest) -> Result<(), IpamError> {
-        Err(IpamError::BadRequest("assign_ip: not implemented yet".into()))
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
     }
-    /// Idempotent: Ok(empty) when the handle holds nothing.
-    pub async fn release_by_handle(&self, _handle_id: &str) -> Result<Vec<IpAddr>, IpamError> {
-        Err(IpamError::BadRequest(
-            "release_by_handle: not implemented yet".into(),
-        ))
+
+    // ------------------------------------------------------------------ config, pools, nodes
+
+    /// The effective IPAMConfig (Calico's defaults when none exists; nothing is persisted).
+    pub fn config(&self) -> IPAMConfigSpec {
+        if let Some(c) = &self.inner.opts.config_override {
+            return c.clone();
+        }
+        self.inner
+            .config
+            .state()
+            .iter()
+            .find(|c| c.metadata.name.as_deref() == Some("default"))
+            .map(|c| c.spec.clone())
+            .unwrap_or_else(IPAMConfigSpec::calico_defaults)
     }
-    pub async fn release_ips(&self, _ips: &[ReleaseOptions]) -> Result<ReleaseOutcome, IpamError> {
-        Err(IpamError::BadRequest("release_ips: not implemented yet".into()))
+
+    /// All pools (cached), including disabled ones.
+    pub fn pools(&self) -> Vec<Pool> {
+        let mut v: Vec<Pool> = self.inner.pools.state().iter().map(|p| (**p).clone()).collect();
+        v.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        v
     }
-    pub async fn ips_by_handle(&self, _handle_id: &str) -> Result<Vec<IpAddr>, IpamError> {
-        Err(IpamError::BadRequest("ips_by_handle: not implemented yet".into()))
+
+    /// Pools from the cache; on a miss (a requested pool unknown, or no pool at all) one LIST.
+    async fn pool_infos(&self, requested: &[String]) -> Result<Vec<PoolInfo>, IpamError> {
+        let mut pools = self.pools();
+        let known = |pools: &[Pool], r: &String| {
+            pools.iter().any(|p| p.metadata.name.as_ref() == Some(r) || p.spec.cidr == *r)
+        };
+        if pools.is_empty() || requested.iter().any(|r| !known(&pools, r)) {
+            let fresh = self.inner.cache.lock().unwrap().listed_pools.clone();
+            let fresh = match fresh {
+                Some((t, v)) if t.elapsed() < Duration::from_secs(1) => v,
+                _ => {
+                    let list = self
+                        .inner
+                        .store
+                        .pools_api()
+                        .list(&Default::default())
+                        .await
+                        .map_err(|e| StoreError::Api { kind: "IPPool", name: "(list)".into(), source: e })?;
+                    self.inner.cache.lock().unwrap().listed_pools = Some((Instant::now(), list.items.clone()));
+                    list.items
+                }
+            };
+            pools = fresh;
+        }
+        let mut infos = Vec::with_capacity(pools.len());
+        for p in &pools {
+            match PoolInfo::from_pool(p) {
+                Ok(i) => infos.push(i),
+                Err(e) => {
+                    let name = p.metadata.name.clone().unwrap_or_default();
+                    if requested.contains(&name) {
+                        return Err(e);
+                    }
+                    warn!(pool = %name, error = %e, "skipping invalid IPPool");
+                }
+            }
+        }
+        Ok(infos)
+    }
+
+    async fn node_labels(&self, host: &str) -> Result<BTreeMap<String, String>, IpamError> {
+        if let Some((t, l)) = self.inner.cache.lock().unwrap().node_labels.get(host)
+            && t.elapsed() < NODE_LABEL_TTL
+        {
+            return Ok(l.clone());
+        }
+        let labels = self.inner.store.node_labels(host).await?.ok_or_else(|| {
+            IpamError::BadRequest(format!(
+                "Node {host} does not exist (its labels are needed for the pools' nodeSelector)"
+            ))
+        })?;
+        self.inner
+            .cache
+            .lock()
+            .unwrap()
+            .node_labels
+            .insert(host.into(), (Instant::now(), labels.clone()));
+        Ok(labels)
+    }
+
+    fn host_lock(&self, host: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.inner.host_locks.lock().unwrap().entry(host.into()).or_default().clone()
+    }
+
+    // ------------------------------------------------------------------ cached objects
+
+    async fn block(&self, cidr: &IpNet) -> Result<Option<Block>, IpamError> {
+        if let Some(b) = self.inner.cache.lock().unwrap().blocks.get(cidr) {
+            return Ok(Some(b.clone()));
+        }
+        self.fresh_block(cidr).await
+    }
+
+    async fn fresh_block(&self, cidr: &IpNet) -> Result<Option<Block>, IpamError> {
+        let b = self.inner.store.get_block(cidr).await?;
+        let mut c = self.inner.cache.lock().unwrap();
+        match &b {
+            Some(b) => c.blocks.insert(*cidr, b.clone()),
+            None => c.blocks.remove(cidr),
+        };
+        Ok(b)
+    }
+
+    fn remember_block(&self, b: &Block) {
+        if let Ok(n) = block_net(b) {
+            self.inner.cache.lock().unwrap().blocks.insert(n, b.clone());
+        }
+    }
+
+    fn forget_block(&self, cidr: &IpNet) {
+        self.inner.cache.lock().unwrap().blocks.remove(cidr);
+    }
+
+    /// The host's affinities (cached after the first load; `refresh` forces a LIST).
+    async fn host_affinities(&self, host: &str, refresh: bool) -> Result<HashMap<IpNet, Affinity>, IpamError> {
+        if !refresh && let Some(m) = self.inner.cache.lock().unwrap().affinities.get(host) {
+            return Ok(m.clone());
+        }
+        let list = self.inner.store.list_host_affinities(host).await?;
+        let m: HashMap<IpNet, Affinity> =
+            list.into_iter().filter_map(|a| a.spec.cidr.parse().ok().map(|c| (c, a))).collect();
+        self.inner.cache.lock().unwrap().affinities.insert(host.into(), m.clone());
+        Ok(m)
+    }
+
+    fn remember_affinity(&self, host: &str, cidr: IpNet, a: Option<Affinity>) {
+        let mut c = self.inner.cache.lock().unwrap();
+        if let Some(m) = c.affinities.get_mut(host) {
+            match a {
+                Some(a) => m.insert(cidr, a),
+                None => m.remove(&cidr),
+            };
+        }
+    }
+
+    // ------------------------------------------------------------------ handles
+
+    /// Adds `n` addresses in `cidr` to a handle (creating it), before the block write.
+    async fn handle_add(&self, handle_id: &str, cidr: &IpNet, n: u64) -> Result<(), IpamError> {
+        let name = names::handle_name(handle_id);
+        let key = cidr.to_string();
+        for _ in 0..RETRIES {
+            let cached = self.inner.cache.lock().unwrap().handles.get(&name).cloned();
+            let res = match cached {
+                None => self.inner.store.create_handle(handle_id, [(key.clone(), n)].into()).await,
+                Some(mut h) => {
+                    *h.spec.block.entry(key.clone()).or_default() += n;
+                    self.inner.store.update_handle(&h).await
+                }
+            };
+            match res {
+                Ok(h) => {
+                    self.inner.cache.lock().unwrap().handles.insert(name, h);
+                    return Ok(());
+                }
+                Err(StoreError::Conflict { .. } | StoreError::AlreadyExists { .. }) => {
+                    self.refresh_handle(handle_id).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(IpamError::Contention { what: format!("IPAMHandle {name}") })
+    }
+
+    async fn refresh_handle(&self, handle_id: &str) -> Result<Option<Handle>, IpamError> {
+        let name = names::handle_name(handle_id);
+        let h = self.inner.store.get_handle(handle_id).await?;
+        let mut c = self.inner.cache.lock().unwrap();
+        match &h {
+            Some(h) => c.handles.insert(name, h.clone()),
+            None => c.handles.remove(&name),
+        };
+        Ok(h)
+    }
+
+    /// Removes addresses from a handle after a release (`None` = the whole block entry); deletes
+    /// the handle when it holds nothing any more.
+    async fn handle_sub(&self, handle_id: &str, cidr: &IpNet, n: Option<u64>) -> Result<(), IpamError> {
+        let name = names::handle_name(handle_id);
+        let key = cidr.to_string();
+        let mut h = self.inner.cache.lock().unwrap().handles.get(&name).cloned();
+        for _ in 0..RETRIES {
+            let Some(mut cur) = (match h.take() {
+                Some(h) => Some(h),
+                None => self.refresh_handle(handle_id).await?,
+            }) else {
+                return Ok(());
+            };
+            match (cur.spec.block.get(&key).copied(), n) {
+                (None, _) => return Ok(()),
+                (Some(have), Some(k)) if have > k => {
+                    cur.spec.block.insert(key.clone(), have - k);
+                }
+                _ => {
+                    cur.spec.block.remove(&key);
+                }
+            }
+            let res = if cur.spec.block.is_empty() {
+                self.inner.store.delete_handle(&cur).await.map(|_| None)
+            } else {
+                self.inner.store.update_handle(&cur).await.map(Some)
+            };
+            match res {
+                Ok(Some(new)) => {
+                    self.inner.cache.lock().unwrap().handles.insert(name, new);
+                    return Ok(());
+                }
+                Ok(None) => {
+                    self.inner.cache.lock().unwrap().handles.remove(&name);
+                    return Ok(());
+                }
+                Err(StoreError::Conflict { .. }) => {
+                    h = self.refresh_handle(handle_id).await?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(IpamError::Contention { what: format!("IPAMHandle {name}") })
+    }
+
+    // ------------------------------------------------------------------ block writes
+
+    /// Allocates up to `n` addresses from one block (CAS loop). With `owner` set, only while the
+    /// block is affine to that host. Handle increment before the block write, decrement of what
+    /// was not written after.
+    async fn allocate_in_block(
+        &self,
+        cidr: &IpNet,
+        n: usize,
+        req_handle: &str,
+        attrs: &Attrs,
+        owner: Option<&str>,
+    ) -> Result<BlockOutcome, IpamError> {
+        let span = info_span!("ipamblock", name = %names::block_name(cidr));
+        async {
+            let mut counted: u64 = 0;
+            let mut result = Err(IpamError::Contention { what: format!("IPAMBlock {}", names::block_name(cidr)) });
+            for attempt in 0..RETRIES {
+                let b = if attempt == 0 { self.block(cidr).await? } else { self.fresh_block(cidr).await? };
+                let Some(mut b) = b else {
+                    result = Ok(BlockOutcome::Gone);
+                    break;
+                };
+                if let Some(host) = owner
+                    && b.spec.host() != Some(host)
+                {
+                    result = Ok(BlockOutcome::Gone);
+                    break;
+                }
+                let ords = blk::allocate(&mut b.spec, n, Some(req_handle), &attrs.0, |_| false);
+                if ords.is_empty() {
+                    result = Ok(BlockOutcome::Allocated(vec![]));
+                    break;
+                }
+                let k = ords.len() as u64;
+                if k > counted {
+                    self.handle_add(req_handle, cidr, k - counted).await?;
+                    counted = k;
+                }
+                blk::prepare_write(&mut b.spec);
+                match self.inner.store.update_block(&b).await {
+                    Ok(new) => {
+                        self.remember_block(&new);
+                        if counted > k {
+                            self.handle_sub(req_handle, cidr, Some(counted - k)).await?;
+                        }
+                        counted = 0;
+                        // Calico returns each address with its block's prefix (10.48.0.5/26).
+                        let ips = ords
+                            .iter()
+                            .map(|o| IpNet::new(cidr::address_of(cidr, *o), cidr.prefix_len()).expect("valid prefix"))
+                            .collect();
+                        result = Ok(BlockOutcome::Allocated(ips));
+                        break;
+                    }
+                    Err(StoreError::Conflict { .. }) => {
+                        debug!(attempt, "block conflict, re-reading");
+                        self.forget_block(cidr);
+                        tokio::time::sleep(jitter()).await;
+                    }
+                    Err(e) => {
+                        result = Err(e.into());
+                        break;
+                    }
+                }
+            }
+            if counted > 0 {
+                // The block write did not happen: undo the handle increment.
+                self.handle_sub(req_handle, cidr, Some(counted)).await?;
+            }
+            result
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Two-phase claim (§2.5): affinity pending → block created → affinity confirmed.
+    /// Returns false when another host won the block.
+    async fn claim_block(&self, host: &str, cidr: &IpNet) -> Result<bool, IpamError> {
+        let span = info_span!("blockaffinity", name = %names::affinity_name(host, cidr));
+        async {
+            let store = &self.inner.store;
+            // 1. pending affinity
+            let mut aff = None;
+            for _ in 0..RETRIES {
+                match store.create_affinity(host, cidr, "pending").await {
+                    Ok(a) => {
+                        aff = Some(a);
+                        break;
+                    }
+                    Err(StoreError::AlreadyExists { .. }) => match store.get_affinity(host, cidr).await? {
+                        None => continue,
+                        Some(a) if a.spec.is_confirmed() => {
+                            aff = Some(a);
+                            break;
+                        }
+                        Some(mut a) => {
+                            a.spec.state = "pending".into();
+                            match store.update_affinity(&a).await {
+                                Ok(a) => {
+                                    aff = Some(a);
+                                    break;
+                                }
+                                Err(StoreError::Conflict { .. }) => continue,
+                                Err(e) => return Err(e.into()),
+                            }
+                        }
+                    },
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            let Some(mut aff) = aff else {
+                return Err(IpamError::Contention { what: format!("BlockAffinity {}", names::affinity_name(host, cidr)) });
+            };
+            // 2. the block: creation is the arbiter between hosts.
+            let claim_time = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+            let spec = blk::new_block(cidr, Some(format!("host:{host}")), now_nanos(), Some(claim_time));
+            let ours = match store.create_block(spec).await {
+                Ok(b) => {
+                    self.remember_block(&b);
+                    true
+                }
+                Err(StoreError::AlreadyExists { .. }) => match self.fresh_block(cidr).await? {
+                    Some(b) => b.spec.host() == Some(host),
+                    // Deleted meanwhile: let the caller pick again.
+                    None => false,
+                },
+                Err(e) => return Err(e.into()),
+            };
+            if !ours {
+                if let Err(e) = store.delete_affinity(&aff).await
+                    && !e.is_conflict()
+                {
+                    return Err(e.into());
+                }
+                self.remember_affinity(host, *cidr, None);
+                return Ok(false);
+            }
+            // 3. confirm
+            for _ in 0..RETRIES {
+                if aff.spec.is_confirmed() && aff.spec.state == "confirmed" {
+                    break;
+                }
+                aff.spec.state = "confirmed".into();
+                match store.update_affinity(&aff).await {
+                    Ok(a) => {
+                        aff = a;
+                        break;
+                    }
+                    Err(StoreError::Conflict { .. }) => match store.get_affinity(host, cidr).await? {
+                        Some(a) => aff = a,
+                        None => {
+                            aff = store.create_affinity(host, cidr, "confirmed").await?;
+                            break;
+                        }
+                    },
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            self.remember_affinity(host, *cidr, Some(aff));
+            Ok(true)
+        }
+        .instrument(span)
+        .await
+    }
+
+    // ------------------------------------------------------------------ auto assign
+
+    /// Calico's AutoAssign: IPv4 first, IPv6 only when IPv4 was served completely.
+    pub async fn auto_assign(&self, req: AutoAssignRequest) -> Result<AutoAssignResult, IpamError> {
+        if req.handle_id.is_empty() {
+            return Err(IpamError::BadRequest("handle_id must not be empty".into()));
+        }
+        if req.hostname.is_empty() {
+            return Err(IpamError::BadRequest("hostname must not be empty".into()));
+        }
+        let span = info_span!("ipamhandle", name = %names::handle_name(&req.handle_id), node = %req.hostname);
+        async {
+            let lock = self.host_lock(&req.hostname);
+            let _guard = lock.lock().await;
+            let mut out = AutoAssignResult::default();
+            if req.num_v4 > 0 {
+                out.v4 = self.assign_family(&req, Family::V4, req.num_v4, &req.v4_pools).await?;
+            }
+            if req.num_v6 > 0 && out.v4.is_complete() {
+                out.v6 = self.assign_family(&req, Family::V6, req.num_v6, &req.v6_pools).await?;
+            } else {
+                out.v6.requested = req.num_v6;
+            }
+            Ok(out)
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn candidate_pools(&self, req: &AutoAssignRequest, fam: Family, requested: &[String]) -> Result<Vec<PoolInfo>, IpamError> {
+        let infos = self.pool_infos(requested).await?;
+        let empty = BTreeMap::new();
+        let ns = req.namespace_labels.as_ref().unwrap_or(&empty);
+        let needs_labels = requested.is_empty() && infos.iter().any(|p| p.family() == fam && p.uses_labels());
+        let node_labels = match (&req.node_labels, needs_labels) {
+            (Some(l), _) => l.clone(),
+            (None, true) => self.node_labels(&req.hostname).await?,
+            (None, false) => BTreeMap::new(),
+        };
+        allocator::select_pools(
+            &infos,
+            &PoolQuery {
+                family: fam,
+                hostname: &req.hostname,
+                requested,
+                node_labels: &node_labels,
+                namespace_labels: ns,
+                intended_use: req.intended_use,
+            },
+        )
+    }
+
+    async fn assign_family(
+        &self,
+        req: &AutoAssignRequest,
+        fam: Family,
+        n: usize,
+        requested: &[String],
+    ) -> Result<FamilyResult, IpamError> {
+        let pools = self.candidate_pools(req, fam, requested).await?;
+        let cfg = self.config();
+        let host = req.hostname.as_str();
+        let max_blocks = allocator::max_blocks(&cfg, req.max_blocks_per_host);
+        let in_pools = |c: &IpNet| pools.iter().any(|p| p.cidr.contains(&c.network()) && c.prefix_len() == p.block_size);
+        let mut got: Vec<IpNet> = Vec::new();
+        let mut no_free_blocks = false;
+        let mut refreshed = false;
+        let mut full: HashSet<IpNet> = HashSet::new();
+        let mut shortfall = None;
+        for _round in 0..RETRIES * 4 {
+            if got.len() >= n {
+                break;
+            }
+            let affs = self.host_affinities(host, false).await?;
+            // Own blocks inside the candidate pools, in pool order then address order.
+            let mut owned: Vec<IpNet> = affs
+                .iter()
+                .filter(|(c, a)| in_pools(c) && a.spec.state != "pendingDeletion")
+                .map(|(c, _)| *c)
+                .collect();
+            owned.sort_by_key(|c| {
+                (pools.iter().position(|p| p.cidr.contains(&c.network())), cidr::ip_to_u128(c.network()))
+            });
+            let mut with_space = None;
+            for c in &owned {
+                if full.contains(c) {
+                    continue;
+                }
+                match self.block(c).await? {
+                    Some(b) if b.spec.host() == Some(host) => {
+                        if blk::free_count(&b.spec) > 0 {
+                            with_space = Some(*c);
+                            break;
+                        }
+                        full.insert(*c);
+                    }
+                    Some(_) => {
+                        // The block is authoritative: this affinity is stale.
+                        if let Some(a) = affs.get(c) {
+                            warn!(block = %c, host, "removing stale BlockAffinity: the block is affine elsewhere");
+                            if let Err(e) = self.inner.store.delete_affinity(a).await
+                                && !e.is_conflict()
+                            {
+                                return Err(e.into());
+                            }
+                        }
+                        self.remember_affinity(host, *c, None);
+                    }
+                    None => {
+                        // Affinity without block (interrupted claim): finish the claim.
+                        if !self.claim_block(host, c).await? {
+                            self.remember_affinity(host, *c, None);
+                        }
+                        with_space = None;
+                        break;
+                    }
+                }
+            }
+            let owned_count = owned.iter().filter(|c| self.inner.cache.lock().unwrap().affinities.get(host).is_some_and(|m| m.contains_key(c))).count();
+            let state = LoopState {
+                affine_with_space: with_space,
+                owned: owned_count,
+                max_blocks,
+                auto_allocate: cfg.auto_allocate_blocks,
+                strict_affinity: cfg.strict_affinity,
+                no_free_blocks,
+                pools: pools.iter().map(|p| p.cidr).collect(),
+            };
+            match allocator::next_step(&state) {
+                Step::Use(c) => {
+                    match self.allocate_in_block(&c, n - got.len(), &req.handle_id, &req.attrs, Some(host)).await? {
+                        BlockOutcome::Allocated(ips) if ips.is_empty() => {
+                            full.insert(c);
+                        }
+                        BlockOutcome::Allocated(ips) => got.extend(ips),
+                        BlockOutcome::Gone => {
+                            self.remember_affinity(host, c, None);
+                            self.host_affinities(host, true).await?;
+                        }
+                    }
+                }
+                Step::Claim => {
+                    if !refreshed {
+                        // Another process may have claimed blocks for this host: look first.
+                        refreshed = true;
+                        self.host_affinities(host, true).await?;
+                        continue;
+                    }
+                    let existing = self.inner.store.list_block_cidrs().await?;
+                    match allocator::pick_new_block(&pools, host, |b| existing.contains(b), MAX_PROBE) {
+                        None => no_free_blocks = true,
+                        Some(c) => {
+                            debug!(block = %c, "claiming block");
+                            if !self.claim_block(host, &c).await? {
+                                tokio::time::sleep(jitter()).await;
+                            }
+                        }
+                    }
+                }
+                Step::Borrow => {
+                    let existing: Vec<IpNet> = self.inner.store.list_block_cidrs().await?.into_iter().collect();
+                    'pools: for p in &pools {
+                        for c in allocator::borrow_order(p, host, &existing) {
+                            if got.len() >= n {
+                                break 'pools;
+                            }
+                            if let BlockOutcome::Allocated(ips) =
+                                self.allocate_in_block(&c, n - got.len(), &req.handle_id, &req.attrs, None).await?
+                            {
+                                got.extend(ips);
+                            }
+                        }
+                    }
+                    if got.len() < n {
+                        shortfall = Some(Shortfall::PoolsExhausted { pools: state.pools.clone() });
+                    }
+                    break;
+                }
+                Step::Stop(s) => {
+                    shortfall = Some(s);
+                    break;
+                }
+            }
+        }
+        if got.len() < n && shortfall.is_none() {
+            return Err(IpamError::Contention { what: format!("auto-assign for {host}") });
+        }
+        Ok(FamilyResult { ips: got, requested: n, shortfall })
+    }
+
+    // ------------------------------------------------------------------ assign one address
+
+    /// Calico's AssignIP: one specific address (`ipAddrs`). Claims the block for the host when
+    /// it does not exist; with strictAffinity an address in another host's block is refused.
+    pub async fn assign_ip(&self, req: AssignIpRequest) -> Result<(), IpamError> {
+        let span = info_span!("ipamhandle", name = %names::handle_name(&req.handle_id), node = %req.hostname, ip = %req.ip);
+        async {
+            let infos = self.pool_infos(&[]).await?;
+            let pool = infos
+                .iter()
+                .find(|p| p.is_enabled() && p.cidr.contains(&req.ip))
+                .ok_or(IpamError::NotInPool(req.ip))?;
+            if !pool.uses.contains(&req.intended_use) {
+                return Err(IpamError::Pool {
+                    pool: pool.name.clone(),
+                    reason: format!(
+                        "IP address {} is in IP pool {:?}, which is not allowed for use {:?} (spec.allowedUses: {:?})",
+                        req.ip, pool.name, req.intended_use, pool.uses
+                    ),
+                });
+            }
+            let cidr = pool.block_of(req.ip);
+            let ordinal = cidr::ordinal_of(&cidr, req.ip).expect("ip is inside its block");
+            let strict = self.config().strict_affinity;
+            let lock = self.host_lock(&req.hostname);
+            let _guard = lock.lock().await;
+            let mut counted = false;
+            let mut result = Err(IpamError::Contention { what: format!("IPAMBlock {}", names::block_name(&cidr)) });
+            for attempt in 0..RETRIES {
+                let b = if attempt == 0 { self.block(&cidr).await? } else { self.fresh_block(&cidr).await? };
+                let Some(mut b) = b else {
+                    self.claim_block(&req.hostname, &cidr).await?;
+                    continue;
+                };
+                if strict && b.spec.host() != Some(req.hostname.as_str()) {
+                    result = Err(IpamError::AffinityMismatch {
+                        ip: req.ip,
+                        block: cidr,
+                        owner: b.spec.affinity.clone(),
+                        host: req.hostname.clone(),
+                    });
+                    break;
+                }
+                if let Err(e) = blk::assign(&mut b.spec, ordinal, Some(&req.handle_id), &req.attrs.0) {
+                    result = Err(match e {
+                        blk::AssignError::AlreadyAssigned(_) => IpamError::AlreadyAssigned { ip: req.ip, block: cidr },
+                        blk::AssignError::OutOfRange(o) => IpamError::Block { block: cidr, detail: format!("ordinal {o} outside spec.allocations") },
+                    });
+                    break;
+                }
+                if !counted {
+                    self.handle_add(&req.handle_id, &cidr, 1).await?;
+                    counted = true;
+                }
+                blk::prepare_write(&mut b.spec);
+                match self.inner.store.update_block(&b).await {
+                    Ok(new) => {
+                        self.remember_block(&new);
+                        counted = false;
+                        result = Ok(());
+                        break;
+                    }
+                    Err(StoreError::Conflict { .. }) => {
+                        self.forget_block(&cidr);
+                        tokio::time::sleep(jitter()).await;
+                    }
+                    Err(e) => {
+                        result = Err(e.into());
+                        break;
+                    }
+                }
+            }
+            if counted {
+                self.handle_sub(&req.handle_id, &cidr, Some(1)).await?;
+            }
+            result
+        }
+        .instrument(span)
+        .await
+    }
+
+    // ------------------------------------------------------------------ release
+
+    /// Releases everything a handle holds and deletes the handle. Idempotent: a handle that does
+    /// not exist is `Ok(vec![])`. Returns the addresses released.
+    pub async fn release_by_handle(&self, handle_id: &str) -> Result<Vec<IpAddr>, IpamError> {
+        let span = info_span!("ipamhandle", name = %names::handle_name(handle_id));
+        async {
+            let Some(h) = self.refresh_handle(handle_id).await? else {
+                return Ok(vec![]);
+            };
+            let mut released = Vec::new();
+            for key in h.spec.block.keys() {
+                let Ok(cidr) = cidr::parse_masked(key) else {
+                    warn!(block = %key, "IPAMHandle {}: spec.block has a key that is not a CIDR", h.metadata.name.as_deref().unwrap_or(""));
+                    continue;
+                };
+                let ords = self
+                    .release_in_block(&cidr, |spec| blk::ordinals_of_handle(spec, handle_id).into_iter().map(|o| blk::GuardedRelease { ordinal: o, handle_id: None, sequence_number: None }).collect())
+                    .await?;
+                released.extend(ords.iter().map(|o| cidr::address_of(&cidr, *o)));
+                // Drop the whole entry even if the block no longer held the handle's addresses
+                // (Calico leaves such a handle over-counted).
+                self.handle_sub(handle_id, &cidr, None).await?;
+            }
+            Ok(released)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// One guarded release in one block: a single CAS write (or a delete when the block becomes
+    /// empty and has no affinity). `select` computes the releases from the current block state on
+    /// every attempt. Returns the ordinals released. Handles are not touched here.
+    async fn release_in_block(
+        &self,
+        cidr: &IpNet,
+        select: impl Fn(&crate::api::IPAMBlockSpec) -> Vec<blk::GuardedRelease>,
+    ) -> Result<Vec<usize>, IpamError> {
+        let span = info_span!("ipamblock", name = %names::block_name(cidr));
+        async {
+            for attempt in 0..RETRIES {
+                let b = if attempt == 0 { self.block(cidr).await? } else { self.fresh_block(cidr).await? };
+                let Some(mut b) = b else { return Ok(vec![]) };
+                let reqs = select(&b.spec);
+                if reqs.is_empty() {
+                    return Ok(vec![]);
+                }
+                let (done, _) = blk::release_guarded(&mut b.spec, &reqs)
+                    .map_err(|e| IpamError::ReleaseConflict { block: *cidr, reason: e.to_string() })?;
+                if done.is_empty() {
+                    return Ok(vec![]);
+                }
+                let res = if blk::is_empty(&b.spec) && b.spec.affinity.is_none() {
+                    // Empty orphan block: whoever empties it deletes it (Calico rule).
+                    blk::prepare_write(&mut b.spec);
+                    self.inner.store.delete_block(&b).await.map(|_| None)
+                } else {
+                    blk::prepare_write(&mut b.spec);
+                    self.inner.store.update_block(&b).await.map(Some)
+                };
+                match res {
+                    Ok(Some(new)) => {
+                        self.remember_block(&new);
+                        return Ok(done);
+                    }
+                    Ok(None) => {
+                        self.forget_block(cidr);
+                        return Ok(done);
+                    }
+                    Err(StoreError::Conflict { .. }) => {
+                        self.forget_block(cidr);
+                        tokio::time::sleep(jitter()).await;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Err(IpamError::Contention { what: format!("IPAMBlock {}", names::block_name(cidr)) })
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// For GC: releases specific allocations of ONE block in one guarded write. Each entry is
+    /// checked against the block (handle and `sequenceNumberForAllocation`); if any no longer
+    /// matches (the address was re-allocated) nothing is released and `ReleaseConflict` is
+    /// returned. Handles are decremented after the block write.
+    pub async fn release_block_allocations(
+        &self,
+        block: &IpNet,
+        releases: &[ReleaseOptions],
+    ) -> Result<ReleaseOutcome, IpamError> {
+        let mut reqs = Vec::new();
+        let mut out = ReleaseOutcome::default();
+        for r in releases {
+            let Some(ordinal) = cidr::ordinal_of(block, r.ip) else {
+                return Err(IpamError::BadRequest(format!("{} is not inside block {block}", r.ip)));
+            };
+            reqs.push(blk::GuardedRelease { ordinal, handle_id: r.handle_id.clone(), sequence_number: r.sequence_number });
+        }
+        // Remember which handle held each ordinal, from the state the release is computed on.
+        let holders: Mutex<HashMap<usize, Option<String>>> = Mutex::new(HashMap::new());
+        let done = self
+            .release_in_block(block, |spec| {
+                let mut h = holders.lock().unwrap();
+                h.clear();
+                for r in &reqs {
+                    h.insert(r.ordinal, blk::handle_of(spec, r.ordinal).map(str::to_string));
+                }
+                reqs.clone()
+            })
+            .await?;
+        let holders = holders.into_inner().unwrap();
+        let mut per_handle: BTreeMap<String, u64> = BTreeMap::new();
+        for o in &done {
+            if let Some(Some(h)) = holders.get(o) {
+                *per_handle.entry(h.clone()).or_default() += 1;
+            }
+            out.released.push(cidr::address_of(block, *o));
+        }
+        for r in releases {
+            if !out.released.contains(&r.ip) {
+                out.unallocated.push(r.ip);
+            }
+        }
+        for (h, n) in per_handle {
+            self.handle_sub(&h, block, Some(n)).await?;
+        }
+        Ok(out)
+    }
+
+    /// Calico's ReleaseIPs: addresses grouped by block, one guarded write per block.
+    pub async fn release_ips(&self, ips: &[ReleaseOptions]) -> Result<ReleaseOutcome, IpamError> {
+        let infos = self.pool_infos(&[]).await?;
+        let mut by_block: BTreeMap<IpNet, Vec<ReleaseOptions>> = BTreeMap::new();
+        let mut all_blocks: Option<Vec<IpNet>> = None;
+        let mut out = ReleaseOutcome::default();
+        for r in ips {
+            let cidr = match infos.iter().find(|p| p.cidr.contains(&r.ip)) {
+                Some(p) => Some(p.block_of(r.ip)),
+                None => {
+                    // Outside every pool: find the containing block by name.
+                    if all_blocks.is_none() {
+                        all_blocks = Some(self.inner.store.list_block_cidrs().await?.into_iter().collect());
+                    }
+                    all_blocks.as_ref().unwrap().iter().find(|b| b.contains(&r.ip)).copied()
+                }
+            };
+            match cidr {
+                Some(c) => by_block.entry(c).or_default().push(r.clone()),
+                None => out.unallocated.push(r.ip),
+            }
+        }
+        for (block, rs) in by_block {
+            let o = self.release_block_allocations(&block, &rs).await?;
+            out.released.extend(o.released);
+            out.unallocated.extend(o.unallocated);
+        }
+        Ok(out)
+    }
+
+    /// Addresses held by a handle (empty when it does not exist).
+    pub async fn ips_by_handle(&self, handle_id: &str) -> Result<Vec<IpAddr>, IpamError> {
+        let Some(h) = self.inner.store.get_handle(handle_id).await? else {
+            return Ok(vec![]);
+        };
+        let mut ips = Vec::new();
+        for key in h.spec.block.keys() {
+            let Ok(c) = cidr::parse_masked(key) else { continue };
+            if let Some(b) = self.fresh_block(&c).await? {
+                ips.extend(blk::ordinals_of_handle(&b.spec, handle_id).into_iter().map(|o| cidr::address_of(&c, o)));
+            }
+        }
+        Ok(ips)
+    }
+
+    // ------------------------------------------------------------------ listings, affinities
+
+    /// Every live block (a LIST; for tools and GC, not for allocation).
+    pub async fn list_blocks(&self) -> Result<Vec<Block>, IpamError> {
+        Ok(self.inner.store.list_blocks().await?)
+    }
+
+    pub async fn list_handles(&self) -> Result<Vec<Handle>, IpamError> {
+        Ok(self.inner.store.list_handles().await?)
+    }
+
+    pub async fn list_affinities(&self) -> Result<Vec<Affinity>, IpamError> {
+        Ok(self.inner.store.list_affinities().await?)
+    }
+
+    /// Every allocation of the given blocks.
+    pub fn allocations(blocks: &[Block]) -> Vec<Allocation> {
+        let mut v = Vec::new();
+        for b in blocks {
+            let Ok(net) = blk::block_cidr(&b.spec) else { continue };
+            for (o, ip) in blk::allocated(&b.spec, &net) {
+                let attr = blk::attribute_of(&b.spec, o);
+                v.push(Allocation {
+                    ip,
+                    block: net,
+                    ordinal: o,
+                    handle_id: attr.and_then(|a| a.handle_id.clone()),
+                    attrs: Attrs(attr.and_then(|a| a.secondary.clone()).unwrap_or_default()),
+                    sequence_number: blk::allocation_sequence(&b.spec, o),
+                    block_host: b.spec.host().map(str::to_string),
+                });
+            }
+        }
+        v
+    }
+
+    /// Releases a host's affinity for a block (§2.11): pendingDeletion, then the empty block is
+    /// deleted (or a non-empty one loses its affinity and becomes an orphan whose addresses stay
+    /// valid), then the affinity is deleted. With `require_empty`, a non-empty block is left alone
+    /// and `Ok(false)` returned.
+    pub async fn release_block_affinity(&self, host: &str, cidr: &IpNet, require_empty: bool) -> Result<bool, IpamError> {
+        let span = info_span!("blockaffinity", name = %names::affinity_name(host, cidr));
+        async {
+            let store = &self.inner.store;
+            for _ in 0..RETRIES {
+                let aff = store.get_affinity(host, cidr).await?;
+                let b = self.fresh_block(cidr).await?;
+                if let Some(b) = &b
+                    && b.spec.host() == Some(host)
+                    && require_empty
+                    && !blk::is_empty(&b.spec)
+                {
+                    return Ok(false);
+                }
+                let aff = match aff {
+                    Some(mut a) if a.spec.state != "pendingDeletion" => {
+                        a.spec.state = "pendingDeletion".into();
+                        match store.update_affinity(&a).await {
+                            Ok(a) => Some(a),
+                            Err(StoreError::Conflict { .. }) => continue,
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                    other => other,
+                };
+                if let Some(mut b) = b
+                    && b.spec.host() == Some(host)
+                {
+                    let res = if blk::is_empty(&b.spec) {
+                        blk::prepare_write(&mut b.spec);
+                        store.delete_block(&b).await
+                    } else {
+                        b.spec.affinity = None;
+                        b.spec.affinity_claim_time = None;
+                        blk::prepare_write(&mut b.spec);
+                        store.update_block(&b).await.map(|nb| self.remember_block(&nb))
+                    };
+                    match res {
+                        Ok(()) => {}
+                        Err(StoreError::Conflict { .. }) => {
+                            self.forget_block(cidr);
+                            continue;
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                    self.forget_block(cidr);
+                }
+                if let Some(a) = aff {
+                    match store.delete_affinity(&a).await {
+                        Ok(()) | Err(StoreError::Conflict { .. }) => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                self.remember_affinity(host, *cidr, None);
+                return Ok(true);
+            }
+            Err(IpamError::Contention { what: format!("BlockAffinity {}", names::affinity_name(host, cidr)) })
+        }
+        .instrument(span)
+        .await
     }
 }

@@ -53,7 +53,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 pub use crate::api::ippool::AllowedUse;
-pub use engine::Ipam;
+pub use engine::{Ipam, IpamOptions};
 
 /// Secondary attributes of an allocation (`attributes[].secondary` in the block), by Calico's keys:
 /// `node`, `pod`, `namespace`, `timestamp` for pods, `node` + `type` for tunnel addresses.

@@ -18,6 +18,20 @@ pub fn block_name(cidr: &IpNet) -> String {
     replace_n(&text, '/', 1)
 }
 
+/// Inverse of [`block_name`]: the CIDR a block object name stands for, if it is one.
+/// IPv6 text holds at most 7 colons, so every `-` but the last was a colon.
+pub fn parse_block_name(name: &str) -> Option<IpNet> {
+    let (addr, prefix) = name.rsplit_once('-')?;
+    let v4 = addr.replace('-', ".");
+    let text = if addr.matches('-').count() == 3 && v4.parse::<std::net::Ipv4Addr>().is_ok() {
+        v4
+    } else {
+        addr.replace('-', ":")
+    };
+    let net: IpNet = format!("{text}/{prefix}").parse().ok()?;
+    (block_name(&net) == name).then_some(net)
+}
+
 fn replace_n(s: &str, from: char, n: usize) -> String {
     let mut left = n;
     s.chars()
@@ -101,6 +115,15 @@ mod tests {
             block_name(&net("2001:db8:1:2:3:4:5:40/122")),
             "2001-db8-1-2-3-4-5-40-122"
         );
+    }
+
+    #[test]
+    fn block_names_parse_back() {
+        for c in ["10.48.2.8/29", "fd00:10:244::/122", "2001:db8::40/122", "2001:db8:1:2:3:4:5:40/122", "::/122"] {
+            assert_eq!(parse_block_name(&block_name(&net(c))), Some(net(c)), "{c}");
+        }
+        assert_eq!(parse_block_name("node-a-10-48-0-0-26"), None);
+        assert_eq!(parse_block_name("default"), None);
     }
 
     #[test]

@@ -1,8 +1,32 @@
 //! The only I/O of `src/ipam`: reads and compare-and-swap writes of Calico's IPAM objects.
+//!
+//! Rules (spec §1.8): every write is a full update carrying `resourceVersion`; deletes are soft
+//! first (`deleted: true`, the linearization point) and then a DELETE with a UID precondition;
+//! objects marked deleted are absent to every reader, and a reader that meets one finishes its
+//! deletion.
+
+use std::collections::{BTreeMap, HashSet};
+
+use ipnet::IpNet;
+use k8s_openapi::api::core::v1::Node;
+use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
+use kube::core::Object;
+use serde::{Serialize, de::DeserializeOwned};
+
+use super::names;
+use crate::api::{
+    Affinity, Block, BlockAffinitySpec, CalicoKind, CrdMode, Handle, IPAMBlockSpec, IPAMHandleSpec, IpamConfig,
+    Pool,
+};
 
 /// Errors talking to the apiserver, naming the object concerned.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The object changed (or vanished) since it was read: re-read and recompute.
+    #[error("{kind} {name}: update conflict (the object changed since it was read)")]
+    Conflict { kind: &'static str, name: String },
+    #[error("{kind} {name} already exists")]
+    AlreadyExists { kind: &'static str, name: String },
     #[error("{kind} {name}: {source}")]
     Api {
         kind: &'static str,
@@ -11,9 +35,348 @@ pub enum StoreError {
         source: kube::Error,
     },
     #[error("{kind} {name}: {detail}")]
-    Invalid {
-        kind: &'static str,
-        name: String,
-        detail: String,
-    },
+    Invalid { kind: &'static str, name: String, detail: String },
+}
+
+impl StoreError {
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, StoreError::Conflict { .. })
+    }
+
+    fn from_kube(kind: &'static str, name: &str, e: kube::Error) -> StoreError {
+        let name = name.to_string();
+        if let kube::Error::Api(s) = &e {
+            // A 404 on update/delete means the object went away under us: same remedy as 409.
+            if s.is_conflict() || s.is_not_found() {
+                return StoreError::Conflict { kind, name };
+            }
+            if s.is_already_exists() {
+                return StoreError::AlreadyExists { kind, name };
+            }
+        }
+        StoreError::Api { kind, name, source: e }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+const BLOCK: &str = "IPAMBlock";
+const HANDLE: &str = "IPAMHandle";
+const AFFINITY: &str = "BlockAffinity";
+
+/// Typed access to the IPAM objects of one CRD mode.
+#[derive(Clone)]
+pub struct Store {
+    mode: CrdMode,
+    client: kube::Client,
+    blocks: Api<Block>,
+    handles: Api<Handle>,
+    affinities: Api<Affinity>,
+}
+
+/// Objects with a soft-delete flag.
+trait SoftDelete {
+    fn deleted(&self) -> bool;
+    fn mark_deleted(&mut self, mode: CrdMode);
+}
+
+impl SoftDelete for Block {
+    fn deleted(&self) -> bool {
+        self.spec.is_deleted()
+    }
+    fn mark_deleted(&mut self, _: CrdMode) {
+        self.spec.deleted = Some(true);
+    }
+}
+impl SoftDelete for Handle {
+    fn deleted(&self) -> bool {
+        self.spec.is_deleted()
+    }
+    fn mark_deleted(&mut self, _: CrdMode) {
+        self.spec.deleted = Some(true);
+    }
+}
+impl SoftDelete for Affinity {
+    fn deleted(&self) -> bool {
+        self.spec.is_deleted()
+    }
+    fn mark_deleted(&mut self, _: CrdMode) {
+        // The wire form it was read in (string in v1, bool in v3).
+        self.spec.deleted = self.spec.deleted.with(true);
+    }
+}
+
+async fn get_live<K>(api: &Api<K>, kind: &'static str, name: &str) -> Result<Option<K>>
+where
+    K: kube::Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug + SoftDelete,
+{
+    let obj = api.get_opt(name).await.map_err(|e| StoreError::Api {
+        kind,
+        name: name.into(),
+        source: e,
+    })?;
+    match obj {
+        Some(o) if o.deleted() => {
+            // An interrupted delete: finish it, then report absent.
+            hard_delete(api, kind, &o).await?;
+            Ok(None)
+        }
+        other => Ok(other),
+    }
+}
+
+async fn hard_delete<K>(api: &Api<K>, kind: &'static str, obj: &K) -> Result<()>
+where
+    K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    let dp = DeleteParams {
+        preconditions: Some(Preconditions { uid: obj.meta().uid.clone(), resource_version: None }),
+        ..Default::default()
+    };
+    match api.delete(&name, &dp).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
+        // UID mismatch: a new object took the name; it is not ours to delete.
+        Err(kube::Error::Api(s)) if s.is_conflict() => Ok(()),
+        Err(e) => Err(StoreError::from_kube(kind, &name, e)),
+    }
+}
+
+/// Soft delete (CAS on resourceVersion), then DELETE with a UID precondition.
+async fn soft_delete<K>(api: &Api<K>, kind: &'static str, mode: CrdMode, obj: &K) -> Result<()>
+where
+    K: kube::Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug + SoftDelete,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    let mut marked = obj.clone();
+    marked.mark_deleted(mode);
+    let written = api
+        .replace(&name, &PostParams::default(), &marked)
+        .await
+        .map_err(|e| StoreError::from_kube(kind, &name, e))?;
+    hard_delete(api, kind, &written).await
+}
+
+async fn replace<K>(api: &Api<K>, kind: &'static str, obj: &K) -> Result<K>
+where
+    K: kube::Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    if obj.meta().resource_version.is_none() {
+        return Err(StoreError::Invalid {
+            kind,
+            name,
+            detail: "refusing an update without metadata.resourceVersion".into(),
+        });
+    }
+    api.replace(&name, &PostParams::default(), obj)
+        .await
+        .map_err(|e| StoreError::from_kube(kind, &name, e))
+}
+
+async fn create<K>(api: &Api<K>, kind: &'static str, obj: &K) -> Result<K>
+where
+    K: kube::Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    api.create(&PostParams::default(), obj)
+        .await
+        .map_err(|e| StoreError::from_kube(kind, &name, e))
+}
+
+async fn list_live<K>(api: &Api<K>, kind: &'static str, lp: &ListParams) -> Result<Vec<K>>
+where
+    K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug + SoftDelete,
+{
+    let list = api.list(lp).await.map_err(|e| StoreError::Api { kind, name: "(list)".into(), source: e })?;
+    Ok(list.items.into_iter().filter(|o| !o.deleted()).collect())
+}
+
+impl Store {
+    pub fn new(client: kube::Client, mode: CrdMode) -> Store {
+        Store {
+            mode,
+            blocks: Api::all_with(client.clone(), &mode.resource(CalicoKind::IPAMBlock)),
+            handles: Api::all_with(client.clone(), &mode.resource(CalicoKind::IPAMHandle)),
+            affinities: Api::all_with(client.clone(), &mode.resource(CalicoKind::BlockAffinity)),
+            client,
+        }
+    }
+
+    pub fn mode(&self) -> CrdMode {
+        self.mode
+    }
+
+    pub fn client(&self) -> &kube::Client {
+        &self.client
+    }
+
+    pub fn pools_api(&self) -> Api<Pool> {
+        Api::all_with(self.client.clone(), &self.mode.resource(CalicoKind::IPPool))
+    }
+
+    pub fn config_api(&self) -> Api<IpamConfig> {
+        Api::all_with(self.client.clone(), &self.mode.resource(CalicoKind::IPAMConfig))
+    }
+
+    // ---- blocks
+
+    pub async fn get_block(&self, cidr: &IpNet) -> Result<Option<Block>> {
+        get_live(&self.blocks, BLOCK, &names::block_name(cidr)).await
+    }
+
+    pub async fn create_block(&self, spec: IPAMBlockSpec) -> Result<Block> {
+        let cidr: IpNet = spec.cidr.parse().map_err(|_| StoreError::Invalid {
+            kind: BLOCK,
+            name: spec.cidr.clone(),
+            detail: "spec.cidr is not a CIDR".into(),
+        })?;
+        let obj = Object::new(&names::block_name(&cidr), &self.mode.resource(CalicoKind::IPAMBlock), spec);
+        create(&self.blocks, BLOCK, &obj).await
+    }
+
+    pub async fn update_block(&self, b: &Block) -> Result<Block> {
+        replace(&self.blocks, BLOCK, b).await
+    }
+
+    pub async fn delete_block(&self, b: &Block) -> Result<()> {
+        soft_delete(&self.blocks, BLOCK, self.mode, b).await
+    }
+
+    pub async fn list_blocks(&self) -> Result<Vec<Block>> {
+        list_live(&self.blocks, BLOCK, &ListParams::default()).await
+    }
+
+    /// CIDRs of all existing blocks, from object names only (a metadata LIST: no block bodies).
+    pub async fn list_block_cidrs(&self) -> Result<HashSet<IpNet>> {
+        let list = self
+            .blocks
+            .list_metadata(&ListParams::default())
+            .await
+            .map_err(|e| StoreError::Api { kind: BLOCK, name: "(list)".into(), source: e })?;
+        Ok(list
+            .items
+            .iter()
+            .filter_map(|m| m.metadata.name.as_deref().and_then(names::parse_block_name))
+            .collect())
+    }
+
+    // ---- handles
+
+    pub async fn get_handle(&self, handle_id: &str) -> Result<Option<Handle>> {
+        get_live(&self.handles, HANDLE, &names::handle_name(handle_id)).await
+    }
+
+    pub async fn create_handle(&self, handle_id: &str, block: BTreeMap<String, u64>) -> Result<Handle> {
+        let spec = IPAMHandleSpec { handle_id: handle_id.into(), block, deleted: None, extra: Default::default() };
+        let obj: Handle =
+            Object::new(&names::handle_name(handle_id), &self.mode.resource(CalicoKind::IPAMHandle), spec);
+        create(&self.handles, HANDLE, &obj).await
+    }
+
+    pub async fn update_handle(&self, h: &Handle) -> Result<Handle> {
+        replace(&self.handles, HANDLE, h).await
+    }
+
+    pub async fn delete_handle(&self, h: &Handle) -> Result<()> {
+        soft_delete(&self.handles, HANDLE, self.mode, h).await
+    }
+
+    pub async fn list_handles(&self) -> Result<Vec<Handle>> {
+        list_live(&self.handles, HANDLE, &ListParams::default()).await
+    }
+
+    // ---- affinities
+
+    pub async fn get_affinity(&self, host: &str, cidr: &IpNet) -> Result<Option<Affinity>> {
+        get_live(&self.affinities, AFFINITY, &names::affinity_name(host, cidr)).await
+    }
+
+    /// A new host affinity with Calico's labels and `deleted` in the mode's wire form.
+    pub async fn create_affinity(&self, host: &str, cidr: &IpNet, state: &str) -> Result<Affinity> {
+        let spec = BlockAffinitySpec {
+            state: state.into(),
+            node: host.into(),
+            type_: Some("host".into()),
+            cidr: cidr.to_string(),
+            deleted: self.mode.affinity_flag(false),
+            extra: Default::default(),
+        };
+        let mut obj: Affinity = Object::new(
+            &names::affinity_name(host, cidr),
+            &self.mode.resource(CalicoKind::BlockAffinity),
+            spec,
+        );
+        obj.metadata.labels = Some(names::affinity_labels(host, "host", cidr).into_iter().collect());
+        create(&self.affinities, AFFINITY, &obj).await
+    }
+
+    /// Full update; (re)stamps Calico's labels, as Calico does on every write.
+    pub async fn update_affinity(&self, a: &Affinity) -> Result<Affinity> {
+        let mut a = a.clone();
+        if let Ok(cidr) = a.spec.cidr.parse::<IpNet>() {
+            let labels = a.metadata.labels.get_or_insert_with(Default::default);
+            for (k, v) in names::affinity_labels(&a.spec.node, a.spec.affinity_type(), &cidr) {
+                labels.insert(k, v);
+            }
+        }
+        replace(&self.affinities, AFFINITY, &a).await
+    }
+
+    pub async fn delete_affinity(&self, a: &Affinity) -> Result<()> {
+        soft_delete(&self.affinities, AFFINITY, self.mode, a).await
+    }
+
+    /// A host's live affinities: label-selector LIST (Calico 3.31+ labels), filtered on
+    /// `spec.node` because the hash label could in theory collide. Rows Calico wrote before 3.31
+    /// carry no labels; [`Store::list_affinities`] + a filter finds those (used on a cache miss).
+    pub async fn list_host_affinities(&self, host: &str) -> Result<Vec<Affinity>> {
+        let lp = ListParams::default()
+            .labels(&format!("{}={}", names::LABEL_HOSTNAME_HASH, names::hostname_hash(host)));
+        let mut v = list_live(&self.affinities, AFFINITY, &lp).await?;
+        v.retain(|a| a.spec.node == host && a.spec.affinity_type() == "host");
+        if v.is_empty() {
+            // Perhaps rows from Calico < 3.31 (no labels): adopt them and back-fill the labels,
+            // as Calico's UpgradeHost does, so that the next lookup is a label LIST again.
+            let mut all = self.list_affinities().await?;
+            all.retain(|a| a.spec.node == host && a.spec.affinity_type() == "host");
+            for a in all {
+                let hash = names::hostname_hash(host);
+                let labelled = a
+                    .metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get(names::LABEL_HOSTNAME_HASH))
+                    .is_some_and(|h| *h == hash);
+                if labelled {
+                    v.push(a);
+                    continue;
+                }
+                match self.update_affinity(&a).await {
+                    Ok(a) => v.push(a),
+                    // Someone else is writing it: use what we read; the next write stamps labels.
+                    Err(StoreError::Conflict { .. }) => v.push(a),
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(v)
+    }
+
+    pub async fn list_affinities(&self) -> Result<Vec<Affinity>> {
+        list_live(&self.affinities, AFFINITY, &ListParams::default()).await
+    }
+
+    // ---- nodes
+
+    /// Labels of a Kubernetes Node (None when it does not exist).
+    pub async fn node_labels(&self, host: &str) -> Result<Option<BTreeMap<String, String>>> {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let n = nodes
+            .get_opt(host)
+            .await
+            .map_err(|e| StoreError::Api { kind: "Node", name: host.into(), source: e })?;
+        Ok(n.map(|n| n.metadata.labels.unwrap_or_default()))
+    }
 }
