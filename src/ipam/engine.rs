@@ -79,7 +79,10 @@ struct Cache {
     listed_pools: Option<(Instant, Vec<Pool>)>,
 }
 
-fn spawn_reflector<K>(api: kube::Api<K>, dyntype: K::DynamicType) -> (reflector::Store<K>, tokio::task::JoinHandle<()>)
+fn spawn_reflector<K>(
+    api: kube::Api<K>,
+    dyntype: K::DynamicType,
+) -> (reflector::Store<K>, tokio::task::JoinHandle<()>)
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
@@ -115,11 +118,13 @@ fn now_nanos() -> u64 {
 }
 
 fn block_net(b: &Block) -> Result<IpNet, IpamError> {
-    blk::block_cidr(&b.spec).map_err(|e| IpamError::Store(StoreError::Invalid {
-        kind: "IPAMBlock",
-        name: b.metadata.name.clone().unwrap_or_default(),
-        detail: format!("spec.cidr: {e}"),
-    }))
+    blk::block_cidr(&b.spec).map_err(|e| {
+        IpamError::Store(StoreError::Invalid {
+            kind: "IPAMBlock",
+            name: b.metadata.name.clone().unwrap_or_default(),
+            detail: format!("spec.cidr: {e}"),
+        })
+    })
 }
 
 enum BlockOutcome {
@@ -151,13 +156,18 @@ impl Ipam {
             let _ = inner.pools.wait_until_ready().await;
             let _ = inner.config.wait_until_ready().await;
         };
-        if tokio::time::timeout(Duration::from_secs(30), ready).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(30), ready)
+            .await
+            .is_err()
+        {
             return Err(IpamError::BadRequest(format!(
                 "could not list IPPools/IPAMConfig ({} mode) within 30 s: are the Calico CRDs installed?",
                 mode
             )));
         }
-        Ok(Ipam { inner: Arc::new(inner) })
+        Ok(Ipam {
+            inner: Arc::new(inner),
+        })
     }
 
     pub fn mode(&self) -> CrdMode {
@@ -195,7 +205,9 @@ impl Ipam {
     async fn pool_infos(&self, requested: &[String]) -> Result<Vec<PoolInfo>, IpamError> {
         let mut pools = self.pools();
         let known = |pools: &[Pool], r: &String| {
-            pools.iter().any(|p| p.metadata.name.as_ref() == Some(r) || p.spec.cidr == *r)
+            pools
+                .iter()
+                .any(|p| p.metadata.name.as_ref() == Some(r) || p.spec.cidr == *r)
         };
         if pools.is_empty() || requested.iter().any(|r| !known(&pools, r)) {
             let fresh = self.inner.cache.lock().unwrap().listed_pools.clone();
@@ -208,8 +220,13 @@ impl Ipam {
                         .pools_api()
                         .list(&Default::default())
                         .await
-                        .map_err(|e| StoreError::Api { kind: "IPPool", name: "(list)".into(), source: e })?;
-                    self.inner.cache.lock().unwrap().listed_pools = Some((Instant::now(), list.items.clone()));
+                        .map_err(|e| StoreError::Api {
+                            kind: "IPPool",
+                            name: "(list)".into(),
+                            source: e,
+                        })?;
+                    self.inner.cache.lock().unwrap().listed_pools =
+                        Some((Instant::now(), list.items.clone()));
                     list.items
                 }
             };
@@ -252,7 +269,13 @@ impl Ipam {
     }
 
     fn host_lock(&self, host: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.inner.host_locks.lock().unwrap().entry(host.into()).or_default().clone()
+        self.inner
+            .host_locks
+            .lock()
+            .unwrap()
+            .entry(host.into())
+            .or_default()
+            .clone()
     }
 
     // ------------------------------------------------------------------ cached objects
@@ -285,14 +308,25 @@ impl Ipam {
     }
 
     /// The host's affinities (cached after the first load; `refresh` forces a LIST).
-    async fn host_affinities(&self, host: &str, refresh: bool) -> Result<HashMap<IpNet, Affinity>, IpamError> {
+    async fn host_affinities(
+        &self,
+        host: &str,
+        refresh: bool,
+    ) -> Result<HashMap<IpNet, Affinity>, IpamError> {
         if !refresh && let Some(m) = self.inner.cache.lock().unwrap().affinities.get(host) {
             return Ok(m.clone());
         }
         let list = self.inner.store.list_host_affinities(host).await?;
-        let m: HashMap<IpNet, Affinity> =
-            list.into_iter().filter_map(|a| a.spec.cidr.parse().ok().map(|c| (c, a))).collect();
-        self.inner.cache.lock().unwrap().affinities.insert(host.into(), m.clone());
+        let m: HashMap<IpNet, Affinity> = list
+            .into_iter()
+            .filter_map(|a| a.spec.cidr.parse().ok().map(|c| (c, a)))
+            .collect();
+        self.inner
+            .cache
+            .lock()
+            .unwrap()
+            .affinities
+            .insert(host.into(), m.clone());
         Ok(m)
     }
 
@@ -315,7 +349,12 @@ impl Ipam {
         for _ in 0..RETRIES {
             let cached = self.inner.cache.lock().unwrap().handles.get(&name).cloned();
             let res = match cached {
-                None => self.inner.store.create_handle(handle_id, [(key.clone(), n)].into()).await,
+                None => {
+                    self.inner
+                        .store
+                        .create_handle(handle_id, [(key.clone(), n)].into())
+                        .await
+                }
                 Some(mut h) => {
                     *h.spec.block.entry(key.clone()).or_default() += n;
                     self.inner.store.update_handle(&h).await
@@ -332,7 +371,9 @@ impl Ipam {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(IpamError::Contention { what: format!("IPAMHandle {name}") })
+        Err(IpamError::Contention {
+            what: format!("IPAMHandle {name}"),
+        })
     }
 
     async fn refresh_handle(&self, handle_id: &str) -> Result<Option<Handle>, IpamError> {
@@ -388,7 +429,9 @@ impl Ipam {
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(IpamError::Contention { what: format!("IPAMHandle {name}") })
+        Err(IpamError::Contention {
+            what: format!("IPAMHandle {name}"),
+        })
     }
 
     // ------------------------------------------------------------------ block writes
@@ -407,9 +450,15 @@ impl Ipam {
         let span = info_span!("ipamblock", name = %names::block_name(cidr));
         async {
             let mut counted: u64 = 0;
-            let mut result = Err(IpamError::Contention { what: format!("IPAMBlock {}", names::block_name(cidr)) });
+            let mut result = Err(IpamError::Contention {
+                what: format!("IPAMBlock {}", names::block_name(cidr)),
+            });
             for attempt in 0..RETRIES {
-                let b = if attempt == 0 { self.block(cidr).await? } else { self.fresh_block(cidr).await? };
+                let b = if attempt == 0 {
+                    self.block(cidr).await?
+                } else {
+                    self.fresh_block(cidr).await?
+                };
                 let Some(mut b) = b else {
                     result = Ok(BlockOutcome::Gone);
                     break;
@@ -441,7 +490,10 @@ impl Ipam {
                         // Calico returns each address with its block's prefix (10.48.0.5/26).
                         let ips = ords
                             .iter()
-                            .map(|o| IpNet::new(cidr::address_of(cidr, *o), cidr.prefix_len()).expect("valid prefix"))
+                            .map(|o| {
+                                IpNet::new(cidr::address_of(cidr, *o), cidr.prefix_len())
+                                    .expect("valid prefix")
+                            })
                             .collect();
                         result = Ok(BlockOutcome::Allocated(ips));
                         break;
@@ -503,7 +555,9 @@ impl Ipam {
                 }
             }
             let Some(mut aff) = aff else {
-                return Err(IpamError::Contention { what: format!("BlockAffinity {}", names::affinity_name(host, cidr)) });
+                return Err(IpamError::Contention {
+                    what: format!("BlockAffinity {}", names::affinity_name(host, cidr)),
+                });
             };
             // 2. the block: creation is the arbiter between hosts.
             let claim_time = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
@@ -573,10 +627,14 @@ impl Ipam {
             let _guard = lock.lock().await;
             let mut out = AutoAssignResult::default();
             if req.num_v4 > 0 {
-                out.v4 = self.assign_family(&req, Family::V4, req.num_v4, &req.v4_pools).await?;
+                out.v4 = self
+                    .assign_family(&req, Family::V4, req.num_v4, &req.v4_pools)
+                    .await?;
             }
             if req.num_v6 > 0 && out.v4.is_complete() {
-                out.v6 = self.assign_family(&req, Family::V6, req.num_v6, &req.v6_pools).await?;
+                out.v6 = self
+                    .assign_family(&req, Family::V6, req.num_v6, &req.v6_pools)
+                    .await?;
             } else {
                 out.v6.requested = req.num_v6;
             }
@@ -586,7 +644,12 @@ impl Ipam {
         .await
     }
 
-    async fn candidate_pools(&self, req: &AutoAssignRequest, fam: Family, requested: &[String]) -> Result<Vec<PoolInfo>, IpamError> {
+    async fn candidate_pools(
+        &self,
+        req: &AutoAssignRequest,
+        fam: Family,
+        requested: &[String],
+    ) -> Result<Vec<PoolInfo>, IpamError> {
         let infos = self.pool_infos(requested).await?;
         let empty = BTreeMap::new();
         let ns = req.namespace_labels.as_ref().unwrap_or(&empty);
@@ -620,7 +683,11 @@ impl Ipam {
         let cfg = self.config();
         let host = req.hostname.as_str();
         let max_blocks = allocator::max_blocks(&cfg, req.max_blocks_per_host);
-        let in_pools = |c: &IpNet| pools.iter().any(|p| p.cidr.contains(&c.network()) && c.prefix_len() == p.block_size);
+        let in_pools = |c: &IpNet| {
+            pools
+                .iter()
+                .any(|p| p.cidr.contains(&c.network()) && c.prefix_len() == p.block_size)
+        };
         let mut got: Vec<IpNet> = Vec::new();
         let mut no_free_blocks = false;
         let mut refreshed = false;
@@ -638,7 +705,10 @@ impl Ipam {
                 .map(|(c, _)| *c)
                 .collect();
             owned.sort_by_key(|c| {
-                (pools.iter().position(|p| p.cidr.contains(&c.network())), cidr::ip_to_u128(c.network()))
+                (
+                    pools.iter().position(|p| p.cidr.contains(&c.network())),
+                    cidr::ip_to_u128(c.network()),
+                )
             });
             let mut with_space = None;
             for c in &owned {
@@ -675,7 +745,18 @@ impl Ipam {
                     }
                 }
             }
-            let owned_count = owned.iter().filter(|c| self.inner.cache.lock().unwrap().affinities.get(host).is_some_and(|m| m.contains_key(c))).count();
+            let owned_count = owned
+                .iter()
+                .filter(|c| {
+                    self.inner
+                        .cache
+                        .lock()
+                        .unwrap()
+                        .affinities
+                        .get(host)
+                        .is_some_and(|m| m.contains_key(c))
+                })
+                .count();
             let state = LoopState {
                 affine_with_space: with_space,
                 owned: owned_count,
@@ -687,7 +768,10 @@ impl Ipam {
             };
             match allocator::next_step(&state) {
                 Step::Use(c) => {
-                    match self.allocate_in_block(&c, n - got.len(), &req.handle_id, &req.attrs, Some(host)).await? {
+                    match self
+                        .allocate_in_block(&c, n - got.len(), &req.handle_id, &req.attrs, Some(host))
+                        .await?
+                    {
                         BlockOutcome::Allocated(ips) if ips.is_empty() => {
                             full.insert(c);
                         }
@@ -717,21 +801,25 @@ impl Ipam {
                     }
                 }
                 Step::Borrow => {
-                    let existing: Vec<IpNet> = self.inner.store.list_block_cidrs().await?.into_iter().collect();
+                    let existing: Vec<IpNet> =
+                        self.inner.store.list_block_cidrs().await?.into_iter().collect();
                     'pools: for p in &pools {
                         for c in allocator::borrow_order(p, host, &existing) {
                             if got.len() >= n {
                                 break 'pools;
                             }
-                            if let BlockOutcome::Allocated(ips) =
-                                self.allocate_in_block(&c, n - got.len(), &req.handle_id, &req.attrs, None).await?
+                            if let BlockOutcome::Allocated(ips) = self
+                                .allocate_in_block(&c, n - got.len(), &req.handle_id, &req.attrs, None)
+                                .await?
                             {
                                 got.extend(ips);
                             }
                         }
                     }
                     if got.len() < n {
-                        shortfall = Some(Shortfall::PoolsExhausted { pools: state.pools.clone() });
+                        shortfall = Some(Shortfall::PoolsExhausted {
+                            pools: state.pools.clone(),
+                        });
                     }
                     break;
                 }
@@ -742,9 +830,15 @@ impl Ipam {
             }
         }
         if got.len() < n && shortfall.is_none() {
-            return Err(IpamError::Contention { what: format!("auto-assign for {host}") });
+            return Err(IpamError::Contention {
+                what: format!("auto-assign for {host}"),
+            });
         }
-        Ok(FamilyResult { ips: got, requested: n, shortfall })
+        Ok(FamilyResult {
+            ips: got,
+            requested: n,
+            shortfall,
+        })
     }
 
     // ------------------------------------------------------------------ assign one address
@@ -869,14 +963,21 @@ impl Ipam {
         let span = info_span!("ipamblock", name = %names::block_name(cidr));
         async {
             for attempt in 0..RETRIES {
-                let b = if attempt == 0 { self.block(cidr).await? } else { self.fresh_block(cidr).await? };
+                let b = if attempt == 0 {
+                    self.block(cidr).await?
+                } else {
+                    self.fresh_block(cidr).await?
+                };
                 let Some(mut b) = b else { return Ok(vec![]) };
                 let reqs = select(&b.spec);
                 if reqs.is_empty() {
                     return Ok(vec![]);
                 }
-                let (done, _) = blk::release_guarded(&mut b.spec, &reqs)
-                    .map_err(|e| IpamError::ReleaseConflict { block: *cidr, reason: e.to_string() })?;
+                let (done, _) =
+                    blk::release_guarded(&mut b.spec, &reqs).map_err(|e| IpamError::ReleaseConflict {
+                        block: *cidr,
+                        reason: e.to_string(),
+                    })?;
                 if done.is_empty() {
                     return Ok(vec![]);
                 }
@@ -904,7 +1005,9 @@ impl Ipam {
                     Err(e) => return Err(e.into()),
                 }
             }
-            Err(IpamError::Contention { what: format!("IPAMBlock {}", names::block_name(cidr)) })
+            Err(IpamError::Contention {
+                what: format!("IPAMBlock {}", names::block_name(cidr)),
+            })
         }
         .instrument(span)
         .await
@@ -923,9 +1026,16 @@ impl Ipam {
         let mut out = ReleaseOutcome::default();
         for r in releases {
             let Some(ordinal) = cidr::ordinal_of(block, r.ip) else {
-                return Err(IpamError::BadRequest(format!("{} is not inside block {block}", r.ip)));
+                return Err(IpamError::BadRequest(format!(
+                    "{} is not inside block {block}",
+                    r.ip
+                )));
             };
-            reqs.push(blk::GuardedRelease { ordinal, handle_id: r.handle_id.clone(), sequence_number: r.sequence_number });
+            reqs.push(blk::GuardedRelease {
+                ordinal,
+                handle_id: r.handle_id.clone(),
+                sequence_number: r.sequence_number,
+            });
         }
         // Remember which handle held each ordinal, from the state the release is computed on.
         let holders: Mutex<HashMap<usize, Option<String>>> = Mutex::new(HashMap::new());
@@ -972,7 +1082,12 @@ impl Ipam {
                     if all_blocks.is_none() {
                         all_blocks = Some(self.inner.store.list_block_cidrs().await?.into_iter().collect());
                     }
-                    all_blocks.as_ref().unwrap().iter().find(|b| b.contains(&r.ip)).copied()
+                    all_blocks
+                        .as_ref()
+                        .unwrap()
+                        .iter()
+                        .find(|b| b.contains(&r.ip))
+                        .copied()
                 }
             };
             match cidr {
@@ -997,7 +1112,11 @@ impl Ipam {
         for key in h.spec.block.keys() {
             let Ok(c) = cidr::parse_masked(key) else { continue };
             if let Some(b) = self.fresh_block(&c).await? {
-                ips.extend(blk::ordinals_of_handle(&b.spec, handle_id).into_iter().map(|o| cidr::address_of(&c, o)));
+                ips.extend(
+                    blk::ordinals_of_handle(&b.spec, handle_id)
+                        .into_iter()
+                        .map(|o| cidr::address_of(&c, o)),
+                );
             }
         }
         Ok(ips)
@@ -1022,7 +1141,9 @@ impl Ipam {
     pub fn allocations(blocks: &[Block]) -> Vec<Allocation> {
         let mut v = Vec::new();
         for b in blocks {
-            let Ok(net) = blk::block_cidr(&b.spec) else { continue };
+            let Ok(net) = blk::block_cidr(&b.spec) else {
+                continue;
+            };
             for (o, ip) in blk::allocated(&b.spec, &net) {
                 let attr = blk::attribute_of(&b.spec, o);
                 v.push(Allocation {
@@ -1043,7 +1164,12 @@ impl Ipam {
     /// deleted (or a non-empty one loses its affinity and becomes an orphan whose addresses stay
     /// valid), then the affinity is deleted. With `require_empty`, a non-empty block is left alone
     /// and `Ok(false)` returned.
-    pub async fn release_block_affinity(&self, host: &str, cidr: &IpNet, require_empty: bool) -> Result<bool, IpamError> {
+    pub async fn release_block_affinity(
+        &self,
+        host: &str,
+        cidr: &IpNet,
+        require_empty: bool,
+    ) -> Result<bool, IpamError> {
         let span = info_span!("blockaffinity", name = %names::affinity_name(host, cidr));
         async {
             let store = &self.inner.store;
@@ -1099,7 +1225,9 @@ impl Ipam {
                 self.remember_affinity(host, *cidr, None);
                 return Ok(true);
             }
-            Err(IpamError::Contention { what: format!("BlockAffinity {}", names::affinity_name(host, cidr)) })
+            Err(IpamError::Contention {
+                what: format!("BlockAffinity {}", names::affinity_name(host, cidr)),
+            })
         }
         .instrument(span)
         .await

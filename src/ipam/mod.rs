@@ -44,6 +44,7 @@ pub mod block;
 pub mod cidr;
 mod engine;
 pub mod names;
+pub mod report;
 pub mod selector;
 pub mod store;
 

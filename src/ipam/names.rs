@@ -119,7 +119,13 @@ mod tests {
 
     #[test]
     fn block_names_parse_back() {
-        for c in ["10.48.2.8/29", "fd00:10:244::/122", "2001:db8::40/122", "2001:db8:1:2:3:4:5:40/122", "::/122"] {
+        for c in [
+            "10.48.2.8/29",
+            "fd00:10:244::/122",
+            "2001:db8::40/122",
+            "2001:db8:1:2:3:4:5:40/122",
+            "::/122",
+        ] {
             assert_eq!(parse_block_name(&block_name(&net(c))), Some(net(c)), "{c}");
         }
         assert_eq!(parse_block_name("node-a-10-48-0-0-26"), None);

@@ -15,8 +15,8 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use super::names;
 use crate::api::{
-    Affinity, Block, BlockAffinitySpec, CalicoKind, CrdMode, Handle, IPAMBlockSpec, IPAMHandleSpec, IpamConfig,
-    Pool,
+    Affinity, Block, BlockAffinitySpec, CalicoKind, CrdMode, Handle, IPAMBlockSpec, IPAMHandleSpec,
+    IpamConfig, Pool,
 };
 
 /// Errors talking to the apiserver, naming the object concerned.
@@ -35,7 +35,11 @@ pub enum StoreError {
         source: kube::Error,
     },
     #[error("{kind} {name}: {detail}")]
-    Invalid { kind: &'static str, name: String, detail: String },
+    Invalid {
+        kind: &'static str,
+        name: String,
+        detail: String,
+    },
 }
 
 impl StoreError {
@@ -54,7 +58,11 @@ impl StoreError {
                 return StoreError::AlreadyExists { kind, name };
             }
         }
-        StoreError::Api { kind, name, source: e }
+        StoreError::Api {
+            kind,
+            name,
+            source: e,
+        }
     }
 }
 
@@ -131,7 +139,10 @@ where
 {
     let name = obj.meta().name.clone().unwrap_or_default();
     let dp = DeleteParams {
-        preconditions: Some(Preconditions { uid: obj.meta().uid.clone(), resource_version: None }),
+        preconditions: Some(Preconditions {
+            uid: obj.meta().uid.clone(),
+            resource_version: None,
+        }),
         ..Default::default()
     };
     match api.delete(&name, &dp).await {
@@ -189,7 +200,11 @@ async fn list_live<K>(api: &Api<K>, kind: &'static str, lp: &ListParams) -> Resu
 where
     K: kube::Resource + Clone + DeserializeOwned + std::fmt::Debug + SoftDelete,
 {
-    let list = api.list(lp).await.map_err(|e| StoreError::Api { kind, name: "(list)".into(), source: e })?;
+    let list = api.list(lp).await.map_err(|e| StoreError::Api {
+        kind,
+        name: "(list)".into(),
+        source: e,
+    })?;
     Ok(list.items.into_iter().filter(|o| !o.deleted()).collect())
 }
 
@@ -232,7 +247,11 @@ impl Store {
             name: spec.cidr.clone(),
             detail: "spec.cidr is not a CIDR".into(),
         })?;
-        let obj = Object::new(&names::block_name(&cidr), &self.mode.resource(CalicoKind::IPAMBlock), spec);
+        let obj = Object::new(
+            &names::block_name(&cidr),
+            &self.mode.resource(CalicoKind::IPAMBlock),
+            spec,
+        );
         create(&self.blocks, BLOCK, &obj).await
     }
 
@@ -254,7 +273,11 @@ impl Store {
             .blocks
             .list_metadata(&ListParams::default())
             .await
-            .map_err(|e| StoreError::Api { kind: BLOCK, name: "(list)".into(), source: e })?;
+            .map_err(|e| StoreError::Api {
+                kind: BLOCK,
+                name: "(list)".into(),
+                source: e,
+            })?;
         Ok(list
             .items
             .iter()
@@ -269,9 +292,17 @@ impl Store {
     }
 
     pub async fn create_handle(&self, handle_id: &str, block: BTreeMap<String, u64>) -> Result<Handle> {
-        let spec = IPAMHandleSpec { handle_id: handle_id.into(), block, deleted: None, extra: Default::default() };
-        let obj: Handle =
-            Object::new(&names::handle_name(handle_id), &self.mode.resource(CalicoKind::IPAMHandle), spec);
+        let spec = IPAMHandleSpec {
+            handle_id: handle_id.into(),
+            block,
+            deleted: None,
+            extra: Default::default(),
+        };
+        let obj: Handle = Object::new(
+            &names::handle_name(handle_id),
+            &self.mode.resource(CalicoKind::IPAMHandle),
+            spec,
+        );
         create(&self.handles, HANDLE, &obj).await
     }
 
@@ -332,8 +363,11 @@ impl Store {
     /// `spec.node` because the hash label could in theory collide. Rows Calico wrote before 3.31
     /// carry no labels; [`Store::list_affinities`] + a filter finds those (used on a cache miss).
     pub async fn list_host_affinities(&self, host: &str) -> Result<Vec<Affinity>> {
-        let lp = ListParams::default()
-            .labels(&format!("{}={}", names::LABEL_HOSTNAME_HASH, names::hostname_hash(host)));
+        let lp = ListParams::default().labels(&format!(
+            "{}={}",
+            names::LABEL_HOSTNAME_HASH,
+            names::hostname_hash(host)
+        ));
         let mut v = list_live(&self.affinities, AFFINITY, &lp).await?;
         v.retain(|a| a.spec.node == host && a.spec.affinity_type() == "host");
         if v.is_empty() {
@@ -373,10 +407,11 @@ impl Store {
     /// Labels of a Kubernetes Node (None when it does not exist).
     pub async fn node_labels(&self, host: &str) -> Result<Option<BTreeMap<String, String>>> {
         let nodes: Api<Node> = Api::all(self.client.clone());
-        let n = nodes
-            .get_opt(host)
-            .await
-            .map_err(|e| StoreError::Api { kind: "Node", name: host.into(), source: e })?;
+        let n = nodes.get_opt(host).await.map_err(|e| StoreError::Api {
+            kind: "Node",
+            name: host.into(),
+            source: e,
+        })?;
         Ok(n.map(|n| n.metadata.labels.unwrap_or_default()))
     }
 }
