@@ -858,3 +858,82 @@ async fn ipam_config_is_read_from_the_cluster() {
     );
     lab.cleanup().await;
 }
+
+fn tortie(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_tortie"))
+        .args(args)
+        .env("KUBECONFIG", &cluster().kubeconfig)
+        .output()
+        .expect("run tortie")
+}
+
+#[tokio::test]
+async fn cli_show_check_release() {
+    let mut lab = Lab::new("ipam-cli", 1).await;
+    lab.pool("p", "10.48.0.0/24", Some(26), |_| {}).await;
+    let node = lab.nodes[0].clone();
+    let ns = lab.prefix.clone();
+    create_namespace(&lab.client, &ns, &[]).await;
+    create_pod(&lab.client, &ns, "live", Some(&node), &[]).await;
+    let ipam = lab.ipam(defaults()).await;
+    let mut ips = vec![];
+    for pod in ["live", "gone"] {
+        let mut r = lab.req(pod, &node, 1);
+        r.attrs = Attrs::pod(&node, &ns, pod);
+        ips.push(ipam.auto_assign(r).await.unwrap().v4.ips[0].addr());
+    }
+    let (live, gone) = (ips[0].to_string(), ips[1].to_string());
+
+    let out = tortie(&["ipam", "show", "--show-blocks"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let pool = lab.net("10.48.0.0/24").to_string();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("IP Pool") && l.contains(&pool) && l.contains("| 2 (1%)")),
+        "{text}"
+    );
+    let out = tortie(&["ipam", "show", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["cidr"] == pool.as_str() && r["inUse"] == 2)
+    );
+
+    // The pod-less allocation is a leak: check reports it and exits 1.
+    let out = tortie(&["ipam", "check", "--crd-mode", "v1"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!("{gone} is allocated to pod {ns}/gone")),
+        "{text}"
+    );
+    assert!(!text.contains(&format!("{live} is allocated")), "{text}");
+    assert!(text.contains("Check complete; found"), "{text}");
+
+    // release refuses the live pod's address, releases it with --force and the leaked one as is.
+    let out = tortie(&["ipam", "release", "--ip", &live]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("still exists; use --force"),
+        "{out:?}"
+    );
+    let out = tortie(&["ipam", "release", "--ip", &gone]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("Successfully released IP address {gone}"))
+    );
+    let out = tortie(&["ipam", "release", "--ip", &gone]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is not assigned"),
+        "{out:?}"
+    );
+    let out = tortie(&["ipam", "release", "--ip", &live, "--force"]);
+    assert!(out.status.success(), "{out:?}");
+    lab.assert_check_clean().await;
+    delete_namespace(&lab.client, &ns, std::time::Duration::from_secs(60)).await;
+    lab.cleanup().await;
+}

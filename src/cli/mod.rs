@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod crd;
+pub mod ipam;
 pub mod render;
 pub mod run;
 
@@ -23,6 +24,8 @@ pub enum Command {
     Agent(agent::AgentArgs),
     /// Render one node's BIRD configuration from a folder of manifests (no cluster needed).
     Render(render::RenderArgs),
+    /// IPAM tools (calicoctl ipam): show, check, release.
+    Ipam(ipam::IpamArgs),
     /// Run the operator (Installation, IPPool and IPAM GC controllers, leader-elected).
     Run(run::RunArgs),
 }
@@ -34,6 +37,7 @@ impl Cli {
             Command::Render(args) => args.run(),
             Command::Agent(args) => args.run().await,
             Command::Run(args) => args.run().await,
+            Command::Ipam(args) => args.run().await,
         }
     }
 }
