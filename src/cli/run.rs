@@ -44,7 +44,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d.into())
 }
 
-/// Run the operator: Installation, IPPool and IPAM GC controllers under leader election.
+/// Run the operator: Installation, IPPool, IPAM GC and BGP controllers under leader election.
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
     /// Namespace of the leader-election Lease (and of the operator itself).
@@ -82,7 +82,7 @@ pub struct RunArgs {
     #[arg(long, env = "TORTIE_POOL_SELECTOR")]
     pub pool_selector: Option<String>,
     /// Controllers to run.
-    #[arg(long, env = "TORTIE_CONTROLLERS", value_enum, value_delimiter = ',', default_values_t = [Part::Installation, Part::Ippool, Part::Gc])]
+    #[arg(long, env = "TORTIE_CONTROLLERS", value_enum, value_delimiter = ',', default_values_t = [Part::Installation, Part::Ippool, Part::Gc, Part::Bgp])]
     pub controllers: Vec<Part>,
 }
 
@@ -125,6 +125,7 @@ impl RunArgs {
             pool_selector: self.pool_selector.clone(),
             parts: self.controllers.clone(),
             identity: identity.clone(),
+            namespace: self.namespace.clone(),
         };
         let ctx = Arc::new(Ctx::new(
             client.clone(),

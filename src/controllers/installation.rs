@@ -12,7 +12,6 @@ use std::time::Duration;
 use futures::{StreamExt, stream};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as CtlConfig, Controller};
-use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::{Instrument, info, info_span, warn};
@@ -292,6 +291,5 @@ async fn apply(inst: &Installation, ctx: &Ctx) -> Result<Action, Error> {
         )
         .await?;
     }
-    let _ = ObjectRef::<Installation>::new("default");
     Ok(Action::requeue(Duration::from_secs(60)))
 }

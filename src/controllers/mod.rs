@@ -16,7 +16,6 @@ mod store;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
 use kube::api::ApiResource;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource};
@@ -33,6 +32,8 @@ pub enum Part {
     Installation,
     Ippool,
     Gc,
+    /// The BGP controller (per-node BIRD configuration, see [`bgp`]).
+    Bgp,
 }
 
 /// Settings shared by the controllers.
@@ -44,6 +45,8 @@ pub struct Config {
     pub pool_selector: Option<String>,
     pub parts: Vec<Part>,
     pub identity: String,
+    /// The operator's namespace (the BGP controller publishes there).
+    pub namespace: String,
 }
 
 /// What every reconciler gets.
@@ -153,21 +156,52 @@ pub async fn run_leader(ctx: Arc<Ctx>, stop: CancellationToken) {
             Part::Installation => tasks.spawn(installation::run(ctx, stop)),
             Part::Ippool => tasks.spawn(ippool::run(ctx, stop)),
             Part::Gc => tasks.spawn(gc::run(ctx, stop)),
+            Part::Bgp => tasks.spawn(run_bgp(ctx, stop)),
         };
     }
-    while let Some(r) = tasks.join_next().await {
-        if let Err(e) = r
-            && e.is_panic()
-        {
-            tracing::error!(error = %e, "a controller panicked");
+    loop {
+        tokio::select! {
+            r = tasks.join_next() => match r {
+                None => return,
+                Some(Err(e)) if e.is_panic() => tracing::error!(error = %e, "a controller panicked"),
+                Some(_) => {}
+            },
+            _ = stop.cancelled() => break,
         }
+    }
+    // Ours drain on `stop`; whatever has not finished in time is aborted.
+    let drained = tokio::time::timeout(Duration::from_secs(10), async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tasks.abort_all();
     }
 }
 
-/// Marker types the stores are built from.
-pub type KubeadmConfig = ConfigMap;
-pub type NodeObj = Node;
-pub type PodObj = Pod;
+/// The BGP controller has no stop signal of its own: it is aborted with the others, and
+/// restarted after an error.
+async fn run_bgp(ctx: Arc<Ctx>, stop: CancellationToken) {
+    let config = bgp::Config {
+        instance: ctx.config.identity.clone(),
+        ..Default::default()
+    };
+    while !stop.is_cancelled() {
+        let run = bgp::run(
+            ctx.client.clone(),
+            ctx.mode,
+            ctx.config.namespace.clone(),
+            config.clone(),
+        );
+        tokio::select! {
+            r = run => if let Err(e) = r {
+                tracing::warn!(error = %e, "BGP controller failed; restarting in 5s");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            },
+            _ = stop.cancelled() => return,
+        }
+    }
+}
 
 /// A tiny cancellation token on top of `tokio::sync::watch` (tokio-util is not a dependency).
 pub mod tokio_util_shim {

@@ -1,0 +1,378 @@
+//! IPAM garbage collection by `tortie run` against the real control plane: leaked addresses of
+//! deleted pods reclaimed after the grace period (and live pods' addresses kept), a deleted
+//! node's blocks and affinities released at once, Calico's metric names with correct values,
+//! and a deleted IPPool held by its finalizer until its last allocation is gone.
+
+mod op_support;
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Event, Pod};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use op_support::*;
+use support::*;
+use tortie::api::{Affinity, Block, CalicoKind, Handle, Pool};
+
+/// A /16 of 10.x private space per test, derived from its unique name.
+fn test_net(id: &str) -> u8 {
+    let h = id
+        .bytes()
+        .fold(7u32, |a, b| a.wrapping_mul(31).wrapping_add(b as u32));
+    (100 + h % 100) as u8
+}
+
+async fn apis(client: &kube::Client) -> (Api<Block>, Api<Handle>, Api<Affinity>, Api<Pool>) {
+    let m = mode(client).await;
+    (
+        Api::all_with(client.clone(), &m.resource(CalicoKind::IPAMBlock)),
+        Api::all_with(client.clone(), &m.resource(CalicoKind::IPAMHandle)),
+        Api::all_with(client.clone(), &m.resource(CalicoKind::BlockAffinity)),
+        Api::all_with(client.clone(), &m.resource(CalicoKind::IPPool)),
+    )
+}
+
+fn allocated(b: &Block) -> usize {
+    b.spec.allocations.iter().filter(|a| a.is_some()).count()
+}
+
+#[tokio::test]
+async fn leaked_addresses_of_deleted_pods_are_reclaimed_after_grace_and_metrics_match() {
+    let client = client().await;
+    let id = unique_name("gc-leak");
+    let x = test_net(&id);
+    let node = unique_name("gc-node");
+    create_node(&client, &node, &[], Some("192.0.2.10"), &[], &[]).await;
+    let ns = unique_name("gc-ns");
+    create_namespace(&client, &ns, &[]).await;
+    let pool = format!("{id}-pool");
+    let cidr = format!("10.{x}.0.0/24");
+    apply_pool(&pool, &id, &cidr, 25, "");
+
+    // Three live pods hold .100-.102 (two by status.podIPs, one only by Calico's annotation).
+    let mut allocs: Vec<Alloc> = (0..100)
+        .map(|i| Alloc::pod(i, &ns, &format!("gone-{i}"), &node))
+        .collect();
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    for (i, o) in [(0, 100usize), (1, 101), (2, 102)] {
+        let name = format!("live-{i}");
+        let ip = format!("10.{x}.0.{o}");
+        let ann = format!("{ip}/32");
+        let annotations: Vec<(&str, &str)> = if i == 2 {
+            vec![("cni.projectcalico.org/podIP", ann.as_str())]
+        } else {
+            vec![]
+        };
+        create_pod(&client, &ns, &name, Some(&node), &annotations).await;
+        if i < 2 {
+            let st = serde_json::json!({"status": {"podIP": ip, "podIPs": [{"ip": ip}]}});
+            pods.patch_status(&name, &PatchParams::default(), &Patch::Merge(&st))
+                .await
+                .unwrap();
+        }
+        allocs.push(Alloc::pod(o, &ns, &name, &node));
+    }
+    // A fourth address names a live pod on this node that has no address yet: kept (pending pod).
+    create_pod(&client, &ns, "pending", Some(&node), &[]).await;
+    allocs.push(Alloc::pod(103, &ns, "pending", &node));
+    let block = write_block(&client, &format!("10.{x}.0.0/25"), Some(&node), &allocs).await;
+    let bname = block.metadata.name.clone().unwrap();
+
+    let op = Operator::start(
+        &id,
+        &[
+            "--controllers",
+            "gc,ippool",
+            "--pool-selector",
+            &format!("tortie-test={id}"),
+            "--lease-name",
+            &id,
+            "--gc-grace-period",
+            "6s",
+            "--gc-interval",
+            "1s",
+        ],
+    );
+    op.wait_ready().await;
+    let in_use = format!("ipam_allocations_in_use{{ippool=\"{pool}\",node=\"{node}\"}}");
+    let cand = format!("ipam_allocations_gc_candidates{{ippool=\"{pool}\",node=\"{node}\"}}");
+    // Before the grace period: 100 candidates, nothing released yet.
+    wait_until("100 GC candidates", Duration::from_secs(30), || async {
+        (op.metric(&cand).await == Some(100.0)).then_some(())
+    })
+    .await;
+    assert_eq!(op.metric(&in_use).await, Some(104.0));
+    assert_eq!(
+        op.metric(&format!("ipam_blocks{{ippool=\"{pool}\",node=\"{node}\"}}"))
+            .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        op.metric(&format!("ipam_ippool_size{{ippool=\"{pool}\"}}")).await,
+        Some(256.0)
+    );
+
+    let (blocks, handles, _, pools) = apis(&client).await;
+    let b = blocks.get(&bname).await.unwrap();
+    assert!(
+        allocated(&b) >= 100,
+        "released before the grace period: {} left",
+        allocated(&b)
+    );
+
+    let b = wait_until("leaks released", Duration::from_secs(60), || async {
+        let b = blocks.get(&bname).await.ok()?;
+        (allocated(&b) == 4).then_some(b)
+    })
+    .await;
+    for o in 100..104 {
+        assert!(
+            b.spec.allocations[o].is_some(),
+            "live pod address ordinal {o} was released"
+        );
+    }
+    assert_eq!(b.spec.unallocated.len(), 124);
+    assert_eq!(b.spec.attributes.len(), 4);
+    // One write for the whole batch: the sequence number moved by exactly one.
+    assert_eq!(b.spec.sequence_number, Some(1_754_042_400_000_000_001));
+    // Handles of the released addresses are gone, the live ones stay.
+    wait_until("leaked handles removed", Duration::from_secs(30), || async {
+        let left = handles.list(&ListParams::default()).await.ok()?;
+        let ours: Vec<_> = left
+            .items
+            .iter()
+            .filter(|h| h.spec.block.contains_key(&b.spec.cidr))
+            .collect();
+        (ours.len() == 4).then_some(())
+    })
+    .await;
+    assert!(
+        handles
+            .get_opt(&format!("k8s-pod-network.{ns}.gone-0-0"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        handles
+            .get_opt(&format!("k8s-pod-network.{ns}.live-0-100"))
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    let recl = format!("ipam_allocations_gc_reclamations{{ippool=\"{pool}\",node=\"{node}\"}}");
+    wait_until("metrics after GC", Duration::from_secs(30), || async {
+        (op.metric(&recl).await == Some(100.0)
+            && op.metric(&in_use).await == Some(4.0)
+            && op.metric(&cand).await.unwrap_or(0.0) == 0.0)
+            .then_some(())
+    })
+    .await;
+    // The pool's status counts what is left.
+    let p = pools.get(&pool).await.unwrap();
+    let st = p.status.unwrap();
+    assert_eq!(
+        (st.allocations, st.blocks, st.capacity),
+        (Some(4), Some(1), Some(256))
+    );
+    // kubectl describe tells the story: an Event on the block lists what was released and why.
+    let events: Api<Event> = Api::all(client.clone());
+    let evs = events
+        .list(&ListParams::default().fields(&format!("involvedObject.name={bname}")))
+        .await
+        .unwrap();
+    let note = evs
+        .items
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("LeakReleased"))
+        .expect("LeakReleased event");
+    assert!(
+        note.message
+            .as_deref()
+            .unwrap()
+            .contains(&format!("pod {ns}/gone-")),
+        "{:?}",
+        note.message
+    );
+
+    drop(op);
+    delete_namespace(&client, &ns, Duration::from_secs(60)).await;
+    delete_node(&client, &node).await;
+}
+
+#[tokio::test]
+async fn deleted_node_blocks_affinities_and_tunnel_address_are_released_at_once() {
+    let client = client().await;
+    let id = unique_name("gc-node-del");
+    let x = test_net(&id);
+    let node = unique_name("gc-dead");
+    let keeper = unique_name("gc-keeper");
+    create_node(&client, &node, &[], None, &[], &[]).await;
+    create_node(&client, &keeper, &[], None, &[], &[]).await;
+    let pool = format!("{id}-pool");
+    apply_pool(&pool, &id, &format!("10.{x}.0.0/24"), 26, "");
+    let ns = unique_name("gc-ns");
+    let busy = write_block(
+        &client,
+        &format!("10.{x}.0.0/26"),
+        Some(&node),
+        &[
+            Alloc::tunnel(0, &node),
+            Alloc::pod(1, &ns, "p1", &node),
+            Alloc::pod(2, &ns, "p2", &node),
+        ],
+    )
+    .await;
+    let empty = write_block(&client, &format!("10.{x}.0.64/26"), Some(&node), &[]).await;
+    // The surviving node's single empty block is never released.
+    let kept = write_block(&client, &format!("10.{x}.0.128/26"), Some(&keeper), &[]).await;
+
+    // A long grace period: only the "node is gone" rule can release anything here.
+    let op = Operator::start(
+        &id,
+        &[
+            "--controllers",
+            "gc",
+            "--pool-selector",
+            &format!("tortie-test={id}"),
+            "--lease-name",
+            &id,
+            "--gc-grace-period",
+            "1h",
+            "--gc-interval",
+            "2s",
+        ],
+    );
+    op.wait_ready().await;
+    let (blocks, handles, affinities, _) = apis(&client).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        allocated(&blocks.get(busy.metadata.name.as_deref().unwrap()).await.unwrap()),
+        3,
+        "released while the node exists"
+    );
+
+    delete_node(&client, &node).await;
+    for b in [&busy, &empty] {
+        let name = b.metadata.name.clone().unwrap();
+        wait_until(
+            &format!("block {name} deleted"),
+            Duration::from_secs(60),
+            || async { blocks.get_opt(&name).await.ok()?.is_none().then_some(()) },
+        )
+        .await;
+    }
+    let net: ipnet::IpNet = format!("10.{x}.0.0/26").parse().unwrap();
+    let net2: ipnet::IpNet = format!("10.{x}.0.64/26").parse().unwrap();
+    for n in [net, net2] {
+        let a = tortie::ipam::names::affinity_name(&node, &n);
+        wait_until(
+            &format!("affinity {a} deleted"),
+            Duration::from_secs(30),
+            || async { affinities.get_opt(&a).await.ok()?.is_none().then_some(()) },
+        )
+        .await;
+    }
+    assert!(
+        handles
+            .get_opt(&format!("ipip-tunnel-addr-{node}"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        blocks
+            .get_opt(kept.metadata.name.as_deref().unwrap())
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let keep_aff = tortie::ipam::names::affinity_name(&keeper, &format!("10.{x}.0.128/26").parse().unwrap());
+    assert!(affinities.get_opt(&keep_aff).await.unwrap().is_some());
+    drop(op);
+    delete_node(&client, &keeper).await;
+}
+
+#[tokio::test]
+async fn deleting_a_pool_waits_until_its_last_allocation_is_released() {
+    let client = client().await;
+    let id = unique_name("pool-drain");
+    let x = test_net(&id);
+    let node = unique_name("drain-node");
+    create_node(&client, &node, &[], None, &[], &[]).await;
+    let ns = unique_name("drain-ns");
+    create_namespace(&client, &ns, &[]).await;
+    create_pod(&client, &ns, "web", Some(&node), &[]).await;
+    let pool = format!("{id}-pool");
+    apply_pool(&pool, &id, &format!("10.{x}.0.0/24"), 26, "");
+    let block = write_block(
+        &client,
+        &format!("10.{x}.0.0/26"),
+        Some(&node),
+        &[Alloc::pod(5, &ns, "web", &node)],
+    )
+    .await;
+    let op = Operator::start(
+        &id,
+        &[
+            "--controllers",
+            "ippool,gc",
+            "--pool-selector",
+            &format!("tortie-test={id}"),
+            "--lease-name",
+            &id,
+            "--gc-grace-period",
+            "1h",
+        ],
+    );
+    op.wait_ready().await;
+    let (blocks, _, affinities, pools) = apis(&client).await;
+    wait_until("finalizer added", Duration::from_secs(30), || async {
+        let p = pools.get(&pool).await.ok()?;
+        p.metadata
+            .finalizers
+            .unwrap_or_default()
+            .iter()
+            .any(|f| f == "tortie.io/ippool-drain")
+            .then_some(())
+    })
+    .await;
+    pools.delete(&pool, &DeleteParams::default()).await.unwrap();
+    let msg = wait_until("Terminating condition", Duration::from_secs(30), || async {
+        let p = pools.get(&pool).await.ok()?;
+        let c = p
+            .status?
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Ready" && c.reason == "Terminating")?;
+        Some(c.message)
+    })
+    .await;
+    assert!(msg.contains("waiting for 1 allocation(s)"), "{msg}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        pools.get_opt(&pool).await.unwrap().is_some(),
+        "pool deleted with an allocation left"
+    );
+
+    // The CNI plugin releases the address (here: the block written as Calico's DEL would).
+    let bname = block.metadata.name.clone().unwrap();
+    let mut b = blocks.get(&bname).await.unwrap();
+    b.spec.allocations[5] = None;
+    b.spec.unallocated.push(5);
+    b.spec.attributes.clear();
+    b.spec.sequence_number = b.spec.sequence_number.map(|s| s + 1);
+    blocks.replace(&bname, &Default::default(), &b).await.unwrap();
+    wait_until("pool gone", Duration::from_secs(60), || async {
+        pools.get_opt(&pool).await.ok()?.is_none().then_some(())
+    })
+    .await;
+    // Its empty block and affinity went with it.
+    assert!(blocks.get_opt(&bname).await.unwrap().is_none());
+    let a = tortie::ipam::names::affinity_name(&node, &format!("10.{x}.0.0/26").parse().unwrap());
+    assert!(affinities.get_opt(&a).await.unwrap().is_none());
+    drop(op);
+    delete_namespace(&client, &ns, Duration::from_secs(60)).await;
+    delete_node(&client, &node).await;
+}
