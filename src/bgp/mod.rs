@@ -7,6 +7,7 @@
 
 pub mod peers;
 pub mod selector;
+pub mod services;
 pub mod snapshot;
 mod text;
 

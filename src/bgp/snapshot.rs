@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::{Node, Secret};
+use k8s_openapi::api::core::v1::{Node, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::Value;
 
 use crate::api::{Affinity, BgpConfig, BgpPeer, Pool};
@@ -33,6 +34,9 @@ pub struct Snapshot {
     pub affinities: Vec<Affinity>,
     /// Secret name -> key -> value, only for Secrets referenced as BGP passwords.
     pub secrets: BTreeMap<String, BTreeMap<String, String>>,
+    /// Services and their EndpointSlices, for per-service route advertisement.
+    pub services: Vec<Service>,
+    pub endpoint_slices: Vec<EndpointSlice>,
     /// (kind, name) of every object read from manifests, to refuse duplicates.
     loaded: std::collections::BTreeSet<(String, String)>,
 }
@@ -106,10 +110,21 @@ impl Snapshot {
             origin: source.to_string(),
             message: format!("{kind} {name:?}: {e}"),
         };
-        let key = (kind.clone(), name.clone());
+        let ns = doc
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        let key = (kind.clone(), format!("{ns}/{name}"));
         let tracked = matches!(
             kind.as_str(),
-            "Node" | "Secret" | "BGPConfiguration" | "BGPPeer" | "IPPool" | "BlockAffinity"
+            "Node"
+                | "Secret"
+                | "BGPConfiguration"
+                | "BGPPeer"
+                | "IPPool"
+                | "BlockAffinity"
+                | "Service"
+                | "EndpointSlice"
         );
         if tracked && !self.loaded.insert(key) {
             return Err(RenderError::Manifest {
@@ -132,6 +147,12 @@ impl Snapshot {
                 let s: Secret = serde_json::from_value(doc).map_err(bad)?;
                 self.add_secret(&s);
             }
+            ("Service", false) if api_version == "v1" => {
+                self.services.push(serde_json::from_value(doc).map_err(bad)?)
+            }
+            ("EndpointSlice", false) => self
+                .endpoint_slices
+                .push(serde_json::from_value(doc).map_err(bad)?),
             ("BGPConfiguration", true) => self.bgp_configs.push(serde_json::from_value(doc).map_err(bad)?),
             ("BGPPeer", true) => self.peers.push(serde_json::from_value(doc).map_err(bad)?),
             ("IPPool", true) => self.pools.push(serde_json::from_value(doc).map_err(bad)?),
@@ -440,10 +461,19 @@ pub fn input_fingerprints(snap: &Snapshot) -> BTreeMap<String, String> {
                 a.spec.deleted
             ]));
     }
+    let default_cfg = snap
+        .bgp_configs
+        .iter()
+        .find(|c| c.metadata.name.as_deref() == Some("default"))
+        .map(|c| c.spec.clone())
+        .unwrap_or_default();
+    let svc = super::services::service_routes(snap, &default_cfg);
     let mut out = BTreeMap::new();
     for n in &snap.nodes {
         let name = n.metadata.name.clone().unwrap_or_default();
         let mut h = global.clone();
+        let routes: Vec<String> = svc.for_node(&name).iter().map(|r| r.to_string()).collect();
+        feed(&mut h, &serde_json::json!(routes));
         let mut affs = per_node.remove(&name).unwrap_or_default();
         affs.sort_by_key(|v| v.to_string());
         for a in &affs {

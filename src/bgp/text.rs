@@ -521,8 +521,18 @@ fn service_routes(c: &Cluster<'_>, v6: bool) -> ServiceRoutes {
     global.sort_by_key(cidr_key);
     global.dedup();
     let excluded = c.me.labels.get(LABEL_EXCLUDE_LB).is_some_and(|v| v == "true");
+    // Per-service /32s are advertised (static route + export) but still programmed normally.
+    let mut advertised = global.clone();
+    advertised.extend(
+        super::services::service_routes(c.snap, &c.default)
+            .for_node(&c.me.name)
+            .into_iter()
+            .filter(|n| n.addr().is_ipv6() == v6),
+    );
+    advertised.sort_by_key(cidr_key);
+    advertised.dedup();
     ServiceRoutes {
-        advertised: if excluded { Vec::new() } else { global.clone() },
+        advertised: if excluded { Vec::new() } else { advertised },
         kernel_reject: global,
         lb_ranges: lb,
         external_ranges: external,

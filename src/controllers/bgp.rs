@@ -1,6 +1,9 @@
 //! BGP controller: renders each node's BIRD files with [`crate::bgp`] and publishes them for the
 //! node's agent as a ConfigMap (a Secret when they carry a BGP password) in the operator namespace.
 //!
+//! Reads Nodes, BGPConfigurations, BGPPeers, IPPools, BlockAffinities, Services and
+//! EndpointSlices cluster-wide, and Secrets, ConfigMaps in its namespace.
+//!
 //! Self-contained: [`run`] starts its own watches, so the operator can start it under leader
 //! election. A node is re-rendered only when its inputs' fingerprint changed
 //! ([`crate::bgp::snapshot::input_fingerprints`]) or its published object is missing or stale;
@@ -12,7 +15,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, ObjectReference, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, ObjectReference, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::WatchStreamExt;
@@ -174,6 +178,8 @@ struct Watches {
     secrets: Store<Secret>,
     maps: Store<ConfigMap>,
     secret_maps: Store<Secret>,
+    services: Store<Service>,
+    slices: Store<EndpointSlice>,
 }
 
 fn watch<K>(
@@ -286,6 +292,20 @@ pub async fn run(client: Client, mode: CrdMode, namespace: String, config: Confi
             kick.clone(),
             "Secret(config)",
         ),
+        services: watch(
+            Api::all(client.clone()),
+            watcher::Config::default(),
+            (),
+            kick.clone(),
+            "Service",
+        ),
+        slices: watch(
+            Api::all(client.clone()),
+            watcher::Config::default(),
+            (),
+            kick.clone(),
+            "EndpointSlice",
+        ),
     };
     for ready in [
         w.nodes.wait_until_ready().await,
@@ -296,6 +316,8 @@ pub async fn run(client: Client, mode: CrdMode, namespace: String, config: Confi
         w.secrets.wait_until_ready().await,
         w.maps.wait_until_ready().await,
         w.secret_maps.wait_until_ready().await,
+        w.services.wait_until_ready().await,
+        w.slices.wait_until_ready().await,
     ] {
         if ready.is_err() {
             warn!("a watch ended before its first list");
@@ -340,6 +362,8 @@ fn snapshot(w: &Watches) -> Snapshot {
     snap.peers = unwrap(w.peers.state());
     snap.pools = unwrap(w.pools.state());
     snap.affinities = unwrap(w.affinities.state());
+    snap.services = unwrap(w.services.state());
+    snap.endpoint_slices = unwrap(w.slices.state());
     // Only Secrets a password names are read into the snapshot.
     let wanted: BTreeSet<String> = snap.referenced_secrets().into_iter().collect();
     for s in w.secrets.state() {
