@@ -182,7 +182,20 @@ struct Watches {
     slices: Store<EndpointSlice>,
 }
 
+/// Watch tasks of one [`run`]; aborted when it ends or is dropped (e.g. on losing leadership).
+#[derive(Default)]
+struct Tasks(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for Tasks {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
 fn watch<K>(
+    tasks: &mut Tasks,
     api: Api<K>,
     cfg: watcher::Config,
     dt: K::DynamicType,
@@ -196,7 +209,7 @@ where
     let writer = reflector::store::Writer::new(dt);
     let store = writer.as_reader();
     let stream = watcher::watcher(api, cfg).default_backoff().reflect(writer);
-    tokio::spawn(async move {
+    tasks.0.push(tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(ev) = stream.next().await {
             match ev {
@@ -204,11 +217,12 @@ where
                 Err(e) => warn!(kind, error = %e, "watch error (retrying)"),
             }
         }
-    });
+    }));
     store
 }
 
 fn watch_calico<K>(
+    tasks: &mut Tasks,
     client: &Client,
     mode: CrdMode,
     kind: CalicoKind,
@@ -231,7 +245,7 @@ where
     let stream = watcher::watcher(api, watcher::Config::default())
         .default_backoff()
         .reflect(writer);
-    tokio::spawn(async move {
+    tasks.0.push(tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(ev) = stream.next().await {
             match ev {
@@ -239,7 +253,7 @@ where
                 Err(e) => warn!(kind = name, error = %e, "watch error (retrying)"),
             }
         }
-    });
+    }));
     store
 }
 
@@ -247,8 +261,11 @@ where
 pub async fn run(client: Client, mode: CrdMode, namespace: String, config: Config) -> Result<(), Error> {
     let kick = Arc::new(Notify::new());
     let owned = watcher::Config::default().labels(&format!("{LABEL_CONFIG}=true"));
+    let mut tasks = Tasks::default();
+    let t = &mut tasks;
     let w = Watches {
         nodes: watch(
+            t,
             Api::all(client.clone()),
             watcher::Config::default(),
             (),
@@ -256,15 +273,17 @@ pub async fn run(client: Client, mode: CrdMode, namespace: String, config: Confi
             "Node",
         ),
         configs: watch_calico(
+            t,
             &client,
             mode,
             CalicoKind::BGPConfiguration,
             kick.clone(),
             "BGPConfiguration",
         ),
-        peers: watch_calico(&client, mode, CalicoKind::BGPPeer, kick.clone(), "BGPPeer"),
-        pools: watch_calico(&client, mode, CalicoKind::IPPool, kick.clone(), "IPPool"),
+        peers: watch_calico(t, &client, mode, CalicoKind::BGPPeer, kick.clone(), "BGPPeer"),
+        pools: watch_calico(t, &client, mode, CalicoKind::IPPool, kick.clone(), "IPPool"),
         affinities: watch_calico(
+            t,
             &client,
             mode,
             CalicoKind::BlockAffinity,
@@ -272,6 +291,7 @@ pub async fn run(client: Client, mode: CrdMode, namespace: String, config: Confi
             "BlockAffinity",
         ),
         secrets: watch(
+            t,
             Api::namespaced(client.clone(), &namespace),
             watcher::Config::default(),
             (),
@@ -279,6 +299,7 @@ pub async fn run(client: Client, mode: CrdMode, namespace: String, config: Confi
             "Secret",
         ),
         maps: watch(
+            t,
             Api::namespaced(client.clone(), &namespace),
             owned.clone(),
             (),
@@ -286,6 +307,7 @@ pub async fn run(client: Client, mode: CrdMode, namespace: String, config: Confi
             "ConfigMap",
         ),
         secret_maps: watch(
+            t,
             Api::namespaced(client.clone(), &namespace),
             owned,
             (),
@@ -293,6 +315,7 @@ pub async fn run(client: Client, mode: CrdMode, namespace: String, config: Confi
             "Secret(config)",
         ),
         services: watch(
+            t,
             Api::all(client.clone()),
             watcher::Config::default(),
             (),
@@ -300,6 +323,7 @@ pub async fn run(client: Client, mode: CrdMode, namespace: String, config: Confi
             "Service",
         ),
         slices: watch(
+            t,
             Api::all(client.clone()),
             watcher::Config::default(),
             (),
@@ -331,6 +355,7 @@ pub async fn run(client: Client, mode: CrdMode, namespace: String, config: Confi
         },
     );
     let mut state = State::default();
+    let _tasks = tasks;
     loop {
         let span = info_span!("bgp_pass");
         pass(&client, &namespace, &config, &w, &recorder, &mut state)
