@@ -261,7 +261,8 @@ impl Lab {
 
     /// Waits until every BGP session of every daemon is Established; returns how many.
     pub fn wait_all_established(&self, timeout: Duration) -> usize {
-        self.wait_for("all BGP sessions Established", timeout, |lab| {
+        let t0 = Instant::now();
+        let n = self.wait_for("all BGP sessions Established", timeout, |lab| {
             let mut n = 0;
             for d in lab.daemons.values() {
                 let s = d.bgp_sessions();
@@ -271,7 +272,10 @@ impl Lab {
                 n += s.len();
             }
             Some(n)
-        })
+        });
+        // A figure for reports, not an assertion.
+        eprintln!("{}: {n} BGP sessions Established after {:?}", self.prefix, t0.elapsed());
+        n
     }
 }
 
