@@ -274,7 +274,11 @@ impl Lab {
             Some(n)
         });
         // A figure for reports, not an assertion.
-        eprintln!("{}: {n} BGP sessions Established after {:?}", self.prefix, t0.elapsed());
+        eprintln!(
+            "{}: {n} BGP sessions Established after {:?}",
+            self.prefix,
+            t0.elapsed()
+        );
         n
     }
 }
