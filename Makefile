@@ -41,4 +41,17 @@ lint: ## rustfmt check and clippy with warnings denied
 fmt: ## format the code
 	$(CARGO) fmt --all
 
+HELM ?= $(or $(TORTIE_CACHE),$(HOME)/.cache/tortie)/bin/helm
+
+demo: ## run tortie on a local control plane with the example manifests applied (demo/run.sh)
+	bash demo/run.sh up
+
+demo-down: ## stop the demo and remove its state
+	bash demo/run.sh down
+
+chart: e2e-deps ## copy crds/ into charts/tortie, lint the chart and package it into target/chart
+	rm -rf charts/tortie/files/crds && mkdir -p charts/tortie/files/crds && cp -r crds/v1 crds/v3 charts/tortie/files/crds/
+	$(HELM) lint charts/tortie
+	$(HELM) package charts/tortie -d target/chart
+
 -include e2e/e2e.mk
