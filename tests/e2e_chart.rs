@@ -255,19 +255,63 @@ fn agent_daemonset_is_optional_and_on_the_host_network() {
     let pod = &ds["spec"]["template"]["spec"];
     assert_eq!(pod["hostNetwork"], true);
     assert_eq!(pod["serviceAccountName"], "tortie-agent");
-    assert_eq!(pod["volumes"][0]["hostPath"]["path"], "/etc/calico/confd/config");
+    let volume = |pod: &Value, name: &str| {
+        pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name)
+            .cloned()
+    };
+    let containers = |pod: &Value| -> Vec<String> {
+        pod["containers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        volume(pod, "bird-config").unwrap()["hostPath"]["path"],
+        "/etc/calico/confd/config"
+    );
+    assert_eq!(
+        volume(pod, "cni-net").unwrap()["hostPath"]["path"],
+        "/etc/cni/net.d"
+    );
+    let agent = pod["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "agent")
+        .unwrap();
     assert!(
-        pod["containers"][0]["args"]
+        agent["args"]
             .as_array()
             .unwrap()
             .iter()
             .any(|a| a == "--config-dir=/etc/calico/confd/config")
     );
+    assert_eq!(pod["initContainers"][0]["name"], "install-cni");
+    assert_eq!(containers(pod), ["cni-token", "agent"]);
+
+    // BGP agent off: the DaemonSet only installs the CNI plugin, and its account reads no ConfigMaps.
     let off = docs(&["agent.enabled=false"]);
-    assert!(!kinds(&off).contains("DaemonSet"));
+    let pod = &find(&off, "DaemonSet", "tortie-agent")["spec"]["template"]["spec"];
+    assert_eq!(containers(pod), ["cni-token"]);
+    assert!(volume(pod, "bird-config").is_none());
+    let role = grants(find(&off, "Role", "tortie-agent"));
+    assert!(!has(&role, "", "configmaps", "get") && has(&role, "", "serviceaccounts/token", "create"));
     assert!(
-        !off.iter().any(|o| o["metadata"]["name"] == "tortie-agent"),
-        "agent objects rendered with agent.enabled=false"
+        !off.iter()
+            .any(|o| o["kind"] == "ClusterRole" && o["metadata"]["name"] == "tortie-agent")
+    );
+
+    let none = docs(&["agent.enabled=false", "cni.install=false"]);
+    assert!(!kinds(&none).contains("DaemonSet"));
+    assert!(
+        !none.iter().any(|o| o["metadata"]["name"] == "tortie-agent"),
+        "agent objects rendered with nothing to run"
     );
 }
 
@@ -619,16 +663,8 @@ fn install_least_privilege_upgrade_uninstall() {
     )
     .unwrap();
     let v = values.to_string_lossy().into_owned();
-    let out = helm_ok(&[
-        "install",
-        "tortie",
-        &chart().to_string_lossy(),
-        "-n",
-        ns,
-        "--create-namespace",
-        "-f",
-        &v,
-    ]);
+    let chart_dir = chart().to_string_lossy().into_owned();
+    let out = helm_ok(&["install", "tortie", &chart_dir, "-n", ns, "--create-namespace"]);
     assert!(
         out.contains("STATUS: deployed") && out.contains("Check next"),
         "{out}"
@@ -662,16 +698,53 @@ fn install_least_privilege_upgrade_uninstall() {
         ]),
         "2"
     );
-    assert!(kubectl(&["get", "installation", "default", "-o", "name"]).contains("default"));
+    assert_eq!(
+        kubectl(&[
+            "get",
+            "daemonset",
+            "-n",
+            ns,
+            "tortie-agent",
+            "-o",
+            "jsonpath={.spec.template.spec.initContainers[0].name}"
+        ]),
+        "install-cni"
+    );
 
-    least_privilege_by_impersonation(ns);
-    least_privilege_in_operation(ns);
-
-    // Upgrade: a value change reaches the Deployment; the CRDs are upgraded too (templates).
+    // The Installation from values: a post-upgrade hook, once the CRDs are established. (On a first
+    // install its post-install hook races the new CRD's discovery unless `helm install --wait`.)
     let out = helm_ok(&[
         "upgrade",
         "tortie",
-        &chart().to_string_lossy(),
+        &chart_dir,
+        "-n",
+        ns,
+        "--reuse-values",
+        "-f",
+        &v,
+    ]);
+    assert!(out.contains("REVISION: 2"), "{out}");
+    assert_eq!(
+        kubectl(&[
+            "get",
+            "installation",
+            "default",
+            "-o",
+            "jsonpath={.spec.calicoNetwork.ipPools[0].cidr}"
+        ]),
+        "10.48.0.0/24"
+    );
+
+    install_cni_script_uses_the_cni_account(ns);
+    least_privilege_by_impersonation(ns);
+    least_privilege_in_operation(ns);
+
+    // Upgrade: value changes reach the Deployment and drop the DaemonSet; the CRDs are templates, so
+    // they are upgraded too.
+    let out = helm_ok(&[
+        "upgrade",
+        "tortie",
+        &chart_dir,
         "-n",
         ns,
         "--reuse-values",
@@ -679,8 +752,10 @@ fn install_least_privilege_upgrade_uninstall() {
         "operator.replicas=3",
         "--set",
         "agent.enabled=false",
+        "--set",
+        "cni.install=false",
     ]);
-    assert!(out.contains("REVISION: 2"), "{out}");
+    assert!(out.contains("REVISION: 3"), "{out}");
     assert_eq!(
         kubectl(&[
             "get",
@@ -694,14 +769,13 @@ fn install_least_privilege_upgrade_uninstall() {
         "3"
     );
     assert!(
-        kubectl_as(
+        !kubectl_as(
             &c.kubeconfig,
             &["get", "daemonset", "-n", ns, "tortie-agent"],
             None
         )
         .status
-        .code()
-            != Some(0)
+        .success()
     );
 
     // Uninstall: the CRDs, the Installation (a hook) and every pool stay; the rest goes.
@@ -725,6 +799,7 @@ fn install_least_privilege_upgrade_uninstall() {
         kubectl(&["get", "ippools.crd.projectcalico.org", "-o", "name"]),
         pools_before
     );
+    assert!(kubectl(&["get", "installation", "default", "-o", "name"]).contains("default"));
     for gone in [["clusterrole", "tortie-operator"], ["clusterrole", "tortie-cni"]] {
         let o = kubectl_as(&c.kubeconfig, &["get", gone[0], gone[1]], None);
         assert!(
@@ -740,8 +815,8 @@ fn install_least_privilege_upgrade_uninstall() {
             .success()
     );
 
-    // A second install adopts the kept CRDs.
-    helm_ok(&["install", "tortie", &chart().to_string_lossy(), "-n", ns]);
+    // A second install adopts the kept CRDs; with them established its Installation hook succeeds.
+    helm_ok(&["install", "tortie", &chart_dir, "-n", ns, "-f", &v]);
     helm_ok(&["uninstall", "tortie", "-n", ns, "--wait"]);
 }
 
@@ -805,6 +880,8 @@ fn least_privilege_by_impersonation(ns: &str) {
 
     yes("tortie-agent", "watch", "configmaps", Some(ns));
     yes("tortie-agent", "get", "secrets", Some(ns));
+    yes("tortie-agent", "patch", "nodes", None);
+    no("tortie-agent", "delete", "nodes", None);
     yes("tortie-agent", "create", "events", Some("default"));
     no("tortie-agent", "update", "configmaps", Some(ns));
     no("tortie-agent", "get", "secrets", Some("kube-system"));
@@ -1113,4 +1190,94 @@ fn published_bird_lines(ns: &str, node: &str) -> Vec<String> {
         }
     }
     lines
+}
+
+/// The DaemonSet's install-cni.sh, run here with the agent's token: it mints a token of the CNI
+/// account and writes the plugin, the conflist and a kubeconfig that authenticates as that account.
+fn install_cni_script_uses_the_cni_account(ns: &str) {
+    let c = cluster();
+    let root = c.dir.join("node-root");
+    let sa = c.dir.join("agent-sa");
+    std::fs::create_dir_all(&sa).unwrap();
+    let token = kubectl(&["create", "token", "-n", ns, "tortie-agent", "--duration=10m"]);
+    std::fs::write(sa.join("token"), token.trim()).unwrap();
+    std::fs::copy(
+        c.kubeconfig.parent().unwrap().join("pki/ca.crt"),
+        sa.join("ca.crt"),
+    )
+    .expect("cluster CA");
+    let server = kubectl(&[
+        "config",
+        "view",
+        "--minify",
+        "-o",
+        "jsonpath={.clusters[0].cluster.server}",
+    ]);
+    let conf = c.dir.join("cni-config");
+    std::fs::write(
+        &conf,
+        kubectl(&[
+            "get",
+            "configmap",
+            "-n",
+            ns,
+            "tortie-cni-config",
+            "-o",
+            "jsonpath={.data.config}",
+        ]),
+    )
+    .unwrap();
+    let ipam = bin("tortie-ipam");
+    let mut cmd = Command::new("sh");
+    cmd.arg(chart().join("files/install-cni.sh"))
+        .arg("install")
+        .env("HOST_ROOT", &root)
+        .env("SA_DIR", &sa)
+        .env("APISERVER", server.trim())
+        .env("NAMESPACE", ns)
+        .env("CNI_SERVICEACCOUNT", "tortie-cni")
+        .env("CONF_SRC", &conf)
+        .env("IPAM_BIN", &ipam)
+        .env("TOKEN_SECONDS", "600");
+    let out = run(cmd, None);
+    assert!(out.status.success(), "install-cni.sh failed:\n{}", text(&out));
+    assert_eq!(
+        std::fs::read(root.join("opt/cni/bin/tortie-ipam")).unwrap(),
+        std::fs::read(&ipam).unwrap()
+    );
+    let conflist: Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("etc/cni/net.d/10-tortie.conflist")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        conflist["plugins"][0]["kubernetes"]["kubeconfig"],
+        "/etc/cni/net.d/tortie-kubeconfig"
+    );
+    let kc = root.join("etc/cni/net.d/tortie-kubeconfig");
+    let who = ok(
+        kubectl_as(
+            &kc,
+            &["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"],
+            None,
+        ),
+        "kubectl auth whoami",
+    );
+    assert_eq!(who, format!("system:serviceaccount:{ns}:tortie-cni"));
+    // The agent's token may mint tokens of the CNI account only.
+    let mut cmd = Command::new("sh");
+    cmd.arg(chart().join("files/install-cni.sh"))
+        .arg("install")
+        .env("HOST_ROOT", &root)
+        .env("SA_DIR", &sa)
+        .env("APISERVER", server.trim())
+        .env("NAMESPACE", ns)
+        .env("CNI_SERVICEACCOUNT", "tortie-operator")
+        .env("CONF_SRC", &conf)
+        .env("IPAM_BIN", &ipam);
+    let out = run(cmd, None);
+    assert!(
+        !out.status.success() && text(&out).contains("forbidden"),
+        "the agent minted an operator token:\n{}",
+        text(&out)
+    );
 }
