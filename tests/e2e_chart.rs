@@ -1006,7 +1006,7 @@ fn least_privilege_in_operation(ns: &str) {
     ]);
 
     let port = free_port();
-    let log = c.dir.join("operator-sa.log");
+    let log = c.dir.join("logs/operator-sa.log");
     let child = Command::new(bin("tortie"))
         .args([
             "run",
@@ -1023,7 +1023,7 @@ fn least_privilege_in_operation(ns: &str) {
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::fs::File::create(c.dir.join("operator-sa.stderr")).unwrap())
+        .stderr(std::fs::File::create(c.dir.join("logs/operator-sa.stderr")).unwrap())
         .spawn()
         .expect("spawn tortie run");
     let _op = Operator(child);
@@ -1031,7 +1031,7 @@ fn least_privilege_in_operation(ns: &str) {
         format!(
             "{}{}",
             std::fs::read_to_string(&log).unwrap_or_default(),
-            std::fs::read_to_string(c.dir.join("operator-sa.stderr")).unwrap_or_default()
+            std::fs::read_to_string(c.dir.join("logs/operator-sa.stderr")).unwrap_or_default()
         )
     };
     let ready = || {
@@ -1160,7 +1160,8 @@ fn least_privilege_in_operation(ns: &str) {
     }
 
     // GC: the deleted pod's address is released by the operator (grace 2 s); the live one stays.
-    kubectl(&["delete", "pod", "-n", &app, "gone", "--wait=false"]);
+    // No kubelet confirms a graceful delete here: force it, as the node lifecycle would.
+    kubectl(&["delete", "pod", "-n", &app, "gone", "--grace-period=0", "--force"]);
     wait_for(
         "GC to release the deleted pod's handle",
         Duration::from_secs(90),
