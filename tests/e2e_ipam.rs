@@ -937,3 +937,98 @@ async fn cli_show_check_release() {
     delete_namespace(&lab.client, &ns, std::time::Duration::from_secs(60)).await;
     lab.cleanup().await;
 }
+
+/// Requests a client sent, as "METHOD path?query".
+#[derive(Clone, Default)]
+struct RequestLog(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl RequestLog {
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+async fn counting_client(log: RequestLog) -> kube::Client {
+    use kube::config::{KubeConfigOptions, Kubeconfig};
+    let kc = Kubeconfig::read_from(&cluster().kubeconfig).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    let layer = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
+        let q = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+        log.0
+            .lock()
+            .unwrap()
+            .push(format!("{} {}{q}", req.method(), req.uri().path()));
+        req
+    });
+    kube::client::ClientBuilder::try_from(config)
+        .unwrap()
+        .with_layer(&layer)
+        .build()
+}
+
+#[tokio::test]
+async fn steady_state_allocation_is_two_writes_and_no_reads() {
+    let mut lab = Lab::new("ipam-perf", 1).await;
+    lab.pool("p", "10.48.0.0/24", Some(26), |_| {}).await;
+    let node = lab.nodes[0].clone();
+    let log = RequestLog::default();
+    let ipam = Ipam::new_with(
+        counting_client(log.clone()).await,
+        MODE,
+        IpamOptions {
+            config_override: Some(defaults()),
+        },
+    )
+    .await
+    .unwrap();
+    let labels: std::collections::BTreeMap<String, String> =
+        [("tortie-e2e-lab".to_string(), lab.prefix.clone())].into();
+    let req = |i: usize| {
+        let mut r = lab.req(&format!("pod-{i}"), &node, 1);
+        r.node_labels = Some(labels.clone());
+        r
+    };
+    assert!(ipam.auto_assign(req(0)).await.unwrap().is_complete()); // claims the block
+    let claim: Vec<String> = log.take().into_iter().filter(|r| !r.contains("watch=")).collect();
+    eprintln!(
+        "first allocation (block claim): {} requests: {claim:#?}",
+        claim.len()
+    );
+
+    const N: usize = 40;
+    let t = std::time::Instant::now();
+    for i in 1..=N {
+        assert!(ipam.auto_assign(req(i)).await.unwrap().is_complete());
+    }
+    let elapsed = t.elapsed();
+    let reqs: Vec<String> = log.take().into_iter().filter(|r| !r.contains("watch=")).collect();
+    let writes = reqs
+        .iter()
+        .filter(|r| r.starts_with("POST") || r.starts_with("PUT"))
+        .count();
+    let reads = reqs.iter().filter(|r| r.starts_with("GET")).count();
+    eprintln!(
+        "steady state: {N} allocations, {} requests ({writes} writes, {reads} reads), {:.1} allocations/s",
+        reqs.len(),
+        N as f64 / elapsed.as_secs_f64()
+    );
+    assert_eq!(reads, 0, "no reads in the steady state: {reqs:#?}");
+    assert_eq!(
+        writes,
+        2 * N,
+        "one handle write and one block write per allocation: {reqs:#?}"
+    );
+    assert_eq!(reqs.len(), 2 * N);
+
+    let released = ipam
+        .release_by_handle(&format!("{}-pod-1", lab.prefix))
+        .await
+        .unwrap();
+    assert_eq!(released.len(), 1);
+    let rel: Vec<String> = log.take().into_iter().filter(|r| !r.contains("watch=")).collect();
+    eprintln!("release_by_handle: {} requests: {rel:#?}", rel.len());
+    lab.assert_check_clean().await;
+    lab.cleanup().await;
+}

@@ -313,10 +313,12 @@ impl Ipam {
         host: &str,
         refresh: bool,
     ) -> Result<HashMap<IpNet, Affinity>, IpamError> {
-        if !refresh && let Some(m) = self.inner.cache.lock().unwrap().affinities.get(host) {
-            return Ok(m.clone());
+        let known = self.inner.cache.lock().unwrap().affinities.get(host).cloned();
+        let first_load = known.is_none();
+        if !refresh && let Some(m) = known {
+            return Ok(m);
         }
-        let list = self.inner.store.list_host_affinities(host).await?;
+        let list = self.inner.store.list_host_affinities(host, first_load).await?;
         let m: HashMap<IpNet, Affinity> = list
             .into_iter()
             .filter_map(|a| a.spec.cidr.parse().ok().map(|c| (c, a)))

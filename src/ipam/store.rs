@@ -361,8 +361,9 @@ impl Store {
 
     /// A host's live affinities: label-selector LIST (Calico 3.31+ labels), filtered on
     /// `spec.node` because the hash label could in theory collide. Rows Calico wrote before 3.31
-    /// carry no labels; [`Store::list_affinities`] + a filter finds those (used on a cache miss).
-    pub async fn list_host_affinities(&self, host: &str) -> Result<Vec<Affinity>> {
+    /// carry no labels: with `adopt_unlabelled`, an empty result is checked against a full LIST and
+    /// such rows get their labels back-filled (once per host and process: the engine's first load).
+    pub async fn list_host_affinities(&self, host: &str, adopt_unlabelled: bool) -> Result<Vec<Affinity>> {
         let lp = ListParams::default().labels(&format!(
             "{}={}",
             names::LABEL_HOSTNAME_HASH,
@@ -370,7 +371,7 @@ impl Store {
         ));
         let mut v = list_live(&self.affinities, AFFINITY, &lp).await?;
         v.retain(|a| a.spec.node == host && a.spec.affinity_type() == "host");
-        if v.is_empty() {
+        if v.is_empty() && adopt_unlabelled {
             // Perhaps rows from Calico < 3.31 (no labels): adopt them and back-fill the labels,
             // as Calico's UpgradeHost does, so that the next lookup is a label LIST again.
             let mut all = self.list_affinities().await?;
