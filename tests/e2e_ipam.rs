@@ -1032,3 +1032,115 @@ async fn steady_state_allocation_is_two_writes_and_no_reads() {
     lab.assert_check_clean().await;
     lab.cleanup().await;
 }
+
+#[tokio::test]
+async fn requested_pool_ignores_selector_and_empty_block_is_given_back() {
+    // Scenario 29: a pool requested by name is used even though its nodeSelector does not match;
+    // once its block empties, the affinity is released because the pool does not select the node.
+    let mut lab = Lab::new("ipam-selector", 1).await;
+    let pool = lab
+        .pool("elsewhere", "10.48.0.0/24", Some(26), |s| {
+            s.node_selector = Some("!all()".into())
+        })
+        .await;
+    let node = lab.nodes[0].clone();
+    let ipam = lab.ipam(defaults()).await;
+    let e = ipam.auto_assign(lab.req("auto", &node, 1)).await.unwrap_err();
+    assert!(
+        e.to_string()
+            .contains(&format!("no configured Calico pools for node {node}")),
+        "{e}"
+    );
+    let mut r = lab.req("named", &node, 1);
+    r.v4_pools = vec![pool];
+    let got = ipam.auto_assign(r).await.unwrap();
+    assert!(got.is_complete(), "{got:?}");
+    assert_eq!(lab.blocks().await.len(), 1);
+    ipam.release_by_handle(&format!("{}-named", lab.prefix))
+        .await
+        .unwrap();
+    assert!(
+        lab.blocks().await.is_empty(),
+        "empty block of a pool that does not select the node is released"
+    );
+    assert!(lab.affinities().await.is_empty());
+    lab.assert_check_clean().await;
+    lab.cleanup().await;
+}
+
+#[tokio::test]
+async fn v3_crd_mode_writes_native_shapes() {
+    install_crds(repo_dir().join("crds/v3"));
+    let client = client().await;
+    let k = unique_octet();
+    let prefix = unique_name("ipam-v3");
+    let node = format!("{prefix}-n0");
+    create_node(
+        &client,
+        &node,
+        &[("tortie-e2e-lab", prefix.as_str())],
+        None,
+        &[],
+        &[],
+    )
+    .await;
+    let v3 = CrdMode::V3;
+    let pools: Api<Pool> = Api::all_with(client.clone(), &v3.resource(CalicoKind::IPPool));
+    let spec = IPPoolSpec {
+        cidr: format!("10.{k}.0.0/24"),
+        node_selector: Some(format!("tortie-e2e-lab == '{prefix}'")),
+        ..Default::default()
+    };
+    pools
+        .create(
+            &PostParams::default(),
+            &Pool::new(&prefix, &v3.resource(CalicoKind::IPPool), spec),
+        )
+        .await
+        .unwrap();
+    let ipam = Ipam::new_with(
+        client.clone(),
+        v3,
+        IpamOptions {
+            config_override: Some(defaults()),
+        },
+    )
+    .await
+    .unwrap();
+    let mut r = AutoAssignRequest::new(&format!("{prefix}-h"), &node);
+    r.num_v4 = 2;
+    let got = ipam.auto_assign(r).await.unwrap();
+    assert!(got.is_complete(), "{got:?}");
+    let block = got.v4.ips[0].trunc();
+    let affs: Api<Affinity> = Api::all_with(client.clone(), &v3.resource(CalicoKind::BlockAffinity));
+    let a = affs.get(&names::affinity_name(&node, &block)).await.unwrap();
+    assert_eq!(
+        a.spec.deleted,
+        Flag::Bool(false),
+        "v3 stores deleted as a boolean"
+    );
+    assert_eq!(a.spec.state, "confirmed");
+    let blocks: Api<Block> = Api::all_with(client.clone(), &v3.resource(CalicoKind::IPAMBlock));
+    let b = blocks.get(&names::block_name(&block)).await.unwrap();
+    assert_eq!(b.spec.host(), Some(node.as_str()));
+    assert_eq!(
+        ipam.release_by_handle(&format!("{prefix}-h"))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    let handles: Api<Handle> = Api::all_with(client.clone(), &v3.resource(CalicoKind::IPAMHandle));
+    assert!(
+        handles
+            .get_opt(&names::handle_name(&format!("{prefix}-h")))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let dp = DeleteParams::default();
+    let _ = blocks.delete(&names::block_name(&block), &dp).await;
+    let _ = affs.delete(&names::affinity_name(&node, &block), &dp).await;
+    let _ = pools.delete(&prefix, &dp).await;
+    delete_node(&client, &node).await;
+}

@@ -994,6 +994,11 @@ impl Ipam {
                 match res {
                     Ok(Some(new)) => {
                         self.remember_block(&new);
+                        if blk::is_empty(&new.spec)
+                            && let Some(host) = new.spec.host()
+                        {
+                            self.ensure_consistent_affinity(host, cidr).await?;
+                        }
                         return Ok(done);
                     }
                     Ok(None) => {
@@ -1013,6 +1018,30 @@ impl Ipam {
         }
         .instrument(span)
         .await
+    }
+
+    /// Calico's `ensureConsistentAffinity`: a block that just became empty keeps its affinity only
+    /// while an enabled pool holding it still selects the host (a re-labelled node or a pool
+    /// whose nodeSelector changed gives its empty blocks back).
+    async fn ensure_consistent_affinity(&self, host: &str, cidr: &IpNet) -> Result<(), IpamError> {
+        let infos = self.pool_infos(&[]).await?;
+        let pool = infos
+            .iter()
+            .find(|p| p.is_enabled() && p.cidr.contains(&cidr.network()));
+        let keep = match pool {
+            None => false,
+            Some(p) if !p.uses_labels() => p.node_selector.matches(&BTreeMap::new()),
+            Some(p) => match self.inner.store.node_labels(host).await? {
+                Some(l) => p.node_selector.matches(&l),
+                // The node is gone: that is the GC's business (it also checks grace periods).
+                None => true,
+            },
+        };
+        if !keep {
+            debug!(block = %cidr, host, "pool no longer selects the host: releasing the empty block");
+            self.release_block_affinity(host, cidr, true).await?;
+        }
+        Ok(())
     }
 
     /// For GC: releases specific allocations of ONE block in one guarded write. Each entry is
