@@ -26,7 +26,7 @@ pub enum Command {
     Render(render::RenderArgs),
     /// IPAM tools (calicoctl ipam): show, check, release.
     Ipam(ipam::IpamArgs),
-    /// Run the operator (Installation, IPPool and IPAM GC controllers, leader-elected).
+    /// Run the operator (Installation, IPPool, IPAM GC and BGP controllers, leader-elected).
     Run(run::RunArgs),
 }
 
