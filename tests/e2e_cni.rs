@@ -1,0 +1,905 @@
+//! End-to-end tests of `tortie-ipam` against the real control plane, executing the plugin binary
+//! exactly as a container runtime does (CNI environment + network config on stdin), directly and
+//! through Debian's reference `ptp` and `bridge` plugins in network namespaces.
+//!
+//! Pools made here are `assignmentMode: Manual` with CIDRs unique to the test (10.200.0.0/16 and
+//! up), so that parallel tests in the same apiserver never allocate from them by accident. The
+//! yaobank test applies seed 001's lab pools by their real names.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use ipnet::IpNet;
+use kube::Api;
+use kube::api::PostParams;
+use kube::core::Object;
+use serde_json::{Value, json};
+use support::*;
+use tortie::api::{Block, CalicoKind, CrdMode, Handle, IPPoolSpec, Pool};
+
+// ------------------------------------------------------------------------------------------------
+// harness
+
+/// A private copy of the plugin: the shared target dir's binary may be rebuilt by another build
+/// while a test runs.
+fn plugin() -> &'static Path {
+    static P: OnceLock<PathBuf> = OnceLock::new();
+    P.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("tortie-cni-e2e-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let dst = dir.join("tortie-ipam");
+        std::fs::copy(env!("CARGO_BIN_EXE_tortie-ipam"), &dst).unwrap();
+        dst
+    })
+}
+
+struct Ctx {
+    client: kube::Client,
+    mode: CrdMode,
+}
+
+impl Ctx {
+    async fn new() -> Ctx {
+        let client = client().await;
+        let mode = CrdMode::detect(&client).await.unwrap();
+        Ctx { client, mode }
+    }
+
+    fn pools(&self) -> Api<Pool> {
+        Api::all_with(self.client.clone(), &self.mode.resource(CalicoKind::IPPool))
+    }
+
+    /// A Manual pool with a unique name; `spec` holds extra fields (`disabled`, ...).
+    async fn pool(&self, prefix: &str, cidr: &str, block_size: i32, spec: Value) -> String {
+        let name = unique_name(prefix);
+        let mut s = json!({"cidr": cidr, "blockSize": block_size, "assignmentMode": "Manual",
+                           "ipipMode": "Never", "vxlanMode": "Never", "natOutgoing": false});
+        for (k, v) in spec.as_object().unwrap() {
+            s[k] = v.clone();
+        }
+        let spec: IPPoolSpec = serde_json::from_value(s).unwrap();
+        let obj = Object::new(&name, &self.mode.resource(CalicoKind::IPPool), spec);
+        self.pools()
+            .create(&PostParams::default(), &obj)
+            .await
+            .unwrap_or_else(|e| panic!("create IPPool {name}: {e}"));
+        name
+    }
+
+    /// Every allocated address in the cluster: (ip, handle, attributes).
+    async fn allocations(&self) -> Vec<(IpAddr, Option<String>, BTreeMap<String, String>)> {
+        let blocks: Api<Block> =
+            Api::all_with(self.client.clone(), &self.mode.resource(CalicoKind::IPAMBlock));
+        let mut out = vec![];
+        for b in blocks.list(&Default::default()).await.unwrap().items {
+            if b.spec.deleted == Some(true) {
+                continue;
+            }
+            let cidr: IpNet = b.spec.cidr.parse().unwrap();
+            for (ord, a) in b.spec.allocations.iter().enumerate() {
+                let Some(idx) = a else { continue };
+                let attr = b.spec.attributes.get(*idx).cloned().unwrap_or_default();
+                out.push((
+                    tortie::cni::gateway::nth(cidr, ord).unwrap(),
+                    attr.handle_id.clone(),
+                    attr.secondary.clone().unwrap_or_default(),
+                ));
+            }
+        }
+        out
+    }
+
+    /// Addresses held under `handle` (from the blocks) and whether its IPAMHandle exists.
+    async fn held(&self, handle: &str) -> (Vec<IpAddr>, bool) {
+        let ips = self
+            .allocations()
+            .await
+            .into_iter()
+            .filter(|(_, h, _)| h.as_deref() == Some(handle))
+            .map(|(ip, _, _)| ip)
+            .collect();
+        let handles: Api<Handle> =
+            Api::all_with(self.client.clone(), &self.mode.resource(CalicoKind::IPAMHandle));
+        let exists = handles
+            .get_opt(&handle.to_lowercase())
+            .await
+            .unwrap()
+            .is_some_and(|h| h.spec.deleted != Some(true));
+        (ips, exists)
+    }
+
+    async fn assert_nothing_held(&self, handle: &str, what: &str) {
+        let (ips, exists) = self.held(handle).await;
+        assert!(
+            ips.is_empty() && !exists,
+            "{what}: handle {handle} still holds {ips:?} (IPAMHandle exists: {exists})"
+        );
+    }
+}
+
+/// A unique /24 (or larger) in 10.200.0.0-10.249.255.255 for one pool of one test.
+fn unique_cidr(prefix_len: u8) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let seed = (std::process::id().wrapping_mul(2654435761) ^ (n << 8)).wrapping_add(n * 4099);
+    let size = 1u32 << (32 - u32::from(prefix_len));
+    let span = 50u32 << 16; // 10.200.0.0 .. 10.249.255.255
+    let off = (seed % (span / size)) * size;
+    let base = (10u32 << 24) | (200u32 << 16);
+    format!("{}/{prefix_len}", std::net::Ipv4Addr::from(base + off))
+}
+
+struct Out {
+    ok: bool,
+    json: Value,
+    stderr: String,
+    elapsed: Duration,
+}
+
+impl Out {
+    fn code(&self) -> u64 {
+        self.json["code"].as_u64().unwrap_or(0)
+    }
+    fn msg(&self) -> &str {
+        self.json["msg"].as_str().unwrap_or("")
+    }
+    fn ip(&self) -> IpNet {
+        assert!(self.ok, "ADD failed: {} / {}", self.json, self.stderr);
+        self.json["ips"][0]["address"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no address in {}", self.json))
+            .parse()
+            .unwrap()
+    }
+    fn expect_err(&self, code: u64, needles: &[&str]) {
+        assert!(!self.ok, "expected error {code}, got success {}", self.json);
+        assert_eq!(self.code(), code, "wrong code: {}", self.json);
+        for n in needles {
+            assert!(self.msg().contains(n), "{:?} not in message {:?}", n, self.msg());
+        }
+        assert!(self.json["details"].is_string(), "no details: {}", self.json);
+    }
+}
+
+/// Runs `program` with the CNI environment and `conf` on stdin, the way a runtime does.
+async fn exec(
+    program: &[&str],
+    command: &str,
+    container: &str,
+    args: &str,
+    conf: &Value,
+    extra_env: &[(&str, &str)],
+) -> Out {
+    let started = Instant::now();
+    let mut cmd = tokio::process::Command::new(program[0]);
+    cmd.args(&program[1..])
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", container)
+        .env("CNI_NETNS", format!("/var/run/netns/{container}"))
+        .env("CNI_IFNAME", "eth0")
+        .env("CNI_ARGS", args)
+        .env("CNI_PATH", "/usr/lib/cni")
+        .env_remove("KUBECONFIG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    // stdin from a file: the config is small and this needs no async write.
+    let mut f = tempfile::tempfile().unwrap();
+    std::io::Write::write_all(&mut f, serde_json::to_string(conf).unwrap().as_bytes()).unwrap();
+    std::io::Seek::rewind(&mut f).unwrap();
+    cmd.stdin(Stdio::from(f));
+    let child = cmd.spawn().unwrap();
+    let out = child.wait_with_output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let json = if stdout.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {stdout:?}"))
+    };
+    Out {
+        ok: out.status.success(),
+        json,
+        stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+        elapsed: started.elapsed(),
+    }
+}
+
+fn pod_args(ns: &str, pod: &str) -> String {
+    format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={pod};K8S_POD_INFRA_CONTAINER_ID=x")
+}
+
+/// The network config as Calico's main plugin would hand it to its IPAM.
+fn conf(node: &str, ipam: Value) -> Value {
+    let mut i = json!({"type": "tortie-ipam", "assign_ipv4": "true", "assign_ipv6": "false"});
+    for (k, v) in ipam.as_object().unwrap() {
+        i[k] = v.clone();
+    }
+    json!({
+        "cniVersion": "1.0.0",
+        "name": "k8s-pod-network",
+        "type": "calico",
+        "nodename": node,
+        "log_level": "debug",
+        "kubernetes": {"kubeconfig": cluster().kubeconfig},
+        "policy": {"type": "k8s"},
+        "ipam": i,
+    })
+}
+
+async fn add(node: &str, ns: &str, pod: &str, cid: &str, ipam: Value) -> Out {
+    let p = plugin().to_str().unwrap();
+    exec(&[p], "ADD", cid, &pod_args(ns, pod), &conf(node, ipam), &[]).await
+}
+
+async fn del(node: &str, ns: &str, pod: &str, cid: &str) -> Out {
+    let p = plugin().to_str().unwrap();
+    exec(&[p], "DEL", cid, &pod_args(ns, pod), &conf(node, json!({})), &[]).await
+}
+
+fn handle(cid: &str) -> String {
+    format!("k8s-pod-network.{cid}")
+}
+
+// ------------------------------------------------------------------------------------------------
+// seed 001: yaobank
+
+#[tokio::test]
+async fn yaobank_pods_get_their_annotated_pools() {
+    let ctx = Ctx::new().await;
+    let dir = match ctx.mode {
+        CrdMode::V1 => "v1",
+        CrdMode::V3 => "v3",
+    };
+    let pools = std::fs::read_to_string(repo_dir().join(format!("examples/{dir}/02-ippools.yaml"))).unwrap();
+    kubectl_stdin_ok(&["apply", "-f", "-"], &pools);
+
+    let node = unique_name("cni-yaobank-node");
+    create_node(&ctx.client, &node, &[], Some("10.240.0.10"), &[], &[]).await;
+    let ns = unique_name("yaobank");
+    create_namespace(&ctx.client, &ns, &[]).await;
+    let pool2 = [("cni.projectcalico.org/ipv4pools", r#"["pool2-ipv4-ippool"]"#)];
+    let pods = [
+        ("database-0", &pool2[..]),
+        ("summary-0", &pool2[..]),
+        ("summary-1", &pool2[..]),
+        ("customer-0", &[][..]),
+    ];
+    let mut got = BTreeMap::new();
+    for (pod, ann) in pods {
+        create_pod(&ctx.client, &ns, pod, Some(&node), ann).await;
+        let cid = unique_name(pod);
+        let out = add(&node, &ns, pod, &cid, json!({})).await;
+        let ip = out.ip();
+        assert_eq!(out.json["cniVersion"], "1.0.0");
+        assert_eq!(out.json["routes"], json!([{"dst": "0.0.0.0/0"}]), "{}", out.json);
+        got.insert(pod, (cid, ip));
+    }
+    let pool2_net: IpNet = "10.48.128.0/24".parse().unwrap();
+    let default_net: IpNet = "10.48.0.0/24".parse().unwrap();
+    for pod in ["database-0", "summary-0", "summary-1"] {
+        let ip = got[pod].1;
+        assert!(
+            pool2_net.contains(&ip.addr()),
+            "{pod} got {ip}, not in pool2 10.48.128.0/24"
+        );
+        assert_eq!(
+            ip.prefix_len(),
+            26,
+            "{pod}: the result carries the block's prefix"
+        );
+    }
+    let ip = got["customer-0"].1;
+    assert!(
+        default_net.contains(&ip.addr()),
+        "customer got {ip}, not in the default pool"
+    );
+    let distinct: BTreeSet<IpAddr> = got.values().map(|(_, ip)| ip.addr()).collect();
+    assert_eq!(distinct.len(), 4);
+
+    // The allocation records node, pod and namespace under the container's handle.
+    let (cid, ip) = &got["database-0"];
+    let allocs = ctx.allocations().await;
+    let (_, h, attrs) = allocs.iter().find(|(a, _, _)| *a == ip.addr()).unwrap();
+    assert_eq!(h.as_deref(), Some(handle(cid).as_str()));
+    assert_eq!(attrs["node"], node);
+    assert_eq!(attrs["pod"], "database-0");
+    assert_eq!(attrs["namespace"], ns);
+    assert!(attrs["timestamp"].ends_with(" +0000 UTC"), "{attrs:?}");
+
+    // A repeated ADD for the same container returns the same address, allocating nothing new.
+    let again = add(&node, &ns, "database-0", cid, json!({})).await;
+    assert_eq!(again.ip(), *ip);
+    assert_eq!(ctx.held(&handle(cid)).await.0, vec![ip.addr()]);
+
+    // An older runtime (cniVersion 0.3.1) gets the 0.3.x shape.
+    let mut old = conf(&node, json!({}));
+    old["cniVersion"] = json!("0.3.1");
+    let p = plugin().to_str().unwrap();
+    let out = exec(&[p], "ADD", cid, &pod_args(&ns, "database-0"), &old, &[]).await;
+    assert_eq!(out.json["cniVersion"], "0.3.1");
+    assert_eq!(out.json["ips"][0]["version"], "4");
+
+    // CHECK passes while the address is held.
+    let mut check = conf(&node, json!({}));
+    check["prevResult"] = again.json.clone();
+    let out = exec(&[p], "CHECK", cid, &pod_args(&ns, "database-0"), &check, &[]).await;
+    assert!(out.ok, "CHECK: {} {}", out.json, out.stderr);
+
+    // DEL releases; a second DEL is a no-op success; CHECK then fails.
+    for (pod, (cid, _)) in &got {
+        let out = del(&node, &ns, pod, cid).await;
+        assert!(out.ok, "DEL {pod}: {} {}", out.json, out.stderr);
+        ctx.assert_nothing_held(&handle(cid), pod).await;
+        let out = del(&node, &ns, pod, cid).await;
+        assert!(out.ok, "second DEL {pod}: {}", out.json);
+    }
+    let out = exec(&[p], "CHECK", cid, &pod_args(&ns, "database-0"), &check, &[]).await;
+    out.expect_err(107, &["holds no address"]);
+
+    delete_namespace(&ctx.client, &ns, Duration::from_secs(60)).await;
+}
+
+#[tokio::test]
+async fn namespace_annotation_applies_when_the_pod_has_none() {
+    let ctx = Ctx::new().await;
+    let ns_cidr = unique_cidr(24);
+    let pod_cidr = unique_cidr(24);
+    let conf_cidr = unique_cidr(24);
+    let ns_pool = ctx.pool("cni-ns-pool", &ns_cidr, 26, json!({})).await;
+    let pod_pool = ctx.pool("cni-pod-pool", &pod_cidr, 28, json!({})).await;
+    let conf_pool = ctx.pool("cni-conf-pool", &conf_cidr, 26, json!({})).await;
+    let node = unique_name("cni-ns-node");
+    create_node(&ctx.client, &node, &[], None, &[], &[]).await;
+    let ns = unique_name("cni-ns");
+    let ns_ann = format!(r#"["{ns_pool}"]"#);
+    create_namespace(&ctx.client, &ns, &[("cni.projectcalico.org/ipv4pools", &ns_ann)]).await;
+    let pod_ann = format!(r#"["{pod_pool}"]"#);
+    create_pod(&ctx.client, &ns, "plain", Some(&node), &[]).await;
+    create_pod(
+        &ctx.client,
+        &ns,
+        "annotated",
+        Some(&node),
+        &[("cni.projectcalico.org/ipv4pools", &pod_ann)],
+    )
+    .await;
+    // The network config names a third pool: both annotations outrank it.
+    let ipam = json!({"ipv4_pools": [conf_pool]});
+    let (c1, c2) = (unique_name("plain"), unique_name("annotated"));
+    let plain = add(&node, &ns, "plain", &c1, ipam.clone()).await.ip();
+    let annotated = add(&node, &ns, "annotated", &c2, ipam.clone()).await.ip();
+    assert!(
+        ns_cidr.parse::<IpNet>().unwrap().contains(&plain.addr()),
+        "{plain} not in the namespace's pool {ns_cidr}"
+    );
+    assert!(
+        pod_cidr.parse::<IpNet>().unwrap().contains(&annotated.addr()),
+        "{annotated} not in the pod's pool {pod_cidr}"
+    );
+    assert_eq!(annotated.prefix_len(), 28);
+
+    // Without the namespace annotation, the network config's pool applies.
+    let ns2 = unique_name("cni-ns-plain");
+    create_namespace(&ctx.client, &ns2, &[]).await;
+    create_pod(&ctx.client, &ns2, "plain", Some(&node), &[]).await;
+    let c3 = unique_name("plain2");
+    let by_conf = add(&node, &ns2, "plain", &c3, ipam).await.ip();
+    assert!(
+        conf_cidr.parse::<IpNet>().unwrap().contains(&by_conf.addr()),
+        "{by_conf} not in {conf_cidr}"
+    );
+
+    for (n, p, c) in [(&ns, "plain", &c1), (&ns, "annotated", &c2), (&ns2, "plain", &c3)] {
+        assert!(del(&node, n, p, c).await.ok);
+        ctx.assert_nothing_held(&handle(c), p).await;
+    }
+    delete_namespace(&ctx.client, &ns, Duration::from_secs(60)).await;
+    delete_namespace(&ctx.client, &ns2, Duration::from_secs(60)).await;
+}
+
+// ------------------------------------------------------------------------------------------------
+// bad input: a CNI error naming the culprit, nothing allocated
+
+#[tokio::test]
+async fn bad_input_fails_cleanly_and_allocates_nothing() {
+    let ctx = Ctx::new().await;
+    let ok_cidr = unique_cidr(24);
+    let ok = ctx.pool("cni-bad-ok", &ok_cidr, 26, json!({})).await;
+    let off = ctx
+        .pool("cni-bad-off", &unique_cidr(24), 26, json!({"disabled": true}))
+        .await;
+    let tiny_cidr = unique_cidr(30);
+    let tiny = ctx.pool("cni-bad-tiny", &tiny_cidr, 30, json!({})).await;
+    let node = unique_name("cni-bad-node");
+    create_node(&ctx.client, &node, &[], None, &[], &[]).await;
+    let ns = unique_name("cni-bad");
+    create_namespace(&ctx.client, &ns, &[]).await;
+
+    let ok_net: IpNet = ok_cidr.parse().unwrap();
+    let taken = ok_net.hosts().nth(9).unwrap().to_string();
+    let v4 = "cni.projectcalico.org/ipv4pools";
+    let addrs = "cni.projectcalico.org/ipAddrs";
+    let unknown = format!(r#"["{ok}-nope"]"#);
+    let disabled = format!(r#"["{off}"]"#);
+    let outside = r#"["192.0.2.7"]"#.to_string();
+    let taken_json = format!(r#"["{taken}"]"#);
+    let both_pools = format!(r#"["{ok}"]"#);
+    let too_small = format!(r#"["{ok_cidr}"]"#).replace("/24", "/25");
+
+    // The holder of `taken`, and the pods filling `tiny`.
+    create_pod(&ctx.client, &ns, "holder", Some(&node), &[(addrs, &taken_json)]).await;
+    let holder = unique_name("holder");
+    let got = add(&node, &ns, "holder", &holder, json!({})).await.ip();
+    assert_eq!(got.addr().to_string(), taken);
+    let tiny_ann = format!(r#"["{tiny}"]"#);
+    let mut fillers = vec![];
+    for i in 0..4 {
+        let pod = format!("filler-{i}");
+        create_pod(&ctx.client, &ns, &pod, Some(&node), &[(v4, &tiny_ann)]).await;
+        let cid = unique_name(&pod);
+        add(&node, &ns, &pod, &cid, json!({})).await.ip();
+        fillers.push((pod, cid));
+    }
+
+    struct Case<'a> {
+        pod: &'a str,
+        ann: Vec<(&'a str, &'a str)>,
+        code: u64,
+        needles: Vec<&'a str>,
+    }
+    let cases = vec![
+        Case {
+            pod: "malformed",
+            ann: vec![(v4, "[pool2-ipv4-ippool]")],
+            code: 100,
+            needles: vec![v4, "is not valid JSON", "malformed"],
+        },
+        Case {
+            pod: "bare-string",
+            ann: vec![(v4, r#""pool2-ipv4-ippool""#)],
+            code: 100,
+            needles: vec![v4, "is not a JSON list"],
+        },
+        Case {
+            pod: "unknown-pool",
+            ann: vec![(v4, &unknown)],
+            code: 101,
+            needles: vec![v4, &unknown[2..unknown.len() - 2], "no IPPool named"],
+        },
+        Case {
+            pod: "not-a-pool-cidr",
+            ann: vec![(v4, &too_small)],
+            code: 101,
+            needles: vec!["is not the CIDR of any IPPool", &ok],
+        },
+        Case {
+            pod: "disabled-pool",
+            ann: vec![(v4, &disabled)],
+            code: 102,
+            needles: vec![&off, "is disabled"],
+        },
+        Case {
+            pod: "exhausted",
+            ann: vec![(v4, &tiny_ann)],
+            code: 103,
+            needles: vec![&tiny_cidr, "Assigned 0 out of 1 requested IPv4 addresses"],
+        },
+        Case {
+            pod: "outside",
+            ann: vec![(addrs, &outside)],
+            code: 104,
+            needles: vec![addrs, "192.0.2.7", "not in any IPPool"],
+        },
+        Case {
+            pod: "in-use",
+            ann: vec![(addrs, &taken_json)],
+            code: 104,
+            needles: vec![addrs, &taken, "already"],
+        },
+        Case {
+            pod: "both",
+            ann: vec![(addrs, &taken_json), (v4, &both_pools)],
+            code: 100,
+            needles: vec![addrs, "cannot be used together with annotation", v4],
+        },
+    ];
+    for c in &cases {
+        create_pod(&ctx.client, &ns, c.pod, Some(&node), &c.ann).await;
+        let cid = unique_name(c.pod);
+        let out = add(&node, &ns, c.pod, &cid, json!({})).await;
+        assert!(out.json.get("ips").is_none(), "{}: {}", c.pod, out.json);
+        out.expect_err(c.code, &c.needles);
+        ctx.assert_nothing_held(&handle(&cid), c.pod).await;
+        // The runtime's DEL after a failed ADD succeeds.
+        assert!(del(&node, &ns, c.pod, &cid).await.ok, "{}", c.pod);
+    }
+
+    // Missing K8S_POD_NAME: an environment error (code 4), nothing allocated.
+    let cid = unique_name("noname");
+    let p = plugin().to_str().unwrap();
+    let out = exec(
+        &[p],
+        "ADD",
+        &cid,
+        &format!("K8S_POD_NAMESPACE={ns}"),
+        &conf(&node, json!({})),
+        &[],
+    )
+    .await;
+    out.expect_err(4, &["K8S_POD_NAME"]);
+    ctx.assert_nothing_held(&handle(&cid), "missing K8S_POD_NAME")
+        .await;
+
+    // The holder and the fillers still hold exactly what they had.
+    assert_eq!(ctx.held(&handle(&holder)).await.0, vec![got.addr()]);
+    assert!(del(&node, &ns, "holder", &holder).await.ok);
+    for (pod, cid) in &fillers {
+        assert!(del(&node, &ns, pod, cid).await.ok);
+        ctx.assert_nothing_held(&handle(cid), pod).await;
+    }
+    ipam_check_clean();
+    delete_namespace(&ctx.client, &ns, Duration::from_secs(60)).await;
+}
+
+/// `tortie ipam check` over the whole cluster reports nothing wrong.
+fn ipam_check_clean() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tortie"))
+        .args(["ipam", "check"])
+        .env("KUBECONFIG", &cluster().kubeconfig)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tortie ipam check: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn unreachable_apiserver_is_a_bounded_error_not_a_hang() {
+    // A server that accepts connections and never answers (the nastiest kind of unreachable).
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = vec![];
+        for s in silent.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    let refused = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let p = plugin().to_str().unwrap();
+    for (what, port) in [("silent", port), ("refused", refused)] {
+        let mut c = conf("node-x", json!({"timeout_seconds": 3}));
+        c["kubernetes"]["k8s_api_root"] = json!(format!("https://127.0.0.1:{port}"));
+        for cmd in ["ADD", "DEL"] {
+            let out = exec(&[p], cmd, "c1", &pod_args("ns", "pod"), &c, &[]).await;
+            out.expect_err(105, &[]);
+            assert!(
+                out.elapsed < Duration::from_secs(20),
+                "{what} {cmd} took {:?}",
+                out.elapsed
+            );
+            eprintln!(
+                "{what} apiserver, {cmd}: failed in {:?}: {}",
+                out.elapsed,
+                out.msg()
+            );
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// concurrency
+
+#[tokio::test]
+async fn thirty_two_concurrent_adds_on_four_nodes_get_distinct_addresses() {
+    let ctx = Ctx::new().await;
+    let cidr = unique_cidr(22);
+    let pool = ctx.pool("cni-conc", &cidr, 26, json!({})).await;
+    let nodes: Vec<String> = (0..4).map(|i| unique_name(&format!("cni-conc-{i}"))).collect();
+    for n in &nodes {
+        create_node(&ctx.client, n, &[], None, &[], &[]).await;
+    }
+    let ns = unique_name("cni-conc");
+    create_namespace(&ctx.client, &ns, &[]).await;
+    let pods: Vec<(String, String, String)> = (0..32)
+        .map(|i| {
+            (
+                nodes[i % 4].clone(),
+                format!("pod-{i}"),
+                unique_name(&format!("c{i}")),
+            )
+        })
+        .collect();
+    for (node, pod, _) in &pods {
+        create_pod(&ctx.client, &ns, pod, Some(node), &[]).await;
+    }
+    let ipam = json!({"ipv4_pools": [pool]});
+    let started = Instant::now();
+    let outs = futures::future::join_all(
+        pods.iter()
+            .map(|(node, pod, cid)| add(node, &ns, pod, cid, ipam.clone())),
+    )
+    .await;
+    let took = started.elapsed();
+    let net: IpNet = cidr.parse().unwrap();
+    let mut seen = BTreeSet::new();
+    for (o, (node, pod, _)) in outs.iter().zip(&pods) {
+        assert!(o.ok, "{pod} on {node}: {} {}", o.json, o.stderr);
+        let ip = o.ip().addr();
+        assert!(net.contains(&ip), "{ip} outside {cidr}");
+        assert!(seen.insert(ip), "{ip} handed out twice");
+    }
+    assert_eq!(seen.len(), 32);
+    eprintln!("32 concurrent ADDs on 4 nodes: {took:?} wall");
+    // Each allocation records the node it was made for.
+    let allocs = ctx.allocations().await;
+    for (node, pod, cid) in &pods {
+        let mine: Vec<_> = allocs
+            .iter()
+            .filter(|(_, h, _)| h.as_deref() == Some(handle(cid).as_str()))
+            .collect();
+        assert_eq!(mine.len(), 1, "{pod}");
+        assert_eq!(mine[0].2["node"], *node);
+    }
+
+    let started = Instant::now();
+    let dels = futures::future::join_all(pods.iter().map(|(node, pod, cid)| del(node, &ns, pod, cid))).await;
+    eprintln!("32 concurrent DELs: {:?} wall", started.elapsed());
+    for (o, (_, pod, _)) in dels.iter().zip(&pods) {
+        assert!(o.ok, "DEL {pod}: {} {}", o.json, o.stderr);
+    }
+    let left: Vec<_> = ctx
+        .allocations()
+        .await
+        .into_iter()
+        .filter(|(ip, _, _)| net.contains(ip))
+        .collect();
+    assert!(left.is_empty(), "allocations left in {cidr}: {left:?}");
+    for (_, pod, cid) in &pods {
+        ctx.assert_nothing_held(&handle(cid), pod).await;
+    }
+    delete_namespace(&ctx.client, &ns, Duration::from_secs(60)).await;
+}
+
+// ------------------------------------------------------------------------------------------------
+// a real plugin chain: Debian's ptp / bridge with tortie-ipam as IPAM, in network namespaces
+
+/// Network namespaces (and nothing else) made by one test; deleted on drop, even on panic.
+struct Netns(Vec<String>);
+
+impl Netns {
+    fn add(&mut self, name: &str) {
+        run_ok("ip", &["netns", "add", name]);
+        self.0.push(name.to_string());
+        run_ok("ip", &["-n", name, "link", "set", "lo", "up"]);
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for n in &self.0 {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", n])
+                .status();
+        }
+    }
+}
+
+fn run_ok(prog: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(prog).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{prog} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// A TCP relay listening on 127.0.0.1 *inside* network namespace `netns` to `target` in ours:
+/// the apiserver listens on the root namespace's loopback, which a "node" namespace cannot see.
+/// Returns the port.
+fn relay_into(netns: &str, target: std::net::SocketAddr) -> u16 {
+    use std::os::fd::AsRawFd;
+    let ours = std::fs::File::open("/proc/thread-self/ns/net").unwrap();
+    let theirs = std::fs::File::open(format!("/run/netns/{netns}")).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // setns applies to this thread only; sockets stay in the namespace they were made in.
+        assert_eq!(unsafe { libc::setns(theirs.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        assert_eq!(unsafe { libc::setns(ours.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        tx.send(listener.local_addr().unwrap().port()).unwrap();
+        for down in listener.incoming().flatten() {
+            let Ok(up) = std::net::TcpStream::connect(target) else {
+                continue;
+            };
+            let (mut d2, mut u2) = (down.try_clone().unwrap(), up.try_clone().unwrap());
+            let (mut d, mut u) = (down, up);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut d, &mut u);
+                let _ = u.shutdown(std::net::Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut u2, &mut d2);
+                let _ = d2.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    rx.recv().unwrap()
+}
+
+fn apiserver_addr() -> std::net::SocketAddr {
+    let kc = kube::config::Kubeconfig::read_from(&cluster().kubeconfig).unwrap();
+    let server = kc.clusters[0].cluster.as_ref().unwrap().server.clone().unwrap();
+    let hostport = server.trim_start_matches("https://").trim_end_matches('/');
+    hostport.parse().unwrap()
+}
+
+async fn plugin_chain(main_plugin: &str) {
+    let main_bin = format!("/usr/lib/cni/{main_plugin}");
+    assert!(
+        Path::new(&main_bin).exists(),
+        "{main_bin} missing: apt-get install -y containernetworking-plugins (e2e/install-deps.sh)"
+    );
+    let ctx = Ctx::new().await;
+    let cidr = unique_cidr(24);
+    let pool = ctx
+        .pool(&format!("cni-{main_plugin}"), &cidr, 26, json!({}))
+        .await;
+    let node = unique_name(&format!("cni-{main_plugin}-node"));
+    create_node(&ctx.client, &node, &[], None, &[], &[]).await;
+    let ns = unique_name(&format!("cni-{main_plugin}"));
+    create_namespace(&ctx.client, &ns, &[]).await;
+
+    let tag = &unique_name("n")[2..];
+    let tag = &tag[tag.len().saturating_sub(8)..];
+    let (node_ns, pod_ns) = (format!("tcn{tag}"), format!("tcp{tag}"));
+    let mut netns = Netns(vec![]);
+    netns.add(&node_ns);
+    let port = relay_into(&node_ns, apiserver_addr());
+
+    // CNI_PATH: the reference plugins, and a directory holding only tortie-ipam.
+    let cni_path = format!("{}:/usr/lib/cni", plugin().parent().unwrap().display());
+    let mut conf = json!({
+        "cniVersion": "1.0.0",
+        "name": "k8s-pod-network",
+        "type": main_plugin,
+        "ipMasq": false,
+        "mtu": 1400,
+        "nodename": node,
+        "log_level": "debug",
+        "kubernetes": {
+            "kubeconfig": cluster().kubeconfig,
+            "k8s_api_root": format!("https://127.0.0.1:{port}"),
+        },
+        "ipam": {"type": "tortie-ipam", "gateway": "node", "ipv4_pools": [pool]},
+    });
+    if main_plugin == "bridge" {
+        conf["bridge"] = json!(format!("tcb{tag}"));
+        conf["isGateway"] = json!(true);
+    }
+    let pods = ["web-0", "web-1"];
+    let mut results = vec![];
+    for pod in pods {
+        create_pod(&ctx.client, &ns, pod, Some(&node), &[]).await;
+        let cid = unique_name(pod);
+        let pod_netns = format!("{pod_ns}{}", &pod[4..]);
+        netns.add(&pod_netns);
+        let env = [
+            ("CNI_PATH", cni_path.as_str()),
+            ("CNI_NETNS", &format!("/run/netns/{pod_netns}")),
+        ];
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_ref())).collect();
+        let out = exec(
+            &["ip", "netns", "exec", &node_ns, &main_bin],
+            "ADD",
+            &cid,
+            &pod_args(&ns, pod),
+            &conf,
+            &env,
+        )
+        .await;
+        assert!(out.ok, "{main_plugin} ADD {pod}: {} {}", out.json, out.stderr);
+        let ip = out.ip();
+        assert!(
+            cidr.parse::<IpNet>().unwrap().contains(&ip.addr()),
+            "{ip} not in {cidr}"
+        );
+        let gw: IpAddr = out.json["ips"][0]["gateway"].as_str().unwrap().parse().unwrap();
+        assert!(
+            ip.trunc().contains(&gw) && gw != ip.addr(),
+            "gateway {gw} for {ip}"
+        );
+
+        // The pod's namespace has the address and a default route via the gateway.
+        let addrs = run_ok("ip", &["-n", &pod_netns, "-o", "addr", "show", "dev", "eth0"]);
+        assert!(
+            addrs.contains(&ip.to_string()),
+            "{ip} not on eth0 of {pod_netns}: {addrs}"
+        );
+        let routes = run_ok("ip", &["-n", &pod_netns, "route", "show", "default"]);
+        assert!(
+            routes.contains(&format!("default via {gw}")),
+            "no default route via {gw}: {routes:?}"
+        );
+        // The node's namespace routes the pod's address to it.
+        let route = run_ok("ip", &["-n", &node_ns, "route", "get", &ip.addr().to_string()]);
+        assert!(!route.contains("unreachable"), "{route}");
+        results.push((
+            pod,
+            cid,
+            pod_netns,
+            ip,
+            gw,
+            env.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<Vec<_>>(),
+        ));
+    }
+    // Both pods share the node's gateway of their block.
+    assert_eq!(results[0].4, results[1].4);
+    assert_ne!(results[0].3, results[1].3);
+
+    for (pod, cid, pod_netns, ip, _, env) in &results {
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let out = exec(
+            &["ip", "netns", "exec", &node_ns, &main_bin],
+            "DEL",
+            cid,
+            &pod_args(&ns, pod),
+            &conf,
+            &env,
+        )
+        .await;
+        assert!(out.ok, "{main_plugin} DEL {pod}: {} {}", out.json, out.stderr);
+        let left = std::process::Command::new("ip")
+            .args(["-n", pod_netns, "-o", "addr", "show", "dev", "eth0"])
+            .output()
+            .unwrap();
+        assert!(
+            !left.status.success() || !String::from_utf8_lossy(&left.stdout).contains(&ip.addr().to_string()),
+            "eth0 still has {ip} after DEL"
+        );
+        ctx.assert_nothing_held(&handle(cid), pod).await;
+    }
+    // Only the node's gateway stays allocated in the pool.
+    let net: IpNet = cidr.parse().unwrap();
+    let left: Vec<_> = ctx
+        .allocations()
+        .await
+        .into_iter()
+        .filter(|(ip, _, _)| net.contains(ip))
+        .collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert_eq!(
+        left[0].1.as_deref(),
+        Some(format!("tortie-gateway.{node}").as_str())
+    );
+    assert_eq!(left[0].2["type"], "gatewayAddress");
+    delete_namespace(&ctx.client, &ns, Duration::from_secs(60)).await;
+}
+
+#[tokio::test]
+async fn ptp_chain_attaches_a_pod_namespace_with_a_tortie_address() {
+    plugin_chain("ptp").await;
+}
+
+#[tokio::test]
+async fn bridge_chain_attaches_a_pod_namespace_with_a_tortie_address() {
+    plugin_chain("bridge").await;
+}
