@@ -27,15 +27,18 @@ use tortie::api::{Block, CalicoKind, CrdMode, Handle, IPPoolSpec, Pool};
 // ------------------------------------------------------------------------------------------------
 // harness
 
-/// A private copy of the plugin: the shared target dir's binary may be rebuilt by another build
-/// while a test runs.
+/// A private copy of the plugin (`TORTIE_IPAM_BIN`, else the one cargo built for this test): a
+/// target directory shared by several checkouts may get another build of it while a test runs.
 fn plugin() -> &'static Path {
     static P: OnceLock<PathBuf> = OnceLock::new();
     P.get_or_init(|| {
+        let src = std::env::var_os("TORTIE_IPAM_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tortie-ipam")));
         let dir = std::env::temp_dir().join(format!("tortie-cni-e2e-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let dst = dir.join("tortie-ipam");
-        std::fs::copy(env!("CARGO_BIN_EXE_tortie-ipam"), &dst).unwrap();
+        std::fs::copy(&src, &dst).unwrap_or_else(|e| panic!("copy {}: {e}", src.display()));
         dst
     })
 }
@@ -256,12 +259,46 @@ fn handle(cid: &str) -> String {
 #[tokio::test]
 async fn yaobank_pods_get_their_annotated_pools() {
     let ctx = Ctx::new().await;
-    let dir = match ctx.mode {
-        CrdMode::V1 => "v1",
-        CrdMode::V3 => "v3",
+    // Seed 001's lab pools under their real names (the annotation names pool2-ipv4-ippool).
+    // Other tests in this apiserver may have made them already; they are created when absent,
+    // with pool2 and external-pool `Manual` as spec/ipam.md §8 says the lab should set, so that
+    // unannotated pods land only in the default pool.
+    for (name, spec) in [
+        (
+            "default-ipv4-ippool",
+            json!({"cidr": "10.48.0.0/24", "blockSize": 26, "allowedUses": ["Workload", "Tunnel"],
+            "ipipMode": "Never", "vxlanMode": "Never", "natOutgoing": true, "nodeSelector": "all()"}),
+        ),
+        (
+            "pool2-ipv4-ippool",
+            json!({"cidr": "10.48.128.0/24", "blockSize": 26, "ipipMode": "Never",
+            "natOutgoing": true, "nodeSelector": "all()", "assignmentMode": "Manual"}),
+        ),
+        (
+            "external-pool",
+            json!({"cidr": "10.48.2.0/24", "blockSize": 29, "ipipMode": "Never",
+            "natOutgoing": true, "assignmentMode": "Manual"}),
+        ),
+    ] {
+        let spec: IPPoolSpec = serde_json::from_value(spec).unwrap();
+        let obj = Object::new(name, &ctx.mode.resource(CalicoKind::IPPool), spec);
+        match ctx.pools().create(&PostParams::default(), &obj).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => panic!("create IPPool {name}: {e}"),
+        }
+    }
+    let cidr_of = |name: &'static str| {
+        let pools = ctx.pools();
+        async move { pools.get(name).await.unwrap().spec.cidr.parse::<IpNet>().unwrap() }
     };
-    let pools = std::fs::read_to_string(repo_dir().join(format!("examples/{dir}/02-ippools.yaml"))).unwrap();
-    kubectl_stdin_ok(&["apply", "-f", "-"], &pools);
+    let pool2_net = cidr_of("pool2-ipv4-ippool").await;
+    assert_eq!(
+        pool2_net.to_string(),
+        "10.48.128.0/24",
+        "IPPool pool2-ipv4-ippool exists with another CIDR (made by another test?)"
+    );
+    let default_net = cidr_of("default-ipv4-ippool").await;
 
     let node = unique_name("cni-yaobank-node");
     create_node(&ctx.client, &node, &[], Some("10.240.0.10"), &[], &[]).await;
@@ -269,10 +306,10 @@ async fn yaobank_pods_get_their_annotated_pools() {
     create_namespace(&ctx.client, &ns, &[]).await;
     let pool2 = [("cni.projectcalico.org/ipv4pools", r#"["pool2-ipv4-ippool"]"#)];
     let pods = [
+        ("customer-0", &[][..]),
         ("database-0", &pool2[..]),
         ("summary-0", &pool2[..]),
         ("summary-1", &pool2[..]),
-        ("customer-0", &[][..]),
     ];
     let mut got = BTreeMap::new();
     for (pod, ann) in pods {
@@ -284,8 +321,6 @@ async fn yaobank_pods_get_their_annotated_pools() {
         assert_eq!(out.json["routes"], json!([{"dst": "0.0.0.0/0"}]), "{}", out.json);
         got.insert(pod, (cid, ip));
     }
-    let pool2_net: IpNet = "10.48.128.0/24".parse().unwrap();
-    let default_net: IpNet = "10.48.0.0/24".parse().unwrap();
     for pod in ["database-0", "summary-0", "summary-1"] {
         let ip = got[pod].1;
         assert!(
@@ -547,22 +582,42 @@ async fn bad_input_fails_cleanly_and_allocates_nothing() {
         assert!(del(&node, &ns, pod, cid).await.ok);
         ctx.assert_nothing_held(&handle(cid), pod).await;
     }
-    ipam_check_clean();
+    ipam_check_clean(&ctx, &[&ok_cidr, &tiny_cidr]).await;
     delete_namespace(&ctx.client, &ns, Duration::from_secs(60)).await;
 }
 
-/// `tortie ipam check` over the whole cluster reports nothing wrong.
-fn ipam_check_clean() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tortie"))
-        .args(["ipam", "check"])
-        .env("KUBECONFIG", &cluster().kubeconfig)
-        .output()
+/// The engine's `ipam check` finds nothing wrong inside `scope` (the test's own pools: parallel
+/// tests may be mid-allocation elsewhere), with pod liveness checked.
+async fn ipam_check_clean(ctx: &Ctx, scope: &[&str]) {
+    let ipam = tortie::ipam::Ipam::new(ctx.client.clone(), ctx.mode)
+        .await
         .unwrap();
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::all(ctx.client.clone());
+    let live = pods
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|p| {
+            (
+                p.metadata.namespace.unwrap_or_default(),
+                p.metadata.name.unwrap_or_default(),
+            )
+        })
+        .collect();
+    let input = tortie::ipam::report::CheckInput {
+        blocks: ipam.list_blocks().await.unwrap(),
+        handles: ipam.list_handles().await.unwrap(),
+        affinities: ipam.list_affinities().await.unwrap(),
+        pods: Some(live),
+        scope: Some(scope.iter().map(|c| c.parse().unwrap()).collect()),
+    };
+    let problems = tortie::ipam::report::check(&input);
     assert!(
-        out.status.success(),
-        "tortie ipam check: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        problems.is_empty(),
+        "ipam check in {scope:?}:\n{}",
+        tortie::ipam::report::render_problems(&problems)
     );
 }
 
