@@ -859,7 +859,7 @@ async fn plugin_chain(main_plugin: &str) {
             ("CNI_PATH", cni_path.as_str()),
             ("CNI_NETNS", &format!("/run/netns/{pod_netns}")),
         ];
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_ref())).collect();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v)).collect();
         let out = exec(
             &["ip", "netns", "exec", &node_ns, &main_bin],
             "ADD",
