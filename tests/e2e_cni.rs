@@ -855,11 +855,11 @@ async fn plugin_chain(main_plugin: &str) {
         let cid = unique_name(pod);
         let pod_netns = format!("{pod_ns}{}", &pod[4..]);
         netns.add(&pod_netns);
-        let env = [
+        let netns_path = format!("/run/netns/{pod_netns}");
+        let env = vec![
             ("CNI_PATH", cni_path.as_str()),
-            ("CNI_NETNS", &format!("/run/netns/{pod_netns}")),
+            ("CNI_NETNS", netns_path.as_str()),
         ];
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v)).collect();
         let out = exec(
             &["ip", "netns", "exec", &node_ns, &main_bin],
             "ADD",
