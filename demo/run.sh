@@ -30,7 +30,7 @@ NODES=(node-1 node-2 node-3)
 SHOW_NODE=node-1
 
 step_no=0
-STEPS=8
+STEPS=9
 t_start=$(date +%s)
 step() { step_no=$((step_no + 1)); printf '\n\033[1m==> [%d/%d] %s\033[0m\n' "$step_no" "$STEPS" "$*"; }
 info() { printf '    %s\n' "$*"; }
@@ -108,7 +108,9 @@ cmd_up() {
     info "already running; reusing it (make demo-down for a fresh one)"
     eval "$(bash "$REPO/e2e/cluster.sh" env -d "$CLUSTER_DIR")"
   else
-    eval "$(bash "$REPO/e2e/cluster.sh" up -d "$CLUSTER_DIR")"
+    local env_lines
+    env_lines=$(bash "$REPO/e2e/cluster.sh" up -d "$CLUSTER_DIR") || fail "the control plane did not start (logs: $CLUSTER_DIR/logs)"
+    eval "$env_lines"
   fi
   export KUBECONFIG
   info "KUBECONFIG=$KUBECONFIG"
@@ -299,14 +301,14 @@ show_bird() {
   if [[ -z $source ]] && has_render; then
     local in=$DEMO_DIR/bird/manifests
     rm -rf "$in" && mkdir -p "$in"
-    cp "$REPO/examples/lab-nodes.yaml" "$REPO/examples/$MODE/"*.yaml "$in/"
+    # The renderer's inputs exactly as the cluster stores them.
     local g; g=$([[ $MODE == v3 ]] && echo projectcalico.org || echo crd.projectcalico.org)
     local kind
-    for kind in ippools ipamblocks blockaffinities bgpconfigurations bgppeers; do
-      "$KUBECTL" get "$kind.$g" -o json | jq -c '.items[] | del(.metadata.managedFields)' \
-        | awk '{print "---"; print}' >"$in/zz-cluster-$kind.yaml"
+    for kind in nodes "ippools.$g" "ipamblocks.$g" "blockaffinities.$g" "bgpconfigurations.$g" "bgppeers.$g"; do
+      "$KUBECTL" get "$kind" -o json | jq -c '.items[] | del(.metadata.managedFields)' \
+        | awk '{print "---"; print}' >"$in/${kind%%.*}.yaml"
     done
-    if "$BIN/tortie" render --node "$SHOW_NODE" -f "$in" --out "$dir" >"$DEMO_DIR/bird/render.log" 2>&1; then
+    if "$BIN/tortie" render --node "$SHOW_NODE" -f "$in" --out "$dir" --check >"$DEMO_DIR/bird/render.log" 2>&1; then
       source="rendered by \`tortie render --node $SHOW_NODE\` from the cluster's objects"
     else
       info "tortie render failed: $(tail -n 3 "$DEMO_DIR/bird/render.log")"
@@ -330,7 +332,7 @@ show_bird() {
   echo
   local bh; bh=$(cat "$dir"/*.cfg | grep -E 'blackhole' | sed 's/^ *//' | sort -u || true)
   if [[ -n $bh ]]; then
-    info "blackhole routes for $SHOW_NODE's blocks:"
+    info "blackhole routes in $SHOW_NODE's files (its blocks, then the advertised service range):"
     sed 's/^/      /' <<<"$bh"
   else
     info "no blackhole route in $SHOW_NODE's files (does it hold a block yet?)"
