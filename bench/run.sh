@@ -12,13 +12,10 @@ echo "== micro benchmarks (criterion)" >&2
 cargo bench --bench ipam_core -- "${crit_args[@]}"
 [[ -f benches/bgp_render.rs ]] && cargo bench --bench bgp_render -- "${crit_args[@]}"
 
-if [[ -f src/bin/tortie-bench.rs ]]; then
-  echo "== system benchmarks (tortie-bench, real control plane)" >&2
-  cargo build --release --bins
-  bench_args=()
-  ((quick)) && bench_args=(--quick)
-  bash e2e/with-cluster.sh target/release/tortie-bench all --out bench/results.json "${bench_args[@]}"
-fi
+echo "== system benchmarks (benches/system.rs: real control plane, real tortie-ipam processes)" >&2
+bench_args=()
+((quick)) && bench_args=(--quick)
+bash e2e/with-cluster.sh cargo bench --bench system -- all --out bench/results.json "${bench_args[@]}"
 
 echo "== report" >&2
 python3 -c 'import matplotlib' 2>/dev/null || python3 -m pip install --quiet 'matplotlib==3.11.2'
