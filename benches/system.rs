@@ -288,7 +288,7 @@ async fn request_counts(client: &Client) -> BTreeMap<String, f64> {
         if !relevant || get("subresource") == "status" && resource == "pods" {
             continue;
         }
-        let verb = get("verb");
+        let verb = get("verb").to_ascii_lowercase();
         *out.entry(verb).or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
     }
     out
@@ -397,7 +397,7 @@ async fn burst_bench(quick: bool, one_node: bool) -> Value {
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let ok = lat.len();
     let failures = failures.lock().unwrap().clone();
-    let writes: f64 = ["create", "update", "patch", "delete"].iter().map(|v| calls.get(*v).copied().unwrap_or(0.0)).sum();
+    let writes: f64 = ["post", "put", "patch", "delete"].iter().map(|v| calls.get(*v).copied().unwrap_or(0.0)).sum();
     let reads: f64 = ["get", "list", "watch"].iter().map(|v| calls.get(*v).copied().unwrap_or(0.0)).sum();
     let per = |x: f64| if ok > 0 { x / ok as f64 } else { 0.0 };
     let rate = ok as f64 / elapsed.as_secs_f64();
