@@ -72,18 +72,23 @@ fn main() {
         };
         println!("{}", serde_json::to_string_pretty(&s).unwrap());
         sections.push(s);
+        // Written after every section, so that a failure later keeps what was measured.
+        write_results(&opts.out, &mut sections);
     }
+}
+
+fn write_results(out: &Path, sections: &mut [Value]) {
     sections.sort_by_key(|s| s["order"].as_u64().unwrap_or(99));
     let doc = json!({
         "machine": machine(),
         "date": jiff::Timestamp::now().to_string(),
         "sections": sections,
     });
-    if let Some(dir) = opts.out.parent() {
+    if let Some(dir) = out.parent() {
         std::fs::create_dir_all(dir).unwrap();
     }
-    std::fs::write(&opts.out, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
-    eprintln!("wrote {}", opts.out.display());
+    std::fs::write(out, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
+    eprintln!("wrote {}", out.display());
 }
 
 fn machine() -> String {
@@ -318,9 +323,9 @@ async fn burst_bench(quick: bool, one_node: bool) -> Value {
     };
     install_crds();
     let client = client().await;
-    let run = format!("b{}", std::process::id());
+    let run = format!("b{}{}", std::process::id(), if one_node { "o" } else { "m" });
     let ns = format!("bench-{run}");
-    let pool_cidr = format!("10.{}.0.0/16", 150 + (std::process::id() % 50));
+    let pool_cidr = format!("10.{}.0.0/16", 150 + (std::process::id() % 25) * 2 + u32::from(one_node));
     let pools: Api<tortie::api::Pool> =
         Api::all_with(client.clone(), &tortie::api::CrdMode::V1.resource(tortie::api::CalicoKind::IPPool));
     let pool_name = format!("bench-{run}");
