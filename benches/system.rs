@@ -50,7 +50,10 @@ fn parse_args() -> Opts {
 
 fn main() {
     let opts = parse_args();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let mut sections: Vec<Value> = vec![];
     // Keep sections of an earlier run that this run does not redo.
     if let Ok(old) = std::fs::read_to_string(&opts.out)
@@ -95,7 +98,11 @@ fn machine() -> String {
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
     let mem = std::fs::read_to_string("/proc/meminfo")
         .ok()
-        .and_then(|m| m.lines().next().map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string()))
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string())
+        })
         .and_then(|kb| kb.parse::<u64>().ok())
         .map(|kb| kb / 1024 / 1024)
         .unwrap_or(0);
@@ -118,7 +125,10 @@ fn node(i: usize, rr: bool) -> Node {
     .unwrap();
     if rr {
         n.labels_mut().insert("route-reflector".into(), "true".into());
-        n.annotations_mut().insert("projectcalico.org/RouteReflectorClusterID".into(), "224.0.0.1".into());
+        n.annotations_mut().insert(
+            "projectcalico.org/RouteReflectorClusterID".into(),
+            "224.0.0.1".into(),
+        );
     }
     n
 }
@@ -242,7 +252,9 @@ fn kubeconfig() -> PathBuf {
 
 async fn client() -> Client {
     let kc = kube::config::Kubeconfig::read_from(kubeconfig()).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
     Client::try_from(config).unwrap()
 }
 
@@ -265,7 +277,13 @@ fn install_crds() {
     Command::new(kubectl())
         .arg("--kubeconfig")
         .arg(kubeconfig())
-        .args(["wait", "--for=condition=Established", "crd", "--all", "--timeout=60s"])
+        .args([
+            "wait",
+            "--for=condition=Established",
+            "crd",
+            "--all",
+            "--timeout=60s",
+        ])
         .stdout(Stdio::null())
         .status()
         .unwrap();
@@ -325,9 +343,14 @@ async fn burst_bench(quick: bool, one_node: bool) -> Value {
     let client = client().await;
     let run = format!("b{}{}", std::process::id(), if one_node { "o" } else { "m" });
     let ns = format!("bench-{run}");
-    let pool_cidr = format!("10.{}.0.0/16", 150 + (std::process::id() % 25) * 2 + u32::from(one_node));
-    let pools: Api<tortie::api::Pool> =
-        Api::all_with(client.clone(), &tortie::api::CrdMode::V1.resource(tortie::api::CalicoKind::IPPool));
+    let pool_cidr = format!(
+        "10.{}.0.0/16",
+        150 + (std::process::id() % 25) * 2 + u32::from(one_node)
+    );
+    let pools: Api<tortie::api::Pool> = Api::all_with(
+        client.clone(),
+        &tortie::api::CrdMode::V1.resource(tortie::api::CalicoKind::IPPool),
+    );
     let pool_name = format!("bench-{run}");
     let pool: tortie::api::Pool = serde_json::from_value(json!({
         "apiVersion": "crd.projectcalico.org/v1", "kind": "IPPool",
@@ -347,7 +370,10 @@ async fn burst_bench(quick: bool, one_node: bool) -> Value {
     }
     let ns_api: Api<Namespace> = Api::all(client.clone());
     ns_api
-        .create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
+        )
         .await
         .unwrap();
     let pod_api: Api<Pod> = Api::namespaced(client.clone(), &ns);
@@ -361,7 +387,10 @@ async fn burst_bench(quick: bool, one_node: bool) -> Value {
         }))
         .unwrap();
         pod_api.create(&PostParams::default(), &pod).await.unwrap();
-        work[i % nodes].push((name, format!("{:064x}", (std::process::id() as u128) << 64 | i as u128)));
+        work[i % nodes].push((
+            name,
+            format!("{:064x}", (std::process::id() as u128) << 64 | i as u128),
+        ));
     }
 
     let plugin = PathBuf::from(env!("CARGO_BIN_EXE_tortie-ipam"));
@@ -375,12 +404,19 @@ async fn burst_bench(quick: bool, one_node: bool) -> Value {
         // Bounded concurrency per node, as a kubelet starting pods in parallel.
         let items = Arc::new(std::sync::Mutex::new(items.clone()));
         for _ in 0..per_node_conc {
-            let (items, node, plugin, kc, ns) =
-                (items.clone(), node.clone(), plugin.clone(), kc.clone(), ns.clone());
+            let (items, node, plugin, kc, ns) = (
+                items.clone(),
+                node.clone(),
+                plugin.clone(),
+                kc.clone(),
+                ns.clone(),
+            );
             let (latencies, failures) = (latencies.clone(), failures.clone());
             tasks.push(tokio::task::spawn_blocking(move || {
                 loop {
-                    let Some((pod, cid)) = items.lock().unwrap().pop() else { break };
+                    let Some((pod, cid)) = items.lock().unwrap().pop() else {
+                        break;
+                    };
                     let t = Instant::now();
                     let out = cni(&plugin, &kc, &node, &ns, &pod, &cid, "ADD");
                     let dt = t.elapsed().as_secs_f64();
@@ -402,8 +438,14 @@ async fn burst_bench(quick: bool, one_node: bool) -> Value {
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let ok = lat.len();
     let failures = failures.lock().unwrap().clone();
-    let writes: f64 = ["post", "put", "patch", "delete"].iter().map(|v| calls.get(*v).copied().unwrap_or(0.0)).sum();
-    let reads: f64 = ["get", "list", "watch"].iter().map(|v| calls.get(*v).copied().unwrap_or(0.0)).sum();
+    let writes: f64 = ["post", "put", "patch", "delete"]
+        .iter()
+        .map(|v| calls.get(*v).copied().unwrap_or(0.0))
+        .sum();
+    let reads: f64 = ["get", "list", "watch"]
+        .iter()
+        .map(|v| calls.get(*v).copied().unwrap_or(0.0))
+        .sum();
     let per = |x: f64| if ok > 0 { x / ok as f64 } else { 0.0 };
     let rate = ok as f64 / elapsed.as_secs_f64();
     eprintln!(
@@ -431,8 +473,10 @@ async fn burst_bench(quick: bool, one_node: bool) -> Value {
     }
     let _ = pools.delete(&pool_name, &DeleteParams::default()).await;
     let leftover = {
-        let blocks: Api<tortie::api::Block> =
-            Api::all_with(client.clone(), &tortie::api::CrdMode::V1.resource(tortie::api::CalicoKind::IPAMBlock));
+        let blocks: Api<tortie::api::Block> = Api::all_with(
+            client.clone(),
+            &tortie::api::CrdMode::V1.resource(tortie::api::CalicoKind::IPAMBlock),
+        );
         let net: ipnet::IpNet = pool_cidr.parse().unwrap();
         blocks
             .list(&ListParams::default())
@@ -440,7 +484,12 @@ async fn burst_bench(quick: bool, one_node: bool) -> Value {
             .unwrap()
             .items
             .iter()
-            .filter(|b| b.spec.cidr.parse::<ipnet::IpNet>().is_ok_and(|c| net.contains(&c)))
+            .filter(|b| {
+                b.spec
+                    .cidr
+                    .parse::<ipnet::IpNet>()
+                    .is_ok_and(|c| net.contains(&c))
+            })
             .map(|b| b.spec.allocations.iter().filter(|a| a.is_some()).count())
             .sum::<usize>()
     };
@@ -478,7 +527,15 @@ async fn burst_bench(quick: bool, one_node: bool) -> Value {
     })
 }
 
-fn cni(plugin: &Path, kc: &Path, node: &str, ns: &str, pod: &str, cid: &str, cmd: &str) -> Result<Value, String> {
+fn cni(
+    plugin: &Path,
+    kc: &Path,
+    node: &str,
+    ns: &str,
+    pod: &str,
+    cid: &str,
+    cmd: &str,
+) -> Result<Value, String> {
     let conf = json!({
         "cniVersion": "1.0.0",
         "name": "k8s-pod-network",
@@ -494,17 +551,31 @@ fn cni(plugin: &Path, kc: &Path, node: &str, ns: &str, pod: &str, cid: &str, cmd
         .env("CNI_NETNS", format!("/var/run/netns/{cid}"))
         .env("CNI_IFNAME", "eth0")
         .env("CNI_PATH", "/usr/lib/cni")
-        .env("CNI_ARGS", format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={pod};K8S_POD_INFRA_CONTAINER_ID={cid}"))
+        .env(
+            "CNI_ARGS",
+            format!(
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={pod};K8S_POD_INFRA_CONTAINER_ID={cid}"
+            ),
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("spawn {}: {e}", plugin.display()))?;
-    child.stdin.take().unwrap().write_all(conf.to_string().as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.to_string().as_bytes())
+        .unwrap();
     let out = child.wait_with_output().map_err(|e| e.to_string())?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
-        return Err(format!("{} {}", stdout.trim(), String::from_utf8_lossy(&out.stderr).trim()));
+        return Err(format!(
+            "{} {}",
+            stdout.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
     }
     if stdout.trim().is_empty() {
         return Ok(Value::Null);
