@@ -66,6 +66,14 @@ impl StoreError {
     }
 }
 
+/// Writes are attributed to tortie in managedFields (who wrote what, for operators debugging).
+fn pp() -> PostParams {
+    PostParams {
+        dry_run: false,
+        field_manager: Some("tortie-ipam".into()),
+    }
+}
+
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 const BLOCK: &str = "IPAMBlock";
@@ -163,7 +171,7 @@ where
     let mut marked = obj.clone();
     marked.mark_deleted(mode);
     let written = api
-        .replace(&name, &PostParams::default(), &marked)
+        .replace(&name, &pp(), &marked)
         .await
         .map_err(|e| StoreError::from_kube(kind, &name, e))?;
     hard_delete(api, kind, &written).await
@@ -181,7 +189,7 @@ where
             detail: "refusing an update without metadata.resourceVersion".into(),
         });
     }
-    api.replace(&name, &PostParams::default(), obj)
+    api.replace(&name, &pp(), obj)
         .await
         .map_err(|e| StoreError::from_kube(kind, &name, e))
 }
@@ -191,7 +199,7 @@ where
     K: kube::Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
 {
     let name = obj.meta().name.clone().unwrap_or_default();
-    api.create(&PostParams::default(), obj)
+    api.create(&pp(), obj)
         .await
         .map_err(|e| StoreError::from_kube(kind, &name, e))
 }
