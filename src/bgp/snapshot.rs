@@ -75,10 +75,18 @@ impl Snapshot {
     /// Builds a snapshot from YAML manifests (several documents per text, `List` objects
     /// allowed). Kinds that do not affect BGP are ignored; `source` names the text in errors.
     pub fn add_manifests(&mut self, source: &str, text: &str) -> Result<(), RenderError> {
-        let docs: Vec<Value> = serde_saphyr::from_multiple(text).map_err(|e| RenderError::Manifest {
-            origin: source.to_string(),
-            message: e.to_string(),
-        })?;
+        // A cluster dump holds thousands of documents; the parser's default budget stops at 1,024.
+        let options = serde_saphyr::options! {
+            budget: serde_saphyr::budget! {
+                max_documents: 10_000_000,
+                max_events: 500_000_000,
+            },
+        };
+        let docs: Vec<Value> =
+            serde_saphyr::from_multiple_with_options(text, options).map_err(|e| RenderError::Manifest {
+                origin: source.to_string(),
+                message: e.to_string(),
+            })?;
         for doc in docs {
             self.add_value(source, doc)?;
         }
@@ -385,6 +393,16 @@ metadata: {name: ignored}
         assert_eq!(s.secrets["s"]["pw"], "hunter2");
         let n = NodeBgp::from_node(&s.nodes[0]).unwrap();
         assert_eq!(n.addr(false), Some("10.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn thousands_of_documents_load() {
+        let text: String = (0..3000)
+            .map(|i| format!("apiVersion: crd.projectcalico.org/v1\nkind: BGPPeer\nmetadata: {{name: p{i}}}\nspec: {{peerIP: 192.0.2.1, asNumber: 65000}}\n---\n"))
+            .collect();
+        let mut s = Snapshot::default();
+        s.add_manifests("big.yaml", &text).unwrap();
+        assert_eq!(s.peers.len(), 3000);
     }
 
     #[test]
