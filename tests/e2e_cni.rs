@@ -958,3 +958,62 @@ async fn ptp_chain_attaches_a_pod_namespace_with_a_tortie_address() {
 async fn bridge_chain_attaches_a_pod_namespace_with_a_tortie_address() {
     plugin_chain("bridge").await;
 }
+
+// ------------------------------------------------------------------------------------------------
+// CNI 1.1 GC and STATUS
+
+#[tokio::test]
+async fn gc_releases_only_this_nodes_unknown_containers() {
+    let ctx = Ctx::new().await;
+    let cidr = unique_cidr(24);
+    let pool = ctx.pool("cni-gc", &cidr, 26, json!({})).await;
+    let (n1, n2) = (unique_name("cni-gc-a"), unique_name("cni-gc-b"));
+    create_node(&ctx.client, &n1, &[], None, &[], &[]).await;
+    create_node(&ctx.client, &n2, &[], None, &[], &[]).await;
+    let ns = unique_name("cni-gc");
+    create_namespace(&ctx.client, &ns, &[]).await;
+    let ipam = json!({"ipv4_pools": [pool]});
+    let mut cids = vec![];
+    for (i, node) in [&n1, &n1, &n1, &n2].into_iter().enumerate() {
+        let pod = format!("p{i}");
+        create_pod(&ctx.client, &ns, &pod, Some(node), &[]).await;
+        let cid = unique_name(&pod);
+        add(node, &ns, &pod, &cid, ipam.clone()).await.ip();
+        cids.push(cid);
+    }
+    // The runtime on n1 knows only the first container; n2's is not its business.
+    let mut c = conf(&n1, json!({}));
+    c["cniVersion"] = json!("1.1.0");
+    c["cni.dev/valid-attachments"] = json!([{"containerID": cids[0], "ifname": "eth0"}]);
+    let p = plugin().to_str().unwrap();
+    let out = exec(&[p], "GC", "", "", &c, &[]).await;
+    assert!(out.ok, "GC: {} {}", out.json, out.stderr);
+    assert_eq!(
+        ctx.held(&handle(&cids[0])).await.0.len(),
+        1,
+        "valid container kept"
+    );
+    ctx.assert_nothing_held(&handle(&cids[1]), "stale p1").await;
+    ctx.assert_nothing_held(&handle(&cids[2]), "stale p2").await;
+    assert_eq!(
+        ctx.held(&handle(&cids[3])).await.0.len(),
+        1,
+        "other node's container kept"
+    );
+    // Without the list, GC refuses instead of releasing everything.
+    c.as_object_mut().unwrap().remove("cni.dev/valid-attachments");
+    exec(&[p], "GC", "", "", &c, &[])
+        .await
+        .expect_err(7, &["cni.dev/valid-attachments"]);
+    assert_eq!(ctx.held(&handle(&cids[0])).await.0.len(), 1);
+
+    // STATUS: available while the apiserver answers and a pool is enabled.
+    let out = exec(&[p], "STATUS", "", "", &c, &[]).await;
+    assert!(out.ok, "STATUS: {} {}", out.json, out.stderr);
+
+    for (i, node) in [(0, &n1), (3, &n2)] {
+        assert!(del(node, &ns, &format!("p{i}"), &cids[i]).await.ok);
+    }
+    ipam_check_clean(&ctx, &[&cidr]).await;
+    delete_namespace(&ctx.client, &ns, Duration::from_secs(60)).await;
+}

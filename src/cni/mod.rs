@@ -6,6 +6,7 @@ pub mod config;
 pub mod env;
 pub mod error;
 pub mod gateway;
+pub mod gc;
 pub mod plugin;
 pub mod request;
 pub mod result;

@@ -60,7 +60,7 @@ async fn dispatch(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<Option<V
         Command::Del => ctx.del(env).await.map(|_| None),
         Command::Check => ctx.check(stdin).await.map(|_| None),
         Command::Status => ctx.status().await.map(|_| None),
-        Command::Gc => Ok(None),
+        Command::Gc => ctx.gc(&conf.name, stdin).await.map(|_| None),
         Command::Version => unreachable!("VERSION is answered before any I/O"),
     }
 }
@@ -405,6 +405,21 @@ impl Ctx {
                     self.handle
                 )));
             }
+        }
+        Ok(())
+    }
+
+    /// GC (CNI 1.1): release this node's allocations of containers the runtime no longer has.
+    async fn gc(&self, network: &str, stdin: &[u8]) -> Result<(), CniError> {
+        let valid = super::gc::valid_containers(stdin)?;
+        let ipam = self.ipam().await?;
+        let blocks = ipam.list_blocks().await.map_err(ipam_err(&Source::Default))?;
+        for handle in super::gc::stale_handles(&blocks, &self.node, network, &valid) {
+            let released = ipam
+                .release_by_handle(&handle)
+                .await
+                .map_err(ipam_err(&Source::Default))?;
+            info!(%handle, ?released, "released by GC (container not among valid attachments)");
         }
         Ok(())
     }
