@@ -49,6 +49,14 @@ fn parse_args() -> Opts {
 }
 
 fn main() {
+    // `cargo test --all-targets` runs bench targets too, without `--bench`: then only check that
+    // the pure rendering path works on a small input, and touch no cluster.
+    if !std::env::args().any(|a| a == "--bench") {
+        let s = render_sizes(&[10]);
+        assert_eq!(s["rows"].as_array().map(Vec::len), Some(2));
+        println!("system benchmarks: test mode (run them with `make bench`)");
+        return;
+    }
     let opts = parse_args();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -169,7 +177,10 @@ spec: {{cidr: 10.48.0.0/16, blockSize: 26, natOutgoing: true}}
 }
 
 fn render_bench(quick: bool) -> Value {
-    let sizes: &[usize] = if quick { &[100, 1000] } else { &[100, 1000, 5000] };
+    render_sizes(if quick { &[100, 1000] } else { &[100, 1000, 5000] })
+}
+
+fn render_sizes(sizes: &[usize]) -> Value {
     let sel = CalicoSelectors::default();
     let opts = RenderOptions::default();
     let mut rows = vec![];
