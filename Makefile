@@ -23,13 +23,14 @@ crds: ## regenerate crds/v1 and crds/v3 from the Rust types
 unit: ## unit and property tests only (no control plane)
 	$(CARGO) test --lib --bins
 
-# One control plane serves every test binary of a run (e2e/with-cluster.sh); tests use unique names.
+# Each e2e test binary starts its own control plane (tests/support, ~10 s): tests of one binary
+# share a cluster and are written for that; binaries do not see each other's pools and nodes.
 test: deps ## every test: unit, property, CRD drift and e2e against a real kube-apiserver
 	$(CARGO) build --all-targets
-	bash e2e/with-cluster.sh $(CARGO) test --all-targets -- --test-threads=$${TEST_THREADS:-4}
+	$(CARGO) test --all-targets -- --test-threads=$${TEST_THREADS:-4}
 
 e2e: deps ## only the tests that need the real control plane
-	bash e2e/with-cluster.sh $(CARGO) test $(patsubst tests/%.rs,--test %,$(wildcard tests/e2e_*.rs)) -- --test-threads=$${TEST_THREADS:-4}
+	$(CARGO) test $(patsubst tests/%.rs,--test %,$(wildcard tests/e2e_*.rs)) -- --test-threads=$${TEST_THREADS:-4}
 
 bench: deps ## benchmarks: criterion micro benches + system benches against the real control plane; writes BENCHMARKS.md
 	bash bench/run.sh
