@@ -98,6 +98,8 @@ pub struct Cluster<'a> {
     selectors: &'a dyn SelectorEngine,
     pub warnings: std::cell::RefCell<Vec<String>>,
     keys: Vec<((KeyKind, IpAddr, u16), PeerData)>,
+    /// The keys already emitted (first writer wins), for constant-time lookups.
+    key_index: BTreeSet<(KeyKind, IpAddr, u16)>,
     pub has_password: std::cell::Cell<bool>,
 }
 
@@ -163,6 +165,7 @@ impl<'a> Cluster<'a> {
             selectors,
             warnings: std::cell::RefCell::new(warnings),
             keys: Vec::new(),
+            key_index: BTreeSet::new(),
             has_password: std::cell::Cell::new(false),
         };
         c.compute_keys();
@@ -308,17 +311,13 @@ impl<'a> Cluster<'a> {
     }
 
     fn emit(&mut self, key: (KeyKind, IpAddr, u16), peer: PeerData) {
-        if self.keys.iter().any(|(k, _)| *k == key) {
+        if self.key_index.contains(&key) {
             return;
         }
-        if key.0 == KeyKind::Node
-            && self
-                .keys
-                .iter()
-                .any(|(k, _)| *k == (KeyKind::Global, key.1, key.2))
-        {
+        if key.0 == KeyKind::Node && self.key_index.contains(&(KeyKind::Global, key.1, key.2)) {
             return;
         }
+        self.key_index.insert(key);
         self.keys.push((key, peer));
     }
 
