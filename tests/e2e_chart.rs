@@ -890,12 +890,13 @@ fn least_privilege_by_impersonation(ns: &str) {
 
 // --- the operator and the CNI plugin as processes, each with its own ServiceAccount's token ---
 
+/// The package's binaries, which Cargo builds before its integration tests.
 fn bin(name: &str) -> PathBuf {
-    // Cargo builds the package's binaries before its integration tests.
-    let dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("target"));
-    dir.join("debug").join(name)
+    PathBuf::from(match name {
+        "tortie" => env!("CARGO_BIN_EXE_tortie"),
+        "tortie-ipam" => env!("CARGO_BIN_EXE_tortie-ipam"),
+        other => panic!("no binary {other} in this package"),
+    })
 }
 
 fn sa_kubeconfig(ns: &str, sa: &str) -> PathBuf {
