@@ -843,6 +843,8 @@ fn least_privilege_by_impersonation(ns: &str) {
         "installations.operator.tigera.io/status",
         None,
     );
+    yes("tortie-operator", "watch", "services", None);
+    yes("tortie-operator", "list", "endpointslices.discovery.k8s.io", None);
     yes("tortie-operator", "watch", "pods", None);
     yes(
         "tortie-operator",
