@@ -2,9 +2,10 @@
 //! exactly as a container runtime does (CNI environment + network config on stdin), directly and
 //! through Debian's reference `ptp` and `bridge` plugins in network namespaces.
 //!
-//! Pools made here are `assignmentMode: Manual` with CIDRs unique to the test (10.200.0.0/16 and
-//! up), so that parallel tests in the same apiserver never allocate from them by accident. The
-//! yaobank test applies seed 001's lab pools by their real names.
+//! Pools made here are `assignmentMode: Manual` with CIDRs unique to the test (in 172.16.0.0/12),
+//! so that parallel tests in the same apiserver never allocate from them by accident, and are
+//! deleted when the test passes. The yaobank test makes seed 001's lab pools under their real
+//! names when absent and deletes the ones it made.
 
 mod support;
 
@@ -46,13 +47,31 @@ fn plugin() -> &'static Path {
 struct Ctx {
     client: kube::Client,
     mode: CrdMode,
+    /// Pools this test made, deleted by [`Ctx::done`].
+    made: std::sync::Mutex<Vec<String>>,
 }
 
 impl Ctx {
     async fn new() -> Ctx {
         let client = client().await;
         let mode = CrdMode::detect(&client).await.unwrap();
-        Ctx { client, mode }
+        Ctx {
+            client,
+            mode,
+            made: Default::default(),
+        }
+    }
+
+    /// Deletes the pools this test made (other tests share the apiserver).
+    async fn done(&self) {
+        let names = std::mem::take(&mut *self.made.lock().unwrap());
+        for name in names {
+            match self.pools().delete(&name, &Default::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => panic!("delete IPPool {name}: {e}"),
+            }
+        }
     }
 
     fn pools(&self) -> Api<Pool> {
@@ -73,6 +92,7 @@ impl Ctx {
             .create(&PostParams::default(), &obj)
             .await
             .unwrap_or_else(|e| panic!("create IPPool {name}: {e}"));
+        self.made.lock().unwrap().push(name.clone());
         name
     }
 
@@ -127,15 +147,16 @@ impl Ctx {
     }
 }
 
-/// A unique /24 (or larger) in 10.200.0.0-10.249.255.255 for one pool of one test.
+/// A CIDR of `prefix_len` unique to one pool of one test, in 172.16.0.0/12, which no other test
+/// of this repository uses (pod routes stay inside the tests' network namespaces).
 fn unique_cidr(prefix_len: u8) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     let n = N.fetch_add(1, Ordering::Relaxed);
     let seed = (std::process::id().wrapping_mul(2654435761) ^ (n << 8)).wrapping_add(n * 4099);
     let size = 1u32 << (32 - u32::from(prefix_len));
-    let span = 50u32 << 16; // 10.200.0.0 .. 10.249.255.255
+    let span = 1u32 << 20; // 172.16.0.0/12
     let off = (seed % (span / size)) * size;
-    let base = (10u32 << 24) | (200u32 << 16);
+    let base = (172u32 << 24) | (16u32 << 16);
     format!("{}/{prefix_len}", std::net::Ipv4Addr::from(base + off))
 }
 
@@ -283,7 +304,7 @@ async fn yaobank_pods_get_their_annotated_pools() {
         let spec: IPPoolSpec = serde_json::from_value(spec).unwrap();
         let obj = Object::new(name, &ctx.mode.resource(CalicoKind::IPPool), spec);
         match ctx.pools().create(&PostParams::default(), &obj).await {
-            Ok(_) => {}
+            Ok(_) => ctx.made.lock().unwrap().push(name.to_string()),
             Err(kube::Error::Api(e)) if e.code == 409 => {}
             Err(e) => panic!("create IPPool {name}: {e}"),
         }
@@ -382,6 +403,7 @@ async fn yaobank_pods_get_their_annotated_pools() {
     out.expect_err(107, &["holds no address"]);
 
     delete_namespace(&ctx.client, &ns, Duration::from_secs(60)).await;
+    ctx.done().await;
 }
 
 #[tokio::test]
@@ -440,6 +462,7 @@ async fn namespace_annotation_applies_when_the_pod_has_none() {
     }
     delete_namespace(&ctx.client, &ns, Duration::from_secs(60)).await;
     delete_namespace(&ctx.client, &ns2, Duration::from_secs(60)).await;
+    ctx.done().await;
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -584,6 +607,7 @@ async fn bad_input_fails_cleanly_and_allocates_nothing() {
     }
     ipam_check_clean(&ctx, &[&ok_cidr, &tiny_cidr]).await;
     delete_namespace(&ctx.client, &ns, Duration::from_secs(60)).await;
+    ctx.done().await;
 }
 
 /// The engine's `ipam check` finds nothing wrong inside `scope` (the test's own pools: parallel
@@ -729,6 +753,7 @@ async fn thirty_two_concurrent_adds_on_four_nodes_get_distinct_addresses() {
         ctx.assert_nothing_held(&handle(cid), pod).await;
     }
     delete_namespace(&ctx.client, &ns, Duration::from_secs(60)).await;
+    ctx.done().await;
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -946,7 +971,15 @@ async fn plugin_chain(main_plugin: &str) {
         Some(format!("tortie-gateway.{node}").as_str())
     );
     assert_eq!(left[0].2["type"], "gatewayAddress");
+    // The node is going away: give its gateway back.
+    let ipam = tortie::ipam::Ipam::new(ctx.client.clone(), ctx.mode)
+        .await
+        .unwrap();
+    let gw_handle = format!("tortie-gateway.{node}");
+    assert_eq!(ipam.release_by_handle(&gw_handle).await.unwrap().len(), 1);
+    ctx.assert_nothing_held(&gw_handle, "gateway").await;
     delete_namespace(&ctx.client, &ns, Duration::from_secs(60)).await;
+    ctx.done().await;
 }
 
 #[tokio::test]
@@ -1016,4 +1049,5 @@ async fn gc_releases_only_this_nodes_unknown_containers() {
     }
     ipam_check_clean(&ctx, &[&cidr]).await;
     delete_namespace(&ctx.client, &ns, Duration::from_secs(60)).await;
+    ctx.done().await;
 }
