@@ -27,7 +27,7 @@ RELEASE=tortie
 TARGET=${CARGO_TARGET_DIR:-$REPO/target}
 BIN=$TARGET/debug
 NODES=(node-1 node-2 node-3)
-SHOW_NODE=node-1
+SHOW_NODE="node-1"
 
 step_no=0
 STEPS=9
@@ -76,7 +76,7 @@ has_ipam_plugin() {
 
 # wait_until SECONDS DESCRIPTION COMMAND...: poll every 0.5 s.
 wait_until() {
-  local secs=$1 what=$2; shift 2
+  local secs=$1; shift 2
   local deadline=$((SECONDS + secs))
   until "$@" >/dev/null 2>&1; do
     ((SECONDS < deadline)) || return 1
@@ -99,7 +99,8 @@ cmd_up() {
   KUBECTL=$TOOLS_BIN/kubectl HELM=$TOOLS_BIN/helm
 
   step "Build tortie and tortie-ipam (cargo build --bins)"
-  (cd "$REPO" && CARGO_TARGET_DIR=$TARGET cargo build --bins 2>&1 | grep -vE '^\s+(Compiling|Checking|Blocking)' || true)
+  # Cargo's own lines are the progress (a few minutes on a fresh clone, seconds afterwards).
+  (cd "$REPO" && CARGO_TARGET_DIR=$TARGET cargo build --bins) || fail "cargo build --bins failed"
   [[ -x $BIN/tortie ]] || fail "cargo build did not produce $BIN/tortie"
   info "binaries in $BIN"
 
