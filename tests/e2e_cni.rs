@@ -1051,3 +1051,79 @@ async fn gc_releases_only_this_nodes_unknown_containers() {
     delete_namespace(&ctx.client, &ns, Duration::from_secs(60)).await;
     ctx.done().await;
 }
+
+// ------------------------------------------------------------------------------------------------
+// dual stack
+
+/// A unique IPv6 CIDR in fdcc::/16.
+fn unique_cidr6(prefix_len: u8) -> String {
+    let v4: IpNet = unique_cidr(24).parse().unwrap();
+    let IpAddr::V4(a) = v4.network() else {
+        unreachable!()
+    };
+    let o = a.octets();
+    format!(
+        "fdcc:{:x}:{:x}::/{prefix_len}",
+        u16::from(o[1]),
+        u16::from_be_bytes([o[2], o[3]])
+    )
+}
+
+#[tokio::test]
+async fn dual_stack_gets_both_families_or_nothing() {
+    let ctx = Ctx::new().await;
+    let v4_cidr = unique_cidr(24);
+    let v6_cidr = unique_cidr6(120);
+    let tiny6 = unique_cidr6(126);
+    let v4 = ctx.pool("cni-ds4", &v4_cidr, 26, json!({})).await;
+    let v6 = ctx.pool("cni-ds6", &v6_cidr, 122, json!({})).await;
+    let t6 = ctx.pool("cni-ds6-tiny", &tiny6, 126, json!({})).await;
+    let node = unique_name("cni-ds-node");
+    create_node(&ctx.client, &node, &[], None, &[], &[]).await;
+    let ns = unique_name("cni-ds");
+    create_namespace(&ctx.client, &ns, &[]).await;
+
+    create_pod(&ctx.client, &ns, "both", Some(&node), &[]).await;
+    let cid = unique_name("both");
+    let ipam = json!({"assign_ipv6": "true", "ipv4_pools": [v4], "ipv6_pools": [v6]});
+    let out = add(&node, &ns, "both", &cid, ipam).await;
+    assert!(out.ok, "{} {}", out.json, out.stderr);
+    eprintln!("one dual-stack ADD: {:?}", out.elapsed);
+    let a4: IpNet = out.json["ips"][0]["address"].as_str().unwrap().parse().unwrap();
+    let a6: IpNet = out.json["ips"][1]["address"].as_str().unwrap().parse().unwrap();
+    assert!(v4_cidr.parse::<IpNet>().unwrap().contains(&a4.addr()), "{a4}");
+    assert!(v6_cidr.parse::<IpNet>().unwrap().contains(&a6.addr()), "{a6}");
+    assert_eq!(a6.prefix_len(), 122);
+    assert_eq!(out.json["routes"], json!([{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]));
+    assert!(del(&node, &ns, "both", &cid).await.ok);
+    ctx.assert_nothing_held(&handle(&cid), "both").await;
+
+    // Fill the tiny IPv6 pool with IPv6-only pods, then a dual-stack pod: IPv4 would succeed but
+    // IPv6 cannot, so the pod gets nothing (no half-dual-stack pods), and the error says why.
+    let only6 = json!({"assign_ipv4": "false", "assign_ipv6": "true", "ipv6_pools": [t6]});
+    let mut fillers = vec![];
+    for i in 0..4 {
+        let pod = format!("v6-{i}");
+        create_pod(&ctx.client, &ns, &pod, Some(&node), &[]).await;
+        let c = unique_name(&pod);
+        let o = add(&node, &ns, &pod, &c, only6.clone()).await;
+        assert!(o.ok, "{pod}: {}", o.json);
+        assert_eq!(o.json["ips"].as_array().unwrap().len(), 1);
+        fillers.push((pod, c));
+    }
+    create_pod(&ctx.client, &ns, "half", Some(&node), &[]).await;
+    let c = unique_name("half");
+    let ipam = json!({"assign_ipv6": "true", "ipv4_pools": [v4], "ipv6_pools": [t6]});
+    let out = add(&node, &ns, "half", &c, ipam).await;
+    out.expect_err(
+        103,
+        &["Assigned 0 out of 1 requested IPv6 addresses", "ipam.ipv6_pools"],
+    );
+    ctx.assert_nothing_held(&handle(&c), "half").await;
+    for (pod, c) in &fillers {
+        assert!(del(&node, &ns, pod, c).await.ok);
+    }
+    ipam_check_clean(&ctx, &[&v4_cidr, &v6_cidr, &tiny6]).await;
+    delete_namespace(&ctx.client, &ns, Duration::from_secs(60)).await;
+    ctx.done().await;
+}
