@@ -65,7 +65,7 @@ pub struct RunArgs {
     /// Address the HTTP server binds.
     #[arg(long, env = "TORTIE_BIND_ADDRESS", default_value = "0.0.0.0")]
     pub bind_address: std::net::IpAddr,
-    /// Log format.
+    /// Log format. The level filter comes from TORTIE_LOG or RUST_LOG (default info).
     #[arg(long, env = "TORTIE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
     /// How long an allocation must look leaked before the GC releases it (0 disables leak GC).
@@ -257,12 +257,25 @@ async fn signal_handler(token: CancellationToken) {
             _ = term.recv() => info!("SIGTERM: shutting down"),
             _ = tokio::signal::ctrl_c() => info!("interrupt: shutting down"),
         }
+        token.cancel();
+        // A second signal, or a drain that takes too long, ends the process at once.
+        std::thread::spawn(|| {
+            std::thread::sleep(Duration::from_secs(30));
+            error!("shutdown did not finish within 30s: exiting");
+            std::process::exit(1);
+        });
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        warn!("second signal: exiting now");
+        std::process::exit(1);
     }
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+        token.cancel();
     }
-    token.cancel();
 }
 
 async fn readyz(State(ctx): State<Arc<Ctx>>) -> impl IntoResponse {
@@ -296,6 +309,7 @@ async fn metrics_handler(State(ctx): State<Arc<Ctx>>) -> impl IntoResponse {
 fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("TORTIE_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info,kube=warn,kube_lease_manager=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

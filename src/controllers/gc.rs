@@ -38,8 +38,13 @@ pub async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
-            Some(_) = node_changes.next() => {
-                // Let a burst of Node events settle into one pass.
+            Some(n) = node_changes.next() => {
+                // Only a Node that went away has work at once (its leaks skip the grace
+                // period); heartbeats and label changes wait for the next tick.
+                if !node_gone(&ctx, &n) {
+                    continue;
+                }
+                // Let a burst of deletions settle into one pass.
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 while futures::FutureExt::now_or_never(node_changes.next()).flatten().is_some() {}
             }
@@ -50,6 +55,16 @@ pub async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
             warn!(error = %e, "IPAM GC pass failed; retrying next pass");
         }
     }
+}
+
+fn node_gone(ctx: &Ctx, n: &k8s_openapi::api::core::v1::Node) -> bool {
+    n.metadata.deletion_timestamp.is_some()
+        || ctx
+            .stores
+            .nodes
+            .store
+            .get(&kube::runtime::reflector::ObjectRef::from_obj(n))
+            .is_none()
 }
 
 /// Addresses a live pod shows: status.podIPs, Calico's and Multus' annotations.
@@ -469,4 +484,42 @@ pub async fn delete_empty_blocks_in(ctx: &Ctx, net: &IpNet) -> Result<(), Error>
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(v: serde_json::Value) -> Pod {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn pod_addresses_from_status_and_annotations() {
+        let p = pod(serde_json::json!({
+            "metadata": {"name": "p", "namespace": "n", "annotations": {
+                "cni.projectcalico.org/podIPs": "10.0.0.5/32, fd00::5/128",
+                "k8s.v1.cni.cncf.io/network-status": "[{\"name\":\"x\",\"ips\":[\"10.9.0.1\"]}]"
+            }},
+            "spec": {"nodeName": "n1", "containers": []},
+            "status": {"podIPs": [{"ip": "10.0.0.4"}], "phase": "Running"}
+        }));
+        let i = pod_info(&p).unwrap();
+        let ips: Vec<String> = i.ips.iter().map(|a| a.to_string()).collect();
+        assert_eq!(ips, ["10.0.0.4", "10.0.0.5", "fd00::5", "10.9.0.1"]);
+        assert_eq!(i.node.as_deref(), Some("n1"));
+        assert!(!i.evicted);
+    }
+
+    #[test]
+    fn host_network_pods_hold_no_pool_address_and_evicted_is_seen() {
+        let hn = pod(
+            serde_json::json!({"metadata": {"name": "h"}, "spec": {"hostNetwork": true, "containers": []}, "status": {"podIP": "192.0.2.1"}}),
+        );
+        assert!(pod_info(&hn).is_none());
+        let ev = pod(
+            serde_json::json!({"metadata": {"name": "e"}, "spec": {"containers": []}, "status": {"phase": "Failed", "reason": "Evicted"}}),
+        );
+        assert!(pod_info(&ev).unwrap().evicted);
+    }
 }
