@@ -43,20 +43,7 @@ pub fn allocation_attrs(
     ])
 }
 
-/// Go's `time.Now().UTC().String()`, the form Calico writes in the `timestamp` attribute:
-/// `2025-01-02 15:04:05.123456789 +0000 UTC` with trailing zeros of the fraction dropped.
-pub fn go_time_string(t: jiff::Timestamp) -> String {
-    let dt = t.to_zoned(jiff::tz::TimeZone::UTC).datetime();
-    let mut s = dt.strftime("%Y-%m-%d %H:%M:%S").to_string();
-    let nanos = dt.subsec_nanosecond();
-    if nanos != 0 {
-        let frac = format!("{nanos:09}");
-        s.push('.');
-        s.push_str(frac.trim_end_matches('0'));
-    }
-    s.push_str(" +0000 UTC");
-    s
-}
+pub use crate::ipam::go_time_string;
 
 #[cfg(test)]
 mod tests {

@@ -92,8 +92,22 @@ impl Attrs {
 
 /// Now as Go's `time.Time.String()` in UTC: `2026-08-01 10:00:05.123456789 +0000 UTC`.
 pub fn go_timestamp_now() -> String {
-    let now = jiff::Timestamp::now();
-    format!("{} +0000 UTC", now.strftime("%Y-%m-%d %H:%M:%S.%f"))
+    go_time_string(jiff::Timestamp::now())
+}
+
+/// Go's `time.Now().UTC().String()`, the form Calico writes in the `timestamp` attribute:
+/// `2025-01-02 15:04:05.123456789 +0000 UTC` with trailing zeros of the fraction dropped.
+pub fn go_time_string(t: jiff::Timestamp) -> String {
+    let dt = t.to_zoned(jiff::tz::TimeZone::UTC).datetime();
+    let mut s = dt.strftime("%Y-%m-%d %H:%M:%S").to_string();
+    let nanos = dt.subsec_nanosecond();
+    if nanos != 0 {
+        let frac = format!("{nanos:09}");
+        s.push('.');
+        s.push_str(frac.trim_end_matches('0'));
+    }
+    s.push_str(" +0000 UTC");
+    s
 }
 
 /// One automatic assignment (Calico's `AutoAssignArgs`).
