@@ -27,9 +27,9 @@ unit: ## unit and property tests only (no control plane)
 # share a cluster and are written for that; binaries do not see each other's pools and nodes.
 test: deps ## every test: unit, property, CRD drift and e2e against a real kube-apiserver
 	$(CARGO) build --all-targets
-	$(CARGO) test --lib --bins --tests -- --test-threads=$${TEST_THREADS:-4}
 	# Bench targets run once each in test mode (criterion rejects libtest's --test-threads).
 	$(CARGO) test --benches
+	$(CARGO) test --lib --bins --tests -- --test-threads=$${TEST_THREADS:-4}
 
 e2e: deps ## only the tests that need the real control plane
 	$(CARGO) test $(patsubst tests/%.rs,--test %,$(wildcard tests/e2e_*.rs)) -- --test-threads=$${TEST_THREADS:-4}
