@@ -17,10 +17,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
-use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 use tortie::bgp::{self, CalicoSelectors, RenderOptions, Snapshot};
+
+mod common;
+use common::*;
 
 struct Opts {
     quick: bool,
@@ -62,18 +65,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let mut sections: Vec<Value> = vec![];
-    // Keep sections of an earlier run that this run does not redo.
-    if let Ok(old) = std::fs::read_to_string(&opts.out)
-        && let Ok(old) = serde_json::from_str::<Value>(&old)
-    {
-        for s in old["sections"].as_array().cloned().unwrap_or_default() {
-            let id = s["id"].as_str().unwrap_or_default().to_string();
-            if !opts.what.contains(&id) {
-                sections.push(s);
-            }
-        }
-    }
+    let mut sections = earlier_sections(&opts.out, &opts.what);
     for w in &opts.what {
         let s = match w.as_str() {
             "render" => render_bench(opts.quick),
@@ -86,35 +78,6 @@ fn main() {
         // Written after every section, so that a failure later keeps what was measured.
         write_results(&opts.out, &mut sections);
     }
-}
-
-fn write_results(out: &Path, sections: &mut [Value]) {
-    sections.sort_by_key(|s| s["order"].as_u64().unwrap_or(99));
-    let doc = json!({
-        "machine": machine(),
-        "date": jiff::Timestamp::now().to_string(),
-        "sections": sections,
-    });
-    if let Some(dir) = out.parent() {
-        std::fs::create_dir_all(dir).unwrap();
-    }
-    std::fs::write(out, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
-    eprintln!("wrote {}", out.display());
-}
-
-fn machine() -> String {
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    let mem = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .next()
-                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string())
-        })
-        .and_then(|kb| kb.parse::<u64>().ok())
-        .map(|kb| kb / 1024 / 1024)
-        .unwrap_or(0);
-    format!("{cpus} CPUs, {mem} GiB RAM, debug assertions off (release build)")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -253,96 +216,6 @@ fn render_sizes(sizes: &[usize]) -> Value {
 
 // ---------------------------------------------------------------------------------------------
 // Pod-address burst through the real CNI plugin
-
-fn kubeconfig() -> PathBuf {
-    std::env::var_os("TORTIE_E2E_KUBECONFIG")
-        .or_else(|| std::env::var_os("KUBECONFIG"))
-        .map(PathBuf::from)
-        .expect("no TORTIE_E2E_KUBECONFIG: run under e2e/with-cluster.sh (make bench does)")
-}
-
-async fn client() -> Client {
-    let kc = kube::config::Kubeconfig::read_from(kubeconfig()).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-        .await
-        .unwrap();
-    Client::try_from(config).unwrap()
-}
-
-fn kubectl() -> String {
-    std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into())
-}
-
-fn install_crds() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/v1");
-    let ok = Command::new(kubectl())
-        .arg("--kubeconfig")
-        .arg(kubeconfig())
-        .args(["apply", "--server-side", "--force-conflicts", "-f"])
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "installing CRDs failed");
-    Command::new(kubectl())
-        .arg("--kubeconfig")
-        .arg(kubeconfig())
-        .args([
-            "wait",
-            "--for=condition=Established",
-            "crd",
-            "--all",
-            "--timeout=60s",
-        ])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-}
-
-/// Sums of `apiserver_request_total` by verb, restricted to the resources IPAM touches.
-async fn request_counts(client: &Client) -> BTreeMap<String, f64> {
-    let req = http::Request::get("/metrics").body(vec![]).unwrap();
-    let text = client.request_text(req).await.unwrap();
-    let mut out = BTreeMap::new();
-    for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
-        let (labels, value) = line.rsplit_once(' ').unwrap();
-        let get = |k: &str| {
-            labels
-                .split(&format!("{k}=\""))
-                .nth(1)
-                .and_then(|s| s.split('"').next())
-                .unwrap_or("")
-                .to_string()
-        };
-        let resource = get("resource");
-        let group = get("group");
-        let relevant = group == "crd.projectcalico.org"
-            || (group.is_empty() && matches!(resource.as_str(), "pods" | "namespaces" | "nodes"));
-        if !relevant || get("subresource") == "status" && resource == "pods" {
-            continue;
-        }
-        let verb = get("verb").to_ascii_lowercase();
-        *out.entry(verb).or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
-    }
-    out
-}
-
-fn diff(after: &BTreeMap<String, f64>, before: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
-    after
-        .iter()
-        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
-        .filter(|(_, v)| *v > 0.0)
-        .collect()
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
 
 async fn burst_bench(quick: bool, one_node: bool) -> Value {
     let (pods, nodes, per_node_conc) = match (one_node, quick) {

@@ -1,0 +1,146 @@
+//! What the system benchmarks (`benches/system.rs`, `benches/operator.rs`) share: the cluster they
+//! run against, apiserver request counts, percentiles and the results file both write into.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use kube::Client;
+use serde_json::{Value, json};
+
+/// Sections of an earlier run kept in `out` that this run does not redo (each bench binary owns
+/// some section ids; both write into the same file).
+pub fn earlier_sections(out: &Path, redo: &[String]) -> Vec<Value> {
+    let mut sections = vec![];
+    if let Ok(old) = std::fs::read_to_string(out)
+        && let Ok(old) = serde_json::from_str::<Value>(&old)
+    {
+        for s in old["sections"].as_array().cloned().unwrap_or_default() {
+            let id = s["id"].as_str().unwrap_or_default().to_string();
+            if !redo.contains(&id) {
+                sections.push(s);
+            }
+        }
+    }
+    sections
+}
+
+pub fn write_results(out: &Path, sections: &mut [Value]) {
+    sections.sort_by_key(|s| s["order"].as_u64().unwrap_or(99));
+    let doc = json!({
+        "machine": machine(),
+        "date": jiff::Timestamp::now().to_string(),
+        "sections": sections,
+    });
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    std::fs::write(out, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
+    eprintln!("wrote {}", out.display());
+}
+
+pub fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_string())
+        })
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map(|kb| kb / 1024 / 1024)
+        .unwrap_or(0);
+    format!("{cpus} CPUs, {mem} GiB RAM, debug assertions off (release build)")
+}
+
+pub fn kubeconfig() -> PathBuf {
+    std::env::var_os("TORTIE_E2E_KUBECONFIG")
+        .or_else(|| std::env::var_os("KUBECONFIG"))
+        .map(PathBuf::from)
+        .expect("no TORTIE_E2E_KUBECONFIG: run under e2e/with-cluster.sh (make bench does)")
+}
+
+pub async fn client() -> Client {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig()).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
+    Client::try_from(config).unwrap()
+}
+
+pub fn kubectl() -> String {
+    std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into())
+}
+
+pub fn install_crds() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/v1");
+    let ok = Command::new(kubectl())
+        .arg("--kubeconfig")
+        .arg(kubeconfig())
+        .args(["apply", "--server-side", "--force-conflicts", "-f"])
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "installing CRDs failed");
+    Command::new(kubectl())
+        .arg("--kubeconfig")
+        .arg(kubeconfig())
+        .args([
+            "wait",
+            "--for=condition=Established",
+            "crd",
+            "--all",
+            "--timeout=60s",
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+}
+
+/// Sums of `apiserver_request_total` by verb, restricted to the resources IPAM touches.
+pub async fn request_counts(client: &Client) -> BTreeMap<String, f64> {
+    let req = http::Request::get("/metrics").body(vec![]).unwrap();
+    let text = client.request_text(req).await.unwrap();
+    let mut out = BTreeMap::new();
+    for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
+        let (labels, value) = line.rsplit_once(' ').unwrap();
+        let get = |k: &str| {
+            labels
+                .split(&format!("{k}=\""))
+                .nth(1)
+                .and_then(|s| s.split('"').next())
+                .unwrap_or("")
+                .to_string()
+        };
+        let resource = get("resource");
+        let group = get("group");
+        let relevant = group == "crd.projectcalico.org"
+            || (group.is_empty() && matches!(resource.as_str(), "pods" | "namespaces" | "nodes"));
+        if !relevant || get("subresource") == "status" && resource == "pods" {
+            continue;
+        }
+        let verb = get("verb").to_ascii_lowercase();
+        *out.entry(verb).or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
+    }
+    out
+}
+
+pub fn diff(after: &BTreeMap<String, f64>, before: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, v)| *v > 0.0)
+        .collect()
+}
+
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
