@@ -314,6 +314,8 @@ async fn controller_and_agents_follow_the_apiserver() {
             bird6_socket: None,
             no_reload: false,
             retry_secs: 1,
+            ipam_socket: "none".into(),
+            no_bgp: false,
         };
         tokio::spawn(agent::run_agent(client.clone(), args))
     };

@@ -1,34 +1,46 @@
 //! `tortie-ipam`: the CNI IPAM plugin. The container runtime (or a main plugin such as `calico`,
 //! `ptp` or `bridge`) runs it with the CNI environment and the network config on stdin; the result
 //! or a CNI error goes to stdout as JSON, logs to stderr or `log_file_path`.
+//!
+//! The request goes to the node agent's warm IPAM server when its socket answers (`ipam.socket`),
+//! else it is run in this process; both give the same results and errors.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
+use std::path::Path;
 use std::process::ExitCode;
+use std::time::Instant;
 
 use serde_json::Value;
+use tortie::cni::client::{self, CallError};
+use tortie::cni::wire::{self, Response};
 use tortie::cni::{self, CniEnv, CniError, Command, NetConf};
+
+/// What ends up on stdout, and the exit status.
+enum Outcome {
+    Done(Option<Value>),
+    Failed(CniError),
+    /// The agent's error, already in CNI form.
+    Remote { code: u32, msg: String, output: Value },
+}
 
 fn main() -> ExitCode {
     let vars: BTreeMap<String, String> = std::env::vars().collect();
     let mut stdin = vec![];
     let read = std::io::stdin().read_to_end(&mut stdin);
-    // The version to answer errors in: the config's, when it can be read at all.
-    let version = serde_json::from_slice::<Value>(&stdin)
-        .ok()
-        .and_then(|v| v.get("cniVersion")?.as_str().map(str::to_string))
-        .filter(|v| cni::result::SUPPORTED_VERSIONS.contains(&v.as_str()))
-        .unwrap_or_else(|| "1.0.0".into());
     let outcome = match read {
-        Err(e) => Err(CniError::Io(format!("reading stdin: {e}"))),
+        Err(e) => Outcome::Failed(CniError::Io(format!("reading stdin: {e}"))),
         Ok(_) => run(&vars, &stdin),
     };
     let (out, code) = match outcome {
-        Ok(Some(v)) => (Some(v), ExitCode::SUCCESS),
-        Ok(None) => (None, ExitCode::SUCCESS),
-        Err(e) => {
+        Outcome::Done(v) => (v, ExitCode::SUCCESS),
+        Outcome::Failed(e) => {
             tracing::error!(code = e.code(), "{e}");
-            (Some(e.to_json(&version)), ExitCode::FAILURE)
+            (Some(e.to_json(&wire::error_version(&stdin))), ExitCode::FAILURE)
+        }
+        Outcome::Remote { code, msg, output } => {
+            tracing::error!(code, "{msg}");
+            (Some(output), ExitCode::FAILURE)
         }
     };
     if let Some(v) = out {
@@ -39,22 +51,87 @@ fn main() -> ExitCode {
     code
 }
 
-fn run(vars: &BTreeMap<String, String>, stdin: &[u8]) -> Result<Option<Value>, CniError> {
-    let env = CniEnv::from_vars(|k| vars.get(k).map(String::as_str))?;
+fn run(vars: &BTreeMap<String, String>, stdin: &[u8]) -> Outcome {
+    let env = match CniEnv::from_vars(|k| vars.get(k).map(String::as_str)) {
+        Ok(e) => e,
+        Err(e) => return Outcome::Failed(e),
+    };
     if env.command == Command::Version {
         let requested = serde_json::from_slice::<Value>(stdin)
             .ok()
             .and_then(|v| v.get("cniVersion")?.as_str().map(str::to_string));
-        return Ok(Some(cni::result::version_json(requested.as_deref())));
+        return Outcome::Done(Some(cni::result::version_json(requested.as_deref())));
     }
-    let conf = NetConf::parse(stdin)?;
+    let mut conf = match NetConf::parse(stdin) {
+        Ok(c) => c,
+        Err(e) => return Outcome::Failed(e),
+    };
     init_logging(&conf);
-    cni::result::check_version(&conf.cni_version)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| CniError::Io(format!("starting the async runtime: {e}")))?;
-    rt.block_on(cni::plugin::run(&env, &conf, stdin))
+    if let Err(e) = cni::result::check_version(&conf.cni_version) {
+        return Outcome::Failed(e);
+    }
+    let started = Instant::now();
+    if let Some(socket) = conf.ipam.socket.clone() {
+        match via_agent(Path::new(&socket), vars, stdin, &conf) {
+            Ok(Some(o)) => return o,
+            Ok(None) => {}
+            Err(e) => return Outcome::Failed(e),
+        }
+        // What is left of the deadline is the in-process run's.
+        match conf.ipam.timeout.checked_sub(started.elapsed()) {
+            Some(left) if !left.is_zero() => conf.ipam.timeout = left,
+            _ => return Outcome::Failed(cni::plugin::deadline_error(&conf)),
+        }
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return Outcome::Failed(CniError::Io(format!("starting the async runtime: {e}"))),
+    };
+    match rt.block_on(cni::plugin::run(&env, &conf, stdin)) {
+        Ok(v) => Outcome::Done(v),
+        Err(e) => Outcome::Failed(e),
+    }
+}
+
+/// The agent's answer; `Ok(None)` when the request is to run in-process instead.
+fn via_agent(
+    socket: &Path,
+    vars: &BTreeMap<String, String>,
+    stdin: &[u8],
+    conf: &NetConf,
+) -> Result<Option<Outcome>, CniError> {
+    let node = cni::plugin::node_name(conf)?;
+    let req = wire::Request {
+        env: wire::cni_env(vars),
+        // It parsed as JSON, so it is UTF-8.
+        stdin: String::from_utf8_lossy(stdin).into_owned(),
+        node,
+    };
+    let sock = socket.display();
+    match client::call(socket, &req, conf.ipam.timeout) {
+        Ok(Response::Ok { output }) => {
+            tracing::debug!(socket = %sock, "answered by the node agent");
+            Ok(Some(Outcome::Done(output)))
+        }
+        Ok(Response::Failed { code, msg, output }) => Ok(Some(Outcome::Remote { code, msg, output })),
+        Ok(Response::Refused { reason }) => {
+            tracing::info!(socket = %sock, "node agent declined ({reason}); running in-process");
+            Ok(None)
+        }
+        Err(CallError::Unavailable(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            tracing::debug!(socket = %sock, "no node agent socket; running in-process");
+            Ok(None)
+        }
+        Err(CallError::Unavailable(e)) => {
+            tracing::info!(socket = %sock, "node agent not answering ({e}); running in-process");
+            Ok(None)
+        }
+        Err(CallError::TimedOut) => Err(cni::plugin::deadline_error(conf)),
+        Err(e @ CallError::Broken(_)) => {
+            tracing::warn!(socket = %sock, "{e}; running in-process");
+            Ok(None)
+        }
+    }
 }
 
 /// Calico's `log_level` names (`debug`, `info`, `warning`, `error`, ...) mapped onto tracing's;

@@ -1,4 +1,6 @@
-//! `tortie agent`: keeps a node's BIRD configuration in step with what the operator published.
+//! `tortie agent`: keeps a node's BIRD configuration in step with what the operator published,
+//! and serves the node's IPAM requests warm over a unix socket (`--ipam-socket`, see
+//! [`crate::cni::server`]); either part can be turned off (`--no-bgp`, `--ipam-socket none`).
 //!
 //! One pass ([`apply`]): compare with what is installed (nothing to do when equal), stage the files
 //! and have BIRD parse them (`bird -p`), swap each file in with a rename, then ask the running
@@ -48,13 +50,47 @@ pub struct AgentArgs {
     /// Seconds between retries after a failed install or reload.
     #[arg(long, default_value_t = 10)]
     pub retry_secs: u64,
+    /// Unix socket where `tortie-ipam` sends this node's CNI requests to a warm IPAM engine
+    /// (the network config's `ipam.socket`); `none` or empty: no IPAM server.
+    #[arg(long, env = "TORTIE_IPAM_SOCKET", default_value = crate::cni::wire::DEFAULT_SOCKET)]
+    pub ipam_socket: String,
+    /// Do not manage BIRD (an IPAM-only agent).
+    #[arg(long, env = "TORTIE_NO_BGP")]
+    pub no_bgp: bool,
 }
 
 impl AgentArgs {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
         let client = Client::try_default().await?;
-        run_agent(client, self).await?;
+        let socket = self.ipam_socket_path();
+        if socket.is_none() && self.no_bgp {
+            anyhow::bail!("--no-bgp and no --ipam-socket: the agent would have nothing to do");
+        }
+        let ipam = async {
+            match &socket {
+                Some(path) => run_ipam_server(client.clone(), &self.node, path).await,
+                None => std::future::pending().await,
+            }
+        };
+        let bgp = async {
+            if self.no_bgp {
+                std::future::pending().await
+            } else {
+                run_agent(client.clone(), self.clone()).await
+            }
+        };
+        tokio::select! {
+            r = ipam => r?,
+            r = bgp => r?,
+        }
         Ok(ExitCode::SUCCESS)
+    }
+
+    fn ipam_socket_path(&self) -> Option<PathBuf> {
+        match self.ipam_socket.as_str() {
+            "" | "none" => None,
+            p => Some(PathBuf::from(p)),
+        }
     }
 
     fn reload(&self) -> Reload {
@@ -66,6 +102,15 @@ impl AgentArgs {
             bird6_socket: self.bird6_socket.clone(),
         }
     }
+}
+
+/// Warms the IPAM engine and watches for `node`, then answers on `socket` until it fails.
+pub async fn run_ipam_server(client: Client, node: &str, socket: &Path) -> anyhow::Result<()> {
+    let shared = crate::cni::server::warm(client, node).await?;
+    let listener = crate::cni::server::bind(socket)?;
+    info!(node, socket = %socket.display(), "IPAM server listening");
+    crate::cni::server::serve(listener, shared).await?;
+    Ok(())
 }
 
 /// What the agent last saw of its node's published object.

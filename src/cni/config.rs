@@ -45,6 +45,9 @@ pub struct IpamConf {
     /// `ipam.gateway`: how results name a gateway (see [`GatewayMode`]).
     pub gateway: GatewayMode,
     pub timeout: Duration,
+    /// `ipam.socket`: the node agent's IPAM socket, tried first (default
+    /// [`DEFAULT_SOCKET`](super::wire::DEFAULT_SOCKET)); `""` or `"none"`: always in-process.
+    pub socket: Option<String>,
 }
 
 /// Whether results carry a gateway. Calico's own main plugin routes via 169.254.1.1 and ignores
@@ -133,6 +136,11 @@ impl NetConf {
                 routes,
                 gateway,
                 timeout,
+                socket: match opt_str(ipam, "socket", "ipam.socket")?.as_deref() {
+                    None => Some(super::wire::DEFAULT_SOCKET.to_string()),
+                    Some("") | Some("none") => None,
+                    Some(p) => Some(p.to_string()),
+                },
             },
         };
         Ok(conf)
@@ -226,6 +234,19 @@ mod tests {
         assert_eq!(conf.ipam.timeout, DEFAULT_TIMEOUT);
         assert_eq!(conf.crd_mode, None);
         assert_eq!(conf.log_level.as_deref(), Some("Info"));
+        assert_eq!(conf.ipam.socket.as_deref(), Some(super::super::wire::DEFAULT_SOCKET));
+    }
+
+    #[test]
+    fn agent_socket_can_be_moved_or_disabled() {
+        let c = NetConf::parse(br#"{"ipam":{"socket":"/tmp/x.sock"}}"#).unwrap();
+        assert_eq!(c.ipam.socket.as_deref(), Some("/tmp/x.sock"));
+        for off in ["", "none"] {
+            let c = NetConf::parse(format!(r#"{{"ipam":{{"socket":"{off}"}}}}"#).as_bytes()).unwrap();
+            assert_eq!(c.ipam.socket, None);
+        }
+        let e = NetConf::parse(br#"{"ipam":{"socket":5}}"#).unwrap_err();
+        assert!(e.to_string().contains("ipam.socket"), "{e}");
     }
 
     #[test]

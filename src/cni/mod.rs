@@ -1,7 +1,9 @@
 //! `tortie-ipam`, the CNI IPAM plugin: the protocol (environment, stdin, result and error JSON) and
 //! the request decision are pure and live in the submodules; `plugin` is the thin shell that
-//! reads the pod, namespace and pools, calls the IPAM engine and writes the answer.
+//! reads the pod, namespace and pools, calls the IPAM engine and writes the answer. `server` runs
+//! the same shell warm inside `tortie agent`, `client` and `wire` carry requests to it.
 
+pub mod client;
 pub mod config;
 pub mod env;
 pub mod error;
@@ -10,6 +12,8 @@ pub mod gc;
 pub mod plugin;
 pub mod request;
 pub mod result;
+pub mod server;
+pub mod wire;
 
 use std::collections::BTreeMap;
 

@@ -3,13 +3,16 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
+use kube::core::PartialObjectMeta;
+use kube::runtime::reflector::{self, ObjectRef};
 use serde_json::Value;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::config::{GatewayMode, NetConf, default_routes};
 use super::env::{CniEnv, Command};
@@ -26,44 +29,196 @@ pub const DEFAULT_NODENAME_FILE: &str = "/var/lib/calico/nodename";
 /// How long one TCP connect to the apiserver may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Runs one ADD, DEL, CHECK, GC or STATUS within the config's deadline; `Ok(Some(json))` is
-/// printed on stdout.
+/// Runs one ADD, DEL, CHECK, GC or STATUS in this process (cold: a new client and engine) within
+/// the config's deadline; `Ok(Some(json))` is printed on stdout.
 pub async fn run(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<Option<Value>, CniError> {
-    let deadline = conf.ipam.timeout;
-    let span = info_span!("cni", command = ?env.command, container = %env.container_id);
-    match tokio::time::timeout(deadline, dispatch(env, conf, stdin).instrument(span)).await {
-        Ok(r) => r,
-        Err(_) => Err(CniError::Apiserver(format!(
-            "no answer within {}s (network config ipam.timeout_seconds); is the apiserver reachable?",
-            deadline.as_secs_f64()
-        ))),
+    within_deadline(conf, async {
+        let shared = Shared::connect(conf).await?;
+        let node = node_name(conf)?;
+        shared.dispatch(env, conf, stdin, &node).await
+    })
+    .await
+}
+
+/// The error a runtime sees when a request outlives `ipam.timeout_seconds`.
+pub fn deadline_error(conf: &NetConf) -> CniError {
+    CniError::Apiserver(format!(
+        "no answer within {}s (network config ipam.timeout_seconds); is the apiserver reachable?",
+        conf.ipam.timeout.as_secs_f64()
+    ))
+}
+
+async fn within_deadline<T>(
+    conf: &NetConf,
+    f: impl Future<Output = Result<T, CniError>>,
+) -> Result<T, CniError> {
+    tokio::time::timeout(conf.ipam.timeout, f)
+        .await
+        .unwrap_or_else(|_| Err(deadline_error(conf)))
+}
+
+/// What requests share: the client, the CRD mode and the IPAM engine. The in-process path makes
+/// one per request; the node-local server keeps one warm, with watched pods and namespaces, so
+/// that the same code answers both.
+pub struct Shared {
+    client: kube::Client,
+    mode: CrdMode,
+    ipam: tokio::sync::OnceCell<Ipam>,
+    cache: Option<PodCache>,
+}
+
+/// Watched metadata of one node's pods and of every namespace (annotations and labels are all an
+/// ADD needs from them).
+pub struct PodCache {
+    pub node: String,
+    pub pods: reflector::Store<PartialObjectMeta<Pod>>,
+    pub namespaces: reflector::Store<PartialObjectMeta<Namespace>>,
+    /// How long an ADD waits for its pod to show up in the watch before reading it: the runtime
+    /// calls CNI right after the pod is bound, so the watch event may still be on its way.
+    pub pod_wait: Duration,
+}
+
+impl Shared {
+    /// For the node-local server: a warm engine and watches.
+    pub fn warm(client: kube::Client, ipam: Ipam, cache: PodCache) -> Shared {
+        Shared {
+            client,
+            mode: ipam.mode(),
+            ipam: tokio::sync::OnceCell::new_with(Some(ipam)),
+            cache: Some(cache),
+        }
+    }
+
+    /// For one request: the config's client; the engine is started only when needed.
+    pub async fn connect(conf: &NetConf) -> Result<Shared, CniError> {
+        let client = client(conf).await?;
+        let mode = match conf.crd_mode {
+            Some(m) => m,
+            None => CrdMode::detect(&client)
+                .await
+                .map_err(|e| CniError::Apiserver(format!("listing API groups: {e}")))?,
+        };
+        Ok(Shared {
+            client,
+            mode,
+            ipam: tokio::sync::OnceCell::new(),
+            cache: None,
+        })
+    }
+
+    pub fn mode(&self) -> CrdMode {
+        self.mode
+    }
+
+    /// One request for `node` within the config's deadline.
+    pub async fn run(
+        &self,
+        env: &CniEnv,
+        conf: &NetConf,
+        stdin: &[u8],
+        node: &str,
+    ) -> Result<Option<Value>, CniError> {
+        within_deadline(conf, self.dispatch(env, conf, stdin, node)).await
+    }
+
+    async fn dispatch(
+        &self,
+        env: &CniEnv,
+        conf: &NetConf,
+        stdin: &[u8],
+        node: &str,
+    ) -> Result<Option<Value>, CniError> {
+        let span = info_span!("cni", command = ?env.command, container = %env.container_id);
+        let ctx = Ctx {
+            shared: self,
+            node: node.to_string(),
+            handle: super::handle_id(&conf.name, &env.container_id),
+        };
+        async {
+            match env.command {
+                Command::Add => ctx.add(env, conf).await.map(Some),
+                Command::Del => ctx.del(env).await.map(|_| None),
+                Command::Check => ctx.check(stdin).await.map(|_| None),
+                Command::Status => ctx.status().await.map(|_| None),
+                Command::Gc => ctx.gc(&conf.name, stdin).await.map(|_| None),
+                Command::Version => unreachable!("VERSION is answered before any I/O"),
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn ipam(&self) -> Result<&Ipam, CniError> {
+        self.ipam
+            .get_or_try_init(|| Ipam::new(self.client.clone(), self.mode))
+            .await
+            .map_err(ipam_err(&Source::Default))
+    }
+
+    /// The pools: from the engine's watch once it runs, else (or `fresh`) one LIST.
+    async fn pools(&self, fresh: bool) -> Result<Vec<PoolInfo>, CniError> {
+        if !fresh && let Some(ipam) = self.ipam.get() {
+            return Ok(ipam.pools().iter().filter_map(PoolInfo::from_pool).collect());
+        }
+        let api: Api<Pool> = Api::all_with(self.client.clone(), &self.mode.resource(CalicoKind::IPPool));
+        let list = api
+            .list(&Default::default())
+            .await
+            .map_err(api_err("listing IPPools".into()))?;
+        Ok(list.items.iter().filter_map(PoolInfo::from_pool).collect())
+    }
+
+    /// The pod's annotations: from the watch when it serves this node (waiting briefly for the
+    /// pod, with the runtime's UID when given), else one GET.
+    async fn pod_annotations(&self, env: &CniEnv, node: &str) -> Result<BTreeMap<String, String>, CniError> {
+        let (namespace, name) = env.pod()?;
+        if let Some(c) = self.cache.as_ref().filter(|c| c.node == node) {
+            let key = ObjectRef::new(name).within(namespace);
+            let uid = env.args.pod_uid.as_deref();
+            let started = Instant::now();
+            loop {
+                if let Some(p) = c.pods.get(&key)
+                    && uid.is_none_or(|u| p.metadata.uid.as_deref() == Some(u))
+                {
+                    return Ok(p.metadata.annotations.clone().unwrap_or_default());
+                }
+                if started.elapsed() >= c.pod_wait {
+                    break;
+                }
+                tokio::time::sleep(POD_POLL).await;
+            }
+            debug!(pod = %format!("{namespace}/{name}"), "pod not in the watch yet: reading it");
+        }
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let pod = pods
+            .get_opt(name)
+            .await
+            .map_err(api_err(format!("reading pod {namespace}/{name}")))?
+            .ok_or_else(|| CniError::ContainerUnknown {
+                container_id: env.container_id.clone(),
+                reason: format!("pod {namespace}/{name} does not exist"),
+            })?;
+        Ok(pod.metadata.annotations.unwrap_or_default())
+    }
+
+    /// The namespace's annotations and labels (`None`: it could not be found).
+    async fn namespace_meta(&self, namespace: &str) -> Result<Option<ObjectMeta>, CniError> {
+        if let Some(c) = &self.cache
+            && let Some(ns) = c.namespaces.get(&ObjectRef::new(namespace))
+        {
+            return Ok(Some(ns.metadata.clone()));
+        }
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        Ok(namespaces
+            .get_opt(namespace)
+            .await
+            .map_err(api_err(format!("reading namespace {namespace}")))?
+            .map(|n| n.metadata))
     }
 }
 
-async fn dispatch(env: &CniEnv, conf: &NetConf, stdin: &[u8]) -> Result<Option<Value>, CniError> {
-    let client = client(conf).await?;
-    let mode = match conf.crd_mode {
-        Some(m) => m,
-        None => CrdMode::detect(&client)
-            .await
-            .map_err(|e| CniError::Apiserver(format!("listing API groups: {e}")))?,
-    };
-    let node = node_name(conf)?;
-    let ctx = Ctx {
-        client: client.clone(),
-        mode,
-        node,
-        handle: super::handle_id(&conf.name, &env.container_id),
-    };
-    match env.command {
-        Command::Add => ctx.add(env, conf).await.map(Some),
-        Command::Del => ctx.del(env).await.map(|_| None),
-        Command::Check => ctx.check(stdin).await.map(|_| None),
-        Command::Status => ctx.status().await.map(|_| None),
-        Command::Gc => ctx.gc(&conf.name, stdin).await.map(|_| None),
-        Command::Version => unreachable!("VERSION is answered before any I/O"),
-    }
-}
+/// How often an ADD looks for its pod in the watch while waiting.
+const POD_POLL: Duration = Duration::from_millis(10);
 
 /// A client for the config's kubeconfig (else `KUBECONFIG`, else in-cluster), with bounded
 /// connect and request times so that an unreachable apiserver fails instead of hanging.
@@ -98,8 +253,8 @@ async fn client(conf: &NetConf) -> Result<kube::Client, CniError> {
     kube::Client::try_from(config).map_err(|e| CniError::Apiserver(format!("client: {e}")))
 }
 
-/// Calico's order: `nodename`, else the contents of `nodename_file`, else the host name.
-fn node_name(conf: &NetConf) -> Result<String, CniError> {
+/// The node a request is for. Calico's order: `nodename`, else the contents of `nodename_file`, else the host name.
+pub fn node_name(conf: &NetConf) -> Result<String, CniError> {
     if let Some(n) = &conf.nodename {
         return Ok(n.clone());
     }
@@ -116,9 +271,8 @@ fn node_name(conf: &NetConf) -> Result<String, CniError> {
         .map_err(|h| CniError::Io(format!("host name {h:?} is not UTF-8")))
 }
 
-struct Ctx {
-    client: kube::Client,
-    mode: CrdMode,
+struct Ctx<'a> {
+    shared: &'a Shared,
     node: String,
     handle: String,
 }
@@ -148,136 +302,142 @@ fn ipam_err(source: &Source) -> impl Fn(IpamError) -> CniError + '_ {
     }
 }
 
-impl Ctx {
-    async fn ipam(&self) -> Result<Ipam, CniError> {
-        Ipam::new(self.client.clone(), self.mode)
-            .await
-            .map_err(ipam_err(&Source::Default))
-    }
-
-    async fn pools(&self) -> Result<Vec<PoolInfo>, CniError> {
-        let api: Api<Pool> = Api::all_with(self.client.clone(), &self.mode.resource(CalicoKind::IPPool));
-        let list = api
-            .list(&Default::default())
-            .await
-            .map_err(api_err("listing IPPools".into()))?;
-        Ok(list.items.iter().filter_map(PoolInfo::from_pool).collect())
-    }
-
+impl Ctx<'_> {
     async fn add(&self, env: &CniEnv, conf: &NetConf) -> Result<Value, CniError> {
         let (namespace, pod_name) = env.pod()?;
         let span = info_span!("pod", pod = %format!("{namespace}/{pod_name}"), handle = %self.handle);
         async move {
-            let ipam = self.ipam().await?;
-            let pools = self.pools().await?;
-
-            // A repeated ADD (runtime retry) gets what the container already holds.
-            let held = ipam
-                .ips_by_handle(&self.handle)
-                .await
-                .map_err(ipam_err(&Source::Default))?;
-            if !held.is_empty() {
-                info!(?held, "container already holds addresses; returning them");
-                let ips = held.iter().map(|ip| with_block_mask(*ip, &pools)).collect();
-                return self.finish(&ipam, conf, ips).await;
-            }
-
-            let pods: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
-            let pod = pods
-                .get_opt(pod_name)
-                .await
-                .map_err(api_err(format!("reading pod {namespace}/{pod_name}")))?
-                .ok_or_else(|| CniError::ContainerUnknown {
-                    container_id: env.container_id.clone(),
-                    reason: format!("pod {namespace}/{pod_name} does not exist"),
-                })?;
-            let namespaces: Api<Namespace> = Api::all(self.client.clone());
-            let ns = namespaces
-                .get_opt(namespace)
-                .await
-                .map_err(api_err(format!("reading namespace {namespace}")))?;
-            let empty = BTreeMap::new();
-            let pod_ann = pod.metadata.annotations.as_ref().unwrap_or(&empty);
-            let ns_ann = ns.as_ref().and_then(|n| n.metadata.annotations.as_ref());
-            let ns_labels = ns.as_ref().and_then(|n| n.metadata.labels.clone());
-
-            let plan = request::plan(&Inputs {
-                conf,
-                namespace,
-                pod: pod_name,
-                pod_annotations: pod_ann,
-                namespace_annotations: ns_ann,
-                pools: &pools,
-                cni_args_ip: env.args.ip.as_deref(),
-            })?;
+            let ipam = self.shared.ipam().await?;
+            let mut pools = self.shared.pools(false).await?;
+            let pod_ann = self.shared.pod_annotations(env, &self.node).await?;
+            let ns = self.shared.namespace_meta(namespace).await?;
+            let ns_ann = ns.as_ref().and_then(|n| n.annotations.as_ref());
+            let ns_labels = ns.as_ref().and_then(|n| n.labels.clone());
+            let plan = |pools: &[PoolInfo]| {
+                request::plan(&Inputs {
+                    conf,
+                    namespace,
+                    pod: pod_name,
+                    pod_annotations: &pod_ann,
+                    namespace_annotations: ns_ann,
+                    pools,
+                    cni_args_ip: env.args.ip.as_deref(),
+                })
+            };
+            let plan = match plan(&pools) {
+                // A pool created a moment ago may not have reached the watch yet.
+                Err(CniError::UnknownPool { .. }) => {
+                    pools = self.shared.pools(true).await?;
+                    plan(&pools)?
+                }
+                other => other?,
+            };
             let attrs = Attrs(super::allocation_attrs(
                 &self.node,
                 namespace,
                 pod_name,
                 jiff::Timestamp::now(),
             ));
+            let ns_labels = ns_labels.unwrap_or_default();
 
-            let assigned = match plan {
-                Plan::Explicit { ips, source } => {
-                    let mut out = vec![];
-                    for ip in ips {
-                        let req = AssignIpRequest {
-                            ip,
-                            handle_id: self.handle.clone(),
-                            attrs: attrs.clone(),
-                            hostname: self.node.clone(),
-                            intended_use: crate::ipam::AllowedUse::Workload,
-                        };
-                        if let Err(e) = ipam.assign_ip(req).await {
-                            self.undo(&ipam).await;
-                            return Err(ipam_err(&source)(e));
-                        }
-                        out.push(with_block_mask(ip, &pools));
+            // Creating the handle is the repeated-ADD check: no read in the common case.
+            let assigned = match self.assign(ipam, &plan, &attrs, &ns_labels, &pools, true).await? {
+                Some(ips) => ips,
+                None => {
+                    let held = ipam
+                        .ips_by_handle(&self.handle)
+                        .await
+                        .map_err(ipam_err(&Source::Default))?;
+                    if !held.is_empty() {
+                        info!(?held, "container already holds addresses; returning them");
+                        let ips = held.iter().map(|ip| with_block_mask(*ip, &pools)).collect();
+                        return self.finish(ipam, conf, ips).await;
                     }
-                    out
-                }
-                Plan::Auto { v4, v6 } => {
-                    let mut req = AutoAssignRequest::new(&self.handle, &self.node);
-                    req.attrs = attrs;
-                    req.num_v4 = usize::from(v4.wanted);
-                    req.num_v6 = usize::from(v6.wanted);
-                    req.v4_pools = v4.pools.iter().map(|p| p.name.clone()).collect();
-                    req.v6_pools = v6.pools.iter().map(|p| p.name.clone()).collect();
-                    req.namespace_labels = Some(ns_labels.unwrap_or_default());
-                    let source = if v4.wanted { &v4.source } else { &v6.source };
-                    let got = match ipam.auto_assign(req).await {
-                        Ok(g) => g,
-                        Err(e) => {
-                            self.undo(&ipam).await;
-                            return Err(ipam_err(source)(e));
-                        }
-                    };
-                    if !got.is_complete() {
-                        // No half-dual-stack pods: give back whatever one family got.
-                        self.undo(&ipam).await;
-                        let mut why = vec![];
-                        if !got.v4.is_complete() {
-                            why.push(format!("{}: {}", v4.source, got.v4.describe("IPv4")));
-                        }
-                        if !got.v6.is_complete() {
-                            why.push(format!("{}: {}", v6.source, got.v6.describe("IPv6")));
-                        }
-                        return Err(CniError::Exhausted(why.join("; ")));
-                    }
-                    got.v4.ips.iter().chain(&got.v6.ips).copied().collect()
+                    // A handle holding nothing (an interrupted ADD or DEL): allocate into it.
+                    self.assign(ipam, &plan, &attrs, &ns_labels, &pools, false)
+                        .await?
+                        .ok_or_else(|| CniError::TryAgainLater(format!("IPAMHandle {} is being changed", self.handle)))?
                 }
             };
             info!(ips = ?assigned, node = %self.node, "assigned");
-            match self.finish(&ipam, conf, assigned).await {
+            match self.finish(ipam, conf, assigned).await {
                 Ok(v) => Ok(v),
                 Err(e) => {
-                    self.undo(&ipam).await;
+                    self.undo(ipam).await;
                     Err(e)
                 }
             }
         }
         .instrument(span)
         .await
+    }
+
+    /// Allocates what the plan asks for; `Ok(None)` when `new_handle` is set and the handle
+    /// already exists (nothing was allocated then). Any other failure allocates nothing.
+    async fn assign(
+        &self,
+        ipam: &Ipam,
+        plan: &Plan,
+        attrs: &Attrs,
+        ns_labels: &BTreeMap<String, String>,
+        pools: &[PoolInfo],
+        new_handle: bool,
+    ) -> Result<Option<Vec<IpNet>>, CniError> {
+        match plan {
+            Plan::Explicit { ips, source } => {
+                let mut out = vec![];
+                for (i, ip) in ips.iter().enumerate() {
+                    let req = AssignIpRequest {
+                        ip: *ip,
+                        handle_id: self.handle.clone(),
+                        attrs: attrs.clone(),
+                        hostname: self.node.clone(),
+                        intended_use: crate::ipam::AllowedUse::Workload,
+                    };
+                    match ipam.assign_ip_with(req, new_handle && i == 0).await {
+                        Ok(()) => out.push(with_block_mask(*ip, pools)),
+                        Err(IpamError::HandleExists(_)) if i == 0 => return Ok(None),
+                        Err(e) => {
+                            self.undo(ipam).await;
+                            return Err(ipam_err(source)(e));
+                        }
+                    }
+                }
+                Ok(Some(out))
+            }
+            Plan::Auto { v4, v6 } => {
+                let mut req = AutoAssignRequest::new(&self.handle, &self.node);
+                req.attrs = attrs.clone();
+                req.num_v4 = usize::from(v4.wanted);
+                req.num_v6 = usize::from(v6.wanted);
+                req.v4_pools = v4.pools.iter().map(|p| p.name.clone()).collect();
+                req.v6_pools = v6.pools.iter().map(|p| p.name.clone()).collect();
+                req.namespace_labels = Some(ns_labels.clone());
+                req.new_handle = new_handle;
+                let source = if v4.wanted { &v4.source } else { &v6.source };
+                let got = match ipam.auto_assign(req).await {
+                    Ok(g) => g,
+                    Err(IpamError::HandleExists(_)) if new_handle => return Ok(None),
+                    Err(e) => {
+                        self.undo(ipam).await;
+                        return Err(ipam_err(source)(e));
+                    }
+                };
+                if !got.is_complete() {
+                    // No half-dual-stack pods: give back whatever one family got.
+                    self.undo(ipam).await;
+                    let mut why = vec![];
+                    if !got.v4.is_complete() {
+                        why.push(format!("{}: {}", v4.source, got.v4.describe("IPv4")));
+                    }
+                    if !got.v6.is_complete() {
+                        why.push(format!("{}: {}", v6.source, got.v6.describe("IPv6")));
+                    }
+                    return Err(CniError::Exhausted(why.join("; ")));
+                }
+                Ok(Some(got.v4.ips.iter().chain(&got.v6.ips).copied().collect()))
+            }
+        }
     }
 
     /// Turns the addresses into the CNI result (adding gateways when configured).
@@ -307,8 +467,10 @@ impl Ctx {
     /// The node's gateway in the block of `addr`, reserved through the engine on first use.
     async fn node_gateway(&self, ipam: &Ipam, addr: IpNet) -> Result<IpAddr, CniError> {
         let handle = gateway::handle_id(&self.node);
-        let blocks: Api<Block> =
-            Api::all_with(self.client.clone(), &self.mode.resource(CalicoKind::IPAMBlock));
+        let blocks: Api<Block> = Api::all_with(
+            self.shared.client.clone(),
+            &self.shared.mode.resource(CalicoKind::IPAMBlock),
+        );
         let block_name = names::block_name(&addr.trunc());
         // Another ADD on this node may claim the same address first: re-read and try again.
         for _ in 0..5 {
@@ -366,7 +528,7 @@ impl Ctx {
     }
 
     async fn del(&self, env: &CniEnv) -> Result<(), CniError> {
-        let ipam = self.ipam().await?;
+        let ipam = self.shared.ipam().await?;
         let released = ipam
             .release_by_handle(&self.handle)
             .await
@@ -374,6 +536,10 @@ impl Ctx {
         info!(handle = %self.handle, ?released, "released");
         if let (Some(ns), Some(pod)) = (&env.args.pod_namespace, &env.args.pod_name) {
             let legacy = super::legacy_handle_id(ns, pod);
+            // Only old Calico wrote these: skip the read when the node's cached blocks rule it out.
+            if ipam.host_blocks_hold(&self.node, &legacy) == Some(false) {
+                return Ok(());
+            }
             let released = ipam
                 .release_by_handle(&legacy)
                 .await
@@ -387,7 +553,7 @@ impl Ctx {
 
     /// CHECK: the handle must hold addresses, and every address of `prevResult` among them.
     async fn check(&self, stdin: &[u8]) -> Result<(), CniError> {
-        let ipam = self.ipam().await?;
+        let ipam = self.shared.ipam().await?;
         let held = ipam
             .ips_by_handle(&self.handle)
             .await
@@ -412,7 +578,7 @@ impl Ctx {
     /// GC (CNI 1.1): release this node's allocations of containers the runtime no longer has.
     async fn gc(&self, network: &str, stdin: &[u8]) -> Result<(), CniError> {
         let valid = super::gc::valid_containers(stdin)?;
-        let ipam = self.ipam().await?;
+        let ipam = self.shared.ipam().await?;
         let blocks = ipam.list_blocks().await.map_err(ipam_err(&Source::Default))?;
         for handle in super::gc::stale_handles(&blocks, &self.node, network, &valid) {
             let released = ipam
@@ -427,7 +593,8 @@ impl Ctx {
     /// STATUS: ready when the apiserver answers and some pool is enabled.
     async fn status(&self) -> Result<(), CniError> {
         let pools = self
-            .pools()
+            .shared
+            .pools(false)
             .await
             .map_err(|e| CniError::NotAvailable(e.to_string()))?;
         if pools.iter().all(|p| p.disabled || p.deleting) {

@@ -344,11 +344,12 @@ impl Ipam {
 
     // ------------------------------------------------------------------ handles
 
-    /// Adds `n` addresses in `cidr` to a handle (creating it), before the block write.
-    async fn handle_add(&self, handle_id: &str, cidr: &IpNet, n: u64) -> Result<(), IpamError> {
+    /// Adds `n` addresses in `cidr` to a handle (creating it), before the block write. With
+    /// `new_handle`, a handle this process does not know must be created, not found.
+    async fn handle_add(&self, handle_id: &str, cidr: &IpNet, n: u64, new_handle: bool) -> Result<(), IpamError> {
         let name = names::handle_name(handle_id);
         let key = cidr.to_string();
-        for _ in 0..RETRIES {
+        for attempt in 0..RETRIES {
             let cached = self.inner.cache.lock().unwrap().handles.get(&name).cloned();
             let res = match cached {
                 None => {
@@ -367,6 +368,9 @@ impl Ipam {
                     self.inner.cache.lock().unwrap().handles.insert(name, h);
                     return Ok(());
                 }
+                Err(StoreError::AlreadyExists { .. }) if new_handle && attempt == 0 => {
+                    return Err(IpamError::HandleExists(handle_id.into()));
+                }
                 Err(StoreError::Conflict { .. } | StoreError::AlreadyExists { .. }) => {
                     self.refresh_handle(handle_id).await?;
                 }
@@ -376,6 +380,16 @@ impl Ipam {
         Err(IpamError::Contention {
             what: format!("IPAMHandle {name}"),
         })
+    }
+
+    /// Whether this process last saw the handle existing (its own writes, its own reads).
+    fn handle_cached(&self, handle_id: &str) -> bool {
+        self.inner
+            .cache
+            .lock()
+            .unwrap()
+            .handles
+            .contains_key(&names::handle_name(handle_id))
     }
 
     async fn refresh_handle(&self, handle_id: &str) -> Result<Option<Handle>, IpamError> {
@@ -448,6 +462,7 @@ impl Ipam {
         req_handle: &str,
         attrs: &Attrs,
         owner: Option<&str>,
+        new_handle: bool,
     ) -> Result<BlockOutcome, IpamError> {
         let span = info_span!("ipamblock", name = %names::block_name(cidr));
         async {
@@ -478,7 +493,7 @@ impl Ipam {
                 }
                 let k = ords.len() as u64;
                 if k > counted {
-                    self.handle_add(req_handle, cidr, k - counted).await?;
+                    self.handle_add(req_handle, cidr, k - counted, new_handle).await?;
                     counted = k;
                 }
                 blk::prepare_write(&mut b.spec);
@@ -627,6 +642,9 @@ impl Ipam {
         async {
             let lock = self.host_lock(&req.hostname);
             let _guard = lock.lock().await;
+            if req.new_handle && self.handle_cached(&req.handle_id) {
+                return Err(IpamError::HandleExists(req.handle_id.clone()));
+            }
             let mut out = AutoAssignResult::default();
             if req.num_v4 > 0 {
                 out.v4 = self
@@ -771,7 +789,7 @@ impl Ipam {
             match allocator::next_step(&state) {
                 Step::Use(c) => {
                     match self
-                        .allocate_in_block(&c, n - got.len(), &req.handle_id, &req.attrs, Some(host))
+                        .allocate_in_block(&c, n - got.len(), &req.handle_id, &req.attrs, Some(host), req.new_handle)
                         .await?
                     {
                         BlockOutcome::Allocated(ips) if ips.is_empty() => {
@@ -811,7 +829,7 @@ impl Ipam {
                                 break 'pools;
                             }
                             if let BlockOutcome::Allocated(ips) = self
-                                .allocate_in_block(&c, n - got.len(), &req.handle_id, &req.attrs, None)
+                                .allocate_in_block(&c, n - got.len(), &req.handle_id, &req.attrs, None, req.new_handle)
                                 .await?
                             {
                                 got.extend(ips);
@@ -848,6 +866,11 @@ impl Ipam {
     /// Calico's AssignIP: one specific address (`ipAddrs`). Claims the block for the host when
     /// it does not exist; with strictAffinity an address in another host's block is refused.
     pub async fn assign_ip(&self, req: AssignIpRequest) -> Result<(), IpamError> {
+        self.assign_ip_with(req, false).await
+    }
+
+    /// [`assign_ip`](Self::assign_ip); with `new_handle` as in [`AutoAssignRequest::new_handle`].
+    pub async fn assign_ip_with(&self, req: AssignIpRequest, new_handle: bool) -> Result<(), IpamError> {
         let span = info_span!("ipamhandle", name = %names::handle_name(&req.handle_id), node = %req.hostname, ip = %req.ip);
         async {
             let infos = self.pool_infos(&[]).await?;
@@ -869,6 +892,9 @@ impl Ipam {
             let strict = self.config().strict_affinity;
             let lock = self.host_lock(&req.hostname);
             let _guard = lock.lock().await;
+            if new_handle && self.handle_cached(&req.handle_id) {
+                return Err(IpamError::HandleExists(req.handle_id.clone()));
+            }
             let mut counted = false;
             let mut result = Err(IpamError::Contention { what: format!("IPAMBlock {}", names::block_name(&cidr)) });
             for attempt in 0..RETRIES {
@@ -894,7 +920,7 @@ impl Ipam {
                     break;
                 }
                 if !counted {
-                    self.handle_add(&req.handle_id, &cidr, 1).await?;
+                    self.handle_add(&req.handle_id, &cidr, 1, new_handle).await?;
                     counted = true;
                 }
                 blk::prepare_write(&mut b.spec);
@@ -928,27 +954,45 @@ impl Ipam {
 
     /// Releases everything a handle holds and deletes the handle. Idempotent: a handle that does
     /// not exist is `Ok(vec![])`. Returns the addresses released.
+    ///
+    /// A handle this process wrote last is used from the cache (no read): the block writes are
+    /// guarded by the block's own state, and the handle's deletion by its resourceVersion, so a
+    /// stale entry costs a 409 and a re-read, after which the remaining entries are released.
     pub async fn release_by_handle(&self, handle_id: &str) -> Result<Vec<IpAddr>, IpamError> {
-        let span = info_span!("ipamhandle", name = %names::handle_name(handle_id));
+        let name = names::handle_name(handle_id);
+        let span = info_span!("ipamhandle", name = %name);
         async {
-            let Some(h) = self.refresh_handle(handle_id).await? else {
-                return Ok(vec![]);
-            };
             let mut released = Vec::new();
-            for key in h.spec.block.keys() {
-                let Ok(cidr) = cidr::parse_masked(key) else {
-                    warn!(block = %key, "IPAMHandle {}: spec.block has a key that is not a CIDR", h.metadata.name.as_deref().unwrap_or(""));
-                    continue;
+            let mut h = self.inner.cache.lock().unwrap().handles.get(&name).cloned();
+            for _ in 0..RETRIES {
+                let cur = match h.take() {
+                    Some(h) => h,
+                    None => match self.refresh_handle(handle_id).await? {
+                        Some(h) => h,
+                        None => return Ok(released),
+                    },
                 };
-                let ords = self
-                    .release_in_block(&cidr, |spec| blk::ordinals_of_handle(spec, handle_id).into_iter().map(|o| blk::GuardedRelease { ordinal: o, handle_id: None, sequence_number: None }).collect())
-                    .await?;
-                released.extend(ords.iter().map(|o| cidr::address_of(&cidr, *o)));
-                // Drop the whole entry even if the block no longer held the handle's addresses
-                // (Calico leaves such a handle over-counted).
-                self.handle_sub(handle_id, &cidr, None).await?;
+                for key in cur.spec.block.keys() {
+                    let Ok(cidr) = cidr::parse_masked(key) else {
+                        warn!(block = %key, "IPAMHandle {}: spec.block has a key that is not a CIDR", cur.metadata.name.as_deref().unwrap_or(""));
+                        continue;
+                    };
+                    let ords = self
+                        .release_in_block(&cidr, |spec| blk::ordinals_of_handle(spec, handle_id).into_iter().map(|o| blk::GuardedRelease { ordinal: o, handle_id: None, sequence_number: None }).collect())
+                        .await?;
+                    released.extend(ords.iter().map(|o| cidr::address_of(&cidr, *o)));
+                    // Drop the whole entry even if the block no longer held the handle's addresses
+                    // (Calico leaves such a handle over-counted).
+                    self.handle_sub(handle_id, &cidr, None).await?;
+                }
+                // Deleted (gone from the cache) unless entries the cached copy lacked remain.
+                match self.inner.cache.lock().unwrap().handles.get(&name) {
+                    None => return Ok(released),
+                    Some(rest) if rest.spec.block.is_empty() => return Ok(released),
+                    Some(rest) => h = Some(rest.clone()),
+                }
             }
-            Ok(released)
+            Err(IpamError::Contention { what: format!("IPAMHandle {name}") })
         }
         .instrument(span)
         .await
@@ -1135,8 +1179,32 @@ impl Ipam {
     }
 
     /// Addresses held by a handle (empty when it does not exist).
+    /// Loads a host's affinities and their blocks into the cache, so that a node-local server
+    /// pays these reads once at start instead of on its first requests.
+    pub async fn warm_host(&self, host: &str) -> Result<usize, IpamError> {
+        let affs = self.host_affinities(host, false).await?;
+        for cidr in affs.keys() {
+            self.block(cidr).await?;
+        }
+        Ok(affs.len())
+    }
+
+    /// Whether any of the host's blocks holds an address of the handle, from the cache alone:
+    /// `None` when the cache cannot tell (affinities not loaded, a block never read).
+    pub fn host_blocks_hold(&self, host: &str, handle_id: &str) -> Option<bool> {
+        let c = self.inner.cache.lock().unwrap();
+        let affs = c.affinities.get(host)?;
+        let mut held = false;
+        for cidr in affs.keys() {
+            let b = c.blocks.get(cidr)?;
+            held |= !blk::ordinals_of_handle(&b.spec, handle_id).is_empty();
+        }
+        Some(held)
+    }
+
+    /// Always read from the apiserver (it settles what a cached view cannot).
     pub async fn ips_by_handle(&self, handle_id: &str) -> Result<Vec<IpAddr>, IpamError> {
-        let Some(h) = self.inner.store.get_handle(handle_id).await? else {
+        let Some(h) = self.refresh_handle(handle_id).await? else {
             return Ok(vec![]);
         };
         let mut ips = Vec::new();

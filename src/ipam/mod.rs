@@ -135,6 +135,10 @@ pub struct AutoAssignRequest {
     pub intended_use: AllowedUse,
     /// Per-request cap on affine blocks (can only tighten IPAMConfig's `maxBlocksPerHost`).
     pub max_blocks_per_host: Option<u32>,
+    /// The handle must not exist yet: its creation is the check (no read first), and an existing
+    /// handle ends the request with [`IpamError::HandleExists`] before any block is written. A
+    /// CNI ADD sets it so that a repeated ADD is caught without reading the handle every time.
+    pub new_handle: bool,
 }
 
 impl AutoAssignRequest {
@@ -151,6 +155,7 @@ impl AutoAssignRequest {
             node_labels: None,
             intended_use: AllowedUse::Workload,
             max_blocks_per_host: None,
+            new_handle: false,
         }
     }
 }
@@ -320,6 +325,10 @@ pub enum IpamError {
     ReleaseConflict { block: IpNet, reason: String },
     #[error("IPAMBlock {block}: {detail}")]
     Block { block: IpNet, detail: String },
+    /// A request with `new_handle` found the handle already there (a repeated ADD, or an
+    /// interrupted one): nothing was allocated; the caller looks at what the handle holds.
+    #[error("IPAMHandle for {0} already exists")]
+    HandleExists(String),
     #[error("Max retries hit - excessive concurrent IPAM requests ({what})")]
     Contention { what: String },
     #[error(transparent)]

@@ -1,0 +1,190 @@
+//! The node agent's IPAM server: one warm [`Shared`] (engine, pool and config watches, this
+//! node's pods, all namespaces) answering `tortie-ipam` over a unix socket. Each connection is a
+//! task of its own; ADDs for the node still queue on the engine's per-host lock, everything else
+//! (pod lookups, DELs of other blocks, framing) runs concurrently.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::Api;
+use kube::core::PartialObjectMeta;
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::env::{CniEnv, Command};
+use super::error::CniError;
+use super::plugin::{PodCache, Shared};
+use super::wire::{self, Request, Response, WireError};
+use super::{NetConf, result};
+use crate::ipam::Ipam;
+
+/// How long an ADD waits for its pod to reach the watch before one GET.
+pub const POD_WAIT: Duration = Duration::from_secs(1);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("IPAM socket {path}: {source}")]
+    Socket {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("starting the IPAM engine: {0}")]
+    Engine(#[from] crate::ipam::IpamError),
+    #[error("watching {0} did not complete its first listing within 60 s")]
+    NotReady(&'static str),
+}
+
+/// Starts the engine and the watches for `node` and waits until they have listed once, so that
+/// the first answer is already a warm one.
+pub async fn warm(client: kube::Client, node: &str) -> Result<Arc<Shared>, ServerError> {
+    let mode = crate::api::CrdMode::detect(&client)
+        .await
+        .map_err(|e| ServerError::Engine(crate::ipam::IpamError::BadRequest(format!("listing API groups: {e}"))))?;
+    let ipam = Ipam::new(client.clone(), mode).await?;
+    match ipam.warm_host(node).await {
+        Ok(n) => info!(node, blocks = n, "IPAM cache warmed"),
+        Err(e) => warn!(node, error = %e, "could not preload the node's blocks (they load on first use)"),
+    }
+    let pods = spawn_meta_reflector(
+        Api::<PartialObjectMeta<Pod>>::all(client.clone()),
+        watcher::Config::default().fields(&format!("spec.nodeName={node}")),
+    );
+    let namespaces = spawn_meta_reflector(
+        Api::<PartialObjectMeta<Namespace>>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let limit = Duration::from_secs(60);
+    tokio::time::timeout(limit, pods.wait_until_ready())
+        .await
+        .map_err(|_| ServerError::NotReady("pods"))?
+        .map_err(|_| ServerError::NotReady("pods"))?;
+    tokio::time::timeout(limit, namespaces.wait_until_ready())
+        .await
+        .map_err(|_| ServerError::NotReady("namespaces"))?
+        .map_err(|_| ServerError::NotReady("namespaces"))?;
+    Ok(Arc::new(Shared::warm(
+        client,
+        ipam,
+        PodCache {
+            node: node.to_string(),
+            pods,
+            namespaces,
+            pod_wait: POD_WAIT,
+        },
+    )))
+}
+
+/// A metadata-only reflector (annotations and labels are all requests use), running until the
+/// process ends; a watch error is retried with backoff.
+fn spawn_meta_reflector<K>(api: Api<PartialObjectMeta<K>>, cfg: watcher::Config) -> reflector::Store<PartialObjectMeta<K>>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let writer = reflector::store::Writer::default();
+    let reader = writer.as_reader();
+    let stream = watcher(api, cfg).default_backoff();
+    tokio::spawn(async move {
+        let mut s = std::pin::pin!(reflector(writer, stream));
+        while let Some(ev) = s.next().await {
+            if let Err(e) = ev {
+                debug!(error = %e, "watch error (retrying)");
+            }
+        }
+    });
+    reader
+}
+
+/// Binds the socket: its directory is created, a stale socket file from an earlier run removed.
+pub fn bind(path: &Path) -> Result<UnixListener, ServerError> {
+    let err = |source| ServerError::Socket {
+        path: path.display().to_string(),
+        source,
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(err)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    let l = UnixListener::bind(path).map_err(err)?;
+    // Only root (the container runtime) may allocate addresses.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    Ok(l)
+}
+
+/// Accepts connections until the listener fails; each is answered by a task of its own.
+pub async fn serve(listener: UnixListener, shared: Arc<Shared>) -> std::io::Result<()> {
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection(stream, &shared).await {
+                warn!(error = %e, "IPAM socket connection");
+            }
+        });
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Wire(#[from] WireError),
+}
+
+async fn connection(mut stream: UnixStream, shared: &Shared) -> Result<(), ConnError> {
+    let mut header = [0u8; 4];
+    stream.read_exact(&mut header).await?;
+    let mut body = vec![0u8; wire::frame_len(header)?];
+    stream.read_exact(&mut body).await?;
+    let req: Request = wire::decode(&body)?;
+    let resp = answer(shared, req).await;
+    stream.write_all(&wire::encode(&resp)).await?;
+    stream.shutdown().await?;
+    Ok(())
+}
+
+/// One request, decided by the same code as the in-process path.
+pub async fn answer(shared: &Shared, req: Request) -> Response {
+    let stdin = req.stdin.as_bytes();
+    let env = match CniEnv::from_vars(|k| req.env.get(k).map(String::as_str)) {
+        Ok(e) => e,
+        Err(e) => return Response::failed(&e, stdin),
+    };
+    if env.command == Command::Version {
+        return Response::Refused {
+            reason: "VERSION is answered by the plugin".into(),
+        };
+    }
+    let conf = match NetConf::parse(stdin).and_then(|c| result::check_version(&c.cni_version).map(|_| c)) {
+        Ok(c) => c,
+        Err(e) => return Response::failed(&e, stdin),
+    };
+    if let Some(m) = conf.crd_mode
+        && m != shared.mode()
+    {
+        return Response::Refused {
+            reason: format!("the config asks for {m} objects, the agent serves {}", shared.mode()),
+        };
+    }
+    let span = info_span!("ipam-request", node = %req.node);
+    let out: Result<Option<serde_json::Value>, CniError> =
+        shared.run(&env, &conf, stdin, &req.node).instrument(span).await;
+    match out {
+        Ok(output) => Response::Ok { output },
+        Err(e) => {
+            warn!(code = e.code(), command = ?env.command, container = %env.container_id, "{e}");
+            Response::failed(&e, stdin)
+        }
+    }
+}
