@@ -21,7 +21,11 @@ enum Outcome {
     Done(Option<Value>),
     Failed(CniError),
     /// The agent's error, already in CNI form.
-    Remote { code: u32, msg: String, output: Value },
+    Remote {
+        code: u32,
+        msg: String,
+        output: Value,
+    },
 }
 
 fn main() -> ExitCode {
@@ -113,7 +117,10 @@ fn via_agent(
             tracing::debug!(socket = %sock, "answered by the node agent");
             Ok(Some(Outcome::Done(output)))
         }
-        Ok(Response::Failed { code, msg, output }) => Ok(Some(Outcome::Remote { code, msg, output })),
+        Ok(Response::Failed { code, msg, output }) => {
+            tracing::debug!(socket = %sock, "answered by the node agent (an error)");
+            Ok(Some(Outcome::Remote { code, msg, output }))
+        }
         Ok(Response::Refused { reason }) => {
             tracing::info!(socket = %sock, "node agent declined ({reason}); running in-process");
             Ok(None)

@@ -61,6 +61,7 @@ pub struct AgentArgs {
 
 impl AgentArgs {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
+        init_tracing();
         let client = Client::try_default().await?;
         let socket = self.ipam_socket_path();
         if socket.is_none() && self.no_bgp {
@@ -102,6 +103,18 @@ impl AgentArgs {
             bird6_socket: self.bird6_socket.clone(),
         }
     }
+}
+
+/// Logs to stderr, filtered by `TORTIE_LOG` (else `RUST_LOG`, else info).
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("TORTIE_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// Warms the IPAM engine and watches for `node`, then answers on `socket` until it fails.

@@ -20,7 +20,8 @@ pub struct Cli {
 pub enum Command {
     /// Print the CustomResourceDefinitions of a CRD mode (or write them into a directory).
     Crd(crd::CrdArgs),
-    /// Per-node agent: install the node's published BIRD config and reload BIRD.
+    /// Per-node agent: install the node's published BIRD config and reload BIRD; serve the node's
+    /// IPAM requests warm over a unix socket.
     Agent(agent::AgentArgs),
     /// Render one node's BIRD configuration from a folder of manifests (no cluster needed).
     Render(render::RenderArgs),

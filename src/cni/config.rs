@@ -234,7 +234,10 @@ mod tests {
         assert_eq!(conf.ipam.timeout, DEFAULT_TIMEOUT);
         assert_eq!(conf.crd_mode, None);
         assert_eq!(conf.log_level.as_deref(), Some("Info"));
-        assert_eq!(conf.ipam.socket.as_deref(), Some(super::super::wire::DEFAULT_SOCKET));
+        assert_eq!(
+            conf.ipam.socket.as_deref(),
+            Some(super::super::wire::DEFAULT_SOCKET)
+        );
     }
 
     #[test]

@@ -356,7 +356,9 @@ impl Ctx<'_> {
                     // A handle holding nothing (an interrupted ADD or DEL): allocate into it.
                     self.assign(ipam, &plan, &attrs, &ns_labels, &pools, false)
                         .await?
-                        .ok_or_else(|| CniError::TryAgainLater(format!("IPAMHandle {} is being changed", self.handle)))?
+                        .ok_or_else(|| {
+                            CniError::TryAgainLater(format!("IPAMHandle {} is being changed", self.handle))
+                        })?
                 }
             };
             info!(ips = ?assigned, node = %self.node, "assigned");

@@ -43,9 +43,11 @@ pub enum ServerError {
 /// Starts the engine and the watches for `node` and waits until they have listed once, so that
 /// the first answer is already a warm one.
 pub async fn warm(client: kube::Client, node: &str) -> Result<Arc<Shared>, ServerError> {
-    let mode = crate::api::CrdMode::detect(&client)
-        .await
-        .map_err(|e| ServerError::Engine(crate::ipam::IpamError::BadRequest(format!("listing API groups: {e}"))))?;
+    let mode = crate::api::CrdMode::detect(&client).await.map_err(|e| {
+        ServerError::Engine(crate::ipam::IpamError::BadRequest(format!(
+            "listing API groups: {e}"
+        )))
+    })?;
     let ipam = Ipam::new(client.clone(), mode).await?;
     match ipam.warm_host(node).await {
         Ok(n) => info!(node, blocks = n, "IPAM cache warmed"),
@@ -82,9 +84,18 @@ pub async fn warm(client: kube::Client, node: &str) -> Result<Arc<Shared>, Serve
 
 /// A metadata-only reflector (annotations and labels are all requests use), running until the
 /// process ends; a watch error is retried with backoff.
-fn spawn_meta_reflector<K>(api: Api<PartialObjectMeta<K>>, cfg: watcher::Config) -> reflector::Store<PartialObjectMeta<K>>
+fn spawn_meta_reflector<K>(
+    api: Api<PartialObjectMeta<K>>,
+    cfg: watcher::Config,
+) -> reflector::Store<PartialObjectMeta<K>>
 where
-    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
 {
     let writer = reflector::store::Writer::default();
     let reader = writer.as_reader();
@@ -144,7 +155,12 @@ enum ConnError {
 
 async fn connection(mut stream: UnixStream, shared: &Shared) -> Result<(), ConnError> {
     let mut header = [0u8; 4];
-    stream.read_exact(&mut header).await?;
+    match stream.read_exact(&mut header).await {
+        Ok(_) => {}
+        // Connected and left without a word: a liveness probe.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
+        Err(e) => return Err(e.into()),
+    }
     let mut body = vec![0u8; wire::frame_len(header)?];
     stream.read_exact(&mut body).await?;
     let req: Request = wire::decode(&body)?;
@@ -174,7 +190,10 @@ pub async fn answer(shared: &Shared, req: Request) -> Response {
         && m != shared.mode()
     {
         return Response::Refused {
-            reason: format!("the config asks for {m} objects, the agent serves {}", shared.mode()),
+            reason: format!(
+                "the config asks for {m} objects, the agent serves {}",
+                shared.mode()
+            ),
         };
     }
     let span = info_span!("ipam-request", node = %req.node);

@@ -346,7 +346,13 @@ impl Ipam {
 
     /// Adds `n` addresses in `cidr` to a handle (creating it), before the block write. With
     /// `new_handle`, a handle this process does not know must be created, not found.
-    async fn handle_add(&self, handle_id: &str, cidr: &IpNet, n: u64, new_handle: bool) -> Result<(), IpamError> {
+    async fn handle_add(
+        &self,
+        handle_id: &str,
+        cidr: &IpNet,
+        n: u64,
+        new_handle: bool,
+    ) -> Result<(), IpamError> {
         let name = names::handle_name(handle_id);
         let key = cidr.to_string();
         for attempt in 0..RETRIES {
@@ -789,7 +795,14 @@ impl Ipam {
             match allocator::next_step(&state) {
                 Step::Use(c) => {
                     match self
-                        .allocate_in_block(&c, n - got.len(), &req.handle_id, &req.attrs, Some(host), req.new_handle)
+                        .allocate_in_block(
+                            &c,
+                            n - got.len(),
+                            &req.handle_id,
+                            &req.attrs,
+                            Some(host),
+                            req.new_handle,
+                        )
                         .await?
                     {
                         BlockOutcome::Allocated(ips) if ips.is_empty() => {
@@ -829,7 +842,14 @@ impl Ipam {
                                 break 'pools;
                             }
                             if let BlockOutcome::Allocated(ips) = self
-                                .allocate_in_block(&c, n - got.len(), &req.handle_id, &req.attrs, None, req.new_handle)
+                                .allocate_in_block(
+                                    &c,
+                                    n - got.len(),
+                                    &req.handle_id,
+                                    &req.attrs,
+                                    None,
+                                    req.new_handle,
+                                )
                                 .await?
                             {
                                 got.extend(ips);

@@ -1,0 +1,548 @@
+//! End-to-end tests of the node agent's warm IPAM server (`tortie agent --no-bgp --ipam-socket`)
+//! against the real control plane: `tortie-ipam` is executed as a container runtime executes it
+//! (CNI environment + network config on stdin) and hands its request to the agent over the
+//! socket; with the agent gone it runs the request itself.
+//!
+//! Pools are `assignmentMode: Manual` with CIDRs unique to the test (in 100.64.0.0/10, which no
+//! other test uses) and are selected by annotations only, so parallel tests never share them.
+
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use kube::Api;
+use kube::api::PostParams;
+use kube::core::Object;
+use serde_json::{Value, json};
+use support::*;
+use tortie::api::{Block, CalicoKind, CrdMode, Handle, IPPoolSpec, Pool};
+
+const ANN_V4: &str = "cni.projectcalico.org/ipv4pools";
+const ANN_ADDRS: &str = "cni.projectcalico.org/ipAddrs";
+
+/// A CIDR of `prefix_len` unique to one pool of one test, in 100.64.0.0/10.
+fn unique_cidr(prefix_len: u8) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let seed = (std::process::id().wrapping_mul(2654435761) ^ (n << 8)).wrapping_add(n * 4099);
+    let size = 1u32 << (32 - u32::from(prefix_len));
+    let span = 1u32 << 22; // 100.64.0.0/10
+    let off = (seed % (span / size)) * size;
+    let base = (100u32 << 24) | (64u32 << 16);
+    format!("{}/{prefix_len}", std::net::Ipv4Addr::from(base + off))
+}
+
+struct Lab {
+    client: kube::Client,
+    mode: CrdMode,
+    pools: Vec<String>,
+    node: String,
+    ns: String,
+    dir: tempfile::TempDir,
+}
+
+impl Lab {
+    async fn new(prefix: &str) -> Lab {
+        let client = client().await;
+        let mode = CrdMode::detect(&client).await.unwrap();
+        let node = unique_name(&format!("{prefix}-node"));
+        create_node(&client, &node, &[], Some("10.240.1.10"), &[], &[]).await;
+        Lab {
+            client,
+            mode,
+            pools: vec![],
+            node,
+            ns: unique_name(prefix),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("ipam.sock")
+    }
+
+    fn pool_api(&self) -> Api<Pool> {
+        Api::all_with(self.client.clone(), &self.mode.resource(CalicoKind::IPPool))
+    }
+
+    async fn pool(&mut self, prefix: &str, block_size: i32) -> (String, IpNet) {
+        let name = unique_name(prefix);
+        let cidr = unique_cidr(24);
+        let spec: IPPoolSpec = serde_json::from_value(json!({
+            "cidr": cidr, "blockSize": block_size, "assignmentMode": "Manual",
+            "ipipMode": "Never", "vxlanMode": "Never", "natOutgoing": false}))
+        .unwrap();
+        let obj = Object::new(&name, &self.mode.resource(CalicoKind::IPPool), spec);
+        self.pool_api()
+            .create(&PostParams::default(), &obj)
+            .await
+            .unwrap();
+        self.pools.push(name.clone());
+        (name, cidr.parse().unwrap())
+    }
+
+    /// Every allocation in the cluster: ip → handle.
+    async fn allocations(&self) -> BTreeMap<IpAddr, Option<String>> {
+        let blocks: Api<Block> =
+            Api::all_with(self.client.clone(), &self.mode.resource(CalicoKind::IPAMBlock));
+        let mut out = BTreeMap::new();
+        for b in blocks.list(&Default::default()).await.unwrap().items {
+            if b.spec.deleted == Some(true) {
+                continue;
+            }
+            let cidr: IpNet = b.spec.cidr.parse().unwrap();
+            for (ord, a) in b.spec.allocations.iter().enumerate() {
+                let Some(idx) = a else { continue };
+                let attr = b.spec.attributes.get(*idx).cloned().unwrap_or_default();
+                out.insert(tortie::cni::gateway::nth(cidr, ord).unwrap(), attr.handle_id);
+            }
+        }
+        out
+    }
+
+    async fn handle_exists(&self, cid: &str) -> bool {
+        let handles: Api<Handle> =
+            Api::all_with(self.client.clone(), &self.mode.resource(CalicoKind::IPAMHandle));
+        handles
+            .get_opt(&handle(cid).to_lowercase())
+            .await
+            .unwrap()
+            .is_some_and(|h| h.spec.deleted != Some(true))
+    }
+
+    async fn held(&self, cid: &str) -> Vec<IpAddr> {
+        let h = handle(cid);
+        self.allocations()
+            .await
+            .into_iter()
+            .filter(|(_, x)| x.as_deref() == Some(h.as_str()))
+            .map(|(ip, _)| ip)
+            .collect()
+    }
+
+    async fn cleanup(self) {
+        for p in &self.pools {
+            let _ = self.pool_api().delete(p, &Default::default()).await;
+        }
+        delete_namespace(&self.client, &self.ns, Duration::from_secs(60)).await;
+        delete_node(&self.client, &self.node).await;
+    }
+
+    async fn add(&self, pod: &str, cid: &str, socket: &str) -> Out {
+        exec("ADD", cid, &self.ns, pod, &conf(&self.node, socket)).await
+    }
+
+    async fn del(&self, pod: &str, cid: &str, socket: &str) -> Out {
+        exec("DEL", cid, &self.ns, pod, &conf(&self.node, socket)).await
+    }
+}
+
+fn handle(cid: &str) -> String {
+    format!("k8s-pod-network.{cid}")
+}
+
+fn cid(tag: &str) -> String {
+    format!("{:0>64}", format!("{tag}{:x}", std::process::id()))
+}
+
+/// The network config a runtime hands the plugin; `socket` is `ipam.socket`.
+fn conf(node: &str, socket: &str) -> Value {
+    json!({
+        "cniVersion": "1.0.0",
+        "name": "k8s-pod-network",
+        "type": "calico",
+        "nodename": node,
+        "log_level": "debug",
+        "kubernetes": {"kubeconfig": cluster().kubeconfig},
+        "ipam": {"type": "tortie-ipam", "assign_ipv4": "true", "assign_ipv6": "false",
+                 "socket": socket, "timeout_seconds": 30},
+    })
+}
+
+struct Out {
+    ok: bool,
+    json: Value,
+    stderr: String,
+}
+
+impl Out {
+    fn ip(&self) -> IpAddr {
+        assert!(self.ok, "ADD failed: {} / {}", self.json, self.stderr);
+        self.json["ips"][0]["address"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no address in {}", self.json))
+            .parse::<IpNet>()
+            .unwrap()
+            .addr()
+    }
+
+    /// Whether the agent answered (the plugin logs at debug level which path it took).
+    fn via_agent(&self) -> bool {
+        self.stderr.contains("answered by the node agent")
+    }
+
+    fn in_process(&self) -> bool {
+        self.stderr.contains("running in-process")
+    }
+}
+
+async fn exec(command: &str, cid: &str, ns: &str, pod: &str, conf: &Value) -> Out {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tortie-ipam"));
+    cmd.env_clear()
+        .env("CNI_COMMAND", command)
+        .env("CNI_CONTAINERID", cid)
+        .env("CNI_NETNS", format!("/var/run/netns/{}", &cid[..12]))
+        .env("CNI_IFNAME", "eth0")
+        .env(
+            "CNI_ARGS",
+            format!(
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={pod};K8S_POD_INFRA_CONTAINER_ID={cid}"
+            ),
+        )
+        .env("CNI_PATH", "/usr/lib/cni")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut f = tempfile::tempfile().unwrap();
+    std::io::Write::write_all(&mut f, conf.to_string().as_bytes()).unwrap();
+    std::io::Seek::rewind(&mut f).unwrap();
+    cmd.stdin(Stdio::from(f));
+    let out = cmd.spawn().unwrap().wait_with_output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    Out {
+        ok: out.status.success(),
+        json: if stdout.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {stdout:?}"))
+        },
+        stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+    }
+}
+
+/// `tortie agent --no-bgp` for one node, killed on drop.
+struct Agent(tokio::process::Child);
+
+impl Agent {
+    async fn start(node: &str, socket: &Path) -> Agent {
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tortie"))
+            .args(["agent", "--no-bgp", "--node", node, "--ipam-socket"])
+            .arg(socket)
+            .env("KUBECONFIG", &cluster().kubeconfig)
+            .env("TORTIE_LOG", "info,tortie=debug,kube=warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        // The socket answers once the engine and the watches have listed (a killed agent's
+        // socket file may still be there: the new one replaces it).
+        wait_until("the agent's IPAM socket", Duration::from_secs(60), || async {
+            std::os::unix::net::UnixStream::connect(socket).ok().map(|_| ())
+        })
+        .await;
+        Agent(child)
+    }
+
+    async fn kill(mut self) {
+        self.0.kill().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn agent_serves_adds_and_dels_and_the_plugin_falls_back_when_it_is_down() {
+    let mut lab = Lab::new("agent-ipam").await;
+    let (pool_a, net_a) = lab.pool("agent-a", 28).await;
+    let (pool_b, net_b) = lab.pool("agent-b", 28).await;
+    create_namespace(&lab.client, &lab.ns, &[(ANN_V4, &format!("[\"{pool_a}\"]"))]).await;
+    let explicit = net_b.hosts().nth(20).unwrap();
+    let pods: Vec<(String, Vec<(&str, String)>)> = vec![
+        ("ns-0".into(), vec![]),
+        ("ns-1".into(), vec![]),
+        ("ns-2".into(), vec![]),
+        ("pod-b".into(), vec![(ANN_V4, format!("[\"{pool_b}\"]"))]),
+        ("explicit".into(), vec![(ANN_ADDRS, format!("[\"{explicit}\"]"))]),
+        ("bad".into(), vec![(ANN_V4, "[\"no-such-pool\"]".into())]),
+        ("fallback".into(), vec![]),
+    ];
+    for (name, ann) in &pods {
+        let ann: Vec<(&str, &str)> = ann.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        create_pod(&lab.client, &lab.ns, name, Some(&lab.node), &ann).await;
+    }
+    let socket = lab.socket();
+    let sock = socket.to_str().unwrap().to_string();
+    let agent = Agent::start(&lab.node, &socket).await;
+
+    // Namespace annotation, pod annotation, explicit address: all through the agent.
+    let mut got = BTreeMap::new();
+    for (pod, want) in [
+        ("ns-0", net_a),
+        ("ns-1", net_a),
+        ("ns-2", net_a),
+        ("pod-b", net_b),
+        ("explicit", net_b),
+    ] {
+        let out = lab.add(pod, &cid(pod), &sock).await;
+        assert!(
+            out.via_agent(),
+            "{pod}: not answered by the agent: {}",
+            out.stderr
+        );
+        let ip = out.ip();
+        assert!(want.contains(&ip), "{pod}: {ip} not in {want}");
+        got.insert(pod, ip);
+    }
+    assert_eq!(got["explicit"], explicit);
+    let distinct: BTreeSet<IpAddr> = got.values().copied().collect();
+    assert_eq!(distinct.len(), got.len(), "an address handed out twice: {got:?}");
+
+    // A repeated ADD (runtime retry) gets the same address, not a second one.
+    let again = lab.add("ns-1", &cid("ns-1"), &sock).await;
+    assert!(again.via_agent());
+    assert_eq!(again.ip(), got["ns-1"]);
+    assert_eq!(lab.held(&cid("ns-1")).await, vec![got["ns-1"]]);
+
+    // Errors are the ones the in-process path gives, byte for byte.
+    let remote = lab.add("bad", &cid("bad"), &sock).await;
+    let local = lab.add("bad", &cid("bad"), "none").await;
+    assert!(
+        !remote.ok && remote.via_agent(),
+        "{} / {}",
+        remote.json,
+        remote.stderr
+    );
+    assert_eq!(remote.json["code"], 101, "{}", remote.json);
+    assert!(remote.json["msg"].as_str().unwrap().contains("no-such-pool"));
+    assert_eq!(remote.json, local.json);
+    assert!(
+        !lab.handle_exists(&cid("bad")).await,
+        "a failed ADD left its handle"
+    );
+
+    // A pod made after the agent started (as the runtime's ADD follows the pod's binding) is found.
+    create_pod(&lab.client, &lab.ns, "late", Some(&lab.node), &[]).await;
+    let p = lab.add("late", &cid("late"), &sock).await;
+    assert!(p.via_agent(), "{}", p.stderr);
+    assert!(net_a.contains(&p.ip()));
+    got.insert("late", p.ip());
+
+    // DEL through the agent releases the address and the handle.
+    let d = lab.del("ns-0", &cid("ns-0"), &sock).await;
+    assert!(d.ok && d.via_agent(), "{} / {}", d.json, d.stderr);
+    assert!(lab.held(&cid("ns-0")).await.is_empty());
+    assert!(!lab.handle_exists(&cid("ns-0")).await);
+    // A second DEL is a no-op success.
+    assert!(lab.del("ns-0", &cid("ns-0"), &sock).await.ok);
+
+    // Agent gone (socket file left behind): the plugin runs the request itself.
+    agent.kill().await;
+    assert!(
+        socket.exists(),
+        "the killed agent's socket file should remain for this test"
+    );
+    let fb = lab.add("fallback", &cid("fallback"), &sock).await;
+    assert!(fb.in_process(), "{}", fb.stderr);
+    let ip = fb.ip();
+    assert!(net_a.contains(&ip));
+    assert!(!got.values().any(|x| *x == ip), "{ip} handed out twice");
+    // What the agent allocated is released in-process just the same, and vice versa later.
+    let d = lab.del("ns-1", &cid("ns-1"), &sock).await;
+    assert!(d.ok && d.in_process(), "{} / {}", d.json, d.stderr);
+    assert!(lab.held(&cid("ns-1")).await.is_empty());
+    // No socket at all: in-process too.
+    let none = lab.add("ns-2", &cid("ns-2"), "/nonexistent/ipam.sock").await;
+    assert_eq!(none.ip(), got["ns-2"]);
+
+    // A new agent (cold caches) serves DELs of what the old one and the plugin allocated.
+    let agent = Agent::start(&lab.node, &socket).await;
+    for pod in ["ns-2", "pod-b", "explicit", "late", "fallback"] {
+        let d = lab.del(pod, &cid(pod), &sock).await;
+        assert!(d.ok && d.via_agent(), "{pod}: {} / {}", d.json, d.stderr);
+        assert!(
+            lab.held(&cid(pod)).await.is_empty(),
+            "{pod} still holds addresses"
+        );
+        assert!(!lab.handle_exists(&cid(pod)).await, "{pod}'s handle remains");
+    }
+    let left: Vec<IpAddr> = lab
+        .allocations()
+        .await
+        .into_keys()
+        .filter(|ip| net_a.contains(ip) || net_b.contains(ip))
+        .collect();
+    assert!(left.is_empty(), "left allocated: {left:?}");
+    agent.kill().await;
+    lab.cleanup().await;
+}
+
+/// Requests a client sent, as "METHOD path?query".
+#[derive(Clone, Default)]
+struct RequestLog(Arc<Mutex<Vec<String>>>);
+
+impl RequestLog {
+    /// Everything but watches (long-running, not per request).
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+            .into_iter()
+            .filter(|r| !r.contains("watch="))
+            .collect()
+    }
+}
+
+async fn counting_client(log: RequestLog) -> kube::Client {
+    use kube::config::{KubeConfigOptions, Kubeconfig};
+    let kc = Kubeconfig::read_from(&cluster().kubeconfig).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    let layer = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
+        let q = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+        log.0
+            .lock()
+            .unwrap()
+            .push(format!("{} {}{q}", req.method(), req.uri().path()));
+        req
+    });
+    kube::client::ClientBuilder::try_from(config)
+        .unwrap()
+        .with_layer(&layer)
+        .build()
+}
+
+/// The agent's server code, in this process with a client that records every request: a
+/// steady-state ADD (block already claimed, pod already watched) costs the handle create and the
+/// block update and no read; a DEL costs the block update and the handle's two-step delete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn steady_state_add_through_the_agent_is_two_writes_and_no_reads() {
+    let mut lab = Lab::new("agent-count").await;
+    let (pool, net) = lab.pool("agent-count", 26).await;
+    create_namespace(&lab.client, &lab.ns, &[(ANN_V4, &format!("[\"{pool}\"]"))]).await;
+    const N: usize = 12;
+    for i in 0..=N {
+        create_pod(&lab.client, &lab.ns, &format!("p-{i}"), Some(&lab.node), &[]).await;
+    }
+    let log = RequestLog::default();
+    let shared = tortie::cni::server::warm(counting_client(log.clone()).await, &lab.node)
+        .await
+        .unwrap();
+    let socket = lab.socket();
+    let listener = tortie::cni::server::bind(&socket).unwrap();
+    let server = tokio::spawn(tortie::cni::server::serve(listener, shared));
+    let sock = socket.to_str().unwrap().to_string();
+
+    // The first ADD claims the node's block.
+    let first = lab.add("p-0", &cid("p-0"), &sock).await;
+    assert!(net.contains(&first.ip()) && first.via_agent());
+    let claim = log.take();
+    eprintln!("first ADD (block claim): {} requests: {claim:#?}", claim.len());
+
+    let mut ips = BTreeSet::from([first.ip()]);
+    for i in 1..=N {
+        let out = lab.add(&format!("p-{i}"), &cid(&format!("p-{i}")), &sock).await;
+        assert!(out.via_agent(), "{}", out.stderr);
+        assert!(ips.insert(out.ip()), "{} handed out twice", out.ip());
+    }
+    let reqs = log.take();
+    let writes = reqs
+        .iter()
+        .filter(|r| r.starts_with("POST") || r.starts_with("PUT"))
+        .count();
+    let reads = reqs.iter().filter(|r| r.starts_with("GET")).count();
+    eprintln!(
+        "{N} steady-state ADDs: {} requests ({writes} writes, {reads} reads)",
+        reqs.len()
+    );
+    assert_eq!(reads, 0, "no reads per steady-state ADD: {reqs:#?}");
+    assert_eq!(writes, 2 * N, "handle create + block update per ADD: {reqs:#?}");
+    assert_eq!(reqs.len(), 2 * N, "{reqs:#?}");
+
+    // A repeated ADD is caught by the handle create (409) and answered with the held address.
+    let again = lab.add("p-3", &cid("p-3"), &sock).await;
+    let p3 = lab.held(&cid("p-3")).await;
+    assert_eq!(vec![again.ip()], p3);
+    log.take();
+
+    for i in 1..=N {
+        let d = lab.del(&format!("p-{i}"), &cid(&format!("p-{i}")), &sock).await;
+        assert!(d.ok && d.via_agent(), "{} / {}", d.json, d.stderr);
+    }
+    let reqs = log.take();
+    let reads = reqs.iter().filter(|r| r.starts_with("GET")).count();
+    let writes = reqs.len() - reads;
+    eprintln!(
+        "{N} DELs: {} requests ({writes} writes, {reads} reads): {reqs:#?}",
+        reqs.len()
+    );
+    assert_eq!(
+        reads, 0,
+        "no reads per DEL of a handle the agent wrote: {reqs:#?}"
+    );
+    // Block update, then the handle's soft delete (update) and DELETE.
+    assert_eq!(writes, 3 * N, "{reqs:#?}");
+    for i in 1..=N {
+        assert!(lab.held(&cid(&format!("p-{i}"))).await.is_empty());
+    }
+    assert!(lab.del("p-0", &cid("p-0"), &sock).await.ok);
+    server.abort();
+    lab.cleanup().await;
+}
+
+/// Concurrent requests on the socket are answered concurrently and never share an address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_adds_through_the_agent_get_distinct_addresses() {
+    let mut lab = Lab::new("agent-conc").await;
+    let (pool, net) = lab.pool("agent-conc", 27).await;
+    create_namespace(&lab.client, &lab.ns, &[(ANN_V4, &format!("[\"{pool}\"]"))]).await;
+    const N: usize = 40;
+    for i in 0..N {
+        create_pod(&lab.client, &lab.ns, &format!("c-{i}"), Some(&lab.node), &[]).await;
+    }
+    let socket = lab.socket();
+    let agent = Agent::start(&lab.node, &socket).await;
+    let sock = socket.to_str().unwrap().to_string();
+    let lab = Arc::new(lab);
+    let mut tasks = vec![];
+    for i in 0..N {
+        let (lab, sock) = (lab.clone(), sock.clone());
+        tasks.push(tokio::spawn(async move {
+            let pod = format!("c-{i}");
+            lab.add(&pod, &cid(&pod), &sock).await
+        }));
+    }
+    let mut ips = BTreeSet::new();
+    for t in tasks {
+        let out = t.await.unwrap();
+        assert!(out.via_agent(), "{}", out.stderr);
+        assert!(net.contains(&out.ip()));
+        assert!(ips.insert(out.ip()), "{} handed out twice", out.ip());
+    }
+    // 40 addresses from /27 blocks: the node claimed a second block on the way.
+    let mut tasks = vec![];
+    for i in 0..N {
+        let (lab, sock) = (lab.clone(), sock.clone());
+        tasks.push(tokio::spawn(async move {
+            let pod = format!("c-{i}");
+            lab.del(&pod, &cid(&pod), &sock).await
+        }));
+    }
+    for t in tasks {
+        let d = t.await.unwrap();
+        assert!(d.ok, "{} / {}", d.json, d.stderr);
+    }
+    let left: Vec<IpAddr> = lab
+        .allocations()
+        .await
+        .into_keys()
+        .filter(|ip| net.contains(ip))
+        .collect();
+    assert!(left.is_empty(), "left allocated: {left:?}");
+    agent.kill().await;
+    Arc::try_unwrap(lab).ok().unwrap().cleanup().await;
+}
