@@ -67,8 +67,9 @@ impl NetConf {
         let Value::Object(_) = &v else {
             return Err(CniError::Decode("expected a JSON object".into()));
         };
-        let ipam = v.get("ipam").unwrap_or(&Value::Null);
-        let kube = v.get("kubernetes").unwrap_or(&Value::Null);
+        // A section of the wrong type would otherwise read as empty and its keys as defaults.
+        let ipam = section(&v, "ipam")?;
+        let kube = section(&v, "kubernetes")?;
         let crd_mode = match opt_str(&v, "calico_api_group", "calico_api_group")? {
             None => None,
             Some(g) => match g.as_str() {
@@ -124,7 +125,12 @@ impl NetConf {
             nodename: opt_str(&v, "nodename", "nodename")?.filter(|s| !s.is_empty()),
             nodename_file: opt_str(&v, "nodename_file", "nodename_file")?.filter(|s| !s.is_empty()),
             kubeconfig: opt_str(kube, "kubeconfig", "kubernetes.kubeconfig")?.filter(|s| !s.is_empty()),
-            k8s_api_root: opt_str(kube, "k8s_api_root", "kubernetes.k8s_api_root")?.filter(|s| !s.is_empty()),
+            k8s_api_root: match opt_str(kube, "k8s_api_root", "kubernetes.k8s_api_root")?
+                .filter(|s| !s.is_empty())
+            {
+                Some(root) => Some(api_root(root)?),
+                None => None,
+            },
             log_level: opt_str(&v, "log_level", "log_level")?,
             log_file_path: opt_str(&v, "log_file_path", "log_file_path")?.filter(|s| !s.is_empty()),
             crd_mode,
@@ -151,6 +157,30 @@ fn invalid(field: &str, reason: String) -> CniError {
     CniError::InvalidConfig {
         field: field.into(),
         reason,
+    }
+}
+
+fn section<'a>(v: &'a Value, key: &str) -> Result<&'a Value, CniError> {
+    match v.get(key) {
+        None | Some(Value::Null) => Ok(&Value::Null),
+        Some(o @ Value::Object(_)) => Ok(o),
+        Some(other) => Err(invalid(key, format!("expected an object, got {other}"))),
+    }
+}
+
+/// `k8s_api_root` must be an http(s) URL with a host: `10.96.0.1:443` would otherwise be taken
+/// for a URL without a scheme and fail only at the first request, as an apiserver error.
+fn api_root(root: String) -> Result<String, CniError> {
+    let host = root
+        .strip_prefix("https://")
+        .or_else(|| root.strip_prefix("http://"))
+        .map(|rest| rest.split('/').next().unwrap_or(""));
+    match host {
+        Some(h) if !h.is_empty() && !root.contains(char::is_whitespace) => Ok(root),
+        _ => Err(invalid(
+            "kubernetes.k8s_api_root",
+            format!("{root:?} is not an http(s) URL such as https://10.96.0.1:443"),
+        )),
     }
 }
 
@@ -295,6 +325,35 @@ mod tests {
         assert!(e.to_string().contains("ipam.timeout_seconds"), "{e}");
         let e = NetConf::parse(br#"{"ipam":{"routes":[{"dst":"nope"}]}}"#).unwrap_err();
         assert!(e.to_string().contains("ipam.routes"), "{e}");
+    }
+
+    #[test]
+    fn sections_of_the_wrong_type_and_bad_api_roots_are_refused() {
+        // Regression (bad-input corpus): `"ipam": "tortie-ipam"` used to read as an empty section.
+        for (conf, field) in [
+            (r#"{"ipam":"tortie-ipam"}"#, "field ipam:"),
+            (r#"{"ipam":[]}"#, "field ipam:"),
+            (r#"{"kubernetes":"/etc/kubeconfig"}"#, "field kubernetes:"),
+            (
+                r#"{"kubernetes":{"k8s_api_root":"10.96.0.1:443"}}"#,
+                "kubernetes.k8s_api_root",
+            ),
+            (
+                r#"{"kubernetes":{"k8s_api_root":"not a url"}}"#,
+                "kubernetes.k8s_api_root",
+            ),
+            (
+                r#"{"kubernetes":{"k8s_api_root":"https://"}}"#,
+                "kubernetes.k8s_api_root",
+            ),
+        ] {
+            let e = NetConf::parse(conf.as_bytes()).unwrap_err();
+            assert_eq!(e.code(), 7, "{conf}");
+            assert!(e.to_string().contains(field), "{conf}: {e}");
+        }
+        let c = NetConf::parse(br#"{"ipam":null,"kubernetes":{"k8s_api_root":"https://10.96.0.1:443"}}"#)
+            .unwrap();
+        assert_eq!(c.k8s_api_root.as_deref(), Some("https://10.96.0.1:443"));
     }
 
     #[test]

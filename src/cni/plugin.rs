@@ -657,6 +657,7 @@ mod tests {
             disabled: false,
             deleting: false,
             block_size: 29,
+            workload: true,
         }];
         assert_eq!(
             with_block_mask("10.48.2.9".parse().unwrap(), &pools).to_string(),

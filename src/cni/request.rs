@@ -33,6 +33,8 @@ pub struct PoolInfo {
     pub deleting: bool,
     /// Effective block prefix length: results carry addresses with it, as Calico's do.
     pub block_size: u8,
+    /// `spec.allowedUses` includes Workload (pods may get addresses from it).
+    pub workload: bool,
 }
 
 impl PoolInfo {
@@ -44,6 +46,7 @@ impl PoolInfo {
             disabled: p.spec.is_disabled(),
             deleting: p.metadata.deletion_timestamp.is_some(),
             block_size: p.spec.effective_block_size(),
+            workload: p.spec.allows(crate::ipam::AllowedUse::Workload),
         })
     }
 }
@@ -271,6 +274,11 @@ pub fn resolve_pool(
             if v4 { 4 } else { 6 }
         )));
     }
+    if !pool.workload {
+        return Err(not_usable(
+            "does not allow use Workload (spec.allowedUses), so no pod can get an address from it".into(),
+        ));
+    }
     Ok(PoolChoice {
         name: pool.name.clone(),
         cidr: pool.cidr,
@@ -382,6 +390,7 @@ mod tests {
             disabled,
             deleting: false,
             block_size: 26,
+            workload: true,
         };
         vec![
             p("default-ipv4-ippool", "10.48.0.0/24", false),
@@ -510,6 +519,31 @@ mod tests {
     }
 
     #[test]
+    fn a_pool_not_for_workloads_is_refused_naming_the_annotation() {
+        // Regression (bad-input corpus annotations/054): a LoadBalancer-only pool in ipv4pools
+        // used to reach the engine and fail as code 103 "no pools match the required use".
+        let mut pools = pools();
+        pools[2].workload = false;
+        let pod = ann(&[(ANN_IPV4_POOLS, r#"["external-pool"]"#)]);
+        let inp = Inputs {
+            conf: &conf(""),
+            namespace: "ns",
+            pod: "p",
+            pod_annotations: &pod,
+            namespace_annotations: None,
+            pools: &pools,
+            cni_args_ip: None,
+        };
+        let e = plan(&inp).unwrap_err();
+        assert_eq!(e.code(), 102);
+        let m = e.to_string();
+        assert!(
+            m.contains(ANN_IPV4_POOLS) && m.contains("external-pool") && m.contains("allowedUses"),
+            "{m}"
+        );
+    }
+
+    #[test]
     fn unknown_disabled_and_wrong_family_pools() {
         let pod = ann(&[(ANN_IPV4_POOLS, r#"["pool9"]"#)]);
         let e = run(&conf(""), &pod, None).unwrap_err();
@@ -633,11 +667,11 @@ mod props {
         #[test]
         fn resolution_only_yields_usable_pools(entry in "[a-z0-9./:-]{1,20}", v4 in any::<bool>(), idx in 0usize..5) {
             let pools = vec![
-                PoolInfo { name: "a".into(), cidr: "10.0.0.0/24".parse().unwrap(), disabled: false, deleting: false, block_size: 26 },
-                PoolInfo { name: "b".into(), cidr: "10.1.0.0/24".parse().unwrap(), disabled: true, deleting: false, block_size: 26 },
-                PoolInfo { name: "c".into(), cidr: "fd00::/64".parse().unwrap(), disabled: false, deleting: false, block_size: 26 },
-                PoolInfo { name: "d".into(), cidr: "10.2.0.0/24".parse().unwrap(), disabled: false, deleting: true, block_size: 26 },
-                PoolInfo { name: "e".into(), cidr: "10.3.0.0/16".parse().unwrap(), disabled: false, deleting: false, block_size: 26 },
+                PoolInfo { name: "a".into(), cidr: "10.0.0.0/24".parse().unwrap(), disabled: false, deleting: false, block_size: 26, workload: true },
+                PoolInfo { name: "b".into(), cidr: "10.1.0.0/24".parse().unwrap(), disabled: true, deleting: false, block_size: 26, workload: true },
+                PoolInfo { name: "c".into(), cidr: "fd00::/64".parse().unwrap(), disabled: false, deleting: false, block_size: 26, workload: true },
+                PoolInfo { name: "d".into(), cidr: "10.2.0.0/24".parse().unwrap(), disabled: false, deleting: true, block_size: 26, workload: true },
+                PoolInfo { name: "e".into(), cidr: "10.3.0.0/16".parse().unwrap(), disabled: false, deleting: false, block_size: 26, workload: true },
             ];
             let entry = if idx < 5 && entry.len() % 2 == 0 { pools[idx].name.clone() } else { entry };
             if let Ok(c) = resolve_pool(&Source::Default, &entry, v4, &pools) {

@@ -241,8 +241,15 @@ async fn apply(pool: &Pool, ctx: &Ctx) -> Result<Action, Error> {
     if was_ready.as_ref() != Some(&now_flag) {
         if let Some(p) = &problem {
             warn!(reason = p.reason, "{}", p.message);
-            ctx.event(pool, &ar, true, p.reason, "Validate", p.message.clone())
-                .await;
+            ctx.event(
+                pool,
+                &ar,
+                true,
+                p.reason,
+                "Validate",
+                format!("spec.{}: {}", p.field, p.message),
+            )
+            .await;
         } else if !deleting && was_ready.is_some() {
             ctx.event(
                 pool,

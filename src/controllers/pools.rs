@@ -72,6 +72,7 @@ pub fn plan(
     let listed = net.and_then(|n| n.ip_pools.clone());
     let calico_cni = inst.cni.as_ref().is_none_or(|c| c.type_ == "Calico");
     let bgp_off = net.and_then(|n| n.bgp.as_deref()) == Some("Disabled") || !calico_cni;
+    let listed_explicitly = listed.is_some();
     let items: Vec<InstallationIPPool> = match listed {
         Some(v) if v.is_empty() => return Plan::default(),
         Some(v) => v,
@@ -91,79 +92,81 @@ pub fn plan(
     );
     let mut seen_names = BTreeSet::new();
     let mut accepted: Vec<(String, IpNet)> = Vec::new();
-    for (item, net) in items.iter().zip(&parsed) {
-        let label = item.name.clone().unwrap_or_else(|| item.cidr.clone());
-        let Some(cidr) = *net else {
-            plan.problems.push(problem(
-                &label,
-                "cidr",
-                "InvalidCIDR",
-                format!(
-                    "Installation pool {label}: spec.calicoNetwork.ipPools[].cidr {:?} is not a CIDR",
-                    item.cidr
-                ),
-            ));
-            continue;
-        };
-        let name = match &item.name {
-            Some(n) if !n.is_empty() => n.clone(),
-            _ => existing
-                .iter()
-                .find(|e| e.spec.net().map(|n| n.trunc()) == Some(cidr))
-                .map(|e| e.name.to_string())
-                .unwrap_or_else(|| match cidr {
-                    IpNet::V4(_) if v4s == 1 && v4s + v6s <= 2 => DEFAULT_V4.into(),
-                    IpNet::V6(_) if v6s == 1 && v4s + v6s <= 2 => DEFAULT_V6.into(),
-                    _ => derived_name(&cidr),
-                }),
-        };
-        let spec = match to_spec(item, cidr, bgp_off, calico_cni) {
-            Ok(s) => s,
-            Err(p) => {
+    for (i, (item, net)) in items.iter().zip(&parsed).enumerate() {
+        let first_problem = plan.problems.len();
+        'item: {
+            let label = item.name.clone().unwrap_or_else(|| item.cidr.clone());
+            let Some(cidr) = *net else {
                 plan.problems.push(problem(
-                    &name,
-                    p.0,
-                    p.1,
-                    format!("Installation pool {name} ({cidr}): {}", p.2),
+                    &label,
+                    "cidr",
+                    "InvalidCIDR",
+                    format!(
+                        "Installation pool {label}: spec.calicoNetwork.ipPools[].cidr {:?} is not a CIDR",
+                        item.cidr
+                    ),
                 ));
-                continue;
-            }
-        };
-        if let Some((other, _)) = accepted.iter().find(|(_, o)| *o == cidr) {
-            plan.problems.push(problem(
+                break 'item;
+            };
+            let name = match &item.name {
+                Some(n) if !n.is_empty() => n.clone(),
+                _ => existing
+                    .iter()
+                    .find(|e| e.spec.net().map(|n| n.trunc()) == Some(cidr))
+                    .map(|e| e.name.to_string())
+                    .unwrap_or_else(|| match cidr {
+                        IpNet::V4(_) if v4s == 1 && v4s + v6s <= 2 => DEFAULT_V4.into(),
+                        IpNet::V6(_) if v6s == 1 && v4s + v6s <= 2 => DEFAULT_V6.into(),
+                        _ => derived_name(&cidr),
+                    }),
+            };
+            let spec = match to_spec(item, cidr, bgp_off, calico_cni) {
+                Ok(s) => s,
+                Err(p) => {
+                    plan.problems.push(problem(
+                        &name,
+                        p.0,
+                        p.1,
+                        format!("Installation pool {name} ({cidr}): {}", p.2),
+                    ));
+                    break 'item;
+                }
+            };
+            if let Some((other, _)) = accepted.iter().find(|(_, o)| *o == cidr) {
+                plan.problems.push(problem(
                 &name,
                 "cidr",
                 "Duplicate",
                 format!("Installation pool {name} ({cidr}) has the same CIDR as pool {other} once canonicalised; list each CIDR once"),
             ));
-            continue;
-        }
-        if !seen_names.insert(name.clone()) {
-            plan.problems.push(problem(
-                &name,
-                "name",
-                "Duplicate",
-                format!("Installation pool {name} is listed more than once"),
-            ));
-            continue;
-        }
-        if let Some(p) = check_spec(&name, &spec, pod, allow_outside, selector_ok) {
-            plan.problems.push(p);
-            continue;
-        }
-        if let Some((other, o)) = accepted.iter().find(|(_, o)| overlaps(o, &cidr)) {
-            plan.problems.push(problem(
+                break 'item;
+            }
+            if !seen_names.insert(name.clone()) {
+                plan.problems.push(problem(
+                    &name,
+                    "name",
+                    "Duplicate",
+                    format!("Installation pool {name} is listed more than once"),
+                ));
+                break 'item;
+            }
+            if let Some(p) = check_spec(&name, &spec, pod, allow_outside, selector_ok) {
+                plan.problems.push(p);
+                break 'item;
+            }
+            if let Some((other, o)) = accepted.iter().find(|(_, o)| overlaps(o, &cidr)) {
+                plan.problems.push(problem(
                 &name,
                 "cidr",
                 "CIDROverlap",
                 format!("Installation pool {name} ({cidr}) overlaps pool {other} ({o}) listed before it; pools must not overlap"),
             ));
-            continue;
-        }
-        if let Some(e) = existing.iter().find(|e| e.name == name) {
-            let old = e.spec.net().map(|n| n.trunc());
-            if old != Some(cidr) {
-                plan.problems.push(problem(
+                break 'item;
+            }
+            if let Some(e) = existing.iter().find(|e| e.name == name) {
+                let old = e.spec.net().map(|n| n.trunc());
+                if old != Some(cidr) {
+                    plan.problems.push(problem(
                     &name,
                     "cidr",
                     "ForbiddenChange",
@@ -172,10 +175,10 @@ pub fn plan(
                         e.spec.cidr
                     ),
                 ));
-                continue;
-            }
-            if e.spec.effective_block_size() != spec.effective_block_size() {
-                plan.problems.push(problem(
+                    break 'item;
+                }
+                if e.spec.effective_block_size() != spec.effective_block_size() {
+                    plan.problems.push(problem(
                     &name,
                     "blockSize",
                     "ForbiddenChange",
@@ -185,11 +188,18 @@ pub fn plan(
                         spec.effective_block_size()
                     ),
                 ));
-                continue;
+                    break 'item;
+                }
+            }
+            accepted.push((name.clone(), cidr));
+            plan.pools.push((name, spec));
+        }
+        // Name the Installation field of a listed pool, as the admission errors do.
+        if listed_explicitly {
+            for p in &mut plan.problems[first_problem..] {
+                p.message = format!("spec.calicoNetwork.ipPools[{i}].{}: {}", p.field, p.message);
             }
         }
-        accepted.push((name.clone(), cidr));
-        plan.pools.push((name, spec));
     }
     plan
 }
@@ -627,6 +637,36 @@ mod tests {
             cidr: cidr.into(),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn problems_of_listed_pools_name_the_installation_field() {
+        let mut bad_sel = item("10.48.64.0/20");
+        bad_sel.node_selector = Some("rack ==".into());
+        let items = vec![item("10.48.0.0/16"), item("10.48.0.0/20"), bad_sel];
+        let sel = |s: &str| crate::controllers::ippool::selector_ok(s);
+        let p = plan(
+            &inst(Some(items)),
+            Some(&pod(&["10.48.0.0/16"])),
+            false,
+            &[],
+            &sel,
+        );
+        let msgs: Vec<&str> = p.problems.iter().map(|p| p.message.as_str()).collect();
+        assert_eq!(msgs.len(), 2, "{msgs:?}");
+        assert!(
+            msgs[0].starts_with("spec.calicoNetwork.ipPools[1].cidr: "),
+            "{msgs:?}"
+        );
+        assert!(
+            msgs[1].starts_with("spec.calicoNetwork.ipPools[2].nodeSelector: "),
+            "{msgs:?}"
+        );
+        // Default pools (ipPools unset) are not in the spec: no path.
+        let p = plan(&inst(None), Some(&pod(&["10.48.0.0/16"])), false, &[], &|_| {
+            Err("x".into())
+        });
+        assert!(!p.problems.is_empty() && !p.problems[0].message.starts_with("spec.calicoNetwork"));
     }
 
     #[test]

@@ -313,18 +313,26 @@ impl Parser<'_> {
 
 impl fmt::Display for Expr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let set = |s: &BTreeSet<String>| s.iter().map(|v| format!("'{v}'")).collect::<Vec<_>>().join(", ");
+        // A value read from "..." may hold a ' (and one from '...' a "): quote with the other.
+        let q = |v: &str| {
+            if v.contains('\'') {
+                format!("\"{v}\"")
+            } else {
+                format!("'{v}'")
+            }
+        };
+        let set = |s: &BTreeSet<String>| s.iter().map(|v| q(v)).collect::<Vec<_>>().join(", ");
         match self {
             Expr::All => write!(f, "all()"),
             Expr::Global => write!(f, "global()"),
             Expr::Has(k) => write!(f, "has({k})"),
-            Expr::Eq(k, v) => write!(f, "{k} == '{v}'"),
-            Expr::Ne(k, v) => write!(f, "{k} != '{v}'"),
+            Expr::Eq(k, v) => write!(f, "{k} == {}", q(v)),
+            Expr::Ne(k, v) => write!(f, "{k} != {}", q(v)),
             Expr::In(k, s) => write!(f, "{k} in {{{}}}", set(s)),
             Expr::NotIn(k, s) => write!(f, "{k} not in {{{}}}", set(s)),
-            Expr::Contains(k, v) => write!(f, "{k} contains '{v}'"),
-            Expr::StartsWith(k, v) => write!(f, "{k} starts with '{v}'"),
-            Expr::EndsWith(k, v) => write!(f, "{k} ends with '{v}'"),
+            Expr::Contains(k, v) => write!(f, "{k} contains {}", q(v)),
+            Expr::StartsWith(k, v) => write!(f, "{k} starts with {}", q(v)),
+            Expr::EndsWith(k, v) => write!(f, "{k} ends with {}", q(v)),
             Expr::Not(a) => write!(f, "!({a})"),
             Expr::And(a, b) => write!(f, "({a} && {b})"),
             Expr::Or(a, b) => write!(f, "({a} || {b})"),
@@ -438,6 +446,20 @@ mod tests {
                 (inner.clone(), inner).prop_map(|(a, b)| Expr::Or(Box::new(a), Box::new(b))),
             ]
         })
+    }
+
+    #[test]
+    fn values_holding_a_quote_print_back_parseably() {
+        // Regression (fuzz target `selector`): `a == "it's"` printed as `a == 'it's'`.
+        for text in [
+            r#"a == "it's""#,
+            r#"a in {"x'y", 'z'}"#,
+            r#"a contains 'say "hi"'"#,
+        ] {
+            let e = Selector::parse(text).unwrap().expr;
+            let back = Selector::parse(&e.to_string()).unwrap().expr;
+            assert_eq!(back, e, "{text}");
+        }
     }
 
     proptest! {
