@@ -55,26 +55,28 @@ pub struct Ctx {
     pub mode: CrdMode,
     pub stores: Stores,
     pub metrics: Arc<Metrics>,
-    pub recorder: Recorder,
+    reporter: Reporter,
+    /// One Recorder per note: kube's Recorder folds Events with the same object, reason and
+    /// action into one series that keeps the FIRST note, so a second, different problem of the
+    /// same reason (another overlap, another bad podSubnet) would never be shown.
+    recorders: std::sync::Mutex<std::collections::HashMap<String, Recorder>>,
     pub config: Config,
     pub gc_state: tokio::sync::Mutex<gc_plan::GcState>,
 }
 
 impl Ctx {
     pub fn new(client: Client, mode: CrdMode, stores: Stores, metrics: Arc<Metrics>, config: Config) -> Self {
-        let recorder = Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: "tortie".into(),
-                instance: Some(config.identity.clone()),
-            },
-        );
+        let reporter = Reporter {
+            controller: "tortie".into(),
+            instance: Some(config.identity.clone()),
+        };
         Ctx {
             client,
             mode,
             stores,
             metrics,
-            recorder,
+            reporter,
+            recorders: Default::default(),
             config,
             gc_state: Default::default(),
         }
@@ -105,7 +107,17 @@ impl Ctx {
             action: action.into(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&ev, &obj.object_ref(dt)).await {
+        let recorder = {
+            let mut m = self.recorders.lock().unwrap_or_else(|e| e.into_inner());
+            // Bounded: the series of a dropped Recorder just starts afresh.
+            if m.len() >= 256 {
+                m.clear();
+            }
+            m.entry(format!("{reason}\n{}", ev.note.as_deref().unwrap_or_default()))
+                .or_insert_with(|| Recorder::new(self.client.clone(), self.reporter.clone()))
+                .clone()
+        };
+        if let Err(e) = recorder.publish(&ev, &obj.object_ref(dt)).await {
             tracing::warn!(error = %e, reason, "could not publish Event");
         }
     }

@@ -569,11 +569,12 @@ pub fn validate_pools(
     out
 }
 
-/// Addresses a pool holds, capped at 2^63 for wide IPv6 pools.
+/// Addresses a pool holds, capped at 2^63 - 1 for wide IPv6 pools: the apiserver stores integers
+/// as int64 and refuses the whole status write for anything larger.
 pub fn capacity(net: &IpNet) -> u64 {
     let host_bits = (net.max_prefix_len() - net.prefix_len()) as u32;
     if host_bits >= 63 {
-        1u64 << 63
+        i64::MAX as u64
     } else {
         1u64 << host_bits
     }
@@ -900,7 +901,11 @@ mod tests {
     #[test]
     fn capacity_and_usage() {
         assert_eq!(capacity(&"10.0.0.0/24".parse().unwrap()), 256);
-        assert_eq!(capacity(&"fd00::/48".parse().unwrap()), 1 << 63);
+        // Regression (bad-input corpus operator/004): 2^63 made every status write of a /64 or
+        // wider IPv6 pool fail ("capacity in body must be of type integer").
+        assert_eq!(capacity(&"fd00::/48".parse().unwrap()), i64::MAX as u64);
+        assert_eq!(capacity(&"fd00::/65".parse().unwrap()), i64::MAX as u64);
+        assert_eq!(capacity(&"fd00::/66".parse().unwrap()), 1 << 62);
         let b = IPAMBlockSpec {
             cidr: "10.0.0.0/30".into(),
             allocations: vec![Some(0), None, Some(0), None],
