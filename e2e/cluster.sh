@@ -8,6 +8,10 @@
 #   e2e/cluster.sh env     print the export lines of the running cluster again
 #   e2e/cluster.sh status  show whether its processes run and the API server is ready
 #   e2e/cluster.sh down    stop the processes it started (by PID) and remove its directory
+#   e2e/cluster.sh restart-apiserver [--kill]
+#                          stop kube-apiserver (SIGTERM, or SIGKILL with --kill: a crash) and start it
+#                          again with the same arguments and port; returns once /readyz is ok.
+#                          Prints "restart-apiserver: down <s> s" (kill to ready) on stderr.
 #
 # Options (before or after the command):
 #   -d DIR | --dir DIR     the cluster's state directory (default $TORTIE_E2E_DIR, else e2e/.run/default).
@@ -26,18 +30,20 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 CMD=""
 DIR=${TORTIE_E2E_DIR:-$REPO_DIR/e2e/.run/default}
 WATCH_PID=""
+KILL=0
 while (($#)); do
   case $1 in
-    up | down | env | status) CMD=$1 ;;
+    up | down | env | status | restart-apiserver) CMD=$1 ;;
+    --kill) KILL=1 ;;
     -d | --dir) DIR=$2; shift ;;
     --dir=*) DIR=${1#--dir=} ;;
     --watch-pid) WATCH_PID=$2; shift ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-    *) die "cluster: unknown argument '$1' (usage: e2e/cluster.sh up|down|env|status [-d DIR] [--watch-pid PID])" ;;
+    *) die "cluster: unknown argument '$1' (usage: e2e/cluster.sh up|down|env|status|restart-apiserver [-d DIR] [--watch-pid PID] [--kill])" ;;
   esac
   shift
 done
-[[ -n $CMD ]] || die "usage: e2e/cluster.sh up|down|env|status [-d DIR] [--watch-pid PID]"
+[[ -n $CMD ]] || die "usage: e2e/cluster.sh up|down|env|status|restart-apiserver [-d DIR] [--watch-pid PID] [--kill]"
 mkdir -p "$(dirname "$DIR")"
 DIR=$(cd "$(dirname "$DIR")" && pwd)/$(basename "$DIR")
 
@@ -434,8 +440,41 @@ EOF
   cat "$DIR/env"
 }
 
+# A fault for tests: the API server goes away (gracefully or by a crash) and comes back on the
+# same port with the same arguments; etcd and kube-controller-manager keep running.
+cmd_restart_apiserver() {
+  [[ -f $DIR/ports ]] || fail "no cluster in $DIR (run: e2e/cluster.sh up -d $DIR)"
+  # shellcheck disable=SC1091
+  source "$DIR/ports"
+  local pid; pid=$(pid_of kube-apiserver)
+  [[ -n $pid ]] || fail "no running kube-apiserver for $DIR"
+  local t0; t0=$(now)
+  if ((KILL)); then
+    rm -f "$PIDS/kube-apiserver.pid"
+    kill -KILL "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do alive "$pid" || break; sleep 0.05; done
+  else
+    stop kube-apiserver
+    for _ in $(seq 1 100); do alive "$pid" || break; sleep 0.05; done
+  fi
+  alive "$pid" && fail "kube-apiserver (pid $pid) did not exit"
+  # A killed process shows as a zombie while its other threads still hold the listening socket.
+  for _ in $(seq 1 100); do port_in_use "$APISERVER_PORT" || break; sleep 0.05; done
+  local rc attempt
+  for attempt in 1 2 3; do
+    echo "--- restart-apiserver $(date -u +%FT%TZ) (previous pid $pid, kill=$KILL, attempt $attempt)" >>"$LOGS/kube-apiserver.log"
+    rc=0
+    start_apiserver || rc=$?
+    ((rc == 3)) || break
+    sleep 1
+  done
+  ((rc == 0)) || { touch "$DIR/failed"; fail "kube-apiserver could not bind 127.0.0.1:$APISERVER_PORT again (log: $LOGS/kube-apiserver.log)"; }
+  say "restart-apiserver: down $(elapsed "$t0") s (pid $pid -> $(pid_of kube-apiserver))"
+}
+
 case $CMD in
   up) cmd_up ;;
+  restart-apiserver) cmd_restart_apiserver ;;
   down) cmd_down ;;
   env) cmd_env ;;
   status) cmd_status ;;

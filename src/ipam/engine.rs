@@ -527,14 +527,27 @@ impl Ipam {
                         tokio::time::sleep(jitter()).await;
                     }
                     Err(e) => {
+                        if e.may_have_applied() {
+                            // The answer was lost, not the write perhaps: keep the handle's count
+                            // so that release_by_handle (the DEL after this failed ADD) still
+                            // visits this block and frees what may be recorded there.
+                            counted = 0;
+                        }
                         result = Err(e.into());
                         break;
                     }
                 }
             }
             if counted > 0 {
-                // The block write did not happen: undo the handle increment.
-                self.handle_sub(req_handle, cidr, Some(counted)).await?;
+                // The block write did not happen: undo the handle increment. When the undo
+                // fails too, the handle stays over-counted (harmless: a DEL drops the entry) and
+                // the first error is the one to report.
+                let undo = self.handle_sub(req_handle, cidr, Some(counted)).await;
+                if result.is_ok() {
+                    undo?;
+                } else if let Err(e) = undo {
+                    warn!(error = %e, "handle left over-counted after a failed block write");
+                }
             }
             result
         }
@@ -956,13 +969,22 @@ impl Ipam {
                         tokio::time::sleep(jitter()).await;
                     }
                     Err(e) => {
+                        // As in allocate_in_block: a write that may have landed keeps its count.
+                        if e.may_have_applied() {
+                            counted = false;
+                        }
                         result = Err(e.into());
                         break;
                     }
                 }
             }
             if counted {
-                self.handle_sub(&req.handle_id, &cidr, Some(1)).await?;
+                let undo = self.handle_sub(&req.handle_id, &cidr, Some(1)).await;
+                if result.is_ok() {
+                    undo?;
+                } else if let Err(e) = undo {
+                    warn!(error = %e, "handle left over-counted after a failed block write");
+                }
             }
             result
         }

@@ -47,11 +47,28 @@ impl StoreError {
         matches!(self, StoreError::Conflict { .. })
     }
 
+    /// False only when the apiserver certainly did not apply the write: it answered with a
+    /// client error (4xx: conflict, not found, invalid, forbidden, throttled) or the request was
+    /// never built. A lost connection, a timeout, a 5xx or an unreadable answer may follow a write
+    /// that landed in etcd: the caller must then not undo bookkeeping that depends on it.
+    pub fn may_have_applied(&self) -> bool {
+        match self {
+            StoreError::Conflict { .. } | StoreError::AlreadyExists { .. } | StoreError::Invalid { .. } => {
+                false
+            }
+            StoreError::Api { source, .. } => match source {
+                kube::Error::Api(s) => !(400..500).contains(&s.code) || s.code == 408,
+                kube::Error::BuildRequest(_) | kube::Error::HttpError(_) => false,
+                _ => true,
+            },
+        }
+    }
+
     fn from_kube(kind: &'static str, name: &str, e: kube::Error) -> StoreError {
         let name = name.to_string();
         if let kube::Error::Api(s) = &e {
             // A 404 on update/delete means the object went away under us: same remedy as 409.
-            if s.is_conflict() || s.is_not_found() {
+            if s.is_conflict() || object_absent(s, &name) {
                 return StoreError::Conflict { kind, name };
             }
             if s.is_already_exists() {
@@ -122,15 +139,28 @@ impl SoftDelete for Affinity {
     }
 }
 
+/// A 404 that says the object does not exist. A restarting apiserver answers 404 for every custom
+/// resource until its CRD handlers are ready (a bare "404 page not found", no details): taking that
+/// for "absent" would make a DEL skip a handle that exists and leak its addresses.
+pub fn object_absent(s: &kube::core::Status, name: &str) -> bool {
+    s.is_not_found() && s.details.as_ref().is_some_and(|d| d.name == name)
+}
+
 async fn get_live<K>(api: &Api<K>, kind: &'static str, name: &str) -> Result<Option<K>>
 where
     K: kube::Resource + Clone + DeserializeOwned + Serialize + std::fmt::Debug + SoftDelete,
 {
-    let obj = api.get_opt(name).await.map_err(|e| StoreError::Api {
-        kind,
-        name: name.into(),
-        source: e,
-    })?;
+    let obj = match api.get(name).await {
+        Ok(o) => Some(o),
+        Err(kube::Error::Api(s)) if object_absent(&s, name) => None,
+        Err(e) => {
+            return Err(StoreError::Api {
+                kind,
+                name: name.into(),
+                source: e,
+            });
+        }
+    };
     match obj {
         Some(o) if o.deleted() => {
             // An interrupted delete: finish it, then report absent.
@@ -155,7 +185,7 @@ where
     };
     match api.delete(&name, &dp).await {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.is_not_found() => Ok(()),
+        Err(kube::Error::Api(s)) if object_absent(&s, &name) => Ok(()),
         // UID mismatch: a new object took the name; it is not ours to delete.
         Err(kube::Error::Api(s)) if s.is_conflict() => Ok(()),
         Err(e) => Err(StoreError::from_kube(kind, &name, e)),
@@ -422,5 +452,87 @@ impl Store {
             source: e,
         })?;
         Ok(n.map(|n| n.metadata.labels.unwrap_or_default()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::core::Status;
+
+    /// A Status as the apiserver sends it (JSON), with `details.name` when given.
+    fn status(code: u16, reason: &str, details_name: Option<&str>) -> Status {
+        let mut v = serde_json::json!({"kind": "Status", "status": "Failure", "message": "m", "reason": reason, "code": code});
+        if let Some(n) = details_name {
+            v["details"] =
+                serde_json::json!({"name": n, "group": "crd.projectcalico.org", "kind": "ipamhandles"});
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn api(code: u16, reason: &str, details_name: Option<&str>) -> StoreError {
+        StoreError::Api {
+            kind: BLOCK,
+            name: "b".into(),
+            source: kube::Error::Api(Box::new(status(code, reason, details_name))),
+        }
+    }
+
+    #[test]
+    fn only_a_404_naming_the_object_means_absent() {
+        assert!(object_absent(&status(404, "NotFound", Some("h")), "h"));
+        // A restarting apiserver's bare 404 (CRD handler not ready) is not an answer about the object.
+        assert!(!object_absent(&status(404, "NotFound", None), "h"));
+        assert!(!object_absent(&status(404, "NotFound", Some("other")), "h"));
+        assert!(!object_absent(&status(409, "Conflict", Some("h")), "h"));
+        let e = StoreError::from_kube(
+            HANDLE,
+            "h",
+            kube::Error::Api(Box::new(status(404, "NotFound", None))),
+        );
+        assert!(matches!(e, StoreError::Api { .. }), "{e:?}");
+        let e = StoreError::from_kube(
+            HANDLE,
+            "h",
+            kube::Error::Api(Box::new(status(404, "NotFound", Some("h")))),
+        );
+        assert!(e.is_conflict());
+    }
+
+    #[test]
+    fn writes_that_may_have_landed() {
+        for (code, landed) in [
+            (409, false),
+            (404, false),
+            (422, false),
+            (429, false),
+            (403, false),
+            (408, true),
+            (500, true),
+            (503, true),
+            (504, true),
+        ] {
+            assert_eq!(api(code, "x", None).may_have_applied(), landed, "HTTP {code}");
+        }
+        let lost = StoreError::Api {
+            kind: BLOCK,
+            name: "b".into(),
+            source: kube::Error::Service("connection reset".into()),
+        };
+        assert!(lost.may_have_applied());
+        assert!(
+            !StoreError::Conflict {
+                kind: BLOCK,
+                name: "b".into()
+            }
+            .may_have_applied()
+        );
+        assert!(
+            !StoreError::AlreadyExists {
+                kind: BLOCK,
+                name: "b".into()
+            }
+            .may_have_applied()
+        );
     }
 }

@@ -597,3 +597,37 @@ pub async fn create_pod(
         }
     }
 }
+
+/// Restarts this cluster's kube-apiserver (`e2e/cluster.sh restart-apiserver`): SIGTERM (a
+/// graceful restart) or, with `kill`, SIGKILL (a crash); same arguments and port, returns once
+/// /readyz is ok, with the time from the stop to ready. Panics for a cluster this process did
+/// not start (or one without `TORTIE_E2E_DIR`): restarting someone else's API server is not a test's call.
+pub fn restart_apiserver(kill: bool) -> Duration {
+    let c = cluster();
+    let dir = c
+        .dir
+        .clone()
+        .or_else(|| std::env::var_os("TORTIE_E2E_DIR").map(PathBuf::from))
+        .expect("restart_apiserver: the cluster was not started by this process and TORTIE_E2E_DIR is unset");
+    let t = Instant::now();
+    let mut cmd = Command::new("bash");
+    cmd.arg(repo_dir().join("e2e/cluster.sh"))
+        .arg("restart-apiserver")
+        .arg("-d")
+        .arg(&dir);
+    if kill {
+        cmd.arg("--kill");
+    }
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .expect("run e2e/cluster.sh restart-apiserver");
+    assert!(
+        out.status.success(),
+        "e2e/cluster.sh restart-apiserver -d {} failed ({}): {}",
+        dir.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    t.elapsed()
+}
