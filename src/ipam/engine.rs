@@ -527,6 +527,8 @@ impl Ipam {
                         tokio::time::sleep(jitter()).await;
                     }
                     Err(e) => {
+                        // Whatever happened, the cached copy may now be older than the block.
+                        self.forget_block(cidr);
                         if e.may_have_applied() {
                             // The answer was lost, not the write perhaps: keep the handle's count
                             // so that release_by_handle (the DEL after this failed ADD) still
@@ -970,6 +972,7 @@ impl Ipam {
                     }
                     Err(e) => {
                         // As in allocate_in_block: a write that may have landed keeps its count.
+                        self.forget_block(&cidr);
                         if e.may_have_applied() {
                             counted = false;
                         }
@@ -1050,15 +1053,28 @@ impl Ipam {
     ) -> Result<Vec<usize>, IpamError> {
         let span = info_span!("ipamblock", name = %names::block_name(cidr));
         async {
-            for attempt in 0..RETRIES {
-                let b = if attempt == 0 {
-                    self.block(cidr).await?
-                } else {
+            let mut fresh = false;
+            for _ in 0..RETRIES {
+                let cached = !fresh && self.inner.cache.lock().unwrap().blocks.contains_key(cidr);
+                let b = if fresh {
                     self.fresh_block(cidr).await?
+                } else {
+                    self.block(cidr).await?
                 };
-                let Some(mut b) = b else { return Ok(vec![]) };
+                fresh = true;
+                // "Nothing to release" is only believed from a fresh read: a cached copy can
+                // predate a write whose answer was lost (a failed ADD that did allocate).
+                let Some(mut b) = b else {
+                    if cached {
+                        continue;
+                    }
+                    return Ok(vec![]);
+                };
                 let reqs = select(&b.spec);
                 if reqs.is_empty() {
+                    if cached {
+                        continue;
+                    }
                     return Ok(vec![]);
                 }
                 let (done, _) =
@@ -1067,6 +1083,9 @@ impl Ipam {
                         reason: e.to_string(),
                     })?;
                 if done.is_empty() {
+                    if cached {
+                        continue;
+                    }
                     return Ok(vec![]);
                 }
                 let res = if blk::is_empty(&b.spec) && b.spec.affinity.is_none() {
@@ -1095,7 +1114,10 @@ impl Ipam {
                         self.forget_block(cidr);
                         tokio::time::sleep(jitter()).await;
                     }
-                    Err(e) => return Err(e.into()),
+                    Err(e) => {
+                        self.forget_block(cidr);
+                        return Err(e.into());
+                    }
                 }
             }
             Err(IpamError::Contention {
