@@ -17,6 +17,9 @@ bench_args=()
 ((quick)) && bench_args=(--quick)
 bash e2e/with-cluster.sh cargo bench --bench system -- all --out bench/results.json "${bench_args[@]}"
 
+echo "== operator benchmarks (benches/operator.rs: GC of leaks, footprint, BGP change -> BIRD reload)" >&2
+bash e2e/with-cluster.sh cargo bench --bench operator -- all --out bench/results.json "${bench_args[@]}"
+
 echo "== report" >&2
 python3 -c 'import matplotlib' 2>/dev/null || python3 -m pip install --quiet 'matplotlib==3.11.2'
 python3 bench/report.py

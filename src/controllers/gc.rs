@@ -29,6 +29,13 @@ use crate::ipam::names;
 
 const NAME: &str = "gc";
 const CAS_RETRIES: usize = 3;
+/// Blocks released at once in a pass.
+const BLOCK_CONCURRENCY: usize = 4;
+/// Handle writes in flight at once during a block's release.
+const HANDLE_CONCURRENCY: usize = 16;
+/// A namespace with at least this many leaks in a pass is read with one LIST instead of a GET
+/// per pod.
+const LIST_NAMESPACE_FROM: usize = 16;
 
 pub async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
     let mut node_changes = ctx.stores.nodes.changes().boxed();
@@ -192,16 +199,29 @@ async fn pass(ctx: &Ctx) -> Result<(), Error> {
         "GC plan"
     );
     let mut first_err = None;
-    let mut pod_cache: HashMap<(String, String), Option<PodInfo>> = HashMap::new();
-    for r in &plan.releases {
-        if let Err(e) = release_block(ctx, r, &mut pod_cache)
-            .instrument(info_span!("release", ipamblock = %r.block))
-            .await
-        {
+    let pod_cache = tokio::sync::Mutex::new(LivePods::for_releases(&plan.releases));
+    // Blocks are independent objects: release a few at once.
+    let releases: Vec<_> = plan
+        .releases
+        .iter()
+        .map(|r| {
+            let pod_cache = &pod_cache;
+            async move {
+                let res = release_block(ctx, r, pod_cache)
+                    .instrument(info_span!("release", ipamblock = %r.block))
+                    .await;
+                (r, res)
+            }
+        })
+        .collect();
+    let mut releases = futures::stream::iter(releases).buffer_unordered(BLOCK_CONCURRENCY);
+    while let Some((r, res)) = releases.next().await {
+        if let Err(e) = res {
             warn!(block = %r.block, error = %e, "release failed; retrying next pass");
             first_err.get_or_insert(e);
         }
     }
+    drop(releases);
     for e in &plan.empty_blocks {
         match release_empty_block(ctx, &e.block, Some(&e.node))
             .instrument(info_span!("release_empty", ipamblock = %e.block))
@@ -259,32 +279,78 @@ where
     Ok(api.get_opt(name).await?)
 }
 
+/// Live pods named by the pass's leaks, read at most once per pass: a GET per pod, or one LIST
+/// for a namespace with many leaks.
+struct LivePods {
+    list_namespaces: std::collections::HashSet<String>,
+    listed: HashMap<String, HashMap<String, PodInfo>>,
+    got: HashMap<(String, String), Option<PodInfo>>,
+}
+
+impl LivePods {
+    fn for_releases(releases: &[gc_plan::BlockRelease]) -> LivePods {
+        let mut per_ns: HashMap<&str, usize> = HashMap::new();
+        for g in releases.iter().flat_map(|r| &r.guards) {
+            if let Some((ns, _)) = &g.pod {
+                *per_ns.entry(ns).or_default() += 1;
+            }
+        }
+        LivePods {
+            list_namespaces: per_ns
+                .into_iter()
+                .filter(|(_, n)| *n >= LIST_NAMESPACE_FROM)
+                .map(|(ns, _)| ns.to_string())
+                .collect(),
+            listed: HashMap::new(),
+            got: HashMap::new(),
+        }
+    }
+
+    async fn get(&mut self, ctx: &Ctx, ns: &str, name: &str) -> Result<Option<&PodInfo>, Error> {
+        let api = Api::<Pod>::namespaced(ctx.client.clone(), ns);
+        if self.list_namespaces.contains(ns) {
+            if !self.listed.contains_key(ns) {
+                let pods = api.list(&Default::default()).await?;
+                let infos = pods
+                    .items
+                    .iter()
+                    .filter_map(|p| Some((p.name_any(), pod_info(p)?)))
+                    .collect();
+                self.listed.insert(ns.to_string(), infos);
+            }
+            return Ok(self.listed[ns].get(name));
+        }
+        let key = (ns.to_string(), name.to_string());
+        if !self.got.contains_key(&key) {
+            let live = api.get_opt(name).await?;
+            self.got.insert(key.clone(), live.as_ref().and_then(pod_info));
+        }
+        Ok(self.got[&key].as_ref())
+    }
+}
+
 /// Frees the guarded ordinals of one block in one write, then decrements the handles.
 async fn release_block(
     ctx: &Ctx,
     r: &gc_plan::BlockRelease,
-    pods: &mut HashMap<(String, String), Option<PodInfo>>,
+    pods: &tokio::sync::Mutex<LivePods>,
 ) -> Result<(), Error> {
     // Re-validate each leak's pod live: never free what a pod shows it holds.
-    let pod_api: Api<Pod> = Api::all(ctx.client.clone());
     let mut guards: Vec<Guard> = Vec::new();
     for g in &r.guards {
-        if let Some((ns, name)) = &g.pod {
-            let key = (ns.clone(), name.clone());
-            if !pods.contains_key(&key) {
-                let live = Api::<Pod>::namespaced(ctx.client.clone(), ns)
-                    .get_opt(name)
-                    .await?;
-                pods.insert(key.clone(), live.as_ref().and_then(pod_info));
-            }
-            if pods[&key].as_ref().is_some_and(|p| p.ips.contains(&g.ip)) {
-                info!(ip = %g.ip, pod = %format!("{ns}/{name}"), "pod holds the address now; not released");
-                continue;
-            }
+        if let Some((ns, name)) = &g.pod
+            && pods
+                .lock()
+                .await
+                .get(ctx, ns, name)
+                .await?
+                .is_some_and(|p| p.ips.contains(&g.ip))
+        {
+            info!(ip = %g.ip, pod = %format!("{ns}/{name}"), "pod holds the address now; not released");
+            continue;
         }
         guards.push(g.clone());
     }
-    let _ = pod_api;
     if guards.is_empty() {
         return Ok(());
     }
@@ -317,11 +383,24 @@ async fn release_block(
         *per_node.entry(&g.node).or_default() += 1;
     }
     let h_api: Api<Handle> = Api::all_with(ctx.client.clone(), &ctx.resource(CalicoKind::IPAMHandle));
-    for (handle, n) in per_handle {
-        if let Err(e) = decrement_handle(&h_api, handle, &r.cidr, n).await {
-            warn!(handle, error = %e, "handle decrement failed (left over-counted)");
+    // Independent objects: decrement them concurrently (a 10,000-leak pass is bound by these).
+    let decrements: Vec<_> = per_handle
+        .into_iter()
+        .map(|(handle, n)| {
+            let (handle, h_api, cidr) = (handle.to_string(), h_api.clone(), r.cidr.clone());
+            async move {
+                let res = decrement_handle(ctx, &h_api, &handle, &cidr, n).await;
+                (handle, res)
+            }
+        })
+        .collect();
+    let mut decrements = futures::stream::iter(decrements).buffer_unordered(HANDLE_CONCURRENCY);
+    while let Some((handle, res)) = decrements.next().await {
+        if let Err(e) = res {
+            warn!(%handle, error = %e, "handle decrement failed (left over-counted)");
         }
     }
+    drop(decrements);
     for (node, n) in per_node {
         ctx.metrics.add_reclamations(&r.pool, node, n);
     }
@@ -343,10 +422,26 @@ async fn release_block(
     Ok(())
 }
 
-async fn decrement_handle(api: &Api<Handle>, handle_id: &str, cidr: &str, n: u64) -> Result<(), Error> {
+/// Decrements a handle by CAS; the first attempt uses the watch cache's copy (saving a read),
+/// a stale copy costs one 409 and a fresh read.
+async fn decrement_handle(
+    ctx: &Ctx,
+    api: &Api<Handle>,
+    handle_id: &str,
+    cidr: &str,
+    n: u64,
+) -> Result<(), Error> {
     let name = names::handle_name(names::sanitize_handle_id(handle_id));
     for attempt in 1..=CAS_RETRIES {
-        let Some(mut h) = get_opt(api, &name).await? else {
+        let cached = (attempt == 1)
+            .then(|| ctx.stores.handles.get(&name))
+            .flatten()
+            .map(|h| (*h).clone());
+        let current = match cached {
+            Some(h) => Some(h),
+            None => get_opt(api, &name).await?,
+        };
+        let Some(mut h) = current else {
             return Ok(());
         };
         if h.spec.is_deleted() {

@@ -105,6 +105,12 @@ where
     pub fn all(&self) -> Vec<Arc<K>> {
         self.store.state()
     }
+
+    /// One cluster-scoped object of the cache by name.
+    pub fn get(&self, name: &str) -> Option<Arc<K>> {
+        self.store
+            .get(&reflector::ObjectRef::new_with(name, self.dyntype.clone()))
+    }
 }
 
 /// Every cache the operator reads.
