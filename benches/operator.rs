@@ -104,7 +104,7 @@ where
     let mut done = 0usize;
     while s.next().await.is_some() {
         done += 1;
-        if done % 10_000 == 0 {
+        if done.is_multiple_of(10_000) {
             eprintln!(
                 "  {what}: {done}/{n} ({:.0}/s)",
                 done as f64 / t0.elapsed().as_secs_f64()
