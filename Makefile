@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 MODE ?= v1
 
-.PHONY: help build test unit e2e crds lint fmt demo demo-down bench chart deps
+.PHONY: help build test unit e2e crds lint fmt demo demo-down bench chart deps fuzz fuzz-long
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
@@ -36,6 +36,12 @@ e2e: deps ## only the tests that need the real control plane
 
 bench: deps ## benchmarks: criterion micro benches + system benches against the real control plane; writes BENCHMARKS.md
 	bash bench/run.sh
+
+fuzz: ## short run of every cargo-fuzz target (FUZZ_SECONDS each, default 20; needs cargo-fuzz)
+	bash fuzz/run.sh $${FUZZ_SECONDS:-20}
+
+fuzz-long: ## long fuzz run, 1 h per target by default (FUZZ_SECONDS, FUZZ_JOBS; README "Fuzzing")
+	bash fuzz/run.sh $${FUZZ_SECONDS:-3600}
 
 lint: ## rustfmt check and clippy with warnings denied
 	$(CARGO) fmt --all -- --check

@@ -64,12 +64,13 @@ pub fn parse_masked(text: &str) -> Result<IpNet, CidrError> {
     Ok(net)
 }
 
-/// Ordinal of `ip` inside `block`, or None when `ip` is outside it.
+/// Ordinal of `ip` inside `block`, or None when `ip` is outside it (or, in an IPv6 network wider
+/// than any block, past what a `usize` holds: a cast would wrap to another address's ordinal).
 pub fn ordinal_of(block: &IpNet, ip: IpAddr) -> Option<usize> {
     if !block.contains(&ip) {
         return None;
     }
-    Some((ip_to_u128(ip) - ip_to_u128(block.network())) as usize)
+    usize::try_from(ip_to_u128(ip) - ip_to_u128(block.network())).ok()
 }
 
 /// The address at `ordinal` of `block`. Panics in debug builds when the ordinal is out of range.
@@ -151,6 +152,18 @@ mod tests {
 
     fn net(s: &str) -> IpNet {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn ordinal_of_never_wraps() {
+        // Regression (fuzz target cidr_block): ::900:0:44:4402:1000:fd in ::/32 gave the ordinal
+        // of ::44:4402:1000:fd (the u128 offset was cast to usize).
+        let net: IpNet = "::/32".parse().unwrap();
+        let ip: IpAddr = "::900:0:44:4402:1000:fd".parse().unwrap();
+        assert_eq!(ordinal_of(&net, ip), None);
+        let near: IpAddr = "::44:4402:1000:fd".parse().unwrap();
+        let o = ordinal_of(&net, near).unwrap();
+        assert_eq!(address_of(&net, o), near);
     }
 
     #[test]
