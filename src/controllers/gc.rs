@@ -266,9 +266,57 @@ async fn pass(ctx: &Ctx) -> Result<(), Error> {
             _ => {}
         }
     }
+    // Two-step deletes interrupted between the mark and the DELETE (a process killed there, this
+    // operator included): the objects are already absent to every reader; finish them, or they
+    // stay in etcd for good since nothing reads a marked handle by name again.
+    for h in handles.iter().filter(|h| h.spec.is_deleted()) {
+        if let Err(e) = finish_delete(&h_api, h).await {
+            first_err.get_or_insert(e);
+        }
+    }
+    let b_api: Api<Block> = Api::all_with(ctx.client.clone(), &ctx.resource(CalicoKind::IPAMBlock));
+    for b in blocks
+        .iter()
+        .filter(|b| b.spec.is_deleted() && in_scope(&b.spec.cidr))
+    {
+        if let Err(e) = finish_delete(&b_api, b).await {
+            first_err.get_or_insert(e);
+        }
+    }
+    for a in affinities
+        .iter()
+        .filter(|a| a.spec.is_deleted() && in_scope(&a.spec.cidr))
+    {
+        if let Err(e) = finish_delete(&aff_api, a).await {
+            first_err.get_or_insert(e);
+        }
+    }
     match first_err {
         Some(e) => Err(e),
         None => Ok(()),
+    }
+}
+
+/// The DELETE of a marked object, with a UID precondition (a new object under the name is not ours).
+async fn finish_delete<K>(api: &Api<K>, obj: &K) -> Result<(), Error>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let name = obj.meta().name.clone().unwrap_or_default();
+    let dp = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: obj.meta().uid.clone(),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    match api.delete(&name, &dp).await {
+        Ok(_) => {
+            info!(object = %name, "finished an interrupted delete");
+            Ok(())
+        }
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 
