@@ -5,6 +5,7 @@
 //! ```sh
 //! cargo bench --bench system -- all [--quick] [--out bench/results.json]
 //! cargo bench --bench system -- render        # pure, needs no cluster
+//! cargo bench --bench system -- burst one-node --warm-only   # skip the in-process (cold) rows
 //! ```
 //!
 //! Each section records its inputs so that another implementation can be run on the same.
@@ -27,18 +28,22 @@ use common::*;
 
 struct Opts {
     quick: bool,
+    /// Also run `tortie-ipam` in-process (no agent) for the burst sections' second row.
+    cold: bool,
     out: PathBuf,
     what: Vec<String>,
 }
 
 fn parse_args() -> Opts {
     let mut quick = false;
+    let mut cold = true;
     let mut out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("bench/results.json");
     let mut what = vec![];
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => quick = true,
+            "--warm-only" => cold = false,
             "--out" => out = PathBuf::from(args.next().expect("--out needs a path")),
             "--bench" => {} // passed by `cargo bench`
             s if s.starts_with('-') => {}
@@ -48,7 +53,12 @@ fn parse_args() -> Opts {
     if what.is_empty() || what.iter().any(|w| w == "all") {
         what = vec!["render".into(), "burst".into(), "one-node".into()];
     }
-    Opts { quick, out, what }
+    Opts {
+        quick,
+        cold,
+        out,
+        what,
+    }
 }
 
 fn main() {
@@ -69,8 +79,8 @@ fn main() {
     for w in &opts.what {
         let s = match w.as_str() {
             "render" => render_bench(opts.quick),
-            "burst" => rt.block_on(burst_bench(opts.quick, false)),
-            "one-node" => rt.block_on(burst_bench(opts.quick, true)),
+            "burst" => rt.block_on(burst_section(opts.quick, false, opts.cold)),
+            "one-node" => rt.block_on(burst_section(opts.quick, true, opts.cold)),
             other => panic!("unknown benchmark {other:?} (render, burst, one-node, all)"),
         };
         println!("{}", serde_json::to_string_pretty(&s).unwrap());
@@ -217,7 +227,61 @@ fn render_sizes(sizes: &[usize]) -> Value {
 // ---------------------------------------------------------------------------------------------
 // Pod-address burst through the real CNI plugin
 
-async fn burst_bench(quick: bool, one_node: bool) -> Value {
+/// One burst section: the production path (one `tortie agent --no-bgp` per node, `tortie-ipam`
+/// handing each request to it) in the first row, whose figures the targets judge; with `cold`,
+/// the same burst with every `tortie-ipam` working alone (in-process) in a second row.
+async fn burst_section(quick: bool, one_node: bool, cold: bool) -> Value {
+    let mut s = burst_bench(quick, one_node, true).await;
+    if cold {
+        let c = burst_bench(quick, one_node, false).await;
+        let row = c["rows"][0].clone();
+        s["rows"].as_array_mut().unwrap().push(row);
+        let notes = s["notes"].as_array_mut().unwrap();
+        notes.insert(0, json!("Row \"agent\": tortie-ipam sends each request to its node's agent (warm engine, pods and namespaces watched); row \"in-process\": every tortie-ipam starts its own client and engine (the fallback when no agent runs). Targets judge the agent row."));
+        notes.extend(c["notes"].as_array().cloned().unwrap_or_default());
+    }
+    s
+}
+
+/// Agent processes of one burst, killed on drop.
+struct Agents(Vec<std::process::Child>);
+
+impl Drop for Agents {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Starts `tortie agent --no-bgp` for each node and waits until every socket answers.
+fn start_agents(nodes: &[String], dir: &Path) -> Agents {
+    let mut agents = Agents(vec![]);
+    for n in nodes {
+        let child = Command::new(env!("CARGO_BIN_EXE_tortie"))
+            .args(["agent", "--no-bgp", "--node", n, "--ipam-socket"])
+            .arg(dir.join(format!("{n}.sock")))
+            .env("KUBECONFIG", kubeconfig())
+            .env("TORTIE_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting tortie agent");
+        agents.0.push(child);
+    }
+    let deadline = Instant::now() + std::time::Duration::from_secs(120);
+    for n in nodes {
+        let sock = dir.join(format!("{n}.sock"));
+        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
+            assert!(Instant::now() < deadline, "agent for {n} did not come up");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    agents
+}
+
+async fn burst_bench(quick: bool, one_node: bool, agents: bool) -> Value {
     let (pods, nodes, per_node_conc) = match (one_node, quick) {
         (true, _) => (100usize, 1usize, 8usize),
         (false, true) => (200, 5, 4),
@@ -225,11 +289,16 @@ async fn burst_bench(quick: bool, one_node: bool) -> Value {
     };
     install_crds();
     let client = client().await;
-    let run = format!("b{}{}", std::process::id(), if one_node { "o" } else { "m" });
+    let run = format!(
+        "b{}{}{}",
+        std::process::id(),
+        if one_node { "o" } else { "m" },
+        if agents { "a" } else { "c" }
+    );
     let ns = format!("bench-{run}");
     let pool_cidr = format!(
         "10.{}.0.0/16",
-        150 + (std::process::id() % 25) * 2 + u32::from(one_node)
+        150 + (std::process::id() % 12) * 4 + u32::from(one_node) * 2 + u32::from(agents)
     );
     let pools: Api<tortie::api::Pool> = Api::all_with(
         client.clone(),
@@ -273,55 +342,28 @@ async fn burst_bench(quick: bool, one_node: bool) -> Value {
         pod_api.create(&PostParams::default(), &pod).await.unwrap();
         work[i % nodes].push((
             name,
-            format!("{:064x}", (std::process::id() as u128) << 64 | i as u128),
+            format!(
+                "{:064x}",
+                (std::process::id() as u128) << 64 | u128::from(agents) << 32 | i as u128
+            ),
         ));
     }
 
-    let plugin = PathBuf::from(env!("CARGO_BIN_EXE_tortie-ipam"));
-    let kc = kubeconfig();
+    let sockets = tempfile::tempdir().unwrap();
+    let running = agents.then(|| start_agents(&node_names, sockets.path()));
+    let socket_of = {
+        let dir = sockets.path().to_path_buf();
+        move |node: &str| agents.then(|| dir.join(format!("{node}.sock")))
+    };
     let before = request_counts(&client).await;
     let t0 = Instant::now();
-    let latencies = Arc::new(std::sync::Mutex::new(Vec::<f64>::new()));
-    let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let mut tasks = vec![];
-    for (node, items) in node_names.iter().zip(work.iter()) {
-        // Bounded concurrency per node, as a kubelet starting pods in parallel.
-        let items = Arc::new(std::sync::Mutex::new(items.clone()));
-        for _ in 0..per_node_conc {
-            let (items, node, plugin, kc, ns) = (
-                items.clone(),
-                node.clone(),
-                plugin.clone(),
-                kc.clone(),
-                ns.clone(),
-            );
-            let (latencies, failures) = (latencies.clone(), failures.clone());
-            tasks.push(tokio::task::spawn_blocking(move || {
-                loop {
-                    let Some((pod, cid)) = items.lock().unwrap().pop() else {
-                        break;
-                    };
-                    let t = Instant::now();
-                    let out = cni(&plugin, &kc, &node, &ns, &pod, &cid, "ADD");
-                    let dt = t.elapsed().as_secs_f64();
-                    match out {
-                        Ok(_) => latencies.lock().unwrap().push(dt),
-                        Err(e) => failures.lock().unwrap().push(format!("{pod}: {e}")),
-                    }
-                }
-            }));
-        }
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
+    let (latencies, failures) = drive("ADD", &work, &node_names, per_node_conc, &ns, &socket_of).await;
     let elapsed = t0.elapsed();
     let after = request_counts(&client).await;
     let calls = diff(&after, &before);
-    let mut lat = latencies.lock().unwrap().clone();
+    let mut lat = latencies;
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let ok = lat.len();
-    let failures = failures.lock().unwrap().clone();
     let writes: f64 = ["post", "put", "patch", "delete"]
         .iter()
         .map(|v| calls.get(*v).copied().unwrap_or(0.0))
@@ -343,14 +385,30 @@ async fn burst_bench(quick: bool, one_node: bool) -> Value {
         per(reads),
     );
 
-    // Release everything (DEL), then clean up.
-    for (node, items) in node_names.iter().zip(work.iter()) {
-        for (pod, cid) in items {
-            if let Err(e) = cni(&plugin, &kc, node, &ns, pod, cid, "DEL") {
-                eprintln!("DEL {pod}: {e}");
-            }
-        }
+    // Release everything (DEL, as concurrent as the ADDs), then clean up.
+    let before = request_counts(&client).await;
+    let t0 = Instant::now();
+    let (del_lat, del_failures) = drive("DEL", &work, &node_names, per_node_conc, &ns, &socket_of).await;
+    let del_elapsed = t0.elapsed();
+    let del_calls = diff(&request_counts(&client).await, &before);
+    for f in del_failures.iter().take(5) {
+        eprintln!("DEL {f}");
     }
+    let del_rate = del_lat.len() as f64 / del_elapsed.as_secs_f64();
+    let del_per = |verbs: &[&str]| {
+        let n: f64 = verbs.iter().map(|v| del_calls.get(*v).copied().unwrap_or(0.0)).sum();
+        n / del_lat.len().max(1) as f64
+    };
+    let (del_writes, del_reads) = (
+        del_per(&["post", "put", "patch", "delete"]),
+        del_per(&["get", "list", "watch"]),
+    );
+    eprintln!(
+        "DEL {} ok, {} failed: {del_rate:.1}/s, per release {del_writes:.2} writes, {del_reads:.2} reads; calls {del_calls:?}",
+        del_lat.len(),
+        del_failures.len()
+    );
+    drop(running);
     let _ = ns_api.delete(&ns, &DeleteParams::default()).await;
     for n in &node_names {
         let _ = node_api.delete(n, &DeleteParams::default()).await;
@@ -392,9 +450,10 @@ async fn burst_bench(quick: bool, one_node: bool) -> Value {
     }
     json!({
         "id": id, "order": if one_node { 2 } else { 1 },
-        "title": if one_node { "100 pods on one node (tortie-ipam ADD processes)" } else { "Pod-address burst (tortie-ipam ADD processes)" },
-        "inputs": format!("{pods} Pending pods over {nodes} fake Nodes, each annotated cni.projectcalico.org/ipv4pools [pool] with one IPPool {pool_cidr} blockSize 26 (strictAffinity false); per node {per_node_conc} concurrent `tortie-ipam` processes run as a container runtime runs them (env CNI_COMMAND=ADD, CNI_ARGS with K8S_POD_NAMESPACE/K8S_POD_NAME, the network config on stdin); a real kube-apiserver 1.34 + etcd 3.6 on this machine; API calls counted from the apiserver's apiserver_request_total for crd.projectcalico.org, pods, namespaces, nodes."),
+        "title": if one_node { "100 pods on one node (tortie-ipam ADD processes, node agents)" } else { "Pod-address burst (tortie-ipam ADD processes, node agents)" },
+        "inputs": format!("{pods} Pending pods over {nodes} fake Nodes, each annotated cni.projectcalico.org/ipv4pools [pool] with one IPPool {pool_cidr} blockSize 26 (strictAffinity false); per node {per_node_conc} concurrent `tortie-ipam` processes run as a container runtime runs them (env CNI_COMMAND=ADD, CNI_ARGS with K8S_POD_NAMESPACE/K8S_POD_NAME, the network config on stdin), each handing its request to the node's `tortie agent --no-bgp` over its unix socket (row agent; pods already bound, so in the agent's watch; counts start once the agents have listed) or doing the work itself (row in-process); then the same DELs, as concurrent; a real kube-apiserver 1.34 + etcd 3.6 on this machine; API calls counted from the apiserver's apiserver_request_total for crd.projectcalico.org, pods, namespaces, nodes."),
         "rows": [{
+            "path": if agents { "agent" } else { "in-process" },
             "pods": pods, "nodes": nodes, "ok": ok, "failed": failures.len(),
             "seconds": format!("{:.2}", elapsed.as_secs_f64()),
             "allocations/s": format!("{rate:.1}"),
@@ -404,6 +463,9 @@ async fn burst_bench(quick: bool, one_node: bool) -> Value {
             "writes/alloc": format!("{:.2}", per(writes)),
             "reads/alloc": format!("{:.2}", per(reads)),
             "calls": format!("{calls:?}"),
+            "DEL/s": format!("{del_rate:.1}"),
+            "DEL writes/release": format!("{del_writes:.2}"),
+            "DEL reads/release": format!("{del_reads:.2}"),
             "left allocated after DEL": leftover,
         }],
         "targets": targets,
@@ -411,21 +473,77 @@ async fn burst_bench(quick: bool, one_node: bool) -> Value {
     })
 }
 
+/// Runs `cmd` for every pod, `per_node_conc` processes at a time per node, as a kubelet does;
+/// returns the latencies of the successes and the failures.
+async fn drive(
+    cmd: &'static str,
+    work: &[Vec<(String, String)>],
+    nodes: &[String],
+    per_node_conc: usize,
+    ns: &str,
+    socket_of: &(impl Fn(&str) -> Option<PathBuf> + Sync),
+) -> (Vec<f64>, Vec<String>) {
+    let plugin = PathBuf::from(env!("CARGO_BIN_EXE_tortie-ipam"));
+    let kc = kubeconfig();
+    let latencies = Arc::new(std::sync::Mutex::new(Vec::<f64>::new()));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut tasks = vec![];
+    for (node, items) in nodes.iter().zip(work.iter()) {
+        let items = Arc::new(std::sync::Mutex::new(items.clone()));
+        let socket = socket_of(node);
+        for _ in 0..per_node_conc {
+            let (items, node, plugin, kc, ns, socket) = (
+                items.clone(),
+                node.clone(),
+                plugin.clone(),
+                kc.clone(),
+                ns.to_string(),
+                socket.clone(),
+            );
+            let (latencies, failures) = (latencies.clone(), failures.clone());
+            tasks.push(tokio::task::spawn_blocking(move || {
+                loop {
+                    let Some((pod, cid)) = items.lock().unwrap().pop() else {
+                        break;
+                    };
+                    let t = Instant::now();
+                    let out = cni(&plugin, &kc, socket.as_deref(), &node, &ns, &pod, &cid, cmd);
+                    let dt = t.elapsed().as_secs_f64();
+                    match out {
+                        Ok(_) => latencies.lock().unwrap().push(dt),
+                        Err(e) => failures.lock().unwrap().push(format!("{pod}: {e}")),
+                    }
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let l = latencies.lock().unwrap().clone();
+    let f = failures.lock().unwrap().clone();
+    (l, f)
+}
+
+/// One `tortie-ipam` run; `socket`: the node agent's (`None`: in-process, `ipam.socket` "none").
+#[allow(clippy::too_many_arguments)]
 fn cni(
     plugin: &Path,
     kc: &Path,
+    socket: Option<&Path>,
     node: &str,
     ns: &str,
     pod: &str,
     cid: &str,
     cmd: &str,
 ) -> Result<Value, String> {
+    let socket = socket.map(|p| p.display().to_string()).unwrap_or_else(|| "none".into());
     let conf = json!({
         "cniVersion": "1.0.0",
         "name": "k8s-pod-network",
         "type": "ptp",
         "nodename": node,
-        "ipam": {"type": "tortie-ipam", "assign_ipv4": "true", "assign_ipv6": "false"},
+        "ipam": {"type": "tortie-ipam", "assign_ipv4": "true", "assign_ipv6": "false", "socket": socket},
         "kubernetes": {"kubeconfig": kc},
     });
     let mut child = Command::new(plugin)

@@ -69,7 +69,15 @@ impl AgentArgs {
         }
         let ipam = async {
             match &socket {
-                Some(path) => run_ipam_server(client.clone(), &self.node, path).await,
+                Some(path) if self.no_bgp => run_ipam_server(client.clone(), &self.node, path).await,
+                // Beside BIRD the server is an accelerator: tortie-ipam works without it, so a
+                // failure (RBAC, CRDs missing) is retried instead of taking BGP down with it.
+                Some(path) => loop {
+                    if let Err(e) = run_ipam_server(client.clone(), &self.node, path).await {
+                        warn!(error = %e, "IPAM server stopped (tortie-ipam runs in-process meanwhile); retrying in 30 s");
+                    }
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                },
                 None => std::future::pending().await,
             }
         };
