@@ -396,7 +396,10 @@ async fn burst_bench(quick: bool, one_node: bool, agents: bool) -> Value {
     }
     let del_rate = del_lat.len() as f64 / del_elapsed.as_secs_f64();
     let del_per = |verbs: &[&str]| {
-        let n: f64 = verbs.iter().map(|v| del_calls.get(*v).copied().unwrap_or(0.0)).sum();
+        let n: f64 = verbs
+            .iter()
+            .map(|v| del_calls.get(*v).copied().unwrap_or(0.0))
+            .sum();
         n / del_lat.len().max(1) as f64
     };
     let (del_writes, del_reads) = (
@@ -537,7 +540,9 @@ fn cni(
     cid: &str,
     cmd: &str,
 ) -> Result<Value, String> {
-    let socket = socket.map(|p| p.display().to_string()).unwrap_or_else(|| "none".into());
+    let socket = socket
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "none".into());
     let conf = json!({
         "cniVersion": "1.0.0",
         "name": "k8s-pod-network",
