@@ -33,7 +33,8 @@ test: deps ## every test: unit, property, CRD drift and e2e against a real kube-
 	$(CARGO) build --all-targets
 	# Bench targets run once each in test mode (criterion rejects libtest's --test-threads).
 	$(CARGO) test --benches
-	$(CARGO) test --lib --bins --tests -- --test-threads=$${TEST_THREADS:-4}
+	# --no-fail-fast: one failing binary must not hide how the others did.
+	$(CARGO) test --no-fail-fast --lib --bins --tests -- --test-threads=$${TEST_THREADS:-4}
 
 e2e: deps ## only the tests that need the real control plane
 	$(CARGO) test $(patsubst tests/%.rs,--test %,$(wildcard tests/e2e_*.rs)) -- --test-threads=$${TEST_THREADS:-4}

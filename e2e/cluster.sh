@@ -74,6 +74,17 @@ pid_of() {
   fi
 }
 
+# exited NAME: the process started for NAME is gone (or a zombie). Unlike pid_of this does not
+# read its command line, which is empty while the process is in execve: a process caught there
+# once looked dead and failed a CI start-up with an empty log.
+exited() {
+  local f=$PIDS/$1.pid pid
+  [[ -f $f ]] || return 0
+  pid=$(<"$f")
+  [[ $pid =~ ^[0-9]+$ ]] || return 0
+  ! alive "$pid"
+}
+
 # alive PID: the process exists and is not a zombie (an orphan waiting for init to reap it).
 alive() {
   local st
@@ -201,7 +212,7 @@ wait_for() {
   local t0; t0=$(now)
   while true; do
     "$@" >/dev/null 2>&1 && return 0
-    if [[ -z $(pid_of "$name") ]]; then
+    if exited "$name"; then
       local why; why=$(last_error "$LOGS/$name.log")
       if grep -q 'address already in use' "$LOGS/$name.log" 2>/dev/null; then
         return 3
@@ -219,6 +230,13 @@ startup_failed() {
   stop_all
   touch "$DIR/failed"
   local name=${1%% *}
+  # CI keeps only what was printed: show the end of the log, not just its path.
+  if [[ -s $LOGS/$name.log ]]; then
+    echo "cluster: last lines of $LOGS/$name.log:" >&2
+    tail -n 25 "$LOGS/$name.log" | sed 's/^/cluster:   /' >&2
+  else
+    echo "cluster: $LOGS/$name.log is empty" >&2
+  fi
   fail "$1 (log: $LOGS/$name.log; all logs kept in $LOGS)"
 }
 

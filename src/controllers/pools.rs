@@ -372,6 +372,8 @@ const RESERVED: &[(&str, &str, &str)] = &[
     ),
     ("::/128", "ReservedRange", "the IPv6 unspecified address"),
     ("::1/128", "ReservedRange", "the IPv6 loopback address"),
+    // Go formats these as dotted IPv4, so Calico would name their blocks after 0.0.0.0/0.
+    ("::ffff:0:0/96", "ReservedRange", "the IPv4-mapped IPv6 range"),
     ("ff00::/8", "ReservedRange", "the IPv6 multicast range"),
 ];
 
@@ -886,6 +888,7 @@ mod tests {
         assert_eq!(c(spec("fe80::/64")), Some(("cidr", "LinkLocal")));
         assert_eq!(c(spec("127.0.0.0/16")), Some(("cidr", "ReservedRange")));
         assert_eq!(c(spec("224.0.0.0/24")), Some(("cidr", "ReservedRange")));
+        assert_eq!(c(spec("::ffff:10.0.0.0/120")), Some(("cidr", "ReservedRange")));
         assert_eq!(c(spec("10.0.0.0/27")), Some(("blockSize", "InvalidBlockSize")));
         let mut s = spec("10.0.0.0/27");
         s.disabled = Some(true);

@@ -11,8 +11,16 @@ const MAX_NAME: usize = 253;
 /// `names.CIDRToName`: the first 3 dots, up to 7 colons and the slash become `-`.
 /// `192.168.0.192/26` → `192-168-0-192-26`, `fd00:10:244::/122` → `fd00-10-244---122`.
 pub fn block_name(cidr: &IpNet) -> String {
-    // Calico formats with Go's canonical text; Rust's Display gives the same RFC 5952 form.
-    let text = cidr.to_string();
+    // Calico formats with Go's canonical text; Rust's Display gives the same RFC 5952 form,
+    // except for IPv4-mapped addresses (`::ffff:1.2.3.4`), written here in hex groups so the
+    // name has no dots and parses back. Pools never cover that range (refused as reserved).
+    let text = match cidr {
+        IpNet::V6(v6) if v6.network().to_ipv4_mapped().is_some() => {
+            let s = v6.network().segments();
+            format!("::ffff:{:x}:{:x}/{}", s[6], s[7], v6.prefix_len())
+        }
+        _ => cidr.to_string(),
+    };
     let text = replace_n(&text, '.', 3);
     let text = replace_n(&text, ':', 7);
     replace_n(&text, '/', 1)
@@ -101,6 +109,18 @@ mod tests {
 
     fn net(s: &str) -> IpNet {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn ipv4_mapped_block_names_round_trip() {
+        // Found by the cidr_block fuzz target: the dotted form's name did not parse back.
+        for text in ["::ffff:0.0.0.0/96", "::ffff:10.1.2.0/122", "::ffff:0:0/128"] {
+            let n = net(text);
+            let name = block_name(&n);
+            assert!(!name.contains('.'), "{name}");
+            assert_eq!(parse_block_name(&name), Some(n), "{text} named {name}");
+        }
+        assert_eq!(block_name(&net("::ffff:10.1.2.0/122")), "--ffff-a01-200-122");
     }
 
     #[test]
