@@ -58,6 +58,9 @@ struct Inner {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     cache: Mutex<Cache>,
     host_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// One writer per block in this process: concurrent releases (and a release beside an
+    /// allocation) of one block would otherwise only race each other into 409s and re-reads.
+    block_locks: Mutex<HashMap<IpNet, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Drop for Inner {
@@ -151,6 +154,7 @@ impl Ipam {
             tasks: vec![t1, t2],
             cache: Mutex::new(Cache::default()),
             host_locks: Mutex::new(HashMap::new()),
+            block_locks: Mutex::new(HashMap::new()),
         };
         let ready = async {
             let _ = inner.pools.wait_until_ready().await;
@@ -274,6 +278,16 @@ impl Ipam {
             .lock()
             .unwrap()
             .entry(host.into())
+            .or_default()
+            .clone()
+    }
+
+    fn block_lock(&self, cidr: &IpNet) -> Arc<tokio::sync::Mutex<()>> {
+        self.inner
+            .block_locks
+            .lock()
+            .unwrap()
+            .entry(*cidr)
             .or_default()
             .clone()
     }
@@ -472,6 +486,8 @@ impl Ipam {
     ) -> Result<BlockOutcome, IpamError> {
         let span = info_span!("ipamblock", name = %names::block_name(cidr));
         async {
+            let lock = self.block_lock(cidr);
+            let _guard = lock.lock().await;
             let mut counted: u64 = 0;
             let mut result = Err(IpamError::Contention {
                 what: format!("IPAMBlock {}", names::block_name(cidr)),
@@ -1053,6 +1069,8 @@ impl Ipam {
     ) -> Result<Vec<usize>, IpamError> {
         let span = info_span!("ipamblock", name = %names::block_name(cidr));
         async {
+            let lock = self.block_lock(cidr);
+            let _guard = lock.lock().await;
             let mut fresh = false;
             for _ in 0..RETRIES {
                 let cached = !fresh && self.inner.cache.lock().unwrap().blocks.contains_key(cidr);
