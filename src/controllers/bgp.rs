@@ -56,7 +56,7 @@ pub enum Error {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub render: RenderOptions,
-    /// Quiet time after a change before rendering, so bursts cost one pass.
+    /// Least time between two passes, so a burst of changes costs one or two passes.
     pub debounce: Duration,
     /// Full mesh size above which an Event advises route reflectors.
     pub mesh_advisory_nodes: usize,
@@ -361,9 +361,12 @@ pub async fn run(client: Client, mode: CrdMode, namespace: String, config: Confi
         pass(&client, &namespace, &config, &w, &recorder, &mut state)
             .instrument(span)
             .await;
+        let done = tokio::time::Instant::now();
         kick.notified().await;
-        // Let a burst of changes settle into one pass.
-        tokio::time::sleep(config.debounce).await;
+        // At most one pass per `debounce`: a change after a quiet spell renders at once (BGP
+        // changes reach BIRD in milliseconds), changes inside a burst wait out the rest of the
+        // window and cost one more pass together.
+        tokio::time::sleep_until(done + config.debounce).await;
     }
 }
 
