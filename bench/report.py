@@ -39,6 +39,63 @@ def fmt_rate(x):
     return f"{x:,.0f}"
 
 
+def doc_inputs(bench_file):
+    """The 'Inputs ...' paragraph of a criterion bench's `//!` header, so the report and the code
+    state the inputs once."""
+    path = ROOT / "benches" / bench_file
+    if not path.exists():
+        return ""
+    para, keep = [], False
+    for line in path.read_text().splitlines():
+        if not line.startswith("//!"):
+            break
+        text = line[3:].strip()
+        if text.startswith("Inputs"):
+            keep = True
+        elif keep and not text:
+            break
+        if keep:
+            para.append(text)
+    return " ".join(para)
+
+
+def section(system, sid):
+    return next((s for s in system.get("sections", []) if s.get("id") == sid), None)
+
+
+def row(system, sid, path=None):
+    s = section(system, sid)
+    if not s:
+        return None
+    for r in s.get("rows", []):
+        if path is None or r.get("path") == path:
+            return r
+    return None
+
+
+# Calico's published figures (../shared/spec/perf-anchors.md; every figure there names its source).
+# Each entry: what, Calico's figure, and how to read tortie's from the results.
+CALICO = [
+    ("API calls per pod address (steady state)",
+     "about 10, 2 of them writes (perf-anchors §1.2, from libcalico-go's IPAM code)",
+     lambda s: (lambda r: r and f"{float(r['writes/alloc']) + float(r['reads/alloc']):.2f} "
+                f"({r['writes/alloc']} writes, {r['reads/alloc']} reads)")(row(s, "burst", "agent"))),
+    ("100 pods on one node",
+     "2–3 min (calico#5612, 100 vCPU bare metal)",
+     lambda s: (lambda r: r and f"{r['seconds']} s, p99 {r['p99 ms']} ms")(row(s, "one-node", "agent"))),
+    ("cluster-wide allocation rate",
+     "1,000 pods on 10 nodes Running after 322 s ≈ 3.1 pods/s (spiderpool's IPAM benchmark, Calico 3.26)",
+     lambda s: (lambda r: r and f"{r['allocations/s']} allocations/s ({r['pods']} pods, {r['nodes']} nodes)")(row(s, "burst", "agent"))),
+    ("leaked address reclaimed",
+     "15–22.5 min on a live node with default settings (perf-anchors §1.5)",
+     lambda s: (lambda r: r and f"{r['all reclaimed s']} s for {r['leaked addresses']} leaks "
+                f"(grace {r['grace period s']} s)")(row(s, "gc"))),
+    ("controller memory at ~10 nodes",
+     "24 MiB (3.19) – 73 MiB (3.20) for kube-controllers (calico#5037)",
+     lambda s: (lambda r: r and f"{r['RSS MiB']} MiB")(row(s, "footprint"))),
+]
+
+
 def main():
     results_path = ROOT / "bench" / "results.json"
     system = json.loads(results_path.read_text()) if results_path.exists() else {}
@@ -54,9 +111,39 @@ def main():
     if system.get("machine"):
         lines += [f"Machine: {system['machine']}", ""]
 
+    # Every target in one place, then the sections with their inputs.
+    targets = [(sec["title"], t) for sec in system.get("sections", []) for t in sec.get("targets", [])]
+    if targets:
+        met = sum(1 for _, t in targets if t.get("met"))
+        lines += ["## Targets", "", f"{met} of {len(targets)} met in this run.", "",
+                  "| benchmark | target | result | met |", "| --- | --- | --- | --- |"]
+        for title, t in targets:
+            lines.append(f"| {title} | {t['what']} | {t['value']} | {'yes' if t.get('met') else '**no**'} |")
+        lines.append("")
+
+    lines += ["## Compared with Calico", "",
+              "Calico's `calico-ipam` could not be run on the same inputs: the Go module proxy this machine uses "
+              "refuses `github.com/projectcalico/calico` (HTTP 403 for every version tried, e.g. "
+              "`v3.31.2+incompatible` and `master`), and nothing of Calico's may be vendored here. So tortie's "
+              "figures from this run stand beside Calico's published ones (`../shared/spec/perf-anchors.md`, "
+              "which cites a source for each; their hardware differs from this 2-core machine).", "",
+              "| figure | Calico (published) | tortie (this run) |", "| --- | --- | --- |"]
+    for what, calico, ours in CALICO:
+        try:
+            mine = ours(system) or "not measured in this run"
+        except (KeyError, ValueError, TypeError):
+            mine = "not measured in this run"
+        lines.append(f"| {what} | {calico} | {mine} |")
+    lines.append("")
+
     # Micro benchmarks
     if micro:
-        lines += ["## Allocator core and selectors (criterion)", "", "| benchmark | mean | per second |", "| --- | --- | --- |"]
+        lines += ["## Allocator core, selectors and BIRD rendering (criterion)", ""]
+        for f in ("ipam_core.rs", "bgp_render.rs"):
+            text = doc_inputs(f)
+            if text:
+                lines += [f"`benches/{f}`: {text}", ""]
+        lines += ["| benchmark | mean | per second |", "| --- | --- | --- |"]
         for k, v in micro.items():
             mean = v["mean_ns"]
             unit = f"{mean/1e6:.3f} ms" if mean > 1e5 else f"{mean:.0f} ns"

@@ -727,12 +727,12 @@ async fn bgp_reload_bench(quick: bool) -> Value {
     last_node.sort_by(f64::total_cmp);
     let debounce_ms = tortie::controllers::bgp::Config::default().debounce.as_millis() as f64;
     let p50 = percentile(&latencies, 0.5);
-    let beyond = p50 - debounce_ms;
     let s = json!({
         "id": "bgp-reload", "order": 60, "title": "BGP change → reloaded BIRD (real daemons in network namespaces)",
         "inputs": format!(
             "{nodes} nodes in a full mesh, each a network namespace running BIRD 1.6 and a `tortie agent` process; \
-             `tortie run --controllers bgp` (debounce {debounce_ms} ms). {rounds} rounds: create a global BGPPeer \
+             `tortie run --controllers bgp` (at most one render pass per {debounce_ms} ms; a change after a quiet spell \
+             renders at once). {rounds} rounds: create a global BGPPeer \
              (192.0.2.x, AS 64999), time from the create call until `birdc show protocols` on each node lists it \
              (polled every 2 ms), then delete it. Then label a Node with a label no selector uses and compare BIRD's \
              'Last reconfiguration' on every node."
@@ -743,13 +743,12 @@ async fn bgp_reload_bench(quick: bool) -> Value {
             "per node p95 ms": format!("{:.0}", percentile(&latencies, 0.95)),
             "all nodes p50 ms": format!("{:.0}", percentile(&last_node, 0.5)),
             "all nodes max ms": format!("{:.0}", last_node.last().copied().unwrap_or(0.0)),
-            "debounce ms": debounce_ms,
-            "p50 beyond debounce ms": format!("{beyond:.0}"),
+            "min pass interval ms": debounce_ms,
             "reloads on unchanged output": unchanged_reloads,
         }],
         "targets": [
-            {"what": "a BGP change reaches a reloaded BIRD in < 100 ms per node (beyond the controller's deliberate debounce)",
-             "met": beyond < 100.0, "value": format!("{beyond:.0} ms"), "anchor": "issue 9"},
+            {"what": "a BGP change reaches a reloaded BIRD in < 100 ms per node (p50 from the API call)",
+             "met": p50 < 100.0, "value": format!("{p50:.0} ms"), "anchor": "issue 9"},
             {"what": "unchanged output causes no reload", "met": unchanged_reloads == 0,
              "value": format!("{unchanged_reloads} reloads"), "anchor": "issue 9"},
         ],

@@ -101,7 +101,11 @@ pub fn install_crds() {
         .unwrap();
 }
 
-/// Sums of `apiserver_request_total` by verb, restricted to the resources IPAM touches.
+/// Key of [`request_counts`] that counts 409 Conflict answers (also counted under their verb).
+pub const CONFLICTS: &str = "409 conflicts";
+
+/// Requests the apiserver answered, by verb, for the resources IPAM touches (from its own
+/// `apiserver_request_total`), plus [`CONFLICTS`].
 pub async fn request_counts(client: &Client) -> BTreeMap<String, f64> {
     let req = http::Request::get("/metrics").body(vec![]).unwrap();
     let text = client.request_text(req).await.unwrap();
@@ -124,7 +128,12 @@ pub async fn request_counts(client: &Client) -> BTreeMap<String, f64> {
             continue;
         }
         let verb = get("verb").to_ascii_lowercase();
-        *out.entry(verb).or_insert(0.0) += value.parse::<f64>().unwrap_or(0.0);
+        let n = value.parse::<f64>().unwrap_or(0.0);
+        *out.entry(verb).or_insert(0.0) += n;
+        // Compare-and-swap losers: each one is a retry of a write.
+        if get("code") == "409" {
+            *out.entry(CONFLICTS.to_string()).or_insert(0.0) += n;
+        }
     }
     out
 }
