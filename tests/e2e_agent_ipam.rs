@@ -12,7 +12,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,6 +20,7 @@ use kube::Api;
 use kube::api::PostParams;
 use kube::core::Object;
 use serde_json::{Value, json};
+use support::cni::{self, Out, handle, pod_args};
 use support::*;
 use tortie::api::{Block, CalicoKind, CrdMode, Handle, IPPoolSpec, Pool};
 
@@ -29,14 +29,7 @@ const ANN_ADDRS: &str = "cni.projectcalico.org/ipAddrs";
 
 /// A CIDR of `prefix_len` unique to one pool of one test, in 100.64.0.0/10.
 fn unique_cidr(prefix_len: u8) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let n = N.fetch_add(1, Ordering::Relaxed);
-    let seed = (std::process::id().wrapping_mul(2654435761) ^ (n << 8)).wrapping_add(n * 4099);
-    let size = 1u32 << (32 - u32::from(prefix_len));
-    let span = 1u32 << 22; // 100.64.0.0/10
-    let off = (seed % (span / size)) * size;
-    let base = (100u32 << 24) | (64u32 << 16);
-    format!("{}/{prefix_len}", std::net::Ipv4Addr::from(base + off))
+    cni::unique_cidr_in("100.64.0.0/10", prefix_len)
 }
 
 struct Lab {
@@ -144,10 +137,6 @@ impl Lab {
     }
 }
 
-fn handle(cid: &str) -> String {
-    format!("k8s-pod-network.{cid}")
-}
-
 fn cid(tag: &str) -> String {
     format!("{:0>64}", format!("{tag}{:x}", std::process::id()))
 }
@@ -166,65 +155,8 @@ fn conf(node: &str, socket: &str) -> Value {
     })
 }
 
-struct Out {
-    ok: bool,
-    json: Value,
-    stderr: String,
-}
-
-impl Out {
-    fn ip(&self) -> IpAddr {
-        assert!(self.ok, "ADD failed: {} / {}", self.json, self.stderr);
-        self.json["ips"][0]["address"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no address in {}", self.json))
-            .parse::<IpNet>()
-            .unwrap()
-            .addr()
-    }
-
-    /// Whether the agent answered (the plugin logs at debug level which path it took).
-    fn via_agent(&self) -> bool {
-        self.stderr.contains("answered by the node agent")
-    }
-
-    fn in_process(&self) -> bool {
-        self.stderr.contains("running in-process")
-    }
-}
-
 async fn exec(command: &str, cid: &str, ns: &str, pod: &str, conf: &Value) -> Out {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_tortie-ipam"));
-    cmd.env_clear()
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", cid)
-        .env("CNI_NETNS", format!("/var/run/netns/{}", &cid[..12]))
-        .env("CNI_IFNAME", "eth0")
-        .env(
-            "CNI_ARGS",
-            format!(
-                "IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={pod};K8S_POD_INFRA_CONTAINER_ID={cid}"
-            ),
-        )
-        .env("CNI_PATH", "/usr/lib/cni")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut f = tempfile::tempfile().unwrap();
-    std::io::Write::write_all(&mut f, conf.to_string().as_bytes()).unwrap();
-    std::io::Seek::rewind(&mut f).unwrap();
-    cmd.stdin(Stdio::from(f));
-    let out = cmd.spawn().unwrap().wait_with_output().await.unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    Out {
-        ok: out.status.success(),
-        json: if stdout.trim().is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {stdout:?}"))
-        },
-        stderr: String::from_utf8_lossy(&out.stderr).to_string(),
-    }
+    cni::ipam(command, cid, &pod_args(ns, pod), conf).await
 }
 
 /// `tortie agent --no-bgp` for one node, killed on drop.
@@ -295,7 +227,7 @@ async fn agent_serves_adds_and_dels_and_the_plugin_falls_back_when_it_is_down() 
             "{pod}: not answered by the agent: {}",
             out.stderr
         );
-        let ip = out.ip();
+        let ip = out.ip().addr();
         assert!(want.contains(&ip), "{pod}: {ip} not in {want}");
         got.insert(pod, ip);
     }
@@ -306,7 +238,7 @@ async fn agent_serves_adds_and_dels_and_the_plugin_falls_back_when_it_is_down() 
     // A repeated ADD (runtime retry) gets the same address, not a second one.
     let again = lab.add("ns-1", &cid("ns-1"), &sock).await;
     assert!(again.via_agent());
-    assert_eq!(again.ip(), got["ns-1"]);
+    assert_eq!(again.ip().addr(), got["ns-1"]);
     assert_eq!(lab.held(&cid("ns-1")).await, vec![got["ns-1"]]);
 
     // Errors are the ones the in-process path gives, byte for byte.
@@ -330,8 +262,8 @@ async fn agent_serves_adds_and_dels_and_the_plugin_falls_back_when_it_is_down() 
     create_pod(&lab.client, &lab.ns, "late", Some(&lab.node), &[]).await;
     let p = lab.add("late", &cid("late"), &sock).await;
     assert!(p.via_agent(), "{}", p.stderr);
-    assert!(net_a.contains(&p.ip()));
-    got.insert("late", p.ip());
+    assert!(net_a.contains(&p.ip().addr()));
+    got.insert("late", p.ip().addr());
 
     // DEL through the agent releases the address and the handle.
     let d = lab.del("ns-0", &cid("ns-0"), &sock).await;
@@ -349,7 +281,7 @@ async fn agent_serves_adds_and_dels_and_the_plugin_falls_back_when_it_is_down() 
     );
     let fb = lab.add("fallback", &cid("fallback"), &sock).await;
     assert!(fb.in_process(), "{}", fb.stderr);
-    let ip = fb.ip();
+    let ip = fb.ip().addr();
     assert!(net_a.contains(&ip));
     assert!(!got.values().any(|x| *x == ip), "{ip} handed out twice");
     // What the agent allocated is released in-process just the same, and vice versa later.
@@ -358,7 +290,7 @@ async fn agent_serves_adds_and_dels_and_the_plugin_falls_back_when_it_is_down() 
     assert!(lab.held(&cid("ns-1")).await.is_empty());
     // No socket at all: in-process too.
     let none = lab.add("ns-2", &cid("ns-2"), "/nonexistent/ipam.sock").await;
-    assert_eq!(none.ip(), got["ns-2"]);
+    assert_eq!(none.ip().addr(), got["ns-2"]);
 
     // A new agent (cold caches) serves DELs of what the old one and the plugin allocated.
     let agent = Agent::start(&lab.node, &socket).await;
@@ -439,15 +371,19 @@ async fn steady_state_add_through_the_agent_is_two_writes_and_no_reads() {
 
     // The first ADD claims the node's block.
     let first = lab.add("p-0", &cid("p-0"), &sock).await;
-    assert!(net.contains(&first.ip()) && first.via_agent());
+    assert!(net.contains(&first.ip().addr()) && first.via_agent());
     let claim = log.take();
     eprintln!("first ADD (block claim): {} requests: {claim:#?}", claim.len());
 
-    let mut ips = BTreeSet::from([first.ip()]);
+    let mut ips = BTreeSet::from([first.ip().addr()]);
     for i in 1..=N {
         let out = lab.add(&format!("p-{i}"), &cid(&format!("p-{i}")), &sock).await;
         assert!(out.via_agent(), "{}", out.stderr);
-        assert!(ips.insert(out.ip()), "{} handed out twice", out.ip());
+        assert!(
+            ips.insert(out.ip().addr()),
+            "{} handed out twice",
+            out.ip().addr()
+        );
     }
     let reqs = log.take();
     let writes = reqs
@@ -466,7 +402,7 @@ async fn steady_state_add_through_the_agent_is_two_writes_and_no_reads() {
     // A repeated ADD is caught by the handle create (409) and answered with the held address.
     let again = lab.add("p-3", &cid("p-3"), &sock).await;
     let p3 = lab.held(&cid("p-3")).await;
-    assert_eq!(vec![again.ip()], p3);
+    assert_eq!(vec![again.ip().addr()], p3);
     log.take();
 
     for i in 1..=N {
@@ -520,8 +456,12 @@ async fn concurrent_adds_through_the_agent_get_distinct_addresses() {
     for t in tasks {
         let out = t.await.unwrap();
         assert!(out.via_agent(), "{}", out.stderr);
-        assert!(net.contains(&out.ip()));
-        assert!(ips.insert(out.ip()), "{} handed out twice", out.ip());
+        assert!(net.contains(&out.ip().addr()));
+        assert!(
+            ips.insert(out.ip().addr()),
+            "{} handed out twice",
+            out.ip().addr()
+        );
     }
     // 40 addresses from /27 blocks: the node claimed a second block on the way.
     let mut tasks = vec![];

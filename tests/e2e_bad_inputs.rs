@@ -12,99 +12,33 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::OnceLock;
-use std::time::Duration;
+use std::path::PathBuf;
 
 use ipnet::IpNet;
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::core::Object;
 use serde_json::{Value, json};
+use support::cni::{self, Out, handle, plugin, pod_args};
 use support::*;
 use tortie::api::{Block, CalicoKind, CrdMode, Handle, IPPoolSpec, Pool};
 
-/// A private copy of the plugin: a shared target dir may get another build of it mid-test.
-fn plugin() -> &'static Path {
-    static P: OnceLock<PathBuf> = OnceLock::new();
-    P.get_or_init(|| {
-        let src = std::env::var_os("TORTIE_IPAM_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tortie-ipam")));
-        let dir = std::env::temp_dir().join(format!("tortie-bad-inputs-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let dst = dir.join("tortie-ipam");
-        std::fs::copy(&src, &dst).unwrap_or_else(|e| panic!("copy {}: {e}", src.display()));
-        dst
-    })
-}
-
-/// One run of the plugin: exit status, stdout as JSON (Null when empty), stderr.
-struct Out {
-    ok: bool,
-    json: Value,
-    stdout: String,
-    stderr: String,
-}
-
 /// Runs the plugin with the CNI environment and `stdin`, the way a runtime does.
 async fn exec(command: &str, container: &str, args: &str, stdin: &[u8]) -> Out {
-    let mut cmd = tokio::process::Command::new(plugin());
-    cmd.env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", container)
-        .env("CNI_NETNS", format!("/var/run/netns/{container}"))
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_ARGS", args)
-        .env("CNI_PATH", "/usr/lib/cni")
-        .env_remove("KUBECONFIG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut f = tempfile::tempfile().unwrap();
-    std::io::Write::write_all(&mut f, stdin).unwrap();
-    std::io::Seek::rewind(&mut f).unwrap();
-    cmd.stdin(Stdio::from(f));
-    let child = cmd.spawn().unwrap();
-    let out = tokio::time::timeout(Duration::from_secs(90), child.wait_with_output())
-        .await
-        .expect("the plugin hung for 90 s")
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let json = if stdout.trim().is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {stdout:?}"))
-    };
-    Out {
-        ok: out.status.success(),
-        json,
-        stdout,
-        stderr: String::from_utf8_lossy(&out.stderr).to_string(),
-    }
-}
-
-fn pod_args(ns: &str, pod: &str) -> String {
-    format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={pod};K8S_POD_INFRA_CONTAINER_ID=x")
-}
-
-fn handle(cid: &str) -> String {
-    format!("k8s-pod-network.{cid}")
+    cni::exec(
+        &[plugin().to_str().unwrap()],
+        command,
+        container,
+        args,
+        stdin,
+        &[],
+    )
+    .await
 }
 
 /// A CIDR of `prefix_len` unique to this process, in 172.16.0.0/12 like the other CNI tests.
 fn unique_v4(prefix_len: u8) -> String {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static N: AtomicU32 = AtomicU32::new(0);
-    let n = N.fetch_add(1, Ordering::Relaxed);
-    let seed = (std::process::id().wrapping_mul(2654435761) ^ (n << 8)).wrapping_add(n * 4099) ^ 0x5bd1;
-    let size = 1u32 << (32 - u32::from(prefix_len));
-    let span = 1u32 << 20;
-    let off = (seed % (span / size)) * size;
-    format!(
-        "{}/{prefix_len}",
-        std::net::Ipv4Addr::from((172u32 << 24) | (16u32 << 16) | off)
-    )
+    cni::unique_cidr_in("172.16.0.0/12", prefix_len)
 }
 
 /// An IPv6 /120 unique to this process, in fd74::/16.

@@ -11,10 +11,7 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
@@ -22,27 +19,12 @@ use kube::Api;
 use kube::api::PostParams;
 use kube::core::Object;
 use serde_json::{Value, json};
+use support::cni::{self, Out, handle, plugin, pod_args};
 use support::*;
 use tortie::api::{Block, CalicoKind, CrdMode, Handle, IPPoolSpec, Pool};
 
 // ------------------------------------------------------------------------------------------------
 // harness
-
-/// A private copy of the plugin (`TORTIE_IPAM_BIN`, else the one cargo built for this test): a
-/// target directory shared by several checkouts may get another build of it while a test runs.
-fn plugin() -> &'static Path {
-    static P: OnceLock<PathBuf> = OnceLock::new();
-    P.get_or_init(|| {
-        let src = std::env::var_os("TORTIE_IPAM_BIN")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_tortie-ipam")));
-        let dir = std::env::temp_dir().join(format!("tortie-cni-e2e-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let dst = dir.join("tortie-ipam");
-        std::fs::copy(&src, &dst).unwrap_or_else(|e| panic!("copy {}: {e}", src.display()));
-        dst
-    })
-}
 
 struct Ctx {
     client: kube::Client,
@@ -150,46 +132,7 @@ impl Ctx {
 /// A CIDR of `prefix_len` unique to one pool of one test, in 172.16.0.0/12, which no other test
 /// of this repository uses (pod routes stay inside the tests' network namespaces).
 fn unique_cidr(prefix_len: u8) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    let n = N.fetch_add(1, Ordering::Relaxed);
-    let seed = (std::process::id().wrapping_mul(2654435761) ^ (n << 8)).wrapping_add(n * 4099);
-    let size = 1u32 << (32 - u32::from(prefix_len));
-    let span = 1u32 << 20; // 172.16.0.0/12
-    let off = (seed % (span / size)) * size;
-    let base = (172u32 << 24) | (16u32 << 16);
-    format!("{}/{prefix_len}", std::net::Ipv4Addr::from(base + off))
-}
-
-struct Out {
-    ok: bool,
-    json: Value,
-    stderr: String,
-    elapsed: Duration,
-}
-
-impl Out {
-    fn code(&self) -> u64 {
-        self.json["code"].as_u64().unwrap_or(0)
-    }
-    fn msg(&self) -> &str {
-        self.json["msg"].as_str().unwrap_or("")
-    }
-    fn ip(&self) -> IpNet {
-        assert!(self.ok, "ADD failed: {} / {}", self.json, self.stderr);
-        self.json["ips"][0]["address"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no address in {}", self.json))
-            .parse()
-            .unwrap()
-    }
-    fn expect_err(&self, code: u64, needles: &[&str]) {
-        assert!(!self.ok, "expected error {code}, got success {}", self.json);
-        assert_eq!(self.code(), code, "wrong code: {}", self.json);
-        for n in needles {
-            assert!(self.msg().contains(n), "{:?} not in message {:?}", n, self.msg());
-        }
-        assert!(self.json["details"].is_string(), "no details: {}", self.json);
-    }
+    cni::unique_cidr_in("172.16.0.0/12", prefix_len)
 }
 
 /// Runs `program` with the CNI environment and `conf` on stdin, the way a runtime does.
@@ -201,45 +144,15 @@ async fn exec(
     conf: &Value,
     extra_env: &[(&str, &str)],
 ) -> Out {
-    let started = Instant::now();
-    let mut cmd = tokio::process::Command::new(program[0]);
-    cmd.args(&program[1..])
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", container)
-        .env("CNI_NETNS", format!("/var/run/netns/{container}"))
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_ARGS", args)
-        .env("CNI_PATH", "/usr/lib/cni")
-        .env_remove("KUBECONFIG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    for (k, v) in extra_env {
-        cmd.env(k, v);
-    }
-    // stdin from a file: the config is small and this needs no async write.
-    let mut f = tempfile::tempfile().unwrap();
-    std::io::Write::write_all(&mut f, serde_json::to_string(conf).unwrap().as_bytes()).unwrap();
-    std::io::Seek::rewind(&mut f).unwrap();
-    cmd.stdin(Stdio::from(f));
-    let child = cmd.spawn().unwrap();
-    let out = child.wait_with_output().await.unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    let json = if stdout.trim().is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {stdout:?}"))
-    };
-    Out {
-        ok: out.status.success(),
-        json,
-        stderr: String::from_utf8_lossy(&out.stderr).to_string(),
-        elapsed: started.elapsed(),
-    }
-}
-
-fn pod_args(ns: &str, pod: &str) -> String {
-    format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={ns};K8S_POD_NAME={pod};K8S_POD_INFRA_CONTAINER_ID=x")
+    cni::exec(
+        program,
+        command,
+        container,
+        args,
+        conf.to_string().as_bytes(),
+        extra_env,
+    )
+    .await
 }
 
 /// The network config as Calico's main plugin would hand it to its IPAM.
@@ -261,17 +174,11 @@ fn conf(node: &str, ipam: Value) -> Value {
 }
 
 async fn add(node: &str, ns: &str, pod: &str, cid: &str, ipam: Value) -> Out {
-    let p = plugin().to_str().unwrap();
-    exec(&[p], "ADD", cid, &pod_args(ns, pod), &conf(node, ipam), &[]).await
+    cni::ipam("ADD", cid, &pod_args(ns, pod), &conf(node, ipam)).await
 }
 
 async fn del(node: &str, ns: &str, pod: &str, cid: &str) -> Out {
-    let p = plugin().to_str().unwrap();
-    exec(&[p], "DEL", cid, &pod_args(ns, pod), &conf(node, json!({})), &[]).await
-}
-
-fn handle(cid: &str) -> String {
-    format!("k8s-pod-network.{cid}")
+    cni::ipam("DEL", cid, &pod_args(ns, pod), &conf(node, json!({}))).await
 }
 
 // ------------------------------------------------------------------------------------------------

@@ -16,6 +16,8 @@
 //! ([`unique_name`]) so that tests can run in parallel in one cluster.
 #![allow(dead_code)]
 
+pub mod cni;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
