@@ -208,7 +208,10 @@ where
 {
     let writer = reflector::store::Writer::new(dt);
     let store = writer.as_reader();
-    let stream = watcher::watcher(api, cfg).default_backoff().reflect(writer);
+    let stream = watcher::watcher(api, cfg)
+        .default_backoff()
+        .modify(super::store::drop_managed_fields)
+        .reflect(writer);
     tasks.0.push(tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
         while let Some(ev) = stream.next().await {
@@ -244,6 +247,7 @@ where
     let api: Api<K> = Api::all_with(client.clone(), &ar);
     let stream = watcher::watcher(api, watcher::Config::default())
         .default_backoff()
+        .modify(super::store::drop_managed_fields)
         .reflect(writer);
     tasks.0.push(tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);

@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use kube::core::{NotUsed, Object};
 use kube::{Resource, ResourceExt};
@@ -22,6 +21,7 @@ use serde::de::DeserializeOwned;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::gc_plan::{self, AffinityIn, BlockIn, Guard, HandleIn, PodInfo, World};
+use super::store::SlimPod;
 use super::tokio_util_shim::CancellationToken;
 use super::{Ctx, Error};
 use crate::api::{Affinity, Block, CalicoKind, Handle};
@@ -74,8 +74,15 @@ fn node_gone(ctx: &Ctx, n: &k8s_openapi::api::core::v1::Node) -> bool {
             .is_none()
 }
 
+/// Annotations that name a pod's addresses: Calico's two, then Multus' network status.
+pub const POD_IP_ANNOTATIONS: [&str; 3] = [
+    "cni.projectcalico.org/podIP",
+    "cni.projectcalico.org/podIPs",
+    "k8s.v1.cni.cncf.io/network-status",
+];
+
 /// Addresses a live pod shows: status.podIPs, Calico's and Multus' annotations.
-pub fn pod_info(p: &Pod) -> Option<PodInfo> {
+pub fn pod_info(p: &SlimPod) -> Option<PodInfo> {
     let spec = p.spec.as_ref();
     if spec.and_then(|s| s.host_network).unwrap_or(false) {
         return None;
@@ -94,12 +101,12 @@ pub fn pod_info(p: &Pod) -> Option<PodInfo> {
         st.pod_ip.iter().for_each(|i| push(i));
     }
     let ann = p.annotations();
-    for key in ["cni.projectcalico.org/podIP", "cni.projectcalico.org/podIPs"] {
+    for key in POD_IP_ANNOTATIONS[..2].iter().copied() {
         if let Some(v) = ann.get(key) {
             v.split(',').for_each(&mut push);
         }
     }
-    if let Some(v) = ann.get("k8s.v1.cni.cncf.io/network-status")
+    if let Some(v) = ann.get(POD_IP_ANNOTATIONS[2])
         && let Ok(serde_json::Value::Array(nets)) = serde_json::from_str::<serde_json::Value>(v)
     {
         for n in nets {
@@ -355,7 +362,7 @@ impl LivePods {
     }
 
     async fn get(&mut self, ctx: &Ctx, ns: &str, name: &str) -> Result<Option<&PodInfo>, Error> {
-        let api = Api::<Pod>::namespaced(ctx.client.clone(), ns);
+        let api = Api::<SlimPod>::namespaced(ctx.client.clone(), ns);
         if self.list_namespaces.contains(ns) {
             if !self.listed.contains_key(ns) {
                 let pods = api.list(&Default::default()).await?;
@@ -633,7 +640,7 @@ pub async fn delete_empty_blocks_in(ctx: &Ctx, net: &IpNet) -> Result<(), Error>
 mod tests {
     use super::*;
 
-    fn pod(v: serde_json::Value) -> Pod {
+    fn pod(v: serde_json::Value) -> SlimPod {
         serde_json::from_value(v).unwrap()
     }
 
@@ -664,5 +671,36 @@ mod tests {
             serde_json::json!({"metadata": {"name": "e"}, "spec": {"containers": []}, "status": {"phase": "Failed", "reason": "Evicted"}}),
         );
         assert!(pod_info(&ev).unwrap().evicted);
+    }
+
+    #[test]
+    fn slim_pods_keep_what_the_gc_reads() {
+        // A full Pod as the apiserver sends it, read into the slim type the watch caches.
+        let full = serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "namespace": "n", "creationTimestamp": "2026-11-23T01:00:00Z",
+                "labels": {"app": "web"}, "managedFields": [{"manager": "kubectl", "operation": "Update"}],
+                "annotations": {"cni.projectcalico.org/podIP": "10.0.0.6/32", "kubectl.kubernetes.io/last-applied-configuration": "{}",
+                    "k8s.v1.cni.cncf.io/network-status": "[{\"name\":\"x\",\"ips\":[\"10.9.0.2\"]}]"}},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "x"}], "volumes": [{"name": "v", "emptyDir": {}}]},
+            "status": {"podIP": "10.0.0.4", "podIPs": [{"ip": "10.0.0.4"}], "phase": "Failed", "reason": "Evicted",
+                "conditions": [{"type": "Ready", "status": "False"}]}
+        });
+        let mut p = pod(full);
+        crate::controllers::store::drop_managed_fields(&mut p);
+        crate::controllers::store::slim_pod(&mut p);
+        let i = pod_info(&p).unwrap();
+        let ips: std::collections::BTreeSet<String> = i.ips.iter().map(|a| a.to_string()).collect();
+        assert_eq!(ips, ["10.0.0.4", "10.0.0.6", "10.9.0.2"].map(String::from).into());
+        assert_eq!(i.node.as_deref(), Some("n1"));
+        assert!(i.evicted && i.created.is_some());
+        let only_pod_ip =
+            pod(serde_json::json!({"metadata": {"name": "q"}, "status": {"podIP": "10.0.0.7"}}));
+        assert_eq!(
+            pod_info(&only_pod_ip).unwrap().ips,
+            ["10.0.0.7".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(p.metadata.annotations.as_ref().unwrap().len(), 2);
+        assert!(p.metadata.managed_fields.is_none() && p.metadata.labels.is_none());
     }
 }

@@ -4,19 +4,23 @@
 //! subscribe while they run (only on the leader); a subscriber that lags just misses triggers,
 //! which the periodic full reconcile covers, and the watch itself never waits for a subscriber.
 
+use std::borrow::Cow;
 use std::fmt::Debug;
 use std::hash::Hash;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{ConfigMap, Node, Pod};
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, NodeSpec, PodIP};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ApiResource};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 use crate::api::{Affinity, Block, CalicoKind, CrdMode, Handle, Installation, Pool};
@@ -51,8 +55,15 @@ where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Eq + Hash + Clone + Send + Sync,
 {
-    /// Starts the reflector task; it runs until the process ends.
-    fn start(api: Api<K>, cfg: watcher::Config, dyntype: K::DynamicType, name: &'static str) -> Self {
+    /// Starts the reflector task; it runs until the process ends. `slim` cuts each object down
+    /// to what the controllers read before it is cached (managed fields are always dropped).
+    fn start(
+        api: Api<K>,
+        cfg: watcher::Config,
+        dyntype: K::DynamicType,
+        name: &'static str,
+        slim: fn(&mut K),
+    ) -> Self {
         let writer = reflector::store::Writer::new(dyntype.clone());
         let store = writer.as_reader();
         let (changes, _) = broadcast::channel(1024);
@@ -63,7 +74,13 @@ where
             changes: changes.clone(),
             synced: synced.clone(),
         };
-        let stream = watcher::watcher(api, cfg).default_backoff().reflect(writer);
+        let stream = watcher::watcher(api, cfg)
+            .default_backoff()
+            .modify(move |o| {
+                drop_managed_fields(o);
+                slim(o);
+            })
+            .reflect(writer);
         tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
             while let Some(ev) = stream.next().await {
@@ -123,14 +140,103 @@ pub struct Stores {
     pub installations: Watched<Installation>,
     pub kubeadm: Watched<ConfigMap>,
     pub nodes: Watched<Node>,
-    pub pods: Watched<Pod>,
+    pub pods: Watched<SlimPod>,
 }
 
 fn dynamic<K>(client: &Client, ar: ApiResource, cfg: watcher::Config, name: &'static str) -> Watched<K>
 where
     K: Resource<DynamicType = ApiResource> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    Watched::start(Api::all_with(client.clone(), &ar), cfg, ar, name)
+    Watched::start(Api::all_with(client.clone(), &ar), cfg, ar, name, |_| {})
+}
+
+/// Managed fields are often the largest part of an object, and no controller reads them.
+pub fn drop_managed_fields<K: Resource>(o: &mut K) {
+    o.meta_mut().managed_fields = None;
+}
+
+/// A Pod as the GC reads it ([`super::gc::pod_info`]): identity, node, host networking,
+/// addresses and eviction, deserialized straight from the API's JSON (serde skips the rest
+/// without keeping it). At 50,000 pods the full objects (spec defaults, projected token
+/// volumes, managed fields) were most of the operator's memory: 1 GiB in `make bench`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+pub struct SlimPod {
+    pub metadata: ObjectMeta,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<SlimPodSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<SlimPodStatus>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SlimPodSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_network: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SlimPodStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, rename = "podIP", skip_serializing_if = "Option::is_none")]
+    pub pod_ip: Option<String>,
+    #[serde(default, rename = "podIPs", skip_serializing_if = "Option::is_none")]
+    pub pod_ips: Option<Vec<PodIP>>,
+}
+
+impl Resource for SlimPod {
+    type DynamicType = ();
+    type Scope = NamespaceResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        "Pod".into()
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        "".into()
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        "v1".into()
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        "pods".into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// What of a [`SlimPod`]'s metadata the GC does not read: labels, owners, and every annotation
+/// but the ones naming addresses.
+pub fn slim_pod(p: &mut SlimPod) {
+    let m = &mut p.metadata;
+    m.labels = None;
+    m.owner_references = None;
+    m.finalizers = None;
+    m.generate_name = None;
+    if let Some(a) = m.annotations.as_mut() {
+        a.retain(|k, _| super::gc::POD_IP_ANNOTATIONS.contains(&k.as_str()));
+    }
+}
+
+/// A Node as the GC and the pod-CIDR check read it: identity, labels, creation and deletion
+/// time, `spec.podCIDR(s)`. Status (images, conditions) is large and unused here.
+pub fn slim_node(n: &mut Node) {
+    n.metadata.annotations = None;
+    n.status = None;
+    n.spec = n.spec.take().map(|s| NodeSpec {
+        pod_cidr: s.pod_cidr,
+        pod_cidrs: s.pod_cidrs,
+        ..Default::default()
+    });
 }
 
 impl Stores {
@@ -151,15 +257,16 @@ impl Stores {
                 "BlockAffinity",
             ),
             handles: dynamic(client, mode.resource(CalicoKind::IPAMHandle), any(), "IPAMHandle"),
-            installations: Watched::start(Api::all(client.clone()), any(), (), "Installation"),
+            installations: Watched::start(Api::all(client.clone()), any(), (), "Installation", |_| {}),
             kubeadm: Watched::start(
                 Api::namespaced(client.clone(), "kube-system"),
                 any().fields("metadata.name=kubeadm-config"),
                 (),
                 "ConfigMap",
+                |_| {},
             ),
-            nodes: Watched::start(Api::all(client.clone()), any(), (), "Node"),
-            pods: Watched::start(Api::all(client.clone()), any(), (), "Pod"),
+            nodes: Watched::start(Api::all(client.clone()), any(), (), "Node", slim_node),
+            pods: Watched::start(Api::all(client.clone()), any(), (), "Pod", slim_pod),
         }
     }
 
