@@ -78,8 +78,9 @@ def row(system, sid, path=None):
 CALICO = [
     ("API calls per pod address (steady state)",
      "about 10, 2 of them writes (perf-anchors §1.2, from libcalico-go's IPAM code)",
-     lambda s: (lambda r: r and f"{float(r['writes/alloc']) + float(r['reads/alloc']):.2f} "
-                f"({r['writes/alloc']} writes, {r['reads/alloc']} reads)")(row(s, "burst", "agent"))),
+     lambda s: (lambda r: r and f"{float(r['steady-state writes/alloc']) + float(r['steady-state reads/alloc']):.2f} "
+                f"({r['steady-state writes/alloc']} writes, {r['steady-state reads/alloc']} reads; "
+                f"{r['writes/alloc']} + {r['reads/alloc']} counting each node's block claim)")(row(s, "burst", "agent"))),
     ("100 pods on one node",
      "2–3 min (calico#5612, 100 vCPU bare metal)",
      lambda s: (lambda r: r and f"{r['seconds']} s, p99 {r['p99 ms']} ms")(row(s, "one-node", "agent"))),

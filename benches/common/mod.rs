@@ -104,6 +104,10 @@ pub fn install_crds() {
 /// Key of [`request_counts`] that counts 409 Conflict answers (also counted under their verb).
 pub const CONFLICTS: &str = "409 conflicts";
 
+/// Keys of [`request_counts`] for the requests of block claims (also counted under their verb).
+pub const CLAIM_WRITES: &str = "block-claim writes";
+pub const CLAIM_READS: &str = "block-claim reads";
+
 /// Requests the apiserver answered, by verb, for the resources IPAM touches (from its own
 /// `apiserver_request_total`), plus [`CONFLICTS`].
 pub async fn request_counts(client: &Client) -> BTreeMap<String, f64> {
@@ -129,10 +133,23 @@ pub async fn request_counts(client: &Client) -> BTreeMap<String, f64> {
         }
         let verb = get("verb").to_ascii_lowercase();
         let n = value.parse::<f64>().unwrap_or(0.0);
-        *out.entry(verb).or_insert(0.0) += n;
+        *out.entry(verb.clone()).or_insert(0.0) += n;
         // Compare-and-swap losers: each one is a retry of a write.
         if get("code") == "409" {
             *out.entry(CONFLICTS.to_string()).or_insert(0.0) += n;
+        }
+        // A node's first address claims a block (Calico's two-phase claim: affinity create,
+        // block create, affinity confirm, after listing what is free); every later address of
+        // that block is the steady state the targets speak of.
+        let write = matches!(
+            verb.as_str(),
+            "post" | "create" | "put" | "update" | "patch" | "delete"
+        );
+        let claim = resource == "blockaffinities"
+            || (resource == "ipamblocks" && matches!(verb.as_str(), "post" | "create" | "list"));
+        if claim {
+            let key = if write { CLAIM_WRITES } else { CLAIM_READS };
+            *out.entry(key.to_string()).or_insert(0.0) += n;
         }
     }
     out
