@@ -106,8 +106,9 @@ def main():
     import matplotlib.pyplot as plt
 
     lines = ["# tortie benchmarks", "",
-             "Made by `make bench` on this project's machine (2 cores, 24 GiB). Figures come from",
-             "`bench/results.json` (system benchmarks: `tortie-bench`) and criterion (micro benchmarks).",
+             "Made by `make bench` on this project's machine (2 cores, 24 GiB) from `bench/results.json`",
+             "(system benchmarks against a real control plane: `benches/system.rs`, `benches/operator.rs`; a",
+             "section re-run alone replaces only itself there) and criterion's estimates (micro benchmarks).",
              "Each section states its inputs so another implementation can be run on the same.", ""]
     if system.get("machine"):
         lines += [f"Machine: {system['machine']}", ""]

@@ -698,6 +698,9 @@ async fn bgp_reload_bench(quick: bool) -> Value {
             "spec": {"peerIP": peer_ip, "asNumber": 64999}
         }))
         .unwrap();
+        // An isolated change, as an admin makes one: the previous round's pass is over and the
+        // controller's pass interval has run out.
+        tokio::time::sleep(Duration::from_secs(1)).await;
         let t0 = Instant::now();
         peers_api.create(&PostParams::default(), &peer).await.unwrap();
         let mut seen: BTreeMap<String, f64> = BTreeMap::new();
@@ -728,6 +731,8 @@ async fn bgp_reload_bench(quick: bool) -> Value {
         });
     }
     // An input change that leaves every node's output alone: a Node label nobody selects on.
+    // The baseline is taken once the last round's removal has settled everywhere.
+    tokio::time::sleep(Duration::from_secs(2)).await;
     let before: Vec<String> = names.iter().map(|n| last_reconfig(lab.daemon(n))).collect();
     support::kubectl_ok(&["label", "node", &names[0], "bench-unrelated=yes", "--overwrite"]);
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -743,7 +748,7 @@ async fn bgp_reload_bench(quick: bool) -> Value {
         "inputs": format!(
             "{nodes} nodes in a full mesh, each a network namespace running BIRD 1.6 and a `tortie agent` process; \
              `tortie run --controllers bgp` (at most one render pass per {debounce_ms} ms; a change after a quiet spell \
-             renders at once). {rounds} rounds: create a global BGPPeer \
+             renders at once). {rounds} rounds, 1 s apart: create a global BGPPeer \
              (192.0.2.x, AS 64999), time from the create call until `birdc show protocols` on each node lists it \
              (polled every 2 ms), then delete it. Then label a Node with a label no selector uses and compare BIRD's \
              'Last reconfiguration' on every node."
