@@ -613,6 +613,18 @@ fn agent(node: &str, ns: &str, lab: &bgp_lab::Lab, log: &std::path::Path) -> Chi
         .expect("spawn tortie agent")
 }
 
+/// The agent processes, killed however the bench ends (a failed assertion included).
+struct Agents(Vec<Child>);
+
+impl Drop for Agents {
+    fn drop(&mut self) {
+        for a in &mut self.0 {
+            let _ = a.kill();
+            let _ = a.wait();
+        }
+    }
+}
+
 fn last_reconfig(d: &bgp_lab::Daemon) -> String {
     d.birdc(&["show", "status"])
         .lines()
@@ -663,10 +675,12 @@ async fn bgp_reload_bench(quick: bool) -> Value {
     let _ = ns;
     op.wait_ready().await;
     let logs = tempfile::tempdir().unwrap();
-    let mut agents: Vec<Child> = names
-        .iter()
-        .map(|n| agent(n, publish_ns, &lab, &logs.path().join(format!("{n}.log"))))
-        .collect();
+    let agents = Agents(
+        names
+            .iter()
+            .map(|n| agent(n, publish_ns, &lab, &logs.path().join(format!("{n}.log"))))
+            .collect(),
+    );
     for n in &names {
         let main = lab.config_dir(n).join("bird.cfg");
         support::wait_until(&format!("{n}'s bird.cfg"), Duration::from_secs(60), || {
@@ -771,10 +785,7 @@ async fn bgp_reload_bench(quick: bool) -> Value {
         "plot": {"file": "bgp-reload.png", "x": "round", "y": "ms until the last node's BIRD runs the change",
                  "series": [{"label": format!("{nodes} nodes"), "x": (1..=rounds).collect::<Vec<_>>(), "y": round_max}]},
     });
-    for a in &mut agents {
-        let _ = a.kill();
-        let _ = a.wait();
-    }
+    drop(agents);
     drop(op);
     drop(lab);
     for n in &names {
