@@ -408,6 +408,11 @@ async fn gc_bench(quick: bool) -> Value {
         "notes": [format!("API requests by verb during the run (operator + this bench's final check): {counts:?}")],
     });
     drop(op);
+    // Later sections share this cluster: the BGP bench's mesh must not include these Nodes.
+    let node_api: Api<Node> = Api::all(o.client.clone());
+    for h in &hosts {
+        let _ = node_api.delete(h, &Default::default()).await;
+    }
     s
 }
 
