@@ -395,6 +395,158 @@ async fn controller_and_agents_follow_the_apiserver() {
                 .then_some(())
         })
     });
+
+    // A global BGPPeer comes and goes; then a change that leaves every node's output alone (a
+    // label no selector reads) must publish nothing and reload no BIRD.
+    let peers: Api<tortie::api::BgpPeer> = Api::all_with(client.clone(), &mode.resource(CalicoKind::BGPPeer));
+    let peer_name = format!("{tag}-peer");
+    let peer: tortie::api::BgpPeer = serde_json::from_value(serde_json::json!({
+        "apiVersion": mode.api_version(), "kind": "BGPPeer",
+        "metadata": {"name": peer_name},
+        "spec": {"peerIP": "192.0.2.77", "asNumber": 64999}
+    }))
+    .unwrap();
+    peers
+        .create(&PostParams::default(), &peer)
+        .await
+        .expect("create BGPPeer");
+    let has = |lab: &Lab, n: &str| {
+        lab.daemon(n)
+            .birdc(&["show", "protocols"])
+            .lines()
+            .any(|l| l.starts_with("Global_192_0_2_77 "))
+    };
+    tokio::task::block_in_place(|| {
+        lab.wait_for("the global peer on every node", TIMEOUT, |lab| {
+            names.iter().all(|n| has(lab, n)).then_some(())
+        })
+    });
+    peers
+        .delete(&peer_name, &Default::default())
+        .await
+        .expect("delete BGPPeer");
+    tokio::task::block_in_place(|| {
+        lab.wait_for("the global peer gone everywhere", TIMEOUT, |lab| {
+            names.iter().all(|n| !has(lab, n)).then_some(())
+        })
+    });
+    let observe = |lab: &Lab| {
+        let cms = cms.clone();
+        let names = names.clone();
+        let files: Vec<_> = names.iter().map(|n| lab.config_identity(n)).collect();
+        async move {
+            let mut rvs = Vec::new();
+            for n in &names {
+                let cm = cms.get(&ctrl::object_name(n)).await.expect("published ConfigMap");
+                rvs.push((n.clone(), cm.metadata.resource_version, cm.data));
+            }
+            (rvs, files)
+        }
+    };
+    // Settled: the agents' status patches and the controller's passes after them are done.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (cms_before, files_before) = observe(&lab).await;
+    support::kubectl_ok(&[
+        "label",
+        "node",
+        &names[0],
+        "tortie-e2e-unrelated=yes",
+        "--overwrite",
+    ]);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (cms_after, files_after) = observe(&lab).await;
+    for (b, a) in cms_before.iter().zip(&cms_after) {
+        if b.1 != a.1 {
+            let (bd, ad) = (b.2.clone().unwrap_or_default(), a.2.clone().unwrap_or_default());
+            let changed: Vec<&String> = bd
+                .keys()
+                .chain(ad.keys())
+                .filter(|k| bd.get(*k) != ad.get(*k))
+                .collect();
+            panic!(
+                "an unrelated label republished {}'s config (files changed: {changed:?})\nbefore: {:?}\nafter: {:?}",
+                b.0,
+                changed.first().and_then(|k| bd.get(*k)),
+                changed.first().and_then(|k| ad.get(*k)),
+            );
+        }
+    }
+    assert_eq!(
+        files_before, files_after,
+        "an unrelated label made the agents rewrite BIRD's files (and reload)"
+    );
+
+    // A peer with a password: every node's files move from the ConfigMap into a Secret (and the
+    // ConfigMap goes, so the agent cannot fall back to stale files); without it, back again.
+    use k8s_openapi::api::core::v1::Secret;
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    support::kubectl_ok(&[
+        "-n",
+        &ns,
+        "create",
+        "secret",
+        "generic",
+        "bgp-pw",
+        "--from-literal=pw=s3cret",
+    ]);
+    let pw_peer_name = format!("{tag}-pw-peer");
+    let pw_peer: tortie::api::BgpPeer = serde_json::from_value(serde_json::json!({
+        "apiVersion": mode.api_version(), "kind": "BGPPeer",
+        "metadata": {"name": pw_peer_name},
+        "spec": {"peerIP": "192.0.2.78", "asNumber": 64999,
+                 "password": {"secretKeyRef": {"name": "bgp-pw", "key": "pw"}}}
+    }))
+    .unwrap();
+    peers
+        .create(&PostParams::default(), &pw_peer)
+        .await
+        .expect("create BGPPeer with password");
+    let kinds = |names: Vec<String>| {
+        let (cms, secrets) = (cms.clone(), secrets.clone());
+        async move {
+            let mut out = Vec::new();
+            for n in &names {
+                let o = ctrl::object_name(n);
+                out.push((
+                    cms.get_opt(&o).await.unwrap().is_some(),
+                    secrets.get_opt(&o).await.unwrap().is_some(),
+                ));
+            }
+            out
+        }
+    };
+    support::wait_until("every node's config in a Secret only", TIMEOUT, || {
+        let k = kinds(names.clone());
+        async move { k.await.iter().all(|(cm, s)| !cm && *s).then_some(()) }
+    })
+    .await;
+    let has_password = |lab: &Lab, n: &str| {
+        std::fs::read_dir(lab.config_dir(n)).unwrap().any(|f| {
+            std::fs::read_to_string(f.unwrap().path())
+                .unwrap_or_default()
+                .contains("s3cret")
+        })
+    };
+    tokio::task::block_in_place(|| {
+        lab.wait_for("the password peer on every node", TIMEOUT, |lab| {
+            names.iter().all(|n| has_password(lab, n)).then_some(())
+        })
+    });
+    peers
+        .delete(&pw_peer_name, &Default::default())
+        .await
+        .expect("delete BGPPeer");
+    support::wait_until("every node's config back in a ConfigMap only", TIMEOUT, || {
+        let k = kinds(names.clone());
+        async move { k.await.iter().all(|(cm, s)| *cm && !s).then_some(()) }
+    })
+    .await;
+    tokio::task::block_in_place(|| {
+        lab.wait_for("the password gone from every node's files", TIMEOUT, |lab| {
+            names.iter().all(|n| !has_password(lab, n)).then_some(())
+        })
+    });
+
     controller.abort();
     for a in agents {
         a.abort();

@@ -39,6 +39,8 @@ pub const ANN_NODE: &str = "tortie.projectcalico.org/node";
 pub const ANN_HASH: &str = "tortie.projectcalico.org/content-hash";
 /// Kubernetes refuses objects above 1 MiB; keep room for metadata.
 pub const MAX_PUBLISHED_BYTES: usize = 1024 * 1024 - 16 * 1024;
+/// Objects written at once in one pass.
+const PUBLISH_CONCURRENCY: usize = 16;
 const MANAGER: &str = "tortie-bgp";
 
 #[derive(Debug, thiserror::Error)]
@@ -427,8 +429,15 @@ async fn pass(
             Some((a.get(ANN_NODE)?.clone(), a.get(ANN_HASH)?.clone()))
         })
         .collect();
+    // Objects of each kind that exist: a node switching kinds (a password appeared or went)
+    // has its other object deleted; nobody else pays a DELETE per publish.
+    let names_in =
+        |metas: Vec<ObjectMeta>| -> BTreeSet<String> { metas.into_iter().filter_map(|m| m.name).collect() };
+    let maps_present = names_in(w.maps.state().iter().map(|c| c.metadata.clone()).collect());
+    let secrets_present = names_in(w.secret_maps.state().iter().map(|s| s.metadata.clone()).collect());
     let selectors = CalicoSelectors::default();
     let mut mesh_size = None;
+    let mut jobs = Vec::new();
     for node in &snap.nodes {
         let name = node.name_any();
         let fp = &fps[&name];
@@ -470,17 +479,41 @@ async fn pass(
             continue;
         }
         state.too_large.remove(&name);
-        if current != Some(&hash) {
+        if current == Some(&hash) {
+            state.done.insert(name, (fp.clone(), hash));
+            continue;
+        }
+        let oname = object_name(&name);
+        let other_exists = if out.has_password {
+            maps_present.contains(&oname)
+        } else {
+            secrets_present.contains(&oname)
+        };
+        jobs.push((node.clone(), name, fp.clone(), hash, out, other_exists));
+    }
+    // Every node's agent waits on its own object: publish them side by side, so the last node
+    // of a large cluster does not wait for all the others' round trips.
+    let results: Vec<_> = futures::stream::iter(jobs)
+        .map(|(node, name, fp, hash, out, other_exists)| {
             let span = info_span!("publish", node = %name);
-            match publish(client, namespace, node, &out).instrument(span).await {
-                Ok(()) => info!(node = %name, hash = %&hash[..12], "published BIRD config"),
-                Err(e) => {
-                    warn!(node = %name, error = %e, "publish failed; retrying on the next change");
-                    continue;
-                }
+            async move {
+                let r = publish(client, namespace, &node, &out, other_exists).await;
+                (name, fp, hash, r)
+            }
+            .instrument(span)
+        })
+        .buffer_unordered(PUBLISH_CONCURRENCY)
+        .collect()
+        .await;
+    for (name, fp, hash, r) in results {
+        match r {
+            Ok(()) => info!(node = %name, hash = %&hash[..12], "published BIRD config"),
+            Err(e) => {
+                warn!(node = %name, error = %e, "publish failed; retrying on the next change");
+                continue;
             }
         }
-        state.done.insert(name, (fp.clone(), hash));
+        state.done.insert(name, (fp, hash));
     }
     // Forget nodes that are gone (their objects go with them through the owner reference).
     let live: BTreeSet<String> = snap.nodes.iter().map(|n| n.name_any()).collect();
@@ -539,7 +572,14 @@ async fn event(recorder: &Recorder, node: &Node, type_: EventType, reason: &str,
 }
 
 /// Server-side applies the node's object; removes the other form (ConfigMap vs Secret).
-async fn publish(client: &Client, namespace: &str, node: &Node, out: &Rendered) -> Result<(), Error> {
+/// Writes a node's object; `other_exists`: the node's object of the other kind exists and goes.
+async fn publish(
+    client: &Client,
+    namespace: &str,
+    node: &Node,
+    out: &Rendered,
+    other_exists: bool,
+) -> Result<(), Error> {
     let name = node.name_any();
     let err = |source| Error::Publish {
         node: name.clone(),
@@ -555,12 +595,16 @@ async fn publish(client: &Client, namespace: &str, node: &Node, out: &Rendered) 
             c.metadata.managed_fields = None;
             let v = ssa_value(&c, "ConfigMap");
             cms.patch(&oname, &pp, &Patch::Apply(v)).await.map_err(err)?;
-            delete_if_present(&secrets, &oname).await.map_err(err)?;
+            if other_exists {
+                delete_if_present(&secrets, &oname).await.map_err(err)?;
+            }
         }
         Published::Secret(s) => {
             let v = ssa_value(&s, "Secret");
             secrets.patch(&oname, &pp, &Patch::Apply(v)).await.map_err(err)?;
-            delete_if_present(&cms, &oname).await.map_err(err)?;
+            if other_exists {
+                delete_if_present(&cms, &oname).await.map_err(err)?;
+            }
         }
     }
     Ok(())

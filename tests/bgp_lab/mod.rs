@@ -196,6 +196,31 @@ impl Lab {
         d
     }
 
+    /// (file, inode, modification time) of every file in the node's config directory. The agent
+    /// replaces a file by renaming a new one over it, and reloads BIRD only after doing so, so an
+    /// unchanged identity means no reload. (BIRD's own "Last reconfiguration" is no use for this:
+    /// BIRD 1.6 converts its monotonic clock to wall time at whole seconds when it prints, so the
+    /// printed time of one reconfiguration moves by a second between calls.)
+    pub fn config_identity(&self, node: &str) -> Vec<(String, u64, std::time::SystemTime)> {
+        use std::os::unix::fs::MetadataExt;
+        let mut out: Vec<_> = std::fs::read_dir(self.config_dir(node))
+            .unwrap()
+            .filter_map(|e| {
+                let e = e.ok()?;
+                let m = e.metadata().ok()?;
+                m.is_file().then(|| {
+                    (
+                        e.file_name().to_string_lossy().into_owned(),
+                        m.ino(),
+                        m.modified().unwrap(),
+                    )
+                })
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
     pub fn socket(&self, node: &str) -> PathBuf {
         self.work.path().join(format!("{node}.ctl"))
     }
