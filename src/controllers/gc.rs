@@ -41,10 +41,20 @@ pub async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
     let mut node_changes = ctx.stores.nodes.changes().boxed();
     let mut tick = tokio::time::interval(ctx.config.gc_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // A pass also runs when the earliest grace timer runs out, so a leak goes at grace + one
+    // pass rather than grace + up to one interval.
+    let mut due: Option<tokio::time::Instant> = None;
     loop {
+        let wake = async {
+            match due {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
+            _ = wake => {}
             Some(n) = node_changes.next() => {
                 // Only a Node that went away has work at once (its leaks skip the grace
                 // period); heartbeats and label changes wait for the next tick.
@@ -61,7 +71,17 @@ pub async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
             ctx.metrics.error(NAME, e.metric_label());
             warn!(error = %e, "IPAM GC pass failed; retrying next pass");
         }
+        due = next_due(&ctx).await;
     }
+}
+
+/// The monotonic instant the earliest GC timer runs out (a little after, so it has).
+async fn next_due(ctx: &Ctx) -> Option<tokio::time::Instant> {
+    let grace = jiff::SignedDuration::try_from(ctx.config.gc_grace).ok()?;
+    let now = jiff::Timestamp::now();
+    let at = ctx.gc_state.lock().await.next_due(now, grace)?;
+    let wait = Duration::try_from(at.duration_since(now)).ok()?;
+    Some(tokio::time::Instant::now() + wait + Duration::from_millis(100))
 }
 
 fn node_gone(ctx: &Ctx, n: &k8s_openapi::api::core::v1::Node) -> bool {

@@ -78,6 +78,23 @@ pub struct GcState {
     orphan_handle_since: HashMap<String, Timestamp>,
 }
 
+impl GcState {
+    /// When the next timer of this state runs out after `now`: a pass then releases what has
+    /// waited out the grace period instead of waiting for the next interval tick.
+    pub fn next_due(&self, now: Timestamp, grace: SignedDuration) -> Option<Timestamp> {
+        if grace.is_zero() {
+            return None;
+        }
+        self.leak_since
+            .values()
+            .chain(self.empty_since.values())
+            .chain(self.orphan_handle_since.values())
+            .filter_map(|since| since.checked_add(grace).ok())
+            .filter(|due| *due > now)
+            .min()
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct LeakKey {
     block: String,

@@ -107,6 +107,25 @@ fn leak_of_deleted_pod_waits_for_grace() {
 }
 
 #[test]
+fn next_due_is_the_earliest_timer_still_running() {
+    let blocks = vec![(
+        "b".to_string(),
+        block(Some("n1"), &[(0, "gone-1", "n1"), (1, "gone-2", "n1")]),
+    )];
+    let w = world(&blocks, &["n1"], &[]);
+    let mut st = GcState::default();
+    assert_eq!(st.next_due(t("2026-01-01T01:00:00Z"), GRACE), None);
+    plan(&w, &mut st, t("2026-01-01T01:00:00Z"), GRACE);
+    assert_eq!(
+        st.next_due(t("2026-01-01T01:00:01Z"), GRACE),
+        Some(t("2026-01-01T01:15:00Z"))
+    );
+    // Grace zero disables the timers; a timer that ran out is no reason to wake.
+    assert_eq!(st.next_due(t("2026-01-01T01:00:01Z"), SignedDuration::ZERO), None);
+    assert_eq!(st.next_due(t("2026-01-01T01:15:00Z"), GRACE), None);
+}
+
+#[test]
 fn deleted_node_is_immediate_and_its_empty_blocks_go() {
     let blocks = vec![
         ("b".to_string(), block(Some("n1"), &[(0, "gone", "n1")])),
