@@ -28,14 +28,14 @@ fn installs_once_then_reports_unchanged() {
     let dir = tempfile::tempdir().unwrap();
     let files = rendered();
     assert_eq!(
-        agent::apply(dir.path(), &files, &Reload::default()).unwrap(),
+        agent::apply(dir.path(), &files, &Reload::default(), false).unwrap(),
         Applied::Reloaded
     );
     for (n, b) in &files {
         assert_eq!(&std::fs::read(dir.path().join(n)).unwrap(), b);
     }
     assert_eq!(
-        agent::apply(dir.path(), &files, &Reload::default()).unwrap(),
+        agent::apply(dir.path(), &files, &Reload::default(), false).unwrap(),
         Applied::Unchanged
     );
     // No staging leftovers.
@@ -50,13 +50,13 @@ fn installs_once_then_reports_unchanged() {
 fn rejected_config_keeps_the_installed_one() {
     let dir = tempfile::tempdir().unwrap();
     let good = rendered();
-    agent::apply(dir.path(), &good, &Reload::default()).unwrap();
+    agent::apply(dir.path(), &good, &Reload::default(), false).unwrap();
     let mut bad = good.clone();
     bad.insert(
         "bird_ipam.cfg".into(),
         b"filter calico_kernel_programming { oops }\n".to_vec(),
     );
-    let err = agent::apply(dir.path(), &bad, &Reload::default()).unwrap_err();
+    let err = agent::apply(dir.path(), &bad, &Reload::default(), false).unwrap_err();
     match &err {
         BirdError::Rejected { program, message, .. } => {
             assert_eq!(program, "bird");
@@ -76,6 +76,32 @@ fn reload_without_a_daemon_is_an_error_naming_the_socket() {
         bird_socket: Some(dir.path().join("no-such.ctl")),
         bird6_socket: None,
     };
-    let err = agent::apply(dir.path(), &rendered(), &reload).unwrap_err();
+    let err = agent::apply(dir.path(), &rendered(), &reload, false).unwrap_err();
     assert!(err.to_string().contains("no-such.ctl"), "{err}");
+}
+
+#[test]
+fn a_failed_reload_is_retried_although_the_files_are_installed() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = rendered();
+    let reload = Reload {
+        bird_socket: Some(dir.path().join("no-such.ctl")),
+        bird6_socket: None,
+    };
+    let err = agent::apply(dir.path(), &files, &reload, false).unwrap_err();
+    assert!(err.installed_not_reloaded(), "{err}");
+    // The files went in before the reload failed: the retry must not call them current.
+    for (n, b) in &files {
+        assert_eq!(&std::fs::read(dir.path().join(n)).unwrap(), b);
+    }
+    let err = agent::apply(dir.path(), &files, &reload, true).unwrap_err();
+    assert!(err.to_string().contains("no-such.ctl"), "{err}");
+    assert_eq!(
+        agent::apply(dir.path(), &files, &Reload::default(), true).unwrap(),
+        Applied::Reloaded
+    );
+    assert_eq!(
+        agent::apply(dir.path(), &files, &Reload::default(), false).unwrap(),
+        Applied::Unchanged
+    );
 }

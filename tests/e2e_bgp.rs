@@ -40,7 +40,7 @@ fn install(lab: &Lab, snap: &Snapshot, nodes: &[&str]) -> Vec<Applied> {
                 bird_socket: lab.daemons.get(*n).map(|d| d.socket.clone()),
                 bird6_socket: None,
             };
-            agent::apply(&lab.config_dir(n), &render(snap, n).files, &reload)
+            agent::apply(&lab.config_dir(n), &render(snap, n).files, &reload, false)
                 .unwrap_or_else(|e| panic!("agent apply on {n}: {e}"))
         })
         .collect()

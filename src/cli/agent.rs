@@ -176,6 +176,8 @@ pub async fn run_agent(client: Client, args: AgentArgs) -> anyhow::Result<()> {
     let nodes: Api<Node> = Api::all(client.clone());
     let mut seen = Seen::default();
     let mut failed = false;
+    // Files installed whose reload failed: "unchanged" files are then not yet running.
+    let mut reload_pending = false;
     let mut last_reported: Option<(String, String)> = None;
     info!(node = %args.node, object = %name, namespace = %args.namespace, "agent watching");
     loop {
@@ -210,7 +212,8 @@ pub async fn run_agent(client: Client, args: AgentArgs) -> anyhow::Result<()> {
         let dir = args.config_dir.clone();
         let reload = args.reload();
         let span = info_span!("install", node = %args.node, hash = %hash.get(..12).unwrap_or(""));
-        let result = tokio::task::spawn_blocking(move || apply(&dir, &files, &reload))
+        let pending = reload_pending;
+        let result = tokio::task::spawn_blocking(move || apply(&dir, &files, &reload, pending))
             .instrument(span)
             .await?;
         let (status, event) = match &result {
@@ -235,6 +238,10 @@ pub async fn run_agent(client: Client, args: AgentArgs) -> anyhow::Result<()> {
             }
         };
         failed = result.is_err();
+        reload_pending = match &result {
+            Ok(_) => false,
+            Err(e) => reload_pending || e.installed_not_reloaded(),
+        };
         let report = (hash.clone(), status.clone());
         if last_reported.as_ref() != Some(&report) {
             let patch = serde_json::json!({"metadata": {"annotations": {ANN_APPLIED_HASH: if failed { serde_json::Value::Null } else { hash.clone().into() }, ANN_STATUS: status}}});
@@ -305,6 +312,18 @@ pub enum BirdError {
     BadName(String),
 }
 
+impl BirdError {
+    /// The new files are in place but a daemon was not reloaded onto them (BIRD not running,
+    /// its socket gone): the next attempt must reload even though the files look current.
+    pub fn installed_not_reloaded(&self) -> bool {
+        match self {
+            BirdError::Reload { .. } => true,
+            BirdError::Spawn { program, .. } => program.starts_with("birdc"),
+            _ => false,
+        }
+    }
+}
+
 /// `bird -p -c <dir>/bird.cfg` (or `bird6` for the IPv6 set): parse only, no daemon needed.
 /// Includes are resolved relative to the main file, so the whole set is checked.
 pub fn bird_check(dir: &Path, v6: bool) -> Result<(), BirdError> {
@@ -369,7 +388,14 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BirdError + '_ {
 }
 
 /// Installs `files` into `dir` (BIRD's config directory) and reloads BIRD, unless unchanged.
-pub fn apply(dir: &Path, files: &BTreeMap<String, Vec<u8>>, reload: &Reload) -> Result<Applied, BirdError> {
+/// `reload_pending`: an earlier call installed files but could not reload BIRD onto them
+/// ([`BirdError::installed_not_reloaded`]), so identical files still need the reload.
+pub fn apply(
+    dir: &Path,
+    files: &BTreeMap<String, Vec<u8>>,
+    reload: &Reload,
+    reload_pending: bool,
+) -> Result<Applied, BirdError> {
     for name in files.keys() {
         if !is_bird_file(name) {
             return Err(BirdError::BadName(name.clone()));
@@ -379,7 +405,11 @@ pub fn apply(dir: &Path, files: &BTreeMap<String, Vec<u8>>, reload: &Reload) -> 
         .iter()
         .all(|(n, body)| std::fs::read(dir.join(n)).is_ok_and(|cur| &cur == body));
     if unchanged {
-        return Ok(Applied::Unchanged);
+        if !reload_pending {
+            return Ok(Applied::Unchanged);
+        }
+        reload_daemons(reload)?;
+        return Ok(Applied::Reloaded);
     }
     std::fs::create_dir_all(dir).map_err(io(dir))?;
     // Stage next to the live files (same filesystem, so the renames below are atomic).
@@ -411,13 +441,18 @@ pub fn apply(dir: &Path, files: &BTreeMap<String, Vec<u8>>, reload: &Reload) -> 
         std::fs::rename(&from, &to).map_err(io(&to))?;
     }
     let _ = std::fs::remove_dir_all(&stage);
+    reload_daemons(reload)?;
+    Ok(Applied::Reloaded)
+}
+
+fn reload_daemons(reload: &Reload) -> Result<(), BirdError> {
     if let Some(s) = &reload.bird_socket {
         birdc_configure("birdc", s)?;
     }
     if let Some(s) = &reload.bird6_socket {
         birdc_configure("birdc6", s)?;
     }
-    Ok(Applied::Reloaded)
+    Ok(())
 }
 
 /// `birdc -s SOCKET configure`; BIRD answers `Reconfigured` (or `Reconfiguration in progress`).
@@ -463,7 +498,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let files: BTreeMap<String, Vec<u8>> = [("../x".to_string(), b"x".to_vec())].into_iter().collect();
         assert!(matches!(
-            apply(dir.path(), &files, &Reload::default()),
+            apply(dir.path(), &files, &Reload::default(), false),
             Err(BirdError::BadName(_))
         ));
     }
