@@ -169,54 +169,60 @@ async fn pass(ctx: &Ctx) -> Result<(), Error> {
     };
     let blocks = st.blocks.all();
     let affinities = st.affinities.all();
-    let handles = st.handles.all();
     let nodes = st.nodes.all();
-    let pods = st.pods.all();
-    let world = World {
-        blocks: blocks
-            .iter()
-            .filter(|b| in_scope(&b.spec.cidr))
-            .map(|b| BlockIn {
-                name: b.metadata.name.as_deref().unwrap_or(""),
-                spec: &b.spec,
-            })
-            .collect(),
-        affinities: affinities
-            .iter()
-            .filter(|a| !a.spec.is_deleted() && in_scope(&a.spec.cidr))
-            .map(|a| AffinityIn {
-                name: a.metadata.name.as_deref().unwrap_or(""),
-                node: &a.spec.node,
-                cidr: &a.spec.cidr,
-                host_type: a.spec.affinity_type() == "host",
-            })
-            .collect(),
-        handles: handles
-            .iter()
-            .filter(|h| {
-                !h.spec.is_deleted()
-                    && (!scoped || (!h.spec.block.is_empty() && h.spec.block.keys().all(|c| in_scope(c))))
-            })
-            .map(|h| HandleIn {
-                name: h.metadata.name.as_deref().unwrap_or(""),
-                handle_id: &h.spec.handle_id,
-            })
-            .collect(),
-        nodes: nodes
-            .iter()
-            .map(|n| (n.name_any(), n.metadata.creation_timestamp.as_ref().map(|t| t.0)))
-            .collect(),
-        pods: pods
-            .iter()
-            .filter_map(|p| Some(((p.namespace().unwrap_or_default(), p.name_any()), pod_info(p)?)))
-            .collect(),
-        pools: pools.clone(),
-    };
     let grace = jiff::SignedDuration::try_from(ctx.config.gc_grace).unwrap_or(jiff::SignedDuration::MAX);
-    let plan = {
-        let mut state = ctx.gc_state.lock().await;
-        gc_plan::plan(&world, &mut state, jiff::Timestamp::now(), grace)
+    let mut state = ctx.gc_state.lock().await;
+    // The pod and handle indexes are read in place (no copy of 50k entries per pass); their
+    // locks are let go before the first write.
+    let (plan, marked_handles) = {
+        let pods = st.pods.read();
+        let handles = st.handles.read();
+        let world = World {
+            blocks: blocks
+                .iter()
+                .filter(|b| in_scope(&b.spec.cidr))
+                .map(|b| BlockIn {
+                    name: b.metadata.name.as_deref().unwrap_or(""),
+                    spec: &b.spec,
+                })
+                .collect(),
+            affinities: affinities
+                .iter()
+                .filter(|a| !a.spec.is_deleted() && in_scope(&a.spec.cidr))
+                .map(|a| AffinityIn {
+                    name: a.metadata.name.as_deref().unwrap_or(""),
+                    node: &a.spec.node,
+                    cidr: &a.spec.cidr,
+                    host_type: a.spec.affinity_type() == "host",
+                })
+                .collect(),
+            handles: handles
+                .iter()
+                .filter(|(_, h)| {
+                    !h.is_deleted()
+                        && (!scoped || (!h.blocks.is_empty() && h.blocks.iter().all(|(c, _)| in_scope(c))))
+                })
+                .map(|(name, h)| HandleIn {
+                    name,
+                    handle_id: &h.handle_id,
+                })
+                .collect(),
+            nodes: nodes
+                .iter()
+                .map(|n| (n.name_any(), n.metadata.creation_timestamp.as_ref().map(|t| t.0)))
+                .collect(),
+            pods: std::borrow::Cow::Borrowed(&*pods),
+            pools: pools.clone(),
+        };
+        let plan = gc_plan::plan(&world, &mut state, jiff::Timestamp::now(), grace);
+        let marked: Vec<(String, Option<String>)> = handles
+            .iter()
+            .filter(|(_, h)| h.is_deleted())
+            .map(|(name, h)| (name.clone(), h.uid.clone()))
+            .collect();
+        (plan, marked)
     };
+    drop(state);
     ctx.metrics.set_gc_candidates(&plan.candidates);
     debug!(
         releases = plan.releases.len(),
@@ -296,8 +302,8 @@ async fn pass(ctx: &Ctx) -> Result<(), Error> {
     // Two-step deletes interrupted between the mark and the DELETE (a process killed there, this
     // operator included): the objects are already absent to every reader; finish them, or they
     // stay in etcd for good since nothing reads a marked handle by name again.
-    for h in handles.iter().filter(|h| h.spec.is_deleted()) {
-        if let Err(e) = finish_delete(&h_api, h).await {
+    for (name, uid) in &marked_handles {
+        if let Err(e) = finish_delete_named(&h_api, name, uid.clone()).await {
             first_err.get_or_insert(e);
         }
     }
@@ -330,14 +336,21 @@ where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
     let name = obj.meta().name.clone().unwrap_or_default();
+    finish_delete_named(api, &name, obj.meta().uid.clone()).await
+}
+
+async fn finish_delete_named<K>(api: &Api<K>, name: &str, uid: Option<String>) -> Result<(), Error>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
     let dp = DeleteParams {
         preconditions: Some(Preconditions {
-            uid: obj.meta().uid.clone(),
+            uid,
             resource_version: None,
         }),
         ..Default::default()
     };
-    match api.delete(&name, &dp).await {
+    match api.delete(name, &dp).await {
         Ok(_) => {
             info!(object = %name, "finished an interrupted delete");
             Ok(())
@@ -347,11 +360,18 @@ where
     }
 }
 
+/// The object, or `None` only when the apiserver says this object does not exist: a restarting
+/// apiserver's bare 404 (see [`crate::ipam::store::object_absent`]) must not read as "pod gone"
+/// (its addresses would be released) or "block gone".
 async fn get_opt<K>(api: &Api<K>, name: &str) -> Result<Option<K>, Error>
 where
     K: Clone + DeserializeOwned + std::fmt::Debug,
 {
-    Ok(api.get_opt(name).await?)
+    match api.get(name).await {
+        Ok(o) => Ok(Some(o)),
+        Err(kube::Error::Api(s)) if crate::ipam::store::object_absent(&s, name) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Live pods named by the pass's leaks, read at most once per pass: a GET per pod, or one LIST
@@ -397,7 +417,7 @@ impl LivePods {
         }
         let key = (ns.to_string(), name.to_string());
         if !self.got.contains_key(&key) {
-            let live = api.get_opt(name).await?;
+            let live = get_opt(&api, name).await?;
             self.got.insert(key.clone(), live.as_ref().and_then(pod_info));
         }
         Ok(self.got[&key].as_ref())
@@ -497,7 +517,7 @@ async fn release_block(
     Ok(())
 }
 
-/// Decrements a handle by CAS; the first attempt uses the watch cache's copy (saving a read),
+/// Decrements a handle by CAS; the first attempt rebuilds it from the handle index (saving a read),
 /// a stale copy costs one 409 and a fresh read.
 async fn decrement_handle(
     ctx: &Ctx,
@@ -511,7 +531,7 @@ async fn decrement_handle(
         let cached = (attempt == 1)
             .then(|| ctx.stores.handles.get(&name))
             .flatten()
-            .map(|h| (*h).clone());
+            .and_then(|e| e.to_handle(&name, &ctx.resource(CalicoKind::IPAMHandle)));
         let current = match cached {
             Some(h) => Some(h),
             None => get_opt(api, &name).await?,
@@ -706,9 +726,7 @@ mod tests {
             "status": {"podIP": "10.0.0.4", "podIPs": [{"ip": "10.0.0.4"}], "phase": "Failed", "reason": "Evicted",
                 "conditions": [{"type": "Ready", "status": "False"}]}
         });
-        let mut p = pod(full);
-        crate::controllers::store::drop_managed_fields(&mut p);
-        crate::controllers::store::slim_pod(&mut p);
+        let p = pod(full);
         let i = pod_info(&p).unwrap();
         let ips: std::collections::BTreeSet<String> = i.ips.iter().map(|a| a.to_string()).collect();
         assert_eq!(ips, ["10.0.0.4", "10.0.0.6", "10.9.0.2"].map(String::from).into());
@@ -720,7 +738,5 @@ mod tests {
             pod_info(&only_pod_ip).unwrap().ips,
             ["10.0.0.7".parse::<IpAddr>().unwrap()]
         );
-        assert_eq!(p.metadata.annotations.as_ref().unwrap().len(), 2);
-        assert!(p.metadata.managed_fields.is_none() && p.metadata.labels.is_none());
     }
 }

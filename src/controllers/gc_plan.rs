@@ -64,8 +64,8 @@ pub struct World<'a> {
     pub handles: Vec<HandleIn<'a>>,
     /// Node name → creationTimestamp.
     pub nodes: HashMap<String, Option<Timestamp>>,
-    /// (namespace, name) → pod.
-    pub pods: HashMap<(String, String), PodInfo>,
+    /// (namespace, name) → pod (borrowed from the operator's pod index).
+    pub pods: std::borrow::Cow<'a, HashMap<(String, String), PodInfo>>,
     /// Pools (name, cidr) for metric labels.
     pub pools: Vec<(String, IpNet)>,
 }

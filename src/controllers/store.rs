@@ -5,10 +5,11 @@
 //! which the periodic full reconcile covers, and the watch itself never waits for a subscriber.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fmt::Debug;
 use std::hash::Hash;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 
 use futures::{Stream, StreamExt};
 use k8s_openapi::NamespaceResourceScope;
@@ -23,6 +24,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
+use super::gc::pod_info;
+use super::gc_plan::PodInfo;
 use crate::api::{Affinity, Block, CalicoKind, CrdMode, Handle, Installation, Pool};
 
 /// A watched kind: its cache, its change feed and whether the first list has arrived.
@@ -136,11 +139,12 @@ pub struct Stores {
     pub pools: Watched<Pool>,
     pub blocks: Watched<Block>,
     pub affinities: Watched<Affinity>,
-    pub handles: Watched<Handle>,
     pub installations: Watched<Installation>,
     pub kubeadm: Watched<ConfigMap>,
     pub nodes: Watched<Node>,
-    pub pods: Watched<SlimPod>,
+    /// Pods and handles number in the tens of thousands: indexes, not object caches.
+    pub pods: Index<PodKey, PodInfo>,
+    pub handles: Index<String, HandleEntry>,
 }
 
 fn dynamic<K>(client: &Client, ar: ApiResource, cfg: watcher::Config, name: &'static str) -> Watched<K>
@@ -214,16 +218,174 @@ impl Resource for SlimPod {
     }
 }
 
-/// What of a [`SlimPod`]'s metadata the GC does not read: labels, owners, and every annotation
-/// but the ones naming addresses.
-pub fn slim_pod(p: &mut SlimPod) {
-    let m = &mut p.metadata;
-    m.labels = None;
-    m.owner_references = None;
-    m.finalizers = None;
-    m.generate_name = None;
-    if let Some(a) = m.annotations.as_mut() {
-        a.retain(|k, _| super::gc::POD_IP_ANNOTATIONS.contains(&k.as_str()));
+/// A watch cache that keeps, per object, only what its reader uses (`extract`): for kinds with
+/// tens of thousands of objects. A reflector store held ~1 KiB per pod and ~1.5 KiB per handle
+/// (object metadata, and keys carrying the API resource, resourceVersion and uid); the GC reads
+/// a few hundred bytes of each.
+pub struct Index<Key, V> {
+    map: Arc<RwLock<HashMap<Key, V>>>,
+    synced: Arc<AtomicBool>,
+}
+
+impl<Key, V> Clone for Index<Key, V> {
+    fn clone(&self) -> Self {
+        Index {
+            map: self.map.clone(),
+            synced: self.synced.clone(),
+        }
+    }
+}
+
+impl<Key, V> Default for Index<Key, V> {
+    fn default() -> Self {
+        Index {
+            map: Default::default(),
+            synced: Default::default(),
+        }
+    }
+}
+
+/// An object's key and what the index keeps of it (`None`: the reader ignores it).
+pub type Extract<K, Key, V> = fn(&K) -> (Key, Option<V>);
+
+impl<Key, V> Index<Key, V>
+where
+    Key: Eq + Hash + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    fn start<K>(api: Api<K>, kind: &'static str, extract: Extract<K, Key, V>) -> Self
+    where
+        K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+    {
+        let index = Self::default();
+        let writer = index.clone();
+        let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+        tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            let mut relist = None;
+            while let Some(ev) = stream.next().await {
+                match ev {
+                    Ok(ev) => writer.apply(&mut relist, ev, extract),
+                    Err(e) => tracing::warn!(kind, error = %e, "watch error (retrying)"),
+                }
+            }
+        });
+        index
+    }
+
+    /// Applies one watch event; a re-list builds a fresh map in `relist` and swaps it in when
+    /// complete, so readers never see a half-listed cluster.
+    fn apply<K>(&self, relist: &mut Option<HashMap<Key, V>>, ev: Event<K>, extract: Extract<K, Key, V>) {
+        match ev {
+            Event::Apply(o) => {
+                let (key, v) = extract(&o);
+                let mut map = self.map.write().unwrap();
+                match v {
+                    Some(v) => map.insert(key, v),
+                    None => map.remove(&key),
+                };
+            }
+            Event::Delete(o) => {
+                self.map.write().unwrap().remove(&extract(&o).0);
+            }
+            Event::Init => *relist = Some(HashMap::new()),
+            Event::InitApply(o) => {
+                if let (Some(m), (key, Some(v))) = (relist.as_mut(), extract(&o)) {
+                    m.insert(key, v);
+                }
+            }
+            Event::InitDone => {
+                if let Some(m) = relist.take() {
+                    *self.map.write().unwrap() = m;
+                }
+                self.synced.store(true, Ordering::Release);
+            }
+        }
+    }
+
+    pub fn synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
+    }
+
+    /// Read access to the whole index; never held across an `.await`.
+    pub fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Key, V>> {
+        self.map.read().unwrap()
+    }
+
+    pub fn get<Q>(&self, key: &Q) -> Option<V>
+    where
+        Key: std::borrow::Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.read().get(key).cloned()
+    }
+}
+
+/// (namespace, name) of a pod.
+pub type PodKey = (String, String);
+
+fn pod_entry(p: &SlimPod) -> (PodKey, Option<PodInfo>) {
+    let key = (
+        p.metadata.namespace.clone().unwrap_or_default(),
+        p.metadata.name.clone().unwrap_or_default(),
+    );
+    (key, pod_info(p))
+}
+
+/// What the GC reads of an IPAMHandle (keyed by name): the plan's inputs, and enough to write
+/// the handle back (a CAS update) without reading it first.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HandleEntry {
+    pub handle_id: String,
+    pub uid: Option<String>,
+    pub resource_version: Option<String>,
+    /// Block CIDR → addresses held there.
+    pub blocks: Vec<(String, u64)>,
+    pub deleted: Option<bool>,
+    /// No labels, annotations, owners, finalizers or unknown spec fields: [`Self::to_handle`]
+    /// rebuilds the object as stored. Otherwise a writer reads it first.
+    pub plain: bool,
+}
+
+fn handle_entry(h: &Handle) -> (String, Option<HandleEntry>) {
+    let m = &h.metadata;
+    let plain = m.labels.as_ref().is_none_or(|x| x.is_empty())
+        && m.annotations.as_ref().is_none_or(|x| x.is_empty())
+        && m.owner_references.as_ref().is_none_or(|x| x.is_empty())
+        && m.finalizers.as_ref().is_none_or(|x| x.is_empty())
+        && h.spec.extra.is_empty();
+    let entry = HandleEntry {
+        handle_id: h.spec.handle_id.clone(),
+        uid: m.uid.clone(),
+        resource_version: m.resource_version.clone(),
+        blocks: h.spec.block.iter().map(|(c, n)| (c.clone(), *n)).collect(),
+        deleted: h.spec.deleted,
+        plain,
+    };
+    (m.name.clone().unwrap_or_default(), Some(entry))
+}
+
+impl HandleEntry {
+    pub fn is_deleted(&self) -> bool {
+        self.deleted == Some(true)
+    }
+
+    /// The handle as stored (server-kept fields aside: creation time, generation), for a CAS
+    /// update on its resourceVersion; `None` unless [`Self::plain`].
+    pub fn to_handle(&self, name: &str, ar: &ApiResource) -> Option<Handle> {
+        if !self.plain {
+            return None;
+        }
+        let spec = crate::api::IPAMHandleSpec {
+            handle_id: self.handle_id.clone(),
+            block: self.blocks.iter().cloned().collect(),
+            deleted: self.deleted,
+            extra: Default::default(),
+        };
+        let mut h = Handle::new(name, ar, spec);
+        h.metadata.uid = self.uid.clone();
+        h.metadata.resource_version = self.resource_version.clone();
+        Some(h)
     }
 }
 
@@ -256,7 +418,11 @@ impl Stores {
                 any(),
                 "BlockAffinity",
             ),
-            handles: dynamic(client, mode.resource(CalicoKind::IPAMHandle), any(), "IPAMHandle"),
+            handles: Index::start(
+                Api::all_with(client.clone(), &mode.resource(CalicoKind::IPAMHandle)),
+                "IPAMHandle",
+                handle_entry,
+            ),
             installations: Watched::start(Api::all(client.clone()), any(), (), "Installation", |_| {}),
             kubeadm: Watched::start(
                 Api::namespaced(client.clone(), "kube-system"),
@@ -266,7 +432,7 @@ impl Stores {
                 |_| {},
             ),
             nodes: Watched::start(Api::all(client.clone()), any(), (), "Node", slim_node),
-            pods: Watched::start(Api::all(client.clone()), any(), (), "Pod", slim_pod),
+            pods: Index::start(Api::all(client.clone()), "Pod", pod_entry),
         }
     }
 
@@ -299,5 +465,82 @@ impl Stores {
             kubeadm,
             super::podcidr::from_node_cidrs(node_cidrs),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(name: &str, ip: &str, host_network: bool) -> SlimPod {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "namespace": "ns"},
+            "spec": {"nodeName": "n1", "hostNetwork": host_network},
+            "status": {"podIP": ip}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn index_follows_the_watch_and_swaps_in_a_relist_whole() {
+        let idx: Index<PodKey, PodInfo> = Index::default();
+        let mut relist = None;
+        let apply = |relist: &mut _, ev| idx.apply(relist, ev, pod_entry);
+        apply(&mut relist, Event::Init);
+        apply(&mut relist, Event::InitApply(pod("a", "10.0.0.1", false)));
+        apply(&mut relist, Event::InitApply(pod("host", "192.168.1.5", true)));
+        assert!(
+            idx.read().is_empty() && !idx.synced(),
+            "visible before the list completed"
+        );
+        apply(&mut relist, Event::InitDone);
+        assert!(idx.synced());
+        let key = |n: &str| ("ns".to_string(), n.to_string());
+        assert_eq!(idx.read().len(), 1, "host-network pods are not the GC's");
+        assert_eq!(
+            idx.get(&key("a")).unwrap().ips,
+            ["10.0.0.1".parse::<std::net::IpAddr>().unwrap()]
+        );
+        apply(&mut relist, Event::Apply(pod("b", "10.0.0.2", false)));
+        apply(&mut relist, Event::Delete(pod("a", "10.0.0.1", false)));
+        let keys = |idx: &Index<PodKey, PodInfo>| idx.read().keys().cloned().collect::<Vec<_>>();
+        assert_eq!(keys(&idx), [key("b")]);
+        // A re-list (after a watch gap) replaces everything, dropping pods deleted meanwhile.
+        apply(&mut relist, Event::Init);
+        apply(&mut relist, Event::InitApply(pod("c", "10.0.0.3", false)));
+        assert_eq!(keys(&idx), [key("b")]);
+        apply(&mut relist, Event::InitDone);
+        assert_eq!(keys(&idx), [key("c")]);
+    }
+
+    #[test]
+    fn a_plain_handle_is_rebuilt_as_stored_and_others_are_not() {
+        let ar = CrdMode::V1.resource(CalicoKind::IPAMHandle);
+        let stored = serde_json::json!({
+            "apiVersion": "crd.projectcalico.org/v1", "kind": "IPAMHandle",
+            "metadata": {"name": "k8s-pod-network.abc", "uid": "u-1", "resourceVersion": "42"},
+            "spec": {"handleID": "k8s-pod-network.abc", "block": {"10.0.0.0/26": 2}, "deleted": false}
+        });
+        let h: Handle = serde_json::from_value(stored.clone()).unwrap();
+        let (name, e) = handle_entry(&h);
+        let e = e.unwrap();
+        assert!(e.plain && !e.is_deleted());
+        let back = serde_json::to_value(e.to_handle(&name, &ar).unwrap()).unwrap();
+        assert_eq!(back, stored);
+        for extra in [
+            serde_json::json!({"metadata": {"labels": {"a": "b"}}}),
+            serde_json::json!({"metadata": {"ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": "p", "uid": "x"}]}}),
+            serde_json::json!({"spec": {"futureField": 1}}),
+        ] {
+            let mut v = stored.clone();
+            for (section, fields) in extra.as_object().unwrap() {
+                for (k, f) in fields.as_object().unwrap() {
+                    v[section][k] = f.clone();
+                }
+            }
+            let h: Handle = serde_json::from_value(v).unwrap();
+            let e = handle_entry(&h).1.unwrap();
+            assert!(!e.plain && e.to_handle(&name, &ar).is_none(), "{extra}");
+        }
     }
 }

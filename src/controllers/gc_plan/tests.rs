@@ -54,10 +54,11 @@ fn world<'a>(blocks: &'a [(String, IPAMBlockSpec)], nodes: &[&str], pods: &[(&st
             .iter()
             .map(|n| (n.to_string(), Some("2025-01-01T00:00:00Z".parse().unwrap())))
             .collect(),
-        pods: pods
-            .iter()
-            .map(|(n, p)| (("ns".to_string(), n.to_string()), p.clone()))
-            .collect(),
+        pods: std::borrow::Cow::Owned(
+            pods.iter()
+                .map(|(n, p)| (("ns".to_string(), n.to_string()), p.clone()))
+                .collect(),
+        ),
         pools: vec![("pool".into(), "10.0.0.0/24".parse().unwrap())],
     }
 }
