@@ -78,9 +78,8 @@ pub async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
 /// The monotonic instant the earliest GC timer runs out (a little after, so it has).
 async fn next_due(ctx: &Ctx) -> Option<tokio::time::Instant> {
     let grace = jiff::SignedDuration::try_from(ctx.config.gc_grace).ok()?;
-    let now = jiff::Timestamp::now();
-    let at = ctx.gc_state.lock().await.next_due(now, grace)?;
-    let wait = Duration::try_from(at.duration_since(now)).ok()?;
+    let at = ctx.gc_state.lock().await.next_due(grace)?;
+    let wait = Duration::try_from(at.duration_since(jiff::Timestamp::now())).unwrap_or(Duration::ZERO);
     Some(tokio::time::Instant::now() + wait + Duration::from_millis(100))
 }
 

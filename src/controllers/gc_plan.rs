@@ -76,12 +76,17 @@ pub struct GcState {
     leak_since: HashMap<LeakKey, Timestamp>,
     empty_since: HashMap<String, Timestamp>,
     orphan_handle_since: HashMap<String, Timestamp>,
+    /// The `now` of the plan that set these timers.
+    planned_at: Option<Timestamp>,
 }
 
 impl GcState {
-    /// When the next timer of this state runs out after `now`: a pass then releases what has
-    /// waited out the grace period instead of waiting for the next interval tick.
-    pub fn next_due(&self, now: Timestamp, grace: SignedDuration) -> Option<Timestamp> {
+    /// When the earliest timer that had not run out at the last plan runs out: a pass then
+    /// releases what has waited out the grace period instead of waiting for the next interval
+    /// tick. (Judged against the plan's time, not the caller's: a timer that ran out while that
+    /// pass was writing is still owed its pass.)
+    pub fn next_due(&self, grace: SignedDuration) -> Option<Timestamp> {
+        let planned = self.planned_at?;
         if grace.is_zero() {
             return None;
         }
@@ -90,7 +95,7 @@ impl GcState {
             .chain(self.empty_since.values())
             .chain(self.orphan_handle_since.values())
             .filter_map(|since| since.checked_add(grace).ok())
-            .filter(|due| *due > now)
+            .filter(|due| *due > planned)
             .min()
     }
 }
@@ -437,6 +442,7 @@ pub fn plan(world: &World<'_>, state: &mut GcState, now: Timestamp, grace: Signe
             out.orphan_handles.push(h.name.to_string());
         }
     }
+    next.planned_at = Some(now);
     *state = next;
     out
 }

@@ -108,22 +108,26 @@ fn leak_of_deleted_pod_waits_for_grace() {
 }
 
 #[test]
-fn next_due_is_the_earliest_timer_still_running() {
+fn next_due_is_the_earliest_timer_still_running_at_the_plan() {
     let blocks = vec![(
         "b".to_string(),
         block(Some("n1"), &[(0, "gone-1", "n1"), (1, "gone-2", "n1")]),
     )];
     let w = world(&blocks, &["n1"], &[]);
     let mut st = GcState::default();
-    assert_eq!(st.next_due(t("2026-01-01T01:00:00Z"), GRACE), None);
+    assert_eq!(st.next_due(GRACE), None);
     plan(&w, &mut st, t("2026-01-01T01:00:00Z"), GRACE);
-    assert_eq!(
-        st.next_due(t("2026-01-01T01:00:01Z"), GRACE),
-        Some(t("2026-01-01T01:15:00Z"))
-    );
-    // Grace zero disables the timers; a timer that ran out is no reason to wake.
-    assert_eq!(st.next_due(t("2026-01-01T01:00:01Z"), SignedDuration::ZERO), None);
-    assert_eq!(st.next_due(t("2026-01-01T01:15:00Z"), GRACE), None);
+    assert_eq!(st.next_due(GRACE), Some(t("2026-01-01T01:15:00Z")));
+    // Grace zero disables the timers.
+    assert_eq!(st.next_due(SignedDuration::ZERO), None);
+    // A pass a moment before the grace ran out releases nothing, yet still owes the pass at it.
+    let p = plan(&w, &mut st, t("2026-01-01T01:14:59.999Z"), GRACE);
+    assert!(p.releases.is_empty());
+    assert_eq!(st.next_due(GRACE), Some(t("2026-01-01T01:15:00Z")));
+    // Once released, nothing is due.
+    let p = plan(&w, &mut st, t("2026-01-01T01:15:00Z"), GRACE);
+    assert_eq!(p.releases.len(), 1);
+    assert_eq!(st.next_due(GRACE), None);
 }
 
 #[test]
