@@ -146,21 +146,22 @@ pub fn handle(cid: &str) -> String {
     format!("k8s-pod-network.{cid}")
 }
 
-/// An IPv4 CIDR of `prefix_len` inside `range`, spread by process ID and different on every call
-/// in this process, so that pools of concurrent tests (and binaries sharing a cluster) do not
-/// overlap.
+/// An IPv4 CIDR of `prefix_len` (/22 or narrower) inside `range`, different on every call in
+/// this process and spread by process ID. Every call gets a /22 slot of its own and its CIDR is
+/// the start of that slot, so CIDRs of different lengths never overlap either (with offsets per
+/// length, a /22 and a /24 of two concurrent tests could share addresses).
 pub fn unique_cidr_in(range: &str, prefix_len: u8) -> String {
+    const SLOT_LEN: u8 = 22;
     static N: AtomicU32 = AtomicU32::new(0);
     let range: Ipv4Net = range.parse().expect("an IPv4 CIDR");
     assert!(
-        prefix_len >= range.prefix_len(),
-        "{prefix_len} is wider than {range}"
+        prefix_len >= SLOT_LEN && range.prefix_len() <= SLOT_LEN,
+        "/{prefix_len} in {range}: unique CIDRs are /{SLOT_LEN} or narrower in a range of /{SLOT_LEN} or wider"
     );
+    let slots = 1u32 << (SLOT_LEN - range.prefix_len());
     let n = N.fetch_add(1, Ordering::Relaxed);
-    let seed = (std::process::id().wrapping_mul(2654435761) ^ (n << 8)).wrapping_add(n * 4099);
-    let size = 1u64 << (32 - u32::from(prefix_len));
-    let span = 1u64 << (32 - u32::from(range.prefix_len()));
-    let off = (u64::from(seed) % (span / size)) * size;
-    let base = u32::from(range.network());
-    format!("{}/{prefix_len}", std::net::Ipv4Addr::from(base + off as u32))
+    assert!(n < slots, "more than {slots} unique CIDRs asked of {range}");
+    let slot = std::process::id().wrapping_mul(2654435761).wrapping_add(n) % slots;
+    let base = u32::from(range.network()) + (slot << (32 - u32::from(SLOT_LEN)));
+    format!("{}/{prefix_len}", std::net::Ipv4Addr::from(base))
 }
