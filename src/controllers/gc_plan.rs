@@ -8,6 +8,7 @@
 //! - IPAMHandles that no block references are removed after the grace period;
 //! - everything is planned per block so the shell makes one guarded write per block per pass.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 
@@ -15,6 +16,7 @@ use ipnet::IpNet;
 use jiff::{SignedDuration, Timestamp};
 
 use crate::api::{AllocationAttribute, IPAMBlockSpec};
+use crate::ipam::names::sanitize_handle_id;
 
 pub const WINDOWS_RESERVED: &str = "windows-reserved-ipam-handle";
 const TUNNEL_TYPES: &[&str] = &[
@@ -271,14 +273,26 @@ fn classify(
 
 /// Plans one pass. `grace` zero disables leak and empty-block release (as in Calico), but the
 /// cleanup of deleted nodes still runs.
-pub fn plan(world: &World<'_>, state: &mut GcState, now: Timestamp, grace: SignedDuration) -> GcPlan {
+pub fn plan<'a>(world: &'a World<'a>, state: &mut GcState, now: Timestamp, grace: SignedDuration) -> GcPlan {
     let live_ips: HashSet<IpAddr> = world.pods.values().flat_map(|p| p.ips.iter().copied()).collect();
     let mut out = GcPlan::default();
     let mut next = GcState::default();
-    // Every allocation of each handle: (confirmed leak?, block, guard).
-    let mut by_handle: HashMap<String, Vec<(bool, usize, Guard)>> = HashMap::new();
+    // Handle object names: Calico's lower-cased ID, borrowed when it is lower case already.
+    let handle_name = |id: &'a str| -> Cow<'a, str> {
+        if id.chars().all(|c| c.to_lowercase().eq(std::iter::once(c))) {
+            Cow::Borrowed(id)
+        } else {
+            Cow::Owned(crate::ipam::names::handle_name(id))
+        }
+    };
+    // All-or-nothing per handle keeps handle counts right for multi-address pods: a handle's
+    // confirmed leaks are released only when none of its allocations is still held. Only the
+    // confirmed leaks carry a guard (at 50,000 live allocations a guard for every one was
+    // tens of MiB per pass).
+    let mut held: HashSet<&str> = HashSet::new();
+    let mut confirmed: HashMap<&str, Vec<(usize, Guard)>> = HashMap::new();
     let mut blocks_of_node: HashMap<&str, usize> = HashMap::new();
-    let mut referenced: HashSet<String> = HashSet::new();
+    let mut referenced: HashSet<Cow<'_, str>> = HashSet::new();
     let mut empty: Vec<(usize, &str)> = Vec::new();
     let live_blocks: Vec<&BlockIn<'_>> = world.blocks.iter().filter(|b| !b.spec.is_deleted()).collect();
     let nets: Vec<Option<IpNet>> = live_blocks.iter().map(|b| b.spec.cidr.parse().ok()).collect();
@@ -297,9 +311,7 @@ pub fn plan(world: &World<'_>, state: &mut GcState, now: Timestamp, grace: Signe
                 continue;
             };
             if let Some(h) = &attr.handle_id {
-                referenced.insert(crate::ipam::names::handle_name(
-                    crate::ipam::names::sanitize_handle_id(h),
-                ));
+                referenced.insert(handle_name(sanitize_handle_id(h)));
             }
             if attr.handle_id.as_deref() == Some(WINDOWS_RESERVED) {
                 continue;
@@ -309,52 +321,45 @@ pub fn plan(world: &World<'_>, state: &mut GcState, now: Timestamp, grace: Signe
                 continue;
             };
             let (verdict, node) = classify(world, &live_ips, attr, ip, host);
-            let handle = attr.handle_id.clone().unwrap_or_default();
-            let seq = b
-                .spec
-                .sequence_number_for_allocation
-                .as_ref()
-                .and_then(|m| m.get(&ordinal.to_string()).copied());
-            let pod = pod_key(attr);
-            let guard = |why: String| Guard {
-                ordinal,
-                handle: handle.clone(),
-                seq,
-                ip,
-                node: node.clone(),
-                pod: pod.clone(),
-                why,
-            };
+            let handle = attr.handle_id.as_deref().unwrap_or_default();
             match verdict {
                 Verdict::Valid => {
-                    by_handle
-                        .entry(handle.clone())
-                        .or_default()
-                        .push((false, bi, guard(String::new())))
+                    held.insert(handle);
                 }
                 Verdict::Unknown => {
                     if !handle.is_empty() {
-                        by_handle
-                            .entry(handle.clone())
-                            .or_default()
-                            .push((false, bi, guard(String::new())));
+                        held.insert(handle);
                     }
                 }
                 Verdict::Leak { why, node_gone } => {
+                    let seq = b
+                        .spec
+                        .sequence_number_for_allocation
+                        .as_ref()
+                        .and_then(|m| m.get(&ordinal.to_string()).copied());
                     let key = LeakKey {
                         block: b.spec.cidr.clone(),
                         ordinal,
-                        handle: handle.clone(),
+                        handle: handle.to_string(),
                         seq,
                     };
                     let since = *state.leak_since.get(&key).unwrap_or(&now);
                     next.leak_since.insert(key, since);
-                    let confirmed = node_gone || (!grace.is_zero() && now.duration_since(since) >= grace);
                     *out.candidates.entry((pool.clone(), node.clone())).or_default() += 1;
-                    by_handle
-                        .entry(handle.clone())
-                        .or_default()
-                        .push((confirmed, bi, guard(why)));
+                    if node_gone || (!grace.is_zero() && now.duration_since(since) >= grace) {
+                        let guard = Guard {
+                            ordinal,
+                            handle: handle.to_string(),
+                            seq,
+                            ip,
+                            node,
+                            pod: pod_key(attr),
+                            why,
+                        };
+                        confirmed.entry(handle).or_default().push((bi, guard));
+                    } else {
+                        held.insert(handle);
+                    }
                 }
             }
         }
@@ -365,13 +370,13 @@ pub fn plan(world: &World<'_>, state: &mut GcState, now: Timestamp, grace: Signe
         }
     }
 
-    // All-or-nothing per handle keeps handle counts right for multi-address pods.
     let mut per_block: BTreeMap<usize, Vec<Guard>> = BTreeMap::new();
-    for allocs in by_handle.into_values() {
-        if allocs.iter().all(|(c, _, _)| *c) {
-            for (_, bi, g) in allocs {
-                per_block.entry(bi).or_default().push(g);
-            }
+    for (handle, allocs) in confirmed {
+        if held.contains(handle) {
+            continue;
+        }
+        for (bi, g) in allocs {
+            per_block.entry(bi).or_default().push(g);
         }
     }
     for (bi, mut guards) in per_block {
@@ -432,7 +437,7 @@ pub fn plan(world: &World<'_>, state: &mut GcState, now: Timestamp, grace: Signe
     // Handles no block references, once unreferenced for the grace period: the allocator
     // increments a handle before it writes the block, so a young orphan may be in flight.
     for h in &world.handles {
-        let name = crate::ipam::names::handle_name(crate::ipam::names::sanitize_handle_id(h.handle_id));
+        let name = handle_name(sanitize_handle_id(h.handle_id));
         if referenced.contains(&name) || referenced.contains(h.name) {
             continue;
         }
