@@ -18,7 +18,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, ObjectReference, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
@@ -178,8 +178,10 @@ struct Watches {
     pools: Store<Pool>,
     affinities: Store<Affinity>,
     secrets: Store<Secret>,
-    maps: Store<ConfigMap>,
-    secret_maps: Store<Secret>,
+    /// Published objects by metadata only: a pass reads their names and hash annotations, and
+    /// a full-mesh node's files are up to a MiB each.
+    maps: Store<PartialObjectMeta<ConfigMap>>,
+    secret_maps: Store<PartialObjectMeta<Secret>>,
     services: Store<Service>,
     slices: Store<EndpointSlice>,
 }
@@ -196,23 +198,29 @@ impl Drop for Tasks {
     }
 }
 
-fn watch<K>(
+/// Reflects `events` into a store of its own, `slim`ming each object first, and wakes the
+/// controller on every event.
+fn reflect<K, S>(
     tasks: &mut Tasks,
-    api: Api<K>,
-    cfg: watcher::Config,
+    events: S,
     dt: K::DynamicType,
+    slim: fn(&mut K),
     kick: Arc<Notify>,
     kind: &'static str,
 ) -> Store<K>
 where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone + Default + Send + Sync,
+    K: Resource + Clone + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+    S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
 {
     let writer = reflector::store::Writer::new(dt);
     let store = writer.as_reader();
-    let stream = watcher::watcher(api, cfg)
+    let stream = events
         .default_backoff()
-        .modify(super::store::drop_managed_fields)
+        .modify(move |o| {
+            super::store::drop_managed_fields(o);
+            slim(o);
+        })
         .reflect(writer);
     tasks.0.push(tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
@@ -226,13 +234,25 @@ where
     store
 }
 
+fn watch<K>(
+    tasks: &mut Tasks,
+    api: Api<K>,
+    cfg: watcher::Config,
+    kick: Arc<Notify>,
+    kind: &'static str,
+) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    reflect(tasks, watcher::watcher(api, cfg), (), |_| {}, kick, kind)
+}
+
 fn watch_calico<K>(
     tasks: &mut Tasks,
     client: &Client,
     mode: CrdMode,
     kind: CalicoKind,
     kick: Arc<Notify>,
-    name: &'static str,
 ) -> Store<K>
 where
     K: Resource<DynamicType = kube::api::ApiResource>
@@ -244,23 +264,16 @@ where
         + 'static,
 {
     let ar = mode.resource(kind);
-    let writer = reflector::store::Writer::new(ar.clone());
-    let store = writer.as_reader();
     let api: Api<K> = Api::all_with(client.clone(), &ar);
-    let stream = watcher::watcher(api, watcher::Config::default())
-        .default_backoff()
-        .modify(super::store::drop_managed_fields)
-        .reflect(writer);
-    tasks.0.push(tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(_) => kick.notify_one(),
-                Err(e) => warn!(kind = name, error = %e, "watch error (retrying)"),
-            }
-        }
-    }));
-    store
+    let name = mode.kind_and_plural(kind).0;
+    reflect(
+        tasks,
+        watcher::watcher(api, watcher::Config::default()),
+        ar,
+        |_| {},
+        kick,
+        name,
+    )
 }
 
 /// Runs the BGP controller until the task is dropped or aborted.
@@ -269,54 +282,44 @@ pub async fn run(client: Client, mode: CrdMode, namespace: String, config: Confi
     let owned = watcher::Config::default().labels(&format!("{LABEL_CONFIG}=true"));
     let mut tasks = Tasks::default();
     let t = &mut tasks;
+    let ns_api = || Api::namespaced(client.clone(), &namespace);
     let w = Watches {
-        nodes: watch(
+        // The renderer reads a Node's metadata only; status (images, conditions) is most of it.
+        nodes: reflect(
             t,
-            Api::all(client.clone()),
-            watcher::Config::default(),
+            watcher::watcher(Api::all(client.clone()), watcher::Config::default()),
             (),
+            |n: &mut Node| {
+                n.spec = None;
+                n.status = None;
+            },
             kick.clone(),
             "Node",
         ),
-        configs: watch_calico(
+        configs: watch_calico(t, &client, mode, CalicoKind::BGPConfiguration, kick.clone()),
+        peers: watch_calico(t, &client, mode, CalicoKind::BGPPeer, kick.clone()),
+        pools: watch_calico(t, &client, mode, CalicoKind::IPPool, kick.clone()),
+        affinities: watch_calico(t, &client, mode, CalicoKind::BlockAffinity, kick.clone()),
+        secrets: watch(t, ns_api(), watcher::Config::default(), kick.clone(), "Secret"),
+        maps: reflect(
             t,
-            &client,
-            mode,
-            CalicoKind::BGPConfiguration,
-            kick.clone(),
-            "BGPConfiguration",
-        ),
-        peers: watch_calico(t, &client, mode, CalicoKind::BGPPeer, kick.clone(), "BGPPeer"),
-        pools: watch_calico(t, &client, mode, CalicoKind::IPPool, kick.clone(), "IPPool"),
-        affinities: watch_calico(
-            t,
-            &client,
-            mode,
-            CalicoKind::BlockAffinity,
-            kick.clone(),
-            "BlockAffinity",
-        ),
-        secrets: watch(
-            t,
-            Api::namespaced(client.clone(), &namespace),
-            watcher::Config::default(),
+            watcher::watcher(
+                Api::<PartialObjectMeta<ConfigMap>>::namespaced(client.clone(), &namespace),
+                owned.clone(),
+            ),
             (),
-            kick.clone(),
-            "Secret",
-        ),
-        maps: watch(
-            t,
-            Api::namespaced(client.clone(), &namespace),
-            owned.clone(),
-            (),
+            |_| {},
             kick.clone(),
             "ConfigMap",
         ),
-        secret_maps: watch(
+        secret_maps: reflect(
             t,
-            Api::namespaced(client.clone(), &namespace),
-            owned,
+            watcher::watcher(
+                Api::<PartialObjectMeta<Secret>>::namespaced(client.clone(), &namespace),
+                owned,
+            ),
             (),
+            |_| {},
             kick.clone(),
             "Secret(config)",
         ),
@@ -324,7 +327,6 @@ pub async fn run(client: Client, mode: CrdMode, namespace: String, config: Confi
             t,
             Api::all(client.clone()),
             watcher::Config::default(),
-            (),
             kick.clone(),
             "Service",
         ),
@@ -332,7 +334,6 @@ pub async fn run(client: Client, mode: CrdMode, namespace: String, config: Confi
             t,
             Api::all(client.clone()),
             watcher::Config::default(),
-            (),
             kick.clone(),
             "EndpointSlice",
         ),
@@ -374,6 +375,18 @@ pub async fn run(client: Client, mode: CrdMode, namespace: String, config: Confi
         // window and cost one more pass together.
         tokio::time::sleep_until(done + config.debounce).await;
     }
+}
+
+/// One node's rendered files, to be published.
+struct Job {
+    name: String,
+    uid: Option<String>,
+    /// Input fingerprint and content hash, remembered once published.
+    fp: String,
+    hash: String,
+    out: Rendered,
+    /// The node's object of the other kind (ConfigMap vs Secret) exists and goes.
+    other_exists: bool,
 }
 
 #[derive(Default)]
@@ -437,8 +450,10 @@ async fn pass(
     let secrets_present = names_in(w.secret_maps.state().iter().map(|s| s.metadata.clone()).collect());
     let selectors = CalicoSelectors::default();
     let mut mesh_size = None;
-    let mut jobs = Vec::new();
-    for node in &snap.nodes {
+    let mut notes: Vec<(ObjectReference, EventType, &'static str, String)> = Vec::new();
+    // What to publish for one node, if anything: renders it (a node whose inputs and published
+    // object are as last time is skipped without rendering).
+    let mut job = |node: &Node| -> Option<Job> {
         let name = node.name_any();
         let fp = &fps[&name];
         let current = published.get(&name);
@@ -446,7 +461,7 @@ async fn pass(
             && last_fp == fp
             && current == Some(last_hash)
         {
-            continue;
+            return None;
         }
         let out = match bgp::render(&snap, &name, &config.render, &selectors) {
             Ok(o) => o,
@@ -454,16 +469,21 @@ async fn pass(
                 let msg = e.to_string();
                 if state.warned.insert(format!("{name}: {msg}")) {
                     warn!(node = %name, error = %msg, "cannot render BIRD config");
-                    event(recorder, node, EventType::Warning, "BirdConfigInvalid", &msg).await;
+                    notes.push((node.object_ref(&()), EventType::Warning, "BirdConfigInvalid", msg));
                 }
-                continue;
+                return None;
             }
         };
         mesh_size = mesh_size.or(out.mesh_size);
         for warning in &out.warnings {
             if state.warned.insert(warning.clone()) {
                 warn!(node = %name, warning = %warning, "BGP input skipped");
-                event(recorder, node, EventType::Warning, "BgpInputIgnored", warning).await;
+                notes.push((
+                    node.object_ref(&()),
+                    EventType::Warning,
+                    "BgpInputIgnored",
+                    warning.clone(),
+                ));
             }
         }
         let hash = out.content_hash();
@@ -474,14 +494,19 @@ async fn pass(
                     out.total_size()
                 );
                 warn!(node = %name, "{msg}");
-                event(recorder, node, EventType::Warning, "BirdConfigTooLarge", &msg).await;
+                notes.push((
+                    node.object_ref(&()),
+                    EventType::Warning,
+                    "BirdConfigTooLarge",
+                    msg,
+                ));
             }
-            continue;
+            return None;
         }
         state.too_large.remove(&name);
         if current == Some(&hash) {
             state.done.insert(name, (fp.clone(), hash));
-            continue;
+            return None;
         }
         let oname = object_name(&name);
         let other_exists = if out.has_password {
@@ -489,16 +514,33 @@ async fn pass(
         } else {
             secrets_present.contains(&oname)
         };
-        jobs.push((node.clone(), name, fp.clone(), hash, out, other_exists));
-    }
+        Some(Job {
+            name,
+            uid: node.metadata.uid.clone(),
+            fp: fp.clone(),
+            hash,
+            out,
+            other_exists,
+        })
+    };
     // Every node's agent waits on its own object: publish them side by side, so the last node
-    // of a large cluster does not wait for all the others' round trips.
-    let results: Vec<_> = futures::stream::iter(jobs)
-        .map(|(node, name, fp, hash, out, other_exists)| {
-            let span = info_span!("publish", node = %name);
+    // of a large cluster does not wait for all the others' round trips. Nodes are rendered as
+    // publish slots free up, so at most PUBLISH_CONCURRENCY outputs are held at once (a node's
+    // full-mesh files are ~1 KiB per peer: all of them at once were a GiB at 1,000 nodes).
+    let results: Vec<_> = futures::stream::iter(snap.nodes.iter().filter_map(&mut job))
+        .map(|j| {
+            let span = info_span!("publish", node = %j.name);
             async move {
-                let r = publish(client, namespace, &node, &out, other_exists).await;
-                (name, fp, hash, r)
+                let r = publish(
+                    client,
+                    namespace,
+                    &j.name,
+                    j.uid.as_deref(),
+                    &j.out,
+                    j.other_exists,
+                )
+                .await;
+                (j.name, j.fp, j.hash, r)
             }
             .instrument(span)
         })
@@ -514,6 +556,9 @@ async fn pass(
             }
         }
         state.done.insert(name, (fp, hash));
+    }
+    for (reference, type_, reason, note) in notes {
+        event(recorder, &reference, type_, reason, &note).await;
     }
     // Forget nodes that are gone (their objects go with them through the owner reference).
     let live: BTreeSet<String> = snap.nodes.iter().map(|n| n.name_any()).collect();
@@ -558,7 +603,7 @@ async fn pass(
     }
 }
 
-async fn event(recorder: &Recorder, node: &Node, type_: EventType, reason: &str, note: &str) {
+async fn event(recorder: &Recorder, reference: &ObjectReference, type_: EventType, reason: &str, note: &str) {
     let ev = Event {
         type_,
         reason: reason.into(),
@@ -566,30 +611,30 @@ async fn event(recorder: &Recorder, node: &Node, type_: EventType, reason: &str,
         action: "Render".into(),
         secondary: None,
     };
-    if let Err(e) = recorder.publish(&ev, &node.object_ref(&())).await {
+    if let Err(e) = recorder.publish(&ev, reference).await {
         warn!(error = %e, "cannot record event");
     }
 }
 
-/// Server-side applies the node's object; removes the other form (ConfigMap vs Secret).
-/// Writes a node's object; `other_exists`: the node's object of the other kind exists and goes.
+/// Server-side applies a node's object; `other_exists`: the node's object of the other kind
+/// (ConfigMap vs Secret) exists and goes.
 async fn publish(
     client: &Client,
     namespace: &str,
-    node: &Node,
+    name: &str,
+    node_uid: Option<&str>,
     out: &Rendered,
     other_exists: bool,
 ) -> Result<(), Error> {
-    let name = node.name_any();
     let err = |source| Error::Publish {
-        node: name.clone(),
+        node: name.to_string(),
         source,
     };
-    let obj = published_object(&name, node.metadata.uid.as_deref(), namespace, out);
+    let obj = published_object(name, node_uid, namespace, out);
     let pp = PatchParams::apply(MANAGER).force();
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let oname = object_name(&name);
+    let oname = object_name(name);
     match obj {
         Published::ConfigMap(mut c) => {
             c.metadata.managed_fields = None;
