@@ -416,6 +416,11 @@ async fn burst_bench(quick: bool, one_node: bool, agents: bool) -> Value {
         del_failures.len()
     );
     drop(running);
+    // No kubelet confirms a pod's deletion here: pods go at once (grace 0), or the namespace
+    // would wait for them for good.
+    let _ = pod_api
+        .delete_collection(&DeleteParams::default().grace_period(0), &ListParams::default())
+        .await;
     let _ = ns_api.delete(&ns, &DeleteParams::default()).await;
     for n in &node_names {
         let _ = node_api.delete(n, &DeleteParams::default()).await;
