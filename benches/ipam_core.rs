@@ -13,7 +13,7 @@ use ipnet::IpNet;
 use std::hint::black_box;
 use tortie::ipam::{block, selector::Selector};
 
-fn attrs(i: usize) -> BTreeMap<String, String> {
+fn attrs(i: usize) -> tortie::api::StrMap {
     [
         ("node", "node-a".to_string()),
         ("namespace", "default".to_string()),

@@ -94,7 +94,7 @@ impl Ctx {
                 out.push((
                     tortie::cni::gateway::nth(cidr, ord).unwrap(),
                     attr.handle_id.clone(),
-                    attr.secondary.clone().unwrap_or_default(),
+                    attr.secondary.clone().unwrap_or_default().into_iter().collect(),
                 ));
             }
         }

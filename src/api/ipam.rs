@@ -11,6 +11,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
 use super::schema;
+use super::strmap::StrMap;
 
 /// Fields of an object that tortie does not model, kept verbatim for read-modify-write.
 pub type Extra = BTreeMap<String, Value>;
@@ -76,7 +77,7 @@ pub struct AllocationAttribute {
     /// Owner details: `node`, `pod`, `namespace`, `timestamp`, or `type` for tunnel addresses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::string_map")]
-    pub secondary: Option<BTreeMap<String, String>>,
+    pub secondary: Option<StrMap>,
     /// Owner details of a second owner during a KubeVirt live migration.
     #[serde(
         rename = "alternateOwnerAttrs",
@@ -84,7 +85,7 @@ pub struct AllocationAttribute {
         skip_serializing_if = "Option::is_none"
     )]
     #[schemars(schema_with = "schema::string_map")]
-    pub alternate_owner_attrs: Option<BTreeMap<String, String>>,
+    pub alternate_owner_attrs: Option<StrMap>,
     /// When the address was released, if it is cooling down before reuse (RFC 3339).
     #[serde(rename = "releasedAt", default, skip_serializing_if = "Option::is_none")]
     pub released_at: Option<String>,

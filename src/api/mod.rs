@@ -12,6 +12,7 @@ pub mod installation;
 pub mod ipam;
 pub mod ippool;
 mod schema;
+pub mod strmap;
 
 use std::fmt;
 
@@ -21,6 +22,7 @@ pub use bgp::{BGPConfigurationSpec, BGPPeerSpec};
 pub use installation::{Installation, InstallationSpec, InstallationStatus};
 pub use ipam::{AllocationAttribute, BlockAffinitySpec, Flag, IPAMBlockSpec, IPAMConfigSpec, IPAMHandleSpec};
 pub use ippool::{IPPoolSpec, IPPoolStatus};
+pub use strmap::StrMap;
 
 /// An IPPool in either mode.
 pub type Pool = Object<IPPoolSpec, IPPoolStatus>;

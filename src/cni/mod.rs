@@ -15,7 +15,7 @@ pub mod result;
 pub mod server;
 pub mod wire;
 
-use std::collections::BTreeMap;
+use crate::api::StrMap;
 
 pub use config::NetConf;
 pub use env::{CniArgs, CniEnv, Command};
@@ -33,13 +33,8 @@ pub fn legacy_handle_id(namespace: &str, pod: &str) -> String {
 }
 
 /// Attributes stored with a pod's allocation; Calico's GC recognises pods by `pod` + `namespace`.
-pub fn allocation_attrs(
-    node: &str,
-    namespace: &str,
-    pod: &str,
-    now: jiff::Timestamp,
-) -> BTreeMap<String, String> {
-    BTreeMap::from([
+pub fn allocation_attrs(node: &str, namespace: &str, pod: &str, now: jiff::Timestamp) -> StrMap {
+    StrMap::from([
         ("node".to_string(), node.to_string()),
         ("namespace".to_string(), namespace.to_string()),
         ("pod".to_string(), pod.to_string()),

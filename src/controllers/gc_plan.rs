@@ -15,6 +15,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use jiff::{SignedDuration, Timestamp};
 
+use crate::api::StrMap;
 use crate::api::{AllocationAttribute, IPAMBlockSpec};
 use crate::ipam::names::sanitize_handle_id;
 
@@ -215,7 +216,7 @@ fn classify(
     ip: IpAddr,
     block_host: Option<&str>,
 ) -> (Verdict, String) {
-    let empty = BTreeMap::new();
+    let empty = StrMap::new();
     let sec = attr.secondary.as_ref().unwrap_or(&empty);
     let node = sec
         .get("node")

@@ -560,7 +560,7 @@ mod tests {
             pools: &[PoolInfo],
             cfg: &IPAMConfigSpec,
         ) -> (Vec<IpAddr>, Option<Shortfall>) {
-            let attrs: BTreeMap<String, String> = [("node".to_string(), host.to_string())].into();
+            let attrs: crate::api::StrMap = [("node".to_string(), host.to_string())].into();
             let mut got = vec![];
             loop {
                 if got.len() == n {

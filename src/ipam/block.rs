@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use super::cidr;
+use crate::api::StrMap;
 use crate::api::{AllocationAttribute, IPAMBlockSpec};
 
 /// Handle Calico uses for ordinals reserved on Windows hosts; they do not make a block non-empty.
@@ -63,7 +64,7 @@ pub fn allocated_count(b: &IPAMBlockSpec) -> usize {
     b.allocations.iter().filter(|a| a.is_some()).count()
 }
 
-fn attr_matches(a: &AllocationAttribute, handle: Option<&str>, secondary: &BTreeMap<String, String>) -> bool {
+fn attr_matches(a: &AllocationAttribute, handle: Option<&str>, secondary: &StrMap) -> bool {
     a.handle_id.as_deref() == handle
         && a.secondary
             .as_ref()
@@ -74,11 +75,7 @@ fn attr_matches(a: &AllocationAttribute, handle: Option<&str>, secondary: &BTree
 }
 
 /// Calico's `findOrAddAttribute`: reuse an identical entry, else append one.
-fn find_or_add_attribute(
-    b: &mut IPAMBlockSpec,
-    handle: Option<&str>,
-    secondary: &BTreeMap<String, String>,
-) -> usize {
+fn find_or_add_attribute(b: &mut IPAMBlockSpec, handle: Option<&str>, secondary: &StrMap) -> usize {
     if let Some(i) = b
         .attributes
         .iter()
@@ -111,7 +108,7 @@ pub fn allocate(
     b: &mut IPAMBlockSpec,
     n: usize,
     handle: Option<&str>,
-    secondary: &BTreeMap<String, String>,
+    secondary: &StrMap,
     skip: impl Fn(usize) -> bool,
 ) -> Vec<usize> {
     let mut taken = Vec::with_capacity(n);
@@ -140,7 +137,7 @@ pub fn assign(
     b: &mut IPAMBlockSpec,
     ordinal: usize,
     handle: Option<&str>,
-    secondary: &BTreeMap<String, String>,
+    secondary: &StrMap,
 ) -> Result<(), AssignError> {
     if ordinal >= b.allocations.len() {
         return Err(AssignError::OutOfRange(ordinal));
@@ -467,7 +464,7 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn attrs(pod: &str) -> BTreeMap<String, String> {
+    fn attrs(pod: &str) -> StrMap {
         [
             ("pod".to_string(), pod.to_string()),
             ("node".into(), "node-a".into()),
@@ -595,7 +592,7 @@ mod tests {
     #[test]
     fn windows_reserved_counts_as_empty() {
         let mut b = fresh();
-        allocate(&mut b, 3, Some(WINDOWS_RESERVED_HANDLE), &BTreeMap::new(), |_| {
+        allocate(&mut b, 3, Some(WINDOWS_RESERVED_HANDLE), &StrMap::new(), |_| {
             false
         });
         assert!(is_empty(&b));

@@ -53,6 +53,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use crate::api::StrMap;
+
 pub use crate::api::ippool::AllowedUse;
 pub use engine::{Ipam, IpamOptions};
 
@@ -60,7 +62,7 @@ pub use engine::{Ipam, IpamOptions};
 /// `node`, `pod`, `namespace`, `timestamp` for pods, `node` + `type` for tunnel addresses.
 /// Calico's GC classifies allocations purely by these keys, so use them as Calico does.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Attrs(pub BTreeMap<String, String>);
+pub struct Attrs(pub StrMap);
 
 impl Attrs {
     pub const NODE: &'static str = "node";
@@ -72,7 +74,7 @@ impl Attrs {
     /// Attributes of a pod's address, stamped with the current time in Go's default text form
     /// (what Calico's CNI writes; informational only).
     pub fn pod(node: &str, namespace: &str, pod: &str) -> Attrs {
-        let mut m = BTreeMap::new();
+        let mut m = StrMap::new();
         m.insert(Self::NODE.into(), node.into());
         m.insert(Self::NAMESPACE.into(), namespace.into());
         m.insert(Self::POD.into(), pod.into());

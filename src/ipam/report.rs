@@ -518,7 +518,7 @@ mod tests {
         )
     }
 
-    fn pod_attrs(pod: &str) -> BTreeMap<String, String> {
+    fn pod_attrs(pod: &str) -> crate::api::StrMap {
         [
             ("namespace".to_string(), "default".to_string()),
             ("pod".into(), pod.into()),
@@ -544,9 +544,17 @@ mod tests {
         input.handles.push(handle("orphan", "10.0.0.0/26", 1));
         input.pods = Some(BTreeSet::new());
         input.affinities.push(affinity("b", "10.0.1.0/26"));
-        blk::allocate(&mut input.blocks[0].spec, 1, None, &BTreeMap::new(), |_| false);
+        blk::allocate(
+            &mut input.blocks[0].spec,
+            1,
+            None,
+            &crate::api::StrMap::new(),
+            |_| false,
+        );
         let mut other = block("10.0.0.0/25", "c");
-        blk::allocate(&mut other.spec, 1, Some("h1"), &BTreeMap::new(), |_| false);
+        blk::allocate(&mut other.spec, 1, Some("h1"), &crate::api::StrMap::new(), |_| {
+            false
+        });
         input.blocks.push(other);
         let p = check(&input);
         let kinds: BTreeSet<String> = p
