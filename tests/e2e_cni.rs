@@ -969,11 +969,19 @@ fn unique_cidr6(prefix_len: u8) -> String {
         unreachable!()
     };
     let o = a.octets();
-    format!(
-        "fdcc:{:x}:{:x}::/{prefix_len}",
+    // Written by Ipv6Addr so that it is canonical ("fdcc:1f::", not "fdcc:1f:0::"), as the
+    // IPPool CRD requires.
+    let net = std::net::Ipv6Addr::new(
+        0xfdcc,
         u16::from(o[1]),
-        u16::from_be_bytes([o[2], o[3]])
-    )
+        u16::from_be_bytes([o[2], o[3]]),
+        0,
+        0,
+        0,
+        0,
+        0,
+    );
+    format!("{net}/{prefix_len}")
 }
 
 #[tokio::test]

@@ -4,7 +4,6 @@
 //! release.
 #![no_main]
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
@@ -86,7 +85,7 @@ fuzz_target!(|c: Case| {
     let small = cidr::net_of(ip, max - (c.block_size % 9).min(max));
     let n = cidr::size(&small) as usize;
     let mut b = block::new_block(&small, Some("host:n".into()), 1, None);
-    let attrs = BTreeMap::new();
+    let attrs = tortie::api::StrMap::new();
     let handles = ["h0", "h1", "h2"];
     for op in c.ops.iter().take(64) {
         match op {
