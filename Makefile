@@ -6,7 +6,7 @@ MODE ?= v1
 .PHONY: help build test unit e2e crds lint fmt demo demo-down bench chart deps fuzz fuzz-long faults
 
 help: ## list targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort | awk -F'\t' '{ printf "  %-14s %s\n", $$1, $$2 }'
 
 deps: ## install what tests need (Debian packages, kube-apiserver built from Go modules, helm)
 	bash e2e/install-deps.sh
