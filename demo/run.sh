@@ -157,7 +157,7 @@ cmd_up() {
 
   step "Apply examples: lab-nodes.yaml (three Nodes) and examples/$MODE/ (kubeadm-config, Installation, IPPools, yaobank, BGP)"
   "$KUBECTL" apply -f "$REPO/examples/lab-nodes.yaml"
-  # The numbered files are the lab; bgp-route-reflector.yaml is a variant (mesh off), left out.
+  # The numbered files are the lab (examples/route-reflector/ is a variant, mesh off).
   local f files=()
   for f in "$REPO/examples/$MODE"/[0-9][0-9]-*.yaml; do files+=(-f "$f"); done
   "$KUBECTL" apply "${files[@]}"

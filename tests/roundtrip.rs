@@ -78,6 +78,13 @@ fn examples_roundtrip() {
             assert!(kinds.iter().any(|x| x == k), "{mode}: no {k} checked");
         }
     }
+    let mut kinds = vec![];
+    for f in yaml_files("examples/route-reflector") {
+        kinds.extend(check_file(&f));
+    }
+    for k in ["BGPConfiguration", "BGPPeer"] {
+        assert!(kinds.iter().any(|x| x == k), "examples/route-reflector: no {k} checked");
+    }
 }
 
 #[test]
