@@ -83,7 +83,10 @@ fn examples_roundtrip() {
         kinds.extend(check_file(&f));
     }
     for k in ["BGPConfiguration", "BGPPeer"] {
-        assert!(kinds.iter().any(|x| x == k), "examples/route-reflector: no {k} checked");
+        assert!(
+            kinds.iter().any(|x| x == k),
+            "examples/route-reflector: no {k} checked"
+        );
     }
 }
 

@@ -8,7 +8,7 @@ async fn main() -> std::process::ExitCode {
     match cli.run().await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("tortie: {e:#}");
+            eprintln!("tortie: {}", tortie::cli::error_line(&e));
             std::process::ExitCode::FAILURE
         }
     }

@@ -42,3 +42,95 @@ impl Cli {
         }
     }
 }
+
+/// One line for a failed command: the error and its causes, each said once. kube's errors embed
+/// their source in their own message, so anyhow's `{:#}` repeats the same text several times, and
+/// an API error would print its whole `Status` struct.
+pub fn error_line(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = vec![];
+    for cause in e.chain() {
+        if let Some(kube::Error::Api(status)) = cause.downcast_ref::<kube::Error>() {
+            parts.push(api_status_text(status));
+            break;
+        }
+        let text = cause.to_string();
+        let shown = if cause.downcast_ref::<kube::config::InferConfigError>().is_some() {
+            "not running in a pod, and no kubeconfig could be read (set KUBECONFIG)".to_string()
+        } else {
+            text.clone()
+        };
+        push_cause(&mut parts, &text, shown);
+    }
+    parts.join(": ")
+}
+
+fn api_status_text(s: &kube::core::Status) -> String {
+    match (s.reason.is_empty(), s.code) {
+        (true, 0) => s.message.clone(),
+        (true, code) => format!("{} (HTTP {code})", s.message),
+        (false, code) => format!("{} ({}, HTTP {code})", s.message, s.reason),
+    }
+}
+
+/// Appends a cause, dropping what the previous part already says: a message that ends with its
+/// cause's text loses that suffix, and a cause already quoted inside the previous part is skipped.
+fn push_cause(parts: &mut Vec<String>, text: &str, shown: String) {
+    if text.is_empty() {
+        return;
+    }
+    if let Some(last) = parts.last_mut() {
+        if let Some(head) = last.strip_suffix(text) {
+            let head = head.trim_end_matches([' ', ':']).to_string();
+            if head.is_empty() {
+                parts.pop();
+            } else {
+                *last = head;
+            }
+        } else if last.contains(text) {
+            return;
+        }
+    }
+    parts.push(shown);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("outer: {0}")]
+    struct Outer(#[source] Inner);
+    #[derive(Debug, thiserror::Error)]
+    #[error("inner says no")]
+    struct Inner;
+
+    #[test]
+    fn a_cause_embedded_in_its_parent_is_said_once() {
+        let e = anyhow::Error::new(Outer(Inner)).context("connecting");
+        assert_eq!(error_line(&e), "connecting: outer: inner says no");
+    }
+
+    #[test]
+    fn a_missing_kubeconfig_is_one_short_line() {
+        let err = kube::config::Kubeconfig::read_from("/nonexistent/kubeconfig").unwrap_err();
+        let e = anyhow::Error::new(err).context("connecting to the cluster");
+        let line = error_line(&e);
+        assert_eq!(line.matches("No such file").count(), 1, "{line}");
+        assert!(line.starts_with("connecting to the cluster: "), "{line}");
+        assert!(line.len() < 200, "{line}");
+    }
+
+    #[test]
+    fn an_api_error_is_its_message_and_reason_not_a_struct() {
+        let status = kube::core::Status::failure("ippools \"x\" not found", "NotFound");
+        let e = anyhow::Error::new(kube::Error::Api(Box::new(kube::core::Status {
+            code: 404,
+            ..status
+        })))
+        .context("reading IPPool x");
+        assert_eq!(
+            error_line(&e),
+            "reading IPPool x: ippools \"x\" not found (NotFound, HTTP 404)"
+        );
+    }
+}
