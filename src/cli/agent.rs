@@ -121,6 +121,7 @@ fn init_tracing() {
         .unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(super::colour_logs())
         .with_writer(std::io::stderr)
         .try_init();
 }

@@ -43,6 +43,13 @@ impl Cli {
     }
 }
 
+/// Colour in logs only for a person at a terminal: never in files, pipes or container logs, and
+/// never with `NO_COLOR` set (no-color.org).
+pub(crate) fn colour_logs() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
+
 /// One line for a failed command: the error and its causes, each said once. kube's errors embed
 /// their source in their own message, so anyhow's `{:#}` repeats the same text several times, and
 /// an API error would print its whole `Status` struct.
