@@ -1451,7 +1451,7 @@ fn install_cni_script_uses_the_cni_account(ns: &str) {
     std::fs::write(
         spy.join("cat"),
         format!(
-            "#!/bin/sh\nif [ -f /proc/self/fd/1 ]; then echo \"$(readlink /proc/self/fd/1) $(stat -L -c %a /proc/self/fd/1)\" >>{}; fi\nexec /bin/cat \"$@\"\n",
+            "#!/bin/sh\nout=/proc/$$/fd/1\nif [ -f $out ]; then echo \"$(readlink $out) $(stat -L -c %a $out)\" >>{}; fi\nexec /bin/cat \"$@\"\n",
             modes.display()
         ),
     )

@@ -390,6 +390,54 @@ mod tests {
         }
     }
 
+    /// The selectors of the bad-input corpus: admission refuses those in `admission/`, and those
+    /// in `operator/` (which must pass admission) are past the rule's count; the parser refuses all.
+    #[test]
+    fn corpus_selectors_are_refused_where_the_corpus_says() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bad-inputs");
+        let mut seen = 0;
+        for (dir, deferred) in [("admission", false), ("operator", true)] {
+            for e in std::fs::read_dir(root.join(dir)).unwrap() {
+                let path = e.unwrap().path();
+                let text = std::fs::read_to_string(&path).unwrap();
+                if !text.contains("is not a valid Calico selector")
+                    && !text.contains("reason: InvalidSelector")
+                {
+                    continue;
+                }
+                for doc in serde_saphyr::from_multiple::<serde_json::Value>(&text).unwrap() {
+                    if doc["kind"] == "Installation" {
+                        continue;
+                    }
+                    for field in [
+                        "nodeSelector",
+                        "namespaceSelector",
+                        "peerSelector",
+                        "localWorkloadSelector",
+                    ] {
+                        let Some(sel) = doc["spec"][field].as_str() else {
+                            continue;
+                        };
+                        seen += 1;
+                        assert!(
+                            Selector::parse(sel).is_err(),
+                            "{}: {sel:?} parses",
+                            path.display()
+                        );
+                        let (admitted, was_deferred) = admits(sel);
+                        assert_eq!(
+                            (admitted, was_deferred),
+                            (deferred, deferred),
+                            "{}: {sel:?}",
+                            path.display()
+                        );
+                    }
+                }
+            }
+        }
+        assert!(seen >= 25, "only {seen} corpus selectors");
+    }
+
     #[test]
     fn cel_literal_escapes_quotes_and_backslashes() {
         assert_eq!(cel_string(r#"a"b\c'"#), r#""a\"b\\c'""#);
