@@ -118,11 +118,11 @@ mod tests {
         if parsed.is_ok() && !admitted {
             return Err(format!("{s:?} parses but admission rejects it"));
         }
-        if parsed.is_err() && admitted && !deferred {
-            return Err(format!(
-                "{s:?} is admitted but does not parse: {}",
-                parsed.unwrap_err()
-            ));
+        if let Err(e) = parsed
+            && admitted
+            && !deferred
+        {
+            return Err(format!("{s:?} is admitted but does not parse: {e}"));
         }
         Ok(())
     }

@@ -55,7 +55,7 @@ pub fn cluster_information(mode: CrdMode, guid: &str) -> serde_json::Value {
 /// A duration as Go's parser reads it (`15m`, `90s`).
 fn go_duration(d: Duration) -> String {
     let s = d.as_secs();
-    if s > 0 && s % 60 == 0 {
+    if s > 0 && s.is_multiple_of(60) {
         format!("{}m", s / 60)
     } else {
         format!("{s}s")
