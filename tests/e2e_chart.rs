@@ -925,6 +925,54 @@ fn least_privilege_by_impersonation(ns: &str) {
         None,
     );
     no("tortie-operator", "update", "ipamblocks.projectcalico.org", None);
+    yes(
+        "tortie-operator",
+        "create",
+        &format!("clusterinformations.{g}"),
+        None,
+    );
+    yes(
+        "tortie-operator",
+        "create",
+        &format!("kubecontrollersconfigurations.{g}"),
+        None,
+    );
+    no(
+        "tortie-operator",
+        "update",
+        &format!("clusterinformations.{g}"),
+        None,
+    );
+    no(
+        "tortie-operator",
+        "delete",
+        &format!("kubecontrollersconfigurations.{g}"),
+        None,
+    );
+    yes(
+        "tortie-operator",
+        "patch",
+        "roles.rbac.authorization.k8s.io/tortie-agent-bird",
+        Some(ns),
+    );
+    no(
+        "tortie-operator",
+        "patch",
+        "roles.rbac.authorization.k8s.io/tortie-operator",
+        Some(ns),
+    );
+    no(
+        "tortie-operator",
+        "create",
+        "roles.rbac.authorization.k8s.io",
+        Some(ns),
+    );
+    no(
+        "tortie-operator",
+        "escalate",
+        "roles.rbac.authorization.k8s.io",
+        Some(ns),
+    );
 
     yes("tortie-cni", "get", "pods", Some("default"));
     yes("tortie-cni", "get", "namespaces", None);
