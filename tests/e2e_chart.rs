@@ -1415,6 +1415,69 @@ fn agent_reads_only_published_configs(ns: &str) {
         Some(ns)
     ));
     kubectl(&["delete", "secret", "-n", ns, "unrelated"]);
+
+    // `tortie agent` itself, with the agent's token: its list+watch by name of both kinds is
+    // allowed, and it installs node-1's files (checked by the real `bird -p`) owner-only.
+    let c = cluster();
+    let dir = c.dir.join("node-1-bird");
+    let _ = std::fs::remove_dir_all(&dir);
+    let log = c.dir.join("logs/agent-sa.log");
+    let child = Command::new(bin("tortie"))
+        .args([
+            "agent",
+            "--node",
+            "node-1",
+            "--namespace",
+            ns,
+            "--no-reload",
+            "--ipam-socket",
+            "none",
+        ])
+        .arg("--config-dir")
+        .arg(&dir)
+        .env("KUBECONFIG", &agent_kc)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(c.dir.join("logs/agent-sa.stderr")).unwrap())
+        .spawn()
+        .expect("spawn tortie agent");
+    let _agent = Operator(child);
+    let agent_log = || {
+        format!(
+            "{}{}",
+            std::fs::read_to_string(&log).unwrap_or_default(),
+            std::fs::read_to_string(c.dir.join("logs/agent-sa.stderr")).unwrap_or_default()
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let installed = || {
+        dir.join("bird.cfg").exists()
+            && std::fs::read_dir(&dir).is_ok_and(|mut d| {
+                !d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with(".tortie-stage")))
+            })
+    };
+    while !installed() {
+        assert!(
+            Instant::now() < deadline,
+            "tortie agent (agent token) never installed node-1's BIRD files:\n{}",
+            agent_log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700, "{}", agent_log());
+        for f in std::fs::read_dir(&dir).unwrap() {
+            let p = f.unwrap().path();
+            assert_eq!(mode(&p), 0o600, "{}", p.display());
+        }
+    }
+    assert!(
+        !agent_log().to_lowercase().contains("forbidden"),
+        "the agent hit RBAC denials:\n{}",
+        agent_log()
+    );
 }
 
 /// Every line of the BIRD files published for `node` (ConfigMaps and Secrets in `ns` holding a
