@@ -408,7 +408,15 @@ pub async fn run(client: Client, mode: CrdMode, namespace: String, config: Confi
             .instrument(span)
             .await;
         let done = tokio::time::Instant::now();
-        kick.notified().await;
+        if state.agent_role_retry {
+            // Nothing else may change for a long time: retry the agents' Role on a timer.
+            tokio::select! {
+                _ = kick.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+            }
+        } else {
+            kick.notified().await;
+        }
         // At most one pass per `debounce`: a change after a quiet spell renders at once (BGP
         // changes reach BIRD in milliseconds), changes inside a burst wait out the rest of the
         // window and cost one more pass together.
@@ -435,6 +443,8 @@ struct State {
     warned: BTreeSet<String>,
     /// Object names the agents' Role was last set to.
     agent_role_names: Option<BTreeSet<String>>,
+    /// Setting the agents' Role failed: the next pass comes on a timer too.
+    agent_role_retry: bool,
     mesh_warned: bool,
     too_large: BTreeSet<String>,
 }
@@ -480,9 +490,11 @@ async fn pass(
                 Ok(()) => {
                     info!(role = %role, nodes = names.len(), "agent Role scoped to the published configs");
                     state.agent_role_names = Some(names);
+                    state.agent_role_retry = false;
                 }
                 Err(e) => {
-                    warn!(role = %role, error = %e, "cannot scope the agents' Role; retrying on the next pass")
+                    warn!(role = %role, error = %e, "cannot scope the agents' Role; retrying in 10s");
+                    state.agent_role_retry = true;
                 }
             }
         }
