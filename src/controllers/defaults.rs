@@ -42,7 +42,7 @@ pub fn cluster_guid(kube_system_uid: &str) -> String {
 }
 
 /// ClusterInformation `default` for a tortie-only cluster. `calicoVersion` stays unset: no Calico
-/// version runs here.
+/// version runs here, and calicoctl skips its client/cluster version-mismatch check without one.
 pub fn cluster_information(mode: CrdMode, guid: &str) -> serde_json::Value {
     serde_json::json!({
         "apiVersion": mode.api_version(),
