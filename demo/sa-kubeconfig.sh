@@ -20,7 +20,9 @@ if ! token=$("$KUBECTL" -n "$ns" create token "$sa" --duration="$duration" 2>&1)
   exit 1
 fi
 
+# Owner-only from the first byte; a leftover temporary file would keep its own mode, so it goes first.
 umask 077
+rm -f "$out.tmp"
 cat >"$out.tmp" <<KUBECONFIG
 apiVersion: v1
 kind: Config

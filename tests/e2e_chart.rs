@@ -116,7 +116,8 @@ fn kinds(docs: &[Value]) -> BTreeSet<String> {
 /// (apiGroups, resources, verbs) of a Role/ClusterRole, flattened to one entry per group/resource/verb.
 fn grants(role: &Value) -> BTreeSet<(String, String, String)> {
     let mut out = BTreeSet::new();
-    for rule in role["rules"].as_array().expect("rules") {
+    // A Role without rules (the agents' BIRD Role, filled in by the operator) grants nothing.
+    for rule in role["rules"].as_array().into_iter().flatten() {
         let strs = |v: &Value| -> Vec<String> {
             v.as_array()
                 .map(|a| a.iter().map(|s| s.as_str().unwrap().to_string()).collect())
@@ -393,8 +394,42 @@ fn rbac_grants_each_component_only_what_it_uses() {
         );
 
         let agent = grants(find(&d, "Role", "tortie-agent"));
-        assert!(has(&agent, "", "configmaps", "watch") && !has(&agent, "", "configmaps", "update"));
+        assert!(
+            !agent.iter().any(|(_, r, _)| r == "secrets" || r == "configmaps"),
+            "{mode}: the agent reads Secrets/ConfigMaps only through the operator-scoped Role"
+        );
         assert!(has(&agent, "", "serviceaccounts/token", "create"));
+        // The agents' BIRD Role ships empty: the operator sets its rule to the published names.
+        let bird = find(&d, "Role", "tortie-agent-bird");
+        assert!(
+            bird.get("rules").is_none(),
+            "{mode}: helm must not own the rules: {bird}"
+        );
+        assert_eq!(
+            find(&d, "RoleBinding", "tortie-agent-bird")["subjects"][0]["name"],
+            "tortie-agent"
+        );
+        let role_rule = find(&d, "Role", "tortie-operator")["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["resources"][0] == "roles")
+            .expect("the operator may scope the agents' Role")
+            .clone();
+        assert_eq!(
+            role_rule["resourceNames"],
+            serde_json::json!(["tortie-agent-bird"])
+        );
+        assert_eq!(role_rule["verbs"], serde_json::json!(["get", "patch"]));
+        let env =
+            &find(&d, "Deployment", "tortie-operator")["spec"]["template"]["spec"]["containers"][0]["env"];
+        assert!(
+            env.as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["name"] == "TORTIE_AGENT_ROLE" && e["value"] == "tortie-agent-bird"),
+            "{mode}: the operator is told which Role to scope"
+        );
         let token_rule = find(&d, "Role", "tortie-agent")["rules"]
             .as_array()
             .unwrap()
@@ -445,7 +480,17 @@ fn crds_are_kept_and_optional_and_extras_follow_values() {
         .iter()
         .filter(|o| o["kind"] == "CustomResourceDefinition")
         .collect();
-    assert_eq!(crds.len(), 8);
+    assert_eq!(crds.len(), 10);
+    for (name, sub) in [
+        ("clusterinformations.crd.projectcalico.org", Value::Null),
+        (
+            "kubecontrollersconfigurations.crd.projectcalico.org",
+            serde_json::json!({"status": {}}),
+        ),
+    ] {
+        let c = find(&d, "CustomResourceDefinition", name);
+        assert_eq!(c["spec"]["versions"][0]["subresources"], sub, "{name}");
+    }
     for c in &crds {
         assert_eq!(c["metadata"]["annotations"]["helm.sh/resource-policy"], "keep");
         assert!(c["spec"]["group"] == "crd.projectcalico.org" || c["spec"]["group"] == "operator.tigera.io");
@@ -455,6 +500,20 @@ fn crds_are_kept_and_optional_and_extras_follow_values() {
         v3.iter()
             .any(|o| o["metadata"]["name"] == "ipamconfigurations.projectcalico.org")
     );
+    // Calico's native CRDs: `subresources: {}` where there is no status.
+    for (name, sub) in [
+        ("clusterinformations.projectcalico.org", serde_json::json!({})),
+        ("ipamblocks.projectcalico.org", serde_json::json!({})),
+        ("bgppeers.projectcalico.org", serde_json::json!({})),
+        (
+            "kubecontrollersconfigurations.projectcalico.org",
+            serde_json::json!({"status": {}}),
+        ),
+        ("ippools.projectcalico.org", serde_json::json!({"status": {}})),
+    ] {
+        let c = find(&v3, "CustomResourceDefinition", name);
+        assert_eq!(c["spec"]["versions"][0]["subresources"], sub, "{name}");
+    }
     assert!(!kinds(&docs(&["crds.install=false"])).contains("CustomResourceDefinition"));
 
     let dash = find(&d, "ConfigMap", "tortie-grafana-dashboard");
@@ -685,7 +744,7 @@ fn install_least_privilege_upgrade_uninstall() {
         "-o",
         "name",
     ]);
-    assert_eq!(crds.lines().count(), 8, "{crds}");
+    assert_eq!(crds.lines().count(), 10, "{crds}");
     assert_eq!(
         kubectl(&[
             "get",
@@ -793,7 +852,7 @@ fn install_least_privilege_upgrade_uninstall() {
         ])
         .lines()
         .count(),
-        8
+        10
     );
     assert_eq!(
         kubectl(&["get", "ippools.crd.projectcalico.org", "-o", "name"]),
@@ -866,6 +925,54 @@ fn least_privilege_by_impersonation(ns: &str) {
         None,
     );
     no("tortie-operator", "update", "ipamblocks.projectcalico.org", None);
+    yes(
+        "tortie-operator",
+        "create",
+        &format!("clusterinformations.{g}"),
+        None,
+    );
+    yes(
+        "tortie-operator",
+        "create",
+        &format!("kubecontrollersconfigurations.{g}"),
+        None,
+    );
+    no(
+        "tortie-operator",
+        "update",
+        &format!("clusterinformations.{g}"),
+        None,
+    );
+    no(
+        "tortie-operator",
+        "delete",
+        &format!("kubecontrollersconfigurations.{g}"),
+        None,
+    );
+    yes(
+        "tortie-operator",
+        "patch",
+        "roles.rbac.authorization.k8s.io/tortie-agent-bird",
+        Some(ns),
+    );
+    no(
+        "tortie-operator",
+        "patch",
+        "roles.rbac.authorization.k8s.io/tortie-operator",
+        Some(ns),
+    );
+    no(
+        "tortie-operator",
+        "create",
+        "roles.rbac.authorization.k8s.io",
+        Some(ns),
+    );
+    no(
+        "tortie-operator",
+        "escalate",
+        "roles.rbac.authorization.k8s.io",
+        Some(ns),
+    );
 
     yes("tortie-cni", "get", "pods", Some("default"));
     yes("tortie-cni", "get", "namespaces", None);
@@ -880,8 +987,10 @@ fn least_privilege_by_impersonation(ns: &str) {
     no("tortie-cni", "get", &format!("bgppeers.{g}"), None);
     no("tortie-cni", "get", "nodes", None);
 
-    yes("tortie-agent", "watch", "configmaps", Some(ns));
-    yes("tortie-agent", "get", "secrets", Some(ns));
+    // Until the operator has scoped its Role, the agent reads no ConfigMap or Secret at all.
+    no("tortie-agent", "watch", "configmaps", Some(ns));
+    no("tortie-agent", "get", "secrets", Some(ns));
+    no("tortie-agent", "list", "secrets", Some(ns));
     yes("tortie-agent", "patch", "nodes", None);
     no("tortie-agent", "delete", "nodes", None);
     yes("tortie-agent", "create", "events", Some("default"));
@@ -1021,6 +1130,7 @@ fn least_privilege_in_operation(ns: &str) {
             "v1",
         ])
         .env("KUBECONFIG", &op_kc)
+        .env("TORTIE_AGENT_ROLE", "tortie-agent-bird")
         .env("POD_NAMESPACE", ns)
         .env("POD_NAME", "chart-e2e-operator")
         .env("RUST_LOG", "info")
@@ -1080,6 +1190,52 @@ fn least_privilege_in_operation(ns: &str) {
         "-f",
         &repo().join("examples/v1/02-ippools.yaml").to_string_lossy(),
     ]);
+    // Calico's tools need these two singletons; the operator creates them, with its own token.
+    wait_for(
+        "ClusterInformation and KubeControllersConfiguration default",
+        Duration::from_secs(30),
+        || {
+            kubectl_as(
+                &c.kubeconfig,
+                &[
+                    "get",
+                    "kubecontrollersconfigurations.crd.projectcalico.org",
+                    "default",
+                ],
+                None,
+            )
+            .status
+            .success()
+                && kubectl_as(
+                    &c.kubeconfig,
+                    &["get", "clusterinformations.crd.projectcalico.org", "default"],
+                    None,
+                )
+                .status
+                .success()
+        },
+    );
+    let ci: Value = serde_json::from_str(&kubectl(&[
+        "get",
+        "clusterinformations.crd.projectcalico.org",
+        "default",
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    assert_eq!(ci["spec"]["datastoreReady"], true, "{ci}");
+    assert_eq!(ci["spec"]["clusterGUID"].as_str().map(str::len), Some(32), "{ci}");
+    assert_eq!(
+        kubectl(&[
+            "get",
+            "kubecontrollersconfigurations.crd.projectcalico.org",
+            "default",
+            "-o",
+            "jsonpath={.spec.controllers.node.leakGracePeriod}"
+        ]),
+        "2s",
+        "the operator's GC grace period"
+    );
 
     // A pod on node-1 asking for pool2, allocated by tortie-ipam with the CNI account's token.
     let app = unique("lp");
@@ -1156,6 +1312,7 @@ fn least_privilege_in_operation(ns: &str) {
                     .any(|l| l.contains("blackhole") && l.contains("10.48.128."))
             },
         );
+        agent_reads_only_published_configs(ns);
     } else {
         eprintln!(
             "e2e_chart: NOT RUN: BGP publishing under the operator ServiceAccount: `tortie run` has no BGP controller yet"
@@ -1185,6 +1342,142 @@ fn least_privilege_in_operation(ns: &str) {
 
     no_denials();
     kubectl(&["delete", "namespace", &app, "--wait=false"]);
+}
+
+/// With the operator running, the agents' Role names exactly the nodes' published objects: the
+/// agent's token reads node-1's config the way `tortie agent` does (a watch with a name field
+/// selector) and nothing else in the namespace.
+fn agent_reads_only_published_configs(ns: &str) {
+    let agent_kc = sa_kubeconfig(ns, "tortie-agent");
+    let nodes = kubectl(&["get", "nodes", "-o", "jsonpath={.items[*].metadata.name}"]);
+    wait_for(
+        "the operator to scope the agents' Role",
+        Duration::from_secs(30),
+        || {
+            let names = kubectl(&[
+                "get",
+                "role",
+                "-n",
+                ns,
+                "tortie-agent-bird",
+                "-o",
+                "jsonpath={.rules[0].resourceNames}",
+            ]);
+            nodes
+                .split_whitespace()
+                .all(|n| names.contains(&format!("\"tortie-bird-{n}\"")))
+        },
+    );
+    let as_agent = |args: &[&str]| kubectl_as(&agent_kc, args, None);
+    for kind in ["configmaps", "secrets"] {
+        let own = as_agent(&[
+            "get",
+            kind,
+            "-n",
+            ns,
+            "--field-selector",
+            "metadata.name=tortie-bird-node-1",
+            "-o",
+            "name",
+        ]);
+        assert!(
+            own.status.success(),
+            "the agent cannot list its node's {kind}:\n{}",
+            text(&own)
+        );
+        let all = as_agent(&["get", kind, "-n", ns]);
+        assert!(
+            !all.status.success() && text(&all).contains("forbidden"),
+            "the agent lists every {kind} of the namespace:\n{}",
+            text(&all)
+        );
+    }
+    kubectl(&[
+        "create",
+        "secret",
+        "generic",
+        "-n",
+        ns,
+        "unrelated",
+        "--from-literal=k=v",
+    ]);
+    let other = as_agent(&["get", "secret", "-n", ns, "unrelated"]);
+    assert!(
+        !other.status.success() && text(&other).contains("forbidden"),
+        "the agent reads an unrelated Secret:\n{}",
+        text(&other)
+    );
+    assert!(!can_i(
+        ns,
+        "tortie-agent",
+        "get",
+        "secrets/tortie-bird-no-such-node",
+        Some(ns)
+    ));
+    kubectl(&["delete", "secret", "-n", ns, "unrelated"]);
+
+    // `tortie agent` itself, with the agent's token: its list+watch by name of both kinds is
+    // allowed, and it installs node-1's files (checked by the real `bird -p`) owner-only.
+    let c = cluster();
+    let dir = c.dir.join("node-1-bird");
+    let _ = std::fs::remove_dir_all(&dir);
+    let log = c.dir.join("logs/agent-sa.log");
+    let child = Command::new(bin("tortie"))
+        .args([
+            "agent",
+            "--node",
+            "node-1",
+            "--namespace",
+            ns,
+            "--no-reload",
+            "--ipam-socket",
+            "none",
+        ])
+        .arg("--config-dir")
+        .arg(&dir)
+        .env("KUBECONFIG", &agent_kc)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(c.dir.join("logs/agent-sa.stderr")).unwrap())
+        .spawn()
+        .expect("spawn tortie agent");
+    let _agent = Operator(child);
+    let agent_log = || {
+        format!(
+            "{}{}",
+            std::fs::read_to_string(&log).unwrap_or_default(),
+            std::fs::read_to_string(c.dir.join("logs/agent-sa.stderr")).unwrap_or_default()
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let installed = || {
+        dir.join("bird.cfg").exists()
+            && std::fs::read_dir(&dir).is_ok_and(|mut d| {
+                !d.any(|e| e.is_ok_and(|e| e.file_name().to_string_lossy().starts_with(".tortie-stage")))
+            })
+    };
+    while !installed() {
+        assert!(
+            Instant::now() < deadline,
+            "tortie agent (agent token) never installed node-1's BIRD files:\n{}",
+            agent_log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700, "{}", agent_log());
+        for f in std::fs::read_dir(&dir).unwrap() {
+            let p = f.unwrap().path();
+            assert_eq!(mode(&p), 0o600, "{}", p.display());
+        }
+    }
+    assert!(
+        !agent_log().to_lowercase().contains("forbidden"),
+        "the agent hit RBAC denials:\n{}",
+        agent_log()
+    );
 }
 
 /// Every line of the BIRD files published for `node` (ConfigMaps and Secrets in `ns` holding a
@@ -1260,9 +1553,29 @@ fn install_cni_script_uses_the_cni_account(ns: &str) {
     )
     .unwrap();
     let ipam = bin("tortie-ipam");
+    // A `cat` that records the mode of the file it is about to write (its stdout), before the
+    // first byte: the token kubeconfig must be owner-only from its creation.
+    let spy = c.dir.join("spy-bin");
+    std::fs::create_dir_all(&spy).unwrap();
+    let modes = c.dir.join("cat-modes");
+    let _ = std::fs::remove_file(&modes);
+    std::fs::write(
+        spy.join("cat"),
+        format!(
+            "#!/bin/sh\nout=/proc/$$/fd/1\nif [ -f $out ]; then echo \"$(readlink $out) $(stat -L -c %a $out)\" >>{}; fi\nexec /bin/cat \"$@\"\n",
+            modes.display()
+        ),
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(spy.join("cat"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let path = format!("{}:{}", spy.display(), std::env::var("PATH").unwrap_or_default());
     let mut cmd = Command::new("sh");
     cmd.arg(chart().join("files/install-cni.sh"))
         .arg("install")
+        .env("PATH", &path)
         .env("HOST_ROOT", &root)
         .env("SA_DIR", &sa)
         .env("APISERVER", server.trim())
@@ -1286,6 +1599,22 @@ fn install_cni_script_uses_the_cni_account(ns: &str) {
         "/etc/cni/net.d/tortie-kubeconfig"
     );
     let kc = root.join("etc/cni/net.d/tortie-kubeconfig");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let m = std::fs::metadata(&kc).unwrap().permissions().mode() & 0o777;
+        assert_eq!(m, 0o600, "the token kubeconfig is {m:o}");
+    }
+    let written = std::fs::read_to_string(&modes).unwrap_or_default();
+    assert!(
+        written.contains("tortie-kubeconfig.tortie-tmp"),
+        "the spy saw no kubeconfig write: {written}"
+    );
+    for line in written.lines() {
+        assert!(
+            line.ends_with(" 600"),
+            "a file was written while readable by others: {line}"
+        );
+    }
     let who = ok(
         kubectl_as(
             &kc,

@@ -272,12 +272,18 @@ async fn overlapping_and_invalid_user_pools_are_marked_invalid() {
     apply_pool(&b, &id, &format!("10.{n}.128.0/24"), 26, "");
     // Link-local is refused by the CRD's own CEL rule; loopback is left to the controller.
     apply_pool(&ll, &id, "127.0.0.0/24", 26, "");
+    // A broken selector the CRD's rule cannot decide (more '(' than it counts) is left to the
+    // controller; simpler broken ones are refused at admission (tests/bad-inputs/admission).
     apply_pool(
         &sel,
         &id,
         &format!("10.{}.0.0/24", n + 60),
         26,
-        "  nodeSelector: \"zone == \"\n",
+        &format!(
+            "  nodeSelector: \"{}zone == 'a'{}\"\n",
+            "(".repeat(40),
+            ")".repeat(39)
+        ),
     );
     let cond = |name: String, type_: &'static str| {
         let pools = pools.clone();

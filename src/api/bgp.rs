@@ -175,13 +175,17 @@ pub struct BGPPassword {
     pub secret_key_ref: Option<SecretKeyRef>,
 }
 
-/// Reference to one key of a Secret.
+/// Reference to one key of a Secret (Kubernetes' `SecretKeySelector`, as in Calico's schema).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 pub struct SecretKeyRef {
     /// Secret name.
     pub name: String,
     /// Key inside the Secret.
     pub key: String,
+    /// The Secret or its key may be missing: the session then has no password and nothing is
+    /// reported. Without it a missing Secret or key is reported (still no password, as Calico).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub optional: Option<bool>,
 }
 
 /// A BGP peering: which nodes peer with which remote speaker.
@@ -220,7 +224,7 @@ pub struct BGPPeerSpec {
     pub node: Option<String>,
     /// Calico selector of the nodes that have this peering, e.g. `all()` or `rack == 'a'`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 1024))]
+    #[schemars(schema_with = "schema::peer_node_selector")]
     pub node_selector: Option<String>,
     /// The remote speaker's address, optionally with a port: `192.168.1.10`, `192.168.1.10:178`,
     /// `[fd00::1]:178`.
@@ -230,7 +234,7 @@ pub struct BGPPeerSpec {
     pub peer_ip: Option<String>,
     /// Calico selector of cluster nodes to peer with (route reflectors use this).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 1024))]
+    #[schemars(schema_with = "schema::peer_selector")]
     pub peer_selector: Option<String>,
     /// The remote AS number (required with peerIP).
     #[serde(rename = "asNumber", default, skip_serializing_if = "Option::is_none")]
@@ -281,7 +285,7 @@ pub struct BGPPeerSpec {
     pub reachable_by: Option<String>,
     /// Selector of local workloads that peer with the node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 1024))]
+    #[schemars(schema_with = "schema::local_workload_selector")]
     pub local_workload_selector: Option<String>,
     /// `Auto` (default): the selected remote Calico nodes peer back automatically; `Manual`: they don't.
     #[serde(default, skip_serializing_if = "Option::is_none")]

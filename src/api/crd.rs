@@ -5,21 +5,76 @@
 //! BlockAffinity `deleted` stored as a string).
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
-    CustomResourceDefinition, JSONSchemaProps,
+    CustomResourceDefinition, CustomResourceSubresources, JSONSchemaProps,
 };
 use kube::CustomResourceExt;
 
 use super::{
-    CalicoKind, CrdMode, Installation, bgp::BGPConfiguration, bgp::BGPPeer, ipam::BlockAffinity,
-    ipam::IPAMBlock, ipam::IPAMConfiguration, ipam::IPAMHandle, ippool::IPPool,
+    CalicoKind, CrdMode, Installation, bgp::BGPConfiguration, bgp::BGPPeer, cluster::ClusterInformation,
+    cluster::KubeControllersConfiguration, ipam::BlockAffinity, ipam::IPAMBlock, ipam::IPAMConfiguration,
+    ipam::IPAMHandle, ippool::IPPool,
 };
 
 /// Every CRD tortie installs in `mode`, in a stable order.
 pub fn crds(mode: CrdMode) -> Vec<CustomResourceDefinition> {
     let mut out: Vec<CustomResourceDefinition> =
         CalicoKind::ALL.iter().map(|k| calico_crd(mode, *k)).collect();
+    // Calico's tools need these two singletons; tortie only creates their `default` objects.
+    for (mut crd, subresources) in [
+        (ClusterInformation::crd(), true),
+        (KubeControllersConfiguration::crd(), false),
+    ] {
+        let (kind, plural) = (crd.spec.names.kind.clone(), crd.spec.names.plural.clone());
+        to_mode(&mut crd, mode, &kind, &plural, subresources);
+        out.push(crd);
+    }
     out.push(installation_crd());
     out
+}
+
+/// Kinds whose v3 CRD has `subresources: {}` (no status) in Calico's native CRDs.
+fn empty_subresources(kind: CalicoKind) -> bool {
+    matches!(
+        kind,
+        CalicoKind::IPAMBlock
+            | CalicoKind::IPAMHandle
+            | CalicoKind::BlockAffinity
+            | CalicoKind::IPAMConfig
+            | CalicoKind::BGPPeer
+    )
+}
+
+/// Labels a generated CRD and moves it to `mode`'s group (`kind` and `plural` as in that mode).
+/// `empty_subresources`: Calico's v3 CRD declares `subresources: {}`; kept in v3 mode only.
+fn to_mode(
+    crd: &mut CustomResourceDefinition,
+    mode: CrdMode,
+    kind: &str,
+    plural: &str,
+    empty_subresources: bool,
+) {
+    crd.metadata.labels = Some(
+        [("app.kubernetes.io/part-of".to_string(), "tortie".to_string())]
+            .into_iter()
+            .collect(),
+    );
+    if mode == CrdMode::V3 {
+        for v in &mut crd.spec.versions {
+            if empty_subresources && v.subresources.is_none() {
+                v.subresources = Some(CustomResourceSubresources::default());
+            }
+        }
+        return;
+    }
+    crd.spec.group = mode.group().into();
+    crd.spec.names.kind = kind.into();
+    crd.spec.names.list_kind = Some(format!("{kind}List"));
+    crd.spec.names.plural = plural.into();
+    crd.spec.names.singular = Some(kind.to_ascii_lowercase());
+    crd.metadata.name = Some(format!("{plural}.{}", mode.group()));
+    for v in &mut crd.spec.versions {
+        v.name = mode.version().into();
+    }
 }
 
 /// File name Calico uses for a CRD: `<group>_<plural>.yaml`.
@@ -47,27 +102,16 @@ fn calico_crd(mode: CrdMode, kind: CalicoKind) -> CustomResourceDefinition {
         CalicoKind::BGPConfiguration => BGPConfiguration::crd(),
         CalicoKind::BGPPeer => BGPPeer::crd(),
     };
-    crd.metadata.labels = Some(
-        [("app.kubernetes.io/part-of".to_string(), "tortie".to_string())]
-            .into_iter()
-            .collect(),
-    );
+    let (k, plural) = mode.kind_and_plural(kind);
+    to_mode(&mut crd, mode, k, plural, empty_subresources(kind));
     if mode == CrdMode::V3 {
         return crd;
     }
-    let (k, plural) = mode.kind_and_plural(kind);
-    crd.spec.group = mode.group().into();
-    crd.spec.names.kind = k.into();
-    crd.spec.names.list_kind = Some(format!("{k}List"));
-    crd.spec.names.plural = plural.into();
-    crd.spec.names.singular = Some(k.to_ascii_lowercase());
     if kind == CalicoKind::IPAMConfig {
         // `ipamconfig` is the singular in v1; a short name equal to it would be redundant.
         crd.spec.names.short_names = None;
     }
-    crd.metadata.name = Some(format!("{plural}.{}", mode.group()));
     for v in &mut crd.spec.versions {
-        v.name = mode.version().into();
         if kind == CalicoKind::BlockAffinity
             && let Some(deleted) = v
                 .schema
@@ -180,6 +224,49 @@ mod tests {
                     .is_some_and(|c| c.contains(&"tortie".to_string()))
             );
         }
+    }
+
+    #[test]
+    fn subresources_are_calicos() {
+        let sub = |mode, plural: &str| {
+            let crd = crds(mode)
+                .into_iter()
+                .find(|c| c.spec.names.plural == plural)
+                .unwrap_or_else(|| panic!("no {plural} CRD"));
+            match &crd.spec.versions[0].subresources {
+                None => "none",
+                Some(s) if s.status.is_some() => "status",
+                Some(_) => "{}",
+            }
+        };
+        // Calico's native v3 CRDs.
+        for (plural, want) in [
+            ("ippools", "status"),
+            ("kubecontrollersconfigurations", "status"),
+            ("bgpconfigurations", "none"),
+            ("bgppeers", "{}"),
+            ("blockaffinities", "{}"),
+            ("clusterinformations", "{}"),
+            ("ipamblocks", "{}"),
+            ("ipamconfigurations", "{}"),
+            ("ipamhandles", "{}"),
+        ] {
+            assert_eq!(sub(CrdMode::V3, plural), want, "v3 {plural}");
+        }
+        // v1: a status where tortie writes one, nothing else.
+        assert_eq!(sub(CrdMode::V1, "ipamblocks"), "none");
+        assert_eq!(sub(CrdMode::V1, "clusterinformations"), "none");
+        assert_eq!(sub(CrdMode::V1, "kubecontrollersconfigurations"), "status");
+        let v1 = crds(CrdMode::V1);
+        let ci = v1
+            .iter()
+            .find(|c| c.spec.names.kind == "ClusterInformation")
+            .unwrap();
+        assert_eq!(
+            ci.metadata.name.as_deref(),
+            Some("clusterinformations.crd.projectcalico.org")
+        );
+        assert_eq!(ci.spec.versions[0].name, "v1");
     }
 
     #[test]

@@ -93,14 +93,12 @@ pub struct IPPoolSpec {
     /// Calico selector choosing the nodes that may allocate from this pool, e.g. `zone == 'a'`.
     /// Empty or `all()` selects every node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("!self.contains('global(')").message("spec.nodeSelector: global() is not valid in an IPPool selector"))]
-    #[schemars(length(max = 1024))]
+    #[schemars(schema_with = "schema::ippool_node_selector")]
     pub node_selector: Option<String>,
 
     /// Calico selector choosing the namespaces whose pods may allocate from this pool. Empty selects all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("!self.contains('global(')").message("spec.namespaceSelector: global() is not valid in an IPPool selector"))]
-    #[schemars(length(max = 1024))]
+    #[schemars(schema_with = "schema::ippool_namespace_selector")]
     pub namespace_selector: Option<String>,
 
     /// What the pool's addresses may be used for: `Workload`, `Tunnel`, `LoadBalancer`.

@@ -7,11 +7,13 @@
 //! `kube::core::Object<Spec, Status>` addressed through the [`ApiResource`] of the cluster's mode.
 
 pub mod bgp;
+pub mod cluster;
 pub mod crd;
 pub mod installation;
 pub mod ipam;
 pub mod ippool;
 mod schema;
+pub mod selector_rule;
 pub mod strmap;
 
 use std::fmt;

@@ -128,3 +128,48 @@ pub fn service_cidrs(_: &mut SchemaGenerator) -> Schema {
         }
     })
 }
+
+/// A Calico selector string checked at admission with [`super::selector_rule`]; `path` names the
+/// field in the message, `extra` holds further rules.
+fn selector(path: &str, extra: &[serde_json::Value]) -> Schema {
+    let mut rules = vec![serde_json::json!({
+        "rule": super::selector_rule::cel_rule(),
+        "message": super::selector_rule::message(path),
+    })];
+    rules.extend(extra.iter().cloned());
+    json_schema!({
+        "type": "string",
+        "nullable": true,
+        "maxLength": 1024,
+        "description": "A Calico selector.",
+        "x-kubernetes-validations": rules
+    })
+}
+
+/// Calico refuses `global()` in an IPPool's selectors.
+fn no_global(path: &str) -> serde_json::Value {
+    serde_json::json!({
+        "rule": "!self.contains('global(')",
+        "message": format!("{path}: global() is not valid in an IPPool selector"),
+    })
+}
+
+pub fn ippool_node_selector(_: &mut SchemaGenerator) -> Schema {
+    selector("spec.nodeSelector", &[no_global("spec.nodeSelector")])
+}
+
+pub fn ippool_namespace_selector(_: &mut SchemaGenerator) -> Schema {
+    selector("spec.namespaceSelector", &[no_global("spec.namespaceSelector")])
+}
+
+pub fn peer_node_selector(_: &mut SchemaGenerator) -> Schema {
+    selector("spec.nodeSelector", &[])
+}
+
+pub fn peer_selector(_: &mut SchemaGenerator) -> Schema {
+    selector("spec.peerSelector", &[])
+}
+
+pub fn local_workload_selector(_: &mut SchemaGenerator) -> Schema {
+    selector("spec.localWorkloadSelector", &[])
+}

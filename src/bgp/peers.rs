@@ -208,10 +208,14 @@ impl<'a> Cluster<'a> {
         out
     }
 
-    /// Looks a password up; a missing Secret or key means no password line, as in Calico.
+    /// Looks a password up; a missing Secret or key means no password line, as in Calico, and is
+    /// reported unless the reference is `optional`.
     pub fn password(&self, pw: Option<&BGPPassword>, what: &str) -> Option<String> {
         let r = pw?.secret_key_ref.as_ref()?;
         let Some(v) = self.snap.secrets.get(&r.name).and_then(|s| s.get(&r.key)) else {
+            if r.optional == Some(true) {
+                return None;
+            }
             self.warn(format!(
                 "{what}: Secret {:?} key {:?} not found; session configured without a password",
                 r.name, r.key

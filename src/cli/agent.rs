@@ -388,23 +388,76 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BirdError + '_ {
     }
 }
 
+/// Mode of every file the agent writes: any of them may hold a BGP password.
+pub const FILE_MODE: u32 = 0o600;
+/// Mode of BIRD's configuration directory (and of the staging directory inside it).
+pub const DIR_MODE: u32 = 0o700;
+
+/// Creates `dir` owner-only, or takes group and other access away from an existing one.
+fn private_dir(dir: &Path) -> Result<(), BirdError> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(DIR_MODE)
+        .create(dir)
+        .map_err(io(dir))?;
+    let mode = std::fs::metadata(dir).map_err(io(dir))?.permissions().mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o700 | DIR_MODE))
+            .map_err(io(dir))?;
+    }
+    Ok(())
+}
+
+/// Writes a new file that is [`FILE_MODE`] before its first byte, owned by `owner` (uid, gid):
+/// the config directory's owner, so a BIRD running as that user (not root) can still read it.
+fn write_private(path: &Path, body: &[u8], owner: (u32, u32)) -> Result<(), BirdError> {
+    use std::io::Write;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(FILE_MODE)
+        .open(path)
+        .map_err(io(path))?;
+    // The umask may have taken bits away from FILE_MODE; never add any to it.
+    f.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))
+        .map_err(io(path))?;
+    let meta = f.metadata().map_err(io(path))?;
+    if (meta.uid(), meta.gid()) != owner {
+        std::os::unix::fs::fchown(&f, Some(owner.0), Some(owner.1)).map_err(io(path))?;
+    }
+    f.write_all(body).map_err(io(path))?;
+    f.sync_all().map_err(io(path))
+}
+
+/// The installed file has `body` and is private (a file written by an older agent, 0644, is not).
+fn installed_as(path: &Path, body: &[u8]) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o777 == FILE_MODE)
+        && std::fs::read(path).is_ok_and(|cur| cur == body)
+}
+
 /// Installs `files` into `dir` (BIRD's config directory) and reloads BIRD, unless unchanged.
 /// `reload_pending`: an earlier call installed files but could not reload BIRD onto them
 /// ([`BirdError::installed_not_reloaded`]), so identical files still need the reload.
+///
+/// Every file is [`FILE_MODE`] from its creation in an owner-only staging directory, and `dir`
+/// is made [`DIR_MODE`]: a BGP password is never readable by another user, not even briefly.
 pub fn apply(
     dir: &Path,
     files: &BTreeMap<String, Vec<u8>>,
     reload: &Reload,
     reload_pending: bool,
 ) -> Result<Applied, BirdError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     for name in files.keys() {
         if !is_bird_file(name) {
             return Err(BirdError::BadName(name.clone()));
         }
     }
-    let unchanged = files
-        .iter()
-        .all(|(n, body)| std::fs::read(dir.join(n)).is_ok_and(|cur| &cur == body));
+    private_dir(dir)?;
+    let unchanged = files.iter().all(|(n, body)| installed_as(&dir.join(n), body));
     if unchanged {
         if !reload_pending {
             return Ok(Applied::Unchanged);
@@ -412,15 +465,18 @@ pub fn apply(
         reload_daemons(reload)?;
         return Ok(Applied::Reloaded);
     }
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let meta = std::fs::metadata(dir).map_err(io(dir))?;
+    let owner = (meta.uid(), meta.gid());
     // Stage next to the live files (same filesystem, so the renames below are atomic).
     let stage = dir.join(format!(".tortie-stage-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&stage);
-    std::fs::create_dir_all(&stage).map_err(io(&stage))?;
+    std::fs::DirBuilder::new()
+        .mode(DIR_MODE)
+        .create(&stage)
+        .map_err(io(&stage))?;
     let staged = (|| {
         for (n, body) in files {
-            let p = stage.join(n);
-            std::fs::write(&p, body).map_err(io(&p))?;
+            write_private(&stage.join(n), body, owner)?;
         }
         for v6 in [false, true] {
             if files.contains_key(if v6 { "bird6.cfg" } else { "bird.cfg" }) {
@@ -502,5 +558,77 @@ mod tests {
             apply(dir.path(), &files, &Reload::default(), false),
             Err(BirdError::BadName(_))
         ));
+    }
+
+    /// A fake `bird` on PATH that accepts every config (the modes are what is under test).
+    fn with_fake_bird<T>(f: impl FnOnce() -> T) -> T {
+        use std::os::unix::fs::PermissionsExt;
+        static PATH_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _g = PATH_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let bin = tempfile::tempdir().unwrap();
+        for b in ["bird", "bird6"] {
+            let p = bin.path().join(b);
+            std::fs::write(&p, "#!/bin/sh\nexit 0\n").unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let old = std::env::var_os("PATH").unwrap_or_default();
+        let mut paths = vec![bin.path().to_path_buf()];
+        paths.extend(std::env::split_paths(&old));
+        // SAFETY: tests that read PATH in this binary hold PATH_LOCK.
+        unsafe { std::env::set_var("PATH", std::env::join_paths(paths).unwrap()) };
+        let r = f();
+        unsafe { std::env::set_var("PATH", old) };
+        r
+    }
+
+    fn mode(p: &Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn files_holding_passwords_are_private_from_the_first_byte() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("bird");
+        let files: BTreeMap<String, Vec<u8>> = [
+            (
+                "bird.cfg".to_string(),
+                b"protocol bgp x { password \"hunter2\"; }\n".to_vec(),
+            ),
+            ("bird_ipam.cfg".to_string(), b"# ipam\n".to_vec()),
+        ]
+        .into_iter()
+        .collect();
+        // A wide umask must not widen anything.
+        let old_umask = unsafe { libc::umask(0) };
+        let r = with_fake_bird(|| apply(&dir, &files, &Reload::default(), false));
+        unsafe { libc::umask(old_umask) };
+        assert_eq!(r.unwrap(), Applied::Reloaded);
+        assert_eq!(mode(&dir), DIR_MODE, "config directory");
+        for n in files.keys() {
+            assert_eq!(mode(&dir.join(n)), FILE_MODE, "{n}");
+        }
+        assert!(
+            std::fs::read_dir(&dir).unwrap().count() == files.len(),
+            "the staging directory is gone"
+        );
+
+        // Files an older agent left world-readable, in a world-readable directory, are replaced
+        // even though their content is current.
+        for n in files.keys() {
+            std::fs::set_permissions(dir.join(n), std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let r = with_fake_bird(|| apply(&dir, &files, &Reload::default(), false));
+        assert_eq!(r.unwrap(), Applied::Reloaded);
+        assert_eq!(mode(&dir), DIR_MODE);
+        for n in files.keys() {
+            assert_eq!(mode(&dir.join(n)), FILE_MODE, "{n}");
+            assert_eq!(std::fs::read(dir.join(n)).unwrap(), files[n]);
+        }
+        // And then nothing to do.
+        let r = with_fake_bird(|| apply(&dir, &files, &Reload::default(), false));
+        assert_eq!(r.unwrap(), Applied::Unchanged);
     }
 }

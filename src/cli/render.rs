@@ -65,9 +65,14 @@ impl RenderArgs {
                 }
             }
             Some(dir) => {
-                std::fs::create_dir_all(dir)?;
-                for (name, body) in &out.files {
-                    std::fs::write(dir.join(name), body)?;
+                if out.has_password {
+                    // A BGP password is in there: owner-only, as the agent writes them.
+                    write_private(dir, &out.files)?;
+                } else {
+                    std::fs::create_dir_all(dir)?;
+                    for (name, body) in &out.files {
+                        std::fs::write(dir.join(name), body)?;
+                    }
                 }
                 eprintln!(
                     "wrote {} files for node {} to {} (hash {})",
@@ -86,6 +91,36 @@ impl RenderArgs {
         }
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// Writes `files` into `dir` mode 0600 from their first byte (a file already there is replaced,
+/// not rewritten in place, so its old mode cannot stay); a directory created here is 0700.
+fn write_private(dir: &Path, files: &std::collections::BTreeMap<String, Vec<u8>>) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    for (name, body) in files {
+        let path = dir.join(name);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("replacing {}", path.display()));
+            }
+            _ => {}
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        f.write_all(body)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }
 
 fn collect(p: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
@@ -107,4 +142,55 @@ fn collect(p: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
         out.push(p.to_path_buf());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn rendered_passwords_are_written_owner_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let input = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/bgp/password-from-secret/input");
+        let out = tmp.path().join("out");
+        // An older world-readable file in the way is replaced, not rewritten in place.
+        std::fs::create_dir(&out).unwrap();
+        std::fs::write(out.join("bird.cfg"), "old").unwrap();
+        std::fs::set_permissions(out.join("bird.cfg"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        let args = RenderArgs {
+            node: "n1".into(),
+            files: vec![input],
+            out: Some(out.clone()),
+            router_id: None,
+            bird_fork: false,
+            check: false,
+        };
+        args.run().unwrap();
+        let cfg = std::fs::read_to_string(out.join("bird.cfg")).unwrap();
+        assert!(cfg.contains("password"), "the case has a password:\n{cfg}");
+        for e in std::fs::read_dir(&out).unwrap() {
+            let p = e.unwrap().path();
+            assert_eq!(mode(&p), 0o600, "{}", p.display());
+        }
+        // A folder created for them is owner-only too.
+        let fresh = tmp.path().join("a/b");
+        RenderArgs {
+            node: "n1".into(),
+            files: vec![
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/bgp/password-from-secret/input"),
+            ],
+            out: Some(fresh.clone()),
+            router_id: None,
+            bird_fork: false,
+            check: false,
+        }
+        .run()
+        .unwrap();
+        assert_eq!(mode(&fresh), 0o700);
+    }
 }

@@ -81,6 +81,10 @@ pub struct RunArgs {
     /// Only manage IPPools matching this label selector (the GC then stays inside them).
     #[arg(long, env = "TORTIE_POOL_SELECTOR")]
     pub pool_selector: Option<String>,
+    /// Role (in the operator's namespace) bound to the node agents: the BGP controller sets its
+    /// only rule to reading the published per-node BIRD configs by name, nothing else there.
+    #[arg(long, env = "TORTIE_AGENT_ROLE")]
+    pub agent_role: Option<String>,
     /// Controllers to run.
     #[arg(long, env = "TORTIE_CONTROLLERS", value_enum, value_delimiter = ',', default_values_t = [Part::Installation, Part::Ippool, Part::Gc, Part::Bgp])]
     pub controllers: Vec<Part>,
@@ -126,6 +130,7 @@ impl RunArgs {
             parts: self.controllers.clone(),
             identity: identity.clone(),
             namespace: self.namespace.clone(),
+            agent_role: self.agent_role.clone(),
         };
         let ctx = Arc::new(Ctx::new(
             client.clone(),

@@ -2,7 +2,8 @@
 //! node's agent as a ConfigMap (a Secret when they carry a BGP password) in the operator namespace.
 //!
 //! Reads Nodes, BGPConfigurations, BGPPeers, IPPools, BlockAffinities, Services and
-//! EndpointSlices cluster-wide, and Secrets, ConfigMaps in its namespace.
+//! EndpointSlices cluster-wide, and Secrets, ConfigMaps in its namespace. With
+//! [`Config::agent_role`] it also keeps the node agents' Role to reading the published objects.
 //!
 //! Self-contained: [`run`] starts its own watches, so the operator can start it under leader
 //! election. A node is re-rendered only when its inputs' fingerprint changed
@@ -17,6 +18,7 @@ use futures::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, ObjectReference, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::rbac::v1::Role;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::api::{Api, DeleteParams, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::WatchStreamExt;
@@ -64,6 +66,8 @@ pub struct Config {
     pub mesh_advisory_nodes: usize,
     /// Identity in Events (pod name).
     pub instance: String,
+    /// The node agents' Role whose rule [`agent_role_rules`] keeps to the published objects.
+    pub agent_role: Option<String>,
 }
 
 impl Default for Config {
@@ -73,6 +77,7 @@ impl Default for Config {
             debounce: Duration::from_millis(300),
             mesh_advisory_nodes: bgp::MESH_ADVISORY_NODES,
             instance: "tortie".into(),
+            agent_role: None,
         }
     }
 }
@@ -144,6 +149,40 @@ pub fn published_object(node: &str, node_uid: Option<&str>, namespace: &str, out
             ..Default::default()
         })
     }
+}
+
+/// Rules of the node agents' Role: read (get, and list/watch with a `metadata.name` field
+/// selector, which RBAC checks against `resourceNames`) the published config of each node, and
+/// no other ConfigMap or Secret of the namespace (user Secrets, Helm release data, tokens).
+///
+/// All agents share one ServiceAccount, and RBAC has no "the caller's own node" condition, so a
+/// node can still read another node's published config: keeping a BGP password from nodes whose
+/// peerings do not use it would need per-node credentials. No nodes: no rule (an empty
+/// `resourceNames` would mean every name).
+pub fn agent_role_rules(names: &BTreeSet<String>) -> serde_json::Value {
+    if names.is_empty() {
+        return serde_json::json!([]);
+    }
+    serde_json::json!([{
+        "apiGroups": [""],
+        "resources": ["configmaps", "secrets"],
+        "resourceNames": names,
+        "verbs": ["get", "list", "watch"],
+    }])
+}
+
+/// Sets the agents' Role to [`agent_role_rules`] for `names`.
+async fn scope_agent_role(
+    client: &Client,
+    namespace: &str,
+    role: &str,
+    names: &BTreeSet<String>,
+) -> Result<(), kube::Error> {
+    let api: Api<Role> = Api::namespaced(client.clone(), namespace);
+    let patch = serde_json::json!({ "rules": agent_role_rules(names) });
+    api.patch(role, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
 }
 
 /// A node's published config in one of its two forms.
@@ -369,7 +408,15 @@ pub async fn run(client: Client, mode: CrdMode, namespace: String, config: Confi
             .instrument(span)
             .await;
         let done = tokio::time::Instant::now();
-        kick.notified().await;
+        if state.agent_role_retry {
+            // Nothing else may change for a long time: retry the agents' Role on a timer.
+            tokio::select! {
+                _ = kick.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+            }
+        } else {
+            kick.notified().await;
+        }
         // At most one pass per `debounce`: a change after a quiet spell renders at once (BGP
         // changes reach BIRD in milliseconds), changes inside a burst wait out the rest of the
         // window and cost one more pass together.
@@ -394,6 +441,10 @@ struct State {
     /// Node -> (input fingerprint, content hash) of the last publish.
     done: HashMap<String, (String, String)>,
     warned: BTreeSet<String>,
+    /// Object names the agents' Role was last set to.
+    agent_role_names: Option<BTreeSet<String>>,
+    /// Setting the agents' Role failed: the next pass comes on a timer too.
+    agent_role_retry: bool,
     mesh_warned: bool,
     too_large: BTreeSet<String>,
 }
@@ -430,6 +481,24 @@ async fn pass(
     state: &mut State,
 ) {
     let snap = snapshot(w);
+    // The agents may read exactly the objects of current nodes; a new node's name is added before
+    // its object is published, so its agent's watch is allowed when the object appears.
+    if let Some(role) = &config.agent_role {
+        let names: BTreeSet<String> = snap.nodes.iter().map(|n| object_name(&n.name_any())).collect();
+        if state.agent_role_names.as_ref() != Some(&names) {
+            match scope_agent_role(client, namespace, role, &names).await {
+                Ok(()) => {
+                    info!(role = %role, nodes = names.len(), "agent Role scoped to the published configs");
+                    state.agent_role_names = Some(names);
+                    state.agent_role_retry = false;
+                }
+                Err(e) => {
+                    warn!(role = %role, error = %e, "cannot scope the agents' Role; retrying in 10s");
+                    state.agent_role_retry = true;
+                }
+            }
+        }
+    }
     let fps = bgp::snapshot::input_fingerprints(&snap);
     let published: HashMap<String, String> = w
         .maps
@@ -703,6 +772,25 @@ mod tests {
         let s = published_object("n1", None, "tortie-system", &rendered(true));
         assert!(matches!(s, Published::Secret(_)));
         assert_eq!(files_of(&s), rendered(true).files);
+    }
+
+    #[test]
+    fn agent_role_names_exactly_the_published_objects() {
+        assert_eq!(agent_role_rules(&BTreeSet::new()), serde_json::json!([]));
+        let names: BTreeSet<String> = ["tortie-bird-b", "tortie-bird-a"].map(String::from).into();
+        let rules = agent_role_rules(&names);
+        assert_eq!(rules.as_array().unwrap().len(), 1);
+        let r = &rules[0];
+        assert_eq!(
+            r["resourceNames"],
+            serde_json::json!(["tortie-bird-a", "tortie-bird-b"])
+        );
+        assert_eq!(r["resources"], serde_json::json!(["configmaps", "secrets"]));
+        assert_eq!(r["verbs"], serde_json::json!(["get", "list", "watch"]));
+        // The Role deserializes as a Kubernetes Role would.
+        let role: Role =
+            serde_json::from_value(serde_json::json!({"metadata": {"name": "x"}, "rules": rules})).unwrap();
+        assert_eq!(role.rules.unwrap()[0].resource_names.as_ref().unwrap().len(), 2);
     }
 
     #[test]

@@ -5,6 +5,7 @@
 
 pub mod bgp;
 pub mod conditions;
+pub mod defaults;
 pub mod gc;
 pub mod gc_plan;
 pub mod installation;
@@ -47,6 +48,9 @@ pub struct Config {
     pub identity: String,
     /// The operator's namespace (the BGP controller publishes there).
     pub namespace: String,
+    /// Role in `namespace` through which node agents read the published BIRD configs; the BGP
+    /// controller keeps its rule to exactly those objects' names ([`bgp::agent_role_rules`]).
+    pub agent_role: Option<String>,
 }
 
 /// What every reconciler gets.
@@ -162,6 +166,12 @@ impl Error {
 /// Runs the writing controllers until `stop` is cancelled (or the task is aborted on lease loss).
 pub async fn run_leader(ctx: Arc<Ctx>, stop: CancellationToken) {
     let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(defaults::run(
+        ctx.client.clone(),
+        ctx.mode,
+        ctx.config.gc_grace,
+        stop.clone(),
+    ));
     for part in ctx.config.parts.clone() {
         let (ctx, stop) = (ctx.clone(), stop.clone());
         match part {
@@ -196,6 +206,7 @@ pub async fn run_leader(ctx: Arc<Ctx>, stop: CancellationToken) {
 async fn run_bgp(ctx: Arc<Ctx>, stop: CancellationToken) {
     let config = bgp::Config {
         instance: ctx.config.identity.clone(),
+        agent_role: ctx.config.agent_role.clone(),
         ..Default::default()
     };
     while !stop.is_cancelled() {

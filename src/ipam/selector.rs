@@ -12,6 +12,13 @@
 //!           | label [ "not" ] "in" "{" [ string ( "," string )* ] "}"
 //! label    := [A-Za-z0-9_./-]+     string := '...' | "..."
 //! ```
+//! Lexing follows Calico's tokenizer (libcalico-go `selector/tokenizer`) exactly, because admission
+//! (`crate::api::selector_rule`) and Calico must agree on what is a selector:
+//! * only space and tab separate tokens; a newline, CR or Unicode space outside a string is an error;
+//! * `has(`, `all(` and `global(` are one token: no space before their `(`;
+//! * after a label the operator words are matched as prefixes (`a startswith 'x'`,
+//!   `a notin {'x'}` are valid), and a set may end with a comma (`{'a',}`).
+//!
 //! Semantics follow Calico: a missing label makes `==`, `in`, `contains`, ... false and `!=`,
 //! `not in` true.
 
@@ -110,6 +117,11 @@ fn is_label_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '/' | '-')
 }
 
+/// Calico's tokenizer skips these two and nothing else between tokens.
+pub fn is_selector_space(c: char) -> bool {
+    c == ' ' || c == '\t'
+}
+
 impl Parser<'_> {
     fn rest(&self) -> &str {
         &self.s[self.pos..]
@@ -118,7 +130,7 @@ impl Parser<'_> {
         self.pos >= self.s.len()
     }
     fn skip_ws(&mut self) {
-        let trimmed = self.rest().trim_start();
+        let trimmed = self.rest().trim_start_matches(is_selector_space);
         self.pos = self.s.len() - trimmed.len();
     }
     fn err(&self, message: String) -> SelectorError {
@@ -147,12 +159,10 @@ impl Parser<'_> {
             false
         }
     }
-    /// Consumes a keyword only when it is not the prefix of a longer label.
-    fn eat_word(&mut self, word: &str) -> bool {
-        self.skip_ws();
-        let r = self.rest();
-        if r.starts_with(word) && !r[word.len()..].starts_with(is_label_char) {
-            self.pos += word.len();
+    /// Consumes `c` only when it comes next, with no space before it.
+    fn eat_now(&mut self, c: char) -> bool {
+        if self.rest().starts_with(c) {
+            self.pos += c.len_utf8();
             true
         } else {
             false
@@ -208,11 +218,12 @@ impl Parser<'_> {
         let start = self.pos;
         let label = self.label()?;
         match label.as_str() {
-            "all" | "global" if self.eat("(") => {
+            // `has (x)` is the label `has` followed by a parenthesis in Calico: an error.
+            "all" | "global" if self.eat_now('(') => {
                 self.expect(")", &format!("')' after {label}("))?;
                 return Ok(if label == "all" { Expr::All } else { Expr::Global });
             }
-            "has" if self.eat("(") => {
+            "has" if self.eat_now('(') => {
                 let k = self.label()?;
                 self.expect(")", "')' closing has(")?;
                 return Ok(Expr::Has(k));
@@ -225,28 +236,28 @@ impl Parser<'_> {
         if self.eat("!=") {
             return Ok(Expr::Ne(label, self.string()?));
         }
-        if self.eat_word("contains") {
+        if self.eat("contains") {
             return Ok(Expr::Contains(label, self.string()?));
         }
-        if self.eat_word("starts") {
-            if !self.eat_word("with") {
+        if self.eat("starts") {
+            if !self.eat("with") {
                 return Err(self.err("expected 'with' after 'starts'".into()));
             }
             return Ok(Expr::StartsWith(label, self.string()?));
         }
-        if self.eat_word("ends") {
-            if !self.eat_word("with") {
+        if self.eat("ends") {
+            if !self.eat("with") {
                 return Err(self.err("expected 'with' after 'ends'".into()));
             }
             return Ok(Expr::EndsWith(label, self.string()?));
         }
-        if self.eat_word("not") {
-            if !self.eat_word("in") {
+        if self.eat("not") {
+            if !self.eat("in") {
                 return Err(self.err("expected 'in' after 'not'".into()));
             }
             return Ok(Expr::NotIn(label, self.set()?));
         }
-        if self.eat_word("in") {
+        if self.eat("in") {
             return Ok(Expr::In(label, self.set()?));
         }
         self.skip_ws();
@@ -298,15 +309,16 @@ impl Parser<'_> {
     fn set(&mut self) -> Result<BTreeSet<String>, SelectorError> {
         self.expect("{", "'{' starting a set of values")?;
         let mut set = BTreeSet::new();
-        if self.eat("}") {
-            return Ok(set);
-        }
+        // Calico: values each followed by a comma, the last one's optional: `{}`, `{'a'}`, `{'a',}`.
         loop {
-            set.insert(self.string()?);
             if self.eat("}") {
                 return Ok(set);
             }
-            self.expect(",", "',' or '}' in the set of values")?;
+            set.insert(self.string()?);
+            if !self.eat(",") {
+                self.expect("}", "',' or '}' in the set of values")?;
+                return Ok(set);
+            }
         }
     }
 }

@@ -24,10 +24,12 @@ KUBECONFIG_PATH=$CNI_NET_DIR/tortie-kubeconfig
 
 log() { echo "install-cni: $*" >&2; }
 
-# replace DEST: stdin to DEST through a temporary file in the same directory.
+# replace DEST [MODE]: stdin to DEST through a temporary file in the same directory. The file is
+# created owner-only (umask 077, after removing any leftover that would keep its old mode) and gets
+# MODE only once complete, so a token is never readable by others, not even while being written.
 replace() {
   tmp="$1.tortie-tmp.$$"
-  cat >"$tmp" && chmod "${2:-644}" "$tmp" && mv -f "$tmp" "$1"
+  rm -f "$tmp" && (umask 077 && cat >"$tmp") && chmod "${2:-644}" "$tmp" && mv -f "$tmp" "$1"
 }
 
 write_kubeconfig() {
