@@ -257,8 +257,8 @@ async fn yaobank_pods_get_their_annotated_pools() {
         );
         assert_eq!(
             ip.prefix_len(),
-            26,
-            "{pod}: the result carries the block's prefix"
+            32,
+            "{pod}: the result carries the address as a host route, as Calico's CNI does"
         );
     }
     let ip = got["customer-0"].1;
@@ -350,7 +350,7 @@ async fn namespace_annotation_applies_when_the_pod_has_none() {
         pod_cidr.parse::<IpNet>().unwrap().contains(&annotated.addr()),
         "{annotated} not in the pod's pool {pod_cidr}"
     );
-    assert_eq!(annotated.prefix_len(), 28);
+    assert_eq!((plain.prefix_len(), annotated.prefix_len()), (32, 32));
 
     // Without the namespace annotation, the network config's pool applies.
     let ns2 = unique_name("cni-ns-plain");
@@ -1008,7 +1008,7 @@ async fn dual_stack_gets_both_families_or_nothing() {
     let a6: IpNet = out.json["ips"][1]["address"].as_str().unwrap().parse().unwrap();
     assert!(v4_cidr.parse::<IpNet>().unwrap().contains(&a4.addr()), "{a4}");
     assert!(v6_cidr.parse::<IpNet>().unwrap().contains(&a6.addr()), "{a6}");
-    assert_eq!(a6.prefix_len(), 122);
+    assert_eq!((a4.prefix_len(), a6.prefix_len()), (32, 128));
     assert_eq!(out.json["routes"], json!([{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]));
     assert!(del(&node, &ns, "both", &cid).await.ok);
     ctx.assert_nothing_held(&handle(&cid), "both").await;
