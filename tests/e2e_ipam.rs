@@ -763,7 +763,8 @@ async fn calico_written_state_is_adopted() {
     for (h, n) in &counts {
         let doc = serde_json::json!({
             "apiVersion": "crd.projectcalico.org/v1", "kind": "IPAMHandle",
-            "metadata": {"name": names::handle_name(h)},
+            // Calico names a handle by its lower-cased ID.
+            "metadata": {"name": h.to_lowercase()},
             "spec": {"handleID": h, "block": {format!("10.{}.0.0/26", lab.k): n}, "deleted": false}
         });
         kubectl_stdin_ok(&["create", "-f", "-"], &doc.to_string());
@@ -1143,4 +1144,62 @@ async fn v3_crd_mode_writes_native_shapes() {
     let _ = affs.delete(&names::affinity_name(&node, &block), &dp).await;
     let _ = pools.delete(&prefix, &dp).await;
     delete_node(&client, &node).await;
+}
+
+/// Issue 15: handle IDs that differ only in case are distinct handles (Calico's lower-cased
+/// names made them share one object, and one leaked), and a handle Calico wrote for a mixed-case
+/// ID under its lower-cased name is still found, reused by a repeated ADD and released.
+#[tokio::test]
+async fn handle_ids_differing_in_case_and_calicos_lower_cased_handles() {
+    let mut lab = Lab::new("ipam-case", 1).await;
+    lab.pool("p", "10.48.0.0/24", Some(26), |_| {}).await;
+    let node = lab.nodes[0].clone();
+    let ipam = lab.ipam(defaults()).await;
+    let id = |s: &str| format!("{}-{s}", lab.prefix);
+    let first = |r: Result<tortie::ipam::AutoAssignResult, IpamError>| r.unwrap().v4.ips[0].addr();
+    let a = first(ipam.auto_assign(lab.req("Case", &node, 1)).await);
+    let b = first(ipam.auto_assign(lab.req("case", &node, 1)).await);
+    assert_ne!(a, b);
+    assert_eq!(ipam.ips_by_handle(&id("Case")).await.unwrap(), vec![a]);
+    assert_eq!(ipam.ips_by_handle(&id("case")).await.unwrap(), vec![b]);
+    lab.assert_check_clean().await;
+    assert_eq!(ipam.release_by_handle(&id("Case")).await.unwrap(), vec![a]);
+    assert_eq!(ipam.ips_by_handle(&id("case")).await.unwrap(), vec![b]);
+    lab.assert_check_clean().await;
+    assert_eq!(ipam.release_by_handle(&id("case")).await.unwrap(), vec![b]);
+
+    // Move a mixed-case ID's handle to where Calico would have written it.
+    let legacy_id = id("Legacy");
+    let c = first(ipam.auto_assign(lab.req("Legacy", &node, 1)).await);
+    let handles: Api<Handle> = Api::all_with(lab.client.clone(), &MODE.resource(CalicoKind::IPAMHandle));
+    let ours_name = names::handle_name(&legacy_id);
+    let calico_name = legacy_id.to_lowercase();
+    assert_ne!(ours_name, calico_name);
+    let ours = handles.get(&ours_name).await.unwrap();
+    handles
+        .delete(&ours_name, &DeleteParams::default())
+        .await
+        .unwrap();
+    let moved = Handle::new(
+        &calico_name,
+        &MODE.resource(CalicoKind::IPAMHandle),
+        ours.spec.clone(),
+    );
+    handles.create(&PostParams::default(), &moved).await.unwrap();
+    // A fresh engine (nothing cached), as a CNI process is.
+    let fresh = lab.ipam(defaults()).await;
+    assert_eq!(fresh.ips_by_handle(&legacy_id).await.unwrap(), vec![c]);
+    let mut again = lab.req("Legacy", &node, 1);
+    again.new_handle = true;
+    assert!(
+        matches!(fresh.auto_assign(again).await, Err(IpamError::HandleExists(_))),
+        "a repeated ADD must find Calico's handle, not make a second one"
+    );
+    assert!(handles.get_opt(&ours_name).await.unwrap().is_none());
+    // The lower-case ID that Calico's name spells is another ID: it does not see that handle.
+    assert!(fresh.ips_by_handle(&calico_name).await.unwrap().is_empty());
+    assert_eq!(fresh.release_by_handle(&legacy_id).await.unwrap(), vec![c]);
+    assert!(handles.get_opt(&calico_name).await.unwrap().is_none());
+    lab.assert_check_clean().await;
+    lab.cleanup().await;
 }

@@ -353,8 +353,13 @@ impl Ctx<'_> {
                         let ips = held.iter().map(|ip| with_block_mask(*ip, &pools)).collect();
                         return self.finish(ipam, conf, ips).await;
                     }
-                    // A handle holding nothing (an interrupted ADD or DEL): allocate into it.
-                    self.assign(ipam, &plan, &attrs, &ns_labels, &pools, false)
+                    // A handle holding nothing (an interrupted ADD or DEL): its entries may count
+                    // addresses whose block write never landed, so clear it and start afresh
+                    // rather than allocate on top of them (issue 15: over-counted handles).
+                    ipam.release_by_handle(&self.handle)
+                        .await
+                        .map_err(ipam_err(&Source::Default))?;
+                    self.assign(ipam, &plan, &attrs, &ns_labels, &pools, true)
                         .await?
                         .ok_or_else(|| {
                             CniError::TryAgainLater(format!("IPAMHandle {} is being changed", self.handle))

@@ -283,7 +283,7 @@ async fn pass(ctx: &Ctx) -> Result<(), Error> {
                     b.spec.attributes.iter().any(|a| {
                         a.handle_id
                             .as_deref()
-                            .is_some_and(|id| names::handle_name(names::sanitize_handle_id(id)) == *name)
+                            .is_some_and(|id| names::handle_owned_by(&h.spec.handle_id, id))
                     })
                 });
                 if referenced {
@@ -525,19 +525,31 @@ async fn decrement_handle(
     cidr: &str,
     n: u64,
 ) -> Result<(), Error> {
-    let name = names::handle_name(names::sanitize_handle_id(handle_id));
+    // The ID's own object, else the one Calico named for a mixed-case ID; never an object that
+    // holds another ID (Calico's lower-cased names would have shared one).
+    let candidates: Vec<String> = std::iter::once(names::handle_name(handle_id))
+        .chain(names::calico_handle_name(handle_id))
+        .collect();
     for attempt in 1..=CAS_RETRIES {
-        let cached = (attempt == 1)
-            .then(|| ctx.stores.handles.get(&name))
-            .flatten()
-            .and_then(|e| e.to_handle(&name, &ctx.resource(CalicoKind::IPAMHandle)));
-        let current = match cached {
-            Some(h) => Some(h),
-            None => get_opt(api, &name).await?,
-        };
+        let mut current = None;
+        for name in &candidates {
+            let cached = (attempt == 1)
+                .then(|| ctx.stores.handles.get(name))
+                .flatten()
+                .and_then(|e| e.to_handle(name, &ctx.resource(CalicoKind::IPAMHandle)));
+            let h = match cached {
+                Some(h) => Some(h),
+                None => get_opt(api, name).await?,
+            };
+            if let Some(h) = h.filter(|h| names::handle_owned_by(&h.spec.handle_id, handle_id)) {
+                current = Some(h);
+                break;
+            }
+        }
         let Some(mut h) = current else {
             return Ok(());
         };
+        let name = h.name_any();
         if h.spec.is_deleted() {
             return Ok(());
         }

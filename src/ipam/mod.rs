@@ -43,6 +43,7 @@ pub mod allocator;
 pub mod block;
 pub mod cidr;
 mod engine;
+pub mod handle_count;
 pub mod names;
 pub mod report;
 pub mod selector;
