@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use ipnet::IpNet;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use support::*;
 use tortie::api::{
     Affinity, Block, CalicoKind, CrdMode, Flag, Handle, IPAMConfigSpec, IPPoolSpec, IpamConfig, Pool,
@@ -182,6 +182,7 @@ impl Lab {
             affinities: self.affinities().await,
             pods: None,
             scope: Some(scope),
+            ..Default::default()
         };
         let problems = report::check(&input);
         assert!(
@@ -884,6 +885,12 @@ async fn cli_show_check_release() {
         ips.push(ipam.auto_assign(r).await.unwrap().v4.ips[0].addr());
     }
     let (live, gone) = (ips[0].to_string(), ips[1].to_string());
+    // The kubelet's part: the live pod shows the address its sandbox got.
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(lab.client.clone(), &ns);
+    let status = serde_json::json!({"status": {"podIP": live, "podIPs": [{"ip": live}]}});
+    pods.patch_status("live", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
 
     let out = tortie(&["ipam", "show", "--show-blocks"]);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -913,6 +920,7 @@ async fn cli_show_check_release() {
         "{text}"
     );
     assert!(!text.contains(&format!("{live} is allocated")), "{text}");
+    assert!(!text.contains(&format!("{live} is used by")), "{text}");
     assert!(text.contains("Check complete; found"), "{text}");
 
     // release refuses the live pod's address, releases it with --force and the leaked one as is.
@@ -934,6 +942,26 @@ async fn cli_show_check_release() {
     );
     let out = tortie(&["ipam", "release", "--ip", &live, "--force"]);
     assert!(out.status.success(), "{out:?}");
+    // Issue 15: the live pod still uses the address, which the allocator may now hand out again.
+    let out = tortie(&["ipam", "check", "--crd-mode", "v1"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!(
+            "{live} is used by pod {ns}/live but not allocated in any IPAMBlock"
+        )),
+        "{text}"
+    );
+    let out = tortie(&["ipam", "check", "--crd-mode", "v1", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["kind"] == "inUseWithoutAllocation" && p["ip"] == live.as_str() && p["pod"] == "live"),
+        "{v}"
+    );
     lab.assert_check_clean().await;
     delete_namespace(&lab.client, &ns, std::time::Duration::from_secs(60)).await;
     lab.cleanup().await;

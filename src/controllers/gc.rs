@@ -16,6 +16,8 @@ use ipnet::IpNet;
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use kube::core::{NotUsed, Object};
 use kube::{Resource, ResourceExt};
+
+use crate::ipam::usage::PoolRef;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -145,14 +147,14 @@ pub fn pod_info(p: &SlimPod) -> Option<PodInfo> {
     })
 }
 
-/// Pools (name, cidr) this instance manages; with a pool selector, GC stays inside them.
-fn scope(ctx: &Ctx) -> (Vec<(String, IpNet)>, bool) {
+/// Pools this instance manages; with a pool selector, GC stays inside them.
+fn scope(ctx: &Ctx) -> (Vec<PoolRef>, bool) {
     let pools = ctx
         .stores
         .pools
         .all()
         .iter()
-        .filter_map(|p| Some((p.name_any(), p.spec.net()?)))
+        .filter_map(|p| PoolRef::from_pool(p))
         .collect();
     (pools, ctx.config.pool_selector.is_some())
 }
@@ -164,7 +166,7 @@ async fn pass(ctx: &Ctx) -> Result<(), Error> {
         !scoped
             || cidr
                 .parse::<IpNet>()
-                .is_ok_and(|n| pools.iter().any(|(_, p)| p.contains(&n)))
+                .is_ok_and(|n| pools.iter().any(|p| p.cidr.contains(&n)))
     };
     let blocks = st.blocks.all();
     let affinities = st.affinities.all();

@@ -69,7 +69,7 @@ pub struct World<'a> {
     /// (namespace, name) → pod (borrowed from the operator's pod index).
     pub pods: std::borrow::Cow<'a, HashMap<(String, String), PodInfo>>,
     /// Pools (name, cidr) for metric labels.
-    pub pools: Vec<(String, IpNet)>,
+    pub pools: Vec<crate::ipam::usage::PoolRef>,
 }
 
 /// Timers kept between passes (rebuilt each pass, so nothing accumulates).
@@ -175,11 +175,10 @@ fn ordinal_ip(net: &IpNet, ordinal: usize) -> Option<IpAddr> {
     }
 }
 
-pub fn pool_of(pools: &[(String, IpNet)], cidr: &IpNet) -> String {
-    pools
-        .iter()
-        .find(|(_, p)| p.contains(cidr))
-        .map(|(n, _)| n.clone())
+/// The metrics label of the pool owning a block ([`crate::ipam::usage::owning_pool`]).
+pub fn pool_of(pools: &[crate::ipam::usage::PoolRef], cidr: &IpNet) -> String {
+    crate::ipam::usage::owning_pool(pools, cidr)
+        .map(|p| p.name.clone())
         .unwrap_or_else(|| "no_ippool".into())
 }
 

@@ -48,6 +48,7 @@ pub mod names;
 pub mod report;
 pub mod selector;
 pub mod store;
+pub mod usage;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

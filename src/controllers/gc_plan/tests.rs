@@ -59,7 +59,11 @@ fn world<'a>(blocks: &'a [(String, IPAMBlockSpec)], nodes: &[&str], pods: &[(&st
                 .map(|(n, p)| (("ns".to_string(), n.to_string()), p.clone()))
                 .collect(),
         ),
-        pools: vec![("pool".into(), "10.0.0.0/24".parse().unwrap())],
+        pools: vec![crate::ipam::usage::PoolRef {
+            name: "pool".into(),
+            cidr: "10.0.0.0/24".parse().unwrap(),
+            block_size: 26,
+        }],
     }
 }
 
