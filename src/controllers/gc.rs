@@ -480,12 +480,15 @@ async fn release_block(
     }
     let h_api: Api<Handle> = Api::all_with(ctx.client.clone(), &ctx.resource(CalicoKind::IPAMHandle));
     // Independent objects: decrement them concurrently (a 10,000-leak pass is bound by these).
+    // Each handle is set to what the written block still holds for it, not decremented: a pass
+    // repeated after a lost answer cannot count down twice (issue 15).
     let decrements: Vec<_> = per_handle
-        .into_iter()
-        .map(|(handle, n)| {
+        .into_keys()
+        .map(|handle| {
+            let left = crate::ipam::block::ordinals_of_handle(&block.spec, handle).len() as u64;
             let (handle, h_api, cidr) = (handle.to_string(), h_api.clone(), r.cidr.clone());
             async move {
-                let res = decrement_handle(ctx, &h_api, &handle, &cidr, n).await;
+                let res = set_handle_count(ctx, &h_api, &handle, &cidr, left).await;
                 (handle, res)
             }
         })
@@ -518,14 +521,15 @@ async fn release_block(
     Ok(())
 }
 
-/// Decrements a handle by CAS; the first attempt rebuilds it from the handle index (saving a read),
-/// a stale copy costs one 409 and a fresh read.
-async fn decrement_handle(
+/// Sets a handle's count for `cidr` to `left` (what the block still holds for it) by CAS; the
+/// first attempt rebuilds it from the handle index (saving a read), a stale copy costs one 409
+/// and a fresh read.
+async fn set_handle_count(
     ctx: &Ctx,
     api: &Api<Handle>,
     handle_id: &str,
     cidr: &str,
-    n: u64,
+    left: u64,
 ) -> Result<(), Error> {
     // The ID's own object, else the one Calico named for a mixed-case ID; never an object that
     // holds another ID (Calico's lower-cased names would have shared one).
@@ -555,11 +559,12 @@ async fn decrement_handle(
         if h.spec.is_deleted() {
             return Ok(());
         }
-        let left = h.spec.block.get(cidr).copied().unwrap_or(0).saturating_sub(n);
-        if left == 0 {
-            h.spec.block.remove(cidr);
-        } else {
-            h.spec.block.insert(cidr.to_string(), left);
+        if !crate::ipam::handle_count::set(&mut h.spec.block, cidr, left) {
+            // Already so: believed from a fresh read only, not from the index.
+            if attempt == 1 {
+                continue;
+            }
+            return Ok(());
         }
         let res = if h.spec.block.is_empty() {
             soft_delete(api, h, |s| s.deleted = Some(true)).await
