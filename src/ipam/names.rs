@@ -1,5 +1,6 @@
 //! Object names and labels exactly as Calico forms them. Never change these encodings: objects
-//! Calico wrote under the old name would become unreachable.
+//! Calico wrote under the old name would become unreachable. The one departure, handle names of
+//! IDs Calico cannot name safely, keeps finding Calico's objects (see [`handle_name`]).
 
 use ipnet::IpNet;
 use sha2::{Digest, Sha256};
