@@ -1231,3 +1231,46 @@ async fn handle_ids_differing_in_case_and_calicos_lower_cased_handles() {
     lab.assert_check_clean().await;
     lab.cleanup().await;
 }
+
+/// Issue 15: with a pool inside another, `tortie ipam show` counts each address for the pool that
+/// owns its block, never for the wider pool as well.
+#[tokio::test]
+async fn nested_pools_count_each_address_once_in_ipam_show() {
+    let mut lab = Lab::new("ipam-nested", 1).await;
+    let outer = lab.pool("outer", "10.48.0.0/20", Some(26), |_| {}).await;
+    let inner = lab
+        .pool("inner", "10.48.8.0/24", Some(28), |s| {
+            s.assignment_mode = Some("Manual".into())
+        })
+        .await;
+    let node = lab.nodes[0].clone();
+    let ipam = lab.ipam(defaults()).await;
+    let mut r = lab.req("in", &node, 3);
+    r.v4_pools = vec![inner.clone()];
+    let got = ipam.auto_assign(r).await.unwrap();
+    assert!(got.is_complete(), "{got:?}");
+    let mut r = lab.req("out", &node, 2);
+    r.v4_pools = vec![outer.clone()];
+    assert!(ipam.auto_assign(r).await.unwrap().is_complete());
+
+    let out = tortie(&["ipam", "show", "--show-blocks", "-o", "json", "--crd-mode", "v1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    let pool_row = |name: &str| {
+        rows.iter()
+            .find(|r| r["grouping"] == "IP Pool" && r["owner"] == name)
+            .unwrap_or_else(|| panic!("no row for {name}: {v}"))
+    };
+    assert_eq!(pool_row(&outer)["inUse"], 2, "{v}");
+    assert_eq!(pool_row(&inner)["inUse"], 3, "{v}");
+    // The inner pool's /28 block is listed once, under the inner pool.
+    let inner_block = got.v4.ips[0].trunc().to_string();
+    assert_eq!(
+        rows.iter().filter(|r| r["cidr"] == inner_block.as_str()).count(),
+        1,
+        "{v}"
+    );
+    lab.assert_check_clean().await;
+    lab.cleanup().await;
+}
