@@ -237,13 +237,13 @@ pub struct IpamGauges {
 /// (`no_affinity`), blocks outside every pool under `no_ippool`; every (pool, known node) pair
 /// present with 0 so ratios never go missing.
 pub fn ipam_gauges<'a>(
-    pools: &[(String, IpNet)],
+    pools: &[crate::ipam::usage::PoolRef],
     blocks: impl IntoIterator<Item = &'a IPAMBlockSpec>,
 ) -> IpamGauges {
     let mut g = IpamGauges::default();
-    for (name, net) in pools {
-        let bits = (net.max_prefix_len() - net.prefix_len()) as i32;
-        g.pool_size.insert(name.clone(), 2f64.powi(bits));
+    for p in pools {
+        let bits = (p.cidr.max_prefix_len() - p.cidr.prefix_len()) as i32;
+        g.pool_size.insert(p.name.clone(), 2f64.powi(bits));
     }
     let mut nodes = std::collections::BTreeSet::new();
     for b in blocks {
@@ -276,10 +276,10 @@ pub fn ipam_gauges<'a>(
             *g.in_use.entry((pool.clone(), node)).or_default() += 1;
         }
     }
-    for (pool, _) in pools {
+    for p in pools {
         for n in &nodes {
-            g.in_use.entry((pool.clone(), n.clone())).or_default();
-            g.borrowed.entry((pool.clone(), n.clone())).or_default();
+            g.in_use.entry((p.name.clone(), n.clone())).or_default();
+            g.borrowed.entry((p.name.clone(), n.clone())).or_default();
         }
     }
     g
@@ -309,8 +309,21 @@ mod tests {
             allocations: vec![None; 4],
             ..Default::default()
         };
-        let pools = vec![("p".to_string(), "10.0.0.0/24".parse().unwrap())];
-        let g = ipam_gauges(&pools, [&b1, &orphan]);
+        let pool = |name: &str, cidr: &str| crate::ipam::usage::PoolRef {
+            name: name.into(),
+            cidr: cidr.parse().unwrap(),
+            block_size: 30,
+        };
+        // "inner" sits inside "p" and owns its block: "p" must not count it too (issue 15).
+        let inner = IPAMBlockSpec {
+            cidr: "10.0.0.128/30".into(),
+            affinity: Some("host:a".into()),
+            allocations: vec![Some(0), None, None, None],
+            attributes: vec![attr("a")],
+            ..Default::default()
+        };
+        let pools = vec![pool("p", "10.0.0.0/24"), pool("inner", "10.0.0.128/25")];
+        let g = ipam_gauges(&pools, [&b1, &orphan, &inner]);
         let k = |p: &str, n: &str| (p.to_string(), n.to_string());
         assert_eq!(g.in_use.get(&k("p", "a")), Some(&1));
         assert_eq!(g.in_use.get(&k("p", "b")), Some(&1));
@@ -319,6 +332,8 @@ mod tests {
         assert_eq!(g.blocks.get(&k("p", "a")), Some(&1));
         assert_eq!(g.blocks.get(&k("no_ippool", "no_affinity")), Some(&1));
         assert_eq!(g.pool_size.get("p"), Some(&256.0));
+        assert_eq!(g.in_use.get(&k("inner", "a")), Some(&1));
+        assert_eq!(g.blocks.get(&k("inner", "a")), Some(&1));
         let m = Metrics::new();
         m.set_ipam(&g);
         m.add_reclamations("p", "a", 3);

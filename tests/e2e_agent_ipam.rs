@@ -114,7 +114,7 @@ impl Lab {
         let handles: Api<Handle> =
             Api::all_with(self.client.clone(), &self.mode.resource(CalicoKind::IPAMHandle));
         handles
-            .get_opt(&handle(cid).to_lowercase())
+            .get_opt(&tortie::ipam::names::handle_name(&handle(cid)))
             .await
             .unwrap()
             .is_some_and(|h| h.spec.deleted != Some(true))

@@ -166,7 +166,7 @@ impl Ctx {
         let handles: Api<Handle> =
             Api::all_with(self.client.clone(), &self.mode.resource(CalicoKind::IPAMHandle));
         let exists = handles
-            .get_opt(&handle.to_lowercase())
+            .get_opt(&tortie::ipam::names::handle_name(handle))
             .await
             .unwrap()
             .is_some_and(|h| h.spec.deleted != Some(true));
@@ -422,6 +422,8 @@ async fn cni_config_corpus_is_refused_naming_the_key() {
         ("NODE", node.clone()),
         ("KUBECONFIG", cluster().kubeconfig.to_string_lossy().into_owned()),
         ("GARBAGE", garbage.to_string_lossy().into_owned()),
+        // One character past the longest container ID an ADD takes.
+        ("TOO_LONG_ID", "a".repeat(tortie::cni::env::MAX_CONTAINER_ID + 1)),
     ]
     .into_iter()
     .collect();
@@ -448,7 +450,11 @@ async fn cni_config_corpus_is_refused_naming_the_key() {
             .filter(|l| !l.starts_with('#'))
             .collect::<Vec<_>>()
             .join("\n");
-        let cid = unique_name("bad-cni");
+        // `# container:` sets CNI_CONTAINERID (`\r` written as the two characters `\r`).
+        let cid = h
+            .get("container")
+            .map(|c| c[0].replace("\\r", "\r"))
+            .unwrap_or_else(|| unique_name("bad-cni"));
         let out = exec(&command, &cid, &args, stdin.as_bytes()).await;
         if code == 0 {
             // A command that must answer despite the input (VERSION).

@@ -113,10 +113,10 @@ impl Ctx {
         let handles: Api<Handle> =
             Api::all_with(self.client.clone(), &self.mode.resource(CalicoKind::IPAMHandle));
         let exists = handles
-            .get_opt(&handle.to_lowercase())
+            .get_opt(&tortie::ipam::names::handle_name(handle))
             .await
             .unwrap()
-            .is_some_and(|h| h.spec.deleted != Some(true));
+            .is_some_and(|h| h.spec.deleted != Some(true) && h.spec.handle_id == handle);
         (ips, exists)
     }
 
@@ -257,8 +257,8 @@ async fn yaobank_pods_get_their_annotated_pools() {
         );
         assert_eq!(
             ip.prefix_len(),
-            26,
-            "{pod}: the result carries the block's prefix"
+            32,
+            "{pod}: the result carries the address as a host route, as Calico's CNI does"
         );
     }
     let ip = got["customer-0"].1;
@@ -350,7 +350,7 @@ async fn namespace_annotation_applies_when_the_pod_has_none() {
         pod_cidr.parse::<IpNet>().unwrap().contains(&annotated.addr()),
         "{annotated} not in the pod's pool {pod_cidr}"
     );
-    assert_eq!(annotated.prefix_len(), 28);
+    assert_eq!((plain.prefix_len(), annotated.prefix_len()), (32, 32));
 
     // Without the namespace annotation, the network config's pool applies.
     let ns2 = unique_name("cni-ns-plain");
@@ -543,6 +543,7 @@ async fn ipam_check_clean(ctx: &Ctx, scope: &[&str]) {
         affinities: ipam.list_affinities().await.unwrap(),
         pods: Some(live),
         scope: Some(scope.iter().map(|c| c.parse().unwrap()).collect()),
+        ..Default::default()
     };
     let problems = tortie::ipam::report::check(&input);
     assert!(
@@ -1008,7 +1009,7 @@ async fn dual_stack_gets_both_families_or_nothing() {
     let a6: IpNet = out.json["ips"][1]["address"].as_str().unwrap().parse().unwrap();
     assert!(v4_cidr.parse::<IpNet>().unwrap().contains(&a4.addr()), "{a4}");
     assert!(v6_cidr.parse::<IpNet>().unwrap().contains(&a6.addr()), "{a6}");
-    assert_eq!(a6.prefix_len(), 122);
+    assert_eq!((a4.prefix_len(), a6.prefix_len()), (32, 128));
     assert_eq!(out.json["routes"], json!([{"dst": "0.0.0.0/0"}, {"dst": "::/0"}]));
     assert!(del(&node, &ns, "both", &cid).await.ok);
     ctx.assert_nothing_held(&handle(&cid), "both").await;
@@ -1040,5 +1041,124 @@ async fn dual_stack_gets_both_families_or_nothing() {
     }
     ipam_check_clean(&ctx, &[&v4_cidr, &v6_cidr, &tiny6]).await;
     delete_namespace(&ctx.client, &ns, Duration::from_secs(60)).await;
+    ctx.done().await;
+}
+
+// ------------------------------------------------------------------------------------------------
+// issue 15: container IDs of every shape
+
+/// Every container ID an ADD takes is released by its DEL, IDs that differ only in case hold
+/// separate handles, and an ID no ADD could ever be undone for is refused up front (code 4),
+/// while its DEL still succeeds. Run with the real binary, as a runtime would.
+#[tokio::test]
+async fn odd_container_ids_add_and_del_or_are_refused_up_front() {
+    let ctx = Ctx::new().await;
+    let cidr = unique_cidr(24);
+    let pool = ctx.pool("cni-ids", &cidr, 28, json!({})).await;
+    let node = unique_name("cni-ids-node");
+    create_node(&ctx.client, &node, &[], None, &[], &[]).await;
+    let ns = unique_name("cni-ids");
+    create_namespace(&ctx.client, &ns, &[]).await;
+    let base = unique_name("id");
+    let ipam = json!({"ipv4_pools": [pool]});
+
+    // Accepted: mixed case (two IDs that differ only in case), dots, underscores, very long.
+    let upper = format!("{base}-ABC");
+    let mixed = format!("{base}-Abc");
+    let lower = format!("{base}-abc");
+    let accepted = [
+        upper.clone(),
+        mixed.clone(),
+        lower.clone(),
+        format!("{base}..dots.."),
+        format!("{base}_under_score"),
+        format!("{base}-{}", "x".repeat(300)),
+        format!("{base}-{}", "Y".repeat(900)),
+    ];
+    let mut got = BTreeMap::new();
+    for (i, cid) in accepted.iter().enumerate() {
+        let pod = format!("p{i}");
+        create_pod(&ctx.client, &ns, &pod, Some(&node), &[]).await;
+        let out = add(&node, &ns, &pod, cid, ipam.clone()).await;
+        assert!(out.ok, "ADD {cid:.60}: {} {}", out.json, out.stderr);
+        let ip = out.ip().addr();
+        let (held, exists) = ctx.held(&handle(cid)).await;
+        assert!(
+            held == vec![ip] && exists,
+            "ADD {cid:.60}: handle holds {held:?} (exists {exists})"
+        );
+        assert!(got.insert(ip, cid.clone()).is_none(), "{ip} handed out twice");
+    }
+    // Each case variant has its own IPAMHandle object, each holding its own address.
+    let handles: Api<Handle> = Api::all_with(ctx.client.clone(), &ctx.mode.resource(CalicoKind::IPAMHandle));
+    let mut objects = BTreeSet::new();
+    for cid in [&upper, &mixed, &lower] {
+        let name = tortie::ipam::names::handle_name(&handle(cid));
+        let h = handles.get(&name).await.unwrap();
+        assert_eq!(h.spec.handle_id, handle(cid), "IPAMHandle {name}");
+        assert_eq!(h.spec.block.values().sum::<u64>(), 1, "IPAMHandle {name}");
+        objects.insert(name);
+    }
+    assert_eq!(objects.len(), 3, "{objects:?}");
+    // The lower-case ID keeps Calico's name; the others are named apart from it.
+    assert!(objects.contains(&handle(&lower)));
+
+    // A repeated ADD returns the same address (the handle is found again under its name).
+    let again = add(&node, &ns, "p0", &upper, ipam.clone()).await;
+    assert!(again.ok, "{}", again.json);
+    assert_eq!(got.get(&again.ip().addr()), Some(&upper));
+
+    // DEL of one case variant leaves the others alone; every DEL releases all it held.
+    for (i, cid) in accepted.iter().enumerate() {
+        let out = del(&node, &ns, &format!("p{i}"), cid).await;
+        assert!(out.ok, "DEL {cid:.60}: {} {}", out.json, out.stderr);
+        ctx.assert_nothing_held(&handle(cid), cid).await;
+        for later in &accepted[i + 1..] {
+            let (held, exists) = ctx.held(&handle(later)).await;
+            assert!(
+                held.len() == 1 && exists,
+                "DEL {cid:.60} touched {later:.60}: {held:?}"
+            );
+        }
+        // A second DEL (runtimes repeat them) succeeds too.
+        assert!(del(&node, &ns, &format!("p{i}"), cid).await.ok);
+    }
+
+    // Refused at ADD, naming the variable and why; nothing allocated; DEL succeeds.
+    let refused = [
+        (format!("{base}/../x"), "invalid character '/'"),
+        (format!("{base}-ünï"), "invalid character 'ü'"),
+        (format!("{base}\rgarbage"), "invalid character '\\r'"),
+        (format!(".{base}"), "invalid character '.'"),
+        (format!("{base}-{}", "z".repeat(1100)), "characters long"),
+        (String::new(), "required for Add but not set"),
+    ];
+    create_pod(&ctx.client, &ns, "refused", Some(&node), &[]).await;
+    for (cid, why) in &refused {
+        let out = add(&node, &ns, "refused", cid, ipam.clone()).await;
+        assert!(!out.ok, "ADD {cid:?} was accepted: {}", out.json);
+        assert_eq!(out.json["code"], 4, "ADD {cid:?}: {}", out.json);
+        let msg = out.json["msg"].as_str().unwrap_or("");
+        assert!(
+            msg.contains("CNI_CONTAINERID") && msg.contains(why),
+            "ADD {cid:?}: {msg}"
+        );
+        ctx.assert_nothing_held(&handle(cid), "refused ADD").await;
+        if !cid.is_empty() {
+            let d = del(&node, &ns, "refused", cid).await;
+            assert!(d.ok, "DEL {cid:?}: {} {}", d.json, d.stderr);
+        }
+    }
+    let left: Vec<IpAddr> = ctx
+        .allocations()
+        .await
+        .into_iter()
+        .map(|(ip, _, _)| ip)
+        .filter(|ip| cidr.parse::<IpNet>().unwrap().contains(ip))
+        .collect();
+    assert!(left.is_empty(), "left in {cidr}: {left:?}");
+    ipam_check_clean(&ctx, &[&cidr]).await;
+    delete_namespace(&ctx.client, &ns, Duration::from_secs(60)).await;
+    delete_node(&ctx.client, &node).await;
     ctx.done().await;
 }

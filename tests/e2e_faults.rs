@@ -282,6 +282,7 @@ impl Setup {
             affinities: self.affinities().await,
             pods,
             scope: Some(vec![format!("10.{}.0.0/16", self.k).parse().unwrap()]),
+            ..Default::default()
         };
         report::check(&input)
     }
@@ -908,7 +909,19 @@ async fn run(variant: Variant) {
     let hs = s.handles().await;
     assert!(hs.is_empty(), "{} handles left, e.g. {:?}", hs.len(), hs[0].spec);
 
-    // ---- the real `tortie ipam check`, as a process.
+    // ---- the real `tortie ipam check`, as a process. The GC pool's live pods had their
+    // addresses released above (their DEL): they go too, or check rightly reports pods using
+    // addresses nothing allocates.
+    let pods: Api<Pod> = Api::namespaced(s.client.clone(), &s.ns);
+    pods.delete_collection(
+        &DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        },
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tortie"))
         .args(["ipam", "check", "--crd-mode", "v1"])
         .env("KUBECONFIG", &cluster().kubeconfig)

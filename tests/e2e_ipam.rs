@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use ipnet::IpNet;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use support::*;
 use tortie::api::{
     Affinity, Block, CalicoKind, CrdMode, Flag, Handle, IPAMConfigSpec, IPPoolSpec, IpamConfig, Pool,
@@ -182,6 +182,7 @@ impl Lab {
             affinities: self.affinities().await,
             pods: None,
             scope: Some(scope),
+            ..Default::default()
         };
         let problems = report::check(&input);
         assert!(
@@ -763,7 +764,8 @@ async fn calico_written_state_is_adopted() {
     for (h, n) in &counts {
         let doc = serde_json::json!({
             "apiVersion": "crd.projectcalico.org/v1", "kind": "IPAMHandle",
-            "metadata": {"name": names::handle_name(h)},
+            // Calico names a handle by its lower-cased ID.
+            "metadata": {"name": h.to_lowercase()},
             "spec": {"handleID": h, "block": {format!("10.{}.0.0/26", lab.k): n}, "deleted": false}
         });
         kubectl_stdin_ok(&["create", "-f", "-"], &doc.to_string());
@@ -883,6 +885,12 @@ async fn cli_show_check_release() {
         ips.push(ipam.auto_assign(r).await.unwrap().v4.ips[0].addr());
     }
     let (live, gone) = (ips[0].to_string(), ips[1].to_string());
+    // The kubelet's part: the live pod shows the address its sandbox got.
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(lab.client.clone(), &ns);
+    let status = serde_json::json!({"status": {"podIP": live, "podIPs": [{"ip": live}]}});
+    pods.patch_status("live", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
 
     let out = tortie(&["ipam", "show", "--show-blocks"]);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -912,6 +920,7 @@ async fn cli_show_check_release() {
         "{text}"
     );
     assert!(!text.contains(&format!("{live} is allocated")), "{text}");
+    assert!(!text.contains(&format!("{live} is used by")), "{text}");
     assert!(text.contains("Check complete; found"), "{text}");
 
     // release refuses the live pod's address, releases it with --force and the leaked one as is.
@@ -933,6 +942,26 @@ async fn cli_show_check_release() {
     );
     let out = tortie(&["ipam", "release", "--ip", &live, "--force"]);
     assert!(out.status.success(), "{out:?}");
+    // Issue 15: the live pod still uses the address, which the allocator may now hand out again.
+    let out = tortie(&["ipam", "check", "--crd-mode", "v1"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains(&format!(
+            "{live} is used by pod {ns}/live but not allocated in any IPAMBlock"
+        )),
+        "{text}"
+    );
+    let out = tortie(&["ipam", "check", "--crd-mode", "v1", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["kind"] == "inUseWithoutAllocation" && p["ip"] == live.as_str() && p["pod"] == "live"),
+        "{v}"
+    );
     lab.assert_check_clean().await;
     delete_namespace(&lab.client, &ns, std::time::Duration::from_secs(60)).await;
     lab.cleanup().await;
@@ -1143,4 +1172,105 @@ async fn v3_crd_mode_writes_native_shapes() {
     let _ = affs.delete(&names::affinity_name(&node, &block), &dp).await;
     let _ = pools.delete(&prefix, &dp).await;
     delete_node(&client, &node).await;
+}
+
+/// Issue 15: handle IDs that differ only in case are distinct handles (Calico's lower-cased
+/// names made them share one object, and one leaked), and a handle Calico wrote for a mixed-case
+/// ID under its lower-cased name is still found, reused by a repeated ADD and released.
+#[tokio::test]
+async fn handle_ids_differing_in_case_and_calicos_lower_cased_handles() {
+    let mut lab = Lab::new("ipam-case", 1).await;
+    lab.pool("p", "10.48.0.0/24", Some(26), |_| {}).await;
+    let node = lab.nodes[0].clone();
+    let ipam = lab.ipam(defaults()).await;
+    let id = |s: &str| format!("{}-{s}", lab.prefix);
+    let first = |r: Result<tortie::ipam::AutoAssignResult, IpamError>| r.unwrap().v4.ips[0].addr();
+    let a = first(ipam.auto_assign(lab.req("Case", &node, 1)).await);
+    let b = first(ipam.auto_assign(lab.req("case", &node, 1)).await);
+    assert_ne!(a, b);
+    assert_eq!(ipam.ips_by_handle(&id("Case")).await.unwrap(), vec![a]);
+    assert_eq!(ipam.ips_by_handle(&id("case")).await.unwrap(), vec![b]);
+    lab.assert_check_clean().await;
+    assert_eq!(ipam.release_by_handle(&id("Case")).await.unwrap(), vec![a]);
+    assert_eq!(ipam.ips_by_handle(&id("case")).await.unwrap(), vec![b]);
+    lab.assert_check_clean().await;
+    assert_eq!(ipam.release_by_handle(&id("case")).await.unwrap(), vec![b]);
+
+    // Move a mixed-case ID's handle to where Calico would have written it.
+    let legacy_id = id("Legacy");
+    let c = first(ipam.auto_assign(lab.req("Legacy", &node, 1)).await);
+    let handles: Api<Handle> = Api::all_with(lab.client.clone(), &MODE.resource(CalicoKind::IPAMHandle));
+    let ours_name = names::handle_name(&legacy_id);
+    let calico_name = legacy_id.to_lowercase();
+    assert_ne!(ours_name, calico_name);
+    let ours = handles.get(&ours_name).await.unwrap();
+    handles
+        .delete(&ours_name, &DeleteParams::default())
+        .await
+        .unwrap();
+    let moved = Handle::new(
+        &calico_name,
+        &MODE.resource(CalicoKind::IPAMHandle),
+        ours.spec.clone(),
+    );
+    handles.create(&PostParams::default(), &moved).await.unwrap();
+    // A fresh engine (nothing cached), as a CNI process is.
+    let fresh = lab.ipam(defaults()).await;
+    assert_eq!(fresh.ips_by_handle(&legacy_id).await.unwrap(), vec![c]);
+    let mut again = lab.req("Legacy", &node, 1);
+    again.new_handle = true;
+    assert!(
+        matches!(fresh.auto_assign(again).await, Err(IpamError::HandleExists(_))),
+        "a repeated ADD must find Calico's handle, not make a second one"
+    );
+    assert!(handles.get_opt(&ours_name).await.unwrap().is_none());
+    // The lower-case ID that Calico's name spells is another ID: it does not see that handle.
+    assert!(fresh.ips_by_handle(&calico_name).await.unwrap().is_empty());
+    assert_eq!(fresh.release_by_handle(&legacy_id).await.unwrap(), vec![c]);
+    assert!(handles.get_opt(&calico_name).await.unwrap().is_none());
+    lab.assert_check_clean().await;
+    lab.cleanup().await;
+}
+
+/// Issue 15: with a pool inside another, `tortie ipam show` counts each address for the pool that
+/// owns its block, never for the wider pool as well.
+#[tokio::test]
+async fn nested_pools_count_each_address_once_in_ipam_show() {
+    let mut lab = Lab::new("ipam-nested", 1).await;
+    let outer = lab.pool("outer", "10.48.0.0/20", Some(26), |_| {}).await;
+    let inner = lab
+        .pool("inner", "10.48.8.0/24", Some(28), |s| {
+            s.assignment_mode = Some("Manual".into())
+        })
+        .await;
+    let node = lab.nodes[0].clone();
+    let ipam = lab.ipam(defaults()).await;
+    let mut r = lab.req("in", &node, 3);
+    r.v4_pools = vec![inner.clone()];
+    let got = ipam.auto_assign(r).await.unwrap();
+    assert!(got.is_complete(), "{got:?}");
+    let mut r = lab.req("out", &node, 2);
+    r.v4_pools = vec![outer.clone()];
+    assert!(ipam.auto_assign(r).await.unwrap().is_complete());
+
+    let out = tortie(&["ipam", "show", "--show-blocks", "-o", "json", "--crd-mode", "v1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = v["rows"].as_array().unwrap();
+    let pool_row = |name: &str| {
+        rows.iter()
+            .find(|r| r["grouping"] == "IP Pool" && r["owner"] == name)
+            .unwrap_or_else(|| panic!("no row for {name}: {v}"))
+    };
+    assert_eq!(pool_row(&outer)["inUse"], 2, "{v}");
+    assert_eq!(pool_row(&inner)["inUse"], 3, "{v}");
+    // The inner pool's /28 block is listed once, under the inner pool.
+    let inner_block = got.v4.ips[0].trunc().to_string();
+    assert_eq!(
+        rows.iter().filter(|r| r["cidr"] == inner_block.as_str()).count(),
+        1,
+        "{v}"
+    );
+    lab.assert_check_clean().await;
+    lab.cleanup().await;
 }

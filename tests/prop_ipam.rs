@@ -71,9 +71,25 @@ proptest! {
         prop_assert_ne!(names::affinity_name(&a, &blk), names::affinity_name(&b, &blk));
     }
 
+    /// An ID that is a valid object name keeps Calico's name (itself, already lower case); every
+    /// name is a valid object name; distinct IDs never share a name (issue 15: `ABC` and `abc`
+    /// shared one and one leaked).
     #[test]
-    fn handle_names_lower_case(id in "[A-Za-z0-9.-]{1,80}") {
-        prop_assert_eq!(names::handle_name(&id), id.to_lowercase());
+    fn handle_names_valid_and_distinct(a in "[A-Za-z0-9._/ü-]{1,300}", b in "[A-Za-z0-9._/ü-]{1,300}") {
+        for id in [&a, &b] {
+            let n = names::handle_name(id);
+            prop_assert!(names::is_dns_subdomain(&n), "{:?} -> {:?}", id, n);
+            if names::is_dns_subdomain(id) {
+                prop_assert_eq!(&n, id);
+            }
+        }
+        if a != b {
+            prop_assert_ne!(names::handle_name(&a), names::handle_name(&b));
+        }
+        let lower = a.to_lowercase();
+        if lower != a {
+            prop_assert_ne!(names::handle_name(&a), names::handle_name(&lower));
+        }
     }
 
     /// The claim order visits every block of a pool exactly once, starting where the host hash says.

@@ -9,6 +9,9 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 
 use crate::api::CrdMode;
+use crate::controllers::SlimPod;
+use crate::controllers::gc::pod_info;
+use crate::ipam::usage::PoolRef;
 use crate::ipam::{Ipam, ReleaseOptions, report};
 
 #[derive(Args, Debug)]
@@ -92,17 +95,35 @@ fn emit<T: serde::Serialize>(v: &T, o: Output) -> Result<String, CliError> {
     }
 }
 
-async fn live_pods(client: &kube::Client) -> Result<BTreeSet<(String, String)>, CliError> {
-    let pods: Api<Pod> = Api::all(client.clone());
-    let list = pods
-        .list_metadata(&ListParams::default())
-        .await
-        .map_err(CliError::Pods)?;
-    Ok(list
-        .items
-        .into_iter()
-        .filter_map(|p| Some((p.metadata.namespace?, p.metadata.name?)))
-        .collect())
+/// Live pods, and the addresses they use as the GC reads them (status.podIPs, Calico's and
+/// Multus' annotations): what Calico's check reads from WorkloadEndpoints. A host-network pod
+/// uses its node's address, a finished pod none (its sandbox is gone).
+async fn live_pods(
+    client: &kube::Client,
+) -> Result<(BTreeSet<(String, String)>, Vec<report::InUse>), CliError> {
+    let pods: Api<SlimPod> = Api::all(client.clone());
+    let list = pods.list(&ListParams::default()).await.map_err(CliError::Pods)?;
+    let mut live = BTreeSet::new();
+    let mut in_use = Vec::new();
+    for p in &list.items {
+        let (Some(ns), Some(name)) = (&p.metadata.namespace, &p.metadata.name) else {
+            continue;
+        };
+        live.insert((ns.clone(), name.clone()));
+        let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+        if matches!(phase, Some("Succeeded" | "Failed")) {
+            continue;
+        }
+        let mut ips = pod_info(p).map(|i| i.ips).unwrap_or_default();
+        ips.sort();
+        ips.dedup();
+        in_use.extend(ips.into_iter().map(|ip| report::InUse {
+            ip,
+            namespace: ns.clone(),
+            pod: name.clone(),
+        }));
+    }
+    Ok((live, in_use))
 }
 
 impl IpamArgs {
@@ -133,11 +154,14 @@ impl IpamArgs {
                 Ok(ExitCode::SUCCESS)
             }
             IpamCommand::Check { output } => {
+                let (pods, in_use) = live_pods(&client).await?;
                 let input = report::CheckInput {
                     blocks: ipam.list_blocks().await?,
                     handles: ipam.list_handles().await?,
                     affinities: ipam.list_affinities().await?,
-                    pods: Some(live_pods(&client).await?),
+                    pods: Some(pods),
+                    in_use: Some(in_use),
+                    pools: Some(ipam.pools().iter().filter_map(PoolRef::from_pool).collect()),
                     scope: None,
                 };
                 let problems = report::check(&input);

@@ -292,12 +292,12 @@ async fn readyz(State(ctx): State<Arc<Ctx>>) -> impl IntoResponse {
 }
 
 async fn metrics_handler(State(ctx): State<Arc<Ctx>>) -> impl IntoResponse {
-    let pools: Vec<(String, ipnet::IpNet)> = ctx
+    let pools: Vec<crate::ipam::usage::PoolRef> = ctx
         .stores
         .pools
         .all()
         .iter()
-        .filter_map(|p| Some((p.metadata.name.clone()?, p.spec.net()?)))
+        .filter_map(|p| crate::ipam::usage::PoolRef::from_pool(p))
         .collect();
     let blocks = ctx.stores.blocks.all();
     ctx.metrics

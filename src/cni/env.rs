@@ -69,6 +69,50 @@ impl CniArgs {
     }
 }
 
+/// Longest container ID an ADD takes. The ID is stored in every allocation's attributes of an
+/// IPAMBlock (objects etcd caps at 1.5 MiB), and no runtime comes near it (64 hex digits).
+pub const MAX_CONTAINER_ID: usize = 1024;
+
+/// The CNI specification's container ID (`^[a-zA-Z0-9][a-zA-Z0-9_.\-]*$`, as libcni's `skel`
+/// checks it for Calico's plugins), at most [`MAX_CONTAINER_ID`] characters. Checked at ADD and
+/// CHECK only: DEL releases whatever an ID holds, so a runtime's DEL always succeeds. An ID
+/// outside this grammar (`/`, spaces, `\r`, non-ASCII) could never be told apart reliably (Calico
+/// compares handle IDs cut at `\r`), so it is refused before anything is allocated.
+pub fn check_container_id(id: &str) -> Result<(), CniError> {
+    let bad = |reason: String| CniError::InvalidEnv {
+        var: "CNI_CONTAINERID",
+        reason,
+    };
+    if id.len() > MAX_CONTAINER_ID {
+        return Err(bad(format!(
+            "{} characters long, longer than the {MAX_CONTAINER_ID} this plugin stores with each allocation",
+            id.len()
+        )));
+    }
+    let offending = match id.chars().next() {
+        Some(c) if !c.is_ascii_alphanumeric() => Some(c),
+        _ => id
+            .chars()
+            .skip(1)
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))),
+    };
+    if let Some(c) = offending {
+        return Err(bad(format!(
+            "{:?} has the invalid character {c:?}: a container ID starts with a letter or digit, followed by letters, digits, '_', '.' or '-' (CNI specification)",
+            truncate(id, 80)
+        )));
+    }
+    Ok(())
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_string()
+    } else {
+        format!("{}...", s.chars().take(n).collect::<String>())
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CniEnv {
     pub command: Command,
@@ -106,6 +150,9 @@ impl CniEnv {
         };
         let per_container = matches!(command, Command::Add | Command::Del | Command::Check);
         let container_id = needs("CNI_CONTAINERID", per_container)?;
+        if matches!(command, Command::Add | Command::Check) {
+            check_container_id(&container_id)?;
+        }
         let netns = needs("CNI_NETNS", matches!(command, Command::Add | Command::Check))?;
         let ifname = needs("CNI_IFNAME", per_container)?;
         let args = CniArgs::parse(lookup("CNI_ARGS").unwrap_or(""))?;
@@ -215,6 +262,42 @@ mod tests {
             Command::Version
         );
         assert_eq!(env(&[("CNI_COMMAND", "GC")]).unwrap().command, Command::Gc);
+    }
+
+    #[test]
+    fn container_ids_follow_the_cni_grammar_at_add_and_check_only() {
+        let with = |cmd: &str, id: &str| {
+            env(&[
+                ("CNI_COMMAND", cmd),
+                ("CNI_CONTAINERID", id),
+                ("CNI_NETNS", "/n"),
+                ("CNI_IFNAME", "eth0"),
+            ])
+        };
+        let long = "a".repeat(MAX_CONTAINER_ID);
+        for ok in ["abc", "ABCdef", "a..b", "a_b-c.", long.as_str()] {
+            assert!(with("ADD", ok).is_ok(), "{ok}");
+        }
+        for (bad, want) in [
+            ("../x", "invalid character '.'"),
+            ("a/../b", "invalid character '/'"),
+            ("a b", "invalid character ' '"),
+            ("ab\rc", "invalid character '\\r'"),
+            ("ünï", "invalid character 'ü'"),
+            ("-a", "invalid character '-'"),
+            ("_a", "invalid character '_'"),
+        ] {
+            for cmd in ["ADD", "CHECK"] {
+                let e = with(cmd, bad).unwrap_err();
+                assert_eq!(e.code(), 4, "{bad}");
+                let m = e.to_string();
+                assert!(m.contains("CNI_CONTAINERID") && m.contains(want), "{bad}: {m}");
+            }
+            // DEL never fails on the ID: there is nothing it could not release.
+            assert!(with("DEL", bad).is_ok(), "{bad}");
+        }
+        let e = with("ADD", &"a".repeat(MAX_CONTAINER_ID + 1)).unwrap_err();
+        assert!(e.to_string().contains("1025 characters long"), "{e}");
     }
 
     #[test]

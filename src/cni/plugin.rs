@@ -353,8 +353,13 @@ impl Ctx<'_> {
                         let ips = held.iter().map(|ip| with_block_mask(*ip, &pools)).collect();
                         return self.finish(ipam, conf, ips).await;
                     }
-                    // A handle holding nothing (an interrupted ADD or DEL): allocate into it.
-                    self.assign(ipam, &plan, &attrs, &ns_labels, &pools, false)
+                    // A handle holding nothing (an interrupted ADD or DEL): its entries may count
+                    // addresses whose block write never landed, so clear it and start afresh
+                    // rather than allocate on top of them (issue 15: over-counted handles).
+                    ipam.release_by_handle(&self.handle)
+                        .await
+                        .map_err(ipam_err(&Source::Default))?;
+                    self.assign(ipam, &plan, &attrs, &ns_labels, &pools, true)
                         .await?
                         .ok_or_else(|| {
                             CniError::TryAgainLater(format!("IPAMHandle {} is being changed", self.handle))
@@ -459,7 +464,10 @@ impl Ctx<'_> {
             ips: ips
                 .into_iter()
                 .zip(gateways)
-                .map(|(address, gateway)| IpConfig { address, gateway })
+                .map(|(address, gateway)| IpConfig {
+                    address: result_address(address, gateway.is_some()),
+                    gateway,
+                })
                 .collect(),
             routes: conf.ipam.routes.clone().unwrap_or_else(|| default_routes(v4, v6)),
         };
@@ -606,7 +614,19 @@ impl Ctx<'_> {
     }
 }
 
-/// The address with its block's prefix length (Calico's IPAM result form), from the pool holding it.
+/// The address as the result carries it: a host route (`/32`, `/128`), as Calico's CNI hands
+/// pod addresses to the runtime (its main plugin narrows calico-ipam's block prefix to that before
+/// it answers). With a gateway (`ipam.gateway: "node"`) the block's prefix stays: the reference
+/// `bridge` plugin needs the gateway inside the address's subnet.
+fn result_address(addr: IpNet, with_gateway: bool) -> IpNet {
+    if with_gateway {
+        addr
+    } else {
+        IpNet::from(addr.addr())
+    }
+}
+
+/// The address with its block's prefix length, from the pool holding it (what the engine returns).
 fn with_block_mask(ip: IpAddr, pools: &[PoolInfo]) -> IpNet {
     let prefix = pools
         .iter()
@@ -647,6 +667,15 @@ mod tests {
         let legacy = br#"{"prevResult":{"ip4":{"ip":"10.0.0.5/26"}}}"#;
         assert_eq!(prev_result_ips(legacy).len(), 1);
         assert!(prev_result_ips(b"{}").is_empty());
+    }
+
+    #[test]
+    fn results_carry_host_routes_unless_a_gateway_needs_the_subnet() {
+        let a: IpNet = "10.48.0.5/26".parse().unwrap();
+        assert_eq!(result_address(a, false).to_string(), "10.48.0.5/32");
+        assert_eq!(result_address(a, true).to_string(), "10.48.0.5/26");
+        let b: IpNet = "fd00:48::5/122".parse().unwrap();
+        assert_eq!(result_address(b, false).to_string(), "fd00:48::5/128");
     }
 
     #[test]

@@ -31,7 +31,7 @@ pub struct PoolInfo {
     pub cidr: IpNet,
     pub disabled: bool,
     pub deleting: bool,
-    /// Effective block prefix length: results carry addresses with it, as Calico's do.
+    /// Effective block prefix length (gateways are chosen inside the address's block).
     pub block_size: u8,
     /// `spec.allowedUses` includes Workload (pods may get addresses from it).
     pub workload: bool,

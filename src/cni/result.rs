@@ -2,7 +2,8 @@
 //!
 //! 1.x: `{"cniVersion","ips":[{"address","gateway"}],"routes":[{"dst","gw"}],"dns":{}}`;
 //! 0.3.x/0.4.0 add `"version":"4"|"6"` to each IP; 0.1.0/0.2.0 use `ip4`/`ip6` objects.
-//! Addresses carry their block's prefix length, as `calico-ipam` returns them.
+//! Addresses are host routes (`10.48.0.5/32`, `fd00::5/128`), the form Calico's CNI gives the
+//! runtime; with a per-node gateway they keep their block's prefix (see `plugin::result_address`).
 
 use std::net::IpAddr;
 
@@ -25,7 +26,7 @@ pub struct Route {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IpConfig {
-    /// The address with its block's prefix length, e.g. `10.48.0.5/26`.
+    /// The address, e.g. `10.48.0.5/32` (`10.48.0.5/26` when a gateway in the block is named).
     pub address: IpNet,
     pub gateway: Option<IpAddr>,
 }
@@ -137,7 +138,7 @@ mod tests {
         IpamResult {
             ips: vec![
                 IpConfig {
-                    address: "10.48.128.3/26".parse().unwrap(),
+                    address: "10.48.128.3/32".parse().unwrap(),
                     gateway: None,
                 },
                 IpConfig {
@@ -166,7 +167,7 @@ mod tests {
             json!({
                 "cniVersion": "1.0.0",
                 "ips": [
-                    {"address": "10.48.128.3/26"},
+                    {"address": "10.48.128.3/32"},
                     {"address": "fd00:48::5/122", "gateway": "fd00:48::1"}
                 ],
                 "routes": [{"dst": "0.0.0.0/0"}, {"dst": "::/0"}],
@@ -188,7 +189,7 @@ mod tests {
     #[test]
     fn legacy_result_shape() {
         let j = dual().to_json("0.2.0").unwrap();
-        assert_eq!(j["ip4"]["ip"], "10.48.128.3/26");
+        assert_eq!(j["ip4"]["ip"], "10.48.128.3/32");
         assert_eq!(j["ip4"]["routes"], json!([{"dst": "0.0.0.0/0"}]));
         assert_eq!(j["ip6"]["gateway"], "fd00:48::1");
     }

@@ -16,6 +16,8 @@ use ipnet::IpNet;
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use kube::core::{NotUsed, Object};
 use kube::{Resource, ResourceExt};
+
+use crate::ipam::usage::PoolRef;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -145,14 +147,14 @@ pub fn pod_info(p: &SlimPod) -> Option<PodInfo> {
     })
 }
 
-/// Pools (name, cidr) this instance manages; with a pool selector, GC stays inside them.
-fn scope(ctx: &Ctx) -> (Vec<(String, IpNet)>, bool) {
+/// Pools this instance manages; with a pool selector, GC stays inside them.
+fn scope(ctx: &Ctx) -> (Vec<PoolRef>, bool) {
     let pools = ctx
         .stores
         .pools
         .all()
         .iter()
-        .filter_map(|p| Some((p.name_any(), p.spec.net()?)))
+        .filter_map(|p| PoolRef::from_pool(p))
         .collect();
     (pools, ctx.config.pool_selector.is_some())
 }
@@ -164,7 +166,7 @@ async fn pass(ctx: &Ctx) -> Result<(), Error> {
         !scoped
             || cidr
                 .parse::<IpNet>()
-                .is_ok_and(|n| pools.iter().any(|(_, p)| p.contains(&n)))
+                .is_ok_and(|n| pools.iter().any(|p| p.cidr.contains(&n)))
     };
     let blocks = st.blocks.all();
     let affinities = st.affinities.all();
@@ -283,7 +285,7 @@ async fn pass(ctx: &Ctx) -> Result<(), Error> {
                     b.spec.attributes.iter().any(|a| {
                         a.handle_id
                             .as_deref()
-                            .is_some_and(|id| names::handle_name(names::sanitize_handle_id(id)) == *name)
+                            .is_some_and(|id| names::handle_owned_by(&h.spec.handle_id, id))
                     })
                 });
                 if referenced {
@@ -478,12 +480,15 @@ async fn release_block(
     }
     let h_api: Api<Handle> = Api::all_with(ctx.client.clone(), &ctx.resource(CalicoKind::IPAMHandle));
     // Independent objects: decrement them concurrently (a 10,000-leak pass is bound by these).
+    // Each handle is set to what the written block still holds for it, not decremented: a pass
+    // repeated after a lost answer cannot count down twice (issue 15).
     let decrements: Vec<_> = per_handle
-        .into_iter()
-        .map(|(handle, n)| {
+        .into_keys()
+        .map(|handle| {
+            let left = crate::ipam::block::ordinals_of_handle(&block.spec, handle).len() as u64;
             let (handle, h_api, cidr) = (handle.to_string(), h_api.clone(), r.cidr.clone());
             async move {
-                let res = decrement_handle(ctx, &h_api, &handle, &cidr, n).await;
+                let res = set_handle_count(ctx, &h_api, &handle, &cidr, left).await;
                 (handle, res)
             }
         })
@@ -516,36 +521,50 @@ async fn release_block(
     Ok(())
 }
 
-/// Decrements a handle by CAS; the first attempt rebuilds it from the handle index (saving a read),
-/// a stale copy costs one 409 and a fresh read.
-async fn decrement_handle(
+/// Sets a handle's count for `cidr` to `left` (what the block still holds for it) by CAS; the
+/// first attempt rebuilds it from the handle index (saving a read), a stale copy costs one 409
+/// and a fresh read.
+async fn set_handle_count(
     ctx: &Ctx,
     api: &Api<Handle>,
     handle_id: &str,
     cidr: &str,
-    n: u64,
+    left: u64,
 ) -> Result<(), Error> {
-    let name = names::handle_name(names::sanitize_handle_id(handle_id));
+    // The ID's own object, else the one Calico named for a mixed-case ID; never an object that
+    // holds another ID (Calico's lower-cased names would have shared one).
+    let candidates: Vec<String> = std::iter::once(names::handle_name(handle_id))
+        .chain(names::calico_handle_name(handle_id))
+        .collect();
     for attempt in 1..=CAS_RETRIES {
-        let cached = (attempt == 1)
-            .then(|| ctx.stores.handles.get(&name))
-            .flatten()
-            .and_then(|e| e.to_handle(&name, &ctx.resource(CalicoKind::IPAMHandle)));
-        let current = match cached {
-            Some(h) => Some(h),
-            None => get_opt(api, &name).await?,
-        };
+        let mut current = None;
+        for name in &candidates {
+            let cached = (attempt == 1)
+                .then(|| ctx.stores.handles.get(name))
+                .flatten()
+                .and_then(|e| e.to_handle(name, &ctx.resource(CalicoKind::IPAMHandle)));
+            let h = match cached {
+                Some(h) => Some(h),
+                None => get_opt(api, name).await?,
+            };
+            if let Some(h) = h.filter(|h| names::handle_owned_by(&h.spec.handle_id, handle_id)) {
+                current = Some(h);
+                break;
+            }
+        }
         let Some(mut h) = current else {
             return Ok(());
         };
+        let name = h.name_any();
         if h.spec.is_deleted() {
             return Ok(());
         }
-        let left = h.spec.block.get(cidr).copied().unwrap_or(0).saturating_sub(n);
-        if left == 0 {
-            h.spec.block.remove(cidr);
-        } else {
-            h.spec.block.insert(cidr.to_string(), left);
+        if !crate::ipam::handle_count::set(&mut h.spec.block, cidr, left) {
+            // Already so: believed from a fresh read only, not from the index.
+            if attempt == 1 {
+                continue;
+            }
+            return Ok(());
         }
         let res = if h.spec.block.is_empty() {
             soft_delete(api, h, |s| s.deleted = Some(true)).await

@@ -8,7 +8,6 @@
 //! - IPAMHandles that no block references are removed after the grace period;
 //! - everything is planned per block so the shell makes one guarded write per block per pass.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 
@@ -70,7 +69,7 @@ pub struct World<'a> {
     /// (namespace, name) → pod (borrowed from the operator's pod index).
     pub pods: std::borrow::Cow<'a, HashMap<(String, String), PodInfo>>,
     /// Pools (name, cidr) for metric labels.
-    pub pools: Vec<(String, IpNet)>,
+    pub pools: Vec<crate::ipam::usage::PoolRef>,
 }
 
 /// Timers kept between passes (rebuilt each pass, so nothing accumulates).
@@ -176,11 +175,10 @@ fn ordinal_ip(net: &IpNet, ordinal: usize) -> Option<IpAddr> {
     }
 }
 
-pub fn pool_of(pools: &[(String, IpNet)], cidr: &IpNet) -> String {
-    pools
-        .iter()
-        .find(|(_, p)| p.contains(cidr))
-        .map(|(n, _)| n.clone())
+/// The metrics label of the pool owning a block ([`crate::ipam::usage::owning_pool`]).
+pub fn pool_of(pools: &[crate::ipam::usage::PoolRef], cidr: &IpNet) -> String {
+    crate::ipam::usage::owning_pool(pools, cidr)
+        .map(|p| p.name.clone())
         .unwrap_or_else(|| "no_ippool".into())
 }
 
@@ -278,14 +276,6 @@ pub fn plan<'a>(world: &'a World<'a>, state: &mut GcState, now: Timestamp, grace
     let live_ips: HashSet<IpAddr> = world.pods.values().flat_map(|p| p.ips.iter().copied()).collect();
     let mut out = GcPlan::default();
     let mut next = GcState::default();
-    // Handle object names: Calico's lower-cased ID, borrowed when it is lower case already.
-    let handle_name = |id: &'a str| -> Cow<'a, str> {
-        if id.chars().all(|c| c.to_lowercase().eq(std::iter::once(c))) {
-            Cow::Borrowed(id)
-        } else {
-            Cow::Owned(crate::ipam::names::handle_name(id))
-        }
-    };
     // All-or-nothing per handle keeps handle counts right for multi-address pods: a handle's
     // confirmed leaks are released only when none of its allocations is still held. Only the
     // confirmed leaks carry a guard (at 50,000 live allocations a guard for every one was
@@ -293,7 +283,9 @@ pub fn plan<'a>(world: &'a World<'a>, state: &mut GcState, now: Timestamp, grace
     let mut held: HashSet<&str> = HashSet::new();
     let mut confirmed: HashMap<&str, Vec<(usize, Guard)>> = HashMap::new();
     let mut blocks_of_node: HashMap<&str, usize> = HashMap::new();
-    let mut referenced: HashSet<Cow<'_, str>> = HashSet::new();
+    // Handle IDs the blocks name (exact, as Calico compares them: IDs that differ only in case
+    // are distinct handles).
+    let mut referenced: HashSet<&str> = HashSet::new();
     let mut empty: Vec<(usize, &str)> = Vec::new();
     let live_blocks: Vec<&BlockIn<'_>> = world.blocks.iter().filter(|b| !b.spec.is_deleted()).collect();
     let nets: Vec<Option<IpNet>> = live_blocks.iter().map(|b| b.spec.cidr.parse().ok()).collect();
@@ -312,7 +304,7 @@ pub fn plan<'a>(world: &'a World<'a>, state: &mut GcState, now: Timestamp, grace
                 continue;
             };
             if let Some(h) = &attr.handle_id {
-                referenced.insert(handle_name(sanitize_handle_id(h)));
+                referenced.insert(sanitize_handle_id(h));
             }
             if attr.handle_id.as_deref() == Some(WINDOWS_RESERVED) {
                 continue;
@@ -438,8 +430,7 @@ pub fn plan<'a>(world: &'a World<'a>, state: &mut GcState, now: Timestamp, grace
     // Handles no block references, once unreferenced for the grace period: the allocator
     // increments a handle before it writes the block, so a young orphan may be in flight.
     for h in &world.handles {
-        let name = handle_name(sanitize_handle_id(h.handle_id));
-        if referenced.contains(&name) || referenced.contains(h.name) {
+        if referenced.contains(sanitize_handle_id(h.handle_id)) {
             continue;
         }
         let since = *state.orphan_handle_since.get(h.name).unwrap_or(&now);

@@ -23,6 +23,7 @@ use super::pools::{self, ALLOW_OUTSIDE_POD_CIDR, PoolView};
 use super::tokio_util_shim::CancellationToken;
 use super::{Ctx, Error, gc};
 use crate::api::{CalicoKind, Pool};
+use crate::ipam::usage::{self as ipam_usage, PoolRef};
 
 const NAME: &str = "ippool";
 const MANAGER_FIELD: &str = "tortie-ippool";
@@ -47,17 +48,19 @@ pub async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
         st.kubeadm.changes().map(|_| ()).boxed(),
         super::installation::tick(Duration::from_secs(30)).boxed(),
     ]);
-    // A block change refreshes the counts of the pool holding it.
+    // A block change refreshes the counts of the pool owning it (a wider pool draining around
+    // it is re-checked by the periodic resync).
     let pools_store = st.pools.store.clone();
     let ar2 = ar.clone();
     let by_block = st.blocks.changes().filter_map(move |b| {
         let net = b.spec.cidr.parse::<ipnet::IpNet>().ok();
         let hit = net.and_then(|n| {
-            pools_store
+            let refs: Vec<PoolRef> = pools_store
                 .state()
                 .iter()
-                .find(|p| p.spec.net().is_some_and(|pn| pn.contains(&n)))
-                .map(|p| ObjectRef::new_with(&p.name_any(), ar2.clone()))
+                .filter_map(|p| PoolRef::from_pool(p))
+                .collect();
+            ipam_usage::owning_pool(&refs, &n).map(|p| ObjectRef::new_with(&p.name, ar2.clone()))
         });
         async move { hit }
     });
@@ -117,8 +120,14 @@ async fn apply(pool: &Pool, ctx: &Ctx) -> Result<Action, Error> {
         .and_then(|i| verdicts[i].clone());
     let net = pool.spec.net();
     let blocks = ctx.stores.blocks.all();
+    // Draining looks at every block inside the CIDR (as Calico's finalizer does); the counts in
+    // status are what this pool owns, attributed as in `ipam show` and the metrics.
     let usage = net
         .map(|n| pools::usage(&n, blocks.iter().map(|b| &b.spec)))
+        .unwrap_or_default();
+    let refs: Vec<PoolRef> = all.iter().filter_map(|p| PoolRef::from_pool(p)).collect();
+    let owned = ipam_usage::by_pool(&refs, blocks.iter().map(|b| &b.spec))
+        .remove(&Some(name.clone()))
         .unwrap_or_default();
     let deleting = pool.meta().deletion_timestamp.is_some();
     let has_finalizer = pool.finalizers().iter().any(|f| f == FINALIZER);
@@ -204,8 +213,8 @@ async fn apply(pool: &Pool, ctx: &Ctx) -> Result<Action, Error> {
     let capacity = net.map(|n| pools::capacity(&n));
     let st = pool.status.clone().unwrap_or_default();
     let unchanged = st.conditions == conds
-        && st.allocations == Some(usage.allocations)
-        && st.blocks == Some(usage.blocks)
+        && st.allocations == Some(owned.allocations)
+        && st.blocks == Some(owned.blocks)
         && st.capacity == capacity
         && st.observed_generation == pool.metadata.generation;
     if !unchanged {
@@ -214,8 +223,8 @@ async fn apply(pool: &Pool, ctx: &Ctx) -> Result<Action, Error> {
             "kind": ar.kind,
             "status": {
                 "conditions": conds,
-                "allocations": usage.allocations,
-                "blocks": usage.blocks,
+                "allocations": owned.allocations,
+                "blocks": owned.blocks,
                 "capacity": capacity,
                 "observedGeneration": pool.metadata.generation,
             },

@@ -14,6 +14,8 @@ pub mod podcidr;
 pub mod pools;
 mod store;
 
+pub use store::SlimPod;
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -582,7 +582,8 @@ pub fn capacity(net: &IpNet) -> u64 {
     }
 }
 
-/// Allocated addresses and blocks inside `net`.
+/// Allocated addresses and blocks inside `net`, whichever pool owns them: what must be released
+/// before a pool with this CIDR can go. Per-pool counts are `crate::ipam::usage::by_pool`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Usage {
     pub allocations: u64,

@@ -358,123 +358,109 @@ impl Ipam {
 
     // ------------------------------------------------------------------ handles
 
-    /// Adds `n` addresses in `cidr` to a handle (creating it), before the block write. With
-    /// `new_handle`, a handle this process does not know must be created, not found.
-    async fn handle_add(
+    /// Sets the handle's count for `cidr` to `count`: creates the handle for a first entry, drops
+    /// the entry at 0 and deletes a handle left empty. The count is what the block holds for the
+    /// handle (or will hold once the pending block write lands), so the write is idempotent: a
+    /// retry after an answer was lost, or a later ADD into a handle an interrupted one left
+    /// over-counted, lands on the same value where an increment would count twice (issue 15).
+    /// With `new_handle`, a handle this process does not know must be created, not found.
+    async fn handle_set(
         &self,
         handle_id: &str,
         cidr: &IpNet,
-        n: u64,
+        count: u64,
         new_handle: bool,
     ) -> Result<(), IpamError> {
-        let name = names::handle_name(handle_id);
         let key = cidr.to_string();
+        let mut checked = false;
         for attempt in 0..RETRIES {
-            let cached = self.inner.cache.lock().unwrap().handles.get(&name).cloned();
+            let cached = self.inner.cache.lock().unwrap().handles.get(handle_id).cloned();
             let res = match cached {
-                None => {
-                    self.inner
-                        .store
-                        .create_handle(handle_id, [(key.clone(), n)].into())
-                        .await
-                }
+                None if count == 0 => match self.refresh_handle(handle_id).await? {
+                    None => return Ok(()),
+                    Some(_) => continue,
+                },
+                None => self
+                    .inner
+                    .store
+                    .create_handle(handle_id, [(key.clone(), count)].into())
+                    .await
+                    .map(Some),
                 Some(mut h) => {
-                    *h.spec.block.entry(key.clone()).or_default() += n;
-                    self.inner.store.update_handle(&h).await
+                    if !handle_count::set(&mut h.spec.block, &key, count) {
+                        // Already so in the cached copy: believe it once the server agrees.
+                        if checked {
+                            return Ok(());
+                        }
+                        checked = true;
+                        self.refresh_handle(handle_id).await?;
+                        continue;
+                    }
+                    if h.spec.block.is_empty() {
+                        self.inner.store.delete_handle(&h).await.map(|_| None)
+                    } else {
+                        self.inner.store.update_handle(&h).await.map(Some)
+                    }
                 }
             };
             match res {
-                Ok(h) => {
-                    self.inner.cache.lock().unwrap().handles.insert(name, h);
+                Ok(Some(h)) => {
+                    self.inner
+                        .cache
+                        .lock()
+                        .unwrap()
+                        .handles
+                        .insert(handle_id.into(), h);
+                    return Ok(());
+                }
+                Ok(None) => {
+                    self.inner.cache.lock().unwrap().handles.remove(handle_id);
                     return Ok(());
                 }
                 Err(StoreError::AlreadyExists { .. }) if new_handle && attempt == 0 => {
                     return Err(IpamError::HandleExists(handle_id.into()));
                 }
-                Err(StoreError::Conflict { .. } | StoreError::AlreadyExists { .. }) => {
+                Err(StoreError::AlreadyExists { name, .. }) => {
+                    if self.refresh_handle(handle_id).await?.is_none()
+                        && let Some(other) = self.inner.store.handle_name_holder(handle_id).await?
+                        && !names::handle_owned_by(&other, handle_id)
+                    {
+                        return Err(IpamError::BadRequest(format!(
+                            "IPAMHandle {name} already holds handle ID {other:?}, so handle ID {handle_id:?} cannot be stored under it"
+                        )));
+                    }
+                }
+                Err(StoreError::Conflict { .. }) => {
                     self.refresh_handle(handle_id).await?;
                 }
                 Err(e) => return Err(e.into()),
             }
         }
         Err(IpamError::Contention {
-            what: format!("IPAMHandle {name}"),
+            what: format!("IPAMHandle {}", names::handle_name(handle_id)),
         })
     }
 
     /// Whether this process last saw the handle existing (its own writes, its own reads).
     fn handle_cached(&self, handle_id: &str) -> bool {
-        self.inner
-            .cache
-            .lock()
-            .unwrap()
-            .handles
-            .contains_key(&names::handle_name(handle_id))
+        self.inner.cache.lock().unwrap().handles.contains_key(handle_id)
     }
 
     async fn refresh_handle(&self, handle_id: &str) -> Result<Option<Handle>, IpamError> {
-        let name = names::handle_name(handle_id);
         let h = self.inner.store.get_handle(handle_id).await?;
         let mut c = self.inner.cache.lock().unwrap();
         match &h {
-            Some(h) => c.handles.insert(name, h.clone()),
-            None => c.handles.remove(&name),
+            Some(h) => c.handles.insert(handle_id.into(), h.clone()),
+            None => c.handles.remove(handle_id),
         };
         Ok(h)
-    }
-
-    /// Removes addresses from a handle after a release (`None` = the whole block entry); deletes
-    /// the handle when it holds nothing any more.
-    async fn handle_sub(&self, handle_id: &str, cidr: &IpNet, n: Option<u64>) -> Result<(), IpamError> {
-        let name = names::handle_name(handle_id);
-        let key = cidr.to_string();
-        let mut h = self.inner.cache.lock().unwrap().handles.get(&name).cloned();
-        for _ in 0..RETRIES {
-            let Some(mut cur) = (match h.take() {
-                Some(h) => Some(h),
-                None => self.refresh_handle(handle_id).await?,
-            }) else {
-                return Ok(());
-            };
-            match (cur.spec.block.get(&key).copied(), n) {
-                (None, _) => return Ok(()),
-                (Some(have), Some(k)) if have > k => {
-                    cur.spec.block.insert(key.clone(), have - k);
-                }
-                _ => {
-                    cur.spec.block.remove(&key);
-                }
-            }
-            let res = if cur.spec.block.is_empty() {
-                self.inner.store.delete_handle(&cur).await.map(|_| None)
-            } else {
-                self.inner.store.update_handle(&cur).await.map(Some)
-            };
-            match res {
-                Ok(Some(new)) => {
-                    self.inner.cache.lock().unwrap().handles.insert(name, new);
-                    return Ok(());
-                }
-                Ok(None) => {
-                    self.inner.cache.lock().unwrap().handles.remove(&name);
-                    return Ok(());
-                }
-                Err(StoreError::Conflict { .. }) => {
-                    h = self.refresh_handle(handle_id).await?;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(IpamError::Contention {
-            what: format!("IPAMHandle {name}"),
-        })
     }
 
     // ------------------------------------------------------------------ block writes
 
     /// Allocates up to `n` addresses from one block (CAS loop). With `owner` set, only while the
-    /// block is affine to that host. Handle increment before the block write, decrement of what
-    /// was not written after.
+    /// block is affine to that host. The handle's count for the block is set before the block
+    /// write (to what the block will hold for it) and set back after a write that did not happen.
     async fn allocate_in_block(
         &self,
         cidr: &IpNet,
@@ -488,7 +474,10 @@ impl Ipam {
         async {
             let lock = self.block_lock(cidr);
             let _guard = lock.lock().await;
-            let mut counted: u64 = 0;
+            // The count this call set on the handle while its block write is not known to have
+            // landed, and the handle's count in the block as last read (what an undo restores).
+            let mut pending: Option<u64> = None;
+            let mut held_before: u64 = 0;
             let mut result = Err(IpamError::Contention {
                 what: format!("IPAMBlock {}", names::block_name(cidr)),
             });
@@ -499,9 +488,11 @@ impl Ipam {
                     self.fresh_block(cidr).await?
                 };
                 let Some(mut b) = b else {
+                    held_before = 0;
                     result = Ok(BlockOutcome::Gone);
                     break;
                 };
+                held_before = blk::ordinals_of_handle(&b.spec, req_handle).len() as u64;
                 if let Some(host) = owner
                     && b.spec.host() != Some(host)
                 {
@@ -513,19 +504,16 @@ impl Ipam {
                     result = Ok(BlockOutcome::Allocated(vec![]));
                     break;
                 }
-                let k = ords.len() as u64;
-                if k > counted {
-                    self.handle_add(req_handle, cidr, k - counted, new_handle).await?;
-                    counted = k;
+                let after = held_before + ords.len() as u64;
+                if pending != Some(after) {
+                    self.handle_set(req_handle, cidr, after, new_handle).await?;
+                    pending = Some(after);
                 }
                 blk::prepare_write(&mut b.spec);
                 match self.inner.store.update_block(&b).await {
                     Ok(new) => {
                         self.remember_block(&new);
-                        if counted > k {
-                            self.handle_sub(req_handle, cidr, Some(counted - k)).await?;
-                        }
-                        counted = 0;
+                        pending = None;
                         // Calico returns each address with its block's prefix (10.48.0.5/26).
                         let ips = ords
                             .iter()
@@ -549,18 +537,18 @@ impl Ipam {
                             // The answer was lost, not the write perhaps: keep the handle's count
                             // so that release_by_handle (the DEL after this failed ADD) still
                             // visits this block and frees what may be recorded there.
-                            counted = 0;
+                            pending = None;
                         }
                         result = Err(e.into());
                         break;
                     }
                 }
             }
-            if counted > 0 {
-                // The block write did not happen: undo the handle increment. When the undo
-                // fails too, the handle stays over-counted (harmless: a DEL drops the entry) and
-                // the first error is the one to report.
-                let undo = self.handle_sub(req_handle, cidr, Some(counted)).await;
+            if pending.is_some() {
+                // The block write did not happen: set the count back to what the block holds.
+                // When that fails too, the handle stays over-counted (harmless: a DEL drops the
+                // entry, a later allocation sets it right) and the first error is the one to report.
+                let undo = self.handle_set(req_handle, cidr, held_before, false).await;
                 if result.is_ok() {
                     undo?;
                 } else if let Err(e) = undo {
@@ -946,14 +934,19 @@ impl Ipam {
             if new_handle && self.handle_cached(&req.handle_id) {
                 return Err(IpamError::HandleExists(req.handle_id.clone()));
             }
-            let mut counted = false;
+            // As in allocate_in_block: the count set while the block write is pending, and the
+            // handle's count in the block as last read.
+            let mut pending: Option<u64> = None;
+            let mut held_before: u64 = 0;
             let mut result = Err(IpamError::Contention { what: format!("IPAMBlock {}", names::block_name(&cidr)) });
             for attempt in 0..RETRIES {
                 let b = if attempt == 0 { self.block(&cidr).await? } else { self.fresh_block(&cidr).await? };
                 let Some(mut b) = b else {
+                    held_before = 0;
                     self.claim_block(&req.hostname, &cidr).await?;
                     continue;
                 };
+                held_before = blk::ordinals_of_handle(&b.spec, &req.handle_id).len() as u64;
                 if strict && b.spec.host() != Some(req.hostname.as_str()) {
                     result = Err(IpamError::AffinityMismatch {
                         ip: req.ip,
@@ -970,15 +963,16 @@ impl Ipam {
                     });
                     break;
                 }
-                if !counted {
-                    self.handle_add(&req.handle_id, &cidr, 1, new_handle).await?;
-                    counted = true;
+                let after = held_before + 1;
+                if pending != Some(after) {
+                    self.handle_set(&req.handle_id, &cidr, after, new_handle).await?;
+                    pending = Some(after);
                 }
                 blk::prepare_write(&mut b.spec);
                 match self.inner.store.update_block(&b).await {
                     Ok(new) => {
                         self.remember_block(&new);
-                        counted = false;
+                        pending = None;
                         result = Ok(());
                         break;
                     }
@@ -990,15 +984,15 @@ impl Ipam {
                         // As in allocate_in_block: a write that may have landed keeps its count.
                         self.forget_block(&cidr);
                         if e.may_have_applied() {
-                            counted = false;
+                            pending = None;
                         }
                         result = Err(e.into());
                         break;
                     }
                 }
             }
-            if counted {
-                let undo = self.handle_sub(&req.handle_id, &cidr, Some(1)).await;
+            if pending.is_some() {
+                let undo = self.handle_set(&req.handle_id, &cidr, held_before, false).await;
                 if result.is_ok() {
                     undo?;
                 } else if let Err(e) = undo {
@@ -1024,7 +1018,7 @@ impl Ipam {
         let span = info_span!("ipamhandle", name = %name);
         async {
             let mut released = Vec::new();
-            let mut h = self.inner.cache.lock().unwrap().handles.get(&name).cloned();
+            let mut h = self.inner.cache.lock().unwrap().handles.get(handle_id).cloned();
             for _ in 0..RETRIES {
                 let cur = match h.take() {
                     Some(h) => h,
@@ -1038,16 +1032,16 @@ impl Ipam {
                         warn!(block = %key, "IPAMHandle {}: spec.block has a key that is not a CIDR", cur.metadata.name.as_deref().unwrap_or(""));
                         continue;
                     };
-                    let ords = self
+                    let (ords, _) = self
                         .release_in_block(&cidr, |spec| blk::ordinals_of_handle(spec, handle_id).into_iter().map(|o| blk::GuardedRelease { ordinal: o, handle_id: None, sequence_number: None }).collect())
                         .await?;
                     released.extend(ords.iter().map(|o| cidr::address_of(&cidr, *o)));
                     // Drop the whole entry even if the block no longer held the handle's addresses
                     // (Calico leaves such a handle over-counted).
-                    self.handle_sub(handle_id, &cidr, None).await?;
+                    self.handle_set(handle_id, &cidr, 0, false).await?;
                 }
                 // Deleted (gone from the cache) unless entries the cached copy lacked remain.
-                match self.inner.cache.lock().unwrap().handles.get(&name) {
+                match self.inner.cache.lock().unwrap().handles.get(handle_id) {
                     None => return Ok(released),
                     Some(rest) if rest.spec.block.is_empty() => return Ok(released),
                     Some(rest) => h = Some(rest.clone()),
@@ -1061,12 +1055,13 @@ impl Ipam {
 
     /// One guarded release in one block: a single CAS write (or a delete when the block becomes
     /// empty and has no affinity). `select` computes the releases from the current block state on
-    /// every attempt. Returns the ordinals released. Handles are not touched here.
+    /// every attempt. Returns the ordinals released and the block as it then is (`None`: gone).
+    /// Handles are not touched here.
     async fn release_in_block(
         &self,
         cidr: &IpNet,
         select: impl Fn(&crate::api::IPAMBlockSpec) -> Vec<blk::GuardedRelease>,
-    ) -> Result<Vec<usize>, IpamError> {
+    ) -> Result<(Vec<usize>, Option<crate::api::IPAMBlockSpec>), IpamError> {
         let span = info_span!("ipamblock", name = %names::block_name(cidr));
         async {
             let lock = self.block_lock(cidr);
@@ -1086,14 +1081,14 @@ impl Ipam {
                     if cached {
                         continue;
                     }
-                    return Ok(vec![]);
+                    return Ok((vec![], None));
                 };
                 let reqs = select(&b.spec);
                 if reqs.is_empty() {
                     if cached {
                         continue;
                     }
-                    return Ok(vec![]);
+                    return Ok((vec![], Some(b.spec)));
                 }
                 let (done, _) =
                     blk::release_guarded(&mut b.spec, &reqs).map_err(|e| IpamError::ReleaseConflict {
@@ -1104,7 +1099,7 @@ impl Ipam {
                     if cached {
                         continue;
                     }
-                    return Ok(vec![]);
+                    return Ok((vec![], Some(b.spec)));
                 }
                 let res = if blk::is_empty(&b.spec) && b.spec.affinity.is_none() {
                     // Empty orphan block: whoever empties it deletes it (Calico rule).
@@ -1122,11 +1117,11 @@ impl Ipam {
                         {
                             self.ensure_consistent_affinity(host, cidr).await?;
                         }
-                        return Ok(done);
+                        return Ok((done, Some(new.spec)));
                     }
                     Ok(None) => {
                         self.forget_block(cidr);
-                        return Ok(done);
+                        return Ok((done, None));
                     }
                     Err(StoreError::Conflict { .. }) => {
                         self.forget_block(cidr);
@@ -1196,7 +1191,7 @@ impl Ipam {
         }
         // Remember which handle held each ordinal, from the state the release is computed on.
         let holders: Mutex<HashMap<usize, Option<String>>> = Mutex::new(HashMap::new());
-        let done = self
+        let (done, after) = self
             .release_in_block(block, |spec| {
                 let mut h = holders.lock().unwrap();
                 h.clear();
@@ -1219,8 +1214,13 @@ impl Ipam {
                 out.unallocated.push(r.ip);
             }
         }
-        for (h, n) in per_handle {
-            self.handle_sub(&h, block, Some(n)).await?;
+        // Each handle keeps what the block still holds for it: idempotent, where a decrement
+        // replayed after a lost answer would count down twice.
+        for h in per_handle.keys() {
+            let left = after
+                .as_ref()
+                .map_or(0, |s| blk::ordinals_of_handle(s, h).len() as u64);
+            self.handle_set(h, block, left, false).await?;
         }
         Ok(out)
     }

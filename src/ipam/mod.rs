@@ -43,10 +43,12 @@ pub mod allocator;
 pub mod block;
 pub mod cidr;
 mod engine;
+pub mod handle_count;
 pub mod names;
 pub mod report;
 pub mod selector;
 pub mod store;
+pub mod usage;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;

@@ -1,5 +1,6 @@
 //! Object names and labels exactly as Calico forms them. Never change these encodings: objects
-//! Calico wrote under the old name would become unreachable.
+//! Calico wrote under the old name would become unreachable. The one departure, handle names of
+//! IDs Calico cannot name safely, keeps finding Calico's objects (see [`handle_name`]).
 
 use ipnet::IpNet;
 use sha2::{Digest, Sha256};
@@ -69,9 +70,81 @@ pub fn affinity_name(host: &str, cidr: &IpNet) -> String {
     format!("{host_prefix}-{encoded}-{}", &hex[..11])
 }
 
-/// IPAMHandle name: the handle ID lower-cased.
+/// IPAMHandle object name of a handle ID (compared after [`sanitize_handle_id`]).
+///
+/// Calico names a handle `strings.ToLower(handleID)`, so two IDs differing only in case share one
+/// object, and an ID that is no valid object name (`/`, `_`, non-ASCII, over 253 characters) can
+/// be neither created nor found. tortie keeps Calico's name where it is safe, for an ID that is
+/// already a valid name (lower case: CNI's `<network>.<container ID>` in practice), so Calico's
+/// tools and a mixed cluster find the same object. Every other ID gets a name of its own:
+/// a readable lower-case prefix, `-` and 16 hex digits of SHA-256 of the exact ID. Calico reads
+/// handles by `spec.handleID` when it lists them, so its tools still see these. Before treating
+/// an object as an ID's own, check [`handle_owned_by`].
 pub fn handle_name(handle_id: &str) -> String {
-    handle_id.to_lowercase()
+    let id = sanitize_handle_id(handle_id);
+    if is_dns_subdomain(id) {
+        return id.to_string();
+    }
+    let digest = Sha256::digest(id.as_bytes());
+    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let lower = id.to_lowercase();
+    // Labels of [a-z0-9-], each starting and ending alphanumeric, within the length limit.
+    let mut prefix = String::new();
+    for label in lower.split('.') {
+        let clean: String = label
+            .chars()
+            .map(|c| {
+                if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        let clean = clean.trim_matches('-');
+        if clean.is_empty() {
+            continue;
+        }
+        if !prefix.is_empty() {
+            prefix.push('.');
+        }
+        prefix.push_str(clean);
+    }
+    prefix.truncate(MAX_NAME - 1 - hex.len());
+    let prefix = prefix.trim_end_matches(['-', '.']);
+    if prefix.is_empty() {
+        format!("handle-{hex}")
+    } else {
+        format!("{prefix}-{hex}")
+    }
+}
+
+/// Where Calico stores the handle of an ID that [`handle_name`] names differently (a mixed-case
+/// ID Calico could store: its lower-cased form is a valid name). Such an object is the ID's own
+/// only when [`handle_owned_by`] says so.
+pub fn calico_handle_name(handle_id: &str) -> Option<String> {
+    let lower = sanitize_handle_id(handle_id).to_lowercase();
+    (is_dns_subdomain(&lower) && lower != handle_name(handle_id)).then_some(lower)
+}
+
+/// Whether a stored handle (its `spec.handleID`) belongs to `handle_id`: the exact ID, as Calico
+/// compares it (after [`sanitize_handle_id`]), never a case-folded one.
+pub fn handle_owned_by(stored_handle_id: &str, handle_id: &str) -> bool {
+    sanitize_handle_id(stored_handle_id) == sanitize_handle_id(handle_id)
+}
+
+/// A Kubernetes object name of the DNS-1123 subdomain form: at most 253 characters, labels of
+/// lower-case letters, digits and `-`, each starting and ending with a letter or digit.
+pub fn is_dns_subdomain(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_NAME
+        && s.split('.').all(|l| {
+            !l.is_empty()
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
 }
 
 /// Calico truncates a handle ID at the first carriage return when comparing (an old host-local
@@ -190,11 +263,74 @@ mod tests {
     }
 
     #[test]
-    fn handle_names_are_lower_case() {
-        assert_eq!(handle_name("vxlan-tunnel-addr-WSL"), "vxlan-tunnel-addr-wsl");
+    fn valid_lower_case_ids_keep_calicos_name() {
+        for id in [
+            "k8s-pod-network.0123456789abcdef",
+            "ipip-tunnel-addr-node-a",
+            "tortie-gateway.node-a",
+            "yaobank.db-1",
+        ] {
+            assert_eq!(handle_name(id), id);
+            assert_eq!(calico_handle_name(id), None);
+        }
         assert_eq!(
             sanitize_handle_id("k8s-pod-network.abc\r\neth0"),
             "k8s-pod-network.abc"
         );
+        assert_eq!(handle_name("k8s-pod-network.abc\r\neth0"), "k8s-pod-network.abc");
+    }
+
+    #[test]
+    fn other_ids_get_names_of_their_own() {
+        // Case variants no longer share one object (Calico's name for both is `...abc`).
+        let upper = handle_name("k8s-pod-network.ABC");
+        let mixed = handle_name("k8s-pod-network.Abc");
+        assert_ne!(upper, mixed);
+        assert_ne!(upper, "k8s-pod-network.abc");
+        assert!(upper.starts_with("k8s-pod-network.abc-"), "{upper}");
+        assert_eq!(
+            calico_handle_name("k8s-pod-network.ABC").as_deref(),
+            Some("k8s-pod-network.abc")
+        );
+        let long = "a".repeat(400);
+        let odd = [
+            "k8s-pod-network./../x",
+            "k8s-pod-network.a/b",
+            "k8s-pod-network.under_score",
+            "k8s-pod-network.ünïcödé",
+            "k8s-pod-network.",
+            "k8s-pod-network..x",
+            ".",
+            "-",
+            "/",
+            long.as_str(),
+        ];
+        let mut seen = std::collections::BTreeSet::new();
+        for id in odd {
+            let n = handle_name(id);
+            assert!(is_dns_subdomain(&n), "{id:?} -> {n:?}");
+            assert_eq!(n, handle_name(id), "deterministic");
+            assert!(seen.insert(n.clone()), "{id:?} shares {n}");
+        }
+        // Calico could not store these at all: there is no legacy object to look for.
+        assert_eq!(calico_handle_name("k8s-pod-network./../x"), None);
+        assert_eq!(calico_handle_name(&long), None);
+    }
+
+    #[test]
+    fn ownership_is_by_exact_id() {
+        assert!(handle_owned_by("k8s-pod-network.ABC", "k8s-pod-network.ABC"));
+        assert!(!handle_owned_by("k8s-pod-network.ABC", "k8s-pod-network.abc"));
+        assert!(handle_owned_by("k8s-pod-network.abc\r\nx", "k8s-pod-network.abc"));
+    }
+
+    #[test]
+    fn dns_subdomains() {
+        assert!(is_dns_subdomain("a.b-c.0"));
+        for bad in ["", "A", "a..b", "-a", "a-", "a_b", "a/b", ".a", "a."] {
+            assert!(!is_dns_subdomain(bad), "{bad:?}");
+        }
+        assert!(is_dns_subdomain(&"a".repeat(253)));
+        assert!(!is_dns_subdomain(&"a".repeat(254)));
     }
 }

@@ -325,11 +325,48 @@ impl Store {
 
     // ---- handles
 
+    /// The handle of exactly this ID: at [`names::handle_name`], else (a mixed-case ID) where
+    /// Calico put it. An object holding another ID is not this ID's (Calico's lower-cased names
+    /// would have shared it).
     pub async fn get_handle(&self, handle_id: &str) -> Result<Option<Handle>> {
-        get_live(&self.handles, HANDLE, &names::handle_name(handle_id)).await
+        let name = names::handle_name(handle_id);
+        match get_live(&self.handles, HANDLE, &name).await? {
+            Some(h) if names::handle_owned_by(&h.spec.handle_id, handle_id) => return Ok(Some(h)),
+            Some(h) => tracing::warn!(
+                handle = %name,
+                held_by = %h.spec.handle_id,
+                "IPAMHandle {name} holds another handle ID; not handle {handle_id:?}"
+            ),
+            None => {}
+        }
+        if let Some(legacy) = names::calico_handle_name(handle_id)
+            && let Some(h) = get_live(&self.handles, HANDLE, &legacy).await?
+            && names::handle_owned_by(&h.spec.handle_id, handle_id)
+        {
+            return Ok(Some(h));
+        }
+        Ok(None)
     }
 
+    /// The `spec.handleID` stored under this ID's object name, whoever it belongs to.
+    pub async fn handle_name_holder(&self, handle_id: &str) -> Result<Option<String>> {
+        Ok(get_live(&self.handles, HANDLE, &names::handle_name(handle_id))
+            .await?
+            .map(|h| h.spec.handle_id))
+    }
+
+    /// Creates the ID's handle; `AlreadyExists` also when Calico's object for this (mixed-case) ID
+    /// exists, so that one ID never has two handle objects.
     pub async fn create_handle(&self, handle_id: &str, block: BTreeMap<String, u64>) -> Result<Handle> {
+        if let Some(legacy) = names::calico_handle_name(handle_id)
+            && let Some(h) = get_live(&self.handles, HANDLE, &legacy).await?
+            && names::handle_owned_by(&h.spec.handle_id, handle_id)
+        {
+            return Err(StoreError::AlreadyExists {
+                kind: HANDLE,
+                name: legacy,
+            });
+        }
         let spec = IPAMHandleSpec {
             handle_id: handle_id.into(),
             block,

@@ -59,7 +59,11 @@ fn world<'a>(blocks: &'a [(String, IPAMBlockSpec)], nodes: &[&str], pods: &[(&st
                 .map(|(n, p)| (("ns".to_string(), n.to_string()), p.clone()))
                 .collect(),
         ),
-        pools: vec![("pool".into(), "10.0.0.0/24".parse().unwrap())],
+        pools: vec![crate::ipam::usage::PoolRef {
+            name: "pool".into(),
+            cidr: "10.0.0.0/24".parse().unwrap(),
+            block_size: 26,
+        }],
     }
 }
 
@@ -292,6 +296,11 @@ fn orphan_handles_after_grace() {
             name: "k8s-pod-network.x",
             handle_id: "k8s-pod-network.X",
         },
+        // A case variant of a referenced ID is another handle (issue 15): orphaned too.
+        HandleIn {
+            name: "k8s-pod-network.p-0123456789abcdef",
+            handle_id: "k8s-pod-network.P",
+        },
     ];
     let mut st = GcState::default();
     assert!(
@@ -300,7 +309,13 @@ fn orphan_handles_after_grace() {
             .is_empty()
     );
     let p = plan(&w, &mut st, t("2026-01-01T01:15:00Z"), GRACE);
-    assert_eq!(p.orphan_handles, vec!["k8s-pod-network.x".to_string()]);
+    assert_eq!(
+        p.orphan_handles,
+        vec![
+            "k8s-pod-network.x".to_string(),
+            "k8s-pod-network.p-0123456789abcdef".to_string()
+        ]
+    );
 }
 
 #[test]
