@@ -23,9 +23,6 @@ use super::wire::{self, Request, Response, WireError};
 use super::{NetConf, result};
 use crate::ipam::Ipam;
 
-/// How long an ADD waits for its pod to reach the watch before one GET.
-pub const POD_WAIT: Duration = Duration::from_secs(1);
-
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("IPAM socket {path}: {source}")]
@@ -77,7 +74,6 @@ pub async fn warm(client: kube::Client, node: &str) -> Result<Arc<Shared>, Serve
             node: node.to_string(),
             pods,
             namespaces,
-            pod_wait: POD_WAIT,
         },
     )))
 }
