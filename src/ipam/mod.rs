@@ -8,6 +8,7 @@
 //! - [`block`]: operations on one IPAMBlock's state (allocate, assign, release, invariants).
 //! - [`selector`]: Calico's selector language (pool `nodeSelector` / `namespaceSelector`).
 //! - [`allocator`]: which pools apply, which block to use or claim, limits, borrowing.
+//! - [`layout`]: existing blocks and the overlap check every block creation passes.
 //!
 //! # Using the engine
 //! ```no_run
@@ -43,6 +44,7 @@ pub mod allocator;
 pub mod block;
 pub mod cidr;
 mod engine;
+pub mod layout;
 pub mod names;
 pub mod report;
 pub mod selector;
@@ -331,6 +333,9 @@ pub enum IpamError {
     /// interrupted one): nothing was allocated; the caller looks at what the handle holds.
     #[error("IPAMHandle for {0} already exists")]
     HandleExists(String),
+    /// A block the pool's layout asks for would overlap an existing block (never created).
+    #[error("{0}")]
+    BlockOverlap(#[from] layout::Overlap),
     #[error("Max retries hit - excessive concurrent IPAM requests ({what})")]
     Contention { what: String },
     #[error(transparent)]
