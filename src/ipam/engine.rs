@@ -1298,10 +1298,10 @@ impl Ipam {
         let mut all_blocks: Option<BlockSet> = None;
         let mut out = ReleaseOutcome::default();
         for r in ips {
-            let in_pool = match infos.iter().find(|p| p.cidr.contains(&r.ip)) {
-                Some(p) => Some(p.block_of(r.ip)),
-                None => None,
-            };
+            let in_pool = infos
+                .iter()
+                .find(|p| p.cidr.contains(&r.ip))
+                .map(|p| p.block_of(r.ip));
             let cidr = match in_pool {
                 Some(c) if self.block(&c).await?.is_some() => Some(c),
                 _ => {
