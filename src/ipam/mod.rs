@@ -35,6 +35,11 @@
 //!   (the block is the arbiter) and only then is the object re-read. A steady-state allocation is one
 //!   handle write and one block write.
 //! - Claiming a block lists block *names* only (metadata), never every block's body.
+//! - A block is never created over another one ([`layout`]): claims skip candidates that overlap an
+//!   existing block of any pool or size, a claim re-lists the block names after creating its block
+//!   and gives it back if a racing claim made an overlapping one, and a specific address goes into
+//!   the block that holds it whatever the pool's current `blockSize`. Calico trusts the pool spec
+//!   and cuts overlapping blocks when a pool's block size changes under its blocks (#10778).
 //! - `release_by_handle` decrements the handle even when the block no longer holds the handle's
 //!   addresses (Calico leaves such a handle over-counted forever), and deletes the handle when empty.
 //! - Explicitly requested pools bypass selectors as in Calico; a disabled requested pool is reported
