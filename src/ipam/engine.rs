@@ -997,10 +997,14 @@ impl Ipam {
             // unless the pool's block size changed under its blocks: only when the pool's block
             // is missing are the blocks listed to find an older one (or to refuse an overlap).
             let mut cidr = pool.block_of(req.ip);
+            // The listing serves the first claim too (a retry after a lost race lists afresh).
+            let mut listed = None;
             if self.block(&cidr).await?.is_none() {
-                cidr = match self.block_set().await?.block_for_ip(req.ip, pool.block_size)? {
+                let set = self.block_set().await?;
+                cidr = match set.block_for_ip(req.ip, pool.block_size)? {
                     BlockForIp::Existing(b) | BlockForIp::New(b) => b,
                 };
+                listed = Some(set);
             }
             let ordinal = cidr::ordinal_of(&cidr, req.ip).expect("ip is inside its block");
             let strict = self.config().strict_affinity;
@@ -1014,7 +1018,7 @@ impl Ipam {
             for attempt in 0..RETRIES {
                 let b = if attempt == 0 { self.block(&cidr).await? } else { self.fresh_block(&cidr).await? };
                 let Some(mut b) = b else {
-                    if let Claim::Overlap(o) = self.claim_block(&req.hostname, &cidr, None).await? {
+                    if let Claim::Overlap(o) = self.claim_block(&req.hostname, &cidr, listed.take().as_ref()).await? {
                         result = Err(o.into());
                         break;
                     }
