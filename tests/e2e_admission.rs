@@ -16,7 +16,8 @@ fn manifest(mode: &str, kind: &str, name: &str, spec: &str) -> String {
     in_mode(mode, &head)
 }
 
-/// The corpus is written in v1 form; v3 mode differs only in group and the IPAM config kind.
+/// The corpus is written in v1 form; v3 mode differs only in group, the IPAM config kind and
+/// BlockAffinity `deleted` (a string in v1, written `deleted: "false"`; a boolean in v3).
 fn in_mode(mode: &str, manifest: &str) -> String {
     if mode == "v1" {
         return manifest.to_string();
@@ -27,11 +28,65 @@ fn in_mode(mode: &str, manifest: &str) -> String {
             "apiVersion: projectcalico.org/v3",
         )
         .replace("kind: IPAMConfig\n", "kind: IPAMConfiguration\n")
+        .replace("  deleted: \"false\"\n", "  deleted: false\n")
+}
+
+/// The YAML documents of a case (split on `---` lines; comment-only documents dropped).
+fn documents(text: &str) -> Vec<String> {
+    let mut docs = vec![String::new()];
+    for l in text.lines() {
+        if l.trim_end() == "---" {
+            docs.push(String::new());
+        } else {
+            let d = docs.last_mut().unwrap();
+            d.push_str(l);
+            d.push('\n');
+        }
+    }
+    docs.retain(|d| d.lines().any(|l| !l.trim().is_empty() && !l.starts_with('#')));
+    docs
+}
+
+/// An UPDATE case: `before` is created for real, `after` is applied over it (server dry run, so
+/// the CRDs' transition rules see the stored object as `oldSelf`), then `before` is deleted.
+/// With `expect`, the update must be rejected with that text; without, it must be accepted AND
+/// change the object (kubectl reports `configured`, not `unchanged`: an update that sends nothing
+/// would prove nothing). Returns the failure, if any.
+fn check_update(before: &str, after: &str, expect: Option<&str>) -> Option<String> {
+    let out = kubectl_stdin(&["apply", "-f", "-"], before);
+    if !out.status.success() {
+        return Some(format!(
+            "the object before the update was rejected:\n{}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let out = kubectl_stdin(&["apply", "--dry-run=server", "-f", "-"], after);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let failure = match (expect, out.status.success()) {
+        (Some(_), true) => Some("update accepted, but must be rejected".to_string()),
+        (Some(e), false) if !stderr.contains(e) => {
+            Some(format!("update rejected without {e:?}:\n{}", stderr.trim()))
+        }
+        (Some(_), false) => None,
+        (None, false) => Some(format!(
+            "update rejected, but must be accepted:\n{}",
+            stderr.trim()
+        )),
+        (None, true) if !stdout.contains("configured") => Some(format!(
+            "update accepted but changed nothing ({}): the case checks no transition",
+            stdout.trim()
+        )),
+        (None, true) => None,
+    };
+    kubectl_stdin_ok(&["delete", "--ignore-not-found", "-f", "-"], before);
+    failure
 }
 
 /// Walks `tests/bad-inputs/admission/`: each file is one invalid object with an `# expect: TEXT`
 /// line; the apiserver must reject it, in both modes, with a message containing TEXT (which names
-/// the field).
+/// the field). A file with two documents is an update of the first by the second
+/// ([`check_update`]): rejected with TEXT, or accepted when the file says `# update: accepted`.
 #[test]
 fn invalid_manifests_are_rejected_naming_the_field() {
     install_crds("crds/v3");
@@ -49,15 +104,30 @@ fn invalid_manifests_are_rejected_naming_the_field() {
     let mut failures = vec![];
     for f in &files {
         let text = std::fs::read_to_string(f).unwrap();
-        let expect = text
-            .lines()
-            .find_map(|l| l.strip_prefix("# expect: "))
-            .unwrap_or_else(|| panic!("{}: no `# expect:` line", f.display()));
+        let name = f.file_name().unwrap().to_string_lossy();
+        let expect = text.lines().find_map(|l| l.strip_prefix("# expect: "));
+        let update_ok = text.lines().any(|l| l.trim_end() == "# update: accepted");
+        let docs = documents(&text).len();
+        assert!(
+            docs == 1 || docs == 2,
+            "{name}: {docs} documents (one for a create, two for an update)"
+        );
+        assert!(
+            expect.is_some() != update_ok && (!update_ok || docs == 2),
+            "{name}: needs an `# expect:` line, or (an update) `# update: accepted`"
+        );
         for mode in ["v1", "v3"] {
             let m = in_mode(mode, &text);
+            if docs == 2 {
+                let d = documents(&m);
+                if let Some(e) = check_update(&d[0], &d[1], expect) {
+                    failures.push(format!("[{mode}] {name}: {e}"));
+                }
+                continue;
+            }
+            let expect = expect.unwrap();
             let out = kubectl_stdin(&["apply", "--dry-run=server", "-f", "-"], &m);
             let stderr = String::from_utf8_lossy(&out.stderr);
-            let name = f.file_name().unwrap().to_string_lossy();
             if out.status.success() {
                 failures.push(format!("[{mode}] {name}: accepted, but must be rejected"));
             } else if !stderr.contains(expect) {

@@ -1274,3 +1274,117 @@ async fn nested_pools_count_each_address_once_in_ipam_show() {
     lab.assert_check_clean().await;
     lab.cleanup().await;
 }
+
+/// Issue 15: a pool's block size changing while its blocks exist (admission forbids an update,
+/// but a delete and re-create, or Calico's own CRDs, still allow it) must never produce
+/// overlapping blocks or an address handed out twice. The engine skips candidate blocks that
+/// overlap existing ones, assigns a specific address in the block that holds it whatever its
+/// size, refuses (naming both blocks) the one block it cannot create, and releases by the block
+/// that really holds the address.
+#[tokio::test]
+async fn block_size_changed_under_existing_blocks_never_overlaps() {
+    let mut lab = Lab::new("ipam-relayout", 2).await;
+    let (a, b) = (lab.nodes[0].clone(), lab.nodes[1].clone());
+    let pools: Api<Pool> = Api::all_with(lab.client.clone(), &MODE.resource(CalicoKind::IPPool));
+    let pool = lab.pool("p", "10.48.0.0/24", Some(26), |_| {}).await;
+    let mut handed: HashSet<IpAddr> = HashSet::new();
+    let mut take = |ips: Vec<IpAddr>| {
+        for ip in ips {
+            assert!(handed.insert(ip), "{ip} handed out twice");
+        }
+    };
+
+    // 1. Blocks of 26: a's block X.
+    let ipam = lab.ipam(defaults()).await;
+    let got = ipam.auto_assign(lab.req("a1", &a, 2)).await.unwrap();
+    assert!(got.is_complete(), "{got:?}");
+    take(got.all_ips().collect());
+    let x: IpNet = lab.blocks().await[0].spec.cidr.parse().unwrap();
+    assert_eq!(x.prefix_len(), 26);
+
+    // 2. The same pool re-created with blockSize 25 over X (a fresh engine: another process).
+    let recreate = |bs: i32| {
+        let pools = pools.clone();
+        let pool = pool.clone();
+        let spec = IPPoolSpec {
+            cidr: lab.net("10.48.0.0/24").to_string(),
+            block_size: Some(bs),
+            node_selector: Some(format!("tortie-e2e-lab == '{}'", lab.prefix)),
+            ..Default::default()
+        };
+        async move {
+            pools.delete(&pool, &DeleteParams::default()).await.unwrap();
+            for _ in 0..100 {
+                if pools.get_opt(&pool).await.unwrap().is_none() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            let p = Pool::new(&pool, &MODE.resource(CalicoKind::IPPool), spec);
+            pools.create(&PostParams::default(), &p).await.unwrap();
+        }
+    };
+    recreate(25).await;
+    let ipam = lab.ipam(defaults()).await;
+    let req_ip = |ip: IpAddr, h: &str, host: &str| AssignIpRequest {
+        ip,
+        handle_id: format!("{}-{h}", lab.prefix),
+        attrs: Attrs::default().with("node", host),
+        hostname: host.into(),
+        intended_use: tortie::ipam::AllowedUse::Workload,
+    };
+    // An address of X goes into X (not into a new /25 over it).
+    let in_x = tortie::ipam::cidr::address_of(&x, 40);
+    ipam.assign_ip(req_ip(in_x, "ip1", &b)).await.unwrap();
+    take(vec![in_x]);
+    // An address next to X: its /25 would cover X, so it is refused, naming both blocks.
+    let sibling = tortie::ipam::cidr::net_of(x.network(), 25);
+    let next_to_x = (0..128)
+        .map(|o| tortie::ipam::cidr::address_of(&sibling, o))
+        .find(|ip| !x.contains(ip))
+        .unwrap();
+    let e = ipam.assign_ip(req_ip(next_to_x, "ip2", &b)).await.unwrap_err();
+    assert!(matches!(e, IpamError::BlockOverlap(_)), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains(&format!("IPAMBlock {sibling}")) && msg.contains(&format!("existing IPAMBlock {x}")),
+        "{msg}"
+    );
+    // Automatic assignment claims the /25 that overlaps nothing.
+    let got = ipam.auto_assign(lab.req("b1", &b, 3)).await.unwrap();
+    assert!(got.is_complete(), "{got:?}");
+    take(got.all_ips().collect());
+    assert!(got.all_ips().all(|ip| !sibling.contains(&ip)), "{got:?}");
+
+    // 3. Re-created again with blockSize 28: the free /26 next to X is cut into /28s, nothing
+    // overlaps X or the /25.
+    recreate(28).await;
+    let ipam = lab.ipam(defaults()).await;
+    let got = ipam.auto_assign(lab.req("a2", &a, 20)).await.unwrap();
+    assert!(got.is_complete(), "{got:?}");
+    assert!(got.v4.ips.iter().all(|ip| ip.prefix_len() == 28), "{got:?}");
+    take(got.all_ips().collect());
+    // The pool is now full for a: one more address can only be borrowed or fail, never overlap.
+    let got = ipam.auto_assign(lab.req("a3", &a, 40)).await.unwrap();
+    take(got.all_ips().collect());
+
+    let blocks = lab.blocks().await;
+    let nets: Vec<IpNet> = blocks.iter().map(|b| b.spec.cidr.parse().unwrap()).collect();
+    for (i, n) in nets.iter().enumerate() {
+        for m in &nets[i + 1..] {
+            assert!(
+                !tortie::ipam::cidr::overlaps(n, m),
+                "blocks {n} and {m} overlap: {nets:?}"
+            );
+        }
+    }
+    let stored: Vec<IpAddr> = Ipam::allocations(&blocks).into_iter().map(|x| x.ip).collect();
+    let unique: HashSet<IpAddr> = stored.iter().copied().collect();
+    assert_eq!(unique.len(), stored.len(), "an address stored twice: {stored:?}");
+    assert_eq!(unique, handed);
+    // Releasing X's address by IP finds X although the pool's blocks are /28 now.
+    let out = ipam.release_ips(&[ReleaseOptions::ip(in_x)]).await.unwrap();
+    assert_eq!(out.released, vec![in_x]);
+    lab.assert_check_clean().await;
+    lab.cleanup().await;
+}

@@ -33,6 +33,12 @@ pub type Extra = BTreeMap<String, Value>;
     printcolumn = r#"{"name":"ClaimTime","type":"string","jsonPath":".spec.affinityClaimTime","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
+// A block's range and size are fixed at creation (Calico never changes them): a block whose cidr
+// or length changed under its allocations would move addresses onto other blocks' ranges.
+#[x_kube(
+    validation = Rule::new("self.cidr == oldSelf.cidr").message("spec.cidr of an IPAMBlock cannot be changed: a block keeps its range for life (delete an empty block instead)").field_path(".cidr"),
+    validation = Rule::new("size(self.allocations) == size(oldSelf.allocations)").message("spec.allocations of an IPAMBlock must keep one entry per address of the block: its length cannot change").field_path(".allocations")
+)]
 #[serde(rename_all = "camelCase")]
 pub struct IPAMBlockSpec {
     /// The block's range, e.g. `10.48.0.0/26`.
@@ -144,6 +150,12 @@ pub struct IPAMHandleSpec {
     printcolumn = r#"{"name":"State","type":"string","jsonPath":".spec.state"}"#,
     printcolumn = r#"{"name":"Type","type":"string","jsonPath":".spec.type","priority":1}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+// The object's name is derived from node and cidr, and the claim protocol relies on both: Calico
+// never rewrites them (a claim of another block is another object).
+#[x_kube(
+    validation = Rule::new("self.cidr == oldSelf.cidr").message("spec.cidr of a BlockAffinity cannot be changed: claim the other block with a new BlockAffinity").field_path(".cidr"),
+    validation = Rule::new("self.node == oldSelf.node").message("spec.node of a BlockAffinity cannot be changed: the new owner claims the block with its own BlockAffinity").field_path(".node")
 )]
 pub struct BlockAffinitySpec {
     /// `pending`, `confirmed` or `pendingDeletion`.

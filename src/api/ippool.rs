@@ -45,7 +45,12 @@ use super::schema;
     validation = Rule::new("!has(self.allowedUses) || !self.allowedUses.exists(u, u == 'LoadBalancer') || !self.allowedUses.exists(u, u == 'Workload' || u == 'Tunnel')").message("spec.allowedUses: LoadBalancer cannot be combined with Workload or Tunnel").field_path(".allowedUses"),
     validation = Rule::new("!has(self.allowedUses) || !self.allowedUses.exists(u, u == 'LoadBalancer') || ((!has(self.ipipMode) || self.ipipMode == 'Never' || size(self.ipipMode) == 0) && (!has(self.vxlanMode) || self.vxlanMode == 'Never' || size(self.vxlanMode) == 0))").message("spec.allowedUses: a LoadBalancer pool cannot have IPIP or VXLAN enabled").field_path(".allowedUses"),
     validation = Rule::new("!has(self.allowedUses) || !self.allowedUses.exists(u, u == 'LoadBalancer') || !has(self.disableBGPExport) || !self.disableBGPExport").message("spec.disableBGPExport: a LoadBalancer pool cannot disable BGP export").field_path(".disableBGPExport"),
-    validation = Rule::new("!has(self.allowedUses) || !self.allowedUses.exists(u, u == 'Tunnel') || !has(self.namespaceSelector) || size(self.namespaceSelector) == 0").message("spec.namespaceSelector cannot be set on a pool whose allowedUses include Tunnel").field_path(".namespaceSelector")
+    validation = Rule::new("!has(self.allowedUses) || !self.allowedUses.exists(u, u == 'Tunnel') || !has(self.namespaceSelector) || size(self.namespaceSelector) == 0").message("spec.namespaceSelector cannot be set on a pool whose allowedUses include Tunnel").field_path(".namespaceSelector"),
+    // A transition rule on the spec, not on the field: a field-level `self == oldSelf` only runs
+    // when both versions carry the field, so adding or removing blockSize would slip through and
+    // change the layout under existing blocks. Effective values are compared, so writing the
+    // default explicitly (or dropping it) stays allowed.
+    validation = Rule::new("(has(self.blockSize) && self.blockSize != 0 ? self.blockSize : (isCIDR(self.cidr) && cidr(self.cidr).ip().family() == 6 ? 122 : 26)) == (has(oldSelf.blockSize) && oldSelf.blockSize != 0 ? oldSelf.blockSize : (isCIDR(oldSelf.cidr) && cidr(oldSelf.cidr).ip().family() == 6 ? 122 : 26))").message("spec.blockSize cannot be changed (nor added or removed when that changes the effective size: 26 for IPv4, 122 for IPv6 when unset or 0); existing blocks keep their size; create a new pool and migrate to it instead").field_path(".blockSize")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct IPPoolSpec {
@@ -84,9 +89,8 @@ pub struct IPPoolSpec {
     pub disable_bgp_export: Option<bool>,
 
     /// Prefix length of the blocks the pool is cut into (default 26 for IPv4, 122 for IPv6;
-    /// 20–32 for IPv4, 116–128 for IPv6). Immutable.
+    /// 20–32 for IPv4, 116–128 for IPv6). Immutable (the effective value: see the spec's rules).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.blockSize cannot be changed; create a new pool and migrate to it instead"))]
     #[schemars(range(min = 0, max = 128))]
     pub block_size: Option<i32>,
 

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use ipnet::IpNet;
 
 use super::cidr;
+use super::layout::BlockSet;
 use super::selector::Selector;
 use super::{IpamError, Shortfall};
 use crate::api::ippool::AllowedUse;
@@ -240,6 +241,18 @@ pub fn pick_new_block(
     pools
         .iter()
         .find_map(|p| claim_order(p, host).take(max_probe).find(|b| !exists(b)))
+}
+
+/// [`pick_new_block`] against the existing blocks: a candidate is taken only when it overlaps
+/// no existing block of any pool or size, so a pool whose block size changed under its blocks
+/// (or a pool overlapping another) moves on to a free candidate instead of cutting across one.
+pub fn pick_free_block(
+    pools: &[PoolInfo],
+    host: &str,
+    existing: &BlockSet,
+    max_probe: usize,
+) -> Option<IpNet> {
+    pick_new_block(pools, host, |b| !existing.is_free(b), max_probe)
 }
 
 /// Existing blocks of `pool`, in `host`'s claim order: the order borrowing visits them.
@@ -546,7 +559,11 @@ mod tests {
             self.blocks
                 .iter()
                 .filter(|(n, b)| {
-                    b.host() == Some(host) && pools.iter().any(|p| p.cidr.contains(&n.network()))
+                    // As the engine: only blocks of the pool's current block size are its own.
+                    b.host() == Some(host)
+                        && pools
+                            .iter()
+                            .any(|p| p.cidr.contains(&n.network()) && n.prefix_len() == p.block_size)
                 })
                 .map(|(n, _)| *n)
                 .collect()
@@ -576,8 +593,7 @@ mod tests {
                     max_blocks: max_blocks(cfg, None),
                     auto_allocate: cfg.auto_allocate_blocks,
                     strict_affinity: cfg.strict_affinity,
-                    no_free_blocks: pick_new_block(pools, host, |b| self.blocks.contains_key(b), 4096)
-                        .is_none(),
+                    no_free_blocks: pick_free_block(pools, host, &self.block_set(), 4096).is_none(),
                     pools: pools.iter().map(|p| p.cidr).collect(),
                 };
                 match next_step(&st) {
@@ -589,7 +605,7 @@ mod tests {
                         block::prepare_write(blk);
                     }
                     Step::Claim => {
-                        let b = pick_new_block(pools, host, |b| self.blocks.contains_key(b), 4096).unwrap();
+                        let b = pick_free_block(pools, host, &self.block_set(), 4096).unwrap();
                         self.blocks
                             .insert(b, block::new_block(&b, Some(format!("host:{host}")), 1, None));
                     }
@@ -698,11 +714,220 @@ mod tests {
     }
 
     impl World {
+        fn block_set(&self) -> BlockSet {
+            self.blocks.keys().copied().collect()
+        }
+
+        /// The engine's AssignIP: the block holding the address whatever its size, else the
+        /// pool's block for it when that overlaps nothing (claimed for `host`).
+        fn assign_ip(
+            &mut self,
+            host: &str,
+            handle: &str,
+            ip: IpAddr,
+            pools: &[PoolInfo],
+        ) -> Result<(), String> {
+            let pool = pools
+                .iter()
+                .find(|p| p.is_enabled() && p.cidr.contains(&ip))
+                .ok_or("not in a pool")?;
+            let b = match self
+                .block_set()
+                .block_for_ip(ip, pool.block_size)
+                .map_err(|e| e.to_string())?
+            {
+                crate::ipam::layout::BlockForIp::Existing(b) => b,
+                crate::ipam::layout::BlockForIp::New(b) => {
+                    self.blocks
+                        .insert(b, block::new_block(&b, Some(format!("host:{host}")), 1, None));
+                    b
+                }
+            };
+            let attrs: crate::api::StrMap = [("node".to_string(), host.to_string())].into();
+            let blk = self.blocks.get_mut(&b).unwrap();
+            block::assign(blk, cidr::ordinal_of(&b, ip).unwrap(), Some(handle), &attrs)
+                .map_err(|e| format!("{e:?}"))?;
+            block::prepare_write(blk);
+            Ok(())
+        }
+
         fn owned_hosts(&self) -> BTreeSet<String> {
             self.blocks
                 .values()
                 .filter_map(|b| b.host().map(str::to_string))
                 .collect()
+        }
+    }
+
+    /// One step of the layout property test.
+    #[derive(Clone, Debug)]
+    enum LayoutOp {
+        /// Create (or replace) pool `name` with menu cidr `cidr` and block size offset.
+        Create {
+            name: usize,
+            cidr: usize,
+            bs: u8,
+        },
+        /// Change a pool's block size as if admission were bypassed (Calico's CRDs let an
+        /// update add or remove blockSize).
+        EditBlockSize {
+            name: usize,
+            bs: u8,
+        },
+        /// Change a pool's cidr (a raw write, or delete and re-create under the same name).
+        EditCidr {
+            name: usize,
+            cidr: usize,
+        },
+        Delete {
+            name: usize,
+        },
+        Disable {
+            name: usize,
+            disabled: bool,
+        },
+        Assign {
+            v6: bool,
+            host: usize,
+            handle: usize,
+            n: usize,
+        },
+        AssignIp {
+            v6: bool,
+            host: usize,
+            handle: usize,
+            offset: u8,
+        },
+        Release {
+            handle: usize,
+        },
+    }
+
+    /// Pool cidrs: nested and overlapping on purpose, in both families.
+    const LAYOUT_CIDRS: [&str; 6] = [
+        "10.9.0.0/24",
+        "10.9.0.0/25",
+        "10.9.0.128/26",
+        "fd00:9::/120",
+        "fd00:9::/121",
+        "fd00:9::c0/122",
+    ];
+
+    fn layout_op() -> impl Strategy<Value = LayoutOp> {
+        prop_oneof![
+            2 => (0usize..3, 0..LAYOUT_CIDRS.len(), 0u8..5).prop_map(|(name, cidr, bs)| LayoutOp::Create { name, cidr, bs }),
+            3 => (0usize..3, 0u8..5).prop_map(|(name, bs)| LayoutOp::EditBlockSize { name, bs }),
+            1 => (0usize..3, 0..LAYOUT_CIDRS.len()).prop_map(|(name, cidr)| LayoutOp::EditCidr { name, cidr }),
+            1 => (0usize..3).prop_map(|name| LayoutOp::Delete { name }),
+            1 => (0usize..3, any::<bool>()).prop_map(|(name, disabled)| LayoutOp::Disable { name, disabled }),
+            6 => (any::<bool>(), 0usize..3, 0usize..10, 1usize..12).prop_map(|(v6, host, handle, n)| LayoutOp::Assign { v6, host, handle, n }),
+            3 => (any::<bool>(), 0usize..3, 0usize..10, any::<u8>()).prop_map(|(v6, host, handle, offset)| LayoutOp::AssignIp { v6, host, handle, offset }),
+            2 => (0usize..10).prop_map(|handle| LayoutOp::Release { handle }),
+        ]
+    }
+
+    /// A pool of menu cidr `cidr` cut at `prefix + 2 + bs` (capped at the family's width).
+    fn layout_pool(name: usize, cidr: usize, bs: u8) -> PoolInfo {
+        let net: IpNet = LAYOUT_CIDRS[cidr].parse().unwrap();
+        let size = (net.prefix_len() + 2 + bs).min(cidr::max_bits(&net));
+        info(&format!("pool-{name}"), LAYOUT_CIDRS[cidr], Some(i32::from(size)))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        /// Random pool creates, edits that change the layout under existing blocks (block size,
+        /// cidr: what admission forbids, but a raw write, Calico's own CRDs or a delete and
+        /// re-create can still do), deletes, allocations and releases, with the engine's
+        /// decisions: no two blocks ever overlap and no address is ever handed out twice.
+        #[test]
+        fn layout_changes_never_overlap_blocks_or_duplicate_addresses(
+            ops in proptest::collection::vec(layout_op(), 1..80),
+            strict in any::<bool>(),
+        ) {
+            let mut cfg = IPAMConfigSpec::calico_defaults();
+            cfg.strict_affinity = strict;
+            let mut pools: BTreeMap<usize, PoolInfo> = BTreeMap::new();
+            let mut w = World::default();
+            let mut held: BTreeMap<IpAddr, String> = BTreeMap::new();
+            let e = BTreeMap::new();
+            for op in ops {
+                match op {
+                    LayoutOp::Create { name, cidr, bs } => {
+                        pools.insert(name, layout_pool(name, cidr, bs));
+                    }
+                    LayoutOp::EditBlockSize { name, bs } => {
+                        if let Some(p) = pools.get_mut(&name) {
+                            p.block_size = (p.cidr.prefix_len() + bs).min(cidr::max_bits(&p.cidr));
+                        }
+                    }
+                    LayoutOp::EditCidr { name, cidr } => {
+                        if let Some(p) = pools.get(&name) {
+                            let bs = p.block_size;
+                            let mut np = layout_pool(name, cidr, 0);
+                            if bs >= np.cidr.prefix_len() && bs <= cidr::max_bits(&np.cidr) {
+                                np.block_size = bs;
+                            }
+                            pools.insert(name, np);
+                        }
+                    }
+                    LayoutOp::Delete { name } => {
+                        // Calico leaves the blocks (orphans keep their addresses valid).
+                        pools.remove(&name);
+                    }
+                    LayoutOp::Disable { name, disabled } => {
+                        if let Some(p) = pools.get_mut(&name) {
+                            p.disabled = disabled;
+                        }
+                    }
+                    LayoutOp::Assign { v6, host, handle, n } => {
+                        let fam = if v6 { Family::V6 } else { Family::V4 };
+                        let all: Vec<PoolInfo> = pools.values().cloned().collect();
+                        if let Ok(cands) = select_pools(&all, &query(&[], fam, &e)) {
+                            let handle = format!("h{handle}");
+                            let (ips, _) = w.assign(&format!("host-{host}"), &handle, n, &cands, &cfg);
+                            prop_assert!(ips.len() <= n);
+                            for ip in ips {
+                                prop_assert!(held.insert(ip, handle.clone()).is_none(), "{} handed out twice", ip);
+                            }
+                        }
+                    }
+                    LayoutOp::AssignIp { v6, host, handle, offset } => {
+                        let ip: IpAddr = if v6 {
+                            IpAddr::V6(std::net::Ipv6Addr::new(0xfd00, 9, 0, 0, 0, 0, 0, u16::from(offset)))
+                        } else {
+                            IpAddr::V4(std::net::Ipv4Addr::new(10, 9, 0, offset))
+                        };
+                        let all: Vec<PoolInfo> = pools.values().cloned().collect();
+                        let handle = format!("h{handle}");
+                        if w.assign_ip(&format!("host-{host}"), &handle, ip, &all).is_ok() {
+                            prop_assert!(held.insert(ip, handle.clone()).is_none(), "{} assigned twice", ip);
+                        }
+                    }
+                    LayoutOp::Release { handle } => {
+                        let handle = format!("h{handle}");
+                        for ip in w.release(&handle) {
+                            prop_assert_eq!(held.remove(&ip), Some(handle.clone()));
+                        }
+                    }
+                }
+                let blocks: Vec<IpNet> = w.blocks.keys().copied().collect();
+                for (i, a) in blocks.iter().enumerate() {
+                    for b in &blocks[i + 1..] {
+                        prop_assert!(!cidr::overlaps(a, b), "blocks {} and {} overlap", a, b);
+                    }
+                    prop_assert_eq!(block::check(&w.blocks[a]), vec![]);
+                }
+                // What the blocks hold is exactly what was handed out, each address once.
+                let mut stored: BTreeMap<IpAddr, String> = BTreeMap::new();
+                for (n, b) in &w.blocks {
+                    for (o, ip) in block::allocated(b, n) {
+                        let h = block::handle_of(b, o).unwrap_or_default().to_string();
+                        prop_assert!(stored.insert(ip, h).is_none(), "{} stored twice", ip);
+                    }
+                }
+                prop_assert_eq!(&stored, &held);
+            }
         }
     }
 }

@@ -25,6 +25,7 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use super::allocator::{self, Family, LoopState, PoolInfo, PoolQuery, Step};
 use super::block as blk;
+use super::layout::{BlockForIp, BlockSet, Overlap};
 use super::store::{Store, StoreError};
 use super::*;
 use crate::api::{Affinity, Block, CalicoKind, CrdMode, Handle, IPAMConfigSpec, IpamConfig, Pool};
@@ -128,6 +129,16 @@ fn block_net(b: &Block) -> Result<IpNet, IpamError> {
             detail: format!("spec.cidr: {e}"),
         })
     })
+}
+
+/// How a claim ended.
+enum Claim {
+    Ours,
+    /// Another host won the block (or it vanished): pick again.
+    Lost,
+    /// The block would overlap (or, after a race, did overlap) another block: nothing of it
+    /// was kept.
+    Overlap(Overlap),
 }
 
 enum BlockOutcome {
@@ -319,6 +330,11 @@ impl Ipam {
 
     fn forget_block(&self, cidr: &IpNet) {
         self.inner.cache.lock().unwrap().blocks.remove(cidr);
+    }
+
+    /// Every existing block, from a metadata LIST (names only).
+    async fn block_set(&self) -> Result<BlockSet, IpamError> {
+        Ok(self.inner.store.list_block_cidrs().await?.into_iter().collect())
     }
 
     /// The host's affinities (cached after the first load; `refresh` forces a LIST).
@@ -562,11 +578,32 @@ impl Ipam {
     }
 
     /// Two-phase claim (§2.5): affinity pending → block created → affinity confirmed.
-    /// Returns false when another host won the block.
-    async fn claim_block(&self, host: &str, cidr: &IpNet) -> Result<bool, IpamError> {
+    ///
+    /// Layout guard: the block is only created when it overlaps no existing block (`known`: a
+    /// listing the caller just made, else one is made here), and after the creation the blocks
+    /// are listed again: a racing claim of an overlapping block by a process with another view
+    /// of the pools is caught by at least one of the two, which gives its new block back.
+    async fn claim_block(
+        &self,
+        host: &str,
+        cidr: &IpNet,
+        known: Option<&BlockSet>,
+    ) -> Result<Claim, IpamError> {
         let span = info_span!("blockaffinity", name = %names::affinity_name(host, cidr));
         async {
             let store = &self.inner.store;
+            let listed;
+            let existing = match known {
+                Some(k) => k,
+                None => {
+                    listed = self.block_set().await?;
+                    &listed
+                }
+            };
+            if let Err(o) = existing.check_new(cidr) {
+                warn!(error = %o, "not claiming a block that overlaps another");
+                return Ok(Claim::Overlap(o));
+            }
             // 1. pending affinity
             let mut aff = None;
             for _ in 0..RETRIES {
@@ -607,6 +644,14 @@ impl Ipam {
             let ours = match store.create_block(spec).await {
                 Ok(b) => {
                     self.remember_block(&b);
+                    let mut now = self.block_set().await?;
+                    now.remove(cidr);
+                    if let Some(other) = now.overlapping(cidr) {
+                        let o = Overlap { block: *cidr, existing: other };
+                        warn!(error = %o, "a block overlapping this new one was created concurrently: giving the new one back");
+                        self.release_block_affinity(host, cidr, true).await?;
+                        return Ok(Claim::Overlap(o));
+                    }
                     true
                 }
                 Err(StoreError::AlreadyExists { .. }) => match self.fresh_block(cidr).await? {
@@ -623,7 +668,7 @@ impl Ipam {
                     return Err(e.into());
                 }
                 self.remember_affinity(host, *cidr, None);
-                return Ok(false);
+                return Ok(Claim::Lost);
             }
             // 3. confirm
             for _ in 0..RETRIES {
@@ -647,7 +692,7 @@ impl Ipam {
                 }
             }
             self.remember_affinity(host, *cidr, Some(aff));
-            Ok(true)
+            Ok(Claim::Ours)
         }
         .instrument(span)
         .await
@@ -782,8 +827,19 @@ impl Ipam {
                     }
                     None => {
                         // Affinity without block (interrupted claim): finish the claim.
-                        if !self.claim_block(host, c).await? {
-                            self.remember_affinity(host, *c, None);
+                        match self.claim_block(host, c, None).await? {
+                            Claim::Ours => {}
+                            Claim::Lost => self.remember_affinity(host, *c, None),
+                            Claim::Overlap(_) => {
+                                // The block can never be created: drop the claim's leftover.
+                                if let Some(a) = affs.get(c)
+                                    && let Err(e) = self.inner.store.delete_affinity(a).await
+                                    && !e.is_conflict()
+                                {
+                                    return Err(e.into());
+                                }
+                                self.remember_affinity(host, *c, None);
+                            }
                         }
                         with_space = None;
                         break;
@@ -841,20 +897,19 @@ impl Ipam {
                         self.host_affinities(host, true).await?;
                         continue;
                     }
-                    let existing = self.inner.store.list_block_cidrs().await?;
-                    match allocator::pick_new_block(&pools, host, |b| existing.contains(b), MAX_PROBE) {
+                    let existing = self.block_set().await?;
+                    match allocator::pick_free_block(&pools, host, &existing, MAX_PROBE) {
                         None => no_free_blocks = true,
                         Some(c) => {
                             debug!(block = %c, "claiming block");
-                            if !self.claim_block(host, &c).await? {
+                            if !matches!(self.claim_block(host, &c, Some(&existing)).await?, Claim::Ours) {
                                 tokio::time::sleep(jitter()).await;
                             }
                         }
                     }
                 }
                 Step::Borrow => {
-                    let existing: Vec<IpNet> =
-                        self.inner.store.list_block_cidrs().await?.into_iter().collect();
+                    let existing: Vec<IpNet> = self.block_set().await?.iter().copied().collect();
                     'pools: for p in &pools {
                         for c in allocator::borrow_order(p, host, &existing) {
                             if got.len() >= n {
@@ -926,7 +981,19 @@ impl Ipam {
                     ),
                 });
             }
-            let cidr = pool.block_of(req.ip);
+            // The address belongs to the block that holds it, which is the pool's block for it
+            // unless the pool's block size changed under its blocks: only when the pool's block
+            // is missing are the blocks listed to find an older one (or to refuse an overlap).
+            let mut cidr = pool.block_of(req.ip);
+            // The listing serves the first claim too (a retry after a lost race lists afresh).
+            let mut listed = None;
+            if self.block(&cidr).await?.is_none() {
+                let set = self.block_set().await?;
+                cidr = match set.block_for_ip(req.ip, pool.block_size)? {
+                    BlockForIp::Existing(b) | BlockForIp::New(b) => b,
+                };
+                listed = Some(set);
+            }
             let ordinal = cidr::ordinal_of(&cidr, req.ip).expect("ip is inside its block");
             let strict = self.config().strict_affinity;
             let lock = self.host_lock(&req.hostname);
@@ -943,7 +1010,10 @@ impl Ipam {
                 let b = if attempt == 0 { self.block(&cidr).await? } else { self.fresh_block(&cidr).await? };
                 let Some(mut b) = b else {
                     held_before = 0;
-                    self.claim_block(&req.hostname, &cidr).await?;
+                    if let Claim::Overlap(o) = self.claim_block(&req.hostname, &cidr, listed.take().as_ref()).await? {
+                        result = Err(o.into());
+                        break;
+                    }
                     continue;
                 };
                 held_before = blk::ordinals_of_handle(&b.spec, &req.handle_id).len() as u64;
@@ -1229,22 +1299,22 @@ impl Ipam {
     pub async fn release_ips(&self, ips: &[ReleaseOptions]) -> Result<ReleaseOutcome, IpamError> {
         let infos = self.pool_infos(&[]).await?;
         let mut by_block: BTreeMap<IpNet, Vec<ReleaseOptions>> = BTreeMap::new();
-        let mut all_blocks: Option<Vec<IpNet>> = None;
+        let mut all_blocks: Option<BlockSet> = None;
         let mut out = ReleaseOutcome::default();
         for r in ips {
-            let cidr = match infos.iter().find(|p| p.cidr.contains(&r.ip)) {
-                Some(p) => Some(p.block_of(r.ip)),
-                None => {
-                    // Outside every pool: find the containing block by name.
+            let in_pool = infos
+                .iter()
+                .find(|p| p.cidr.contains(&r.ip))
+                .map(|p| p.block_of(r.ip));
+            let cidr = match in_pool {
+                Some(c) if self.block(&c).await?.is_some() => Some(c),
+                _ => {
+                    // Outside every pool, or the pool's block size is not the size of the block
+                    // holding the address: find the containing block by name.
                     if all_blocks.is_none() {
-                        all_blocks = Some(self.inner.store.list_block_cidrs().await?.into_iter().collect());
+                        all_blocks = Some(self.block_set().await?);
                     }
-                    all_blocks
-                        .as_ref()
-                        .unwrap()
-                        .iter()
-                        .find(|b| b.contains(&r.ip))
-                        .copied()
+                    all_blocks.as_ref().unwrap().containing(r.ip)
                 }
             };
             match cidr {

@@ -8,6 +8,7 @@
 //! - [`block`]: operations on one IPAMBlock's state (allocate, assign, release, invariants).
 //! - [`selector`]: Calico's selector language (pool `nodeSelector` / `namespaceSelector`).
 //! - [`allocator`]: which pools apply, which block to use or claim, limits, borrowing.
+//! - [`layout`]: existing blocks and the overlap check every block creation passes.
 //!
 //! # Using the engine
 //! ```no_run
@@ -34,6 +35,11 @@
 //!   (the block is the arbiter) and only then is the object re-read. A steady-state allocation is one
 //!   handle write and one block write.
 //! - Claiming a block lists block *names* only (metadata), never every block's body.
+//! - A block is never created over another one ([`layout`]): claims skip candidates that overlap an
+//!   existing block of any pool or size, a claim re-lists the block names after creating its block
+//!   and gives it back if a racing claim made an overlapping one, and a specific address goes into
+//!   the block that holds it whatever the pool's current `blockSize`. Calico trusts the pool spec
+//!   and cuts overlapping blocks when a pool's block size changes under its blocks (#10778).
 //! - `release_by_handle` decrements the handle even when the block no longer holds the handle's
 //!   addresses (Calico leaves such a handle over-counted forever), and deletes the handle when empty.
 //! - Explicitly requested pools bypass selectors as in Calico; a disabled requested pool is reported
@@ -44,6 +50,7 @@ pub mod block;
 pub mod cidr;
 mod engine;
 pub mod handle_count;
+pub mod layout;
 pub mod names;
 pub mod report;
 pub mod selector;
@@ -333,6 +340,9 @@ pub enum IpamError {
     /// interrupted one): nothing was allocated; the caller looks at what the handle holds.
     #[error("IPAMHandle for {0} already exists")]
     HandleExists(String),
+    /// A block the pool's layout asks for would overlap an existing block (never created).
+    #[error("{0}")]
+    BlockOverlap(#[from] layout::Overlap),
     #[error("Max retries hit - excessive concurrent IPAM requests ({what})")]
     Contention { what: String },
     #[error(transparent)]
