@@ -121,10 +121,43 @@ pub fn service_cidrs(_: &mut SchemaGenerator) -> Schema {
                     "description": "A CIDR such as 10.96.0.0/12.",
                     "maxLength": 64,
                     "x-kubernetes-validations": [
-                        {"rule": "isCIDR(self)", "message": "cidr must be a CIDR such as 10.96.0.0/12"}
+                        {"rule": "isCIDR(self)", "message": "cidr must be a CIDR such as 10.96.0.0/12"},
+                        {"rule": "!isCIDR(self) || cidr(self) == cidr(self).masked()", "message": "cidr must have no host bits set (e.g. 10.96.0.0/12, not 10.96.0.1/12)"}
                     ]
                 }
             }
+        }
+    })
+}
+
+/// BGPConfiguration `ignoredInterfaces`: Calico's interface pattern (letters, digits, `_.-*`,
+/// 1 to 15 characters, not `*` alone), which also keeps BIRD's quoted string intact.
+pub fn ignored_interfaces(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "description": "Interfaces whose addresses BIRD must not import (glob patterns such as docker*).",
+        "items": {
+            "type": "string",
+            "maxLength": 15,
+            "x-kubernetes-validations": [
+                {"rule": "self != '*' && self.matches('^[a-zA-Z0-9_.*-]{1,15}$')", "message": "ignoredInterfaces entries must be interface name patterns: 1 to 15 letters, digits or _ . - *, and not * alone"}
+            ]
+        }
+    })
+}
+
+/// `prefixAdvertisements[].communities`: names from `communities` or literal community values.
+pub fn advertised_communities(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "description": "Community names (from communities) or literal values aa:nn / aa:nn:mm.",
+        "maxItems": 50,
+        "items": {
+            "type": "string",
+            "maxLength": 253,
+            "x-kubernetes-validations": [
+                {"rule": "!self.matches('^[0-9]+:[0-9]+(:[0-9]+)?$') || self.split(':').all(p, size(p) <= 18 && int(p) <= (size(self.split(':')) == 2 ? 65535 : 4294967295))", "message": "prefixAdvertisements[].communities entries that are values must be aa:nn with numbers up to 65535 or aa:nn:mm with numbers up to 4294967295"}
+            ]
         }
     })
 }

@@ -28,8 +28,11 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::api::{Affinity, BgpConfig, BgpPeer, CalicoKind, CrdMode, Pool};
+use crate::api::{Affinity, BgpConfig, BgpPeer, CalicoKind, CrdMode, Installation, Pool};
+use crate::bgp::validate::Invalid;
 use crate::bgp::{self, CalicoSelectors, RenderOptions, Rendered, Snapshot};
+
+use super::conditions::{self, Cond};
 
 /// Label on every published object (the agent and `kubectl get -l` find them by it).
 pub const LABEL_CONFIG: &str = "tortie.projectcalico.org/bird-config";
@@ -42,6 +45,10 @@ pub const MAX_PUBLISHED_BYTES: usize = 1024 * 1024 - 16 * 1024;
 /// Objects written at once in one pass.
 const PUBLISH_CONCURRENCY: usize = 16;
 const MANAGER: &str = "tortie-bgp";
+/// Condition on the Installation's status: every BGP input reaching BIRD is valid.
+pub const CONDITION_VALID: &str = "BGPConfigValid";
+/// Event reason (on the bad object) and condition reason for a value left out of BIRD's files.
+pub const REASON_INVALID: &str = "BGPInputInvalid";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -365,7 +372,7 @@ pub async fn run(client: Client, mode: CrdMode, namespace: String, config: Confi
     let _tasks = tasks;
     loop {
         let span = info_span!("bgp_pass");
-        pass(&client, &namespace, &config, &w, &recorder, &mut state)
+        pass(&client, mode, &namespace, &config, &w, &recorder, &mut state)
             .instrument(span)
             .await;
         let done = tokio::time::Instant::now();
@@ -396,6 +403,12 @@ struct State {
     warned: BTreeSet<String>,
     mesh_warned: bool,
     too_large: BTreeSet<String>,
+    /// Invalid inputs already reported with an Event (forgotten once fixed, so a relapse is told).
+    invalid: BTreeSet<String>,
+    /// The [`CONDITION_VALID`] message last applied to the Installation, and when a missing
+    /// Installation was last looked for.
+    condition: Option<String>,
+    condition_tried: Option<tokio::time::Instant>,
 }
 
 fn unwrap<K: Clone>(v: Vec<Arc<K>>) -> Vec<K> {
@@ -423,13 +436,17 @@ fn snapshot(w: &Watches) -> Snapshot {
 
 async fn pass(
     client: &Client,
+    mode: CrdMode,
     namespace: &str,
     config: &Config,
     w: &Watches,
     recorder: &Recorder,
     state: &mut State,
 ) {
-    let snap = snapshot(w);
+    let mut snap = snapshot(w);
+    // Values BIRD would refuse are taken out first, so one bad object costs only itself.
+    let invalid = bgp::validate::sanitize(&mut snap);
+    report_invalid(client, mode, w, recorder, state, &invalid).await;
     let fps = bgp::snapshot::input_fingerprints(&snap);
     let published: HashMap<String, String> = w
         .maps
@@ -600,6 +617,105 @@ async fn pass(
                 .await;
         }
         state.mesh_warned = too_big;
+    }
+}
+
+/// Reference of the object an [`Invalid`] is about, for its Event.
+fn invalid_ref(mode: CrdMode, w: &Watches, e: &Invalid) -> ObjectReference {
+    let p = e.place();
+    let uid = match p.kind {
+        "BGPPeer" => w.peers.state().iter().find(|o| o.metadata.name.as_deref() == Some(&p.name)).and_then(|o| o.metadata.uid.clone()),
+        "BGPConfiguration" => w.configs.state().iter().find(|o| o.metadata.name.as_deref() == Some(&p.name)).and_then(|o| o.metadata.uid.clone()),
+        "IPPool" => w.pools.state().iter().find(|o| o.metadata.name.as_deref() == Some(&p.name)).and_then(|o| o.metadata.uid.clone()),
+        _ => None,
+    };
+    ObjectReference {
+        api_version: Some(mode.api_version()),
+        kind: Some(p.kind.to_string()),
+        name: Some(p.name.clone()),
+        uid,
+        ..Default::default()
+    }
+}
+
+/// A Warning Event on each newly invalid object, and the Installation's [`CONDITION_VALID`].
+async fn report_invalid(
+    client: &Client,
+    mode: CrdMode,
+    w: &Watches,
+    recorder: &Recorder,
+    state: &mut State,
+    invalid: &[Invalid],
+) {
+    let now: BTreeSet<String> = invalid.iter().map(|e| format!("{e}; left out of the BIRD config")).collect();
+    for (e, msg) in invalid.iter().map(|e| (e, format!("{e}; left out of the BIRD config"))) {
+        if !state.invalid.contains(&msg) {
+            warn!(object = %e.place(), "{msg}");
+            event(recorder, &invalid_ref(mode, w, e), EventType::Warning, REASON_INVALID, &msg).await;
+        }
+    }
+    state.invalid = now;
+    let message = if state.invalid.is_empty() {
+        "every BGPConfiguration, BGPPeer and IPPool value that reaches BIRD is valid".to_string()
+    } else {
+        let all: Vec<&str> = state.invalid.iter().map(String::as_str).collect();
+        let mut m = all.join("; ");
+        if m.len() > 4000 {
+            let mut cut = 4000;
+            while !m.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            m.truncate(cut);
+            m.push_str(" ...");
+        }
+        m
+    };
+    if state.condition.as_deref() == Some(message.as_str()) {
+        return;
+    }
+    // A missing Installation is looked for again at most once a minute.
+    if state
+        .condition_tried
+        .is_some_and(|t| t.elapsed() < Duration::from_secs(60))
+        && state.condition.is_none()
+    {
+        return;
+    }
+    state.condition_tried = Some(tokio::time::Instant::now());
+    let cond = if invalid.is_empty() {
+        Cond::new(CONDITION_VALID, true, "AllValid", message.clone())
+    } else {
+        Cond::new(CONDITION_VALID, false, REASON_INVALID, message.clone())
+    };
+    match apply_condition(client, cond).await {
+        Ok(true) => state.condition = Some(message),
+        Ok(false) => state.condition = None,
+        Err(e) => warn!(error = %e, "cannot set the Installation's {CONDITION_VALID} condition"),
+    }
+}
+
+/// Server-side applies one condition to the `default` Installation's status, as its own field
+/// manager (the Installation controller's conditions are left alone). False: no Installation.
+async fn apply_condition(client: &Client, cond: Cond) -> Result<bool, kube::Error> {
+    let api: Api<Installation> = Api::all(client.clone());
+    let Some(inst) = api.get_opt("default").await? else {
+        return Ok(false);
+    };
+    let old = inst.status.map(|s| s.conditions).unwrap_or_default();
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());
+    let conds = conditions::merge(&old, &[cond], None, now);
+    let patch = serde_json::json!({
+        "apiVersion": "operator.tigera.io/v1",
+        "kind": "Installation",
+        "status": {"conditions": conds},
+    });
+    match api
+        .patch_status("default", &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

@@ -276,7 +276,16 @@ async fn apply(inst: &Installation, ctx: &Ctx) -> Result<Action, Error> {
     let unchanged = inst
         .status
         .as_ref()
-        .is_some_and(|s| s.conditions == conds && s.observed_generation == gen_ && s.pod_cidrs == pod_cidrs);
+        .is_some_and(|s| {
+            // Conditions of other controllers (the BGP controller's) are theirs to keep.
+            let mine: Vec<_> = s
+                .conditions
+                .iter()
+                .filter(|c| conds.iter().any(|d| d.type_ == c.type_))
+                .cloned()
+                .collect();
+            mine == conds && s.observed_generation == gen_ && s.pod_cidrs == pod_cidrs
+        });
     if !unchanged {
         let api: Api<Installation> = Api::all(ctx.client.clone());
         let patch = json!({
