@@ -163,8 +163,9 @@ pub struct Community {
     pub name: Option<String>,
     /// `aa:nn` (standard) or `aa:nn:mm` (large) community.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^(\d+):(\d+)$|^(\d+):(\d+):(\d+)$"), length(max = 64))]
-    #[x_kube(validation = Rule::new("self.split(':').all(p, size(p) <= 18 && int(p) <= (size(self.split(':')) == 2 ? 65535 : 4294967295))").message("spec.communities[].value must be aa:nn with numbers up to 65535 (standard community) or aa:nn:mm with numbers up to 4294967295 (large community)"))]
+    /// Numbers are range-checked by the pattern itself (16 bits each in `aa:nn`, 32 in `aa:nn:mm`):
+    /// a CEL rule over up to 500 entries would exceed the apiserver's cost budget.
+    #[schemars(regex(pattern = r"^(0*(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4}):0*(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})|0*(429496729[0-5]|42949672[0-8][0-9]|4294967[01][0-9]{2}|429496[0-6][0-9]{3}|42949[0-5][0-9]{4}|4294[0-8][0-9]{5}|429[0-3][0-9]{6}|42[0-8][0-9]{7}|4[01][0-9]{8}|[1-3][0-9]{9}|[0-9]{1,9}):0*(429496729[0-5]|42949672[0-8][0-9]|4294967[01][0-9]{2}|429496[0-6][0-9]{3}|42949[0-5][0-9]{4}|4294[0-8][0-9]{5}|429[0-3][0-9]{6}|42[0-8][0-9]{7}|4[01][0-9]{8}|[1-3][0-9]{9}|[0-9]{1,9}):0*(429496729[0-5]|42949672[0-8][0-9]|4294967[01][0-9]{2}|429496[0-6][0-9]{3}|42949[0-5][0-9]{4}|4294[0-8][0-9]{5}|429[0-3][0-9]{6}|42[0-8][0-9]{7}|4[01][0-9]{8}|[1-3][0-9]{9}|[0-9]{1,9}))$"))]
     pub value: Option<String>,
 }
 
