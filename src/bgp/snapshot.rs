@@ -421,6 +421,24 @@ metadata: {name: ignored}
     }
 
     #[test]
+    fn route_reflector_cluster_id_must_be_ipv4() {
+        let node = |id: &str| {
+            let mut s = Snapshot::default();
+            s.add_manifests(
+                "t",
+                &format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: rr\n  annotations:\n    projectcalico.org/RouteReflectorClusterID: '{id}'\n"),
+            )
+            .unwrap();
+            NodeBgp::from_node(&s.nodes[0])
+        };
+        assert_eq!(node("224.0.0.1").unwrap().rr_cluster_id.as_deref(), Some("224.0.0.1"));
+        for bad in ["1.2.3.4; }", "fd00::1", "abc"] {
+            let e = node(bad).unwrap_err().to_string();
+            assert!(e.contains(ANN_RR_CLUSTER_ID) && e.contains("IPv4"), "{e}");
+        }
+    }
+
+    #[test]
     fn bad_annotation_names_node_and_field() {
         let mut s = Snapshot::default();
         s.add_manifests(

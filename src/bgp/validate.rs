@@ -532,6 +532,55 @@ mod tests {
         assert_eq!(s, want);
     }
 
+    /// Belt and braces: given unsanitized inputs, the renderer itself writes nothing BIRD cannot read.
+    #[test]
+    fn the_renderer_skips_unreadable_values_by_itself() {
+        let mut snap = Snapshot::default();
+        snap.add_manifests(
+            "t",
+            r#"apiVersion: v1
+kind: Node
+metadata:
+  name: n1
+  annotations: {projectcalico.org/IPv4Address: 10.0.0.1/24}
+---
+apiVersion: crd.projectcalico.org/v1
+kind: BGPConfiguration
+metadata: {name: default}
+spec:
+  ignoredInterfaces: ['eth"0', "a
+b", docker*]
+  prefixAdvertisements:
+  - {cidr: 10.48.0.1/16, communities: ['65000:1']}
+  - {cidr: 10.49.0.0/16, communities: ['65000:2', '65536:1']}
+---
+apiVersion: crd.projectcalico.org/v1
+kind: IPPool
+metadata: {name: hb}
+spec: {cidr: 10.50.0.1/16}
+"#,
+        )
+        .unwrap();
+        let out = crate::bgp::render(
+            &snap,
+            "n1",
+            &crate::bgp::RenderOptions::default(),
+            &crate::bgp::CalicoSelectors::default(),
+        )
+        .unwrap();
+        let main = String::from_utf8(out.files["bird.cfg"].clone()).unwrap();
+        let ipam = String::from_utf8(out.files["bird_ipam.cfg"].clone()).unwrap();
+        assert!(!main.contains("eth\"") && !main.contains("a\nb"), "{main}");
+        assert!(main.contains("-\"docker*\""), "{main}");
+        assert!(!main.contains("10.48.0.1") && main.contains("net ~ 10.49.0.0/16"), "{main}");
+        assert!(main.contains("bgp_community.add((65000, 2))") && !main.contains("65536"), "{main}");
+        assert!(!ipam.contains("10.50.0.1"), "{ipam}");
+        let w = out.warnings.join("\n");
+        for want in ["spec.ignoredInterfaces", "spec.prefixAdvertisements[0].cidr", "65536:1", "IPPool \"hb\""] {
+            assert!(w.contains(want), "{want} not warned: {w}");
+        }
+    }
+
     #[test]
     fn sanitize_leaves_out_the_bad_peer_only() {
         let mut snap = Snapshot::default();

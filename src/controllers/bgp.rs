@@ -361,18 +361,15 @@ pub async fn run(client: Client, mode: CrdMode, namespace: String, config: Confi
             warn!("a watch ended before its first list");
         }
     }
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "tortie-bgp".into(),
-            instance: Some(config.instance.clone()),
-        },
-    );
+    let reporter = Reporter {
+        controller: "tortie-bgp".into(),
+        instance: Some(config.instance.clone()),
+    };
     let mut state = State::default();
     let _tasks = tasks;
     loop {
         let span = info_span!("bgp_pass");
-        pass(&client, mode, &namespace, &config, &w, &recorder, &mut state)
+        pass(&client, mode, &namespace, &config, &w, &reporter, &mut state)
             .instrument(span)
             .await;
         let done = tokio::time::Instant::now();
@@ -440,13 +437,13 @@ async fn pass(
     namespace: &str,
     config: &Config,
     w: &Watches,
-    recorder: &Recorder,
+    reporter: &Reporter,
     state: &mut State,
 ) {
     let mut snap = snapshot(w);
     // Values BIRD would refuse are taken out first, so one bad object costs only itself.
     let invalid = bgp::validate::sanitize(&mut snap);
-    report_invalid(client, mode, w, recorder, state, &invalid).await;
+    report_invalid(client, mode, w, reporter, state, &invalid).await;
     let fps = bgp::snapshot::input_fingerprints(&snap);
     let published: HashMap<String, String> = w
         .maps
@@ -575,7 +572,7 @@ async fn pass(
         state.done.insert(name, (fp, hash));
     }
     for (reference, type_, reason, note) in notes {
-        event(recorder, &reference, type_, reason, &note).await;
+        event(client, reporter, &reference, type_, reason, &note).await;
     }
     // Forget nodes that are gone (their objects go with them through the owner reference).
     let live: BTreeSet<String> = snap.nodes.iter().map(|n| n.name_any()).collect();
@@ -603,18 +600,7 @@ async fn pass(
                 },
                 None => snap.nodes[0].object_ref(&()),
             };
-            let _ = recorder
-                .publish(
-                    &Event {
-                        type_: EventType::Warning,
-                        reason: "MeshTooLarge".into(),
-                        note: Some(msg),
-                        action: "Render".into(),
-                        secondary: None,
-                    },
-                    &reference,
-                )
-                .await;
+            event(client, reporter, &reference, EventType::Warning, "MeshTooLarge", &msg).await;
         }
         state.mesh_warned = too_big;
     }
@@ -643,7 +629,7 @@ async fn report_invalid(
     client: &Client,
     mode: CrdMode,
     w: &Watches,
-    recorder: &Recorder,
+    reporter: &Reporter,
     state: &mut State,
     invalid: &[Invalid],
 ) {
@@ -651,7 +637,7 @@ async fn report_invalid(
     for (e, msg) in invalid.iter().map(|e| (e, format!("{e}; left out of the BIRD config"))) {
         if !state.invalid.contains(&msg) {
             warn!(object = %e.place(), "{msg}");
-            event(recorder, &invalid_ref(mode, w, e), EventType::Warning, REASON_INVALID, &msg).await;
+            event(client, reporter, &invalid_ref(mode, w, e), EventType::Warning, REASON_INVALID, &msg).await;
         }
     }
     state.invalid = now;
@@ -719,7 +705,18 @@ async fn apply_condition(client: &Client, cond: Cond) -> Result<bool, kube::Erro
     }
 }
 
-async fn event(recorder: &Recorder, reference: &ObjectReference, type_: EventType, reason: &str, note: &str) {
+/// Publishes one Event. Callers report each problem once, so every Event gets a Recorder of its
+/// own: a shared one folds Events of one object and reason into a series that keeps only the
+/// first note, and a second field's problem would not be told.
+async fn event(
+    client: &Client,
+    reporter: &Reporter,
+    reference: &ObjectReference,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+) {
+    let recorder = Recorder::new(client.clone(), reporter.clone());
     let ev = Event {
         type_,
         reason: reason.into(),
