@@ -136,15 +136,31 @@ fn calico_valid_bgp_values_pass_admission() {
         ("BGPPeer", "peer", "peerIP: 10.0.0.1:65535\n  asNumber: 65000"),
         ("BGPPeer", "peer", "peerIP: 10.0.0.1:1\n  asNumber: 65000"),
         ("BGPPeer", "peer", "peerIP: 'fd00::1'\n  asNumber: 65000"),
-        ("BGPPeer", "peer", "peerIP: '[fd00::1]:179'\n  asNumber: 65000\n  reachableBy: 'fd00::fe'"),
-        ("BGPPeer", "peer", "peerIP: 10.0.0.1:179\n  asNumber: 65000\n  reachableBy: 10.0.0.254"),
+        (
+            "BGPPeer",
+            "peer",
+            "peerIP: '[fd00::1]:179'\n  asNumber: 65000\n  reachableBy: 'fd00::fe'",
+        ),
+        (
+            "BGPPeer",
+            "peer",
+            "peerIP: 10.0.0.1:179\n  asNumber: 65000\n  reachableBy: 10.0.0.254",
+        ),
         (
             "BGPPeer",
             "peer",
             "peerIP: 10.0.0.1\n  asNumber: 65000\n  localASNumber: 4294967295\n  keepaliveTime: 30s\n  maxRestartTime: 1m30s",
         ),
-        ("BGPPeer", "peer", "peerIP: 10.0.0.1\n  asNumber: 65000\n  keepaliveTime: '0'\n  maxRestartTime: 1.5h"),
-        ("BGPPeer", "peer", "peerIP: 10.0.0.1\n  asNumber: 65000\n  keepaliveTime: 500ms\n  maxRestartTime: +120s"),
+        (
+            "BGPPeer",
+            "peer",
+            "peerIP: 10.0.0.1\n  asNumber: 65000\n  keepaliveTime: '0'\n  maxRestartTime: 1.5h",
+        ),
+        (
+            "BGPPeer",
+            "peer",
+            "peerIP: 10.0.0.1\n  asNumber: 65000\n  keepaliveTime: 500ms\n  maxRestartTime: +120s",
+        ),
         (
             "BGPConfiguration",
             "default",

@@ -48,7 +48,14 @@ fn install_lax_crds() {
         v["kind"] = "CustomResourceDefinition".into();
         support::kubectl_stdin_ok(
             // The harness's field manager: fields it owned and this omits are removed.
-            &["apply", "--server-side", "--force-conflicts", "--field-manager=tortie-e2e", "-f", "-"],
+            &[
+                "apply",
+                "--server-side",
+                "--force-conflicts",
+                "--field-manager=tortie-e2e",
+                "-f",
+                "-",
+            ],
             &v.to_string(),
         );
     }
@@ -100,7 +107,15 @@ async fn a_bad_object_is_left_out_and_reported_while_the_rest_keeps_updating() {
     let nodes: Vec<String> = (1..=2).map(|i| format!("{tag}-n{i}")).collect();
     for (i, n) in nodes.iter().enumerate() {
         let cidr = format!("{net}.{}/24", i + 1);
-        support::create_node(&client, n, &[], None, &[], &[("projectcalico.org/IPv4Address", &cidr)]).await;
+        support::create_node(
+            &client,
+            n,
+            &[],
+            None,
+            &[],
+            &[("projectcalico.org/IPv4Address", &cidr)],
+        )
+        .await;
     }
     support::kubectl_stdin_ok(
         &["apply", "-f", "-"],
@@ -110,7 +125,9 @@ async fn a_bad_object_is_left_out_and_reported_while_the_rest_keeps_updating() {
     // Written while CRDs without the rules were installed; the real CRDs come back afterwards.
     install_lax_crds();
     let peer = |name: &str, ip: &str| {
-        format!("apiVersion: crd.projectcalico.org/v1\nkind: BGPPeer\nmetadata:\n  name: {tag}-{name}\nspec:\n  peerIP: '{ip}'\n  asNumber: 65000\n")
+        format!(
+            "apiVersion: crd.projectcalico.org/v1\nkind: BGPPeer\nmetadata:\n  name: {tag}-{name}\nspec:\n  peerIP: '{ip}'\n  asNumber: 65000\n"
+        )
     };
     apply_eventually(&peer("bad", "192.0.2.1:0")).await;
     apply_eventually(
@@ -153,9 +170,18 @@ async fn a_bad_object_is_left_out_and_reported_while_the_rest_keeps_updating() {
     .await;
     for files in &first {
         let main = &files["bird.cfg"];
-        assert!(!main.contains("192_0_2_1") && !main.contains("192.0.2.1"), "the bad peer was rendered:\n{main}");
-        assert!(!main.contains("10.48.0.1"), "the host-bit prefix was rendered:\n{main}");
-        assert!(!main.contains("eth\""), "the bad interface pattern was rendered:\n{main}");
+        assert!(
+            !main.contains("192_0_2_1") && !main.contains("192.0.2.1"),
+            "the bad peer was rendered:\n{main}"
+        );
+        assert!(
+            !main.contains("10.48.0.1"),
+            "the host-bit prefix was rendered:\n{main}"
+        );
+        assert!(
+            !main.contains("eth\""),
+            "the bad interface pattern was rendered:\n{main}"
+        );
         bird_check(files);
     }
 
@@ -167,22 +193,26 @@ async fn a_bad_object_is_left_out_and_reported_while_the_rest_keeps_updating() {
         ("BGPConfiguration", "default", "spec.prefixAdvertisements[0].cidr"),
         ("BGPConfiguration", "default", "spec.ignoredInterfaces[0]"),
     ] {
-        support::wait_until(&format!("an Event on {kind} {name} naming {field}"), TIMEOUT, || {
-            let events = events.clone();
-            async move {
-                let list = events.list(&ListParams::default()).await.ok()?;
-                list.items
-                    .iter()
-                    .any(|e| {
-                        e.involved_object.kind.as_deref() == Some(kind)
-                            && e.involved_object.name.as_deref() == Some(name)
-                            && e.type_.as_deref() == Some("Warning")
-                            && e.reason.as_deref() == Some(ctrl::REASON_INVALID)
-                            && e.message.as_deref().is_some_and(|m| m.contains(field))
-                    })
-                    .then_some(())
-            }
-        })
+        support::wait_until(
+            &format!("an Event on {kind} {name} naming {field}"),
+            TIMEOUT,
+            || {
+                let events = events.clone();
+                async move {
+                    let list = events.list(&ListParams::default()).await.ok()?;
+                    list.items
+                        .iter()
+                        .any(|e| {
+                            e.involved_object.kind.as_deref() == Some(kind)
+                                && e.involved_object.name.as_deref() == Some(name)
+                                && e.type_.as_deref() == Some("Warning")
+                                && e.reason.as_deref() == Some(ctrl::REASON_INVALID)
+                                && e.message.as_deref().is_some_and(|m| m.contains(field))
+                        })
+                        .then_some(())
+                }
+            },
+        )
         .await;
     }
 
@@ -200,7 +230,10 @@ async fn a_bad_object_is_left_out_and_reported_while_the_rest_keeps_updating() {
             (c.status == if valid { "True" } else { "False" }).then_some(c)
         }
     };
-    let c = support::wait_until("BGPConfigValid=False on the Installation", TIMEOUT, || cond(false)).await;
+    let c = support::wait_until("BGPConfigValid=False on the Installation", TIMEOUT, || {
+        cond(false)
+    })
+    .await;
     assert_eq!(c.reason, ctrl::REASON_INVALID);
     for want in [
         format!("BGPPeer {bad_peer:?}: spec.peerIP"),
@@ -227,7 +260,10 @@ async fn a_bad_object_is_left_out_and_reported_while_the_rest_keeps_updating() {
         "apiVersion: crd.projectcalico.org/v1\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  prefixAdvertisements:\n  - {cidr: 10.48.0.0/16, communities: ['65000:100']}\n  - {cidr: 10.49.0.0/16, communities: ['65000:200']}\n  ignoredInterfaces: ['docker*']\n",
     );
     support::wait_until("BGPConfigValid=True on the Installation", TIMEOUT, || cond(true)).await;
-    support::wait_until("the fixed prefix on both nodes", TIMEOUT, || published(&["net ~ 10.48.0.0/16"])).await;
+    support::wait_until("the fixed prefix on both nodes", TIMEOUT, || {
+        published(&["net ~ 10.48.0.0/16"])
+    })
+    .await;
 
     controller.abort();
     for n in &nodes {

@@ -431,7 +431,10 @@ metadata: {name: ignored}
             .unwrap();
             NodeBgp::from_node(&s.nodes[0])
         };
-        assert_eq!(node("224.0.0.1").unwrap().rr_cluster_id.as_deref(), Some("224.0.0.1"));
+        assert_eq!(
+            node("224.0.0.1").unwrap().rr_cluster_id.as_deref(),
+            Some("224.0.0.1")
+        );
         for bad in ["1.2.3.4; }", "fd00::1", "abc"] {
             let e = node(bad).unwrap_err().to_string();
             assert!(e.contains(ANN_RR_CLUSTER_ID) && e.contains("IPv4"), "{e}");

@@ -43,13 +43,17 @@ pub enum Invalid {
     HostBits(Place, String, String),
     #[error("{0} {1:?} is not {2}")]
     NotIp(Place, String, &'static str),
-    #[error("{0} {1:?} is not an IP address optionally with a port from 1 to 65535 (10.0.0.1, 10.0.0.1:179, fd00::1, [fd00::1]:179)")]
+    #[error(
+        "{0} {1:?} is not an IP address optionally with a port from 1 to 65535 (10.0.0.1, 10.0.0.1:179, fd00::1, [fd00::1]:179)"
+    )]
     PeerAddress(Place, String),
     #[error("{0} {1:?} is not of the same IP family as spec.peerIP")]
     Family(Place, String),
     #[error("{0} {1} is not in {2}..={3}")]
     Range(Place, i64, i64, i64),
-    #[error("{0} {1:?} is not a BGP community: aa:nn with numbers up to 65535, or aa:nn:mm with numbers up to 4294967295")]
+    #[error(
+        "{0} {1:?} is not a BGP community: aa:nn with numbers up to 65535, or aa:nn:mm with numbers up to 4294967295"
+    )]
     Community(Place, String),
     #[error("{0} {1:?} is neither a community value nor the name of one of spec.communities")]
     UndefinedCommunity(Place, String),
@@ -127,7 +131,11 @@ pub fn check_peer(name: &str, s: &BGPPeerSpec) -> Vec<Invalid> {
     }
     if let Some(v) = s.reachable_by.as_deref().filter(|v| !v.is_empty()) {
         match v.parse::<IpAddr>() {
-            Err(_) => errs.push(Invalid::NotIp(at("spec.reachableBy"), v.to_string(), "an IP address")),
+            Err(_) => errs.push(Invalid::NotIp(
+                at("spec.reachableBy"),
+                v.to_string(),
+                "an IP address",
+            )),
             Ok(gw) if peer_ip.is_some_and(|p| p.is_ipv4() != gw.is_ipv4()) => {
                 errs.push(Invalid::Family(at("spec.reachableBy"), v.to_string()))
             }
@@ -266,14 +274,18 @@ fn retain_indexed<T>(list: &mut Option<Vec<T>>, mut keep: impl FnMut(usize, &T) 
 
 fn range(at: Place, v: Option<i64>, min: i64, max: i64) -> Option<Invalid> {
     let v = v?;
-    (v < min || v > max).then(|| Invalid::Range(at, v, min, max))
+    (v < min || v > max).then_some(Invalid::Range(at, v, min, max))
 }
 
 /// A CIDR BIRD can read: parses, and no host bits.
 fn check_cidr(at: &Place, v: &str) -> Option<Invalid> {
     match v.parse::<IpNet>() {
         Err(_) => Some(Invalid::NotCidr(at.clone(), v.to_string())),
-        Ok(n) if n.trunc() != n => Some(Invalid::HostBits(at.clone(), v.to_string(), n.trunc().to_string())),
+        Ok(n) if n.trunc() != n => Some(Invalid::HostBits(
+            at.clone(),
+            v.to_string(),
+            n.trunc().to_string(),
+        )),
         Ok(_) => None,
     }
 }
@@ -307,8 +319,7 @@ pub fn parse_peer_address(v: &str) -> Option<(IpAddr, Option<u16>)> {
 pub fn is_interface_pattern(v: &str) -> bool {
     v != "*"
         && (1..=15).contains(&v.len())
-        && v
-            .bytes()
+        && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'*'))
 }
 
@@ -393,25 +404,49 @@ mod tests {
 
     #[test]
     fn peer_numbers_and_durations() {
-        one(peer(|s| s.as_number = Some(4294967296)), &["spec.asNumber", "4294967296"]);
+        one(
+            peer(|s| s.as_number = Some(4294967296)),
+            &["spec.asNumber", "4294967296"],
+        );
         one(peer(|s| s.as_number = Some(-1)), &["spec.asNumber"]);
-        one(peer(|s| s.local_as_number = Some(1 << 33)), &["spec.localASNumber"]);
+        one(
+            peer(|s| s.local_as_number = Some(1 << 33)),
+            &["spec.localASNumber"],
+        );
         one(peer(|s| s.ttl_security = Some(256)), &["spec.ttlSecurity"]);
-        one(peer(|s| s.num_allowed_local_as_numbers = Some(-2)), &["spec.numAllowedLocalASNumbers"]);
+        one(
+            peer(|s| s.num_allowed_local_as_numbers = Some(-2)),
+            &["spec.numAllowedLocalASNumbers"],
+        );
         assert!(peer(|s| s.as_number = Some(4294967295)).is_empty());
         for bad in ["30", "-30s", "30 s", "thirty", "", "1y", "5000000h"] {
-            one(peer(|s| s.keepalive_time = Some(bad.into())), &["spec.keepaliveTime"]);
-            one(peer(|s| s.max_restart_time = Some(bad.into())), &["spec.maxRestartTime"]);
+            one(
+                peer(|s| s.keepalive_time = Some(bad.into())),
+                &["spec.keepaliveTime"],
+            );
+            one(
+                peer(|s| s.max_restart_time = Some(bad.into())),
+                &["spec.maxRestartTime"],
+            );
         }
         for good in ["0", "30s", "1m30s", "1.5h", "500ms", "+5s", ".5s", "1193046h"] {
-            assert!(peer(|s| s.keepalive_time = Some(good.into())).is_empty(), "{good}");
+            assert!(
+                peer(|s| s.keepalive_time = Some(good.into())).is_empty(),
+                "{good}"
+            );
         }
     }
 
     #[test]
     fn reachable_by_must_be_an_ip_of_the_peer_family() {
-        one(peer(|s| s.reachable_by = Some("gw".into())), &["spec.reachableBy", "not an IP address"]);
-        one(peer(|s| s.reachable_by = Some("fd00::1".into())), &["spec.reachableBy", "family"]);
+        one(
+            peer(|s| s.reachable_by = Some("gw".into())),
+            &["spec.reachableBy", "not an IP address"],
+        );
+        one(
+            peer(|s| s.reachable_by = Some("fd00::1".into())),
+            &["spec.reachableBy", "family"],
+        );
         assert!(peer(|s| s.reachable_by = Some("192.0.2.254".into())).is_empty());
     }
 
@@ -457,18 +492,33 @@ mod tests {
             value: Some(v.into()),
         };
         let (s, errs) = cfg(|s| {
-            s.communities = Some(vec![comm("ok", "65000:100"), comm("big", "65536:1"), comm("lg", "65000:1:2")]);
+            s.communities = Some(vec![
+                comm("ok", "65000:100"),
+                comm("big", "65536:1"),
+                comm("lg", "65000:1:2"),
+            ]);
             s.prefix_advertisements = Some(vec![
-                adv("10.0.0.0/8", &["ok", "lg", "65535:65535", "4294967295:0:4294967295"]),
+                adv(
+                    "10.0.0.0/8",
+                    &["ok", "lg", "65535:65535", "4294967295:0:4294967295"],
+                ),
                 adv("10.1.0.0/16", &["nope"]),
                 adv("10.2.0.0/16", &["1:4294967296:1"]),
                 adv("10.3.0.0/16", &["big"]),
             ]);
         });
         assert_eq!(errs.len(), 4, "{errs:?}");
-        assert!(errs[0].contains("spec.communities[1].value") && errs[0].contains("65536:1"), "{errs:?}");
-        assert!(errs[1].contains("spec.prefixAdvertisements[1].communities[0]") && errs[1].contains("neither"));
-        assert!(errs[2].contains("spec.prefixAdvertisements[2].communities[0]") && errs[2].contains("not a BGP community"));
+        assert!(
+            errs[0].contains("spec.communities[1].value") && errs[0].contains("65536:1"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[1].contains("spec.prefixAdvertisements[1].communities[0]") && errs[1].contains("neither")
+        );
+        assert!(
+            errs[2].contains("spec.prefixAdvertisements[2].communities[0]")
+                && errs[2].contains("not a BGP community")
+        );
         // `big` went with its bad value, so the prefix naming it is undefined now.
         assert!(errs[3].contains("spec.prefixAdvertisements[3].communities[0]"));
         assert_eq!(s.prefix_advertisements.unwrap().len(), 1);
@@ -484,8 +534,12 @@ mod tests {
             s.node_mesh_max_restart_time = Some("2 minutes".into());
             s.ignored_interfaces = Some(vec!["docker*".into(), "eth\"0".into(), "*".into(), "a\nb".into()]);
             s.service_cluster_ips = Some(vec![
-                CidrBlock { cidr: "10.96.0.1/12".into() },
-                CidrBlock { cidr: "10.97.0.0/16".into() },
+                CidrBlock {
+                    cidr: "10.96.0.1/12".into(),
+                },
+                CidrBlock {
+                    cidr: "10.97.0.0/16".into(),
+                },
             ]);
             s.service_external_ips = Some(vec![CidrBlock { cidr: "x".into() }]);
         });
@@ -523,7 +577,9 @@ mod tests {
                 value: Some("0:0".into()),
             }]);
             s.prefix_advertisements = Some(vec![adv("fd00::/64", &["c"]), adv("10.0.0.1/32", &["1:2:3"])]);
-            s.service_load_balancer_ips = Some(vec![CidrBlock { cidr: "192.0.2.7/32".into() }]);
+            s.service_load_balancer_ips = Some(vec![CidrBlock {
+                cidr: "192.0.2.7/32".into(),
+            }]);
         };
         let (s, errs) = cfg(mk);
         assert!(errs.is_empty(), "{errs:?}");
@@ -572,11 +628,22 @@ spec: {cidr: 10.50.0.1/16}
         let ipam = String::from_utf8(out.files["bird_ipam.cfg"].clone()).unwrap();
         assert!(!main.contains("eth\"") && !main.contains("a\nb"), "{main}");
         assert!(main.contains("-\"docker*\""), "{main}");
-        assert!(!main.contains("10.48.0.1") && main.contains("net ~ 10.49.0.0/16"), "{main}");
-        assert!(main.contains("bgp_community.add((65000, 2))") && !main.contains("65536"), "{main}");
+        assert!(
+            !main.contains("10.48.0.1") && main.contains("net ~ 10.49.0.0/16"),
+            "{main}"
+        );
+        assert!(
+            main.contains("bgp_community.add((65000, 2))") && !main.contains("65536"),
+            "{main}"
+        );
         assert!(!ipam.contains("10.50.0.1"), "{ipam}");
         let w = out.warnings.join("\n");
-        for want in ["spec.ignoredInterfaces", "spec.prefixAdvertisements[0].cidr", "65536:1", "IPPool \"hb\""] {
+        for want in [
+            "spec.ignoredInterfaces",
+            "spec.prefixAdvertisements[0].cidr",
+            "65536:1",
+            "IPPool \"hb\"",
+        ] {
             assert!(w.contains(want), "{want} not warned: {w}");
         }
     }

@@ -600,7 +600,15 @@ async fn pass(
                 },
                 None => snap.nodes[0].object_ref(&()),
             };
-            event(client, reporter, &reference, EventType::Warning, "MeshTooLarge", &msg).await;
+            event(
+                client,
+                reporter,
+                &reference,
+                EventType::Warning,
+                "MeshTooLarge",
+                &msg,
+            )
+            .await;
         }
         state.mesh_warned = too_big;
     }
@@ -610,9 +618,24 @@ async fn pass(
 fn invalid_ref(mode: CrdMode, w: &Watches, e: &Invalid) -> ObjectReference {
     let p = e.place();
     let uid = match p.kind {
-        "BGPPeer" => w.peers.state().iter().find(|o| o.metadata.name.as_deref() == Some(&p.name)).and_then(|o| o.metadata.uid.clone()),
-        "BGPConfiguration" => w.configs.state().iter().find(|o| o.metadata.name.as_deref() == Some(&p.name)).and_then(|o| o.metadata.uid.clone()),
-        "IPPool" => w.pools.state().iter().find(|o| o.metadata.name.as_deref() == Some(&p.name)).and_then(|o| o.metadata.uid.clone()),
+        "BGPPeer" => w
+            .peers
+            .state()
+            .iter()
+            .find(|o| o.metadata.name.as_deref() == Some(&p.name))
+            .and_then(|o| o.metadata.uid.clone()),
+        "BGPConfiguration" => w
+            .configs
+            .state()
+            .iter()
+            .find(|o| o.metadata.name.as_deref() == Some(&p.name))
+            .and_then(|o| o.metadata.uid.clone()),
+        "IPPool" => w
+            .pools
+            .state()
+            .iter()
+            .find(|o| o.metadata.name.as_deref() == Some(&p.name))
+            .and_then(|o| o.metadata.uid.clone()),
         _ => None,
     };
     ObjectReference {
@@ -633,11 +656,25 @@ async fn report_invalid(
     state: &mut State,
     invalid: &[Invalid],
 ) {
-    let now: BTreeSet<String> = invalid.iter().map(|e| format!("{e}; left out of the BIRD config")).collect();
-    for (e, msg) in invalid.iter().map(|e| (e, format!("{e}; left out of the BIRD config"))) {
+    let now: BTreeSet<String> = invalid
+        .iter()
+        .map(|e| format!("{e}; left out of the BIRD config"))
+        .collect();
+    for (e, msg) in invalid
+        .iter()
+        .map(|e| (e, format!("{e}; left out of the BIRD config")))
+    {
         if !state.invalid.contains(&msg) {
             warn!(object = %e.place(), "{msg}");
-            event(client, reporter, &invalid_ref(mode, w, e), EventType::Warning, REASON_INVALID, &msg).await;
+            event(
+                client,
+                reporter,
+                &invalid_ref(mode, w, e),
+                EventType::Warning,
+                REASON_INVALID,
+                &msg,
+            )
+            .await;
         }
     }
     state.invalid = now;
@@ -696,7 +733,11 @@ async fn apply_condition(client: &Client, cond: Cond) -> Result<bool, kube::Erro
         "status": {"conditions": conds},
     });
     match api
-        .patch_status("default", &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
+        .patch_status(
+            "default",
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
         .await
     {
         Ok(_) => Ok(true),
