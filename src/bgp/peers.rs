@@ -232,10 +232,13 @@ impl<'a> Cluster<'a> {
 
     fn duration(&self, v: Option<&String>, what: &str) -> Option<u64> {
         let v = v?;
-        match parse_duration_secs(v) {
-            Some(s) => Some(s.round() as u64),
-            None => {
-                self.warn(format!("{what}: {v:?} is not a duration such as 120s; ignored"));
+        // BIRD's numbers are 32-bit.
+        match parse_duration_secs(v).map(f64::round) {
+            Some(s) if s <= u32::MAX as f64 => Some(s as u64),
+            _ => {
+                self.warn(format!(
+                    "{what}: {v:?} is not a duration such as 120s (at most 4294967295s); ignored"
+                ));
                 None
             }
         }
@@ -253,7 +256,12 @@ impl<'a> Cluster<'a> {
             out.push(PeerData {
                 ip: Some(ip),
                 ttl: ttl(spec),
-                reachable_by: spec.reachable_by.as_deref().and_then(|s| s.parse().ok()),
+                // A gateway of the other family would be `route <v4>/32 via <v6>`, which BIRD refuses.
+                reachable_by: spec
+                    .reachable_by
+                    .as_deref()
+                    .and_then(|s| s.parse::<IpAddr>().ok())
+                    .filter(|gw| gw.is_ipv4() == ip.is_ipv4()),
                 port: self.listen_port_of(node).unwrap_or(0),
                 asn: n.asn.unwrap_or(self.global_as),
                 rr_cluster_id: n.rr_cluster_id.clone(),

@@ -155,11 +155,13 @@ fn log_level(c: &Cluster<'_>) -> String {
 }
 
 fn normal_priority(c: &Cluster<'_>, v6: bool) -> i64 {
+    // Outside 1..2147483646 the filters' arithmetic leaves BIRD's 32-bit range.
     if v6 {
         c.default.ipv6_normal_route_priority
     } else {
         c.default.ipv4_normal_route_priority
     }
+    .filter(|p| (1..=2147483646).contains(p))
     .unwrap_or(1024)
 }
 
