@@ -235,10 +235,12 @@ impl<'a> Cluster<'a> {
         // BIRD's numbers are 32-bit.
         match parse_duration_secs(v).map(f64::round) {
             Some(s) if s <= u32::MAX as f64 => Some(s as u64),
-            _ => {
-                self.warn(format!(
-                    "{what}: {v:?} is not a duration such as 120s (at most 4294967295s); ignored"
-                ));
+            Some(_) => {
+                self.warn(format!("{what}: {v:?} is longer than 4294967295s; ignored"));
+                None
+            }
+            None => {
+                self.warn(format!("{what}: {v:?} is not a duration such as 120s; ignored"));
                 None
             }
         }
