@@ -17,13 +17,16 @@ use tortie::controllers::bgp as ctrl;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Removes every CEL rule (and the host-bit-free / range checks with them) from a CRD.
+/// Removes every CEL rule, range, pattern and required list from a CRD (as an older or foreign
+/// CRD might lack them).
 fn strip_rules(v: &mut Value) {
     match v {
         Value::Object(m) => {
             m.remove("x-kubernetes-validations");
             for (k, x) in m.iter_mut() {
-                if k != "properties" && (k == "maximum" || k == "minimum" || k == "pattern") {
+                if k != "properties"
+                    && (k == "maximum" || k == "minimum" || k == "pattern" || k == "required")
+                {
                     *x = Value::Null;
                 }
                 strip_rules(x);
@@ -130,6 +133,12 @@ async fn a_bad_object_is_left_out_and_reported_while_the_rest_keeps_updating() {
         )
     };
     apply_eventually(&peer("bad", "192.0.2.1:0")).await;
+    // Fits no type of tortie's (a Secret reference without a name): must not stop the watch.
+    apply_eventually(&format!(
+        "{}  password:\n    secretKeyRef: {{key: pw}}\n",
+        peer("odd", "192.0.2.5")
+    ))
+    .await;
     apply_eventually(
         "apiVersion: crd.projectcalico.org/v1\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  prefixAdvertisements:\n  - {cidr: 10.48.0.1/16, communities: ['65000:100']}\n  - {cidr: 10.49.0.0/16, communities: ['65000:200']}\n  ignoredInterfaces: ['eth\"0', 'docker*']\n",
     )
@@ -175,6 +184,10 @@ async fn a_bad_object_is_left_out_and_reported_while_the_rest_keeps_updating() {
             "the bad peer was rendered:\n{main}"
         );
         assert!(
+            !main.contains("192_0_2_5"),
+            "the undecodable peer was rendered:\n{main}"
+        );
+        assert!(
             !main.contains("10.48.0.1"),
             "the host-bit prefix was rendered:\n{main}"
         );
@@ -188,8 +201,10 @@ async fn a_bad_object_is_left_out_and_reported_while_the_rest_keeps_updating() {
     // A Warning Event on each bad object, naming the field.
     let events: Api<Event> = Api::all(client.clone());
     let bad_peer = format!("{tag}-bad");
+    let odd_peer = format!("{tag}-odd");
     for (kind, name, field) in [
         ("BGPPeer", bad_peer.as_str(), "spec.peerIP"),
+        ("BGPPeer", odd_peer.as_str(), "spec: cannot be read"),
         ("BGPConfiguration", "default", "spec.prefixAdvertisements[0].cidr"),
         ("BGPConfiguration", "default", "spec.ignoredInterfaces[0]"),
     ] {
@@ -237,6 +252,7 @@ async fn a_bad_object_is_left_out_and_reported_while_the_rest_keeps_updating() {
     assert_eq!(c.reason, ctrl::REASON_INVALID);
     for want in [
         format!("BGPPeer {bad_peer:?}: spec.peerIP"),
+        format!("BGPPeer {odd_peer:?}: spec: cannot be read"),
         "BGPConfiguration \"default\": spec.prefixAdvertisements[0].cidr".to_string(),
         "BGPConfiguration \"default\": spec.ignoredInterfaces[0]".to_string(),
     ] {
@@ -254,7 +270,7 @@ async fn a_bad_object_is_left_out_and_reported_while_the_rest_keeps_updating() {
     }
 
     // Fixing the inputs clears the condition.
-    support::kubectl_ok(&["delete", "bgppeer", &bad_peer]);
+    support::kubectl_ok(&["delete", "bgppeer", &bad_peer, &odd_peer]);
     support::kubectl_stdin_ok(
         &["apply", "-f", "-"],
         "apiVersion: crd.projectcalico.org/v1\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  prefixAdvertisements:\n  - {cidr: 10.48.0.0/16, communities: ['65000:100']}\n  - {cidr: 10.49.0.0/16, communities: ['65000:200']}\n  ignoredInterfaces: ['docker*']\n",

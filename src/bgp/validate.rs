@@ -61,6 +61,9 @@ pub enum Invalid {
     Duration(Place, String),
     #[error("{0} {1:?} is not an interface name pattern (1 to 15 letters, digits or _ . - *, not * alone)")]
     Interface(Place, String),
+    /// The stored object does not fit tortie's types at all (e.g. a field its CRD made optional).
+    #[error("{0}: cannot be read: {1}")]
+    Decode(Place, String),
 }
 
 impl Invalid {
@@ -75,12 +78,35 @@ impl Invalid {
             | Invalid::Community(p, ..)
             | Invalid::UndefinedCommunity(p, ..)
             | Invalid::Duration(p, ..)
-            | Invalid::Interface(p, ..) => p,
+            | Invalid::Interface(p, ..)
+            | Invalid::Decode(p, ..) => p,
         }
     }
 }
 
 const AS_MAX: i64 = u32::MAX as i64;
+
+/// Decodes stored objects one by one: one that does not fit the types is an [`Invalid::Decode`]
+/// instead of failing the whole list.
+pub fn decode_each<T: serde::de::DeserializeOwned>(
+    kind: &'static str,
+    objects: impl IntoIterator<Item = serde_json::Value>,
+) -> (Vec<T>, Vec<Invalid>) {
+    let mut ok = Vec::new();
+    let mut bad = Vec::new();
+    for v in objects {
+        let name = v
+            .pointer("/metadata/name")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        match serde_json::from_value(v) {
+            Ok(t) => ok.push(t),
+            Err(e) => bad.push(Invalid::Decode(place(kind, &name, "spec"), e.to_string())),
+        }
+    }
+    (ok, bad)
+}
 
 /// Takes every bad value out of `snap` (see the module comment for what goes) and returns one
 /// error per value, in a stable order.
@@ -646,6 +672,24 @@ spec: {cidr: 10.50.0.1/16}
         ] {
             assert!(w.contains(want), "{want} not warned: {w}");
         }
+    }
+
+    #[test]
+    fn an_object_that_does_not_decode_is_reported_not_fatal() {
+        let objs = vec![
+            serde_json::json!({"apiVersion": "crd.projectcalico.org/v1", "kind": "BGPPeer",
+                "metadata": {"name": "ok"}, "spec": {"peerIP": "10.0.0.1", "asNumber": 65000}}),
+            serde_json::json!({"apiVersion": "crd.projectcalico.org/v1", "kind": "BGPPeer",
+                "metadata": {"name": "odd"}, "spec": {"password": {"secretKeyRef": {"key": "k"}}}}),
+        ];
+        let (ok, bad) = decode_each::<crate::api::BgpPeer>("BGPPeer", objs);
+        assert_eq!(ok.len(), 1);
+        assert_eq!(bad.len(), 1);
+        let e = bad[0].to_string();
+        assert!(
+            e.starts_with("BGPPeer \"odd\": spec: cannot be read") && e.contains("name"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, ObjectReference, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::api::{Api, DeleteParams, PartialObjectMeta, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, DynamicObject, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
@@ -180,8 +180,10 @@ pub fn files_of(p: &Published) -> BTreeMap<String, Vec<u8>> {
 
 struct Watches {
     nodes: Store<Node>,
-    configs: Store<BgpConfig>,
-    peers: Store<BgpPeer>,
+    /// Untyped, so that one stored object tortie's types cannot read is reported on its own
+    /// instead of failing the whole list (and with it every node's config).
+    configs: Store<DynamicObject>,
+    peers: Store<DynamicObject>,
     pools: Store<Pool>,
     affinities: Store<Affinity>,
     secrets: Store<Secret>,
@@ -412,11 +414,21 @@ fn unwrap<K: Clone>(v: Vec<Arc<K>>) -> Vec<K> {
     v.into_iter().map(|a| (*a).clone()).collect()
 }
 
-fn snapshot(w: &Watches) -> Snapshot {
+/// The renderer's input, and the stored BGP objects that could not be decoded.
+fn snapshot(w: &Watches) -> (Snapshot, Vec<Invalid>) {
     let mut snap = Snapshot::default();
     snap.nodes = unwrap(w.nodes.state());
-    snap.bgp_configs = unwrap(w.configs.state());
-    snap.peers = unwrap(w.peers.state());
+    let values = |objs: Vec<Arc<DynamicObject>>| {
+        objs.into_iter()
+            .filter_map(|o| serde_json::to_value(&*o).ok())
+            .collect::<Vec<_>>()
+    };
+    let (configs, mut undecodable) =
+        bgp::validate::decode_each::<BgpConfig>("BGPConfiguration", values(w.configs.state()));
+    let (peers, bad_peers) = bgp::validate::decode_each::<BgpPeer>("BGPPeer", values(w.peers.state()));
+    undecodable.extend(bad_peers);
+    snap.bgp_configs = configs;
+    snap.peers = peers;
     snap.pools = unwrap(w.pools.state());
     snap.affinities = unwrap(w.affinities.state());
     snap.services = unwrap(w.services.state());
@@ -428,7 +440,7 @@ fn snapshot(w: &Watches) -> Snapshot {
             snap.add_secret(&s);
         }
     }
-    snap
+    (snap, undecodable)
 }
 
 async fn pass(
@@ -440,9 +452,9 @@ async fn pass(
     reporter: &Reporter,
     state: &mut State,
 ) {
-    let mut snap = snapshot(w);
+    let (mut snap, mut invalid) = snapshot(w);
     // Values BIRD would refuse are taken out first, so one bad object costs only itself.
-    let invalid = bgp::validate::sanitize(&mut snap);
+    invalid.extend(bgp::validate::sanitize(&mut snap));
     report_invalid(client, mode, w, reporter, state, &invalid).await;
     let fps = bgp::snapshot::input_fingerprints(&snap);
     let published: HashMap<String, String> = w
