@@ -180,11 +180,11 @@ pub fn files_of(p: &Published) -> BTreeMap<String, Vec<u8>> {
 
 struct Watches {
     nodes: Store<Node>,
-    /// Untyped, so that one stored object tortie's types cannot read is reported on its own
-    /// instead of failing the whole list (and with it every node's config).
+    /// Untyped (also `pools`), so that one stored object tortie's types cannot read is reported
+    /// on its own instead of failing the whole list (and with it every node's config).
     configs: Store<DynamicObject>,
     peers: Store<DynamicObject>,
-    pools: Store<Pool>,
+    pools: Store<DynamicObject>,
     affinities: Store<Affinity>,
     secrets: Store<Secret>,
     /// Published objects by metadata only: a pass reads their names and hash annotations, and
@@ -427,9 +427,11 @@ fn snapshot(w: &Watches) -> (Snapshot, Vec<Invalid>) {
         bgp::validate::decode_each::<BgpConfig>("BGPConfiguration", values(w.configs.state()));
     let (peers, bad_peers) = bgp::validate::decode_each::<BgpPeer>("BGPPeer", values(w.peers.state()));
     undecodable.extend(bad_peers);
+    let (pools, bad_pools) = bgp::validate::decode_each::<Pool>("IPPool", values(w.pools.state()));
+    undecodable.extend(bad_pools);
     snap.bgp_configs = configs;
     snap.peers = peers;
-    snap.pools = unwrap(w.pools.state());
+    snap.pools = pools;
     snap.affinities = unwrap(w.affinities.state());
     snap.services = unwrap(w.services.state());
     snap.endpoint_slices = unwrap(w.slices.state());
