@@ -670,14 +670,8 @@ async fn report_invalid(
     state: &mut State,
     invalid: &[Invalid],
 ) {
-    let now: BTreeSet<String> = invalid
-        .iter()
-        .map(|e| format!("{e}; left out of the BIRD config"))
-        .collect();
-    for (e, msg) in invalid
-        .iter()
-        .map(|e| (e, format!("{e}; left out of the BIRD config")))
-    {
+    let now: BTreeSet<String> = invalid.iter().map(invalid_note).collect();
+    for (e, msg) in invalid.iter().map(|e| (e, invalid_note(e))) {
         if !state.invalid.contains(&msg) {
             warn!(object = %e.place(), "{msg}");
             event(
@@ -692,21 +686,8 @@ async fn report_invalid(
         }
     }
     state.invalid = now;
-    let message = if state.invalid.is_empty() {
-        "every BGPConfiguration, BGPPeer and IPPool value that reaches BIRD is valid".to_string()
-    } else {
-        let all: Vec<&str> = state.invalid.iter().map(String::as_str).collect();
-        let mut m = all.join("; ");
-        if m.len() > 4000 {
-            let mut cut = 4000;
-            while !m.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            m.truncate(cut);
-            m.push_str(" ...");
-        }
-        m
-    };
+    let cond = valid_condition(&state.invalid);
+    let message = cond.message.clone();
     if state.condition.as_deref() == Some(message.as_str()) {
         return;
     }
@@ -719,16 +700,38 @@ async fn report_invalid(
         return;
     }
     state.condition_tried = Some(tokio::time::Instant::now());
-    let cond = if invalid.is_empty() {
-        Cond::new(CONDITION_VALID, true, "AllValid", message.clone())
-    } else {
-        Cond::new(CONDITION_VALID, false, REASON_INVALID, message.clone())
-    };
     match apply_condition(client, cond).await {
         Ok(true) => state.condition = Some(message),
         Ok(false) => state.condition = None,
         Err(e) => warn!(error = %e, "cannot set the Installation's {CONDITION_VALID} condition"),
     }
+}
+
+/// The Event note of one invalid input.
+fn invalid_note(e: &Invalid) -> String {
+    format!("{e}; left out of the BIRD config")
+}
+
+/// [`CONDITION_VALID`] for the current invalid inputs (notes), cut to a readable length.
+fn valid_condition(notes: &BTreeSet<String>) -> Cond {
+    if notes.is_empty() {
+        return Cond::new(
+            CONDITION_VALID,
+            true,
+            "AllValid",
+            "every BGPConfiguration, BGPPeer and IPPool value that reaches BIRD is valid",
+        );
+    }
+    let mut m = notes.iter().map(String::as_str).collect::<Vec<_>>().join("; ");
+    if m.len() > 4000 {
+        let mut cut = 4000;
+        while !m.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        m.truncate(cut);
+        m.push_str(" ...");
+    }
+    Cond::new(CONDITION_VALID, false, REASON_INVALID, m)
 }
 
 /// Server-side applies one condition to the `default` Installation's status, as its own field
@@ -871,6 +874,25 @@ mod tests {
         let s = published_object("n1", None, "tortie-system", &rendered(true));
         assert!(matches!(s, Published::Secret(_)));
         assert_eq!(files_of(&s), rendered(true).files);
+    }
+
+    #[test]
+    fn the_validity_condition_names_every_bad_field_and_stays_short() {
+        let c = valid_condition(&BTreeSet::new());
+        assert!(c.status && c.reason == "AllValid");
+        let notes: BTreeSet<String> = (0..200)
+            .map(|i| format!("BGPPeer \"p{i}\": spec.peerIP \"é{i}:0\" is bad; left out of the BIRD config"))
+            .collect();
+        let c = valid_condition(&notes);
+        assert!(!c.status && c.reason == REASON_INVALID);
+        assert!(
+            c.message.len() <= 4004 && c.message.ends_with(" ..."),
+            "{}",
+            c.message.len()
+        );
+        assert!(c.message.starts_with("BGPPeer \"p0\": spec.peerIP"));
+        let one: BTreeSet<String> = [notes.iter().next().unwrap().clone()].into();
+        assert_eq!(valid_condition(&one).message, *notes.iter().next().unwrap());
     }
 
     #[test]
