@@ -195,6 +195,71 @@ fn valid_objects_pass_admission() {
     }
 }
 
+/// Values Calico accepts for the BGP fields that reach BIRD must stay accepted (the rules that
+/// keep BIRD-breaking values out must not reach further).
+#[test]
+fn calico_valid_bgp_values_pass_admission() {
+    install_crds("crds/v3");
+    let ok = [
+        ("BGPPeer", "peer", "peerIP: 10.0.0.1\n  asNumber: 65000"),
+        ("BGPPeer", "peer", "peerIP: 10.0.0.1:179\n  asNumber: 65000"),
+        ("BGPPeer", "peer", "peerIP: 10.0.0.1:65535\n  asNumber: 65000"),
+        ("BGPPeer", "peer", "peerIP: 10.0.0.1:1\n  asNumber: 65000"),
+        ("BGPPeer", "peer", "peerIP: 'fd00::1'\n  asNumber: 65000"),
+        (
+            "BGPPeer",
+            "peer",
+            "peerIP: '[fd00::1]:179'\n  asNumber: 65000\n  reachableBy: 'fd00::fe'",
+        ),
+        (
+            "BGPPeer",
+            "peer",
+            "peerIP: 10.0.0.1:179\n  asNumber: 65000\n  reachableBy: 10.0.0.254",
+        ),
+        (
+            "BGPPeer",
+            "peer",
+            "peerIP: 10.0.0.1\n  asNumber: 65000\n  localASNumber: 4294967295\n  keepaliveTime: 30s\n  maxRestartTime: 1m30s",
+        ),
+        (
+            "BGPPeer",
+            "peer",
+            "peerIP: 10.0.0.1\n  asNumber: 65000\n  keepaliveTime: '0'\n  maxRestartTime: 1.5h",
+        ),
+        (
+            "BGPPeer",
+            "peer",
+            "peerIP: 10.0.0.1\n  asNumber: 65000\n  keepaliveTime: 500ms\n  maxRestartTime: +120s",
+        ),
+        (
+            "BGPConfiguration",
+            "default",
+            "communities:\n  - {name: std, value: '65000:100'}\n  - {name: large, value: '65000:1:2'}\n  - {name: edge, value: '4294967295:4294967295:4294967295'}\n  prefixAdvertisements:\n  - {cidr: 10.48.0.0/16, communities: [std, large, edge, '65535:65535', '0:0']}\n  - {cidr: 'fd00:48::/64', communities: ['65000:1:2']}\n  - {cidr: 192.0.2.7/32, communities: [std]}",
+        ),
+        (
+            "BGPConfiguration",
+            "default",
+            "serviceClusterIPs: [{cidr: 10.96.0.0/12}, {cidr: 'fd00:96::/112'}]\n  serviceExternalIPs: [{cidr: 192.0.2.7/32}]\n  serviceLoadBalancerIPs: [{cidr: 198.51.100.0/24}]",
+        ),
+        (
+            "BGPConfiguration",
+            "default",
+            "nodeMeshMaxRestartTime: 120s\n  ignoredInterfaces: ['docker*', 'veth.1-x_y', 'eth0']\n  localWorkloadPeeringIPV4: 169.254.0.179\n  localWorkloadPeeringIPV6: 'fe80::179'",
+        ),
+    ];
+    for mode in ["v1", "v3"] {
+        for (kind, name, spec) in ok {
+            let m = manifest(mode, kind, name, spec);
+            let out = kubectl_stdin(&["apply", "--dry-run=server", "-f", "-"], &m);
+            assert!(
+                out.status.success(),
+                "[{mode}] rejected a Calico-valid object:\n{m}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
 #[test]
 fn every_example_is_accepted_by_the_server() {
     install_crds("crds/v3");

@@ -5,6 +5,14 @@ use serde::{Deserialize, Serialize};
 
 use super::schema;
 
+/// Go's `time.ParseDuration` syntax (what Calico's `metav1.Duration` fields decode), without a
+/// sign: BIRD cannot read a negative time. At most 2^32-1 seconds, BIRD's largest number.
+macro_rules! duration_rule {
+    () => {
+        r"self.matches('^[+]?(0|(([0-9]+([.][0-9]*)?|[.][0-9]+)(ns|us|µs|μs|ms|s|m|h))+)$') && duration(self).getSeconds() <= 4294967295"
+    };
+}
+
 /// Cluster-wide (`default`) or per-node (`node.<name>`) BGP settings.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[kube(
@@ -41,7 +49,7 @@ pub struct BGPConfigurationSpec {
     /// The cluster's default AS number (default 64512); a node's own AS annotation overrides it.
     #[serde(rename = "asNumber", default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::as_number")]
-    pub as_number: Option<u64>,
+    pub as_number: Option<i64>,
     /// Service cluster IP ranges to advertise from every node.
     #[serde(
         rename = "serviceClusterIPs",
@@ -73,7 +81,7 @@ pub struct BGPConfigurationSpec {
     /// TCP port BIRD listens on for BGP (default 179).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
-    pub listen_port: Option<u16>,
+    pub listen_port: Option<i64>,
     /// `NodeIP`: BIRD listens only on the node's address; `None` (default): on all addresses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("enum" = ["None", "NodeIP"]))]
@@ -91,9 +99,12 @@ pub struct BGPConfigurationSpec {
     pub node_mesh_password: Option<BGPPassword>,
     /// Graceful-restart time for mesh sessions, a duration such as `120s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(duration_rule!()).message("spec.nodeMeshMaxRestartTime must be a duration such as 120s, 1m30s or 2h (not negative, at most 4294967295s)"))]
+    #[schemars(length(max = 64))]
     pub node_mesh_max_restart_time: Option<String>,
     /// Interfaces whose addresses BIRD must not import (glob patterns).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::ignored_interfaces")]
     pub ignored_interfaces: Option<Vec<String>>,
     /// Address local workloads peer with (IPv4); used by Felix, not by BIRD.
     #[serde(
@@ -101,6 +112,8 @@ pub struct BGPConfigurationSpec {
         default,
         skip_serializing_if = "Option::is_none"
     )]
+    #[x_kube(validation = Rule::new("size(self) == 0 || (isIP(self) && ip(self).family() == 4)").message("spec.localWorkloadPeeringIPV4 must be an IPv4 address"))]
+    #[schemars(length(max = 64))]
     pub local_workload_peering_ipv4: Option<String>,
     /// Address local workloads peer with (IPv6); used by Felix, not by BIRD.
     #[serde(
@@ -108,6 +121,8 @@ pub struct BGPConfigurationSpec {
         default,
         skip_serializing_if = "Option::is_none"
     )]
+    #[x_kube(validation = Rule::new("size(self) == 0 || (isIP(self) && ip(self).family() == 6)").message("spec.localWorkloadPeeringIPV6 must be an IPv6 address"))]
+    #[schemars(length(max = 64))]
     pub local_workload_peering_ipv6: Option<String>,
     /// Whether BIRD programs cluster routes into the kernel: Enabled, Disabled, EnabledIPIPOnly,
     /// EnabledNoEncapOnly.
@@ -148,7 +163,11 @@ pub struct Community {
     pub name: Option<String>,
     /// `aa:nn` (standard) or `aa:nn:mm` (large) community.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(regex(pattern = r"^(\d+):(\d+)$|^(\d+):(\d+):(\d+)$"))]
+    /// Numbers are range-checked by the pattern itself (16 bits each in `aa:nn`, 32 in `aa:nn:mm`):
+    /// a CEL rule over up to 500 entries would exceed the apiserver's cost budget.
+    #[schemars(regex(
+        pattern = r"^(0*(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4}):0*(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})|0*(429496729[0-5]|42949672[0-8][0-9]|4294967[01][0-9]{2}|429496[0-6][0-9]{3}|42949[0-5][0-9]{4}|4294[0-8][0-9]{5}|429[0-3][0-9]{6}|42[0-8][0-9]{7}|4[01][0-9]{8}|[1-3][0-9]{9}|[0-9]{1,9}):0*(429496729[0-5]|42949672[0-8][0-9]|4294967[01][0-9]{2}|429496[0-6][0-9]{3}|42949[0-5][0-9]{4}|4294[0-8][0-9]{5}|429[0-3][0-9]{6}|42[0-8][0-9]{7}|4[01][0-9]{8}|[1-3][0-9]{9}|[0-9]{1,9}):0*(429496729[0-5]|42949672[0-8][0-9]|4294967[01][0-9]{2}|429496[0-6][0-9]{3}|42949[0-5][0-9]{4}|4294[0-8][0-9]{5}|429[0-3][0-9]{6}|42[0-8][0-9]{7}|4[01][0-9]{8}|[1-3][0-9]{9}|[0-9]{1,9}))$"
+    ))]
     pub value: Option<String>,
 }
 
@@ -157,12 +176,15 @@ pub struct Community {
 pub struct PrefixAdvertisement {
     /// The prefix, e.g. `10.48.0.0/16`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new("isCIDR(self)").message("prefixAdvertisements[].cidr must be a CIDR"))]
+    #[x_kube(
+        validation = Rule::new("isCIDR(self)").message("prefixAdvertisements[].cidr must be a CIDR"),
+        validation = Rule::new("!isCIDR(self) || cidr(self) == cidr(self).masked()").message("prefixAdvertisements[].cidr must have no host bits set (e.g. 10.48.0.0/16, not 10.48.0.1/16)")
+    )]
     #[schemars(length(max = 64))]
     pub cidr: Option<String>,
     /// Community names (from `communities`) or literal values.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 50))]
+    #[schemars(schema_with = "schema::advertised_communities")]
     pub communities: Option<Vec<String>>,
 }
 
@@ -214,6 +236,7 @@ pub struct SecretKeyRef {
     validation = Rule::new("!has(self.localWorkloadSelector) || size(self.localWorkloadSelector) == 0 || !has(self.peerSelector) || size(self.peerSelector) == 0").message("spec.peerSelector must be empty when spec.localWorkloadSelector is set").field_path(".peerSelector"),
     validation = Rule::new("!has(self.localWorkloadSelector) || size(self.localWorkloadSelector) == 0 || (has(self.asNumber) && self.asNumber != 0)").message("spec.asNumber is required when spec.localWorkloadSelector is set").field_path(".asNumber"),
     validation = Rule::new("!has(self.reachableBy) || size(self.reachableBy) == 0 || (has(self.peerIP) && size(self.peerIP) > 0)").message("spec.reachableBy must be empty when spec.peerIP is empty").field_path(".reachableBy"),
+    validation = Rule::new("!has(self.reachableBy) || !isIP(self.reachableBy) || !has(self.peerIP) || size(self.peerIP) == 0 || (isIP(self.peerIP) ? ip(self.peerIP).family() : (self.peerIP.startsWith('[') ? 6 : 4)) == ip(self.reachableBy).family()").message("spec.reachableBy must be of the same IP family as spec.peerIP").field_path(".reachableBy"),
     validation = Rule::new("!has(self.keepOriginalNextHop) || !self.keepOriginalNextHop || !has(self.nextHopMode)").message("spec.keepOriginalNextHop and spec.nextHopMode cannot both be set; keepOriginalNextHop is deprecated, use nextHopMode").field_path(".nextHopMode")
 )]
 #[serde(rename_all = "camelCase")]
@@ -229,7 +252,7 @@ pub struct BGPPeerSpec {
     /// The remote speaker's address, optionally with a port: `192.168.1.10`, `192.168.1.10:178`,
     /// `[fd00::1]:178`.
     #[serde(rename = "peerIP", default, skip_serializing_if = "Option::is_none")]
-    #[x_kube(validation = Rule::new(r"size(self) == 0 || isIP(self) || (self.matches('^[0-9.]+:[0-9]{1,5}$') && isIP(self.substring(0, self.lastIndexOf(':'))) && int(self.substring(self.lastIndexOf(':') + 1)) <= 65535) || (self.matches('^\\[[0-9a-fA-F:.]+\\]:[0-9]{1,5}$') && isIP(self.substring(1, self.lastIndexOf(']'))) && int(self.substring(self.lastIndexOf(':') + 1)) <= 65535)").message("spec.peerIP must be an IP address, optionally with a port: 192.168.1.10, 192.168.1.10:178 or [fd00::1]:178"))]
+    #[x_kube(validation = Rule::new(r"size(self) == 0 || isIP(self) || (self.matches('^[0-9.]+:[0-9]{1,5}$') && isIP(self.substring(0, self.lastIndexOf(':'))) && int(self.substring(self.lastIndexOf(':') + 1)) >= 1 && int(self.substring(self.lastIndexOf(':') + 1)) <= 65535) || (self.matches('^\\[[0-9a-fA-F:.]+\\]:[0-9]{1,5}$') && isIP(self.substring(1, self.lastIndexOf(']'))) && int(self.substring(self.lastIndexOf(':') + 1)) >= 1 && int(self.substring(self.lastIndexOf(':') + 1)) <= 65535)").message("spec.peerIP must be an IP address, optionally with a port from 1 to 65535: 192.168.1.10, 192.168.1.10:178 or [fd00::1]:178"))]
     #[schemars(length(max = 64))]
     pub peer_ip: Option<String>,
     /// Calico selector of cluster nodes to peer with (route reflectors use this).
@@ -239,11 +262,11 @@ pub struct BGPPeerSpec {
     /// The remote AS number (required with peerIP).
     #[serde(rename = "asNumber", default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::as_number")]
-    pub as_number: Option<u64>,
+    pub as_number: Option<i64>,
     /// Local AS number to use for this peering instead of the node's.
     #[serde(rename = "localASNumber", default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::as_number")]
-    pub local_as_number: Option<u64>,
+    pub local_as_number: Option<i64>,
     /// Keep the original next hop when forwarding routes to this peer (deprecated: nextHopMode Keep).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keep_original_next_hop: Option<bool>,
@@ -260,9 +283,13 @@ pub struct BGPPeerSpec {
     pub source_address: Option<String>,
     /// Graceful-restart time, a duration such as `120s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(duration_rule!()).message("spec.maxRestartTime must be a duration such as 120s, 1m30s or 2h (not negative, at most 4294967295s)"))]
+    #[schemars(length(max = 64))]
     pub max_restart_time: Option<String>,
     /// Keepalive time, a duration such as `30s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(duration_rule!()).message("spec.keepaliveTime must be a duration such as 30s, 1m30s or 2h (not negative, at most 4294967295s)"))]
+    #[schemars(length(max = 64))]
     pub keepalive_time: Option<String>,
     /// Accept routes whose AS path contains the local AS up to this many times.
     #[serde(
@@ -271,16 +298,17 @@ pub struct BGPPeerSpec {
         skip_serializing_if = "Option::is_none"
     )]
     #[schemars(range(min = 0, max = 255))]
-    pub num_allowed_local_as_numbers: Option<i32>,
+    pub num_allowed_local_as_numbers: Option<i64>,
     /// Number of hops for TTL security (GTSM).
     #[serde(rename = "ttlSecurity", default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 255))]
-    pub ttl_security: Option<i32>,
+    pub ttl_security: Option<i64>,
     /// Names of BGPFilter objects to apply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filters: Option<Vec<String>>,
     /// Address of a router through which the peer is reachable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("size(self) == 0 || isIP(self)").message("spec.reachableBy must be an IP address"))]
     #[schemars(length(max = 64))]
     pub reachable_by: Option<String>,
     /// Selector of local workloads that peer with the node.

@@ -121,7 +121,8 @@ pub fn service_cidrs(_: &mut SchemaGenerator) -> Schema {
                     "description": "A CIDR such as 10.96.0.0/12.",
                     "maxLength": 64,
                     "x-kubernetes-validations": [
-                        {"rule": "isCIDR(self)", "message": "cidr must be a CIDR such as 10.96.0.0/12"}
+                        {"rule": "isCIDR(self)", "message": "cidr must be a CIDR such as 10.96.0.0/12"},
+                        {"rule": "!isCIDR(self) || cidr(self) == cidr(self).masked()", "message": "cidr must have no host bits set (e.g. 10.96.0.0/12, not 10.96.0.1/12)"}
                     ]
                 }
             }
@@ -172,4 +173,33 @@ pub fn peer_selector(_: &mut SchemaGenerator) -> Schema {
 
 pub fn local_workload_selector(_: &mut SchemaGenerator) -> Schema {
     selector("spec.localWorkloadSelector", &[])
+}
+
+/// BGPConfiguration `ignoredInterfaces`: Calico's interface pattern (letters, digits, `_.-*`,
+/// 1 to 15 characters, not `*` alone), which also keeps BIRD's quoted string intact. Patterns
+/// rather than CEL here and below: per-item CEL over these lists exceeds the apiserver's budget.
+pub fn ignored_interfaces(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "description": "Interfaces whose addresses BIRD must not import (glob patterns such as docker*).",
+        "items": {
+            "type": "string",
+            "description": "An interface name pattern: 1 to 15 letters, digits or _ . - *, not * alone.",
+            "pattern": "^([a-zA-Z0-9_.-][a-zA-Z0-9_.*-]{0,14}|[*][a-zA-Z0-9_.*-]{1,14})$"
+        }
+    })
+}
+
+/// `prefixAdvertisements[].communities`: names from `communities` or literal community values.
+pub fn advertised_communities(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "description": "Community names (from communities) or literal values aa:nn / aa:nn:mm.",
+        "maxItems": 50,
+        "items": {
+            "type": "string",
+            "description": "A community name, or a value aa:nn (16-bit numbers) or aa:nn:mm (32-bit numbers).",
+            "pattern": "^(0*(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4}):0*(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})|0*(429496729[0-5]|42949672[0-8][0-9]|4294967[01][0-9]{2}|429496[0-6][0-9]{3}|42949[0-5][0-9]{4}|4294[0-8][0-9]{5}|429[0-3][0-9]{6}|42[0-8][0-9]{7}|4[01][0-9]{8}|[1-3][0-9]{9}|[0-9]{1,9}):0*(429496729[0-5]|42949672[0-8][0-9]|4294967[01][0-9]{2}|429496[0-6][0-9]{3}|42949[0-5][0-9]{4}|4294[0-8][0-9]{5}|429[0-3][0-9]{6}|42[0-8][0-9]{7}|4[01][0-9]{8}|[1-3][0-9]{9}|[0-9]{1,9}):0*(429496729[0-5]|42949672[0-8][0-9]|4294967[01][0-9]{2}|429496[0-6][0-9]{3}|42949[0-5][0-9]{4}|4294[0-8][0-9]{5}|429[0-3][0-9]{6}|42[0-8][0-9]{7}|4[01][0-9]{8}|[1-3][0-9]{9}|[0-9]{1,9})|[^:]+)$"
+        }
+    })
 }

@@ -10,6 +10,7 @@ pub mod selector;
 pub mod services;
 pub mod snapshot;
 mod text;
+pub mod validate;
 
 use std::collections::BTreeMap;
 

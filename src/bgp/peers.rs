@@ -140,7 +140,7 @@ impl<'a> Cluster<'a> {
             if name == "default" {
                 default = c.spec.clone();
             } else if let Some(n) = name.strip_prefix("node.") {
-                if let Some(p) = c.spec.listen_port {
+                if let Some(p) = port(c.spec.listen_port) {
                     node_listen_ports.insert(n.to_string(), p);
                 }
                 if n == node {
@@ -155,9 +155,9 @@ impl<'a> Cluster<'a> {
         let mut c = Cluster {
             me,
             nodes,
-            global_as: default.as_number.unwrap_or(DEFAULT_AS),
+            global_as: as_num(default.as_number).unwrap_or(DEFAULT_AS),
             mesh_enabled: default.node_to_node_mesh_enabled.unwrap_or(true),
-            global_listen_port: default.listen_port,
+            global_listen_port: port(default.listen_port),
             default,
             node_config,
             node_listen_ports,
@@ -236,8 +236,13 @@ impl<'a> Cluster<'a> {
 
     fn duration(&self, v: Option<&String>, what: &str) -> Option<u64> {
         let v = v?;
-        match parse_duration_secs(v) {
-            Some(s) => Some(s.round() as u64),
+        // BIRD's numbers are 32-bit.
+        match parse_duration_secs(v).map(f64::round) {
+            Some(s) if s <= u32::MAX as f64 => Some(s as u64),
+            Some(_) => {
+                self.warn(format!("{what}: {v:?} is longer than 4294967295s; ignored"));
+                None
+            }
             None => {
                 self.warn(format!("{what}: {v:?} is not a duration such as 120s; ignored"));
                 None
@@ -257,7 +262,12 @@ impl<'a> Cluster<'a> {
             out.push(PeerData {
                 ip: Some(ip),
                 ttl: ttl(spec),
-                reachable_by: spec.reachable_by.as_deref().and_then(|s| s.parse().ok()),
+                // A gateway of the other family would be `route <v4>/32 via <v6>`, which BIRD refuses.
+                reachable_by: spec
+                    .reachable_by
+                    .as_deref()
+                    .and_then(|s| s.parse::<IpAddr>().ok())
+                    .filter(|gw| gw.is_ipv4() == ip.is_ipv4()),
                 port: self.listen_port_of(node).unwrap_or(0),
                 asn: n.asn.unwrap_or(self.global_as),
                 rr_cluster_id: n.rr_cluster_id.clone(),
@@ -408,7 +418,7 @@ impl<'a> Cluster<'a> {
                     continue;
                 };
                 (
-                    self.nodes_with_ip_port_as(ip, spec.as_number, port),
+                    self.nodes_with_ip_port_as(ip, as_num(spec.as_number), port),
                     ip.is_ipv4(),
                     ip.is_ipv6(),
                 )
@@ -451,7 +461,7 @@ impl<'a> Cluster<'a> {
             ));
             return None;
         };
-        let Some(asn) = spec.as_number.filter(|a| *a != 0) else {
+        let Some(asn) = as_num(spec.as_number).filter(|a| *a != 0) else {
             self.warn(format!(
                 "{what}: spec.asNumber is required with spec.peerIP; ignored"
             ));
@@ -490,12 +500,12 @@ impl<'a> Cluster<'a> {
             ip: Some(ip),
             port,
             asn,
-            local_asn: spec.local_as_number.filter(|a| *a != 0),
+            local_asn: as_num(spec.local_as_number).filter(|a| *a != 0),
             keep_next_hop: keep,
             next_hop_mode: mode,
             calico_node,
             ttl: ttl(spec),
-            num_allow_local_as: spec.num_allowed_local_as_numbers.unwrap_or(0).max(0) as u32,
+            num_allow_local_as: spec.num_allowed_local_as_numbers.unwrap_or(0).clamp(0, 255) as u32,
             reachable_by,
             ..Default::default()
         })
@@ -629,6 +639,16 @@ impl<'a> Cluster<'a> {
                 .count()
         })
     }
+}
+
+/// An AS number as BIRD takes it (out-of-range values were left out by `validate::sanitize`).
+fn as_num(v: Option<i64>) -> Option<u64> {
+    v.and_then(|a| u32::try_from(a).ok()).map(u64::from)
+}
+
+/// A TCP port BIRD accepts: 1 to 65535.
+fn port(v: Option<i64>) -> Option<u16> {
+    v.and_then(|p| u16::try_from(p).ok()).filter(|p| *p != 0)
 }
 
 fn key_text(ip: IpAddr, port: u16) -> String {

@@ -257,7 +257,12 @@ impl NodeBgp {
             ipv4,
             ipv6,
             asn,
-            rr_cluster_id: get(ANN_RR_CLUSTER_ID).map(str::to_string),
+            // Written verbatim into `rr cluster id ...;`: only an IPv4 address (Calico's rule).
+            rr_cluster_id: match get(ANN_RR_CLUSTER_ID) {
+                None => None,
+                Some(v) if v.parse::<std::net::Ipv4Addr>().is_ok() => Some(v.to_string()),
+                Some(v) => return Err(bad(ANN_RR_CLUSTER_ID, v, "an IPv4 address")),
+            },
             wireguard_v4: wg(ANN_WG_V4)?,
             wireguard_v6: wg(ANN_WG_V6)?,
             labels: node.metadata.labels.clone().unwrap_or_default(),
@@ -300,6 +305,7 @@ pub fn parse_asn(s: &str) -> Option<u64> {
 /// Go's `time.ParseDuration` subset Calico accepts (`90s`, `1m30s`, `1.5h`, `500ms`), in seconds.
 pub fn parse_duration_secs(s: &str) -> Option<f64> {
     let s = s.trim();
+    let s = s.strip_prefix('+').unwrap_or(s);
     if s == "0" {
         return Some(0.0);
     }
@@ -325,7 +331,7 @@ pub fn parse_duration_secs(s: &str) -> Option<f64> {
             "m" => 60.0,
             "s" => 1.0,
             "ms" => 1e-3,
-            "us" | "µs" => 1e-6,
+            "us" | "µs" | "μs" => 1e-6,
             "ns" => 1e-9,
             _ => return None,
         };
@@ -412,6 +418,27 @@ metadata: {name: ignored}
         s.add_manifests("a.yaml", doc).unwrap();
         let e = s.add_manifests("b.yaml", doc).unwrap_err().to_string();
         assert!(e.contains("b.yaml") && e.contains("BGPPeer \"p\""), "{e}");
+    }
+
+    #[test]
+    fn route_reflector_cluster_id_must_be_ipv4() {
+        let node = |id: &str| {
+            let mut s = Snapshot::default();
+            s.add_manifests(
+                "t",
+                &format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: rr\n  annotations:\n    projectcalico.org/RouteReflectorClusterID: '{id}'\n"),
+            )
+            .unwrap();
+            NodeBgp::from_node(&s.nodes[0])
+        };
+        assert_eq!(
+            node("224.0.0.1").unwrap().rr_cluster_id.as_deref(),
+            Some("224.0.0.1")
+        );
+        for bad in ["1.2.3.4; }", "fd00::1", "abc"] {
+            let e = node(bad).unwrap_err().to_string();
+            assert!(e.contains(ANN_RR_CLUSTER_ID) && e.contains("IPv4"), "{e}");
+        }
     }
 
     #[test]

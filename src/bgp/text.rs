@@ -155,11 +155,13 @@ fn log_level(c: &Cluster<'_>) -> String {
 }
 
 fn normal_priority(c: &Cluster<'_>, v6: bool) -> i64 {
+    // Outside 1..2147483646 the filters' arithmetic leaves BIRD's 32-bit range.
     if v6 {
         c.default.ipv6_normal_route_priority
     } else {
         c.default.ipv4_normal_route_priority
     }
+    .filter(|p| (1..=2147483646).contains(p))
     .unwrap_or(1024)
 }
 
@@ -315,7 +317,8 @@ fn main_file(c: &Cluster<'_>, v6: bool, router_id: &str, peers: &[BirdPeer]) -> 
 }
 
 fn valid_iface_pattern(c: &Cluster<'_>, i: &str) -> bool {
-    let ok = !i.is_empty() && !i.contains(['"', '\n', '\r']);
+    // Calico's character set: nothing in it can end BIRD's quoted string.
+    let ok = super::validate::is_interface_pattern(i);
     if !ok {
         c.warn(format!(
             "BGPConfiguration \"default\": spec.ignoredInterfaces entry {i:?} is not an interface name pattern; ignored"
@@ -413,11 +416,15 @@ fn communities(c: &Cluster<'_>, v6: bool) -> Vec<(String, Vec<String>)> {
         let Some(cidr) = adv.cidr.as_deref().filter(|s| !s.is_empty()) else {
             continue;
         };
-        let Ok(net) = cidr.parse::<IpNet>() else {
-            c.warn(format!(
-                "BGPConfiguration {src_name:?}: spec.prefixAdvertisements[{i}].cidr {cidr:?} is not a CIDR; ignored"
-            ));
-            continue;
+        let net = match cidr.parse::<IpNet>() {
+            Ok(n) if n.trunc() == n => n,
+            // BIRD refuses a prefix with host bits (`validate::sanitize` normally took it out).
+            _ => {
+                c.warn(format!(
+                    "BGPConfiguration {src_name:?}: spec.prefixAdvertisements[{i}].cidr {cidr:?} is not a CIDR without host bits; ignored"
+                ));
+                continue;
+            }
         };
         if net.addr().is_ipv6() != v6 {
             continue;
@@ -466,14 +473,7 @@ fn communities(c: &Cluster<'_>, v6: bool) -> Vec<(String, Vec<String>)> {
 }
 
 fn is_community_value(s: &str) -> bool {
-    let parts: Vec<&str> = s.split(':').collect();
-    let n = parts.len();
-    (n == 2 || n == 3)
-        && parts.iter().all(|p| {
-            // Standard communities are 16:16 bits, large ones 32:32:32.
-            let max = if n == 2 { 0xffff } else { u32::MAX as u64 };
-            !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u64>().is_ok_and(|v| v <= max)
-        })
+    super::validate::is_community_value(s)
 }
 
 /// Sort key Calico uses for CIDRs stored as keys (`/` written `-`).
@@ -559,9 +559,9 @@ fn ipam_file(c: &Cluster<'_>, v6: bool, policy: ClusterRoutePolicy) -> String {
     let mut kernel = Vec::new();
     let network = if v6 { c.me.ipv6 } else { c.me.ipv4 }.map(|n| n.trunc());
     for pool in &c.snap.pools {
-        let Some(net) = pool.spec.net() else {
+        let Some(net) = pool.spec.net().filter(|n| n.trunc() == *n) else {
             c.warn(format!(
-                "IPPool {:?}: spec.cidr {:?} is not a CIDR; ignored",
+                "IPPool {:?}: spec.cidr {:?} is not a CIDR without host bits; ignored",
                 pool.metadata.name.as_deref().unwrap_or(""),
                 pool.spec.cidr
             ));

@@ -46,6 +46,10 @@ impl RenderArgs {
             router_id: self.router_id.clone(),
             bird_fork: self.bird_fork,
         };
+        // As the controller does: values BIRD would refuse are left out, each reported.
+        for e in bgp::validate::sanitize(&mut snap) {
+            eprintln!("warning: {e}; left out");
+        }
         let out = bgp::render(&snap, &self.node, &opts, &CalicoSelectors::default())?;
         for w in &out.warnings {
             eprintln!("warning: {w}");

@@ -20,7 +20,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Node, ObjectReference, Secret, Servi
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::rbac::v1::Role;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::api::{Api, DeleteParams, PartialObjectMeta, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, DynamicObject, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, Store};
@@ -30,8 +30,11 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::api::{Affinity, BgpConfig, BgpPeer, CalicoKind, CrdMode, Pool};
+use crate::api::{Affinity, BgpConfig, BgpPeer, CalicoKind, CrdMode, Installation, Pool};
+use crate::bgp::validate::Invalid;
 use crate::bgp::{self, CalicoSelectors, RenderOptions, Rendered, Snapshot};
+
+use super::conditions::{self, Cond};
 
 /// Label on every published object (the agent and `kubectl get -l` find them by it).
 pub const LABEL_CONFIG: &str = "tortie.projectcalico.org/bird-config";
@@ -44,6 +47,10 @@ pub const MAX_PUBLISHED_BYTES: usize = 1024 * 1024 - 16 * 1024;
 /// Objects written at once in one pass.
 const PUBLISH_CONCURRENCY: usize = 16;
 const MANAGER: &str = "tortie-bgp";
+/// Condition on the Installation's status: every BGP input reaching BIRD is valid.
+pub const CONDITION_VALID: &str = "BGPConfigValid";
+/// Event reason (on the bad object) and condition reason for a value left out of BIRD's files.
+pub const REASON_INVALID: &str = "BGPInputInvalid";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -212,9 +219,11 @@ pub fn files_of(p: &Published) -> BTreeMap<String, Vec<u8>> {
 
 struct Watches {
     nodes: Store<Node>,
-    configs: Store<BgpConfig>,
-    peers: Store<BgpPeer>,
-    pools: Store<Pool>,
+    /// Untyped (also `pools`), so that one stored object tortie's types cannot read is reported
+    /// on its own instead of failing the whole list (and with it every node's config).
+    configs: Store<DynamicObject>,
+    peers: Store<DynamicObject>,
+    pools: Store<DynamicObject>,
     affinities: Store<Affinity>,
     secrets: Store<Secret>,
     /// Published objects by metadata only: a pass reads their names and hash annotations, and
@@ -393,18 +402,15 @@ pub async fn run(client: Client, mode: CrdMode, namespace: String, config: Confi
             warn!("a watch ended before its first list");
         }
     }
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "tortie-bgp".into(),
-            instance: Some(config.instance.clone()),
-        },
-    );
+    let reporter = Reporter {
+        controller: "tortie-bgp".into(),
+        instance: Some(config.instance.clone()),
+    };
     let mut state = State::default();
     let _tasks = tasks;
     loop {
         let span = info_span!("bgp_pass");
-        pass(&client, &namespace, &config, &w, &recorder, &mut state)
+        pass(&client, mode, &namespace, &config, &w, &reporter, &mut state)
             .instrument(span)
             .await;
         let done = tokio::time::Instant::now();
@@ -447,18 +453,36 @@ struct State {
     agent_role_retry: bool,
     mesh_warned: bool,
     too_large: BTreeSet<String>,
+    /// Invalid inputs already reported with an Event (forgotten once fixed, so a relapse is told).
+    invalid: BTreeSet<String>,
+    /// The [`CONDITION_VALID`] message last applied to the Installation, and when a missing
+    /// Installation was last looked for.
+    condition: Option<String>,
+    condition_tried: Option<tokio::time::Instant>,
 }
 
 fn unwrap<K: Clone>(v: Vec<Arc<K>>) -> Vec<K> {
     v.into_iter().map(|a| (*a).clone()).collect()
 }
 
-fn snapshot(w: &Watches) -> Snapshot {
+/// The renderer's input, and the stored BGP objects that could not be decoded.
+fn snapshot(w: &Watches) -> (Snapshot, Vec<Invalid>) {
     let mut snap = Snapshot::default();
     snap.nodes = unwrap(w.nodes.state());
-    snap.bgp_configs = unwrap(w.configs.state());
-    snap.peers = unwrap(w.peers.state());
-    snap.pools = unwrap(w.pools.state());
+    let values = |objs: Vec<Arc<DynamicObject>>| {
+        objs.into_iter()
+            .filter_map(|o| serde_json::to_value(&*o).ok())
+            .collect::<Vec<_>>()
+    };
+    let (configs, mut undecodable) =
+        bgp::validate::decode_each::<BgpConfig>("BGPConfiguration", values(w.configs.state()));
+    let (peers, bad_peers) = bgp::validate::decode_each::<BgpPeer>("BGPPeer", values(w.peers.state()));
+    undecodable.extend(bad_peers);
+    let (pools, bad_pools) = bgp::validate::decode_each::<Pool>("IPPool", values(w.pools.state()));
+    undecodable.extend(bad_pools);
+    snap.bgp_configs = configs;
+    snap.peers = peers;
+    snap.pools = pools;
     snap.affinities = unwrap(w.affinities.state());
     snap.services = unwrap(w.services.state());
     snap.endpoint_slices = unwrap(w.slices.state());
@@ -469,18 +493,22 @@ fn snapshot(w: &Watches) -> Snapshot {
             snap.add_secret(&s);
         }
     }
-    snap
+    (snap, undecodable)
 }
 
 async fn pass(
     client: &Client,
+    mode: CrdMode,
     namespace: &str,
     config: &Config,
     w: &Watches,
-    recorder: &Recorder,
+    reporter: &Reporter,
     state: &mut State,
 ) {
-    let snap = snapshot(w);
+    let (mut snap, mut invalid) = snapshot(w);
+    // Values BIRD would refuse are taken out first, so one bad object costs only itself.
+    invalid.extend(bgp::validate::sanitize(&mut snap));
+    report_invalid(client, mode, w, reporter, state, &invalid).await;
     // The agents may read exactly the objects of current nodes; a new node's name is added before
     // its object is published, so its agent's watch is allowed when the object appears.
     if let Some(role) = &config.agent_role {
@@ -627,7 +655,7 @@ async fn pass(
         state.done.insert(name, (fp, hash));
     }
     for (reference, type_, reason, note) in notes {
-        event(recorder, &reference, type_, reason, &note).await;
+        event(client, reporter, &reference, type_, reason, &note).await;
     }
     // Forget nodes that are gone (their objects go with them through the owner reference).
     let live: BTreeSet<String> = snap.nodes.iter().map(|n| n.name_any()).collect();
@@ -655,24 +683,167 @@ async fn pass(
                 },
                 None => snap.nodes[0].object_ref(&()),
             };
-            let _ = recorder
-                .publish(
-                    &Event {
-                        type_: EventType::Warning,
-                        reason: "MeshTooLarge".into(),
-                        note: Some(msg),
-                        action: "Render".into(),
-                        secondary: None,
-                    },
-                    &reference,
-                )
-                .await;
+            event(
+                client,
+                reporter,
+                &reference,
+                EventType::Warning,
+                "MeshTooLarge",
+                &msg,
+            )
+            .await;
         }
         state.mesh_warned = too_big;
     }
 }
 
-async fn event(recorder: &Recorder, reference: &ObjectReference, type_: EventType, reason: &str, note: &str) {
+/// Reference of the object an [`Invalid`] is about, for its Event.
+fn invalid_ref(mode: CrdMode, w: &Watches, e: &Invalid) -> ObjectReference {
+    let p = e.place();
+    let uid = match p.kind {
+        "BGPPeer" => w
+            .peers
+            .state()
+            .iter()
+            .find(|o| o.metadata.name.as_deref() == Some(&p.name))
+            .and_then(|o| o.metadata.uid.clone()),
+        "BGPConfiguration" => w
+            .configs
+            .state()
+            .iter()
+            .find(|o| o.metadata.name.as_deref() == Some(&p.name))
+            .and_then(|o| o.metadata.uid.clone()),
+        "IPPool" => w
+            .pools
+            .state()
+            .iter()
+            .find(|o| o.metadata.name.as_deref() == Some(&p.name))
+            .and_then(|o| o.metadata.uid.clone()),
+        _ => None,
+    };
+    ObjectReference {
+        api_version: Some(mode.api_version()),
+        kind: Some(p.kind.to_string()),
+        name: Some(p.name.clone()),
+        uid,
+        ..Default::default()
+    }
+}
+
+/// A Warning Event on each newly invalid object, and the Installation's [`CONDITION_VALID`].
+async fn report_invalid(
+    client: &Client,
+    mode: CrdMode,
+    w: &Watches,
+    reporter: &Reporter,
+    state: &mut State,
+    invalid: &[Invalid],
+) {
+    let now: BTreeSet<String> = invalid.iter().map(invalid_note).collect();
+    for (e, msg) in invalid.iter().map(|e| (e, invalid_note(e))) {
+        if !state.invalid.contains(&msg) {
+            warn!(object = %e.place(), "{msg}");
+            event(
+                client,
+                reporter,
+                &invalid_ref(mode, w, e),
+                EventType::Warning,
+                REASON_INVALID,
+                &msg,
+            )
+            .await;
+        }
+    }
+    state.invalid = now;
+    let cond = valid_condition(&state.invalid);
+    let message = cond.message.clone();
+    if state.condition.as_deref() == Some(message.as_str()) {
+        return;
+    }
+    // A missing Installation is looked for again at most once a minute.
+    if state
+        .condition_tried
+        .is_some_and(|t| t.elapsed() < Duration::from_secs(60))
+        && state.condition.is_none()
+    {
+        return;
+    }
+    state.condition_tried = Some(tokio::time::Instant::now());
+    match apply_condition(client, cond).await {
+        Ok(true) => state.condition = Some(message),
+        Ok(false) => state.condition = None,
+        Err(e) => warn!(error = %e, "cannot set the Installation's {CONDITION_VALID} condition"),
+    }
+}
+
+/// The Event note of one invalid input.
+fn invalid_note(e: &Invalid) -> String {
+    format!("{e}; left out of the BIRD config")
+}
+
+/// [`CONDITION_VALID`] for the current invalid inputs (notes), cut to a readable length.
+fn valid_condition(notes: &BTreeSet<String>) -> Cond {
+    if notes.is_empty() {
+        return Cond::new(
+            CONDITION_VALID,
+            true,
+            "AllValid",
+            "every BGPConfiguration, BGPPeer and IPPool value that reaches BIRD is valid",
+        );
+    }
+    let mut m = notes.iter().map(String::as_str).collect::<Vec<_>>().join("; ");
+    if m.len() > 4000 {
+        let mut cut = 4000;
+        while !m.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        m.truncate(cut);
+        m.push_str(" ...");
+    }
+    Cond::new(CONDITION_VALID, false, REASON_INVALID, m)
+}
+
+/// Server-side applies one condition to the `default` Installation's status, as its own field
+/// manager (the Installation controller's conditions are left alone). False: no Installation.
+async fn apply_condition(client: &Client, cond: Cond) -> Result<bool, kube::Error> {
+    let api: Api<Installation> = Api::all(client.clone());
+    let Some(inst) = api.get_opt("default").await? else {
+        return Ok(false);
+    };
+    let old = inst.status.map(|s| s.conditions).unwrap_or_default();
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());
+    let conds = conditions::merge(&old, &[cond], None, now);
+    let patch = serde_json::json!({
+        "apiVersion": "operator.tigera.io/v1",
+        "kind": "Installation",
+        "status": {"conditions": conds},
+    });
+    match api
+        .patch_status(
+            "default",
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Publishes one Event. Callers report each problem once, so every Event gets a Recorder of its
+/// own: a shared one folds Events of one object and reason into a series that keeps only the
+/// first note, and a second field's problem would not be told.
+async fn event(
+    client: &Client,
+    reporter: &Reporter,
+    reference: &ObjectReference,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+) {
+    let recorder = Recorder::new(client.clone(), reporter.clone());
     let ev = Event {
         type_,
         reason: reason.into(),
@@ -791,6 +962,25 @@ mod tests {
         let role: Role =
             serde_json::from_value(serde_json::json!({"metadata": {"name": "x"}, "rules": rules})).unwrap();
         assert_eq!(role.rules.unwrap()[0].resource_names.as_ref().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn the_validity_condition_names_every_bad_field_and_stays_short() {
+        let c = valid_condition(&BTreeSet::new());
+        assert!(c.status && c.reason == "AllValid");
+        let notes: BTreeSet<String> = (0..200)
+            .map(|i| format!("BGPPeer \"p{i}\": spec.peerIP \"é{i}:0\" is bad; left out of the BIRD config"))
+            .collect();
+        let c = valid_condition(&notes);
+        assert!(!c.status && c.reason == REASON_INVALID);
+        assert!(
+            c.message.len() <= 4004 && c.message.ends_with(" ..."),
+            "{}",
+            c.message.len()
+        );
+        assert!(c.message.starts_with("BGPPeer \"p0\": spec.peerIP"));
+        let one: BTreeSet<String> = [notes.iter().next().unwrap().clone()].into();
+        assert_eq!(valid_condition(&one).message, *notes.iter().next().unwrap());
     }
 
     #[test]

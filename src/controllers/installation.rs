@@ -273,10 +273,16 @@ async fn apply(inst: &Installation, ctx: &Ctx) -> Result<Action, Error> {
     let pod_cidrs: Option<Vec<String>> = pod
         .as_ref()
         .map(|p| p.cidrs.iter().map(|c| c.to_string()).collect());
-    let unchanged = inst
-        .status
-        .as_ref()
-        .is_some_and(|s| s.conditions == conds && s.observed_generation == gen_ && s.pod_cidrs == pod_cidrs);
+    let unchanged = inst.status.as_ref().is_some_and(|s| {
+        // Conditions of other controllers (the BGP controller's) are theirs to keep.
+        let mine: Vec<_> = s
+            .conditions
+            .iter()
+            .filter(|c| conds.iter().any(|d| d.type_ == c.type_))
+            .cloned()
+            .collect();
+        mine == conds && s.observed_generation == gen_ && s.pod_cidrs == pod_cidrs
+    });
     if !unchanged {
         let api: Api<Installation> = Api::all(ctx.client.clone());
         let patch = json!({
