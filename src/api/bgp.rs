@@ -48,7 +48,7 @@ pub struct BGPConfigurationSpec {
     pub node_to_node_mesh_enabled: Option<bool>,
     /// The cluster's default AS number (default 64512); a node's own AS annotation overrides it.
     #[serde(rename = "asNumber", default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "schema::as_number")]
+    #[schemars(schema_with = "schema::local_as_number")]
     pub as_number: Option<i64>,
     /// Service cluster IP ranges to advertise from every node.
     #[serde(

@@ -106,6 +106,18 @@ pub fn as_number(_: &mut SchemaGenerator) -> Schema {
     })
 }
 
+/// The cluster's own AS number: as [`as_number`] but not 0, which is reserved (RFC 7607) and which
+/// BIRD refuses as a local AS on every node (Calico's schema lets it through, to the same end).
+pub fn local_as_number(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "integer",
+        "format": "int64",
+        "minimum": 1,
+        "maximum": 4294967295u64,
+        "description": "Autonomous system number (1 to 4294967295; 0 is reserved)."
+    })
+}
+
 /// A list of `{cidr: ...}` objects (service advertisement ranges).
 pub fn service_cidrs(_: &mut SchemaGenerator) -> Schema {
     json_schema!({

@@ -243,7 +243,12 @@ impl NodeBgp {
         let ipv6 = addr(ANN_IPV6, true)?;
         let asn = match get(ANN_ASN) {
             None => None,
-            Some(v) => Some(parse_asn(v).ok_or_else(|| bad(ANN_ASN, v, "an AS number"))?),
+            // AS 0 is reserved (RFC 7607) and BIRD refuses it as a local or remote AS.
+            Some(v) => match parse_asn(v) {
+                None => return Err(bad(ANN_ASN, v, "an AS number")),
+                Some(0) => return Err(bad(ANN_ASN, v, "an AS number other than 0 (reserved)")),
+                n => n,
+            },
         };
         let wg = |field: &str| -> Result<Option<IpAddr>, RenderError> {
             match get(field) {

@@ -194,7 +194,8 @@ pub fn check_peer(name: &str, s: &BGPPeerSpec) -> Vec<Invalid> {
 pub fn clean_config(name: &str, s: &mut BGPConfigurationSpec) -> Vec<Invalid> {
     let at = |f: String| place("BGPConfiguration", name, f);
     let mut errs = Vec::new();
-    if let Some(e) = range(at("spec.asNumber".into()), s.as_number, 0, AS_MAX) {
+    // AS 0 is reserved (RFC 7607): BIRD refuses `local as 0` on every node.
+    if let Some(e) = range(at("spec.asNumber".into()), s.as_number, 1, AS_MAX) {
         errs.push(e);
         s.as_number = None;
     }
