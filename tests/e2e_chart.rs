@@ -480,7 +480,7 @@ fn crds_are_kept_and_optional_and_extras_follow_values() {
         .iter()
         .filter(|o| o["kind"] == "CustomResourceDefinition")
         .collect();
-    assert_eq!(crds.len(), 10);
+    assert_eq!(crds.len(), 11);
     for (name, sub) in [
         ("clusterinformations.crd.projectcalico.org", Value::Null),
         (
@@ -679,7 +679,13 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 /// `kubectl auth can-i` impersonating a ServiceAccount (the admin may impersonate).
 fn can_i(ns: &str, sa: &str, verb: &str, resource: &str, in_ns: Option<&str>) -> bool {
     let who = format!("--as=system:serviceaccount:{ns}:{sa}");
+    // `RESOURCE/status` asks about the status subresource (kubectl reads `TYPE/NAME` otherwise).
+    let (resource, sub) = match resource.strip_suffix("/status") {
+        Some(r) => (r, Some("--subresource=status")),
+        None => (resource, None),
+    };
     let mut args = vec!["auth", "can-i", verb, resource, who.as_str()];
+    args.extend(sub);
     if let Some(n) = in_ns {
         args.extend(["-n", n]);
     }
@@ -744,7 +750,7 @@ fn install_least_privilege_upgrade_uninstall() {
         "-o",
         "name",
     ]);
-    assert_eq!(crds.lines().count(), 10, "{crds}");
+    assert_eq!(crds.lines().count(), 11, "{crds}");
     assert_eq!(
         kubectl(&[
             "get",
@@ -997,6 +1003,12 @@ fn least_privilege_by_impersonation(ns: &str) {
     no("tortie-agent", "update", "configmaps", Some(ns));
     no("tortie-agent", "get", "secrets", Some("kube-system"));
     no("tortie-agent", "get", &format!("ipamblocks.{g}"), None);
+    // BGP session status: read the objects, write only their status.
+    yes("tortie-agent", "watch", &format!("caliconodestatuses.{g}"), None);
+    yes("tortie-agent", "patch", &format!("caliconodestatuses.{g}/status"), None);
+    no("tortie-agent", "patch", &format!("caliconodestatuses.{g}"), None);
+    no("tortie-agent", "create", &format!("caliconodestatuses.{g}"), None);
+    no("tortie-agent", "delete", &format!("caliconodestatuses.{g}"), None);
 }
 
 // --- the operator and the CNI plugin as processes, each with its own ServiceAccount's token ---
