@@ -1005,7 +1005,12 @@ fn least_privilege_by_impersonation(ns: &str) {
     no("tortie-agent", "get", &format!("ipamblocks.{g}"), None);
     // BGP session status: read the objects, write only their status.
     yes("tortie-agent", "watch", &format!("caliconodestatuses.{g}"), None);
-    yes("tortie-agent", "patch", &format!("caliconodestatuses.{g}/status"), None);
+    yes(
+        "tortie-agent",
+        "patch",
+        &format!("caliconodestatuses.{g}/status"),
+        None,
+    );
     no("tortie-agent", "patch", &format!("caliconodestatuses.{g}"), None);
     no("tortie-agent", "create", &format!("caliconodestatuses.{g}"), None);
     no("tortie-agent", "delete", &format!("caliconodestatuses.{g}"), None);

@@ -51,7 +51,9 @@ pub struct CalicoNodeStatusSpec {
 
 impl CalicoNodeStatusSpec {
     pub fn wants(&self, class: &str) -> bool {
-        self.classes.as_ref().is_some_and(|c| c.iter().any(|x| x == class))
+        self.classes
+            .as_ref()
+            .is_some_and(|c| c.iter().any(|x| x == class))
     }
 }
 
