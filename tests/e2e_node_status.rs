@@ -83,7 +83,7 @@ impl Pair {
     fn wait_session(&self, up: bool) -> Observed {
         let deadline = Instant::now() + TIMEOUT;
         loop {
-            let o = observe_one(Some(&self.socket(1)), Family::V4);
+            let o = observe_one(Some(&self.socket(1)), Family::V4, false);
             if let Observed::Up { sessions, .. } = &o
                 && sessions.len() == 1
                 && sessions[0].established() == up
@@ -123,7 +123,7 @@ fn text(o: &Output) -> String {
 fn a_real_bird_is_read_as_calicoctl_reads_it() {
     let mut pair = Pair::start();
     let o = pair.wait_session(true);
-    let Observed::Up { daemon, sessions } = o else {
+    let Observed::Up { daemon, sessions, .. } = o else {
         unreachable!()
     };
     assert_eq!(daemon.router_id, "127.0.0.1");
@@ -139,7 +139,7 @@ fn a_real_bird_is_read_as_calicoctl_reads_it() {
     while s.imported != Some(1) || s.exported != Some(1) {
         assert!(Instant::now() < deadline, "routes never exchanged: {s:?}");
         std::thread::sleep(Duration::from_millis(200));
-        if let Observed::Up { sessions, .. } = observe_one(Some(&pair.socket(1)), Family::V4) {
+        if let Observed::Up { sessions, .. } = observe_one(Some(&pair.socket(1)), Family::V4, false) {
             s = sessions[0].clone();
         }
     }
@@ -274,6 +274,24 @@ fn the_agent_fills_calico_node_status_and_node_status_marks_it_stale_when_the_ag
         assert_eq!(st["agent"]["birdV4"]["routerID"], "127.0.0.1");
         // No bird6 on this node: nothing claimed about it.
         assert_eq!(st["agent"]["birdV6"], serde_json::json!({}));
+        // Routes: its own static route, and the peer's, learned over the mesh session.
+        let st = wait_status(mode, &node, "the peer's route is reported", |s| {
+            s["routes"]["routesV4"].as_array().is_some_and(|r| r.len() == 2)
+        });
+        let routes = st["routes"]["routesV4"].as_array().unwrap();
+        let by_dest = |d: &str| routes.iter().find(|r| r["destination"] == d).cloned();
+        assert_eq!(
+            by_dest("10.2.0.0/24"),
+            Some(
+                serde_json::json!({"type": "FIB", "destination": "10.2.0.0/24", "gateway": "N/A", "interface": "unreachable", "learnedFrom": {"sourceType": "NodeMesh", "peerIP": "127.0.0.2"}})
+            ),
+            "[{mode}] {st:#}"
+        );
+        assert_eq!(
+            by_dest("10.1.0.0/24").unwrap()["learnedFrom"]["sourceType"],
+            "Static",
+            "[{mode}] {st:#}"
+        );
         // The heartbeat: lastUpdated moves every period even though nothing changed.
         let first = st["lastUpdated"].as_str().unwrap().to_string();
         wait_status(mode, &node, "lastUpdated refreshed", |s| {

@@ -74,7 +74,7 @@ impl StatusArgs {
         let mut ok = true;
         for (family, socket) in [(Family::V4, v4), (Family::V6, v6)] {
             let v = if family == Family::V4 { "4" } else { "6" };
-            match observe_one(Some(&socket), family) {
+            match observe_one(Some(&socket), family, false) {
                 Observed::Up { sessions, .. } => {
                     print!("\nIPv{v} BGP status\n");
                     if sessions.is_empty() {

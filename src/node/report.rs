@@ -35,12 +35,17 @@ pub struct Sockets {
     pub v6: Option<PathBuf>,
 }
 
-/// Reads one daemon: `show status` and `show protocols all` in one connection. Blocking.
-pub fn observe_one(socket: Option<&Path>, family: Family) -> Observed {
+/// Reads one daemon: `show status`, `show protocols all` and, with `routes`, `show route`, in
+/// one connection. Blocking.
+pub fn observe_one(socket: Option<&Path>, family: Family, routes: bool) -> Observed {
     let Some(socket) = socket else {
         return Observed::Absent;
     };
-    let replies = match bird::query(socket, &["show status", "show protocols all"]) {
+    let mut commands = vec!["show status", "show protocols all"];
+    if routes {
+        commands.push("show route");
+    }
+    let replies = match bird::query(socket, &commands) {
         Ok(r) => r,
         Err(e) => return Observed::Unreachable(e.to_string()),
     };
@@ -48,16 +53,20 @@ pub fn observe_one(socket: Option<&Path>, family: Family) -> Observed {
         Ok(Observed::Up {
             daemon,
             sessions: status::parse_protocols(&replies[1], family)?,
+            routes: match replies.get(2) {
+                Some(r) => status::parse_routes(r)?,
+                None => vec![],
+            },
         })
     });
     parsed.unwrap_or_else(|e| Observed::Unreachable(format!("{}: {e}", socket.display())))
 }
 
 /// Reads both daemons. Blocking.
-pub fn observe(sockets: &Sockets) -> (Observed, Observed) {
+pub fn observe(sockets: &Sockets, routes: bool) -> (Observed, Observed) {
     (
-        observe_one(sockets.v4.as_deref(), Family::V4),
-        observe_one(sockets.v6.as_deref(), Family::V6),
+        observe_one(sockets.v4.as_deref(), Family::V4, routes),
+        observe_one(sockets.v6.as_deref(), Family::V6, routes),
     )
 }
 
@@ -134,7 +143,9 @@ pub async fn run(
             .collect();
         if !due.is_empty() {
             let s = sockets.clone();
-            let (v4, v6) = tokio::task::spawn_blocking(move || observe(&s)).await?;
+            // `show route` is the big answer: only when someone asks for it.
+            let routes = due.iter().any(|o| o.spec.wants("Routes"));
+            let (v4, v6) = tokio::task::spawn_blocking(move || observe(&s, routes)).await?;
             for (family, o) in [("IPv4", &v4), ("IPv6", &v6)] {
                 if let Observed::Unreachable(e) = o {
                     debug!(family, error = %e, "BIRD not answering");
@@ -202,9 +213,9 @@ mod tests {
 
     #[test]
     fn a_missing_socket_is_unreachable_and_no_socket_is_absent() {
-        assert_eq!(observe_one(None, Family::V4), Observed::Absent);
+        assert_eq!(observe_one(None, Family::V4, true), Observed::Absent);
         let dir = tempfile::tempdir().unwrap();
-        match observe_one(Some(&dir.path().join("bird.ctl")), Family::V6) {
+        match observe_one(Some(&dir.path().join("bird.ctl")), Family::V6, false) {
             Observed::Unreachable(e) => assert!(e.contains("bird.ctl"), "{e}"),
             o => panic!("{o:?}"),
         }

@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use crate::api::nodestatus::{AgentStatus, BgpStatus, CalicoNodeStatusSpec, CalicoNodeStatusStatus};
-use crate::api::nodestatus::{DaemonStatus, PeerStatus, RouteStatus};
+use crate::api::nodestatus::{DaemonStatus, LearnedFrom, PeerStatus, Route, RouteStatus};
 
 /// Address family of a BIRD daemon (`bird` or `bird6`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -271,6 +271,105 @@ pub fn parse_protocols(reply: &str, family: Family) -> Result<Vec<Session>, Pars
     Ok(out)
 }
 
+/// One line of `show route`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BirdRoute {
+    pub dest: String,
+    /// The next hop; `N/A` for device, blackhole and unreachable routes (as calico-node writes).
+    pub gateway: String,
+    /// The interface, or `blackhole` / `unreachable` / `prohibited`.
+    pub iface: String,
+    /// The protocol that brought it: `static1`, `direct1`, `Mesh_10_0_0_2`...
+    pub from: String,
+    /// BIRD's preferred route for the destination (`*`), the one in the kernel's table.
+    pub primary: bool,
+}
+
+/// `show route`: a destination's other routes follow it on lines without the destination.
+pub fn parse_routes(reply: &str) -> Result<Vec<BirdRoute>, ParseError> {
+    let mut out: Vec<BirdRoute> = vec![];
+    for (code, text) in coded_lines(reply)? {
+        if code != 1007 {
+            continue;
+        }
+        let words: Vec<&str> = text.split_whitespace().collect();
+        let (dest, rest) = if text.starts_with(char::is_whitespace) {
+            match out.last() {
+                Some(prev) => (prev.dest.clone(), &words[..]),
+                None => return Err(ParseError::Line(text.to_string())),
+            }
+        } else {
+            match words.split_first() {
+                Some((d, rest)) => (d.to_string(), rest),
+                None => continue,
+            }
+        };
+        let na = || "N/A".to_string();
+        let (gateway, iface) = match rest {
+            ["via", gw, "on", iface, ..] => (gw.to_string(), iface.to_string()),
+            ["dev", iface, ..] => (na(), iface.to_string()),
+            [kind @ ("blackhole" | "unreachable" | "prohibited"), ..] => (na(), kind.to_string()),
+            _ => return Err(ParseError::Line(text.to_string())),
+        };
+        let from = text
+            .split_once('[')
+            .and_then(|(_, r)| r.split_whitespace().next())
+            .map(|f| f.trim_end_matches(']').to_string())
+            .unwrap_or_default();
+        out.push(BirdRoute {
+            dest,
+            gateway,
+            iface,
+            from,
+            primary: text.contains("] *"),
+        });
+    }
+    Ok(out)
+}
+
+/// A route as Calico's status holds it; `None` for routes of protocols Calico does not name
+/// (a `Local_Workload_` session).
+fn api_route(r: &BirdRoute, family: Family) -> Option<Route> {
+    let source = |t: &str| LearnedFrom {
+        source_type: Some(t.into()),
+        peer_ip: None,
+    };
+    let learned = if r.from.starts_with("kernel") {
+        source("Kernel")
+    } else if r.from.starts_with("static") {
+        source("Static")
+    } else if r.from.starts_with("direct") {
+        source("Direct")
+    } else {
+        let (kind, ip) = session_peer(&r.from, family)?;
+        LearnedFrom {
+            source_type: Some(
+                if kind == PeerKind::Mesh {
+                    "NodeMesh"
+                } else {
+                    "BGPPeer"
+                }
+                .into(),
+            ),
+            peer_ip: Some(ip),
+        }
+    };
+    Some(Route {
+        type_: Some(if r.primary { "FIB" } else { "RIB" }.into()),
+        destination: non_empty(&r.dest),
+        gateway: non_empty(&r.gateway),
+        interface: non_empty(&r.iface),
+        learned_from: Some(learned),
+    })
+}
+
+fn routes(o: &Observed, family: Family) -> Vec<Route> {
+    match o {
+        Observed::Up { routes, .. } => routes.iter().filter_map(|r| api_route(r, family)).collect(),
+        _ => vec![],
+    }
+}
+
 /// What the agent saw of one daemon.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Observed {
@@ -281,6 +380,8 @@ pub enum Observed {
     Up {
         daemon: Daemon,
         sessions: Vec<Session>,
+        /// `show route`, read only when an object asks for Routes.
+        routes: Vec<BirdRoute>,
     },
 }
 
@@ -333,8 +434,8 @@ fn peers(o: &Observed) -> (Vec<PeerStatus>, i64, i64) {
     (peers, up, sessions.len() as i64 - up)
 }
 
-/// The status an object asks for (`spec.classes`), from what the agent saw; `Routes` is not
-/// reported yet (left empty). Sections of classes not asked for are Calico's empty values.
+/// The status an object asks for (`spec.classes`), from what the agent saw. Sections of classes
+/// not asked for are Calico's empty values.
 pub fn build_status(
     spec: &CalicoNodeStatusSpec,
     v4: &Observed,
@@ -363,11 +464,19 @@ pub fn build_status(
     } else {
         BgpStatus::default()
     };
+    let routes = if spec.wants("Routes") {
+        RouteStatus {
+            routes_v4: routes(v4, Family::V4),
+            routes_v6: routes(v6, Family::V6),
+        }
+    } else {
+        RouteStatus::default()
+    };
     CalicoNodeStatusStatus {
         last_updated: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(now)),
         agent: Some(agent),
         bgp: Some(bgp),
-        routes: Some(RouteStatus::default()),
+        routes: Some(routes),
     }
 }
 
@@ -554,6 +663,9 @@ mod tests {
     const PROTOCOLS_ALL: &str = include_str!("../../tests/fixtures/bird/node1-protocols-all.txt");
     const V6_ALL: &str = include_str!("../../tests/fixtures/bird/v6-protocols-all.txt");
     const V6_STATUS: &str = include_str!("../../tests/fixtures/bird/v6-status.txt");
+    const ROUTES: &str = include_str!("../../tests/fixtures/bird/node1-route.txt");
+    const V6_ROUTES: &str = include_str!("../../tests/fixtures/bird/v6-route.txt");
+    const LOOPBACK_ROUTES: &str = include_str!("../../tests/fixtures/bird/loopback-route.txt");
 
     fn ts(s: &str) -> jiff::Timestamp {
         s.parse().unwrap()
@@ -705,6 +817,7 @@ mod tests {
         Observed::Up {
             daemon: parse_status(STATUS).unwrap(),
             sessions: parse_protocols(PROTOCOLS_ALL, Family::V4).unwrap(),
+            routes: parse_routes(ROUTES).unwrap(),
         }
     }
 
@@ -736,7 +849,86 @@ mod tests {
         );
         assert_eq!(bgp["peersV4"][4]["type"], "NodePeer");
         assert_eq!(bgp["peersV4"][0]["type"], "GlobalPeer");
+        // Routes not asked for.
         assert_eq!(json["routes"], serde_json::json!({}));
+    }
+
+    #[test]
+    fn show_route_of_a_real_bird() {
+        let r = parse_routes(ROUTES).unwrap();
+        let got: Vec<(&str, &str, &str, &str, bool)> = r
+            .iter()
+            .map(|r| {
+                (
+                    r.dest.as_str(),
+                    r.gateway.as_str(),
+                    r.iface.as_str(),
+                    r.from.as_str(),
+                    r.primary,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("10.96.0.0/12", "N/A", "blackhole", "static1", true),
+                // A second route to the same destination: the line has no destination.
+                ("10.96.0.0/12", "10.255.0.2", "eth0", "Mesh_10_255_0_2", false),
+                ("10.48.0.0/26", "N/A", "blackhole", "static1", true),
+                ("10.255.0.0/24", "N/A", "eth0", "direct1", true),
+            ]
+        );
+        let r = parse_routes(LOOPBACK_ROUTES).unwrap();
+        assert_eq!(
+            (
+                r[0].dest.as_str(),
+                r[0].iface.as_str(),
+                r[0].from.as_str(),
+                r[0].primary
+            ),
+            ("10.2.0.0/24", "unreachable", "Mesh_127_0_0_2", true)
+        );
+        assert_eq!(parse_routes(V6_ROUTES).unwrap()[0].dest, "fd00:255::/64");
+        // A continuation before any destination, or a route kind never seen: errors, not guesses.
+        assert!(parse_routes("1007-   via 10.0.0.1 on eth0 [x 1] *\n0000 \n").is_err());
+        assert!(parse_routes("1007-10.0.0.0/8 multipath [x 1] *\n0000 \n").is_err());
+    }
+
+    #[test]
+    fn routes_follow_calicos_shape() {
+        let v6 = Observed::Up {
+            daemon: Daemon::default(),
+            sessions: vec![],
+            routes: parse_routes(V6_ROUTES).unwrap(),
+        };
+        let st = build_status(&spec(&["Routes"]), &up(), &v6, t0());
+        let json = serde_json::to_value(st.routes.unwrap()).unwrap();
+        assert_eq!(
+            json["routesV4"][1],
+            serde_json::json!({"type": "RIB", "destination": "10.96.0.0/12", "gateway": "10.255.0.2", "interface": "eth0", "learnedFrom": {"sourceType": "NodeMesh", "peerIP": "10.255.0.2"}})
+        );
+        assert_eq!(
+            json["routesV4"][0],
+            serde_json::json!({"type": "FIB", "destination": "10.96.0.0/12", "gateway": "N/A", "interface": "blackhole", "learnedFrom": {"sourceType": "Static"}})
+        );
+        assert_eq!(json["routesV4"][3]["learnedFrom"]["sourceType"], "Direct");
+        assert_eq!(json["routesV6"][0]["destination"], "fd00:255::/64");
+        // A route from a session Calico does not name is left out.
+        let odd = BirdRoute {
+            dest: "10.0.0.0/24".into(),
+            gateway: "10.0.0.1".into(),
+            iface: "eth0".into(),
+            from: "Local_Workload_10_0_0_1".into(),
+            primary: true,
+        };
+        assert_eq!(api_route(&odd, Family::V4), None);
+        let peer = BirdRoute {
+            from: "Global_10_0_0_9_port_179".into(),
+            ..odd
+        };
+        let learned = api_route(&peer, Family::V4).unwrap().learned_from.unwrap();
+        assert_eq!(learned.source_type.as_deref(), Some("BGPPeer"));
+        assert_eq!(learned.peer_ip.as_deref(), Some("10.0.0.9"));
     }
 
     #[test]
