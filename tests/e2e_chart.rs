@@ -441,6 +441,41 @@ fn rbac_grants_each_component_only_what_it_uses() {
             token_rule["resourceNames"][0], "tortie-cni",
             "the agent mints tokens of the CNI account only"
         );
+        // BGP session status: the agent reads CalicoNodeStatus objects of the mode's group and
+        // writes only their status; the mode's CRDs reach it as `--crd-mode`.
+        let node_agent = grants(find(&d, "ClusterRole", "tortie-agent"));
+        assert!(has(&node_agent, group, "caliconodestatuses", "watch"), "{mode}");
+        assert!(
+            has(&node_agent, group, "caliconodestatuses/status", "patch"),
+            "{mode}"
+        );
+        for verb in ["create", "update", "patch", "delete"] {
+            assert!(
+                !has(&node_agent, group, "caliconodestatuses", verb),
+                "{mode}: {verb}"
+            );
+        }
+        assert!(
+            !node_agent
+                .iter()
+                .any(|(g, r, _)| r.starts_with("caliconodestatuses") && g != group),
+            "{mode}: the other mode's group"
+        );
+        let ds = &find(&d, "DaemonSet", "tortie-agent")["spec"]["template"]["spec"]["containers"];
+        let agent_args = &ds
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "agent")
+            .unwrap()["args"];
+        assert!(
+            agent_args
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a == &format!("--crd-mode={mode}")),
+            "{mode}: {agent_args}"
+        );
     }
 }
 
@@ -858,7 +893,7 @@ fn install_least_privilege_upgrade_uninstall() {
         ])
         .lines()
         .count(),
-        10
+        11
     );
     assert_eq!(
         kubectl(&["get", "ippools.crd.projectcalico.org", "-o", "name"]),
