@@ -308,7 +308,7 @@ fn the_agent_fills_calico_node_status_and_node_status_marks_it_stale_when_the_ag
             t.lines().any(|l| l.starts_with("| 127.0.0.2 ")
                 && l.contains("| node-to-node mesh |")
                 && l.contains("| up ")
-                && l.contains("| Established |")),
+                && l.contains("| Established (1 routes learned) |")),
             "[{mode}] {t}"
         );
         assert!(!t.contains("STALE"), "[{mode}] {t}");

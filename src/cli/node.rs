@@ -10,9 +10,11 @@ use kube::ResourceExt;
 use kube::api::{Api, ListParams};
 
 use super::run::ModeArg;
-use crate::api::nodestatus::{BgpStatus, DaemonStatus};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+
+use crate::api::nodestatus::{BgpStatus, DaemonStatus, RouteStatus};
 use crate::api::{CrdMode, NodeStatus};
-use crate::node::report::observe_one;
+use crate::node::report::{FIELD_MANAGER, observe_one};
 use crate::node::status::{self, Family, Freshness, Observed};
 
 #[derive(Args, Debug)]
@@ -161,7 +163,13 @@ pub fn describe(o: &NodeStatus, now: jiff::Timestamp) -> (String, bool) {
     let period = o.spec.update_period_seconds;
     let st = o.status.clone().unwrap_or_default();
     let last = st.last_updated.as_ref().map(|t| t.0);
-    let freshness = status::staleness(period, last, now);
+    // calico-node writes only when something changed, so the age of its lastUpdated says
+    // nothing about whether it still runs: only a tortie agent's status is judged stale.
+    let foreign = status_writer(o).filter(|m| m != FIELD_MANAGER);
+    let freshness = match (&foreign, last) {
+        (Some(_), Some(_)) => Freshness::Fresh,
+        _ => status::staleness(period, last, now),
+    };
     let mut out = format!(
         "Node {node} (CalicoNodeStatus {}, every {}s",
         o.name_any(),
@@ -171,6 +179,11 @@ pub fn describe(o: &NodeStatus, now: jiff::Timestamp) -> (String, bool) {
         out.push_str(&format!(", updated {t}"));
     }
     out.push_str(")\n");
+    if let (Some(m), Some(_)) = (&foreign, last) {
+        out.push_str(&format!(
+            "Written by {m}, which refreshes lastUpdated only on a change: its age is not judged.\n"
+        ));
+    }
     let stale = match &freshness {
         Freshness::NeverUpdated => {
             out.push_str(&format!(
@@ -207,7 +220,12 @@ pub fn describe(o: &NodeStatus, now: jiff::Timestamp) -> (String, bool) {
     }
     if o.spec.wants("BGP") {
         let bgp = st.bgp.clone().unwrap_or_default();
-        out.push_str(&peer_tables(&bgp, stale));
+        let routes = if o.spec.wants("Routes") {
+            st.routes.clone()
+        } else {
+            None
+        };
+        out.push_str(&peer_tables(&bgp, routes.as_ref(), stale));
     } else {
         out.push_str("(BGP sessions not asked for: spec.classes has no BGP)\n");
     }
@@ -215,9 +233,27 @@ pub fn describe(o: &NodeStatus, now: jiff::Timestamp) -> (String, bool) {
     (out, !stale)
 }
 
-fn peer_tables(bgp: &BgpStatus, stale: bool) -> String {
+/// The manager of the object's last status write, from its managed fields (`None` when the
+/// server did not send them).
+fn status_writer(o: &NodeStatus) -> Option<String> {
+    let fields = o.metadata.managed_fields.as_ref()?;
+    let writes_status = |f: &ManagedFieldsEntry| {
+        f.subresource.as_deref() == Some("status")
+            || f.fields_v1
+                .as_ref()
+                .is_some_and(|v| v.0.get("f:status").is_some())
+    };
+    let mut writers: Vec<&ManagedFieldsEntry> = fields.iter().filter(|f| writes_status(f)).collect();
+    writers.sort_by_key(|f| f.time.as_ref().map(|t| t.0));
+    writers.last().and_then(|f| f.manager.clone())
+}
+
+fn peer_tables(bgp: &BgpStatus, routes: Option<&RouteStatus>, stale: bool) -> String {
     let mut out = String::new();
-    for (v, peers) in [("4", &bgp.peers_v4), ("6", &bgp.peers_v6)] {
+    for (v, peers, learned) in [
+        ("4", &bgp.peers_v4, routes.map(|r| &r.routes_v4)),
+        ("6", &bgp.peers_v6, routes.map(|r| &r.routes_v6)),
+    ] {
         out.push_str(&format!(
             "\nIPv{v} BGP status{}\n",
             if stale { " (STALE)" } else { "" }
@@ -227,6 +263,19 @@ fn peer_tables(bgp: &BgpStatus, stale: bool) -> String {
             continue;
         }
         let mut rows = status::rows_of_peers(peers);
+        // The object has no per-session route counts; with the Routes class they can be told
+        // from where each route was learned.
+        if let Some(learned) = learned {
+            for r in &mut rows {
+                let n = learned
+                    .iter()
+                    .filter(|x| {
+                        x.learned_from.as_ref().and_then(|l| l.peer_ip.as_deref()) == Some(r.peer.as_str())
+                    })
+                    .count();
+                r.info = format!("{} ({n} routes learned)", r.info);
+            }
+        }
         if stale {
             for r in &mut rows {
                 r.info = format!("STALE, last seen {}", r.info);
@@ -283,6 +332,56 @@ mod tests {
         );
         assert!(!text.contains("STALE"), "{text}");
         assert!(text.contains("No IPv6 peers found."), "{text}");
+    }
+
+    #[test]
+    fn route_counts_come_from_the_routes_class() {
+        use crate::api::nodestatus::{LearnedFrom, Route};
+        let now: jiff::Timestamp = "2026-12-06T21:40:20Z".parse().unwrap();
+        let mut o = obj(10, Some("2026-12-06T21:40:00Z"));
+        o.spec.classes = Some(vec!["BGP".into(), "Routes".into()]);
+        let learned = |d: &str, peer: &str| Route {
+            destination: Some(d.into()),
+            learned_from: Some(LearnedFrom {
+                source_type: Some("NodeMesh".into()),
+                peer_ip: Some(peer.into()),
+            }),
+            ..Default::default()
+        };
+        o.status.as_mut().unwrap().routes = Some(RouteStatus {
+            routes_v4: vec![
+                learned("10.48.1.0/26", "10.0.0.2"),
+                learned("10.48.2.0/26", "10.0.0.2"),
+                learned("10.48.3.0/26", "10.0.0.3"),
+            ],
+            ..Default::default()
+        });
+        let (text, _) = describe(&o, now);
+        assert!(text.contains("| Established (2 routes learned) |"), "{text}");
+    }
+
+    #[test]
+    fn calico_nodes_status_is_not_judged_by_its_age() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+        let now: jiff::Timestamp = "2026-12-06T23:00:00Z".parse().unwrap();
+        let mut o = obj(10, Some("2026-12-06T21:40:00Z"));
+        let entry = |m: &str, at: &str| ManagedFieldsEntry {
+            manager: Some(m.into()),
+            subresource: Some("status".into()),
+            time: Some(Time(at.parse().unwrap())),
+            ..Default::default()
+        };
+        o.metadata.managed_fields = Some(vec![entry("calico-node", "2026-12-06T21:40:00Z")]);
+        let (text, ok) = describe(&o, now);
+        assert!(ok && !text.contains("STALE"), "{text}");
+        assert!(text.contains("Written by calico-node"), "{text}");
+        // The last writer is a tortie agent: judged.
+        o.metadata.managed_fields = Some(vec![
+            entry("calico-node", "2026-12-06T21:00:00Z"),
+            entry(FIELD_MANAGER, "2026-12-06T21:40:00Z"),
+        ]);
+        let (text, ok) = describe(&o, now);
+        assert!(!ok && text.contains("STALE"), "{text}");
     }
 
     #[test]
