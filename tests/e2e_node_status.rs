@@ -254,8 +254,9 @@ fn the_agent_fills_calico_node_status_and_node_status_marks_it_stale_when_the_ag
             &["apply", "-f", "-"],
             &format!(
                 "{}---\n{}",
-                manifest(mode, &node, &node, "[Agent, BGP, Routes]", 1),
-                manifest(mode, &other, &other, "[BGP]", 1)
+                // 2 s: stale after 6 s, which a loaded machine's agent does not miss.
+                manifest(mode, &node, &node, "[Agent, BGP, Routes]", 2),
+                manifest(mode, &other, &other, "[BGP]", 2)
             ),
         );
         let dir = tempfile::tempdir().unwrap();
@@ -316,7 +317,7 @@ fn the_agent_fills_calico_node_status_and_node_status_marks_it_stale_when_the_ag
         // The agent dies: after three periods the status is stale and never shown as up.
         let _ = a.kill();
         let _ = a.wait();
-        std::thread::sleep(Duration::from_secs(4));
+        std::thread::sleep(Duration::from_secs(7));
         let out = tortie(&["node", "status", "--node", &node, "--crd-mode", mode]);
         let t = text(&out);
         assert!(!out.status.success(), "[{mode}] {t}");

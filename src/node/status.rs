@@ -1016,6 +1016,41 @@ mod tests {
         assert_eq!(rows[4].kind, "node specific");
     }
 
+    proptest::proptest! {
+        /// Whatever comes out of the socket (a BIRD fork, a truncated answer, another program),
+        /// the parsers answer with sessions or an error, never a panic.
+        #[test]
+        fn parsers_never_panic(
+            lines in proptest::collection::vec(
+                proptest::prop_oneof![
+                    "[0-9]{4}[- ][ -~]{0,40}",
+                    " [ -~]{0,60}",
+                    "(1002-|1006-|1007-| )(Mesh|Node|Global|Local_Workload)_[0-9a-f_]{0,20}(_port_[0-9]{0,6})? [ -~]{0,40}",
+                    "[ -~\u{80}-\u{10ffff}]{0,30}",
+                ],
+                0..12,
+            ),
+            v6 in proptest::bool::ANY,
+        ) {
+            let reply = lines.join("\n");
+            let family = if v6 { Family::V6 } else { Family::V4 };
+            let _ = parse_protocols(&reply, family);
+            let _ = parse_status(&reply);
+            let _ = parse_routes(&reply);
+            for l in &lines {
+                let _ = session_peer(l, family);
+            }
+        }
+
+        /// A real answer cut anywhere is an error (never a shorter list taken as the whole).
+        #[test]
+        fn a_cut_answer_is_an_error(cut in 0usize..PROTOCOLS_ALL.len() - "0000 \n".len()) {
+            // ASCII, so any cut is a char boundary.
+            let part = &PROTOCOLS_ALL[..cut];
+            proptest::prop_assert!(parse_protocols(part, Family::V4).is_err());
+        }
+    }
+
     fn t0() -> jiff::Timestamp {
         ts("2026-12-06T21:40:00Z")
     }
