@@ -42,7 +42,8 @@ pub struct StatusArgs {
     /// /var/run/bird/bird.ctl, as calicoctl).
     #[arg(long, env = "TORTIE_BIRD_SOCKET")]
     pub bird_socket: Option<PathBuf>,
-    /// With --local: the IPv6 daemon's control socket (default: bird6.ctl beside the above).
+    /// With --local: the IPv6 daemon's control socket (default: /var/run/calico/bird6.ctl, else
+    /// /var/run/bird/bird6.ctl).
     #[arg(long, env = "TORTIE_BIRD6_SOCKET")]
     pub bird6_socket: Option<PathBuf>,
     /// Calico CRD mode: auto (detect from the API groups), v1 or v3.
