@@ -49,8 +49,9 @@ pub struct AgentArgs {
     /// Do not manage BIRD (an IPAM-only agent).
     #[arg(long, env = "TORTIE_NO_BGP")]
     pub no_bgp: bool,
-    /// Longest time between two reads of BIRD's sockets for the CalicoNodeStatus objects naming
-    /// this node (an object's shorter updatePeriodSeconds wins), e.g. `10s`, `1m`.
+    /// How often the agent looks for CalicoNodeStatus objects of this node that are due (a
+    /// shorter updatePeriodSeconds wins; new and changed objects are served at once); BIRD's
+    /// sockets are read only for due objects. E.g. `10s`, `1m`.
     #[arg(long, env = "TORTIE_STATUS_INTERVAL", default_value = "10s", value_parser = super::run::parse_duration)]
     pub status_interval: Duration,
     /// Do not write CalicoNodeStatus status.
