@@ -2,7 +2,8 @@
 //!
 //! Layout: `api` (CRD types and the two CRD modes), `ipam` (pure allocator core plus the apiserver
 //! store), `bgp` (pure BIRD rendering), `cni` (the CNI plugin protocol), `controllers` (the operator's
-//! reconcilers), `cli` (subcommands of the `tortie` binary).
+//! reconcilers), `node` (the node side: BIRD supervision and BGP session status), `cli`
+//! (subcommands of the `tortie` binary).
 
 pub mod api;
 pub mod bgp;
@@ -11,3 +12,4 @@ pub mod cni;
 pub mod controllers;
 pub mod ipam;
 pub mod metrics;
+pub mod node;

@@ -181,6 +181,17 @@ fn valid_objects_pass_admission() {
             "node.node-1",
             "listenPort: 1790\n  logSeverityScreen: Debug",
         ),
+        // Calico's CalicoNodeStatus bounds: 0 (report once) to one day, any set of classes.
+        (
+            "CalicoNodeStatus",
+            "status",
+            "node: node-1.example.com\n  classes: [Agent, BGP, Routes]\n  updatePeriodSeconds: 0",
+        ),
+        (
+            "CalicoNodeStatus",
+            "status",
+            "node: n1\n  classes: []\n  updatePeriodSeconds: 86400",
+        ),
     ];
     for mode in ["v1", "v3"] {
         for (kind, name, spec) in ok {

@@ -316,6 +316,9 @@ async fn controller_and_agents_follow_the_apiserver() {
             retry_secs: 1,
             ipam_socket: "none".into(),
             no_bgp: false,
+            status_interval: Duration::from_secs(10),
+            no_status: true,
+            crd_mode: tortie::cli::run::ModeArg::Auto,
         };
         tokio::spawn(agent::run_agent(client.clone(), args))
     };

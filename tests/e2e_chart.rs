@@ -441,6 +441,41 @@ fn rbac_grants_each_component_only_what_it_uses() {
             token_rule["resourceNames"][0], "tortie-cni",
             "the agent mints tokens of the CNI account only"
         );
+        // BGP session status: the agent reads CalicoNodeStatus objects of the mode's group and
+        // writes only their status; the mode's CRDs reach it as `--crd-mode`.
+        let node_agent = grants(find(&d, "ClusterRole", "tortie-agent"));
+        assert!(has(&node_agent, group, "caliconodestatuses", "watch"), "{mode}");
+        assert!(
+            has(&node_agent, group, "caliconodestatuses/status", "patch"),
+            "{mode}"
+        );
+        for verb in ["create", "update", "patch", "delete"] {
+            assert!(
+                !has(&node_agent, group, "caliconodestatuses", verb),
+                "{mode}: {verb}"
+            );
+        }
+        assert!(
+            !node_agent
+                .iter()
+                .any(|(g, r, _)| r.starts_with("caliconodestatuses") && g != group),
+            "{mode}: the other mode's group"
+        );
+        let ds = &find(&d, "DaemonSet", "tortie-agent")["spec"]["template"]["spec"]["containers"];
+        let agent_args = &ds
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "agent")
+            .unwrap()["args"];
+        assert!(
+            agent_args
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a == &format!("--crd-mode={mode}")),
+            "{mode}: {agent_args}"
+        );
     }
 }
 
@@ -480,7 +515,7 @@ fn crds_are_kept_and_optional_and_extras_follow_values() {
         .iter()
         .filter(|o| o["kind"] == "CustomResourceDefinition")
         .collect();
-    assert_eq!(crds.len(), 10);
+    assert_eq!(crds.len(), 11);
     for (name, sub) in [
         ("clusterinformations.crd.projectcalico.org", Value::Null),
         (
@@ -679,7 +714,13 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 /// `kubectl auth can-i` impersonating a ServiceAccount (the admin may impersonate).
 fn can_i(ns: &str, sa: &str, verb: &str, resource: &str, in_ns: Option<&str>) -> bool {
     let who = format!("--as=system:serviceaccount:{ns}:{sa}");
+    // `RESOURCE/status` asks about the status subresource (kubectl reads `TYPE/NAME` otherwise).
+    let (resource, sub) = match resource.strip_suffix("/status") {
+        Some(r) => (r, Some("--subresource=status")),
+        None => (resource, None),
+    };
     let mut args = vec!["auth", "can-i", verb, resource, who.as_str()];
+    args.extend(sub);
     if let Some(n) = in_ns {
         args.extend(["-n", n]);
     }
@@ -744,7 +785,7 @@ fn install_least_privilege_upgrade_uninstall() {
         "-o",
         "name",
     ]);
-    assert_eq!(crds.lines().count(), 10, "{crds}");
+    assert_eq!(crds.lines().count(), 11, "{crds}");
     assert_eq!(
         kubectl(&[
             "get",
@@ -852,7 +893,7 @@ fn install_least_privilege_upgrade_uninstall() {
         ])
         .lines()
         .count(),
-        10
+        11
     );
     assert_eq!(
         kubectl(&["get", "ippools.crd.projectcalico.org", "-o", "name"]),
@@ -997,6 +1038,17 @@ fn least_privilege_by_impersonation(ns: &str) {
     no("tortie-agent", "update", "configmaps", Some(ns));
     no("tortie-agent", "get", "secrets", Some("kube-system"));
     no("tortie-agent", "get", &format!("ipamblocks.{g}"), None);
+    // BGP session status: read the objects, write only their status.
+    yes("tortie-agent", "watch", &format!("caliconodestatuses.{g}"), None);
+    yes(
+        "tortie-agent",
+        "patch",
+        &format!("caliconodestatuses.{g}/status"),
+        None,
+    );
+    no("tortie-agent", "patch", &format!("caliconodestatuses.{g}"), None);
+    no("tortie-agent", "create", &format!("caliconodestatuses.{g}"), None);
+    no("tortie-agent", "delete", &format!("caliconodestatuses.{g}"), None);
 }
 
 // --- the operator and the CNI plugin as processes, each with its own ServiceAccount's token ---

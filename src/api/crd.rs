@@ -12,7 +12,7 @@ use kube::CustomResourceExt;
 use super::{
     CalicoKind, CrdMode, Installation, bgp::BGPConfiguration, bgp::BGPPeer, cluster::ClusterInformation,
     cluster::KubeControllersConfiguration, ipam::BlockAffinity, ipam::IPAMBlock, ipam::IPAMConfiguration,
-    ipam::IPAMHandle, ippool::IPPool,
+    ipam::IPAMHandle, ippool::IPPool, nodestatus::CalicoNodeStatus,
 };
 
 /// Every CRD tortie installs in `mode`, in a stable order.
@@ -23,6 +23,8 @@ pub fn crds(mode: CrdMode) -> Vec<CustomResourceDefinition> {
     for (mut crd, subresources) in [
         (ClusterInformation::crd(), true),
         (KubeControllersConfiguration::crd(), false),
+        // Users create these; each node's agent writes the status of those naming its node.
+        (CalicoNodeStatus::crd(), false),
     ] {
         let (kind, plural) = (crd.spec.names.kind.clone(), crd.spec.names.plural.clone());
         to_mode(&mut crd, mode, &kind, &plural, subresources);
@@ -243,6 +245,7 @@ mod tests {
         for (plural, want) in [
             ("ippools", "status"),
             ("kubecontrollersconfigurations", "status"),
+            ("caliconodestatuses", "status"),
             ("bgpconfigurations", "none"),
             ("bgppeers", "{}"),
             ("blockaffinities", "{}"),
@@ -257,6 +260,7 @@ mod tests {
         assert_eq!(sub(CrdMode::V1, "ipamblocks"), "none");
         assert_eq!(sub(CrdMode::V1, "clusterinformations"), "none");
         assert_eq!(sub(CrdMode::V1, "kubecontrollersconfigurations"), "status");
+        assert_eq!(sub(CrdMode::V1, "caliconodestatuses"), "status");
         let v1 = crds(CrdMode::V1);
         let ci = v1
             .iter()

@@ -12,6 +12,7 @@ pub mod crd;
 pub mod installation;
 pub mod ipam;
 pub mod ippool;
+pub mod nodestatus;
 mod schema;
 pub mod selector_rule;
 pub mod strmap;
@@ -24,6 +25,7 @@ pub use bgp::{BGPConfigurationSpec, BGPPeerSpec};
 pub use installation::{Installation, InstallationSpec, InstallationStatus};
 pub use ipam::{AllocationAttribute, BlockAffinitySpec, Flag, IPAMBlockSpec, IPAMConfigSpec, IPAMHandleSpec};
 pub use ippool::{IPPoolSpec, IPPoolStatus};
+pub use nodestatus::{CalicoNodeStatusSpec, CalicoNodeStatusStatus};
 pub use strmap::StrMap;
 
 /// An IPPool in either mode.
@@ -40,6 +42,8 @@ pub type IpamConfig = Object<IPAMConfigSpec, NotUsed>;
 pub type BgpConfig = Object<BGPConfigurationSpec, NotUsed>;
 /// A BGPPeer in either mode.
 pub type BgpPeer = Object<BGPPeerSpec, NotUsed>;
+/// A CalicoNodeStatus in either mode.
+pub type NodeStatus = Object<CalicoNodeStatusSpec, CalicoNodeStatusStatus>;
 
 /// Which API group holds Calico's resources in this cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, clap::ValueEnum)]
@@ -129,6 +133,17 @@ impl CrdMode {
             api_version: self.api_version(),
             kind: k.into(),
             plural: plural.into(),
+        }
+    }
+
+    /// CalicoNodeStatus in this mode (same kind and plural in both groups).
+    pub fn node_status_resource(self) -> ApiResource {
+        ApiResource {
+            group: self.group().into(),
+            version: self.version().into(),
+            api_version: self.api_version(),
+            kind: "CalicoNodeStatus".into(),
+            plural: "caliconodestatuses".into(),
         }
     }
 

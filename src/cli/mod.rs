@@ -3,6 +3,7 @@
 pub mod agent;
 pub mod crd;
 pub mod ipam;
+pub mod node;
 pub mod render;
 pub mod run;
 
@@ -27,6 +28,8 @@ pub enum Command {
     Render(render::RenderArgs),
     /// IPAM tools (calicoctl ipam): show, check, release.
     Ipam(ipam::IpamArgs),
+    /// Node tools (calicoctl node): status of the nodes' BGP sessions.
+    Node(node::NodeArgs),
     /// Run the operator (Installation, IPPool, IPAM GC and BGP controllers, leader-elected).
     Run(run::RunArgs),
 }
@@ -39,6 +42,7 @@ impl Cli {
             Command::Agent(args) => args.run().await,
             Command::Run(args) => args.run().await,
             Command::Ipam(args) => args.run().await,
+            Command::Node(args) => args.run().await,
         }
     }
 }

@@ -34,7 +34,7 @@ pub enum ModeArg {
     V3,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let d: kube::core::Duration = s
         .parse()
         .map_err(|e| format!("{s:?} is not a duration like 15m, 30s or 1h30m: {e}"))?;

@@ -10,7 +10,7 @@
 //! ([`crate::bgp::snapshot::input_fingerprints`]) or its published object is missing or stale;
 //! objects are written with server-side apply and owned by their Node (deleted with it).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,14 +36,11 @@ use crate::bgp::{self, CalicoSelectors, RenderOptions, Rendered, Snapshot};
 
 use super::conditions::{self, Cond};
 
-/// Label on every published object (the agent and `kubectl get -l` find them by it).
-pub const LABEL_CONFIG: &str = "tortie.projectcalico.org/bird-config";
-/// Annotation: the node the object is for.
-pub const ANN_NODE: &str = "tortie.projectcalico.org/node";
-/// Annotation: [`Rendered::content_hash`] of the files in the object.
-pub const ANN_HASH: &str = "tortie.projectcalico.org/content-hash";
-/// Kubernetes refuses objects above 1 MiB; keep room for metadata.
-pub const MAX_PUBLISHED_BYTES: usize = 1024 * 1024 - 16 * 1024;
+// The published-object contract between this controller and the node agents lives on the node
+// side; re-exported here under its old paths.
+pub use crate::node::published::{
+    ANN_HASH, ANN_NODE, LABEL_CONFIG, MAX_PUBLISHED_BYTES, Published, files_of, object_name,
+};
 /// Objects written at once in one pass.
 const PUBLISH_CONCURRENCY: usize = 16;
 const MANAGER: &str = "tortie-bgp";
@@ -87,17 +84,6 @@ impl Default for Config {
             agent_role: None,
         }
     }
-}
-
-/// Name of a node's published object: `tortie-bird-<node>`, hashed when too long.
-pub fn object_name(node: &str) -> String {
-    let plain = format!("tortie-bird-{node}");
-    if plain.len() <= 253 {
-        return plain;
-    }
-    let h = <sha2::Sha256 as sha2::Digest>::digest(node.as_bytes());
-    let hex: String = h.iter().take(16).map(|b| format!("{b:02x}")).collect();
-    format!("tortie-bird-{}-{hex}", &node[..200])
 }
 
 /// The ConfigMap or Secret that carries `out` for `node` (owned by the Node when its uid is known).
@@ -190,31 +176,6 @@ async fn scope_agent_role(
     api.patch(role, &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
     Ok(())
-}
-
-/// A node's published config in one of its two forms.
-#[derive(Clone, Debug)]
-pub enum Published {
-    ConfigMap(ConfigMap),
-    Secret(Secret),
-}
-
-/// Files of a published ConfigMap or Secret (what the agent installs).
-pub fn files_of(p: &Published) -> BTreeMap<String, Vec<u8>> {
-    match p {
-        Published::ConfigMap(c) => c
-            .data
-            .iter()
-            .flatten()
-            .map(|(k, v)| (k.clone(), v.clone().into_bytes()))
-            .collect(),
-        Published::Secret(s) => s
-            .data
-            .iter()
-            .flatten()
-            .map(|(k, v)| (k.clone(), v.0.clone()))
-            .collect(),
-    }
 }
 
 struct Watches {

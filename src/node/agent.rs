@@ -1,0 +1,187 @@
+//! The agent's BIRD loop: watch the node's published object ([`super::published`]), install
+//! each new version with [`super::bird::apply`], and report the outcome on the Node (annotations
+//! [`ANN_APPLIED_HASH`], [`ANN_STATUS`]) and as Events.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, Secret};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource};
+use tracing::{Instrument, info, info_span, warn};
+
+use super::bird::{Applied, Reload, apply};
+use super::published::{ANN_APPLIED_HASH, ANN_HASH, ANN_NODE, ANN_STATUS, Published, files_of, object_name};
+
+/// What the agent last saw of its node's published object.
+#[derive(Default)]
+struct Seen {
+    map: Option<ConfigMap>,
+    secret: Option<Secret>,
+}
+
+impl Seen {
+    /// The Secret wins: the controller switches to it when a password appears.
+    fn current(&self) -> Option<Published> {
+        self.secret
+            .clone()
+            .map(Published::Secret)
+            .or_else(|| self.map.clone().map(Published::ConfigMap))
+    }
+}
+
+/// What the BIRD part of the agent needs to know.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// This node's name (the Node object).
+    pub node: String,
+    /// Namespace where the operator publishes the per-node configs.
+    pub namespace: String,
+    /// BIRD's configuration directory.
+    pub config_dir: PathBuf,
+    /// The daemons to reload after an install.
+    pub reload: Reload,
+    /// Seconds between retries after a failed install or reload.
+    pub retry_secs: u64,
+}
+
+/// Watches the node's published config and installs each new version; runs until an error
+/// that retrying cannot fix (the watch itself retries with backoff).
+pub async fn run(client: Client, args: Settings) -> anyhow::Result<()> {
+    let name = object_name(&args.node);
+    let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let maps = watcher::watcher(
+        Api::<ConfigMap>::namespaced(client.clone(), &args.namespace),
+        cfg.clone(),
+    )
+    .default_backoff()
+    .map(|e| e.map(Change::Map));
+    let secrets = watcher::watcher(Api::<Secret>::namespaced(client.clone(), &args.namespace), cfg)
+        .default_backoff()
+        .map(|e| e.map(Change::Secret));
+    let mut changes = std::pin::pin!(futures::stream::select(maps, secrets));
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "tortie-agent".into(),
+            instance: Some(args.node.clone()),
+        },
+    );
+    let nodes: Api<Node> = Api::all(client.clone());
+    let mut seen = Seen::default();
+    let mut failed = false;
+    // Files installed whose reload failed: "unchanged" files are then not yet running.
+    let mut reload_pending = false;
+    let mut last_reported: Option<(String, String)> = None;
+    info!(node = %args.node, object = %name, namespace = %args.namespace, "agent watching");
+    loop {
+        let retry = tokio::time::sleep(Duration::from_secs(args.retry_secs.max(1)));
+        tokio::select! {
+            ev = changes.next() => {
+                match ev {
+                    None => anyhow::bail!("watch ended"),
+                    Some(Err(e)) => { warn!(error = %e, "watch error (retrying)"); continue; }
+                    Some(Ok(c)) => c.apply_to(&mut seen),
+                }
+            }
+            _ = retry, if failed => {}
+        }
+        let Some(obj) = seen.current() else { continue };
+        let (hash, for_node) = {
+            let meta = match &obj {
+                Published::ConfigMap(c) => &c.metadata,
+                Published::Secret(s) => &s.metadata,
+            };
+            let a = meta.annotations.clone().unwrap_or_default();
+            (
+                a.get(ANN_HASH).cloned().unwrap_or_default(),
+                a.get(ANN_NODE).cloned(),
+            )
+        };
+        if for_node.as_deref() != Some(args.node.as_str()) {
+            warn!(object = %name, "published object is for another node; ignored");
+            continue;
+        }
+        let files = files_of(&obj);
+        let dir = args.config_dir.clone();
+        let reload = args.reload.clone();
+        let span = info_span!("install", node = %args.node, hash = %hash.get(..12).unwrap_or(""));
+        let pending = reload_pending;
+        let result = tokio::task::spawn_blocking(move || apply(&dir, &files, &reload, pending))
+            .instrument(span)
+            .await?;
+        let (status, event) = match &result {
+            Ok(Applied::Reloaded) => {
+                info!(hash = %hash, "installed and reloaded BIRD config");
+                (
+                    "Applied".to_string(),
+                    Some((
+                        EventType::Normal,
+                        "BirdConfigApplied",
+                        format!("BIRD reloaded with config {hash}"),
+                    )),
+                )
+            }
+            Ok(Applied::Unchanged) => ("Applied".to_string(), None),
+            Err(e) => {
+                warn!(error = %e, "BIRD config not installed");
+                (
+                    format!("Error: {e}").chars().take(1000).collect(),
+                    Some((EventType::Warning, "BirdConfigRejected", e.to_string())),
+                )
+            }
+        };
+        failed = result.is_err();
+        reload_pending = match &result {
+            Ok(_) => false,
+            Err(e) => reload_pending || e.installed_not_reloaded(),
+        };
+        let report = (hash.clone(), status.clone());
+        if last_reported.as_ref() != Some(&report) {
+            let patch = serde_json::json!({"metadata": {"annotations": {ANN_APPLIED_HASH: if failed { serde_json::Value::Null } else { hash.clone().into() }, ANN_STATUS: status}}});
+            match nodes
+                .patch(&args.node, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(n) => {
+                    if let Some((t, reason, note)) = event {
+                        let ev = Event {
+                            type_: t,
+                            reason: reason.into(),
+                            note: Some(note.chars().take(1000).collect()),
+                            action: "Install".into(),
+                            secondary: None,
+                        };
+                        if let Err(e) = recorder.publish(&ev, &n.object_ref(&())).await {
+                            warn!(error = %e, "cannot record event");
+                        }
+                    }
+                    last_reported = Some(report);
+                }
+                Err(e) => warn!(error = %e, "cannot report on the Node"),
+            }
+        }
+    }
+}
+
+enum Change {
+    Map(watcher::Event<ConfigMap>),
+    Secret(watcher::Event<Secret>),
+}
+
+impl Change {
+    fn apply_to(self, seen: &mut Seen) {
+        match self {
+            Change::Map(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => seen.map = Some(o),
+            Change::Map(watcher::Event::Delete(_)) => seen.map = None,
+            Change::Map(watcher::Event::Init) => seen.map = None,
+            Change::Secret(watcher::Event::Apply(o) | watcher::Event::InitApply(o)) => seen.secret = Some(o),
+            Change::Secret(watcher::Event::Delete(_)) => seen.secret = None,
+            Change::Secret(watcher::Event::Init) => seen.secret = None,
+            Change::Map(watcher::Event::InitDone) | Change::Secret(watcher::Event::InitDone) => {}
+        }
+    }
+}
