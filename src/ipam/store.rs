@@ -478,6 +478,21 @@ impl Store {
         list_live(&self.affinities, AFFINITY, &ListParams::default()).await
     }
 
+    /// Finishes the two-step delete of an object found marked `deleted` (a writer stopped between
+    /// the mark and the DELETE): reading it does that ([`get_live`]).
+    pub async fn finish_delete(&self, kind: CalicoKind, name: &str) -> Result<()> {
+        match kind {
+            CalicoKind::IPAMBlock => get_live(&self.blocks, BLOCK, name).await.map(drop),
+            CalicoKind::IPAMHandle => get_live(&self.handles, HANDLE, name).await.map(drop),
+            CalicoKind::BlockAffinity => get_live(&self.affinities, AFFINITY, name).await.map(drop),
+            other => Err(StoreError::Invalid {
+                kind: "IPAM object",
+                name: name.into(),
+                detail: format!("{other:?} is not an IPAM kind"),
+            }),
+        }
+    }
+
     // ---- nodes
 
     /// Labels of a Kubernetes Node (None when it does not exist).
