@@ -636,3 +636,62 @@ async fn writes_per_block_for_a_batch_of_leaks() {
     drop(op);
     delete_node(&client, &node).await;
 }
+
+#[tokio::test]
+async fn a_pod_deleted_after_its_node_frees_the_nodes_block_and_affinity_at_once() {
+    // The other order (the pod GC deletes a gone Node's pods after the Node): while the pod
+    // exists its address is valid; its deletion must trigger the pass, not the next tick.
+    let client = client().await;
+    let id = unique_name("gc-pod-after");
+    let x = test_net();
+    let node = unique_name("gc-pod-after");
+    create_node(&client, &node, &[], None, &[], &[]).await;
+    let ns = unique_name("gc-ns");
+    create_namespace(&client, &ns, &[]).await;
+    create_pod(&client, &ns, "web", Some(&node), &[]).await;
+    apply_pool(&format!("{id}-pool"), &id, &format!("10.{x}.0.0/24"), 26, "");
+    let cidr = format!("10.{x}.0.0/26");
+    let block = write_block(&client, &cidr, Some(&node), &[Alloc::pod(3, &ns, "web", &node)]).await;
+    let bname = block.metadata.name.clone().unwrap();
+    let op = Operator::start(
+        &id,
+        &[
+            "--controllers",
+            "gc",
+            "--pool-selector",
+            &format!("tortie-test={id}"),
+            "--lease-name",
+            &id,
+            "--gc-grace-period",
+            "15m",
+        ],
+    );
+    op.wait_ready().await;
+    wait_until("operator leads", Duration::from_secs(30), || async {
+        op.is_leader().await.then_some(())
+    })
+    .await;
+    let (blocks, _, affinities, _) = apis(&client).await;
+    delete_node(&client, &node).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        allocated(&blocks.get(&bname).await.unwrap()),
+        1,
+        "the address of a pod that still exists was released"
+    );
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    pods.delete("web", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    wait_until("block deleted", Duration::from_secs(10), || async {
+        blocks.get_opt(&bname).await.ok()?.is_none().then_some(())
+    })
+    .await;
+    let aff = tortie::ipam::names::affinity_name(&node, &cidr.parse().unwrap());
+    wait_until("affinity deleted", Duration::from_secs(10), || async {
+        affinities.get_opt(&aff).await.ok()?.is_none().then_some(())
+    })
+    .await;
+    drop(op);
+    delete_namespace(&client, &ns, Duration::from_secs(60)).await;
+}

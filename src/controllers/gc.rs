@@ -39,6 +39,7 @@ const LIST_NAMESPACE_FROM: usize = 16;
 
 pub async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
     let mut node_changes = ctx.stores.nodes.changes().boxed();
+    let mut pod_removals = ctx.stores.pods.removals().boxed();
     let mut tick = tokio::time::interval(ctx.config.gc_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // A pass also runs when the earliest grace timer runs out, so a leak goes at grace + one
@@ -64,6 +65,17 @@ pub async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
                 // Let a burst of deletions settle into one pass.
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 while futures::FutureExt::now_or_never(node_changes.next()).flatten().is_some() {}
+            }
+            Some(p) = pod_removals.next() => {
+                // A pod deleted from a Node that is gone (the pod GC deletes them after the
+                // Node): its addresses, then the Node's blocks and affinities, go at once, as
+                // in Calico (a pod deletion marks its node dirty). Other deletions wait for the
+                // grace period anyway.
+                if p.is_some_and(|p| !p.node.as_deref().is_some_and(|n| ctx.stores.nodes.get(n).is_none())) {
+                    continue;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                while futures::FutureExt::now_or_never(pod_removals.next()).flatten().is_some() {}
             }
         }
         let _t = ctx.metrics.reconcile(NAME);
@@ -491,7 +503,7 @@ async fn release_block(
         list.join(", ")
     );
     let ar = ctx.resource(CalicoKind::IPAMBlock);
-    let obj: Block = Block::new(&r.block, &ar, Default::default());
+    let obj = event_target(ctx, &r.block);
     ctx.event(
         &obj,
         &ar,
@@ -502,6 +514,15 @@ async fn release_block(
     )
     .await;
     Ok(())
+}
+
+/// The block an Event is about, as the watch last saw it (its UID lets `kubectl describe` find
+/// the Event); a bare reference by name when the watch has not seen it.
+fn event_target(ctx: &Ctx, name: &str) -> Block {
+    match ctx.stores.blocks.get(name) {
+        Some(b) => (*b).clone(),
+        None => Block::new(name, &ctx.resource(CalicoKind::IPAMBlock), Default::default()),
+    }
 }
 
 /// Deletes an empty block (with the affinity of `host` for it) through the engine, and says so
@@ -520,7 +541,7 @@ pub async fn release_empty_block(
         return Ok(false);
     }
     let ar = ctx.resource(CalicoKind::IPAMBlock);
-    let obj: Block = Block::new(&names::block_name(&net), &ar, Default::default());
+    let obj = event_target(ctx, &names::block_name(&net));
     ctx.event(
         &obj,
         &ar,
