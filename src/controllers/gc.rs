@@ -71,7 +71,11 @@ pub async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
                 // Node): its addresses, then the Node's blocks and affinities, go at once, as
                 // in Calico (a pod deletion marks its node dirty). Other deletions wait for the
                 // grace period anyway.
-                if p.is_some_and(|p| !p.node.as_deref().is_some_and(|n| ctx.stores.nodes.get(n).is_none())) {
+                let on_gone_node = |p: &PodInfo| p.node.as_deref().is_some_and(|n| ctx.stores.nodes.get(n).is_none());
+                // `None`: deletions were missed (a burst); look anyway.
+                if let Some(p) = &p
+                    && !on_gone_node(p)
+                {
                     continue;
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
