@@ -485,6 +485,18 @@ async fn the_grace_clock_survives_an_operator_restart() {
     )
     .await;
     let bname = block.metadata.name.clone().unwrap();
+    // Two empty blocks of the same live node: released after the grace period (the node keeps
+    // its last block), their clock stamped on them as well.
+    let mut empties = Vec::new();
+    for c in [format!("10.{x}.0.64/26"), format!("10.{x}.0.128/26")] {
+        empties.push(
+            write_block(&client, &c, Some(&node), &[])
+                .await
+                .metadata
+                .name
+                .unwrap(),
+        );
+    }
     let grace = Duration::from_secs(25);
     let args = |lease: &str| -> Vec<String> {
         [
@@ -514,6 +526,21 @@ async fn the_grace_clock_survives_an_operator_restart() {
         leak_stamp(&blocks.get(&bname).await.ok()?, 7)
     })
     .await;
+    let mut empty_stamps = Vec::new();
+    for name in &empties {
+        let t = wait_until("empty block stamped", Duration::from_secs(30), || async {
+            let b = blocks.get(name).await.ok()?;
+            let v = b
+                .metadata
+                .annotations
+                .as_ref()?
+                .get(tortie::controllers::gc_plan::EMPTY_SINCE_ANNOTATION)?
+                .clone();
+            tortie::controllers::gc_plan::empty_since(&v, &b.spec)
+        })
+        .await;
+        empty_stamps.push(t);
+    }
     tokio::time::sleep(Duration::from_secs(8)).await;
     first.kill();
     // A new operator (another process, another Lease: a restart or a leader change).
@@ -529,6 +556,22 @@ async fn the_grace_clock_survives_an_operator_restart() {
     .await;
     let released = jiff::Timestamp::now();
     let due = stamp + jiff::SignedDuration::try_from(grace).unwrap();
+    for (name, t) in empties.iter().zip(&empty_stamps) {
+        wait_until("empty block released", Duration::from_secs(30), || async {
+            blocks.get_opt(name).await.ok()?.is_none().then_some(())
+        })
+        .await;
+        let gone = jiff::Timestamp::now();
+        let restart_due = restarted + jiff::SignedDuration::try_from(grace).unwrap();
+        assert!(
+            gone >= *t + jiff::SignedDuration::try_from(grace).unwrap(),
+            "{name} released at {gone}, before its grace ran out"
+        );
+        assert!(
+            gone < restart_due - jiff::SignedDuration::from_secs(4),
+            "{name} released at {gone}: its grace restarted with the operator"
+        );
+    }
     assert!(
         released >= due,
         "released at {released}, before the grace ran out at {due}"

@@ -201,6 +201,12 @@ async fn pass(ctx: &Ctx) -> Result<(), Error> {
                 .map(|b| BlockIn {
                     name: b.metadata.name.as_deref().unwrap_or(""),
                     spec: &b.spec,
+                    empty_since: b
+                        .metadata
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get(gc_plan::EMPTY_SINCE_ANNOTATION))
+                        .map(String::as_str),
                 })
                 .collect(),
             affinities: affinities
@@ -274,6 +280,20 @@ async fn pass(ctx: &Ctx) -> Result<(), Error> {
         }
     }
     drop(releases);
+    for cidr in &plan.stamp_empty {
+        let Ok(net) = cidr.parse::<IpNet>() else { continue };
+        // Stamped only while still empty: the value names the sequence number it leaves.
+        let stamp = |spec: &crate::api::IPAMBlockSpec| {
+            blk::is_empty(spec).then(|| gc_plan::empty_since_value(now, spec))
+        };
+        if let Err(e) = ipam
+            .annotate_block(&net, gc_plan::EMPTY_SINCE_ANNOTATION, stamp)
+            .await
+        {
+            warn!(block = %cidr, error = %e, "could not stamp an empty block's first sighting");
+            first_err.get_or_insert(e.into());
+        }
+    }
     for e in &plan.empty_blocks {
         let res = release_empty_block(ctx, ipam, &e.cidr, Some(&e.node))
             .instrument(info_span!("release_empty", ipamblock = %e.block))

@@ -47,6 +47,25 @@ pub struct PodInfo {
 pub struct BlockIn<'a> {
     pub name: &'a str,
     pub spec: &'a IPAMBlockSpec,
+    /// Its [`EMPTY_SINCE_ANNOTATION`], if any.
+    pub empty_since: Option<&'a str>,
+}
+
+/// Annotation of an IPAMBlock: `<RFC 3339 time> <sequenceNumber>`, when the GC first saw the block
+/// empty, valid while the block's `sequenceNumber` is still the one its own write left (every
+/// write of a block, Calico's included, moves it). The durable clock of empty-block release.
+pub const EMPTY_SINCE_ANNOTATION: &str = "tortie.io/empty-since";
+
+/// The time an [`EMPTY_SINCE_ANNOTATION`] value records, if the block has not been written since.
+pub fn empty_since(value: &str, spec: &IPAMBlockSpec) -> Option<Timestamp> {
+    let (t, seq) = value.split_once(' ')?;
+    (spec.sequence_number? == seq.parse::<u64>().ok()?).then_some(())?;
+    t.parse().ok()
+}
+
+/// The annotation value the stamping write leaves: now, and the sequence number after that write.
+pub fn empty_since_value(now: Timestamp, spec: &IPAMBlockSpec) -> String {
+    format!("{now} {}", crate::ipam::block::sequence_after_write(spec))
 }
 
 /// A BlockAffinity from the store.
@@ -195,6 +214,8 @@ pub struct GcPlan {
     pub stale_affinities: Vec<StaleAffinity>,
     /// Handle object names no block references.
     pub orphan_handles: Vec<String>,
+    /// CIDRs of empty blocks seen empty for the first time (their clock is stamped on them).
+    pub stamp_empty: Vec<String>,
     /// (pool, node) → leak candidates not yet released (Calico's `ipam_allocations_gc_candidates`).
     pub candidates: BTreeMap<(String, String), u64>,
 }
@@ -491,9 +512,17 @@ pub fn plan<'a>(world: &'a World<'a>, state: &mut GcState, now: Timestamp, grace
             });
             continue;
         }
-        let since = *state.empty_since.get(&b.spec.cidr).unwrap_or(&now);
-        next.empty_since.insert(b.spec.cidr.clone(), since);
         let total = blocks_of_node.get(node).copied().unwrap_or(0);
+        let stamped = b.empty_since.and_then(|v| empty_since(v, b.spec));
+        let since = match stamped {
+            Some(t) => t.min(now),
+            None => *state.empty_since.get(&b.spec.cidr).unwrap_or(&now),
+        };
+        next.empty_since.insert(b.spec.cidr.clone(), since);
+        // A node's only block is never released: its clock needs no write.
+        if stamped.is_none() && !grace.is_zero() && total > 1 {
+            out.stamp_empty.push(b.spec.cidr.clone());
+        }
         let done = released_of_node.entry(node).or_default();
         if !grace.is_zero() && now.duration_since(since) >= grace && total > *done + 1 {
             *done += 1;

@@ -50,9 +50,14 @@ pub fn sequence_number(b: &IPAMBlockSpec) -> u64 {
     b.sequence_number.unwrap_or(0)
 }
 
+/// The `sequenceNumber` the block will have once written ([`prepare_write`]).
+pub fn sequence_after_write(b: &IPAMBlockSpec) -> u64 {
+    sequence_number(b) + 1
+}
+
 /// Call once before each write of a changed block: the write counter goes up by one.
 pub fn prepare_write(b: &mut IPAMBlockSpec) {
-    b.sequence_number = Some(sequence_number(b) + 1);
+    b.sequence_number = Some(sequence_after_write(b));
     b.strict_affinity = false;
 }
 

@@ -1074,7 +1074,8 @@ impl Ipam {
         select: impl Fn(&crate::api::IPAMBlockSpec) -> Vec<blk::GuardedRelease>,
     ) -> Result<(Vec<usize>, Option<crate::api::IPAMBlockSpec>), IpamError> {
         let (done, after) = self
-            .edit_block(cidr, |spec| {
+            .edit_block(cidr, |b| {
+                let spec = &mut b.spec;
                 let reqs = select(spec);
                 if reqs.is_empty() {
                     return Ok(None);
@@ -1090,7 +1091,8 @@ impl Ipam {
         Ok((done.unwrap_or_default(), after))
     }
 
-    /// The CAS loop of every release-side block write: `edit` changes the block read and returns
+    /// The CAS loop of every release-side block write: `edit` changes the block read (its spec,
+    /// or its annotations) and returns
     /// `Some` when there is something to write (it runs again on a fresh read after a conflict).
     /// A block left empty and without affinity is deleted (Calico's rule: whoever empties an
     /// orphan block deletes it); an empty affine block gets `ensureConsistentAffinity`. Returns
@@ -1099,7 +1101,7 @@ impl Ipam {
     async fn edit_block<T>(
         &self,
         cidr: &IpNet,
-        mut edit: impl FnMut(&mut crate::api::IPAMBlockSpec) -> Result<Option<T>, IpamError>,
+        mut edit: impl FnMut(&mut Block) -> Result<Option<T>, IpamError>,
     ) -> Result<(Option<T>, Option<crate::api::IPAMBlockSpec>), IpamError> {
         let span = info_span!("ipamblock", name = %names::block_name(cidr));
         async {
@@ -1122,7 +1124,7 @@ impl Ipam {
                     }
                     return Ok((None, None));
                 };
-                let Some(out) = edit(&mut b.spec)? else {
+                let Some(out) = edit(&mut b)? else {
                     if cached {
                         continue;
                     }
@@ -1174,7 +1176,8 @@ impl Ipam {
     pub async fn release_guarded(&self, cidr: &IpNet, edit: &blk::GcEdit) -> Result<GcReleased, IpamError> {
         let mut holders: Vec<(usize, String)> = Vec::new();
         let (freed, after) = self
-            .edit_block(cidr, |spec| {
+            .edit_block(cidr, |b| {
+                let spec = &mut b.spec;
                 holders = edit
                     .free
                     .iter()
@@ -1231,11 +1234,33 @@ impl Ipam {
         }
         // An edit that changes nothing: the write deletes the block when it is empty and unaffine.
         let (done, after) = self
-            .edit_block(cidr, |spec| {
-                Ok((blk::is_empty(spec) && spec.affinity.is_none()).then_some(()))
+            .edit_block(cidr, |b| {
+                Ok((blk::is_empty(&b.spec) && b.spec.affinity.is_none()).then_some(()))
             })
             .await?;
         Ok(done.is_some() && after.is_none())
+    }
+
+    /// Sets one annotation of a block to what `value` computes from the block as read (`None`:
+    /// leave the block alone), in the engine's CAS loop. Returns whether it was written.
+    pub async fn annotate_block(
+        &self,
+        cidr: &IpNet,
+        key: &str,
+        value: impl Fn(&crate::api::IPAMBlockSpec) -> Option<String>,
+    ) -> Result<bool, IpamError> {
+        let (done, _) = self
+            .edit_block(cidr, |b| {
+                let Some(v) = value(&b.spec) else { return Ok(None) };
+                let ann = b.metadata.annotations.get_or_insert_with(Default::default);
+                if ann.get(key) == Some(&v) {
+                    return Ok(None);
+                }
+                ann.insert(key.to_string(), v);
+                Ok(Some(()))
+            })
+            .await?;
+        Ok(done.is_some())
     }
 
     /// Deletes a handle no block holds an address of: each block its `spec.block` names is read

@@ -47,7 +47,14 @@ fn block(host: Option<&str>, pods: &[(usize, &str, &str)]) -> IPAMBlockSpec {
 
 fn world<'a>(blocks: &'a [(String, IPAMBlockSpec)], nodes: &[&str], pods: &[(&str, PodInfo)]) -> World<'a> {
     World {
-        blocks: blocks.iter().map(|(n, s)| BlockIn { name: n, spec: s }).collect(),
+        blocks: blocks
+            .iter()
+            .map(|(n, s)| BlockIn {
+                name: n,
+                spec: s,
+                empty_since: None,
+            })
+            .collect(),
         affinities: vec![],
         handles: vec![],
         nodes: nodes
@@ -556,4 +563,77 @@ proptest! {
             if freed.contains(&o) { prop_assert!(now.is_none()); } else { prop_assert_eq!(was, now); }
         }
     }
+}
+
+#[test]
+fn empty_block_clock_is_stamped_and_survives_a_restart() {
+    let mk = |c: &str| IPAMBlockSpec {
+        cidr: c.into(),
+        affinity: Some("host:n1".into()),
+        allocations: vec![None; 8],
+        sequence_number: Some(7),
+        ..Default::default()
+    };
+    let blocks = vec![
+        ("a".to_string(), mk("10.0.0.0/29")),
+        ("b".to_string(), mk("10.0.0.8/29")),
+    ];
+    let with = |ann: Option<&'static str>| -> World<'_> {
+        let mut w = world(&blocks, &["n1"], &[]);
+        for b in &mut w.blocks {
+            b.empty_since = ann;
+        }
+        w
+    };
+    // First sighting: both stamped (the node has two blocks), none released.
+    let p = plan(
+        &with(None),
+        &mut GcState::default(),
+        t("2026-01-01T01:00:00Z"),
+        GRACE,
+    );
+    assert!(p.empty_blocks.is_empty());
+    assert_eq!(p.stamp_empty, ["10.0.0.0/29", "10.0.0.8/29"]);
+    // The stamping write leaves sequenceNumber 8: the value names it.
+    let v = empty_since_value(t("2026-01-01T01:00:00Z"), &blocks[0].1);
+    assert_eq!(v, "2026-01-01T01:00:00Z 8");
+    assert_eq!(
+        empty_since(&v, &blocks[0].1),
+        None,
+        "not valid before its own write"
+    );
+    // After the write (sequence 8), a new process at 01:15 releases one of the two at once.
+    let written: Vec<(String, IPAMBlockSpec)> = blocks
+        .iter()
+        .map(|(n, s)| {
+            let mut s = s.clone();
+            s.sequence_number = Some(8);
+            (n.clone(), s)
+        })
+        .collect();
+    let mut w = world(&written, &["n1"], &[]);
+    for b in &mut w.blocks {
+        b.empty_since = Some("2026-01-01T01:00:00Z 8");
+    }
+    let p = plan(&w, &mut GcState::default(), t("2026-01-01T01:15:00Z"), GRACE);
+    assert!(p.stamp_empty.is_empty());
+    assert_eq!(p.empty_blocks.len(), 1);
+    // A block written since (another sequence number): the stamp is stale, stamped again.
+    let p = plan(
+        &with(Some("2026-01-01T01:00:00Z 8")),
+        &mut GcState::default(),
+        t("2026-01-01T01:15:00Z"),
+        GRACE,
+    );
+    assert!(p.empty_blocks.is_empty());
+    assert_eq!(p.stamp_empty.len(), 2);
+    // A node's only block is never released, so never stamped.
+    let one = vec![("a".to_string(), mk("10.0.0.0/29"))];
+    let p = plan(
+        &world(&one, &["n1"], &[]),
+        &mut GcState::default(),
+        t("2026-01-01T01:00:00Z"),
+        GRACE,
+    );
+    assert!(p.stamp_empty.is_empty());
 }
