@@ -400,7 +400,7 @@ fn prime_handles(ctx: &Ctx, ipam: &Ipam, releases: &[gc_plan::BlockRelease]) {
 
 /// The object, or `None` only when the apiserver says this object does not exist: a restarting
 /// apiserver's bare 404 (see [`crate::ipam::store::object_absent`]) must not read as "pod gone"
-/// (its addresses would be released) or "block gone".
+/// (its addresses would be released).
 async fn get_opt<K>(api: &Api<K>, name: &str) -> Result<Option<K>, Error>
 where
     K: Clone + DeserializeOwned + std::fmt::Debug,

@@ -95,7 +95,9 @@ pub struct World<'a> {
     pub pools: Vec<crate::ipam::usage::PoolRef>,
 }
 
-/// Timers kept between passes (rebuilt each pass, so nothing accumulates).
+/// Timers kept between passes (rebuilt each pass, so nothing accumulates). The durable stamps
+/// (leaks, empty blocks) win over these: they only bridge the time until a stamp's write lands,
+/// and time orphan handles, which have nothing to stamp (in memory, as in Calico).
 #[derive(Clone, Debug, Default)]
 pub struct GcState {
     leak_since: HashMap<LeakKey, Timestamp>,

@@ -139,6 +139,8 @@ pub struct GcReleased {
     pub freed: Vec<(usize, String)>,
     /// The block after the write (`None`: deleted, or gone).
     pub after: Option<crate::api::IPAMBlockSpec>,
+    /// Handles whose count could not be set (left over-counted until the orphan-handle GC).
+    pub over_counted: Vec<String>,
 }
 
 enum BlockOutcome {
@@ -1172,7 +1174,8 @@ impl Ipam {
     /// allocations that still match, in ONE block write (re-read and re-checked on a conflict),
     /// then sets each freed handle's count for the block to what the block still holds for it
     /// (handles concurrently: they are independent objects). A handle whose last entry goes is
-    /// deleted. Returns the ordinals freed with the handle that held each, and the block after.
+    /// deleted. Returns the ordinals freed with the handle that held each, and the block after;
+    /// a handle write that failed does not make the call fail (the block write has landed).
     pub async fn release_guarded(&self, cidr: &IpNet, edit: &blk::GcEdit) -> Result<GcReleased, IpamError> {
         let mut holders: Vec<(usize, String)> = Vec::new();
         let (freed, after) = self
@@ -1200,22 +1203,24 @@ impl Ipam {
                 let left = after
                     .as_ref()
                     .map_or(0, |s| blk::ordinals_of_handle(s, h).len() as u64);
-                async move { self.handle_set(h, cidr, left, false).await }
+                async move { (h, self.handle_set(h, cidr, left, false).await) }
             })
             .collect();
         let mut sets = futures::stream::iter(sets).buffer_unordered(HANDLE_CONCURRENCY);
-        let mut first_err = None;
-        while let Some(r) = sets.next().await {
+        let mut over_counted = Vec::new();
+        while let Some((h, r)) = sets.next().await {
             if let Err(e) = r {
-                warn!(block = %cidr, error = %e, "IPAMHandle count not set after a release (left over-counted)");
-                first_err.get_or_insert(e);
+                // The addresses are free either way; the handle is an orphan for the GC to take.
+                warn!(block = %cidr, handle = h, error = %e, "IPAMHandle count not set after a release (left over-counted)");
+                over_counted.push(h.to_string());
             }
         }
         drop(sets);
-        match first_err {
-            Some(e) => Err(e),
-            None => Ok(GcReleased { freed, after }),
-        }
+        Ok(GcReleased {
+            freed,
+            after,
+            over_counted,
+        })
     }
 
     /// Seeds the handle cache with a copy from a watch, where this process has none: the first
