@@ -1536,9 +1536,11 @@ impl Ipam {
                 let aff = match aff {
                     Some(mut a) if a.spec.state != "pendingDeletion" => {
                         a.spec.state = "pendingDeletion".into();
-                        marked_here = true;
                         match store.update_affinity(&a).await {
-                            Ok(a) => Some(a),
+                            Ok(a) => {
+                                marked_here = true;
+                                Some(a)
+                            }
                             Err(StoreError::Conflict { .. }) => continue,
                             Err(e) => return Err(e.into()),
                         }
