@@ -585,10 +585,12 @@ async fn the_grace_clock_survives_an_operator_restart() {
     delete_node(&client, &node).await;
 }
 
-/// Counts the writes (MODIFIED and DELETED events) of the objects a watch sees until `stop`.
+/// Counts the writes (MODIFIED and DELETED events) of the objects a watch from resourceVersion
+/// `from` sees until `stop` (every write after `from`, however late the watch starts).
 async fn count_writes<K>(
     api: Api<K>,
     wp: WatchParams,
+    from: String,
     keep: impl Fn(&K) -> bool,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> usize
@@ -597,7 +599,7 @@ where
 {
     let mut stop = stop;
     let mut n = 0;
-    let mut stream = api.watch(&wp, "0").await.unwrap().boxed();
+    let mut stream = api.watch(&wp, &from).await.unwrap().boxed();
     loop {
         tokio::select! {
             ev = stream.next() => match ev {
@@ -628,11 +630,18 @@ async fn writes_per_block_for_a_batch_of_leaks() {
     let bname = block.metadata.name.clone().unwrap();
     let (blocks, handles, _, _) = apis(&client).await;
     let (tx, rx) = tokio::sync::watch::channel(false);
-    let rv = block.metadata.resource_version.clone().unwrap();
-    let _ = rv;
+    // Every object is written by now: count from here.
+    let from = handles
+        .list_metadata(&ListParams::default().limit(1))
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
     let b_count = tokio::spawn(count_writes(
         blocks.clone(),
         WatchParams::default().fields(&format!("metadata.name={bname}")),
+        from.clone(),
         |_| true,
         rx.clone(),
     ));
@@ -640,6 +649,7 @@ async fn writes_per_block_for_a_batch_of_leaks() {
     let h_count = tokio::spawn(count_writes(
         handles.clone(),
         WatchParams::default(),
+        from,
         move |h: &Handle| h.spec.handle_id.starts_with(&ours),
         rx,
     ));
