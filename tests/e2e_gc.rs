@@ -8,8 +8,9 @@ mod support;
 
 use std::time::Duration;
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Event, Pod};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, WatchEvent, WatchParams};
 use op_support::*;
 use support::*;
 use tortie::api::{Affinity, Block, CalicoKind, Handle, Pool};
@@ -137,8 +138,9 @@ async fn leaked_addresses_of_deleted_pods_are_reclaimed_after_grace_and_metrics_
     }
     assert_eq!(b.spec.unallocated.len(), 124);
     assert_eq!(b.spec.attributes.len(), 4);
-    // One write for the whole batch: the sequence number moved by exactly one.
-    assert_eq!(b.spec.sequence_number, Some(1_754_042_400_000_000_001));
+    // Two writes for the whole batch: one stamping the 100 leaks' first sighting (the durable
+    // grace clock), one releasing them all; the sequence number moved by exactly two.
+    assert_eq!(b.spec.sequence_number, Some(1_754_042_400_000_000_002));
     // Handles of the released addresses are gone, the live ones stay.
     wait_until("leaked handles removed", Duration::from_secs(30), || async {
         let left = handles.list(&ListParams::default()).await.ok()?;
@@ -379,4 +381,370 @@ async fn deleting_a_pool_waits_until_its_last_allocation_is_released() {
     drop(op);
     delete_namespace(&client, &ns, Duration::from_secs(60)).await;
     delete_node(&client, &node).await;
+}
+
+/// The time a leak was first seen, as the GC stamped it in the allocation's attributes.
+fn leak_stamp(b: &Block, ordinal: usize) -> Option<jiff::Timestamp> {
+    let ai = b.spec.allocations.get(ordinal).copied().flatten()?;
+    b.spec.attributes[ai]
+        .secondary
+        .as_ref()?
+        .get(tortie::ipam::block::LEAK_SEEN_KEY)?
+        .parse()
+        .ok()
+}
+
+#[tokio::test]
+async fn a_deleted_nodes_block_and_affinity_go_within_seconds_without_waiting_for_a_tick() {
+    // As a new user would try it: one pod's address on a node, the pod force-deleted, the node
+    // deleted. The GC interval is left at its default (minutes): only the node's deletion can
+    // trigger the pass that must release the address, the block and the affinity.
+    let client = client().await;
+    let id = unique_name("gc-node-once");
+    let x = test_net();
+    let node = unique_name("gc-once");
+    create_node(&client, &node, &[], None, &[], &[]).await;
+    let ns = unique_name("gc-ns");
+    create_namespace(&client, &ns, &[]).await;
+    create_pod(&client, &ns, "web", Some(&node), &[]).await;
+    apply_pool(&format!("{id}-pool"), &id, &format!("10.{x}.0.0/24"), 26, "");
+    let cidr = format!("10.{x}.0.0/26");
+    let block = write_block(&client, &cidr, Some(&node), &[Alloc::pod(3, &ns, "web", &node)]).await;
+    let bname = block.metadata.name.clone().unwrap();
+    let op = Operator::start(
+        &id,
+        &[
+            "--controllers",
+            "gc",
+            "--pool-selector",
+            &format!("tortie-test={id}"),
+            "--lease-name",
+            &id,
+            "--gc-grace-period",
+            "15m",
+        ],
+    );
+    op.wait_ready().await;
+    wait_until("operator leads", Duration::from_secs(30), || async {
+        op.is_leader().await.then_some(())
+    })
+    .await;
+    let (blocks, handles, affinities, _) = apis(&client).await;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    pods.delete("web", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        allocated(&blocks.get(&bname).await.unwrap()),
+        1,
+        "released within the grace period while its node exists"
+    );
+    delete_node(&client, &node).await;
+    let started = std::time::Instant::now();
+    wait_until("block deleted", Duration::from_secs(10), || async {
+        blocks.get_opt(&bname).await.ok()?.is_none().then_some(())
+    })
+    .await;
+    let aff = tortie::ipam::names::affinity_name(&node, &cidr.parse().unwrap());
+    wait_until("affinity deleted", Duration::from_secs(10), || async {
+        affinities.get_opt(&aff).await.ok()?.is_none().then_some(())
+    })
+    .await;
+    assert!(
+        handles
+            .get_opt(&tortie::ipam::names::handle_name(&format!(
+                "k8s-pod-network.{ns}.web-3"
+            )))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    eprintln!(
+        "node deleted -> block and affinity gone in {:?}",
+        started.elapsed()
+    );
+    drop(op);
+    delete_namespace(&client, &ns, Duration::from_secs(60)).await;
+}
+
+#[tokio::test]
+async fn the_grace_clock_survives_an_operator_restart() {
+    let client = client().await;
+    let id = unique_name("gc-restart");
+    let x = test_net();
+    let node = unique_name("gc-restart-node");
+    create_node(&client, &node, &[], None, &[], &[]).await;
+    let ns = unique_name("gc-ns");
+    apply_pool(&format!("{id}-pool"), &id, &format!("10.{x}.0.0/24"), 26, "");
+    let block = write_block(
+        &client,
+        &format!("10.{x}.0.0/26"),
+        Some(&node),
+        &[Alloc::pod(7, &ns, "gone", &node)],
+    )
+    .await;
+    let bname = block.metadata.name.clone().unwrap();
+    // Two empty blocks of the same live node: released after the grace period (the node keeps
+    // its last block), their clock stamped on them as well.
+    let mut empties = Vec::new();
+    for c in [format!("10.{x}.0.64/26"), format!("10.{x}.0.128/26")] {
+        empties.push(
+            write_block(&client, &c, Some(&node), &[])
+                .await
+                .metadata
+                .name
+                .unwrap(),
+        );
+    }
+    let grace = Duration::from_secs(25);
+    let args = |lease: &str| -> Vec<String> {
+        [
+            "--controllers",
+            "gc",
+            "--pool-selector",
+            &format!("tortie-test={id}"),
+            "--lease-name",
+            lease,
+            "--gc-grace-period",
+            "25s",
+            "--gc-interval",
+            "1s",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let first_args = args(&format!("{id}-a"));
+    let mut first = Operator::start(
+        &format!("{id}-a"),
+        &first_args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let (blocks, _, _, _) = apis(&client).await;
+    // The first operator sees the leak and stamps its first sighting in the block.
+    let stamp = wait_until("leak stamped", Duration::from_secs(60), || async {
+        leak_stamp(&blocks.get(&bname).await.ok()?, 7)
+    })
+    .await;
+    let mut empty_stamps = Vec::new();
+    for name in &empties {
+        let t = wait_until("empty block stamped", Duration::from_secs(30), || async {
+            let b = blocks.get(name).await.ok()?;
+            let v = b
+                .metadata
+                .annotations
+                .as_ref()?
+                .get(tortie::controllers::gc_plan::EMPTY_SINCE_ANNOTATION)?
+                .clone();
+            tortie::controllers::gc_plan::empty_since(&v, &b.spec)
+        })
+        .await;
+        empty_stamps.push(t);
+    }
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    first.kill();
+    // A new operator (another process, another Lease: a restart or a leader change).
+    let second_args = args(&format!("{id}-b"));
+    let second = Operator::start(
+        &format!("{id}-b"),
+        &second_args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let restarted = jiff::Timestamp::now();
+    wait_until("leak released", Duration::from_secs(60), || async {
+        (allocated(&blocks.get(&bname).await.ok()?) == 0).then_some(())
+    })
+    .await;
+    let released = jiff::Timestamp::now();
+    let due = stamp + jiff::SignedDuration::try_from(grace).unwrap();
+    for (name, t) in empties.iter().zip(&empty_stamps) {
+        wait_until("empty block released", Duration::from_secs(30), || async {
+            blocks.get_opt(name).await.ok()?.is_none().then_some(())
+        })
+        .await;
+        let gone = jiff::Timestamp::now();
+        let restart_due = restarted + jiff::SignedDuration::try_from(grace).unwrap();
+        assert!(
+            gone >= *t + jiff::SignedDuration::try_from(grace).unwrap(),
+            "{name} released at {gone}, before its grace ran out"
+        );
+        assert!(
+            gone < restart_due - jiff::SignedDuration::from_secs(4),
+            "{name} released at {gone}: its grace restarted with the operator"
+        );
+    }
+    assert!(
+        released >= due,
+        "released at {released}, before the grace ran out at {due}"
+    );
+    let restart_due = restarted + jiff::SignedDuration::try_from(grace).unwrap();
+    assert!(
+        released < restart_due - jiff::SignedDuration::from_secs(4),
+        "released at {released}: the grace restarted with the operator ({restart_due}), not from the first sighting ({due})"
+    );
+    drop(second);
+    delete_node(&client, &node).await;
+}
+
+/// Counts the writes (MODIFIED and DELETED events) of the objects a watch from resourceVersion
+/// `from` sees until `stop` (every write after `from`, however late the watch starts).
+async fn count_writes<K>(
+    api: Api<K>,
+    wp: WatchParams,
+    from: String,
+    keep: impl Fn(&K) -> bool,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> usize
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    let mut stop = stop;
+    let mut n = 0;
+    let mut stream = api.watch(&wp, &from).await.unwrap().boxed();
+    loop {
+        tokio::select! {
+            ev = stream.next() => match ev {
+                Some(Ok(WatchEvent::Modified(o))) | Some(Ok(WatchEvent::Deleted(o))) if keep(&o) => n += 1,
+                Some(_) => {}
+                None => return n,
+            },
+            _ = stop.changed() => return n,
+        }
+    }
+}
+
+#[tokio::test]
+async fn writes_per_block_for_a_batch_of_leaks() {
+    // 50 leaked pod addresses in one block (the bench's 10,000 over 200 blocks, per block).
+    let client = client().await;
+    let id = unique_name("gc-writes");
+    let x = test_net();
+    let node = unique_name("gc-writes-node");
+    create_node(&client, &node, &[], None, &[], &[]).await;
+    let ns = unique_name("gc-ns");
+    apply_pool(&format!("{id}-pool"), &id, &format!("10.{x}.0.0/24"), 26, "");
+    let cidr = format!("10.{x}.0.0/26");
+    let allocs: Vec<Alloc> = (0..50)
+        .map(|i| Alloc::pod(i, &ns, &format!("gone-{i}"), &node))
+        .collect();
+    let block = write_block(&client, &cidr, Some(&node), &allocs).await;
+    let bname = block.metadata.name.clone().unwrap();
+    let (blocks, handles, _, _) = apis(&client).await;
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    // Every object is written by now: count from here.
+    let from = handles
+        .list_metadata(&ListParams::default().limit(1))
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let b_count = tokio::spawn(count_writes(
+        blocks.clone(),
+        WatchParams::default().fields(&format!("metadata.name={bname}")),
+        from.clone(),
+        |_| true,
+        rx.clone(),
+    ));
+    let ours = format!("k8s-pod-network.{ns}.");
+    let h_count = tokio::spawn(count_writes(
+        handles.clone(),
+        WatchParams::default(),
+        from,
+        move |h: &Handle| h.spec.handle_id.starts_with(&ours),
+        rx,
+    ));
+    let op = Operator::start(
+        &id,
+        &[
+            "--controllers",
+            "gc",
+            "--pool-selector",
+            &format!("tortie-test={id}"),
+            "--lease-name",
+            &id,
+            "--gc-grace-period",
+            "6s",
+            "--gc-interval",
+            "1s",
+        ],
+    );
+    wait_until("leaks released", Duration::from_secs(60), || async {
+        (allocated(&blocks.get(&bname).await.ok()?) == 0).then_some(())
+    })
+    .await;
+    let gone = format!("k8s-pod-network.{ns}.gone-");
+    wait_until("handles deleted", Duration::from_secs(30), || async {
+        let l = handles.list(&ListParams::default()).await.ok()?;
+        (!l.items.iter().any(|h| h.spec.handle_id.starts_with(&gone))).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    tx.send(true).unwrap();
+    let (b, h) = (b_count.await.unwrap(), h_count.await.unwrap());
+    eprintln!("GC writes for 50 leaks in one block: {b} block write(s), {h} handle write(s)");
+    // The block: one write stamping the leaks' first sighting, one releasing all 50. Each
+    // handle: one conditional DELETE (no mark-then-delete).
+    assert_eq!(b, 2, "block writes");
+    assert_eq!(h, 50, "handle writes");
+    drop(op);
+    delete_node(&client, &node).await;
+}
+
+#[tokio::test]
+async fn a_pod_deleted_after_its_node_frees_the_nodes_block_and_affinity_at_once() {
+    // The other order (the pod GC deletes a gone Node's pods after the Node): while the pod
+    // exists its address is valid; its deletion must trigger the pass, not the next tick.
+    let client = client().await;
+    let id = unique_name("gc-pod-after");
+    let x = test_net();
+    let node = unique_name("gc-pod-after");
+    create_node(&client, &node, &[], None, &[], &[]).await;
+    let ns = unique_name("gc-ns");
+    create_namespace(&client, &ns, &[]).await;
+    create_pod(&client, &ns, "web", Some(&node), &[]).await;
+    apply_pool(&format!("{id}-pool"), &id, &format!("10.{x}.0.0/24"), 26, "");
+    let cidr = format!("10.{x}.0.0/26");
+    let block = write_block(&client, &cidr, Some(&node), &[Alloc::pod(3, &ns, "web", &node)]).await;
+    let bname = block.metadata.name.clone().unwrap();
+    let op = Operator::start(
+        &id,
+        &[
+            "--controllers",
+            "gc",
+            "--pool-selector",
+            &format!("tortie-test={id}"),
+            "--lease-name",
+            &id,
+            "--gc-grace-period",
+            "15m",
+        ],
+    );
+    op.wait_ready().await;
+    wait_until("operator leads", Duration::from_secs(30), || async {
+        op.is_leader().await.then_some(())
+    })
+    .await;
+    let (blocks, _, affinities, _) = apis(&client).await;
+    delete_node(&client, &node).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        allocated(&blocks.get(&bname).await.unwrap()),
+        1,
+        "the address of a pod that still exists was released"
+    );
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    pods.delete("web", &DeleteParams::default().grace_period(0))
+        .await
+        .unwrap();
+    wait_until("block deleted", Duration::from_secs(10), || async {
+        blocks.get_opt(&bname).await.ok()?.is_none().then_some(())
+    })
+    .await;
+    let aff = tortie::ipam::names::affinity_name(&node, &cidr.parse().unwrap());
+    wait_until("affinity deleted", Duration::from_secs(10), || async {
+        affinities.get_opt(&aff).await.ok()?.is_none().then_some(())
+    })
+    .await;
+    drop(op);
+    delete_namespace(&client, &ns, Duration::from_secs(60)).await;
 }

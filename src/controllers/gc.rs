@@ -1,10 +1,12 @@
-//! IPAM garbage collector: a pass every `gc_interval` (and soon after a Node change), deciding
-//! with [`super::gc_plan::plan`] and writing one guarded update per block.
+//! IPAM garbage collector: a pass every `gc_interval` (and soon after a Node change): observe the
+//! watch caches, decide with [`super::gc_plan::plan`] (pure), and let the IPAM engine write.
 //!
-//! Every write is a full update carrying the resourceVersion just read; each ordinal is freed
-//! only if its handle and `sequenceNumberForAllocation` still match the plan (a re-allocated
-//! address is never freed); a pod named by a leak is re-read live before the write. Deletes of
-//! IPAM objects are Calico's two steps: mark `deleted`, then DELETE with a UID precondition.
+//! This file writes no IPAM object itself: every write is an engine operation
+//! ([`crate::ipam::Ipam::release_guarded`], `release_empty_block`, `release_block_affinity`,
+//! `delete_unreferenced_handle`), with the engine's one compare-and-swap loop and write
+//! preparation. Each ordinal is freed only if its handle and `sequenceNumberForAllocation` still
+//! match the plan (a re-allocated address is never freed); a pod named by a leak is re-read live
+//! before the write.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -13,12 +15,11 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use ipnet::IpNet;
-use kube::api::{Api, DeleteParams, PostParams, Preconditions};
-use kube::core::{NotUsed, Object};
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
+use kube::api::Api;
 
 use crate::ipam::usage::PoolRef;
-use serde::Serialize;
+use crate::ipam::{Ipam, block as blk};
 use serde::de::DeserializeOwned;
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -26,21 +27,19 @@ use super::gc_plan::{self, AffinityIn, BlockIn, Guard, HandleIn, PodInfo, World}
 use super::store::SlimPod;
 use super::tokio_util_shim::CancellationToken;
 use super::{Ctx, Error};
-use crate::api::{Affinity, Block, CalicoKind, Handle};
+use crate::api::{Block, CalicoKind};
 use crate::ipam::names;
 
 const NAME: &str = "gc";
-const CAS_RETRIES: usize = 3;
 /// Blocks released at once in a pass.
 const BLOCK_CONCURRENCY: usize = 4;
-/// Handle writes in flight at once during a block's release.
-const HANDLE_CONCURRENCY: usize = 16;
 /// A namespace with at least this many leaks in a pass is read with one LIST instead of a GET
 /// per pod.
 const LIST_NAMESPACE_FROM: usize = 16;
 
 pub async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
     let mut node_changes = ctx.stores.nodes.changes().boxed();
+    let mut pod_removals = ctx.stores.pods.removals().boxed();
     let mut tick = tokio::time::interval(ctx.config.gc_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // A pass also runs when the earliest grace timer runs out, so a leak goes at grace + one
@@ -66,6 +65,21 @@ pub async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
                 // Let a burst of deletions settle into one pass.
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 while futures::FutureExt::now_or_never(node_changes.next()).flatten().is_some() {}
+            }
+            Some(p) = pod_removals.next() => {
+                // A pod deleted from a Node that is gone (the pod GC deletes them after the
+                // Node): its addresses, then the Node's blocks and affinities, go at once, as
+                // in Calico (a pod deletion marks its node dirty). Other deletions wait for the
+                // grace period anyway.
+                let on_gone_node = |p: &PodInfo| p.node.as_deref().is_some_and(|n| ctx.stores.nodes.get(n).is_none());
+                // `None`: deletions were missed (a burst); look anyway.
+                if let Some(p) = &p
+                    && !on_gone_node(p)
+                {
+                    continue;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                while futures::FutureExt::now_or_never(pod_removals.next()).flatten().is_some() {}
             }
         }
         let _t = ctx.metrics.reconcile(NAME);
@@ -160,6 +174,7 @@ fn scope(ctx: &Ctx) -> (Vec<PoolRef>, bool) {
 }
 
 async fn pass(ctx: &Ctx) -> Result<(), Error> {
+    let ipam = ctx.ipam().await?;
     let st = &ctx.stores;
     let (pools, scoped) = scope(ctx);
     let in_scope = |cidr: &str| {
@@ -173,6 +188,7 @@ async fn pass(ctx: &Ctx) -> Result<(), Error> {
     let nodes = st.nodes.all();
     let grace = jiff::SignedDuration::try_from(ctx.config.gc_grace).unwrap_or(jiff::SignedDuration::MAX);
     let mut state = ctx.gc_state.lock().await;
+    let now = jiff::Timestamp::now();
     // The pod and handle indexes are read in place (no copy of 50k entries per pass); their
     // locks are let go before the first write.
     let (plan, marked_handles) = {
@@ -185,6 +201,12 @@ async fn pass(ctx: &Ctx) -> Result<(), Error> {
                 .map(|b| BlockIn {
                     name: b.metadata.name.as_deref().unwrap_or(""),
                     spec: &b.spec,
+                    empty_since: b
+                        .metadata
+                        .annotations
+                        .as_ref()
+                        .and_then(|a| a.get(gc_plan::EMPTY_SINCE_ANNOTATION))
+                        .map(String::as_str),
                 })
                 .collect(),
             affinities: affinities
@@ -215,11 +237,11 @@ async fn pass(ctx: &Ctx) -> Result<(), Error> {
             pods: std::borrow::Cow::Borrowed(&*pods),
             pools: pools.clone(),
         };
-        let plan = gc_plan::plan(&world, &mut state, jiff::Timestamp::now(), grace);
-        let marked: Vec<(String, Option<String>)> = handles
+        let plan = gc_plan::plan(&world, &mut state, now, grace);
+        let marked: Vec<String> = handles
             .iter()
             .filter(|(_, h)| h.is_deleted())
-            .map(|(name, h)| (name.clone(), h.uid.clone()))
+            .map(|(name, _)| name.clone())
             .collect();
         (plan, marked)
     };
@@ -232,16 +254,18 @@ async fn pass(ctx: &Ctx) -> Result<(), Error> {
         orphan_handles = plan.orphan_handles.len(),
         "GC plan"
     );
-    let mut first_err = None;
+    let mut first_err: Option<Error> = None;
+    prime_handles(ctx, ipam, &plan.releases);
+    let stamp = now.to_string();
     let pod_cache = tokio::sync::Mutex::new(LivePods::for_releases(&plan.releases));
     // Blocks are independent objects: release a few at once.
     let releases: Vec<_> = plan
         .releases
         .iter()
         .map(|r| {
-            let pod_cache = &pod_cache;
+            let (pod_cache, stamp) = (&pod_cache, &stamp);
             async move {
-                let res = release_block(ctx, r, pod_cache)
+                let res = release_block(ctx, ipam, r, stamp, pod_cache)
                     .instrument(info_span!("release", ipamblock = %r.block))
                     .await;
                 (r, res)
@@ -256,11 +280,25 @@ async fn pass(ctx: &Ctx) -> Result<(), Error> {
         }
     }
     drop(releases);
-    for e in &plan.empty_blocks {
-        match release_empty_block(ctx, &e.block, Some(&e.node))
-            .instrument(info_span!("release_empty", ipamblock = %e.block))
+    for cidr in &plan.stamp_empty {
+        let Ok(net) = cidr.parse::<IpNet>() else { continue };
+        // Stamped only while still empty: the value names the sequence number it leaves.
+        let stamp = |spec: &crate::api::IPAMBlockSpec| {
+            blk::is_empty(spec).then(|| gc_plan::empty_since_value(now, spec))
+        };
+        if let Err(e) = ipam
+            .annotate_block(&net, gc_plan::EMPTY_SINCE_ANNOTATION, stamp)
             .await
         {
+            warn!(block = %cidr, error = %e, "could not stamp an empty block's first sighting");
+            first_err.get_or_insert(e.into());
+        }
+    }
+    for e in &plan.empty_blocks {
+        let res = release_empty_block(ctx, ipam, &e.cidr, Some(&e.node))
+            .instrument(info_span!("release_empty", ipamblock = %e.block))
+            .await;
+        match res {
             Ok(true) => info!(block = %e.block, node = %e.node, why = e.why, "empty block released"),
             Ok(false) => {}
             Err(err) => {
@@ -269,60 +307,63 @@ async fn pass(ctx: &Ctx) -> Result<(), Error> {
             }
         }
     }
-    let aff_api: Api<Affinity> = Api::all_with(ctx.client.clone(), &ctx.resource(CalicoKind::BlockAffinity));
-    for name in &plan.stale_affinities {
-        if let Err(e) = delete_affinity(ctx, &aff_api, name).await {
-            first_err.get_or_insert(e);
-        } else {
-            info!(affinity = %name, "stale affinity of a deleted node removed");
+    for a in &plan.stale_affinities {
+        let Ok(net) = a.cidr.parse::<IpNet>() else {
+            continue;
+        };
+        match ipam.release_block_affinity(&a.node, &net, true).await {
+            Ok(_) => info!(affinity = %a.name, "stale affinity of a deleted node removed"),
+            Err(e) => {
+                first_err.get_or_insert(e.into());
+            }
         }
     }
-    let h_api: Api<Handle> = Api::all_with(ctx.client.clone(), &ctx.resource(CalicoKind::IPAMHandle));
     for name in &plan.orphan_handles {
-        match get_opt(&h_api, name).await? {
-            Some(h) if !h.spec.is_deleted() => {
-                let referenced = ctx.stores.blocks.all().iter().any(|b| {
-                    b.spec.attributes.iter().any(|a| {
-                        a.handle_id
-                            .as_deref()
-                            .is_some_and(|id| names::handle_owned_by(&h.spec.handle_id, id))
-                    })
-                });
-                if referenced {
-                    continue;
-                }
-                if let Err(e) = soft_delete(&h_api, h, |s| s.deleted = Some(true)).await {
-                    first_err.get_or_insert(e);
-                } else {
-                    info!(handle = %name, "IPAMHandle no block references removed");
-                }
+        // The handle's ID from the index (the object name may be Calico's legacy form).
+        let Some(entry) = st.handles.get(name) else {
+            continue;
+        };
+        if entry.is_deleted() {
+            continue;
+        }
+        let id = entry.handle_id.clone();
+        let referenced = st.blocks.all().iter().any(|b| {
+            b.spec.attributes.iter().any(|a| {
+                a.handle_id
+                    .as_deref()
+                    .is_some_and(|h| names::handle_owned_by(&id, h))
+            })
+        });
+        if referenced {
+            continue;
+        }
+        match ipam.delete_unreferenced_handle(&id).await {
+            Ok(true) => info!(handle = %name, "IPAMHandle no block references removed"),
+            Ok(false) => {}
+            Err(e) => {
+                first_err.get_or_insert(e.into());
             }
-            _ => {}
         }
     }
     // Two-step deletes interrupted between the mark and the DELETE (a process killed there, this
     // operator included): the objects are already absent to every reader; finish them, or they
     // stay in etcd for good since nothing reads a marked handle by name again.
-    for (name, uid) in &marked_handles {
-        if let Err(e) = finish_delete_named(&h_api, name, uid.clone()).await {
-            first_err.get_or_insert(e);
-        }
-    }
-    let b_api: Api<Block> = Api::all_with(ctx.client.clone(), &ctx.resource(CalicoKind::IPAMBlock));
-    for b in blocks
+    let store = ipam.store();
+    let marked_blocks = blocks
         .iter()
         .filter(|b| b.spec.is_deleted() && in_scope(&b.spec.cidr))
-    {
-        if let Err(e) = finish_delete(&b_api, b).await {
-            first_err.get_or_insert(e);
-        }
-    }
-    for a in affinities
+        .map(|b| (CalicoKind::IPAMBlock, b.name_any()));
+    let marked_affinities = affinities
         .iter()
         .filter(|a| a.spec.is_deleted() && in_scope(&a.spec.cidr))
-    {
-        if let Err(e) = finish_delete(&aff_api, a).await {
-            first_err.get_or_insert(e);
+        .map(|a| (CalicoKind::BlockAffinity, a.name_any()));
+    let marked_handles = marked_handles.into_iter().map(|n| (CalicoKind::IPAMHandle, n));
+    for (kind, name) in marked_handles.chain(marked_blocks).chain(marked_affinities) {
+        match store.finish_delete(kind, &name).await {
+            Ok(()) => info!(object = %name, "finished an interrupted delete"),
+            Err(e) => {
+                first_err.get_or_insert(Error::Ipam(e.into()));
+            }
         }
     }
     match first_err {
@@ -331,39 +372,35 @@ async fn pass(ctx: &Ctx) -> Result<(), Error> {
     }
 }
 
-/// The DELETE of a marked object, with a UID precondition (a new object under the name is not ours).
-async fn finish_delete<K>(api: &Api<K>, obj: &K) -> Result<(), Error>
-where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
-{
-    let name = obj.meta().name.clone().unwrap_or_default();
-    finish_delete_named(api, &name, obj.meta().uid.clone()).await
-}
-
-async fn finish_delete_named<K>(api: &Api<K>, name: &str, uid: Option<String>) -> Result<(), Error>
-where
-    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
-{
-    let dp = DeleteParams {
-        preconditions: Some(Preconditions {
-            uid,
-            resource_version: None,
-        }),
-        ..Default::default()
-    };
-    match api.delete(name, &dp).await {
-        Ok(_) => {
-            info!(object = %name, "finished an interrupted delete");
-            Ok(())
+/// Seeds the engine's handle cache from the handle index for the handles a pass will set, so
+/// that a release costs no handle read (a stale copy costs a 409 and a re-read).
+fn prime_handles(ctx: &Ctx, ipam: &Ipam, releases: &[gc_plan::BlockRelease]) {
+    let ar = ctx.resource(CalicoKind::IPAMHandle);
+    let ids: std::collections::BTreeSet<&str> = releases
+        .iter()
+        .flat_map(|r| &r.guards)
+        .map(|g| g.handle.as_str())
+        .collect();
+    for id in ids {
+        let names = std::iter::once(names::handle_name(id)).chain(names::calico_handle_name(id));
+        for name in names {
+            if let Some(h) = ctx
+                .stores
+                .handles
+                .get(&name)
+                .and_then(|e| e.to_handle(&name, &ar))
+                && names::handle_owned_by(&h.spec.handle_id, id)
+            {
+                ipam.prime_handle(h);
+                break;
+            }
         }
-        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
-        Err(e) => Err(e.into()),
     }
 }
 
 /// The object, or `None` only when the apiserver says this object does not exist: a restarting
 /// apiserver's bare 404 (see [`crate::ipam::store::object_absent`]) must not read as "pod gone"
-/// (its addresses would be released) or "block gone".
+/// (its addresses would be released).
 async fn get_opt<K>(api: &Api<K>, name: &str) -> Result<Option<K>, Error>
 where
     K: Clone + DeserializeOwned + std::fmt::Debug,
@@ -425,10 +462,15 @@ impl LivePods {
     }
 }
 
-/// Frees the guarded ordinals of one block in one write, then decrements the handles.
+/// One block's GC write through the engine: frees the confirmed leaks still confirmed after a
+/// live look at their pods, stamps new leaks and clears stamps, in one guarded block write; the
+/// engine then sets the freed handles' counts. A block this empties whose node is gone goes at
+/// once with its affinity (Calico's node cleanup).
 async fn release_block(
     ctx: &Ctx,
+    ipam: &Ipam,
     r: &gc_plan::BlockRelease,
+    stamp: &str,
     pods: &tokio::sync::Mutex<LivePods>,
 ) -> Result<(), Error> {
     // Re-validate each leak's pod live: never free what a pod shows it holds.
@@ -447,59 +489,34 @@ async fn release_block(
         }
         guards.push(g.clone());
     }
-    if guards.is_empty() {
+    let edit = r.edit(&guards, stamp);
+    if edit.is_empty() {
         return Ok(());
     }
-    let ar = ctx.resource(CalicoKind::IPAMBlock);
-    let api: Api<Block> = Api::all_with(ctx.client.clone(), &ar);
-    let mut attempt = 0;
-    let (block, freed) = loop {
-        attempt += 1;
-        let Some(mut block) = get_opt(&api, &r.block).await? else {
-            return Ok(());
-        };
-        if block.spec.is_deleted() {
-            return Ok(());
-        }
-        let freed = gc_plan::release(&mut block.spec, &guards);
-        if freed.is_empty() {
-            return Ok(());
-        }
-        match api.replace(&r.block, &PostParams::default(), &block).await {
-            Ok(b) => break (b, freed),
-            Err(kube::Error::Api(s)) if s.code == 409 && attempt < CAS_RETRIES => continue,
-            Err(e) => return Err(e.into()),
-        }
+    let Ok(cidr) = r.cidr.parse::<IpNet>() else {
+        return Ok(());
     };
-    // Handles after the block (Calico's order): a crash here leaves an over-counted handle only.
-    let mut per_handle: BTreeMap<&str, u64> = BTreeMap::new();
+    let done = ipam.release_guarded(&cidr, &edit).await?;
+    if !r.marks.is_empty() {
+        debug!(count = r.marks.len(), "leaks stamped with their first sighting");
+    }
+    if let (Some(host), Some(after)) = (&r.host_gone, &done.after)
+        && blk::is_empty(after)
+        && release_empty_block(ctx, ipam, &r.cidr, Some(host)).await?
+    {
+        info!(block = %r.block, node = %host, "emptied block of a deleted node released");
+    }
+    if done.freed.is_empty() {
+        return Ok(());
+    }
+    let freed: Vec<&Guard> = guards
+        .iter()
+        .filter(|g| done.freed.iter().any(|(o, _)| *o == g.ordinal))
+        .collect();
     let mut per_node: BTreeMap<&str, u64> = BTreeMap::new();
     for g in &freed {
-        *per_handle.entry(&g.handle).or_default() += 1;
         *per_node.entry(&g.node).or_default() += 1;
     }
-    let h_api: Api<Handle> = Api::all_with(ctx.client.clone(), &ctx.resource(CalicoKind::IPAMHandle));
-    // Independent objects: decrement them concurrently (a 10,000-leak pass is bound by these).
-    // Each handle is set to what the written block still holds for it, not decremented: a pass
-    // repeated after a lost answer cannot count down twice (issue 15).
-    let decrements: Vec<_> = per_handle
-        .into_keys()
-        .map(|handle| {
-            let left = crate::ipam::block::ordinals_of_handle(&block.spec, handle).len() as u64;
-            let (handle, h_api, cidr) = (handle.to_string(), h_api.clone(), r.cidr.clone());
-            async move {
-                let res = set_handle_count(ctx, &h_api, &handle, &cidr, left).await;
-                (handle, res)
-            }
-        })
-        .collect();
-    let mut decrements = futures::stream::iter(decrements).buffer_unordered(HANDLE_CONCURRENCY);
-    while let Some((handle, res)) = decrements.next().await {
-        if let Err(e) = res {
-            warn!(%handle, error = %e, "handle decrement failed (left over-counted)");
-        }
-    }
-    drop(decrements);
     for (node, n) in per_node {
         ctx.metrics.add_reclamations(&r.pool, node, n);
     }
@@ -509,8 +526,10 @@ async fn release_block(
         "released leaked addresses: {}",
         list.join(", ")
     );
+    let ar = ctx.resource(CalicoKind::IPAMBlock);
+    let obj = event_target(ctx, &r.block);
     ctx.event(
-        &block,
+        &obj,
         &ar,
         false,
         "LeakReleased",
@@ -521,174 +540,66 @@ async fn release_block(
     Ok(())
 }
 
-/// Sets a handle's count for `cidr` to `left` (what the block still holds for it) by CAS; the
-/// first attempt rebuilds it from the handle index (saving a read), a stale copy costs one 409
-/// and a fresh read.
-async fn set_handle_count(
+/// The block an Event is about, as the watch last saw it (its UID lets `kubectl describe` find
+/// the Event); a bare reference by name when the watch has not seen it.
+fn event_target(ctx: &Ctx, name: &str) -> Block {
+    match ctx.stores.blocks.get(name) {
+        Some(b) => (*b).clone(),
+        None => Block::new(name, &ctx.resource(CalicoKind::IPAMBlock), Default::default()),
+    }
+}
+
+/// Deletes an empty block (with the affinity of `host` for it) through the engine, and says so
+/// in an Event. Returns false when the block was not empty any more, or already gone.
+pub async fn release_empty_block(
     ctx: &Ctx,
-    api: &Api<Handle>,
-    handle_id: &str,
+    ipam: &Ipam,
     cidr: &str,
-    left: u64,
-) -> Result<(), Error> {
-    // The ID's own object, else the one Calico named for a mixed-case ID; never an object that
-    // holds another ID (Calico's lower-cased names would have shared one).
-    let candidates: Vec<String> = std::iter::once(names::handle_name(handle_id))
-        .chain(names::calico_handle_name(handle_id))
-        .collect();
-    for attempt in 1..=CAS_RETRIES {
-        let mut current = None;
-        for name in &candidates {
-            let cached = (attempt == 1)
-                .then(|| ctx.stores.handles.get(name))
-                .flatten()
-                .and_then(|e| e.to_handle(name, &ctx.resource(CalicoKind::IPAMHandle)));
-            let h = match cached {
-                Some(h) => Some(h),
-                None => get_opt(api, name).await?,
-            };
-            if let Some(h) = h.filter(|h| names::handle_owned_by(&h.spec.handle_id, handle_id)) {
-                current = Some(h);
-                break;
-            }
-        }
-        let Some(mut h) = current else {
-            return Ok(());
-        };
-        let name = h.name_any();
-        if h.spec.is_deleted() {
-            return Ok(());
-        }
-        if !crate::ipam::handle_count::set(&mut h.spec.block, cidr, left) {
-            // Already so: believed from a fresh read only, not from the index.
-            if attempt == 1 {
-                continue;
-            }
-            return Ok(());
-        }
-        let res = if h.spec.block.is_empty() {
-            soft_delete(api, h, |s| s.deleted = Some(true)).await
-        } else {
-            api.replace(&name, &PostParams::default(), &h)
-                .await
-                .map(|_| ())
-                .map_err(Error::from)
-        };
-        match res {
-            Err(Error::Kube(kube::Error::Api(s))) if s.code == 409 && attempt < CAS_RETRIES => continue,
-            other => return other,
-        }
-    }
-    Ok(())
-}
-
-/// Calico's two-step delete: mark `deleted` with a CAS update, then DELETE with a UID precondition.
-pub async fn soft_delete<S>(
-    api: &Api<Object<S, NotUsed>>,
-    mut obj: Object<S, NotUsed>,
-    mark: impl FnOnce(&mut S),
-) -> Result<(), Error>
-where
-    S: Clone + Serialize + DeserializeOwned + std::fmt::Debug,
-    Object<S, NotUsed>: Resource,
-{
-    let name = obj.name_any();
-    mark(&mut obj.spec);
-    let marked = api.replace(&name, &PostParams::default(), &obj).await?;
-    let dp = DeleteParams {
-        preconditions: Some(Preconditions {
-            uid: marked.meta().uid.clone(),
-            resource_version: None,
-        }),
-        ..Default::default()
-    };
-    match api.delete(&name, &dp).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
-        Err(e) => Err(e.into()),
-    }
-}
-
-async fn delete_affinity(_ctx: &Ctx, api: &Api<Affinity>, name: &str) -> Result<(), Error> {
-    match get_opt(api, name).await? {
-        Some(a) if !a.spec.is_deleted() => soft_delete(api, a, |s| s.deleted = s.deleted.with(true)).await,
-        _ => Ok(()),
-    }
-}
-
-/// Deletes an empty block and the affinity of `host` for it: affinity → pendingDeletion, block
-/// marked deleted (CAS on the resourceVersion read while checking it is empty) and deleted, then
-/// the affinity. Returns false when the block is not empty (or not `host`'s) any more.
-pub async fn release_empty_block(ctx: &Ctx, block_name: &str, host: Option<&str>) -> Result<bool, Error> {
-    let api: Api<Block> = Api::all_with(ctx.client.clone(), &ctx.resource(CalicoKind::IPAMBlock));
-    let aff_api: Api<Affinity> = Api::all_with(ctx.client.clone(), &ctx.resource(CalicoKind::BlockAffinity));
-    let Some(block) = get_opt(&api, block_name).await? else {
+    host: Option<&str>,
+) -> Result<bool, Error> {
+    let Ok(net) = cidr.parse::<IpNet>() else {
         return Ok(false);
     };
-    if block.spec.is_deleted() || !gc_plan::is_empty(&block.spec) || block.spec.host() != host {
+    let existed = ctx.stores.blocks.all().iter().any(|b| b.spec.cidr == cidr);
+    if !ipam.release_empty_block(&net, host).await? || !existed {
         return Ok(false);
-    }
-    let net: Option<IpNet> = block.spec.cidr.parse().ok();
-    let aff_name = host.zip(net).map(|(h, n)| names::affinity_name(h, &n));
-    let mut aff = match &aff_name {
-        Some(n) => get_opt(&aff_api, n).await?.filter(|a| !a.spec.is_deleted()),
-        None => None,
-    };
-    if let Some(a) = aff.as_mut() {
-        a.spec.state = "pendingDeletion".into();
-        *a = aff_api.replace(&a.name_any(), &PostParams::default(), a).await?;
     }
     let ar = ctx.resource(CalicoKind::IPAMBlock);
-    match soft_delete(&api, block.clone(), |s| s.deleted = Some(true)).await {
-        Ok(()) => {}
-        Err(Error::Kube(kube::Error::Api(s))) if s.code == 409 => {
-            // The block changed under us (an allocation): give the affinity back.
-            if let Some(mut a) = aff {
-                a.spec.state = "confirmed".into();
-                let _ = aff_api.replace(&a.name_any(), &PostParams::default(), &a).await;
-            }
-            return Ok(false);
-        }
-        Err(e) => return Err(e),
-    }
-    if let Some(a) = aff {
-        soft_delete(&aff_api, a, |s| s.deleted = s.deleted.with(true)).await?;
-    }
+    let obj = event_target(ctx, &names::block_name(&net));
     ctx.event(
-        &block,
+        &obj,
         &ar,
         false,
         "BlockReleased",
         "Release",
-        format!(
-            "Released empty block {} of node {}",
-            block.spec.cidr,
-            host.unwrap_or("(none)")
-        ),
+        format!("Released empty block {cidr} of node {}", host.unwrap_or("(none)")),
     )
     .await;
     Ok(true)
 }
 
-/// Used by the IPPool finalizer: every empty block inside `net`, with its affinity, goes.
+/// Used by the IPPool finalizer: every empty block inside `net`, with its affinity, goes, and so
+/// does every host affinity inside `net` left without a block.
 pub async fn delete_empty_blocks_in(ctx: &Ctx, net: &IpNet) -> Result<(), Error> {
+    let ipam = ctx.ipam().await?;
     for b in ctx.stores.blocks.all() {
         let inside = b.spec.cidr.parse::<IpNet>().is_ok_and(|n| net.contains(&n));
         if inside && !b.spec.is_deleted() && gc_plan::is_empty(&b.spec) {
-            release_empty_block(ctx, &b.name_any(), b.spec.host()).await?;
+            release_empty_block(ctx, ipam, &b.spec.cidr, b.spec.host()).await?;
         }
     }
-    let aff_api: Api<Affinity> = Api::all_with(ctx.client.clone(), &ctx.resource(CalicoKind::BlockAffinity));
     for a in ctx.stores.affinities.all() {
-        let inside = a.spec.cidr.parse::<IpNet>().is_ok_and(|n| net.contains(&n));
+        let Ok(cidr) = a.spec.cidr.parse::<IpNet>() else {
+            continue;
+        };
         let block_left = ctx
             .stores
             .blocks
             .all()
             .iter()
             .any(|b| b.spec.cidr == a.spec.cidr && !b.spec.is_deleted());
-        if inside && !block_left && !a.spec.is_deleted() {
-            delete_affinity(ctx, &aff_api, &a.name_any()).await?;
+        if net.contains(&cidr) && !block_left && !a.spec.is_deleted() && a.spec.affinity_type() == "host" {
+            ipam.release_block_affinity(&a.spec.node, &cidr, true).await?;
         }
     }
     Ok(())

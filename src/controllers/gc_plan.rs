@@ -6,7 +6,10 @@
 //!   another UID) and is a leak even before the new pod has an address;
 //! - a Node re-created under the same name after the allocation counts as gone (calico #3589);
 //! - IPAMHandles that no block references are removed after the grace period;
-//! - everything is planned per block so the shell makes one guarded write per block per pass.
+//! - everything is planned per block so the shell makes one guarded write per block per pass;
+//! - the grace clock of a leak is durable: the time it was first seen is stamped in its allocation
+//!   attribute ([`LEAK_SEEN_KEY`]) by that same write, so an operator restart or a new leader
+//!   does not start every grace period afresh (Calico keeps it in memory).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
@@ -16,6 +19,7 @@ use jiff::{SignedDuration, Timestamp};
 
 use crate::api::StrMap;
 use crate::api::{AllocationAttribute, IPAMBlockSpec};
+use crate::ipam::block::{AllocRef, GcEdit, LEAK_SEEN_KEY};
 use crate::ipam::names::sanitize_handle_id;
 
 pub const WINDOWS_RESERVED: &str = "windows-reserved-ipam-handle";
@@ -43,6 +47,25 @@ pub struct PodInfo {
 pub struct BlockIn<'a> {
     pub name: &'a str,
     pub spec: &'a IPAMBlockSpec,
+    /// Its [`EMPTY_SINCE_ANNOTATION`], if any.
+    pub empty_since: Option<&'a str>,
+}
+
+/// Annotation of an IPAMBlock: `<RFC 3339 time> <sequenceNumber>`, when the GC first saw the block
+/// empty, valid while the block's `sequenceNumber` is still the one its own write left (every
+/// write of a block, Calico's included, moves it). The durable clock of empty-block release.
+pub const EMPTY_SINCE_ANNOTATION: &str = "tortie.io/empty-since";
+
+/// The time an [`EMPTY_SINCE_ANNOTATION`] value records, if the block has not been written since.
+pub fn empty_since(value: &str, spec: &IPAMBlockSpec) -> Option<Timestamp> {
+    let (t, seq) = value.split_once(' ')?;
+    (spec.sequence_number? == seq.parse::<u64>().ok()?).then_some(())?;
+    t.parse().ok()
+}
+
+/// The annotation value the stamping write leaves: now, and the sequence number after that write.
+pub fn empty_since_value(now: Timestamp, spec: &IPAMBlockSpec) -> String {
+    format!("{now} {}", crate::ipam::block::sequence_after_write(spec))
 }
 
 /// A BlockAffinity from the store.
@@ -72,7 +95,9 @@ pub struct World<'a> {
     pub pools: Vec<crate::ipam::usage::PoolRef>,
 }
 
-/// Timers kept between passes (rebuilt each pass, so nothing accumulates).
+/// Timers kept between passes (rebuilt each pass, so nothing accumulates). The durable stamps
+/// (leaks, empty blocks) win over these: they only bridge the time until a stamp's write lands,
+/// and time orphan handles, which have nothing to stamp (in memory, as in Calico).
 #[derive(Clone, Debug, Default)]
 pub struct GcState {
     leak_since: HashMap<LeakKey, Timestamp>,
@@ -124,13 +149,54 @@ pub struct Guard {
     pub why: String,
 }
 
-/// Releases in one block: one write.
+impl Guard {
+    pub fn alloc_ref(&self) -> AllocRef {
+        AllocRef {
+            ordinal: self.ordinal,
+            handle_id: self.handle.clone(),
+            sequence_number: self.seq,
+        }
+    }
+}
+
+/// The GC's work in one block: one write (releases, and leak stamps set or cleared).
 #[derive(Clone, Debug, PartialEq)]
 pub struct BlockRelease {
     pub block: String,
     pub cidr: String,
     pub pool: String,
+    /// Confirmed leaks to free.
     pub guards: Vec<Guard>,
+    /// Leaks seen for the first time: stamped with the plan's time, their grace clock.
+    pub marks: Vec<Guard>,
+    /// Stamped allocations that are valid again: the stamp goes.
+    pub unmarks: Vec<Guard>,
+    /// The block's host when that Node no longer exists: a block this write empties is then
+    /// released with its affinity at once (not at a later pass).
+    pub host_gone: Option<String>,
+}
+
+impl BlockRelease {
+    /// The engine's edit for this block, with `frees` (the guards still confirmed at write time).
+    pub fn edit(&self, frees: &[Guard], stamp: &str) -> GcEdit {
+        GcEdit {
+            free: frees.iter().map(Guard::alloc_ref).collect(),
+            mark: self
+                .marks
+                .iter()
+                .map(|g| (g.alloc_ref(), stamp.to_string()))
+                .collect(),
+            unmark: self.unmarks.iter().map(Guard::alloc_ref).collect(),
+        }
+    }
+}
+
+/// An affinity of a deleted node whose block is gone or affine elsewhere.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StaleAffinity {
+    pub name: String,
+    pub node: String,
+    pub cidr: String,
 }
 
 /// An empty block to delete together with its affinity.
@@ -147,9 +213,11 @@ pub struct GcPlan {
     pub releases: Vec<BlockRelease>,
     pub empty_blocks: Vec<EmptyBlock>,
     /// Affinities of deleted nodes whose block does not exist or is not affine to the node.
-    pub stale_affinities: Vec<String>,
+    pub stale_affinities: Vec<StaleAffinity>,
     /// Handle object names no block references.
     pub orphan_handles: Vec<String>,
+    /// CIDRs of empty blocks seen empty for the first time (their clock is stamped on them).
+    pub stamp_empty: Vec<String>,
     /// (pool, node) → leak candidates not yet released (Calico's `ipam_allocations_gc_candidates`).
     pub candidates: BTreeMap<(String, String), u64>,
 }
@@ -289,6 +357,12 @@ pub fn plan<'a>(world: &'a World<'a>, state: &mut GcState, now: Timestamp, grace
     let mut empty: Vec<(usize, &str)> = Vec::new();
     let live_blocks: Vec<&BlockIn<'_>> = world.blocks.iter().filter(|b| !b.spec.is_deleted()).collect();
     let nets: Vec<Option<IpNet>> = live_blocks.iter().map(|b| b.spec.cidr.parse().ok()).collect();
+    // Per block: leaks to stamp, and stamped valid allocations to clear. An attribute entry is
+    // shared by the addresses of one handle with the same attributes: it is cleared only when
+    // none of them is a leak, or two passes would set and clear it in turn.
+    let mut marks: BTreeMap<usize, Vec<Guard>> = BTreeMap::new();
+    let mut unmarks: BTreeMap<usize, Vec<(usize, Guard)>> = BTreeMap::new();
+    let mut leaky_attrs: HashSet<(usize, usize)> = HashSet::new();
 
     for (bi, b) in live_blocks.iter().enumerate() {
         let Some(net) = nets[bi] else { continue };
@@ -315,43 +389,60 @@ pub fn plan<'a>(world: &'a World<'a>, state: &mut GcState, now: Timestamp, grace
             };
             let (verdict, node) = classify(world, &live_ips, attr, ip, host);
             let handle = attr.handle_id.as_deref().unwrap_or_default();
+            let seq = b
+                .spec
+                .sequence_number_for_allocation
+                .as_ref()
+                .and_then(|m| m.get(&ordinal.to_string()).copied());
+            let stamped = attr
+                .secondary
+                .as_ref()
+                .and_then(|s| s.get(LEAK_SEEN_KEY))
+                .map(|v| v.parse::<Timestamp>().ok());
+            let guard = |node: String, why: String| Guard {
+                ordinal,
+                handle: handle.to_string(),
+                seq,
+                ip,
+                node,
+                pod: pod_key(attr),
+                why,
+            };
             match verdict {
-                Verdict::Valid => {
-                    held.insert(handle);
-                }
-                Verdict::Unknown => {
+                Verdict::Valid | Verdict::Unknown => {
                     if !handle.is_empty() {
                         held.insert(handle);
                     }
+                    if stamped.is_some() && !handle.is_empty() {
+                        unmarks
+                            .entry(bi)
+                            .or_default()
+                            .push((*ai, guard(node, "valid again".into())));
+                    }
                 }
                 Verdict::Leak { why, node_gone } => {
-                    let seq = b
-                        .spec
-                        .sequence_number_for_allocation
-                        .as_ref()
-                        .and_then(|m| m.get(&ordinal.to_string()).copied());
+                    leaky_attrs.insert((bi, *ai));
                     let key = LeakKey {
                         block: b.spec.cidr.clone(),
                         ordinal,
                         handle: handle.to_string(),
                         seq,
                     };
-                    let since = *state.leak_since.get(&key).unwrap_or(&now);
+                    // The durable stamp first; else this process's own first sighting (the
+                    // stamp's write may not have landed yet). An unreadable stamp counts as now.
+                    let since = match stamped {
+                        Some(Some(t)) => t.min(now),
+                        _ => *state.leak_since.get(&key).unwrap_or(&now),
+                    };
                     next.leak_since.insert(key, since);
                     *out.candidates.entry((pool.clone(), node.clone())).or_default() += 1;
                     if node_gone || (!grace.is_zero() && now.duration_since(since) >= grace) {
-                        let guard = Guard {
-                            ordinal,
-                            handle: handle.to_string(),
-                            seq,
-                            ip,
-                            node,
-                            pod: pod_key(attr),
-                            why,
-                        };
-                        confirmed.entry(handle).or_default().push((bi, guard));
+                        confirmed.entry(handle).or_default().push((bi, guard(node, why)));
                     } else {
                         held.insert(handle);
+                        if stamped.is_none() && !grace.is_zero() {
+                            marks.entry(bi).or_default().push(guard(node, why));
+                        }
                     }
                 }
             }
@@ -372,14 +463,40 @@ pub fn plan<'a>(world: &'a World<'a>, state: &mut GcState, now: Timestamp, grace
             per_block.entry(bi).or_default().push(g);
         }
     }
-    for (bi, mut guards) in per_block {
+    let touched: std::collections::BTreeSet<usize> = per_block
+        .keys()
+        .chain(marks.keys())
+        .chain(unmarks.keys())
+        .copied()
+        .collect();
+    for bi in touched {
+        let mut guards = per_block.remove(&bi).unwrap_or_default();
         guards.sort_by_key(|g| g.ordinal);
+        let unmarks: Vec<Guard> = unmarks
+            .remove(&bi)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(ai, _)| !leaky_attrs.contains(&(bi, *ai)))
+            .map(|(_, g)| g)
+            .collect();
+        let marks = marks.remove(&bi).unwrap_or_default();
+        if guards.is_empty() && marks.is_empty() && unmarks.is_empty() {
+            continue;
+        }
         let net = nets[bi].expect("parsed above");
+        let b = live_blocks[bi];
         out.releases.push(BlockRelease {
-            block: live_blocks[bi].name.to_string(),
-            cidr: live_blocks[bi].spec.cidr.clone(),
+            block: b.name.to_string(),
+            cidr: b.spec.cidr.clone(),
             pool: pool_of(&world.pools, &net),
             guards,
+            marks,
+            unmarks,
+            host_gone: b
+                .spec
+                .host()
+                .filter(|h| !world.nodes.contains_key(*h))
+                .map(str::to_string),
         });
     }
 
@@ -397,9 +514,17 @@ pub fn plan<'a>(world: &'a World<'a>, state: &mut GcState, now: Timestamp, grace
             });
             continue;
         }
-        let since = *state.empty_since.get(&b.spec.cidr).unwrap_or(&now);
-        next.empty_since.insert(b.spec.cidr.clone(), since);
         let total = blocks_of_node.get(node).copied().unwrap_or(0);
+        let stamped = b.empty_since.and_then(|v| empty_since(v, b.spec));
+        let since = match stamped {
+            Some(t) => t.min(now),
+            None => *state.empty_since.get(&b.spec.cidr).unwrap_or(&now),
+        };
+        next.empty_since.insert(b.spec.cidr.clone(), since);
+        // A node's only block is never released: its clock needs no write.
+        if stamped.is_none() && !grace.is_zero() && total > 1 {
+            out.stamp_empty.push(b.spec.cidr.clone());
+        }
         let done = released_of_node.entry(node).or_default();
         if !grace.is_zero() && now.duration_since(since) >= grace && total > *done + 1 {
             *done += 1;
@@ -423,7 +548,11 @@ pub fn plan<'a>(world: &'a World<'a>, state: &mut GcState, now: Timestamp, grace
         }
         match block_host.get(a.cidr) {
             Some(Some(h)) if *h == a.node => {}
-            _ => out.stale_affinities.push(a.name.to_string()),
+            _ => out.stale_affinities.push(StaleAffinity {
+                name: a.name.to_string(),
+                node: a.node.to_string(),
+                cidr: a.cidr.to_string(),
+            }),
         }
     }
 
@@ -444,66 +573,9 @@ pub fn plan<'a>(world: &'a World<'a>, state: &mut GcState, now: Timestamp, grace
     out
 }
 
-/// Releases the guarded ordinals that still match, Calico-style: attributes compacted and
-/// renumbered, ordinals appended to `unallocated`, `sequenceNumber` bumped. Returns what was freed.
-pub fn release(spec: &mut IPAMBlockSpec, guards: &[Guard]) -> Vec<Guard> {
-    let mut freed = Vec::new();
-    for g in guards {
-        let Some(Some(ai)) = spec.allocations.get(g.ordinal) else {
-            continue;
-        };
-        let same_handle =
-            spec.attributes.get(*ai).and_then(|a| a.handle_id.as_deref()) == Some(g.handle.as_str());
-        let key = g.ordinal.to_string();
-        let seq = spec
-            .sequence_number_for_allocation
-            .as_ref()
-            .and_then(|m| m.get(&key).copied());
-        if !same_handle || seq != g.seq {
-            continue;
-        }
-        spec.allocations[g.ordinal] = None;
-        spec.unallocated.push(g.ordinal);
-        if let Some(m) = spec.sequence_number_for_allocation.as_mut() {
-            m.remove(&key);
-        }
-        freed.push(g.clone());
-    }
-    if freed.is_empty() {
-        return freed;
-    }
-    compact(spec);
-    spec.sequence_number = Some(spec.sequence_number.unwrap_or(0) + 1);
-    freed
-}
-
-/// Drops attributes no allocation references and renumbers the rest, keeping their order.
-pub fn compact(spec: &mut IPAMBlockSpec) {
-    let mut map: Vec<Option<usize>> = vec![None; spec.attributes.len()];
-    let mut kept = Vec::new();
-    for a in spec.allocations.iter_mut().flatten() {
-        if map[*a].is_none() {
-            map[*a] = Some(usize::MAX);
-        }
-    }
-    for (i, attr) in spec.attributes.iter().enumerate() {
-        if map[i].is_some() {
-            map[i] = Some(kept.len());
-            kept.push(attr.clone());
-        }
-    }
-    for a in spec.allocations.iter_mut().flatten() {
-        *a = map[*a].expect("referenced");
-    }
-    spec.attributes = kept;
-}
-
 /// True when no allocation is left but Windows' reserved ones.
 pub fn is_empty(spec: &IPAMBlockSpec) -> bool {
-    spec.allocations
-        .iter()
-        .flatten()
-        .all(|a| spec.attributes.get(*a).and_then(|x| x.handle_id.as_deref()) == Some(WINDOWS_RESERVED))
+    crate::ipam::block::is_empty(spec)
 }
 
 #[cfg(test)]

@@ -68,6 +68,9 @@ pub struct Ctx {
     recorders: std::sync::Mutex<std::collections::HashMap<String, Recorder>>,
     pub config: Config,
     pub gc_state: tokio::sync::Mutex<gc_plan::GcState>,
+    /// The IPAM engine, through which every IPAM object write goes (started on first use: it
+    /// watches pools and IPAMConfig).
+    ipam: tokio::sync::OnceCell<crate::ipam::Ipam>,
 }
 
 impl Ctx {
@@ -85,7 +88,16 @@ impl Ctx {
             recorders: Default::default(),
             config,
             gc_state: Default::default(),
+            ipam: Default::default(),
         }
+    }
+
+    /// The IPAM engine (the one writer of IPAMBlocks, IPAMHandles and BlockAffinities).
+    pub async fn ipam(&self) -> Result<&crate::ipam::Ipam, Error> {
+        Ok(self
+            .ipam
+            .get_or_try_init(|| crate::ipam::Ipam::new(self.client.clone(), self.mode))
+            .await?)
     }
 
     pub fn resource(&self, kind: CalicoKind) -> ApiResource {
@@ -150,6 +162,8 @@ pub enum Error {
     Serialize(#[from] serde_json::Error),
     #[error("object {0} has no name")]
     Unnamed(String),
+    #[error(transparent)]
+    Ipam(#[from] crate::ipam::IpamError),
 }
 
 impl Error {
@@ -161,6 +175,8 @@ impl Error {
             Error::Kube(_) => "kube",
             Error::Serialize(_) => "serialize",
             Error::Unnamed(_) => "unnamed",
+            Error::Ipam(e) if e.is_conflict() => "conflict",
+            Error::Ipam(_) => "ipam",
         }
     }
 }

@@ -225,6 +225,8 @@ impl Resource for SlimPod {
 pub struct Index<Key, V> {
     map: Arc<RwLock<HashMap<Key, V>>>,
     synced: Arc<AtomicBool>,
+    /// Entries of objects deleted (watch DELETE events), for readers that act on a deletion.
+    removed: broadcast::Sender<V>,
 }
 
 impl<Key, V> Clone for Index<Key, V> {
@@ -232,15 +234,17 @@ impl<Key, V> Clone for Index<Key, V> {
         Index {
             map: self.map.clone(),
             synced: self.synced.clone(),
+            removed: self.removed.clone(),
         }
     }
 }
 
-impl<Key, V> Default for Index<Key, V> {
+impl<Key, V: Clone> Default for Index<Key, V> {
     fn default() -> Self {
         Index {
             map: Default::default(),
             synced: Default::default(),
+            removed: broadcast::channel(1024).0,
         }
     }
 }
@@ -286,7 +290,11 @@ where
                 };
             }
             Event::Delete(o) => {
-                self.map.write().unwrap().remove(&extract(&o).0);
+                let gone = self.map.write().unwrap().remove(&extract(&o).0);
+                if let Some(v) = gone {
+                    // No receiver is fine: nobody is waiting for deletions.
+                    let _ = self.removed.send(v);
+                }
             }
             Event::Init => *relist = Some(HashMap::new()),
             Event::InitApply(o) => {
@@ -305,6 +313,18 @@ where
 
     pub fn synced(&self) -> bool {
         self.synced.load(Ordering::Acquire)
+    }
+
+    /// Entries of objects deleted from now on (`None`: some were missed, the receiver lagged).
+    pub fn removals(&self) -> impl Stream<Item = Option<V>> + Send + 'static {
+        let rx = self.removed.subscribe();
+        futures::stream::unfold(rx, |mut rx| async move {
+            match rx.recv().await {
+                Ok(v) => Some((Some(v), rx)),
+                Err(broadcast::error::RecvError::Lagged(_)) => Some((None, rx)),
+                Err(broadcast::error::RecvError::Closed) => None,
+            }
+        })
     }
 
     /// Read access to the whole index; never held across an `.await`.

@@ -50,9 +50,14 @@ pub fn sequence_number(b: &IPAMBlockSpec) -> u64 {
     b.sequence_number.unwrap_or(0)
 }
 
+/// The `sequenceNumber` the block will have once written ([`prepare_write`]).
+pub fn sequence_after_write(b: &IPAMBlockSpec) -> u64 {
+    sequence_number(b) + 1
+}
+
 /// Call once before each write of a changed block: the write counter goes up by one.
 pub fn prepare_write(b: &mut IPAMBlockSpec) {
-    b.sequence_number = Some(sequence_number(b) + 1);
+    b.sequence_number = Some(sequence_after_write(b));
     b.strict_affinity = false;
 }
 
@@ -322,6 +327,80 @@ pub fn release_handle(b: &mut IPAMBlockSpec, handle: &str, sequence: Option<u64>
     release(b, &ords).0
 }
 
+/// Allocation-attribute key in which the GC records when it first saw the allocation leaked
+/// (RFC 3339). Kept in the block's spec so that the grace period survives an operator restart or a
+/// change of leader, and so that Calico's writes (which keep `secondary` whole) keep it too; an
+/// ordinal re-allocated gets a new attribute entry without it.
+pub const LEAK_SEEN_KEY: &str = "tortie.io/leak-seen";
+
+/// One allocation as the GC saw it: acted on only while the ordinal still holds exactly this
+/// handle at this `sequenceNumberForAllocation` (an address re-allocated meanwhile is left alone).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllocRef {
+    pub ordinal: usize,
+    pub handle_id: String,
+    pub sequence_number: Option<u64>,
+}
+
+/// What one GC write does to one block.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcEdit {
+    /// Allocations to free.
+    pub free: Vec<AllocRef>,
+    /// Allocations to stamp with [`LEAK_SEEN_KEY`] = the string (an existing stamp is kept).
+    pub mark: Vec<(AllocRef, String)>,
+    /// Allocations whose stamp goes (they turned out valid).
+    pub unmark: Vec<AllocRef>,
+}
+
+impl GcEdit {
+    pub fn is_empty(&self) -> bool {
+        self.free.is_empty() && self.mark.is_empty() && self.unmark.is_empty()
+    }
+}
+
+fn still_holds(b: &IPAMBlockSpec, r: &AllocRef) -> bool {
+    handle_of(b, r.ordinal) == Some(r.handle_id.as_str())
+        && allocation_sequence(b, r.ordinal) == r.sequence_number
+}
+
+/// The GC's edit of one block, skipping every allocation that no longer matches (unlike
+/// [`release_guarded`], which refuses the whole block). Returns the ordinals freed and whether the
+/// block changed at all (only then is it written).
+pub fn apply_gc_edit(b: &mut IPAMBlockSpec, e: &GcEdit) -> (Vec<usize>, bool) {
+    let mut changed = false;
+    let mut stamp = |b: &mut IPAMBlockSpec, r: &AllocRef, value: Option<&str>| {
+        if !still_holds(b, r) {
+            return;
+        }
+        let Some(i) = b.allocations[r.ordinal] else { return };
+        let sec = b.attributes[i].secondary.get_or_insert_with(Default::default);
+        match value {
+            Some(v) if !sec.contains_key(LEAK_SEEN_KEY) => {
+                sec.insert(LEAK_SEEN_KEY.into(), v.into());
+                changed = true;
+            }
+            None if sec.remove(LEAK_SEEN_KEY).is_some() => changed = true,
+            _ => {}
+        }
+    };
+    for (r, v) in &e.mark {
+        stamp(b, r, Some(v));
+    }
+    for r in &e.unmark {
+        stamp(b, r, None);
+    }
+    let ords: Vec<usize> = e
+        .free
+        .iter()
+        .filter(|r| still_holds(b, r))
+        .map(|r| r.ordinal)
+        .collect();
+    let (freed, _) = release(b, &ords);
+    changed |= !freed.is_empty();
+    (freed, changed)
+}
+
 /// Calico's emptiness: every allocation is free or Windows-reserved.
 pub fn is_empty(b: &IPAMBlockSpec) -> bool {
     (0..b.allocations.len()).all(|o| match b.allocations[o] {
@@ -571,6 +650,66 @@ mod tests {
             sequence_number: Some(1_001),
         }];
         assert_eq!(release_guarded(&mut b, &reqs).unwrap(), (vec![1], vec![]));
+    }
+
+    #[test]
+    fn gc_edit_skips_what_changed_and_keeps_the_first_stamp() {
+        let mut b = fresh();
+        let a = allocate(&mut b, 2, Some("h1"), &attrs("p1"), |_| false);
+        let c = allocate(&mut b, 1, Some("h2"), &attrs("p2"), |_| false);
+        let r = |o: usize, h: &str, b: &IPAMBlockSpec| AllocRef {
+            ordinal: o,
+            handle_id: h.into(),
+            sequence_number: allocation_sequence(b, o),
+        };
+        // Stamp h1's entry (shared by its two ordinals); a stale guard on h2 changes nothing.
+        let mut stale = r(c[0], "h2", &b);
+        stale.sequence_number = Some(12345);
+        let e = GcEdit {
+            mark: vec![(r(a[0], "h1", &b), "t1".into()), (stale.clone(), "t1".into())],
+            ..Default::default()
+        };
+        let (freed, changed) = apply_gc_edit(&mut b, &e);
+        assert!(freed.is_empty() && changed);
+        assert_eq!(
+            attribute_of(&b, a[1]).unwrap().secondary.as_ref().unwrap()[LEAK_SEEN_KEY],
+            "t1"
+        );
+        assert!(
+            !attribute_of(&b, c[0])
+                .unwrap()
+                .secondary
+                .as_ref()
+                .unwrap()
+                .contains_key(LEAK_SEEN_KEY)
+        );
+        // A second stamp keeps the first time: nothing to write.
+        let e2 = GcEdit {
+            mark: vec![(r(a[0], "h1", &b), "t2".into())],
+            ..Default::default()
+        };
+        assert_eq!(apply_gc_edit(&mut b, &e2), (vec![], false));
+        // Free h1 (both) and a wrong-handle guard for h2: only h1's go; unmark is a no-op for h2.
+        let e3 = GcEdit {
+            free: vec![r(a[0], "h1", &b), r(a[1], "h1", &b), r(c[0], "other", &b)],
+            unmark: vec![r(c[0], "h2", &b)],
+            ..Default::default()
+        };
+        let (freed, changed) = apply_gc_edit(&mut b, &e3);
+        assert_eq!((freed, changed), (a.clone(), true));
+        assert_eq!(allocated_count(&b), 1);
+        assert!(check(&b).is_empty());
+        // A re-allocated ordinal (new sequence) is not freed by the old guard.
+        let old = r(a[0], "h1", &b);
+        let again = allocate(&mut b, 64, Some("h1"), &attrs("p3"), |o| o != a[0]);
+        assert_eq!(again, vec![a[0]]);
+        let mut old = old;
+        old.sequence_number = Some(1);
+        let e4 = GcEdit {
+            free: vec![old],
+            ..Default::default()
+        };
+        assert_eq!(apply_gc_edit(&mut b, &e4), (vec![], false));
     }
 
     #[test]

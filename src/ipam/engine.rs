@@ -32,6 +32,8 @@ use crate::api::{Affinity, Block, CalicoKind, CrdMode, Handle, IPAMConfigSpec, I
 
 /// Calico's bound on every compare-and-swap loop.
 const RETRIES: usize = 100;
+/// Handle writes in flight at once after one block's GC release (a 10,000-leak pass is bound by these).
+const HANDLE_CONCURRENCY: usize = 16;
 /// How far a claim walks a pool looking for an unclaimed block (bounds huge IPv6 pools).
 const MAX_PROBE: usize = 1 << 20;
 /// How long node labels are trusted (only read when a pool selector references labels).
@@ -139,6 +141,17 @@ enum Claim {
     /// The block would overlap (or, after a race, did overlap) another block: nothing of it
     /// was kept.
     Overlap(Overlap),
+}
+
+/// What [`Ipam::release_guarded`] did.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GcReleased {
+    /// Ordinals freed, with the handle each was held by.
+    pub freed: Vec<(usize, String)>,
+    /// The block after the write (`None`: deleted, or gone).
+    pub after: Option<crate::api::IPAMBlockSpec>,
+    /// Handles whose count could not be set (left over-counted until the orphan-handle GC).
+    pub over_counted: Vec<String>,
 }
 
 enum BlockOutcome {
@@ -1132,6 +1145,36 @@ impl Ipam {
         cidr: &IpNet,
         select: impl Fn(&crate::api::IPAMBlockSpec) -> Vec<blk::GuardedRelease>,
     ) -> Result<(Vec<usize>, Option<crate::api::IPAMBlockSpec>), IpamError> {
+        let (done, after) = self
+            .edit_block(cidr, |b| {
+                let spec = &mut b.spec;
+                let reqs = select(spec);
+                if reqs.is_empty() {
+                    return Ok(None);
+                }
+                let (done, _) =
+                    blk::release_guarded(spec, &reqs).map_err(|e| IpamError::ReleaseConflict {
+                        block: *cidr,
+                        reason: e.to_string(),
+                    })?;
+                Ok((!done.is_empty()).then_some(done))
+            })
+            .await?;
+        Ok((done.unwrap_or_default(), after))
+    }
+
+    /// The CAS loop of every release-side block write: `edit` changes the block read (its spec,
+    /// or its annotations) and returns
+    /// `Some` when there is something to write (it runs again on a fresh read after a conflict).
+    /// A block left empty and without affinity is deleted (Calico's rule: whoever empties an
+    /// orphan block deletes it); an empty affine block gets `ensureConsistentAffinity`. Returns
+    /// what `edit` returned for the write that landed (`None`: nothing to do, judged on a fresh
+    /// read) and the block as it then is (`None`: gone).
+    async fn edit_block<T>(
+        &self,
+        cidr: &IpNet,
+        mut edit: impl FnMut(&mut Block) -> Result<Option<T>, IpamError>,
+    ) -> Result<(Option<T>, Option<crate::api::IPAMBlockSpec>), IpamError> {
         let span = info_span!("ipamblock", name = %names::block_name(cidr));
         async {
             let lock = self.block_lock(cidr);
@@ -1145,38 +1188,24 @@ impl Ipam {
                     self.block(cidr).await?
                 };
                 fresh = true;
-                // "Nothing to release" is only believed from a fresh read: a cached copy can
-                // predate a write whose answer was lost (a failed ADD that did allocate).
+                // "Nothing to do" is only believed from a fresh read: a cached copy can predate a
+                // write whose answer was lost (a failed ADD that did allocate).
                 let Some(mut b) = b else {
                     if cached {
                         continue;
                     }
-                    return Ok((vec![], None));
+                    return Ok((None, None));
                 };
-                let reqs = select(&b.spec);
-                if reqs.is_empty() {
+                let Some(out) = edit(&mut b)? else {
                     if cached {
                         continue;
                     }
-                    return Ok((vec![], Some(b.spec)));
-                }
-                let (done, _) =
-                    blk::release_guarded(&mut b.spec, &reqs).map_err(|e| IpamError::ReleaseConflict {
-                        block: *cidr,
-                        reason: e.to_string(),
-                    })?;
-                if done.is_empty() {
-                    if cached {
-                        continue;
-                    }
-                    return Ok((vec![], Some(b.spec)));
-                }
+                    return Ok((None, Some(b.spec)));
+                };
+                blk::prepare_write(&mut b.spec);
                 let res = if blk::is_empty(&b.spec) && b.spec.affinity.is_none() {
-                    // Empty orphan block: whoever empties it deletes it (Calico rule).
-                    blk::prepare_write(&mut b.spec);
                     self.inner.store.delete_block(&b).await.map(|_| None)
                 } else {
-                    blk::prepare_write(&mut b.spec);
                     self.inner.store.update_block(&b).await.map(Some)
                 };
                 match res {
@@ -1187,11 +1216,11 @@ impl Ipam {
                         {
                             self.ensure_consistent_affinity(host, cidr).await?;
                         }
-                        return Ok((done, Some(new.spec)));
+                        return Ok((Some(out), Some(new.spec)));
                     }
                     Ok(None) => {
                         self.forget_block(cidr);
-                        return Ok((done, None));
+                        return Ok((Some(out), None));
                     }
                     Err(StoreError::Conflict { .. }) => {
                         self.forget_block(cidr);
@@ -1209,6 +1238,133 @@ impl Ipam {
         }
         .instrument(span)
         .await
+    }
+
+    /// The GC's write to one block ([`blk::apply_gc_edit`]): frees, stamps and un-stamps only the
+    /// allocations that still match, in ONE block write (re-read and re-checked on a conflict),
+    /// then sets each freed handle's count for the block to what the block still holds for it
+    /// (handles concurrently: they are independent objects). A handle whose last entry goes is
+    /// deleted. Returns the ordinals freed with the handle that held each, and the block after;
+    /// a handle write that failed does not make the call fail (the block write has landed).
+    pub async fn release_guarded(&self, cidr: &IpNet, edit: &blk::GcEdit) -> Result<GcReleased, IpamError> {
+        let mut holders: Vec<(usize, String)> = Vec::new();
+        let (freed, after) = self
+            .edit_block(cidr, |b| {
+                let spec = &mut b.spec;
+                holders = edit
+                    .free
+                    .iter()
+                    .filter_map(|r| Some((r.ordinal, blk::handle_of(spec, r.ordinal)?.to_string())))
+                    .collect();
+                let (freed, changed) = blk::apply_gc_edit(spec, edit);
+                Ok(changed.then_some(freed))
+            })
+            .await?;
+        let freed: Vec<(usize, String)> = freed
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|o| holders.iter().find(|(h, _)| *h == o).cloned())
+            .collect();
+        let handles: std::collections::BTreeSet<&str> = freed.iter().map(|(_, h)| h.as_str()).collect();
+        // Collected first: a lazy iterator of borrowing futures is not provably Send.
+        let sets: Vec<_> = handles
+            .into_iter()
+            .map(|h| {
+                let left = after
+                    .as_ref()
+                    .map_or(0, |s| blk::ordinals_of_handle(s, h).len() as u64);
+                async move { (h, self.handle_set(h, cidr, left, false).await) }
+            })
+            .collect();
+        let mut sets = futures::stream::iter(sets).buffer_unordered(HANDLE_CONCURRENCY);
+        let mut over_counted = Vec::new();
+        while let Some((h, r)) = sets.next().await {
+            if let Err(e) = r {
+                // The addresses are free either way; the handle is an orphan for the GC to take.
+                warn!(block = %cidr, handle = h, error = %e, "IPAMHandle count not set after a release (left over-counted)");
+                over_counted.push(h.to_string());
+            }
+        }
+        drop(sets);
+        Ok(GcReleased {
+            freed,
+            after,
+            over_counted,
+        })
+    }
+
+    /// Seeds the handle cache with a copy from a watch, where this process has none: the first
+    /// write then needs no read (a stale copy costs one 409 and a re-read, as any cache entry).
+    pub fn prime_handle(&self, h: Handle) {
+        let mut c = self.inner.cache.lock().unwrap();
+        c.handles.entry(h.spec.handle_id.clone()).or_insert(h);
+    }
+
+    /// Deletes an empty block: an affine one with its affinity ([`Self::release_block_affinity`]
+    /// with `require_empty`), an unaffine one by itself. Returns false when the block is not
+    /// empty any more (or already gone).
+    pub async fn release_empty_block(&self, cidr: &IpNet, host: Option<&str>) -> Result<bool, IpamError> {
+        if let Some(h) = host {
+            return self.release_block_affinity(h, cidr, true).await;
+        }
+        // An edit that changes nothing: the write deletes the block when it is empty and unaffine.
+        let (done, after) = self
+            .edit_block(cidr, |b| {
+                Ok((blk::is_empty(&b.spec) && b.spec.affinity.is_none()).then_some(()))
+            })
+            .await?;
+        Ok(done.is_some() && after.is_none())
+    }
+
+    /// Sets one annotation of a block to what `value` computes from the block as read (`None`:
+    /// leave the block alone), in the engine's CAS loop. Returns whether it was written.
+    pub async fn annotate_block(
+        &self,
+        cidr: &IpNet,
+        key: &str,
+        value: impl Fn(&crate::api::IPAMBlockSpec) -> Option<String>,
+    ) -> Result<bool, IpamError> {
+        let (done, _) = self
+            .edit_block(cidr, |b| {
+                let Some(v) = value(&b.spec) else { return Ok(None) };
+                let ann = b.metadata.annotations.get_or_insert_with(Default::default);
+                if ann.get(key) == Some(&v) {
+                    return Ok(None);
+                }
+                ann.insert(key.to_string(), v);
+                Ok(Some(()))
+            })
+            .await?;
+        Ok(done.is_some())
+    }
+
+    /// Deletes a handle no block holds an address of: each block its `spec.block` names is read
+    /// afresh first, and the delete is a CAS on the handle as read. Returns whether it went.
+    pub async fn delete_unreferenced_handle(&self, handle_id: &str) -> Result<bool, IpamError> {
+        for _ in 0..RETRIES {
+            let Some(h) = self.refresh_handle(handle_id).await? else {
+                return Ok(false);
+            };
+            for key in h.spec.block.keys() {
+                let Ok(c) = cidr::parse_masked(key) else { continue };
+                if let Some(b) = self.fresh_block(&c).await?
+                    && !blk::ordinals_of_handle(&b.spec, handle_id).is_empty()
+                {
+                    return Ok(false);
+                }
+            }
+            match self.inner.store.delete_handle(&h).await {
+                Ok(()) => {
+                    self.inner.cache.lock().unwrap().handles.remove(handle_id);
+                    return Ok(true);
+                }
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(IpamError::Contention {
+            what: format!("IPAMHandle {}", names::handle_name(handle_id)),
+        })
     }
 
     /// Calico's `ensureConsistentAffinity`: a block that just became empty keeps its affinity only
@@ -1424,6 +1580,10 @@ impl Ipam {
         let span = info_span!("blockaffinity", name = %names::affinity_name(host, cidr));
         async {
             let store = &self.inner.store;
+            // Whether this call set pendingDeletion: a block found non-empty on a retry (an
+            // allocation won the race) gives the affinity back, or the host could never use the
+            // block again (allocation skips pendingDeletion affinities).
+            let mut marked_here = false;
             for _ in 0..RETRIES {
                 let aff = store.get_affinity(host, cidr).await?;
                 let b = self.fresh_block(cidr).await?;
@@ -1432,13 +1592,25 @@ impl Ipam {
                     && require_empty
                     && !blk::is_empty(&b.spec)
                 {
+                    if marked_here && let Some(mut a) = aff.filter(|a| a.spec.state == "pendingDeletion") {
+                        a.spec.state = "confirmed".into();
+                        match store.update_affinity(&a).await {
+                            Ok(a) => self.remember_affinity(host, *cidr, Some(a)),
+                            Err(e) => {
+                                warn!(error = %e, "BlockAffinity left pendingDeletion on a non-empty block")
+                            }
+                        }
+                    }
                     return Ok(false);
                 }
                 let aff = match aff {
                     Some(mut a) if a.spec.state != "pendingDeletion" => {
                         a.spec.state = "pendingDeletion".into();
                         match store.update_affinity(&a).await {
-                            Ok(a) => Some(a),
+                            Ok(a) => {
+                                marked_here = true;
+                                Some(a)
+                            }
                             Err(StoreError::Conflict { .. }) => continue,
                             Err(e) => return Err(e.into()),
                         }

@@ -65,7 +65,7 @@ use ipnet::IpNet;
 use crate::api::StrMap;
 
 pub use crate::api::ippool::AllowedUse;
-pub use engine::{Ipam, IpamOptions};
+pub use engine::{GcReleased, Ipam, IpamOptions};
 
 /// Secondary attributes of an allocation (`attributes[].secondary` in the block), by Calico's keys:
 /// `node`, `pod`, `namespace`, `timestamp` for pods, `node` + `type` for tunnel addresses.
@@ -350,6 +350,14 @@ pub enum IpamError {
 }
 
 impl IpamError {
+    /// The object changed under the write more often than the retries allow (or a 409 came back).
+    pub fn is_conflict(&self) -> bool {
+        matches!(
+            self,
+            IpamError::Contention { .. } | IpamError::Store(store::StoreError::Conflict { .. })
+        )
+    }
+
     /// True when the request itself is wrong (retrying will not help).
     pub fn is_user_error(&self) -> bool {
         matches!(

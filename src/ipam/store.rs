@@ -385,8 +385,23 @@ impl Store {
         replace(&self.handles, HANDLE, h).await
     }
 
+    /// One conditional DELETE (UID and resourceVersion preconditions): the handle goes only as
+    /// read, so it is as safe as the two-step delete (no reader can see a state between), in one
+    /// write instead of two: a GC pass deletes one handle per leaked pod.
     pub async fn delete_handle(&self, h: &Handle) -> Result<()> {
-        soft_delete(&self.handles, HANDLE, self.mode, h).await
+        let name = h.metadata.name.clone().unwrap_or_default();
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: h.metadata.uid.clone(),
+                resource_version: h.metadata.resource_version.clone(),
+            }),
+            ..Default::default()
+        };
+        match self.handles.delete(&name, &dp).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(s)) if object_absent(&s, &name) => Ok(()),
+            Err(e) => Err(StoreError::from_kube(HANDLE, &name, e)),
+        }
     }
 
     pub async fn list_handles(&self) -> Result<Vec<Handle>> {
@@ -476,6 +491,21 @@ impl Store {
 
     pub async fn list_affinities(&self) -> Result<Vec<Affinity>> {
         list_live(&self.affinities, AFFINITY, &ListParams::default()).await
+    }
+
+    /// Finishes the two-step delete of an object found marked `deleted` (a writer stopped between
+    /// the mark and the DELETE): reading it does that ([`get_live`]).
+    pub async fn finish_delete(&self, kind: CalicoKind, name: &str) -> Result<()> {
+        match kind {
+            CalicoKind::IPAMBlock => get_live(&self.blocks, BLOCK, name).await.map(drop),
+            CalicoKind::IPAMHandle => get_live(&self.handles, HANDLE, name).await.map(drop),
+            CalicoKind::BlockAffinity => get_live(&self.affinities, AFFINITY, name).await.map(drop),
+            other => Err(StoreError::Invalid {
+                kind: "IPAM object",
+                name: name.into(),
+                detail: format!("{other:?} is not an IPAM kind"),
+            }),
+        }
     }
 
     // ---- nodes

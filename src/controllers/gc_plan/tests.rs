@@ -47,7 +47,14 @@ fn block(host: Option<&str>, pods: &[(usize, &str, &str)]) -> IPAMBlockSpec {
 
 fn world<'a>(blocks: &'a [(String, IPAMBlockSpec)], nodes: &[&str], pods: &[(&str, PodInfo)]) -> World<'a> {
     World {
-        blocks: blocks.iter().map(|(n, s)| BlockIn { name: n, spec: s }).collect(),
+        blocks: blocks
+            .iter()
+            .map(|(n, s)| BlockIn {
+                name: n,
+                spec: s,
+                empty_since: None,
+            })
+            .collect(),
         affinities: vec![],
         handles: vec![],
         nodes: nodes
@@ -69,6 +76,11 @@ fn world<'a>(blocks: &'a [(String, IPAMBlockSpec)], nodes: &[&str], pods: &[(&st
 
 fn t(s: &str) -> Timestamp {
     s.parse().unwrap()
+}
+
+/// No address is freed (blocks may still be written to stamp new leaks).
+fn nothing_freed(p: &GcPlan) -> bool {
+    p.releases.iter().all(|r| r.guards.is_empty())
 }
 
 const GRACE: SignedDuration = SignedDuration::from_secs(900);
@@ -96,10 +108,12 @@ fn leak_of_deleted_pod_waits_for_grace() {
     let w = world(&blocks, &["n1"], &[("alive", alive)]);
     let mut st = GcState::default();
     let p = plan(&w, &mut st, t("2026-01-01T01:00:00Z"), GRACE);
-    assert!(p.releases.is_empty());
+    assert!(nothing_freed(&p), "{p:?}");
+    // The first sighting is stamped in the block (the durable grace clock).
+    assert_eq!(p.releases[0].marks.len(), 1);
     assert_eq!(p.candidates.get(&("pool".into(), "n1".into())), Some(&1));
     let p = plan(&w, &mut st, t("2026-01-01T01:14:00Z"), GRACE);
-    assert!(p.releases.is_empty());
+    assert!(nothing_freed(&p), "{p:?}");
     let p = plan(&w, &mut st, t("2026-01-01T01:15:00Z"), GRACE);
     assert_eq!(p.releases.len(), 1);
     let g = &p.releases[0].guards;
@@ -126,7 +140,7 @@ fn next_due_is_the_earliest_timer_still_running_at_the_plan() {
     assert_eq!(st.next_due(SignedDuration::ZERO), None);
     // A pass a moment before the grace ran out releases nothing, yet still owes the pass at it.
     let p = plan(&w, &mut st, t("2026-01-01T01:14:59.999Z"), GRACE);
-    assert!(p.releases.is_empty());
+    assert!(nothing_freed(&p), "{p:?}");
     assert_eq!(st.next_due(GRACE), Some(t("2026-01-01T01:15:00Z")));
     // Once released, nothing is due.
     let p = plan(&w, &mut st, t("2026-01-01T01:15:00Z"), GRACE);
@@ -167,7 +181,20 @@ fn deleted_node_is_immediate_and_its_empty_blocks_go() {
     assert_eq!(p.releases[0].guards.len(), 1);
     assert_eq!(p.empty_blocks.len(), 1);
     assert_eq!(p.empty_blocks[0].block, "e");
-    assert_eq!(p.stale_affinities, vec!["n1-10-0-0-16-29".to_string()]);
+    assert_eq!(
+        p.stale_affinities,
+        vec![StaleAffinity {
+            name: "n1-10-0-0-16-29".into(),
+            node: "n1".into(),
+            cidr: "10.0.0.16/29".into()
+        }]
+    );
+    // The busy block's host is gone: the write that empties it releases it at once.
+    assert_eq!(p.releases[0].host_gone.as_deref(), Some("n1"));
+    assert!(
+        p.releases[0].marks.is_empty(),
+        "a deleted node's leaks need no grace clock"
+    );
 }
 
 #[test]
@@ -181,7 +208,7 @@ fn live_pod_address_is_never_released() {
     };
     let w = world(&blocks, &[], &[("other", other)]);
     let p = plan(&w, &mut GcState::default(), t("2026-01-01T01:00:00Z"), GRACE);
-    assert!(p.releases.is_empty());
+    assert!(p.releases.is_empty(), "{p:?}");
     assert!(p.candidates.is_empty());
 }
 
@@ -237,7 +264,7 @@ fn handle_is_all_or_nothing() {
     };
     let w = world(&blocks, &[], &[("live", live)]);
     let p = plan(&w, &mut GcState::default(), t("2026-01-01T01:00:00Z"), GRACE);
-    assert!(p.releases.is_empty());
+    assert!(nothing_freed(&p), "{p:?}");
 }
 
 #[test]
@@ -318,6 +345,15 @@ fn orphan_handles_after_grace() {
     );
 }
 
+/// The shell's write for a plan: the engine's pure edit applied to the block, as one write.
+fn write(b: &mut IPAMBlockSpec, r: &BlockRelease, stamp: &str) -> Vec<usize> {
+    let (freed, changed) = crate::ipam::block::apply_gc_edit(b, &r.edit(&r.guards, stamp));
+    if changed {
+        crate::ipam::block::prepare_write(b);
+    }
+    freed
+}
+
 #[test]
 fn release_checks_guards_and_compacts() {
     let mut b = block(Some("n1"), &[(0, "a", "n1"), (1, "b", "n1"), (2, "c", "n1")]);
@@ -331,10 +367,16 @@ fn release_checks_guards_and_compacts() {
         why: String::new(),
     };
     // Ordinal 1 was re-allocated (other sequence number): kept.
-    let freed = release(
-        &mut b,
-        &[g(0, "k8s-pod-network.a", 50), g(1, "k8s-pod-network.b", 99)],
-    );
+    let r = BlockRelease {
+        block: "b".into(),
+        cidr: b.cidr.clone(),
+        pool: "pool".into(),
+        guards: vec![g(0, "k8s-pod-network.a", 50), g(1, "k8s-pod-network.b", 99)],
+        marks: vec![],
+        unmarks: vec![],
+        host_gone: None,
+    };
+    let freed = write(&mut b, &r, "");
     assert_eq!(freed.len(), 1);
     assert_eq!(b.allocations[..3], [None, Some(0), Some(1)]);
     assert_eq!(b.attributes.len(), 2);
@@ -342,6 +384,150 @@ fn release_checks_guards_and_compacts() {
     assert_eq!(*b.unallocated.last().unwrap(), 0);
     assert_eq!(b.sequence_number, Some(101));
     assert!(!is_empty(&b));
+}
+
+#[test]
+fn grace_clock_survives_a_restart_through_the_stamp() {
+    let mut blocks = vec![(
+        "b".to_string(),
+        block(Some("n1"), &[(0, "gone", "n1"), (1, "alive", "n1")]),
+    )];
+    let alive = PodInfo {
+        node: Some("n1".into()),
+        ips: vec!["10.0.0.1".parse().unwrap()],
+        ..Default::default()
+    };
+    let pods = [("alive", alive.clone())];
+    // First sighting at 01:00: the plan stamps the leak (and only it) in the same block write.
+    let p = plan(
+        &world(&blocks, &["n1"], &pods),
+        &mut GcState::default(),
+        t("2026-01-01T01:00:00Z"),
+        GRACE,
+    );
+    assert_eq!(p.releases.len(), 1);
+    let r = &p.releases[0];
+    assert!(r.guards.is_empty() && r.unmarks.is_empty());
+    assert_eq!(r.marks.iter().map(|g| g.ordinal).collect::<Vec<_>>(), [0]);
+    let r = r.clone();
+    assert!(write(&mut blocks[0].1, &r, &t("2026-01-01T01:00:00Z").to_string()).is_empty());
+    // A new process (empty memory) at 01:10: the stamp says 10 min, not 0: no new stamp, no release.
+    let p = plan(
+        &world(&blocks, &["n1"], &pods),
+        &mut GcState::default(),
+        t("2026-01-01T01:10:00Z"),
+        GRACE,
+    );
+    assert!(p.releases.is_empty(), "{p:?}");
+    let mut st = GcState::default();
+    plan(
+        &world(&blocks, &["n1"], &pods),
+        &mut st,
+        t("2026-01-01T01:10:00Z"),
+        GRACE,
+    );
+    assert_eq!(st.next_due(GRACE), Some(t("2026-01-01T01:15:00Z")));
+    // Another new process at 01:15 releases it: grace counted from the first sighting.
+    let p = plan(
+        &world(&blocks, &["n1"], &pods),
+        &mut GcState::default(),
+        t("2026-01-01T01:15:00Z"),
+        GRACE,
+    );
+    assert_eq!(p.releases.len(), 1);
+    assert_eq!(
+        p.releases[0].guards.iter().map(|g| g.ordinal).collect::<Vec<_>>(),
+        [0]
+    );
+    // A stamp from a clock ahead of ours counts from now, never earlier.
+    let mut ahead = blocks.clone();
+    let ai = ahead[0].1.allocations[0].unwrap();
+    ahead[0].1.attributes[ai]
+        .secondary
+        .as_mut()
+        .unwrap()
+        .insert(LEAK_SEEN_KEY.into(), "2026-01-01T05:00:00Z".into());
+    let mut st = GcState::default();
+    assert!(
+        plan(
+            &world(&ahead, &["n1"], &pods),
+            &mut st,
+            t("2026-01-01T01:15:00Z"),
+            GRACE
+        )
+        .releases
+        .is_empty()
+    );
+    assert_eq!(st.next_due(GRACE), Some(t("2026-01-01T01:30:00Z")));
+}
+
+#[test]
+fn a_stamped_allocation_that_is_valid_again_is_cleared() {
+    let mut b = block(Some("n1"), &[(0, "back", "n1")]);
+    b.attributes[0]
+        .secondary
+        .as_mut()
+        .unwrap()
+        .insert(LEAK_SEEN_KEY.into(), "2026-01-01T00:00:00Z".into());
+    let mut blocks = vec![("b".to_string(), b)];
+    let back = PodInfo {
+        node: Some("n1".into()),
+        ips: vec!["10.0.0.0".parse().unwrap()],
+        ..Default::default()
+    };
+    let pods = [("back", back)];
+    let p = plan(
+        &world(&blocks, &["n1"], &pods),
+        &mut GcState::default(),
+        t("2026-01-01T01:00:00Z"),
+        GRACE,
+    );
+    assert_eq!(p.releases.len(), 1);
+    let r = p.releases[0].clone();
+    assert!(r.guards.is_empty() && r.marks.is_empty());
+    assert_eq!(r.unmarks.len(), 1);
+    write(&mut blocks[0].1, &r, "x");
+    assert!(
+        !blocks[0].1.attributes[0]
+            .secondary
+            .as_ref()
+            .unwrap()
+            .contains_key(LEAK_SEEN_KEY)
+    );
+    // Nothing left to do: no write at all.
+    let p = plan(
+        &world(&blocks, &["n1"], &pods),
+        &mut GcState::default(),
+        t("2026-01-01T01:00:00Z"),
+        GRACE,
+    );
+    assert!(p.releases.is_empty(), "{p:?}");
+    // A shared entry with one leaked address of the handle is not cleared (it would flip).
+    let mut b = block(Some("n1"), &[(0, "back", "n1")]);
+    b.allocations[1] = Some(0);
+    b.sequence_number_for_allocation
+        .as_mut()
+        .unwrap()
+        .insert("1".into(), 51);
+    b.unallocated.retain(|o| *o != 1);
+    b.attributes[0]
+        .secondary
+        .as_mut()
+        .unwrap()
+        .insert(LEAK_SEEN_KEY.into(), "2026-01-01T00:00:00Z".into());
+    let blocks = vec![("b".to_string(), b)];
+    let p = plan(
+        &world(&blocks, &["n1"], &pods),
+        &mut GcState::default(),
+        t("2026-01-01T01:00:00Z"),
+        GRACE,
+    );
+    assert!(
+        p.releases
+            .iter()
+            .all(|r| r.unmarks.is_empty() && r.marks.is_empty()),
+        "{p:?}"
+    );
 }
 
 proptest! {
@@ -355,8 +541,8 @@ proptest! {
             b.allocations[o] = *a;
             if a.is_some() { b.sequence_number_for_allocation.as_mut().unwrap().insert(o.to_string(), o as u64); }
         }
-        // Drop unreferenced attributes first so the input is valid.
-        compact(&mut b);
+        // Drop unreferenced attributes first so the input is valid (a release of nothing does it).
+        crate::ipam::block::release(&mut b, &[]);
         b.unallocated = (0..8).filter(|o| b.allocations[*o].is_none()).collect();
         let before = b.clone();
         let guards: Vec<Guard> = pick.iter().filter_map(|(o, good)| {
@@ -365,15 +551,89 @@ proptest! {
             let _ = a;
             Some(Guard { ordinal: *o, handle: h, seq: Some(if *good { *o as u64 } else { 999 }), ip: "10.0.0.0".parse().unwrap(), node: String::new(), pod: None, why: String::new() })
         }).collect();
-        let freed = release(&mut b, &guards);
-        for g in &freed { prop_assert!(g.seq == Some(g.ordinal as u64)); }
+        let r = BlockRelease { block: "b".into(), cidr: b.cidr.clone(), pool: String::new(), guards, marks: vec![], unmarks: vec![], host_gone: None };
+        let freed = write(&mut b, &r, "");
+        for o in &freed { prop_assert!(r.guards.iter().any(|g| g.ordinal == *o && g.seq == Some(*o as u64))); }
         let allocated = b.allocations.iter().filter(|a| a.is_some()).count();
         prop_assert_eq!(allocated + b.unallocated.len(), 8);
         for (i, _) in b.attributes.iter().enumerate() { prop_assert!(b.allocations.contains(&Some(i))); }
         for o in 0..8 {
             let was = before.allocations[o].map(|a| before.attributes[a].handle_id.clone());
             let now = b.allocations[o].map(|a| b.attributes[a].handle_id.clone());
-            if freed.iter().any(|g| g.ordinal == o) { prop_assert!(now.is_none()); } else { prop_assert_eq!(was, now); }
+            if freed.contains(&o) { prop_assert!(now.is_none()); } else { prop_assert_eq!(was, now); }
         }
     }
+}
+
+#[test]
+fn empty_block_clock_is_stamped_and_survives_a_restart() {
+    let mk = |c: &str| IPAMBlockSpec {
+        cidr: c.into(),
+        affinity: Some("host:n1".into()),
+        allocations: vec![None; 8],
+        sequence_number: Some(7),
+        ..Default::default()
+    };
+    let blocks = vec![
+        ("a".to_string(), mk("10.0.0.0/29")),
+        ("b".to_string(), mk("10.0.0.8/29")),
+    ];
+    let with = |ann: Option<&'static str>| -> World<'_> {
+        let mut w = world(&blocks, &["n1"], &[]);
+        for b in &mut w.blocks {
+            b.empty_since = ann;
+        }
+        w
+    };
+    // First sighting: both stamped (the node has two blocks), none released.
+    let p = plan(
+        &with(None),
+        &mut GcState::default(),
+        t("2026-01-01T01:00:00Z"),
+        GRACE,
+    );
+    assert!(p.empty_blocks.is_empty());
+    assert_eq!(p.stamp_empty, ["10.0.0.0/29", "10.0.0.8/29"]);
+    // The stamping write leaves sequenceNumber 8: the value names it.
+    let v = empty_since_value(t("2026-01-01T01:00:00Z"), &blocks[0].1);
+    assert_eq!(v, "2026-01-01T01:00:00Z 8");
+    assert_eq!(
+        empty_since(&v, &blocks[0].1),
+        None,
+        "not valid before its own write"
+    );
+    // After the write (sequence 8), a new process at 01:15 releases one of the two at once.
+    let written: Vec<(String, IPAMBlockSpec)> = blocks
+        .iter()
+        .map(|(n, s)| {
+            let mut s = s.clone();
+            s.sequence_number = Some(8);
+            (n.clone(), s)
+        })
+        .collect();
+    let mut w = world(&written, &["n1"], &[]);
+    for b in &mut w.blocks {
+        b.empty_since = Some("2026-01-01T01:00:00Z 8");
+    }
+    let p = plan(&w, &mut GcState::default(), t("2026-01-01T01:15:00Z"), GRACE);
+    assert!(p.stamp_empty.is_empty());
+    assert_eq!(p.empty_blocks.len(), 1);
+    // A block written since (another sequence number): the stamp is stale, stamped again.
+    let p = plan(
+        &with(Some("2026-01-01T01:00:00Z 8")),
+        &mut GcState::default(),
+        t("2026-01-01T01:15:00Z"),
+        GRACE,
+    );
+    assert!(p.empty_blocks.is_empty());
+    assert_eq!(p.stamp_empty.len(), 2);
+    // A node's only block is never released, so never stamped.
+    let one = vec![("a".to_string(), mk("10.0.0.0/29"))];
+    let p = plan(
+        &world(&one, &["n1"], &[]),
+        &mut GcState::default(),
+        t("2026-01-01T01:00:00Z"),
+        GRACE,
+    );
+    assert!(p.stamp_empty.is_empty());
 }
