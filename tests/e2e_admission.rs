@@ -49,10 +49,10 @@ fn documents(text: &str) -> Vec<String> {
 
 /// An UPDATE case: `before` is created for real, `after` is applied over it (server dry run, so
 /// the CRDs' transition rules see the stored object as `oldSelf`), then `before` is deleted.
-/// With `expect`, the update must be rejected with that text; without, it must be accepted AND
+/// With `expect` texts, the update must be rejected with all of them; without, it must be accepted AND
 /// change the object (kubectl reports `configured`, not `unchanged`: an update that sends nothing
 /// would prove nothing). Returns the failure, if any.
-fn check_update(before: &str, after: &str, expect: Option<&str>) -> Option<String> {
+fn check_update(before: &str, after: &str, expect: &[&str]) -> Option<String> {
     let out = kubectl_stdin(&["apply", "-f", "-"], before);
     if !out.status.success() {
         return Some(format!(
@@ -63,29 +63,32 @@ fn check_update(before: &str, after: &str, expect: Option<&str>) -> Option<Strin
     let out = kubectl_stdin(&["apply", "--dry-run=server", "-f", "-"], after);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let failure = match (expect, out.status.success()) {
-        (Some(_), true) => Some("update accepted, but must be rejected".to_string()),
-        (Some(e), false) if !stderr.contains(e) => {
-            Some(format!("update rejected without {e:?}:\n{}", stderr.trim()))
-        }
-        (Some(_), false) => None,
-        (None, false) => Some(format!(
+    let missing = expect.iter().find(|e| !stderr.contains(**e));
+    let failure = match (expect.is_empty(), out.status.success()) {
+        (false, true) => Some("update accepted, but must be rejected".to_string()),
+        (false, false) if missing.is_some() => Some(format!(
+            "update rejected without {:?}:\n{}",
+            missing.unwrap(),
+            stderr.trim()
+        )),
+        (false, false) => None,
+        (true, false) => Some(format!(
             "update rejected, but must be accepted:\n{}",
             stderr.trim()
         )),
-        (None, true) if !stdout.contains("configured") => Some(format!(
+        (true, true) if !stdout.contains("configured") => Some(format!(
             "update accepted but changed nothing ({}): the case checks no transition",
             stdout.trim()
         )),
-        (None, true) => None,
+        (true, true) => None,
     };
     kubectl_stdin_ok(&["delete", "--ignore-not-found", "-f", "-"], before);
     failure
 }
 
-/// Walks `tests/bad-inputs/admission/`: each file is one invalid object with an `# expect: TEXT`
-/// line; the apiserver must reject it, in both modes, with a message containing TEXT (which names
-/// the field). A file with two documents is an update of the first by the second
+/// Walks `tests/bad-inputs/admission/`: each file is one invalid object with `# expect: TEXT`
+/// lines; the apiserver must reject it, in both modes, with a message containing every TEXT (the
+/// first names the field). A file with two documents is an update of the first by the second
 /// ([`check_update`]): rejected with TEXT, or accepted when the file says `# update: accepted`.
 #[test]
 fn invalid_manifests_are_rejected_naming_the_field() {
@@ -105,7 +108,10 @@ fn invalid_manifests_are_rejected_naming_the_field() {
     for f in &files {
         let text = std::fs::read_to_string(f).unwrap();
         let name = f.file_name().unwrap().to_string_lossy();
-        let expect = text.lines().find_map(|l| l.strip_prefix("# expect: "));
+        let expect: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# expect: ").map(str::trim_end))
+            .collect();
         let update_ok = text.lines().any(|l| l.trim_end() == "# update: accepted");
         let docs = documents(&text).len();
         assert!(
@@ -113,26 +119,25 @@ fn invalid_manifests_are_rejected_naming_the_field() {
             "{name}: {docs} documents (one for a create, two for an update)"
         );
         assert!(
-            expect.is_some() != update_ok && (!update_ok || docs == 2),
+            expect.is_empty() == update_ok && (!update_ok || docs == 2),
             "{name}: needs an `# expect:` line, or (an update) `# update: accepted`"
         );
         for mode in ["v1", "v3"] {
             let m = in_mode(mode, &text);
             if docs == 2 {
                 let d = documents(&m);
-                if let Some(e) = check_update(&d[0], &d[1], expect) {
+                if let Some(e) = check_update(&d[0], &d[1], &expect) {
                     failures.push(format!("[{mode}] {name}: {e}"));
                 }
                 continue;
             }
-            let expect = expect.unwrap();
             let out = kubectl_stdin(&["apply", "--dry-run=server", "-f", "-"], &m);
             let stderr = String::from_utf8_lossy(&out.stderr);
             if out.status.success() {
                 failures.push(format!("[{mode}] {name}: accepted, but must be rejected"));
-            } else if !stderr.contains(expect) {
+            } else if let Some(e) = expect.iter().find(|e| !stderr.contains(**e)) {
                 failures.push(format!(
-                    "[{mode}] {name}: rejected without {expect:?}:\n{}",
+                    "[{mode}] {name}: rejected without {e:?}:\n{}",
                     stderr.trim()
                 ));
             }
