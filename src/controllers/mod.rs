@@ -244,6 +244,17 @@ async fn run_bgp(ctx: Arc<Ctx>, stop: CancellationToken) {
     }
 }
 
+/// A stream that yields every `every`, the first time one period from now (periodic resyncs).
+pub(crate) fn tick(every: Duration) -> impl futures::Stream<Item = ()> + Send {
+    futures::stream::unfold(
+        tokio::time::interval_at(tokio::time::Instant::now() + every, every),
+        |mut i| async move {
+            i.tick().await;
+            Some(((), i))
+        },
+    )
+}
+
 /// A tiny cancellation token on top of `tokio::sync::watch` (tokio-util is not a dependency).
 pub mod tokio_util_shim {
     use tokio::sync::watch;
