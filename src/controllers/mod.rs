@@ -10,11 +10,12 @@ pub mod gc;
 pub mod gc_plan;
 pub mod installation;
 pub mod ippool;
+pub mod pod;
 pub mod podcidr;
 pub mod pools;
 mod store;
 
-pub use store::SlimPod;
+pub use pod::SlimPod;
 
 use std::sync::Arc;
 use std::time::Duration;
