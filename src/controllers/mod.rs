@@ -1,7 +1,8 @@
 //! The operator's controllers. Every replica keeps the watch caches ([`Stores`]) warm and serves
 //! reads (metrics, readiness); only the Lease holder runs [`run_leader`], which starts the
-//! controllers that write. Pure decisions live in `podcidr`, `pools` and `gc_plan`; the
-//! reconcilers in `installation`, `ippool` and `gc` read the stores, decide, and write.
+//! controllers that write. Pure decisions live in `podcidr`, `pools`, `gc_plan` and the `decide`
+//! functions of `installation` and `ippool`; their reconcilers read the stores, decide, and
+//! write. The files import each other without circles (tests/import_dag.rs).
 
 pub mod bgp;
 pub mod conditions;
