@@ -253,7 +253,7 @@ pub fn ipam_gauges<'a>(
         let Ok(net) = b.cidr.parse::<IpNet>() else {
             continue;
         };
-        let pool = crate::controllers::gc_plan::pool_of(pools, &net);
+        let pool = crate::ipam::usage::pool_of(pools, &net);
         let host = b.host().map(str::to_string);
         *g.blocks
             .entry((pool.clone(), host.clone().unwrap_or_else(|| "no_affinity".into())))

@@ -10,7 +10,7 @@ use kube::api::{Api, ListParams};
 
 use crate::api::CrdMode;
 use crate::controllers::SlimPod;
-use crate::controllers::gc::pod_info;
+use crate::controllers::pod::pod_info;
 use crate::ipam::usage::PoolRef;
 use crate::ipam::{Ipam, ReleaseOptions, report};
 

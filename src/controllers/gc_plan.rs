@@ -21,6 +21,7 @@ use crate::api::StrMap;
 use crate::api::{AllocationAttribute, IPAMBlockSpec};
 use crate::ipam::block::{AllocRef, GcEdit, LEAK_SEEN_KEY};
 use crate::ipam::names::sanitize_handle_id;
+use crate::ipam::usage::pool_of;
 
 pub const WINDOWS_RESERVED: &str = "windows-reserved-ipam-handle";
 const TUNNEL_TYPES: &[&str] = &[
@@ -241,13 +242,6 @@ fn ordinal_ip(net: &IpNet, ordinal: usize) -> Option<IpAddr> {
             .checked_add(ordinal as u128)
             .map(|v| IpAddr::V6(v.into())),
     }
-}
-
-/// The metrics label of the pool owning a block ([`crate::ipam::usage::owning_pool`]).
-pub fn pool_of(pools: &[crate::ipam::usage::PoolRef], cidr: &IpNet) -> String {
-    crate::ipam::usage::owning_pool(pools, cidr)
-        .map(|p| p.name.clone())
-        .unwrap_or_else(|| "no_ippool".into())
 }
 
 enum Verdict {

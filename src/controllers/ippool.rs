@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{StreamExt, stream};
+use ipnet::IpNet;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as CtlConfig, Controller};
@@ -19,23 +20,17 @@ use serde_json::json;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::conditions::{self, Cond};
+use super::podcidr::PodCidrs;
 use super::pools::{self, ALLOW_OUTSIDE_POD_CIDR, PoolView};
 use super::tokio_util_shim::CancellationToken;
-use super::{Ctx, Error, gc};
-use crate::api::{CalicoKind, Pool};
+use super::{Ctx, Error, gc, tick};
+use crate::api::{CalicoKind, IPAMBlockSpec, Pool};
 use crate::ipam::usage::{self as ipam_usage, PoolRef};
 
 const NAME: &str = "ippool";
 const MANAGER_FIELD: &str = "tortie-ippool";
 /// Holds a deleted pool until its addresses are released.
 pub const FINALIZER: &str = "tortie.io/ippool-drain";
-
-/// Selector syntax check with the IPAM engine's parser (Calico's language).
-pub fn selector_ok(s: &str) -> Result<(), String> {
-    crate::ipam::selector::Selector::parse(s)
-        .map(|_| ())
-        .map_err(|e| e.to_string())
-}
 
 pub async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
     let st = &ctx.stores;
@@ -46,7 +41,7 @@ pub async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
         stream::once(async {}).boxed(),
         st.pools.changes().map(|_| ()).boxed(),
         st.kubeadm.changes().map(|_| ()).boxed(),
-        super::installation::tick(Duration::from_secs(30)).boxed(),
+        tick(Duration::from_secs(30)).boxed(),
     ]);
     // A block change refreshes the counts of the pool owning it (a wider pool draining around
     // it is re-checked by the periodic resync).
@@ -95,7 +90,114 @@ async fn apply(pool: &Pool, ctx: &Ctx) -> Result<Action, Error> {
     let ar = ctx.resource(CalicoKind::IPPool);
     let api: Api<Pool> = Api::all_with(ctx.client.clone(), &ar);
     let all = ctx.stores.pools.all();
+    let all: Vec<&Pool> = all.iter().map(|p| &**p).collect();
     let pod = ctx.stores.pod_cidrs().ok().flatten();
+    let blocks = ctx.stores.blocks.all();
+    let blocks: Vec<&IPAMBlockSpec> = blocks.iter().map(|b| &b.spec).collect();
+
+    match decide(pool, &all, pod.as_ref(), &blocks, Time(jiff::Timestamp::now())) {
+        Decision::Release { finalizer, net } => {
+            if finalizer {
+                // Empty blocks and their affinities go with the pool, so nothing dangles.
+                if let Some(n) = net {
+                    gc::delete_empty_blocks_in(ctx, &n).await?;
+                }
+                set_finalizers(&api, pool, false).await?;
+                info!("IPPool drained; finalizer removed");
+                ctx.event(
+                    pool,
+                    &ar,
+                    false,
+                    "Drained",
+                    "Delete",
+                    format!("IPPool {name} has no allocations left; deleting it"),
+                )
+                .await;
+            }
+            Ok(Action::await_change())
+        }
+        Decision::Keep {
+            add_finalizer,
+            status,
+            event,
+            deleting,
+        } => {
+            if add_finalizer {
+                set_finalizers(&api, pool, true).await?;
+            }
+            if let Some(status) = status {
+                let patch = json!({
+                    "apiVersion": ar.api_version,
+                    "kind": ar.kind,
+                    "status": status,
+                });
+                match api
+                    .patch_status(
+                        &name,
+                        &PatchParams::apply(MANAGER_FIELD).force(),
+                        &Patch::Apply(&patch),
+                    )
+                    .await
+                {
+                    Ok(_) => {}
+                    // Calico's own v1 CRD has no status subresource: nothing to write there.
+                    Err(kube::Error::Api(s)) if s.code == 404 && !deleting => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            if let Some(ev) = event {
+                if ev.warning {
+                    warn!(reason = ev.reason, "{}", ev.log);
+                }
+                ctx.event(pool, &ar, ev.warning, ev.reason, "Validate", ev.note)
+                    .await;
+            }
+            Ok(if deleting {
+                Action::requeue(Duration::from_secs(5))
+            } else {
+                Action::requeue(Duration::from_secs(120))
+            })
+        }
+    }
+}
+
+/// A validation Event on the pool.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PoolEvent {
+    pub warning: bool,
+    pub reason: &'static str,
+    pub note: String,
+    /// What the controller's log says.
+    pub log: String,
+}
+
+/// What the IPPool controller does with one pool.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    /// Deleted and nothing allocated inside: clear its empty blocks and drop the finalizer
+    /// (when it is still there).
+    Release { finalizer: bool, net: Option<IpNet> },
+    /// Validate and report.
+    Keep {
+        add_finalizer: bool,
+        /// The status to apply; `None` when the live one already says the same.
+        status: Option<serde_json::Value>,
+        /// Emitted when the Ready verdict changed.
+        event: Option<PoolEvent>,
+        deleting: bool,
+    },
+}
+
+/// Pure: what to do with `pool`, given every live pool (for overlap), the pod CIDRs and every
+/// block.
+pub fn decide(
+    pool: &Pool,
+    all: &[&Pool],
+    pod: Option<&PodCidrs>,
+    blocks: &[&IPAMBlockSpec],
+    now: Time,
+) -> Decision {
+    let name = pool.name_any();
     let views: Vec<PoolView<'_>> = all
         .iter()
         .map(|p| PoolView {
@@ -113,47 +215,29 @@ async fn apply(pool: &Pool, ctx: &Ctx) -> Result<Action, Error> {
                 .is_some_and(|v| v == "true"),
         })
         .collect();
-    let verdicts = pools::validate_pools(&views, pod.as_ref(), &selector_ok);
+    let verdicts = pools::validate_pools(&views, pod, &pools::selector_ok);
     let problem = views
         .iter()
         .position(|v| v.name == name)
         .and_then(|i| verdicts[i].clone());
     let net = pool.spec.net();
-    let blocks = ctx.stores.blocks.all();
     // Draining looks at every block inside the CIDR (as Calico's finalizer does); the counts in
     // status are what this pool owns, attributed as in `ipam show` and the metrics.
     let usage = net
-        .map(|n| pools::usage(&n, blocks.iter().map(|b| &b.spec)))
+        .map(|n| pools::usage(&n, blocks.iter().copied()))
         .unwrap_or_default();
     let refs: Vec<PoolRef> = all.iter().filter_map(|p| PoolRef::from_pool(p)).collect();
-    let owned = ipam_usage::by_pool(&refs, blocks.iter().map(|b| &b.spec))
+    let owned = ipam_usage::by_pool(&refs, blocks.iter().copied())
         .remove(&Some(name.clone()))
         .unwrap_or_default();
     let deleting = pool.meta().deletion_timestamp.is_some();
     let has_finalizer = pool.finalizers().iter().any(|f| f == FINALIZER);
 
     if deleting && usage.allocations == 0 {
-        if has_finalizer {
-            // Empty blocks and their affinities go with the pool, so nothing dangles.
-            if let Some(n) = net {
-                gc::delete_empty_blocks_in(ctx, &n).await?;
-            }
-            set_finalizers(&api, pool, false).await?;
-            info!("IPPool drained; finalizer removed");
-            ctx.event(
-                pool,
-                &ar,
-                false,
-                "Drained",
-                "Delete",
-                format!("IPPool {name} has no allocations left; deleting it"),
-            )
-            .await;
-        }
-        return Ok(Action::await_change());
-    }
-    if !deleting && !has_finalizer {
-        set_finalizers(&api, pool, true).await?;
+        return Decision::Release {
+            finalizer: has_finalizer,
+            net,
+        };
     }
 
     let ready = match (&problem, deleting) {
@@ -204,12 +288,7 @@ async fn apply(pool: &Pool, ctx: &Ctx) -> Result<Action, Error> {
         .iter()
         .find(|c| c.type_ == "Ready")
         .map(|c| (c.status.clone(), c.reason.clone()));
-    let conds = conditions::merge(
-        &old,
-        &[ready.clone(), allocatable],
-        pool.metadata.generation,
-        Time(jiff::Timestamp::now()),
-    );
+    let conds = conditions::merge(&old, &[ready.clone(), allocatable], pool.metadata.generation, now);
     let capacity = net.map(|n| pools::capacity(&n));
     let st = pool.status.clone().unwrap_or_default();
     let unchanged = st.conditions == conds
@@ -217,65 +296,44 @@ async fn apply(pool: &Pool, ctx: &Ctx) -> Result<Action, Error> {
         && st.blocks == Some(owned.blocks)
         && st.capacity == capacity
         && st.observed_generation == pool.metadata.generation;
-    if !unchanged {
-        let patch = json!({
-            "apiVersion": ar.api_version,
-            "kind": ar.kind,
-            "status": {
-                "conditions": conds,
-                "allocations": owned.allocations,
-                "blocks": owned.blocks,
-                "capacity": capacity,
-                "observedGeneration": pool.metadata.generation,
-            },
-        });
-        match api
-            .patch_status(
-                &name,
-                &PatchParams::apply(MANAGER_FIELD).force(),
-                &Patch::Apply(&patch),
-            )
-            .await
-        {
-            Ok(_) => {}
-            // Calico's own v1 CRD has no status subresource: nothing to write there.
-            Err(kube::Error::Api(s)) if s.code == 404 && !deleting => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
+    let status = (!unchanged).then(|| {
+        json!({
+            "conditions": conds,
+            "allocations": owned.allocations,
+            "blocks": owned.blocks,
+            "capacity": capacity,
+            "observedGeneration": pool.metadata.generation,
+        })
+    });
     let now_flag = (
         if ready.status { "True" } else { "False" }.to_string(),
         ready.reason.clone(),
     );
-    if was_ready.as_ref() != Some(&now_flag) {
-        if let Some(p) = &problem {
-            warn!(reason = p.reason, "{}", p.message);
-            ctx.event(
-                pool,
-                &ar,
-                true,
-                p.reason,
-                "Validate",
-                format!("spec.{}: {}", p.field, p.message),
-            )
-            .await;
-        } else if !deleting && was_ready.is_some() {
-            ctx.event(
-                pool,
-                &ar,
-                false,
-                "Valid",
-                "Validate",
-                format!("IPPool {name} is valid again"),
-            )
-            .await;
-        }
-    }
-    Ok(if deleting {
-        Action::requeue(Duration::from_secs(5))
+    let event = if was_ready.as_ref() == Some(&now_flag) {
+        None
+    } else if let Some(p) = &problem {
+        Some(PoolEvent {
+            warning: true,
+            reason: p.reason,
+            note: format!("spec.{}: {}", p.field, p.message),
+            log: p.message.clone(),
+        })
+    } else if !deleting && was_ready.is_some() {
+        Some(PoolEvent {
+            warning: false,
+            reason: "Valid",
+            note: format!("IPPool {name} is valid again"),
+            log: String::new(),
+        })
     } else {
-        Action::requeue(Duration::from_secs(120))
-    })
+        None
+    };
+    Decision::Keep {
+        add_finalizer: !deleting && !has_finalizer,
+        status,
+        event,
+        deleting,
+    }
 }
 
 /// Adds or removes the finalizer with a merge patch carrying resourceVersion (a 409 retries).
@@ -297,5 +355,245 @@ async fn set_finalizers(api: &Api<Pool>, pool: &Pool, add: bool) -> Result<(), E
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::CrdMode;
+    use crate::api::IPPoolSpec;
+    use crate::controllers::podcidr::Source;
+    use crate::ipam::block as blk;
+
+    fn t(s: &str) -> Time {
+        Time(s.parse().unwrap())
+    }
+
+    fn t0() -> Time {
+        t("2026-01-01T00:00:00Z")
+    }
+
+    fn pod(c: &[&str]) -> PodCidrs {
+        PodCidrs {
+            cidrs: c.iter().map(|s| s.parse().unwrap()).collect(),
+            source: Source::Kubeadm,
+        }
+    }
+
+    fn pool(name: &str, cidr: &str, created: &str) -> Pool {
+        let mut p = Pool::new(
+            name,
+            &CrdMode::V1.resource(CalicoKind::IPPool),
+            IPPoolSpec {
+                cidr: cidr.into(),
+                ..Default::default()
+            },
+        );
+        p.metadata.creation_timestamp = Some(t(created));
+        p.metadata.generation = Some(1);
+        p.metadata.finalizers = Some(vec![FINALIZER.into()]);
+        p
+    }
+
+    fn block(cidr: &str, allocated: usize) -> IPAMBlockSpec {
+        let net: IpNet = cidr.parse().unwrap();
+        let mut b = blk::new_block(&net, Some("host:n1".into()), 1, None);
+        if allocated > 0 {
+            blk::allocate(&mut b, allocated, Some("h"), &Default::default(), |_| false);
+        }
+        b
+    }
+
+    fn keep(d: Decision) -> (bool, Option<serde_json::Value>, Option<PoolEvent>, bool) {
+        match d {
+            Decision::Keep {
+                add_finalizer,
+                status,
+                event,
+                deleting,
+            } => (add_finalizer, status, event, deleting),
+            other => panic!("expected Keep, got {other:?}"),
+        }
+    }
+
+    fn cond(status: &serde_json::Value, t: &str) -> (String, String, String) {
+        let c = status["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == t)
+            .unwrap();
+        let s = |k: &str| c[k].as_str().unwrap().to_string();
+        (s("status"), s("reason"), s("message"))
+    }
+
+    /// The pool as the next observe sees it after `status` was written.
+    fn written(mut p: Pool, status: &serde_json::Value) -> Pool {
+        p.status = Some(serde_json::from_value(status.clone()).unwrap());
+        p
+    }
+
+    const POD: &[&str] = &["10.48.0.0/16"];
+
+    #[test]
+    fn a_valid_pool_gets_its_finalizer_conditions_and_counts() {
+        let mut p = pool("a", "10.48.0.0/24", "2026-01-01T00:00:00Z");
+        p.metadata.finalizers = None;
+        let b = block("10.48.0.0/26", 3);
+        let (fin, status, event, deleting) = keep(decide(&p, &[&p], Some(&pod(POD)), &[&b], t0()));
+        assert!(fin && !deleting);
+        assert_eq!(event, None, "no Event on a pool's first verdict when it is valid");
+        let s = status.unwrap();
+        assert_eq!(
+            cond(&s, "Ready"),
+            (
+                "True".into(),
+                "Valid".into(),
+                "IPPool a is valid and in use".into()
+            )
+        );
+        assert_eq!(cond(&s, "Allocatable").1, "OK");
+        assert_eq!(
+            (
+                s["allocations"].as_u64(),
+                s["blocks"].as_u64(),
+                s["capacity"].as_u64()
+            ),
+            (Some(3), Some(1), Some(256))
+        );
+        // Written back, nothing changes.
+        let mut p = written(p, &s);
+        p.metadata.finalizers = Some(vec![FINALIZER.into()]);
+        let later = t("2026-01-02T00:00:00Z");
+        let (fin, status, event, _) = keep(decide(&p, &[&p], Some(&pod(POD)), &[&b], later));
+        assert!(!fin && status.is_none() && event.is_none());
+    }
+
+    #[test]
+    fn the_later_of_two_overlapping_pools_is_refused_with_an_event() {
+        let a = pool("a", "10.48.0.0/16", "2026-01-01T00:00:00Z");
+        let b = pool("b", "10.48.1.0/24", "2026-01-01T00:01:00Z");
+        let all = [&a, &b];
+        let (_, s, ev, _) = keep(decide(&b, &all, Some(&pod(POD)), &[], t0()));
+        let s = s.unwrap();
+        let (st, reason, msg) = cond(&s, "Ready");
+        assert_eq!((st.as_str(), reason.as_str()), ("False", "CIDROverlap"));
+        assert!(msg.starts_with("spec.cidr: ") && msg.contains("a"), "{msg}");
+        assert_eq!(cond(&s, "Allocatable").1, "CIDROverlap");
+        let ev = ev.unwrap();
+        assert!(
+            ev.warning && ev.reason == "CIDROverlap" && ev.note == msg,
+            "{ev:?}"
+        );
+        let (_, s, _, _) = keep(decide(&a, &all, Some(&pod(POD)), &[], t0()));
+        assert_eq!(cond(&s.unwrap(), "Ready").0, "True");
+
+        // The same verdict again: no second Event; once `a` is gone, `b` is valid again.
+        let b = written(b.clone(), &s_of(&b, &all));
+        let (_, _, ev, _) = keep(decide(&b, &[&a, &b], Some(&pod(POD)), &[], t0()));
+        assert_eq!(ev, None);
+        let (_, s, ev, _) = keep(decide(&b, &[&b], Some(&pod(POD)), &[], t0()));
+        assert_eq!(cond(&s.unwrap(), "Ready").1, "Valid");
+        let ev = ev.unwrap();
+        assert!(
+            !ev.warning && ev.reason == "Valid" && ev.note == "IPPool b is valid again",
+            "{ev:?}"
+        );
+    }
+
+    fn s_of(p: &Pool, all: &[&Pool]) -> serde_json::Value {
+        keep(decide(p, all, Some(&pod(POD)), &[], t0())).1.unwrap()
+    }
+
+    #[test]
+    fn pod_cidr_containment_and_its_escape_hatch() {
+        let mut p = pool("out", "192.168.0.0/24", "2026-01-01T00:00:00Z");
+        let (_, s, ev, _) = keep(decide(&p, &[&p], Some(&pod(POD)), &[], t0()));
+        assert_eq!(cond(&s.unwrap(), "Ready").1, "PodCIDRMismatch");
+        assert_eq!(ev.unwrap().reason, "PodCIDRMismatch");
+        // No pod CIDR known: nothing to check against.
+        let (_, s, _, _) = keep(decide(&p, &[&p], None, &[], t0()));
+        assert_eq!(cond(&s.unwrap(), "Ready").1, "Valid");
+        p.metadata.annotations = Some([(ALLOW_OUTSIDE_POD_CIDR.to_string(), "true".to_string())].into());
+        let (_, s, _, _) = keep(decide(&p, &[&p], Some(&pod(POD)), &[], t0()));
+        assert_eq!(cond(&s.unwrap(), "Ready").1, "Valid");
+    }
+
+    #[test]
+    fn reserved_range_and_bad_selector_name_their_field() {
+        let p = pool("lo", "127.0.0.0/24", "2026-01-01T00:00:00Z");
+        let (_, s, _, _) = keep(decide(&p, &[&p], None, &[], t0()));
+        assert_eq!(cond(&s.unwrap(), "Ready").1, "ReservedRange");
+        let mut p = pool("sel", "10.48.0.0/24", "2026-01-01T00:00:00Z");
+        p.spec.node_selector = Some("rack ==".into());
+        let (_, s, _, _) = keep(decide(&p, &[&p], Some(&pod(POD)), &[], t0()));
+        let (_, reason, msg) = cond(&s.unwrap(), "Ready");
+        assert_eq!(reason, "InvalidSelector");
+        assert!(msg.starts_with("spec.nodeSelector: "), "{msg}");
+    }
+
+    #[test]
+    fn a_disabled_pool_is_ready_but_not_allocatable() {
+        let mut p = pool("d", "10.48.0.0/24", "2026-01-01T00:00:00Z");
+        p.spec.disabled = Some(true);
+        let (_, s, _, _) = keep(decide(&p, &[&p], Some(&pod(POD)), &[], t0()));
+        let s = s.unwrap();
+        assert_eq!(cond(&s, "Ready").0, "True");
+        assert_eq!(cond(&s, "Allocatable").1, "PoolDisabled");
+    }
+
+    #[test]
+    fn a_deleted_pool_drains_then_is_released() {
+        let mut p = pool("a", "10.48.0.0/24", "2026-01-01T00:00:00Z");
+        p.metadata.deletion_timestamp = Some(t0());
+        let full = block("10.48.0.0/26", 2);
+        let (fin, s, ev, deleting) = keep(decide(&p, &[&p], Some(&pod(POD)), &[&full], t0()));
+        assert!(!fin && deleting && ev.is_none());
+        let s = s.unwrap();
+        assert_eq!(
+            cond(&s, "Ready"),
+            (
+                "False".into(),
+                "Terminating".into(),
+                "IPPool a is being deleted: waiting for 2 allocation(s) in 1 block(s) to be released".into()
+            )
+        );
+        assert_eq!(cond(&s, "Allocatable").1, "Terminating");
+        let empty = block("10.48.0.0/26", 0);
+        assert_eq!(
+            decide(&p, &[&p], Some(&pod(POD)), &[&empty], t0()),
+            Decision::Release {
+                finalizer: true,
+                net: Some("10.48.0.0/24".parse().unwrap())
+            }
+        );
+        p.metadata.finalizers = None;
+        assert!(matches!(
+            decide(&p, &[&p], None, &[], t0()),
+            Decision::Release { finalizer: false, .. }
+        ));
+    }
+
+    #[test]
+    fn counts_are_what_the_pool_owns_but_draining_waits_for_nested_blocks() {
+        let mut outer = pool("outer", "10.48.0.0/16", "2026-01-01T00:00:00Z");
+        outer.spec.disabled = Some(true);
+        let inner = pool("inner", "10.48.1.0/24", "2026-01-01T00:01:00Z");
+        let in_inner = block("10.48.1.0/26", 4);
+        let in_outer = block("10.48.2.0/26", 1);
+        let all = [&outer, &inner];
+        let s = keep(decide(&outer, &all, None, &[&in_inner, &in_outer], t0()))
+            .1
+            .unwrap();
+        assert_eq!(
+            (s["allocations"].as_u64(), s["blocks"].as_u64()),
+            (Some(1), Some(1))
+        );
+        let mut outer = outer;
+        outer.metadata.deletion_timestamp = Some(t0());
+        let all = [&outer, &inner];
+        let (_, s, _, _) = keep(decide(&outer, &all, None, &[&in_inner], t0()));
+        assert!(cond(&s.unwrap(), "Ready").2.contains("4 allocation(s)"));
     }
 }

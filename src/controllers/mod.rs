@@ -1,7 +1,8 @@
 //! The operator's controllers. Every replica keeps the watch caches ([`Stores`]) warm and serves
 //! reads (metrics, readiness); only the Lease holder runs [`run_leader`], which starts the
-//! controllers that write. Pure decisions live in `podcidr`, `pools` and `gc_plan`; the
-//! reconcilers in `installation`, `ippool` and `gc` read the stores, decide, and write.
+//! controllers that write. Pure decisions live in `podcidr`, `pools`, `gc_plan` and the `decide`
+//! functions of `installation` and `ippool`; their reconcilers read the stores, decide, and
+//! write. The files import each other without circles (tests/import_dag.rs).
 
 pub mod bgp;
 pub mod conditions;
@@ -10,11 +11,12 @@ pub mod gc;
 pub mod gc_plan;
 pub mod installation;
 pub mod ippool;
+pub mod pod;
 pub mod podcidr;
 pub mod pools;
 mod store;
 
-pub use store::SlimPod;
+pub use pod::SlimPod;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -242,6 +244,17 @@ async fn run_bgp(ctx: Arc<Ctx>, stop: CancellationToken) {
             _ = stop.cancelled() => return,
         }
     }
+}
+
+/// A stream that yields every `every`, the first time one period from now (periodic resyncs).
+pub(crate) fn tick(every: Duration) -> impl futures::Stream<Item = ()> + Send {
+    futures::stream::unfold(
+        tokio::time::interval_at(tokio::time::Instant::now() + every, every),
+        |mut i| async move {
+            i.tick().await;
+            Some(((), i))
+        },
+    )
 }
 
 /// A tiny cancellation token on top of `tokio::sync::watch` (tokio-util is not a dependency).

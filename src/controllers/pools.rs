@@ -21,6 +21,13 @@ pub const ALLOW_OUTSIDE_POD_CIDR: &str = "tortie.io/allow-outside-pod-cidr";
 pub const DEFAULT_V4: &str = "default-ipv4-ippool";
 pub const DEFAULT_V6: &str = "default-ipv6-ippool";
 
+/// Selector syntax check with the IPAM engine's parser (Calico's language).
+pub fn selector_ok(s: &str) -> Result<(), String> {
+    crate::ipam::selector::Selector::parse(s)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
 /// Why a pool is refused: the pool, the field, a machine reason and a message with a remedy.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
@@ -648,7 +655,7 @@ mod tests {
         let mut bad_sel = item("10.48.64.0/20");
         bad_sel.node_selector = Some("rack ==".into());
         let items = vec![item("10.48.0.0/16"), item("10.48.0.0/20"), bad_sel];
-        let sel = |s: &str| crate::controllers::ippool::selector_ok(s);
+        let sel = |s: &str| selector_ok(s);
         let p = plan(
             &inst(Some(items)),
             Some(&pod(&["10.48.0.0/16"])),

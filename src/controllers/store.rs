@@ -4,7 +4,6 @@
 //! subscribe while they run (only on the leader); a subscriber that lags just misses triggers,
 //! which the periodic full reconcile covers, and the watch itself never waits for a subscriber.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::hash::Hash;
@@ -12,20 +11,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, NodeSpec, PodIP};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, NodeSpec};
 use kube::api::{Api, ApiResource};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
-use super::gc::pod_info;
 use super::gc_plan::PodInfo;
+use super::pod::{SlimPod, pod_info};
 use crate::api::{Affinity, Block, CalicoKind, CrdMode, Handle, Installation, Pool};
 
 /// A watched kind: its cache, its change feed and whether the first list has arrived.
@@ -157,65 +153,6 @@ where
 /// Managed fields are often the largest part of an object, and no controller reads them.
 pub fn drop_managed_fields<K: Resource>(o: &mut K) {
     o.meta_mut().managed_fields = None;
-}
-
-/// A Pod as the GC reads it ([`super::gc::pod_info`]): identity, node, host networking,
-/// addresses and eviction, deserialized straight from the API's JSON (serde skips the rest
-/// without keeping it). At 50,000 pods the full objects (spec defaults, projected token
-/// volumes, managed fields) were most of the operator's memory: 1 GiB in `make bench`.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
-pub struct SlimPod {
-    pub metadata: ObjectMeta,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub spec: Option<SlimPodSpec>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub status: Option<SlimPodStatus>,
-}
-
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SlimPodSpec {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub node_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub host_network: Option<bool>,
-}
-
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SlimPodStatus {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    #[serde(default, rename = "podIP", skip_serializing_if = "Option::is_none")]
-    pub pod_ip: Option<String>,
-    #[serde(default, rename = "podIPs", skip_serializing_if = "Option::is_none")]
-    pub pod_ips: Option<Vec<PodIP>>,
-}
-
-impl Resource for SlimPod {
-    type DynamicType = ();
-    type Scope = NamespaceResourceScope;
-
-    fn kind(_: &()) -> Cow<'_, str> {
-        "Pod".into()
-    }
-    fn group(_: &()) -> Cow<'_, str> {
-        "".into()
-    }
-    fn version(_: &()) -> Cow<'_, str> {
-        "v1".into()
-    }
-    fn plural(_: &()) -> Cow<'_, str> {
-        "pods".into()
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.metadata
-    }
 }
 
 /// A watch cache that keeps, per object, only what its reader uses (`extract`): for kinds with

@@ -10,7 +10,7 @@ use super::layout::BlockSet;
 use super::selector::Selector;
 use super::{IpamError, Shortfall};
 use crate::api::ippool::AllowedUse;
-use crate::api::{IPAMConfigSpec, Pool};
+use crate::api::{IPAMBlockSpec, IPAMConfigSpec, Pool};
 
 /// Address family of a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -269,6 +269,56 @@ pub fn borrow_order(pool: &PoolInfo, host: &str, existing: &[IpNet]) -> Vec<IpNe
     v.into_iter().map(|(_, b)| b).collect()
 }
 
+/// True when `block` is a block of one of `pools` (inside it, of its block size).
+pub fn in_pools(pools: &[PoolInfo], block: &IpNet) -> bool {
+    pools
+        .iter()
+        .any(|p| p.cidr.contains(&block.network()) && block.prefix_len() == p.block_size)
+}
+
+/// The host's own blocks worth trying, from its affinities `(cidr, state)`: those of the
+/// candidate pools not pending deletion, in pool order then address order.
+pub fn owned_blocks<'a>(
+    pools: &[PoolInfo],
+    affinities: impl IntoIterator<Item = (&'a IpNet, &'a str)>,
+) -> Vec<IpNet> {
+    let mut owned: Vec<IpNet> = affinities
+        .into_iter()
+        .filter(|(c, state)| in_pools(pools, c) && *state != "pendingDeletion")
+        .map(|(c, _)| *c)
+        .collect();
+    owned.sort_by_key(|c| {
+        (
+            pools.iter().position(|p| p.cidr.contains(&c.network())),
+            cidr::ip_to_u128(c.network()),
+        )
+    });
+    owned
+}
+
+/// What an own block (by its affinity) turned out to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OwnBlock {
+    /// Affine to the host with a free address: use it.
+    HasSpace,
+    /// Affine to the host, no free address.
+    Full,
+    /// The block is affine elsewhere: the block is authoritative, the affinity is stale.
+    AffineElsewhere,
+    /// Affinity without block (an interrupted claim): finish the claim.
+    Missing,
+}
+
+/// Classifies an own block from what the store holds for it.
+pub fn own_block(block: Option<&IPAMBlockSpec>, host: &str) -> OwnBlock {
+    match block {
+        None => OwnBlock::Missing,
+        Some(b) if b.host() != Some(host) => OwnBlock::AffineElsewhere,
+        Some(b) if super::block::free_count(b) > 0 => OwnBlock::HasSpace,
+        Some(_) => OwnBlock::Full,
+    }
+}
+
 /// What to do next in the allocation loop of one family.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
@@ -499,6 +549,46 @@ mod tests {
         cfg.max_blocks_per_host = Some(3);
         assert_eq!(max_blocks(&cfg, Some(2)), 2);
         assert_eq!(max_blocks(&cfg, None), 3);
+    }
+
+    #[test]
+    fn own_blocks_are_tried_in_pool_order_then_address_order() {
+        // lab(): pool2 (10.48.128.0/24) before default (10.48.0.0/24), blocks of /26.
+        let pools = lab();
+        let n = |s: &str| s.parse::<IpNet>().unwrap();
+        let affs = [
+            (n("10.48.0.64/26"), "confirmed"),
+            (n("10.48.128.64/26"), "confirmed"),
+            (n("10.48.0.0/26"), "confirmed"),
+            (n("10.48.128.0/26"), "pendingDeletion"),
+            // Not a block of a candidate pool: outside all, or of another size.
+            (n("10.99.0.0/26"), "confirmed"),
+            (n("10.48.0.128/28"), "confirmed"),
+            (n("10.48.2.0/29"), "pending"),
+        ];
+        let got = owned_blocks(&pools, affs.iter().map(|(c, s)| (c, *s)));
+        assert_eq!(
+            got,
+            ["10.48.128.64/26", "10.48.0.0/26", "10.48.0.64/26", "10.48.2.0/29"].map(n)
+        );
+        assert!(in_pools(&pools, &n("10.48.0.192/26")));
+        assert!(!in_pools(&pools, &n("10.48.0.0/27")));
+        assert!(owned_blocks(&[], affs.iter().map(|(c, s)| (c, *s))).is_empty());
+    }
+
+    #[test]
+    fn own_block_verdicts() {
+        let net: IpNet = "10.48.0.0/30".parse().unwrap();
+        let mut b = block::new_block(&net, Some("host:node-a".into()), 1, None);
+        assert_eq!(own_block(None, "node-a"), OwnBlock::Missing);
+        assert_eq!(own_block(Some(&b), "node-a"), OwnBlock::HasSpace);
+        assert_eq!(own_block(Some(&b), "node-b"), OwnBlock::AffineElsewhere);
+        block::allocate(&mut b, 4, Some("h"), &Default::default(), |_| false);
+        assert_eq!(own_block(Some(&b), "node-a"), OwnBlock::Full);
+        // A full block of another host is still another host's.
+        assert_eq!(own_block(Some(&b), "node-b"), OwnBlock::AffineElsewhere);
+        b.affinity = None;
+        assert_eq!(own_block(Some(&b), "node-a"), OwnBlock::AffineElsewhere);
     }
 
     #[test]

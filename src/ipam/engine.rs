@@ -23,7 +23,7 @@ use ipnet::IpNet;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use tracing::{Instrument, debug, info_span, warn};
 
-use super::allocator::{self, Family, LoopState, PoolInfo, PoolQuery, Step};
+use super::allocator::{self, Family, LoopState, OwnBlock, PoolInfo, PoolQuery, Step};
 use super::block as blk;
 use super::layout::{BlockForIp, BlockSet, Overlap};
 use super::store::{Store, StoreError};
@@ -786,11 +786,6 @@ impl Ipam {
         let cfg = self.config();
         let host = req.hostname.as_str();
         let max_blocks = allocator::max_blocks(&cfg, req.max_blocks_per_host);
-        let in_pools = |c: &IpNet| {
-            pools
-                .iter()
-                .any(|p| p.cidr.contains(&c.network()) && c.prefix_len() == p.block_size)
-        };
         let mut got: Vec<IpNet> = Vec::new();
         let mut no_free_blocks = false;
         let mut refreshed = false;
@@ -801,32 +796,22 @@ impl Ipam {
                 break;
             }
             let affs = self.host_affinities(host, false).await?;
-            // Own blocks inside the candidate pools, in pool order then address order.
-            let mut owned: Vec<IpNet> = affs
-                .iter()
-                .filter(|(c, a)| in_pools(c) && a.spec.state != "pendingDeletion")
-                .map(|(c, _)| *c)
-                .collect();
-            owned.sort_by_key(|c| {
-                (
-                    pools.iter().position(|p| p.cidr.contains(&c.network())),
-                    cidr::ip_to_u128(c.network()),
-                )
-            });
+            let owned = allocator::owned_blocks(&pools, affs.iter().map(|(c, a)| (c, a.spec.state.as_str())));
             let mut with_space = None;
             for c in &owned {
                 if full.contains(c) {
                     continue;
                 }
-                match self.block(c).await? {
-                    Some(b) if b.spec.host() == Some(host) => {
-                        if blk::free_count(&b.spec) > 0 {
-                            with_space = Some(*c);
-                            break;
-                        }
+                let b = self.block(c).await?;
+                match allocator::own_block(b.as_ref().map(|b| &b.spec), host) {
+                    OwnBlock::HasSpace => {
+                        with_space = Some(*c);
+                        break;
+                    }
+                    OwnBlock::Full => {
                         full.insert(*c);
                     }
-                    Some(_) => {
+                    OwnBlock::AffineElsewhere => {
                         // The block is authoritative: this affinity is stale.
                         if let Some(a) = affs.get(c) {
                             warn!(block = %c, host, "removing stale BlockAffinity: the block is affine elsewhere");
@@ -838,8 +823,7 @@ impl Ipam {
                         }
                         self.remember_affinity(host, *c, None);
                     }
-                    None => {
-                        // Affinity without block (interrupted claim): finish the claim.
+                    OwnBlock::Missing => {
                         match self.claim_block(host, c, None).await? {
                             Claim::Ours => {}
                             Claim::Lost => self.remember_affinity(host, *c, None),

@@ -44,6 +44,13 @@ pub fn owning_pool<'a>(pools: &'a [PoolRef], block: &IpNet) -> Option<&'a PoolRe
     })
 }
 
+/// The name of the pool owning a block, `no_ippool` when none does (the metrics' and GC's label).
+pub fn pool_of(pools: &[PoolRef], cidr: &IpNet) -> String {
+    owning_pool(pools, cidr)
+        .map(|p| p.name.clone())
+        .unwrap_or_else(|| "no_ippool".into())
+}
+
 /// Allocated addresses and blocks a pool owns.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PoolUsage {
