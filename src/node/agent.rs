@@ -1,6 +1,7 @@
 //! The agent's BIRD loop: watch the node's published object ([`super::published`]), install
 //! each new version with [`super::bird::apply`], and report the outcome on the Node (annotations
-//! [`ANN_APPLIED_HASH`], [`ANN_STATUS`]) and as Events.
+//! [`ANN_APPLIED_HASH`], [`ANN_STATUS`], the condition [`CONDITION`]) and as Events naming the
+//! published object and field BIRD refused ([`super::outcome`]).
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,6 +15,7 @@ use kube::{Client, Resource};
 use tracing::{Instrument, info, info_span, warn};
 
 use super::bird::{Applied, Reload, apply};
+use super::outcome::{CONDITION, Source, decide};
 use super::published::{ANN_APPLIED_HASH, ANN_HASH, ANN_NODE, ANN_STATUS, Published, files_of, object_name};
 
 /// What the agent last saw of its node's published object.
@@ -113,53 +115,84 @@ pub async fn run(client: Client, args: Settings) -> anyhow::Result<()> {
         let result = tokio::task::spawn_blocking(move || apply(&dir, &files, &reload, pending))
             .instrument(span)
             .await?;
-        let (status, event) = match &result {
-            Ok(Applied::Reloaded) => {
-                info!(hash = %hash, "installed and reloaded BIRD config");
-                (
-                    "Applied".to_string(),
-                    Some((
-                        EventType::Normal,
-                        "BirdConfigApplied",
-                        format!("BIRD reloaded with config {hash}"),
-                    )),
-                )
-            }
-            Ok(Applied::Unchanged) => ("Applied".to_string(), None),
-            Err(e) => {
-                warn!(error = %e, "BIRD config not installed");
-                (
-                    format!("Error: {e}").chars().take(1000).collect(),
-                    Some((EventType::Warning, "BirdConfigRejected", e.to_string())),
-                )
-            }
-        };
+        if let Err(e) = &result {
+            warn!(error = %e, "BIRD config not installed");
+        } else if result.as_ref().is_ok_and(|a| *a == Applied::Reloaded) {
+            info!(hash = %hash, "installed and reloaded BIRD config");
+        }
         failed = result.is_err();
         reload_pending = match &result {
             Ok(_) => false,
             Err(e) => reload_pending || e.installed_not_reloaded(),
         };
-        let report = (hash.clone(), status.clone());
+        let (source, related) = match &obj {
+            Published::ConfigMap(c) => ("ConfigMap", c.object_ref(&())),
+            Published::Secret(s) => ("Secret", s.object_ref(&())),
+        };
+        let source = Source {
+            kind: source.into(),
+            namespace: args.namespace.clone(),
+            name: name.clone(),
+        };
+        // Decided once without the Node's condition only to know whether anything changed.
+        let probe = decide(
+            &result,
+            &source,
+            &files_of(&obj),
+            &hash,
+            None,
+            jiff::Timestamp::now(),
+        );
+        let report = (hash.clone(), probe.status.clone());
         if last_reported.as_ref() != Some(&report) {
-            let patch = serde_json::json!({"metadata": {"annotations": {ANN_APPLIED_HASH: if failed { serde_json::Value::Null } else { hash.clone().into() }, ANN_STATUS: status}}});
+            let patch = serde_json::json!({"metadata": {"annotations": {ANN_APPLIED_HASH: if failed { serde_json::Value::Null } else { hash.clone().into() }, ANN_STATUS: probe.status}}});
             match nodes
                 .patch(&args.node, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
             {
                 Ok(n) => {
-                    if let Some((t, reason, note)) = event {
+                    let previous = n
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .and_then(|c| c.iter().find(|c| c.type_ == CONDITION));
+                    let out = decide(
+                        &result,
+                        &source,
+                        &files_of(&obj),
+                        &hash,
+                        previous,
+                        jiff::Timestamp::now(),
+                    );
+                    // Strategic merge: conditions merge by type, the kubelet's stay untouched.
+                    let cond = serde_json::json!({"status": {"conditions": [out.condition]}});
+                    let mut reported = true;
+                    if let Err(e) = nodes
+                        .patch_status(&args.node, &PatchParams::default(), &Patch::Strategic(&cond))
+                        .await
+                    {
+                        warn!(error = %e, "cannot set the Node's {CONDITION} condition");
+                        reported = false;
+                    }
+                    if let Some((warning, reason, note)) = out.event {
                         let ev = Event {
-                            type_: t,
+                            type_: if warning {
+                                EventType::Warning
+                            } else {
+                                EventType::Normal
+                            },
                             reason: reason.into(),
-                            note: Some(note.chars().take(1000).collect()),
+                            note: Some(note),
                             action: "Install".into(),
-                            secondary: None,
+                            secondary: Some(related),
                         };
                         if let Err(e) = recorder.publish(&ev, &n.object_ref(&())).await {
                             warn!(error = %e, "cannot record event");
                         }
                     }
-                    last_reported = Some(report);
+                    if reported {
+                        last_reported = Some(report);
+                    }
                 }
                 Err(e) => warn!(error = %e, "cannot report on the Node"),
             }
