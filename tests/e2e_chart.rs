@@ -583,6 +583,14 @@ fn rbac_grants_each_component_only_what_it_uses() {
         // BGP session status: the agent reads CalicoNodeStatus objects of the mode's group and
         // writes only their status; the mode's CRDs reach it as `--crd-mode`.
         let node_agent = grants(find(&d, "ClusterRole", "tortie-agent"));
+        // The Node: its annotation and its BirdConfigRejected condition, by patch only.
+        assert!(has(&node_agent, "", "nodes", "patch") && has(&node_agent, "", "nodes/status", "patch"));
+        for verb in ["get", "update", "create", "delete"] {
+            assert!(
+                !has(&node_agent, "", "nodes", verb) && !has(&node_agent, "", "nodes/status", verb),
+                "{mode}: nodes {verb}"
+            );
+        }
         assert!(has(&node_agent, group, "caliconodestatuses", "watch"), "{mode}");
         assert!(
             has(&node_agent, group, "caliconodestatuses/status", "patch"),
@@ -1857,7 +1865,9 @@ impl Drop for Proc {
 /// published object and field.
 #[test]
 fn bird_containers_run_the_agents_config_and_keep_the_last_good_one() {
-    for b in ["bird", "bird6", "birdc", "birdc6", "unshare"] {
+    for b in [
+        "bird", "bird6", "birdc", "birdc6", "unshare", "setpriv", "nsenter",
+    ] {
         assert!(
             Command::new("sh")
                 .args(["-c", &format!("command -v {b}")])
@@ -1933,14 +1943,26 @@ fn bird_containers_run_the_agents_config_and_keep_the_last_good_one() {
             .output()
             .is_ok_and(|o| o.status.success())
     };
+    // Each BIRD with exactly the capabilities its container gets (the bounding set caps what root
+    // keeps across exec), so the test fails if BIRD needs one the chart does not grant.
+    let with_caps = |b: &str| -> Vec<String> {
+        let caps = strings(&cs[b]["securityContext"]["capabilities"]["add"]);
+        let set = std::iter::once("-all".to_string())
+            .chain(caps.iter().map(|c| format!("+{}", c.to_lowercase())))
+            .collect::<Vec<_>>()
+            .join(",");
+        [
+            "setpriv".to_string(),
+            format!("--bounding-set={set}"),
+            "--inh-caps=-all".into(),
+        ]
+        .into_iter()
+        .chain(mapped(&cs[b]["command"]))
+        .collect()
+    };
     let mut birds: Vec<(String, Proc)> = ["bird", "bird6"]
         .iter()
-        .map(|b| {
-            (
-                b.to_string(),
-                spawn(mapped(&cs[*b]["command"]), &format!("{b}-{node}"), true),
-            )
-        })
+        .map(|b| (b.to_string(), spawn(with_caps(b), &format!("{b}-{node}"), true)))
         .collect();
 
     // Before any config: BIRD waits (alive, not ready), no socket.
@@ -2033,6 +2055,33 @@ fn bird_containers_run_the_agents_config_and_keep_the_last_good_one() {
             all_logs()
         );
     }
+    // With only those capabilities BIRD listens on 179 and programs the (namespace's) kernel table.
+    let in_netns = |args: &[&str]| -> String {
+        let pid = birds[0].1.0.id().to_string();
+        let o = Command::new("nsenter")
+            .args(["-t", &pid, "-n"])
+            .args(args)
+            .output()
+            .unwrap();
+        text(&o)
+    };
+    let status = std::fs::read_to_string(format!("/proc/{}/status", birds[0].1.0.id())).unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["CapEff:", "0000000000001400"]),
+        "bird runs with NET_ADMIN and NET_BIND_SERVICE only:\n{status}"
+    );
+    wait_for(
+        "BIRD to program its static route",
+        Duration::from_secs(30),
+        || in_netns(&["ip", "route", "show", "10.99.0.0/24"]).contains("blackhole 10.99.0.0/24 proto bird"),
+    );
+    assert!(
+        in_netns(&["ss", "-ltn"]).contains(":179 "),
+        "{}",
+        in_netns(&["ss", "-ltn"])
+    );
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
