@@ -115,10 +115,10 @@ pub async fn run(client: Client, args: Settings) -> anyhow::Result<()> {
         let result = tokio::task::spawn_blocking(move || apply(&dir, &files, &reload, pending))
             .instrument(span)
             .await?;
-        if let Err(e) = &result {
-            warn!(error = %e, "BIRD config not installed");
-        } else if result.as_ref().is_ok_and(|a| *a == Applied::Reloaded) {
-            info!(hash = %hash, "installed and reloaded BIRD config");
+        match &result {
+            Ok(Applied::Reloaded) => info!(hash = %hash, "installed and reloaded BIRD config"),
+            Ok(Applied::Unchanged) => {}
+            Err(e) => warn!(error = %e, "BIRD config not installed"),
         }
         failed = result.is_err();
         reload_pending = match &result {
