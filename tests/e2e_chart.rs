@@ -197,6 +197,12 @@ fn values_schema_rejects_bad_values_naming_the_field() {
         ("operator.replicas=0", "replicas"),
         ("agent.birdConfigDir=etc/bird", "birdConfigDir"),
         ("operator.typo=1", "typo"),
+        ("bird.ipv6=yes", "ipv6"),
+        ("bird.enabld=false", "enabld"),
+        ("bird.resources=big", "resources"),
+        ("agent.birdSocket=/etc/bird/bird.ctl", "birdSocket"),
+        ("agent.birdSocket=/etc/bird/run/bird.ctl", "birdSocket"),
+        ("agent.birdConfigDir=/run/bird/cfg", "birdConfigDir"),
     ] {
         let out = template(&[set]);
         assert!(!out.status.success(), "helm template --set {set} was accepted");
