@@ -380,10 +380,20 @@ fn bird_runs_beside_the_agent_with_only_the_capabilities_it_needs() {
             sets.contains(&"bird.ipv6=true"),
             "{sets:?}: {agent_args:?}"
         );
-        // The agent holds no network capability, whatever runs beside it.
+        // The agent holds no network capability, whatever runs beside it; with BIRD in the pod
+        // (its own emptyDir) none at all, with BIRD on the host DAC_OVERRIDE for the host's directory.
         assert_eq!(
             strings(&c["agent"]["securityContext"]["capabilities"]["add"]),
-            ["DAC_OVERRIDE"],
+            if want.is_empty() {
+                vec!["DAC_OVERRIDE"]
+            } else {
+                vec![]
+            },
+            "{sets:?}"
+        );
+        assert_eq!(
+            strings(&c["agent"]["securityContext"]["capabilities"]["drop"]),
+            ["ALL"],
             "{sets:?}"
         );
         let vol = |name: &str| {
@@ -2012,9 +2022,18 @@ fn bird_containers_run_the_agents_config_and_keep_the_last_good_one() {
     files.insert("bird.cfg".into(), with_static("probe_one"));
     publish(&files, "h1");
 
-    let agent_argv: Vec<String> = std::iter::once(bin("tortie").to_str().unwrap().to_string())
-        .chain(mapped(&cs["agent"]["args"]))
-        .collect();
+    // The agent too runs with its container's capabilities (none, beside the pod's BIRD).
+    let agent_caps = strings(&cs["agent"]["securityContext"]["capabilities"]["add"]);
+    assert!(agent_caps.is_empty(), "{agent_caps:?}");
+    let agent_argv: Vec<String> = [
+        "setpriv".to_string(),
+        "--bounding-set=-all".into(),
+        "--inh-caps=-all".into(),
+        bin("tortie").to_str().unwrap().to_string(),
+    ]
+    .into_iter()
+    .chain(mapped(&cs["agent"]["args"]))
+    .collect();
     assert!(
         agent_argv.iter().any(|a| a.starts_with("--bird6-socket=")),
         "{agent_argv:?}"
@@ -2028,6 +2047,17 @@ fn bird_containers_run_the_agents_config_and_keep_the_last_good_one() {
             .stderr(std::fs::File::create(logs.join(format!("agent-{node}.err"))).unwrap());
         Proc(cmd.spawn().expect("spawn tortie agent"))
     };
+    // Read once setpriv has exec'd the agent (before that it is setpriv, still privileged).
+    wait_for("the agent to start", Duration::from_secs(10), || {
+        std::fs::read_link(format!("/proc/{}/exe", _agent.0.id())).is_ok_and(|p| p == bin("tortie"))
+    });
+    let agent_status = std::fs::read_to_string(format!("/proc/{}/status", _agent.0.id())).unwrap();
+    assert!(
+        agent_status
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["CapEff:", "0000000000000000"]),
+        "the agent runs without capabilities:\n{agent_status}"
+    );
     let all_logs = || {
         format!(
             "agent:\n{}\nbird:\n{}\nbird6:\n{}",
