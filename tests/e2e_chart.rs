@@ -2242,5 +2242,11 @@ fn bird_containers_run_the_agents_config_and_keep_the_last_good_one() {
     wait_for("the condition to clear", Duration::from_secs(30), || {
         condition()["status"] == "False"
     });
+    // BIRD started on the agent's first install within the agent's grace: no failure reported.
+    assert!(
+        !events().iter().any(|e| e["reason"] == "BirdNotReloaded"),
+        "{:#?}",
+        events()
+    );
     assert!(!all_logs().to_lowercase().contains("forbidden"), "{}", all_logs());
 }

@@ -4,7 +4,7 @@
 //! published object and field BIRD refused ([`super::outcome`]).
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Secret};
@@ -17,6 +17,10 @@ use tracing::{Instrument, info, info_span, warn};
 use super::bird::{Applied, Reload, apply};
 use super::outcome::{CONDITION, Source, decide};
 use super::published::{ANN_APPLIED_HASH, ANN_HASH, ANN_NODE, ANN_STATUS, Published, files_of, object_name};
+
+/// How long a missing BIRD control socket after an install counts as "BIRD starting" (retried
+/// every second, not reported) before it is reported as a failed reload.
+pub const BIRD_START_GRACE: Duration = Duration::from_secs(20);
 
 /// What the agent last saw of its node's published object.
 #[derive(Default)]
@@ -78,9 +82,12 @@ pub async fn run(client: Client, args: Settings) -> anyhow::Result<()> {
     // Files installed whose reload failed: "unchanged" files are then not yet running.
     let mut reload_pending = false;
     let mut last_reported: Option<(String, String)> = None;
+    // Since when BIRD's control socket has been missing after an install (BIRD not started yet).
+    let mut socket_missing_since: Option<Instant> = None;
+    let mut retry_after = Duration::from_secs(args.retry_secs.max(1));
     info!(node = %args.node, object = %name, namespace = %args.namespace, "agent watching");
     loop {
-        let retry = tokio::time::sleep(Duration::from_secs(args.retry_secs.max(1)));
+        let retry = tokio::time::sleep(retry_after);
         tokio::select! {
             ev = changes.next() => {
                 match ev {
@@ -125,6 +132,26 @@ pub async fn run(client: Client, args: Settings) -> anyhow::Result<()> {
             Ok(_) => false,
             Err(e) => reload_pending || e.installed_not_reloaded(),
         };
+        // A BIRD that starts on the agent's first install (the chart's containers wait for it)
+        // has no socket yet: retry every second for a while before reporting it as a failure.
+        let starting = matches!(&result, Err(e) if e.installed_not_reloaded())
+            && [&args.reload.bird_socket, &args.reload.bird6_socket]
+                .into_iter()
+                .flatten()
+                .any(|s| !s.exists());
+        retry_after = Duration::from_secs(args.retry_secs.max(1));
+        if starting {
+            let since = *socket_missing_since.get_or_insert_with(Instant::now);
+            if since.elapsed() < BIRD_START_GRACE {
+                info!(
+                    "BIRD not started yet (no control socket); it reads the installed config when it starts"
+                );
+                retry_after = Duration::from_secs(1);
+                continue;
+            }
+        } else {
+            socket_missing_since = None;
+        }
         let (source, related) = match &obj {
             Published::ConfigMap(c) => ("ConfigMap", c.object_ref(&())),
             Published::Secret(s) => ("Secret", s.object_ref(&())),
