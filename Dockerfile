@@ -1,8 +1,10 @@
 # syntax=docker/dockerfile:1
 # tortie's images, both from one build of the crate:
 #   tortie        the operator (`tortie run`) and the CLI, plus tortie-ipam; distroless, non-root (65532)
-#   tortie-agent  the node agent (`tortie agent`) with BIRD's `bird`/`birdc` (it checks configs with
-#                 `bird -p` and reloads BIRD through its socket) and the CNI installer's shell + curl
+#   tortie-agent  the node agent (`tortie agent`) with BIRD 1.6 (`bird`, `bird6`, `birdc`, `birdc6`: the
+#                 agent checks configs with `bird -p` and reloads BIRD through its socket; the chart's
+#                 `bird`/`bird6` containers run the daemons from this image) and the CNI installer's
+#                 shell + curl
 #
 #   docker build --target tortie       -t REGISTRY/tortie:0.1.0 .
 #   docker build --target tortie-agent -t REGISTRY/tortie-agent:0.1.0 .

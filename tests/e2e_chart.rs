@@ -13,7 +13,7 @@
 //! harness one: the chart owns cluster-scoped singletons (the CRDs, the Installation `default`,
 //! kube-system/kubeadm-config) that Helm refuses to adopt from the harness's CRD install.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -197,6 +197,12 @@ fn values_schema_rejects_bad_values_naming_the_field() {
         ("operator.replicas=0", "replicas"),
         ("agent.birdConfigDir=etc/bird", "birdConfigDir"),
         ("operator.typo=1", "typo"),
+        ("bird.ipv6=yes", "ipv6"),
+        ("bird.enabld=false", "enabld"),
+        ("bird.resources=big", "resources"),
+        ("agent.birdSocket=/etc/bird/bird.ctl", "birdSocket"),
+        ("agent.birdSocket=/etc/bird/run/bird.ctl", "birdSocket"),
+        ("agent.birdConfigDir=/run/bird/cfg", "birdConfigDir"),
     ] {
         let out = template(&[set]);
         assert!(!out.status.success(), "helm template --set {set} was accepted");
@@ -251,7 +257,11 @@ fn operator_deployment_is_hardened_and_probed() {
 
 #[test]
 fn agent_daemonset_is_optional_and_on_the_host_network() {
-    let d = docs(&["agent.birdConfigDir=/etc/calico/confd/config"]);
+    // BIRD on the host (bird.enabled=false): the agent writes the host's config directory.
+    let d = docs(&[
+        "agent.birdConfigDir=/etc/calico/confd/config",
+        "bird.enabled=false",
+    ]);
     let ds = find(&d, "DaemonSet", "tortie-agent");
     let pod = &ds["spec"]["template"]["spec"];
     assert_eq!(pod["hostNetwork"], true);
@@ -295,6 +305,10 @@ fn agent_daemonset_is_optional_and_on_the_host_network() {
     );
     assert_eq!(pod["initContainers"][0]["name"], "install-cni");
     assert_eq!(containers(pod), ["cni-token", "agent"]);
+    // By default BIRD runs in the pod, after the agent (see bird_runs_beside_the_agent_...).
+    let d = docs(&["agent.birdConfigDir=/etc/calico/confd/config"]);
+    let pod = &find(&d, "DaemonSet", "tortie-agent")["spec"]["template"]["spec"];
+    assert_eq!(containers(pod), ["cni-token", "agent", "bird"]);
 
     // BGP agent off: the DaemonSet only installs the CNI plugin, and its account reads no ConfigMaps.
     let off = docs(&["agent.enabled=false"]);
@@ -314,6 +328,147 @@ fn agent_daemonset_is_optional_and_on_the_host_network() {
         !none.iter().any(|o| o["metadata"]["name"] == "tortie-agent"),
         "agent objects rendered with nothing to run"
     );
+}
+
+/// The pod's containers by name.
+fn containers_of(pod: &Value) -> BTreeMap<String, Value> {
+    pod["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["name"].as_str().unwrap().to_string(), c.clone()))
+        .collect()
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| a.iter().map(|s| s.as_str().unwrap().to_string()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn bird_runs_beside_the_agent_with_only_the_capabilities_it_needs() {
+    for (sets, want) in [
+        (vec![], vec!["bird"]),
+        (vec!["bird.ipv6=true"], vec!["bird", "bird6"]),
+        (vec!["bird.enabled=false"], vec![]),
+        (vec!["bird.enabled=false", "bird.ipv6=true"], vec![]),
+    ] {
+        let mut lint = Command::new(helm_bin());
+        lint.arg("lint").arg("--strict").arg(chart());
+        for s in &sets {
+            lint.args(["--set", s]);
+        }
+        ok(run(lint, None), &format!("helm lint {sets:?}"));
+        let d = docs(&sets);
+        let pod = &find(&d, "DaemonSet", "tortie-agent")["spec"]["template"]["spec"];
+        assert_eq!(
+            pod["hostNetwork"], true,
+            "{sets:?}: BGP from the node's addresses"
+        );
+        let c = containers_of(pod);
+        let birds: Vec<&str> = ["bird", "bird6"]
+            .into_iter()
+            .filter(|n| c.contains_key(*n))
+            .collect();
+        assert_eq!(birds, want, "{sets:?}");
+        let agent_args = strings(&c["agent"]["args"]);
+        assert_eq!(
+            agent_args
+                .iter()
+                .any(|a| a == "--bird6-socket=/run/bird/bird6.ctl"),
+            sets.contains(&"bird.ipv6=true"),
+            "{sets:?}: {agent_args:?}"
+        );
+        // The agent holds no network capability, whatever runs beside it; with BIRD in the pod
+        // (its own emptyDir) none at all, with BIRD on the host DAC_OVERRIDE for the host's directory.
+        assert_eq!(
+            strings(&c["agent"]["securityContext"]["capabilities"]["add"]),
+            if want.is_empty() {
+                vec!["DAC_OVERRIDE"]
+            } else {
+                vec![]
+            },
+            "{sets:?}"
+        );
+        assert_eq!(
+            strings(&c["agent"]["securityContext"]["capabilities"]["drop"]),
+            ["ALL"],
+            "{sets:?}"
+        );
+        let vol = |name: &str| {
+            pod["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"] == name)
+                .cloned()
+                .unwrap()
+        };
+        if want.is_empty() {
+            // BIRD on the host: the agent writes the host's directories, as before.
+            assert_eq!(vol("bird-config")["hostPath"]["path"], "/etc/bird", "{sets:?}");
+            assert_eq!(vol("bird-run")["hostPath"]["path"], "/run/bird", "{sets:?}");
+            continue;
+        }
+        // BIRD in the pod: config and sockets are pod-private, shared by the agent and BIRD.
+        for v in ["bird-config", "bird-run"] {
+            assert!(
+                vol(v)["emptyDir"].is_object() && vol(v)["hostPath"].is_null(),
+                "{sets:?}: {v}"
+            );
+        }
+        for (name, sock) in [("bird", "/run/bird/bird.ctl"), ("bird6", "/run/bird/bird6.ctl")] {
+            let Some(b) = c.get(name) else { continue };
+            let cmd = strings(&b["command"]);
+            assert_eq!(&cmd[..2], ["/bin/sh", "-c"], "{name}");
+            assert_eq!(
+                cmd[2], r#"until [ -s "$0/$1.cfg" ]; do sleep 1; done; exec "$1" -f -c "$0/$1.cfg" -s "$2""#,
+                "{name}: waits for the agent's first config, then BIRD in the foreground"
+            );
+            assert_eq!(&cmd[3..], ["/etc/bird", name, sock], "{name}");
+            assert_eq!(
+                b["image"], c["agent"]["image"],
+                "{name}: the agent image has BIRD"
+            );
+            let sc = &b["securityContext"];
+            assert_eq!(strings(&sc["capabilities"]["drop"]), ["ALL"], "{name}");
+            assert_eq!(
+                strings(&sc["capabilities"]["add"]),
+                ["NET_ADMIN", "NET_BIND_SERVICE"],
+                "{name}"
+            );
+            assert_eq!(sc["allowPrivilegeEscalation"], false, "{name}");
+            assert_eq!(sc["readOnlyRootFilesystem"], true, "{name}");
+            assert!(sc["privileged"].is_null(), "{name}");
+            let mounts: BTreeMap<String, Value> = b["volumeMounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| (m["name"].as_str().unwrap().to_string(), m.clone()))
+                .collect();
+            assert_eq!(mounts["bird-config"]["mountPath"], "/etc/bird", "{name}");
+            assert_eq!(mounts["bird-config"]["readOnly"], true, "{name}: BIRD only reads");
+            assert_eq!(mounts["bird-run"]["mountPath"], "/run/bird", "{name}");
+            let birdc = if name == "bird6" { "birdc6" } else { "birdc" };
+            assert_eq!(
+                strings(&b["readinessProbe"]["exec"]["command"]),
+                [birdc, "-s", sock, "show", "status"],
+                "{name}"
+            );
+            let live = strings(&b["livenessProbe"]["exec"]["command"]);
+            assert!(
+                live[2].contains(&format!("{birdc} -s \"$2\" show status"))
+                    && live[3..] == ["/etc/bird", name, sock],
+                "{name}: {live:?}"
+            );
+            assert!(b["resources"]["limits"]["memory"].is_string(), "{name}");
+        }
+    }
+    // BIRD needs the agent: no agent, no BIRD.
+    let d = docs(&["agent.enabled=false"]);
+    let pod = &find(&d, "DaemonSet", "tortie-agent")["spec"]["template"]["spec"];
+    assert!(!containers_of(pod).contains_key("bird"));
 }
 
 #[test]
@@ -444,6 +599,14 @@ fn rbac_grants_each_component_only_what_it_uses() {
         // BGP session status: the agent reads CalicoNodeStatus objects of the mode's group and
         // writes only their status; the mode's CRDs reach it as `--crd-mode`.
         let node_agent = grants(find(&d, "ClusterRole", "tortie-agent"));
+        // The Node: its annotation and its BirdConfigRejected condition, by patch only.
+        assert!(has(&node_agent, "", "nodes", "patch") && has(&node_agent, "", "nodes/status", "patch"));
+        for verb in ["get", "update", "create", "delete"] {
+            assert!(
+                !has(&node_agent, "", "nodes", verb) && !has(&node_agent, "", "nodes/status", verb),
+                "{mode}: nodes {verb}"
+            );
+        }
         assert!(has(&node_agent, group, "caliconodestatuses", "watch"), "{mode}");
         assert!(
             has(&node_agent, group, "caliconodestatuses/status", "patch"),
@@ -1033,6 +1196,9 @@ fn least_privilege_by_impersonation(ns: &str) {
     no("tortie-agent", "get", "secrets", Some(ns));
     no("tortie-agent", "list", "secrets", Some(ns));
     yes("tortie-agent", "patch", "nodes", None);
+    // The BirdConfigRejected condition: patch the Node's status, never replace it.
+    yes("tortie-agent", "patch", "nodes/status", None);
+    no("tortie-agent", "update", "nodes/status", None);
     no("tortie-agent", "delete", "nodes", None);
     yes("tortie-agent", "create", "events", Some("default"));
     no("tortie-agent", "update", "configmaps", Some(ns));
@@ -1693,4 +1859,394 @@ fn install_cni_script_uses_the_cni_account(ns: &str) {
         "the agent minted an operator token:\n{}",
         text(&out)
     );
+}
+
+// --- the BIRD containers' commands, run for real ---
+
+/// A process killed (with its process group: `sh` then BIRD) when the test ends, failed or not.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The chart's container commands, with the pod's mount paths mapped to `root` (what the kubelet's
+/// mounts do) and the downward-API variables expanded: `bird` and `bird6` in their own network
+/// namespace (`unshare -n`: no route or port of this machine is touched), the agent beside them.
+/// BIRD waits for the agent's first config, loads it, reloads on each change; a config BIRD refuses
+/// leaves the last good one running and puts a condition on the Node and an Event naming the
+/// published object and field.
+#[test]
+fn bird_containers_run_the_agents_config_and_keep_the_last_good_one() {
+    for b in [
+        "bird", "bird6", "birdc", "birdc6", "unshare", "setpriv", "nsenter",
+    ] {
+        assert!(
+            Command::new("sh")
+                .args(["-c", &format!("command -v {b}")])
+                .output()
+                .is_ok_and(|o| o.status.success()),
+            "{b} missing (apt-get install -y bird util-linux)"
+        );
+    }
+    let c = cluster();
+    let ns = unique("bird-run");
+    let node = unique("bird-node");
+    kubectl(&["create", "namespace", &ns]);
+    kubectl_in(
+        &["apply", "-f", "-"],
+        &format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: {node}\n"),
+    );
+    struct Cleanup(String, String);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let c = cluster();
+            for args in [
+                vec!["delete", "node", &self.1, "--wait=false"],
+                vec!["delete", "namespace", &self.0, "--wait=false"],
+            ] {
+                let _ = kubectl_as(&c.kubeconfig, &args, None);
+            }
+        }
+    }
+    let _cleanup = Cleanup(ns.clone(), node.clone());
+
+    let d = docs(&["bird.ipv6=true"]);
+    let pod = &find(&d, "DaemonSet", "tortie-agent")["spec"]["template"]["spec"];
+    let cs = containers_of(pod);
+    let root = c.dir.join(unique("bird-pod"));
+    let (cfg, run_dir) = (root.join("etc-bird"), root.join("run-bird"));
+    std::fs::create_dir_all(&cfg).unwrap();
+    std::fs::create_dir_all(&run_dir).unwrap();
+    let map = |s: &str| {
+        s.replace("/etc/bird", cfg.to_str().unwrap())
+            .replace("/run/bird", run_dir.to_str().unwrap())
+            .replace("$(NODE_NAME)", &node)
+            .replace("$(POD_NAMESPACE)", &ns)
+    };
+    let mapped = |v: &Value| strings(v).iter().map(|s| map(s)).collect::<Vec<_>>();
+    let logs = c.dir.join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let spawn = |argv: Vec<String>, log: &str, netns: bool| {
+        let mut cmd = if netns {
+            let mut c = Command::new("unshare");
+            c.arg("-n").args(&argv);
+            c
+        } else {
+            let mut c = Command::new(&argv[0]);
+            c.args(&argv[1..]);
+            c
+        };
+        cmd.stdin(Stdio::null())
+            .stdout(std::fs::File::create(logs.join(format!("{log}.out"))).unwrap())
+            .stderr(std::fs::File::create(logs.join(format!("{log}.err"))).unwrap());
+        Proc(cmd.spawn().unwrap_or_else(|e| panic!("spawn {argv:?}: {e}")))
+    };
+    let log = |name: &str| {
+        format!(
+            "{}{}",
+            std::fs::read_to_string(logs.join(format!("{name}.out"))).unwrap_or_default(),
+            std::fs::read_to_string(logs.join(format!("{name}.err"))).unwrap_or_default()
+        )
+    };
+    let probe = |container: &str, which: &str| -> bool {
+        let argv = mapped(&cs[container][which]["exec"]["command"]);
+        Command::new(&argv[0])
+            .args(&argv[1..])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    // Each BIRD with exactly the capabilities its container gets (the bounding set caps what root
+    // keeps across exec), so the test fails if BIRD needs one the chart does not grant.
+    let with_caps = |b: &str| -> Vec<String> {
+        let caps = strings(&cs[b]["securityContext"]["capabilities"]["add"]);
+        let set = std::iter::once("-all".to_string())
+            .chain(caps.iter().map(|c| format!("+{}", c.to_lowercase())))
+            .collect::<Vec<_>>()
+            .join(",");
+        [
+            "setpriv".to_string(),
+            format!("--bounding-set={set}"),
+            "--inh-caps=-all".into(),
+        ]
+        .into_iter()
+        .chain(mapped(&cs[b]["command"]))
+        .collect()
+    };
+    let mut birds: Vec<(String, Proc)> = ["bird", "bird6"]
+        .iter()
+        .map(|b| (b.to_string(), spawn(with_caps(b), &format!("{b}-{node}"), true)))
+        .collect();
+
+    // Before any config: BIRD waits (alive, not ready), no socket.
+    std::thread::sleep(Duration::from_secs(2));
+    for (b, p) in &mut birds {
+        assert!(
+            p.0.try_wait().unwrap().is_none(),
+            "{b} exited before a config existed"
+        );
+        assert!(probe(b, "livenessProbe"), "{b}: liveness fails while waiting");
+        assert!(!probe(b, "readinessProbe"), "{b}: ready without a config");
+    }
+
+    // The published object, as the operator writes it.
+    let golden = repo().join("tests/golden/bgp/global-peer/expected");
+    let mut files: BTreeMap<String, String> = [
+        "bird.cfg",
+        "bird_aggr.cfg",
+        "bird_ipam.cfg",
+        "bird6.cfg",
+        "bird6_aggr.cfg",
+        "bird6_ipam.cfg",
+    ]
+    .iter()
+    .map(|f| (f.to_string(), std::fs::read_to_string(golden.join(f)).unwrap()))
+    .collect();
+    let base = files["bird.cfg"].clone();
+    let publish = |files: &BTreeMap<String, String>, hash: &str| {
+        let cm = serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": format!("tortie-bird-{node}"), "namespace": ns,
+                "labels": {"tortie.projectcalico.org/bird-config": "true"},
+                "annotations": {"tortie.projectcalico.org/node": node,
+                                "tortie.projectcalico.org/content-hash": hash}},
+            "data": files,
+        });
+        kubectl_in(&["apply", "-f", "-"], &cm.to_string());
+    };
+    let with_static =
+        |name: &str| format!("{base}\nprotocol static {name} {{\n  route 10.99.0.0/24 blackhole;\n}}\n");
+    files.insert("bird.cfg".into(), with_static("probe_one"));
+    publish(&files, "h1");
+
+    // The agent too runs with its container's capabilities (none, beside the pod's BIRD).
+    let agent_caps = strings(&cs["agent"]["securityContext"]["capabilities"]["add"]);
+    assert!(agent_caps.is_empty(), "{agent_caps:?}");
+    let agent_argv: Vec<String> = [
+        "setpriv".to_string(),
+        "--bounding-set=-all".into(),
+        "--inh-caps=-all".into(),
+        bin("tortie").to_str().unwrap().to_string(),
+    ]
+    .into_iter()
+    .chain(mapped(&cs["agent"]["args"]))
+    .collect();
+    assert!(
+        agent_argv.iter().any(|a| a.starts_with("--bird6-socket=")),
+        "{agent_argv:?}"
+    );
+    let _agent = {
+        let mut cmd = Command::new(&agent_argv[0]);
+        cmd.args(&agent_argv[1..])
+            .env("KUBECONFIG", &c.kubeconfig)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(logs.join(format!("agent-{node}.out"))).unwrap())
+            .stderr(std::fs::File::create(logs.join(format!("agent-{node}.err"))).unwrap());
+        Proc(cmd.spawn().expect("spawn tortie agent"))
+    };
+    // Read once setpriv has exec'd the agent (before that it is setpriv, still privileged).
+    wait_for("the agent to start", Duration::from_secs(10), || {
+        std::fs::read_link(format!("/proc/{}/exe", _agent.0.id())).is_ok_and(|p| p == bin("tortie"))
+    });
+    let agent_status = std::fs::read_to_string(format!("/proc/{}/status", _agent.0.id())).unwrap();
+    assert!(
+        agent_status
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["CapEff:", "0000000000000000"]),
+        "the agent runs without capabilities:\n{agent_status}"
+    );
+    let all_logs = || {
+        format!(
+            "agent:\n{}\nbird:\n{}\nbird6:\n{}",
+            log(&format!("agent-{node}")),
+            log(&format!("bird-{node}")),
+            log(&format!("bird6-{node}"))
+        )
+    };
+    let birdc = |prog: &str, sock: &str, args: &[&str]| -> String {
+        let o = Command::new(prog)
+            .arg("-s")
+            .arg(run_dir.join(sock))
+            .args(args)
+            .output()
+            .unwrap();
+        text(&o)
+    };
+    let protocols = || birdc("birdc", "bird.ctl", &["show", "protocols"]);
+    wait_for(
+        "BIRD to start on the agent's first config",
+        Duration::from_secs(60),
+        || protocols().contains("probe_one"),
+    );
+    wait_for("bird6 to start", Duration::from_secs(30), || {
+        probe("bird6", "readinessProbe")
+    });
+    for (b, _) in &birds {
+        assert!(
+            probe(b, "readinessProbe") && probe(b, "livenessProbe"),
+            "{b}\n{}",
+            all_logs()
+        );
+    }
+    // With only those capabilities BIRD listens on 179 and programs the (namespace's) kernel table.
+    let in_netns = |args: &[&str]| -> String {
+        let pid = birds[0].1.0.id().to_string();
+        let o = Command::new("nsenter")
+            .args(["-t", &pid, "-n"])
+            .args(args)
+            .output()
+            .unwrap();
+        text(&o)
+    };
+    let status = std::fs::read_to_string(format!("/proc/{}/status", birds[0].1.0.id())).unwrap();
+    assert!(
+        status
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["CapEff:", "0000000000001400"]),
+        "bird runs with NET_ADMIN and NET_BIND_SERVICE only:\n{status}"
+    );
+    wait_for(
+        "BIRD to program its static route",
+        Duration::from_secs(30),
+        || in_netns(&["ip", "route", "show", "10.99.0.0/24"]).contains("blackhole 10.99.0.0/24 proto bird"),
+    );
+    assert!(
+        in_netns(&["ss", "-ltn"]).contains(":179 "),
+        "{}",
+        in_netns(&["ss", "-ltn"])
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&cfg), 0o700);
+        for f in std::fs::read_dir(&cfg).unwrap() {
+            let p = f.unwrap().path();
+            assert_eq!(mode(&p), 0o600, "{}", p.display());
+        }
+    }
+
+    // A change: installed, and the running daemon reloaded onto it (`birdc configure`).
+    files.insert("bird.cfg".into(), with_static("probe_two"));
+    publish(&files, "h2");
+    wait_for(
+        "BIRD to reload the changed config",
+        Duration::from_secs(60),
+        || {
+            let p = protocols();
+            p.contains("probe_two") && !p.contains("probe_one")
+        },
+    );
+    let node_json =
+        || -> Value { serde_json::from_str(&kubectl(&["get", "node", &node, "-o", "json"])).unwrap() };
+    let condition = || -> Value {
+        node_json()["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "BirdConfigRejected")
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    wait_for(
+        "the condition to say the config runs",
+        Duration::from_secs(30),
+        || condition()["status"] == "False",
+    );
+    let good = std::fs::read(cfg.join("bird.cfg")).unwrap();
+
+    // A config BIRD refuses: the last good one stays, installed and running.
+    let mut bad = files.clone();
+    let bad_cfg = format!(
+        "{}protocol static broken {{\n  no_such_option;\n}}\n",
+        with_static("probe_three")
+    );
+    let bad_line = bad_cfg.lines().count() - 1;
+    bad.insert("bird.cfg".into(), bad_cfg);
+    publish(&bad, "h3");
+    wait_for(
+        "the Node's BirdConfigRejected condition",
+        Duration::from_secs(60),
+        || condition()["status"] == "True",
+    );
+    let cond = condition();
+    let msg = cond["message"].as_str().unwrap();
+    let object = format!("ConfigMap {ns}/tortie-bird-{node}");
+    assert!(
+        msg.contains(&format!("{object} field data[bird.cfg] line {bad_line} "))
+            && msg.contains("(in `protocol static broken`)"),
+        "condition message names the object and field: {msg}\n{}",
+        all_logs()
+    );
+    assert_eq!(cond["reason"], "BirdConfigRejected");
+    let events = || -> Vec<Value> {
+        let all: Value = serde_json::from_str(&kubectl(&[
+            "get",
+            "events",
+            "-n",
+            "default",
+            "--field-selector",
+            &format!("involvedObject.name={node}"),
+            "-o",
+            "json",
+        ]))
+        .unwrap();
+        all["items"].as_array().cloned().unwrap_or_default()
+    };
+    wait_for("a Warning event on the Node", Duration::from_secs(30), || {
+        events()
+            .iter()
+            .any(|e| e["reason"] == "BirdConfigRejected" && e["type"] == "Warning")
+    });
+    let ev = events()
+        .into_iter()
+        .find(|e| e["reason"] == "BirdConfigRejected")
+        .unwrap();
+    let note = ev["message"].as_str().unwrap_or_default();
+    assert!(
+        note.contains(&format!("{object} field data[bird.cfg] line {bad_line} ")),
+        "{ev}"
+    );
+    assert_eq!(ev["related"]["name"], format!("tortie-bird-{node}"), "{ev}");
+    assert_eq!(
+        std::fs::read(cfg.join("bird.cfg")).unwrap(),
+        good,
+        "the last good config was replaced"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let p = protocols();
+    assert!(
+        p.contains("probe_two") && !p.contains("broken"),
+        "BIRD left its good config:\n{p}"
+    );
+    for (b, proc) in &mut birds {
+        assert!(proc.0.try_wait().unwrap().is_none(), "{b} died:\n{}", all_logs());
+        assert!(probe(b, "livenessProbe"), "{b}");
+    }
+    assert!(
+        node_json()["metadata"]["annotations"]["tortie.projectcalico.org/bird-config-status"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("Error: bird rejected")),
+        "{}",
+        node_json()["metadata"]
+    );
+
+    // Fixed: the condition clears, the new config runs.
+    files.insert("bird.cfg".into(), with_static("probe_four"));
+    publish(&files, "h4");
+    wait_for("the fixed config to run", Duration::from_secs(60), || {
+        protocols().contains("probe_four")
+    });
+    wait_for("the condition to clear", Duration::from_secs(30), || {
+        condition()["status"] == "False"
+    });
+    // BIRD started on the agent's first install within the agent's grace: no failure reported.
+    assert!(
+        !events().iter().any(|e| e["reason"] == "BirdNotReloaded"),
+        "{:#?}",
+        events()
+    );
+    assert!(!all_logs().to_lowercase().contains("forbidden"), "{}", all_logs());
 }

@@ -3,6 +3,15 @@
 //! [`crate::cni::server`]); either part can be turned off (`--no-bgp`, `--ipam-socket none`).
 //!
 //! The work is in [`crate::node`]; this is the command line and what starts each part.
+//!
+//! The agent does not run BIRD: in the chart's DaemonSet `bird` (and `bird6`) are containers of
+//! the same pod, sharing the config directory (`--config-dir`) and the control sockets
+//! (`--bird-socket`, `--bird6-socket`) through emptyDirs. The kubelet restarts a dead BIRD and
+//! only BIRD's containers hold network capabilities; an agent restart leaves routing alone. BIRD
+//! starts once the agent has installed a first config that `bird -p` accepted; a later config BIRD
+//! refuses is never installed (BIRD keeps the last good one) and is reported on the Node (condition
+//! `BirdConfigRejected`, Event, annotation) naming the published object and field
+//! ([`crate::node::outcome`]). See the chart README, section BIRD.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -1,9 +1,10 @@
 //! The agent's BIRD loop: watch the node's published object ([`super::published`]), install
 //! each new version with [`super::bird::apply`], and report the outcome on the Node (annotations
-//! [`ANN_APPLIED_HASH`], [`ANN_STATUS`]) and as Events.
+//! [`ANN_APPLIED_HASH`], [`ANN_STATUS`], the condition [`CONDITION`]) and as Events naming the
+//! published object and field BIRD refused ([`super::outcome`]).
 
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Secret};
@@ -14,7 +15,12 @@ use kube::{Client, Resource};
 use tracing::{Instrument, info, info_span, warn};
 
 use super::bird::{Applied, Reload, apply};
+use super::outcome::{CONDITION, Source, decide};
 use super::published::{ANN_APPLIED_HASH, ANN_HASH, ANN_NODE, ANN_STATUS, Published, files_of, object_name};
+
+/// How long a missing BIRD control socket after an install counts as "BIRD starting" (retried
+/// every second, not reported) before it is reported as a failed reload.
+pub const BIRD_START_GRACE: Duration = Duration::from_secs(20);
 
 /// What the agent last saw of its node's published object.
 #[derive(Default)]
@@ -76,9 +82,12 @@ pub async fn run(client: Client, args: Settings) -> anyhow::Result<()> {
     // Files installed whose reload failed: "unchanged" files are then not yet running.
     let mut reload_pending = false;
     let mut last_reported: Option<(String, String)> = None;
+    // Since when BIRD's control socket has been missing after an install (BIRD not started yet).
+    let mut socket_missing_since: Option<Instant> = None;
+    let mut retry_after = Duration::from_secs(args.retry_secs.max(1));
     info!(node = %args.node, object = %name, namespace = %args.namespace, "agent watching");
     loop {
-        let retry = tokio::time::sleep(Duration::from_secs(args.retry_secs.max(1)));
+        let retry = tokio::time::sleep(retry_after);
         tokio::select! {
             ev = changes.next() => {
                 match ev {
@@ -113,53 +122,104 @@ pub async fn run(client: Client, args: Settings) -> anyhow::Result<()> {
         let result = tokio::task::spawn_blocking(move || apply(&dir, &files, &reload, pending))
             .instrument(span)
             .await?;
-        let (status, event) = match &result {
-            Ok(Applied::Reloaded) => {
-                info!(hash = %hash, "installed and reloaded BIRD config");
-                (
-                    "Applied".to_string(),
-                    Some((
-                        EventType::Normal,
-                        "BirdConfigApplied",
-                        format!("BIRD reloaded with config {hash}"),
-                    )),
-                )
-            }
-            Ok(Applied::Unchanged) => ("Applied".to_string(), None),
-            Err(e) => {
-                warn!(error = %e, "BIRD config not installed");
-                (
-                    format!("Error: {e}").chars().take(1000).collect(),
-                    Some((EventType::Warning, "BirdConfigRejected", e.to_string())),
-                )
-            }
-        };
+        match &result {
+            Ok(Applied::Reloaded) => info!(hash = %hash, "installed and reloaded BIRD config"),
+            Ok(Applied::Unchanged) => {}
+            Err(e) => warn!(error = %e, "BIRD config not installed"),
+        }
         failed = result.is_err();
         reload_pending = match &result {
             Ok(_) => false,
             Err(e) => reload_pending || e.installed_not_reloaded(),
         };
-        let report = (hash.clone(), status.clone());
+        // A BIRD that starts on the agent's first install (the chart's containers wait for it)
+        // has no socket yet: retry every second for a while before reporting it as a failure.
+        let starting = matches!(&result, Err(e) if e.installed_not_reloaded())
+            && [&args.reload.bird_socket, &args.reload.bird6_socket]
+                .into_iter()
+                .flatten()
+                .any(|s| !s.exists());
+        retry_after = Duration::from_secs(args.retry_secs.max(1));
+        if starting {
+            let since = *socket_missing_since.get_or_insert_with(Instant::now);
+            if since.elapsed() < BIRD_START_GRACE {
+                info!(
+                    "BIRD not started yet (no control socket); it reads the installed config when it starts"
+                );
+                retry_after = Duration::from_secs(1);
+                continue;
+            }
+        } else {
+            socket_missing_since = None;
+        }
+        let (source, related) = match &obj {
+            Published::ConfigMap(c) => ("ConfigMap", c.object_ref(&())),
+            Published::Secret(s) => ("Secret", s.object_ref(&())),
+        };
+        let source = Source {
+            kind: source.into(),
+            namespace: args.namespace.clone(),
+            name: name.clone(),
+        };
+        // Decided once without the Node's condition only to know whether anything changed.
+        let probe = decide(
+            &result,
+            &source,
+            &files_of(&obj),
+            &hash,
+            None,
+            jiff::Timestamp::now(),
+        );
+        let report = (hash.clone(), probe.status.clone());
         if last_reported.as_ref() != Some(&report) {
-            let patch = serde_json::json!({"metadata": {"annotations": {ANN_APPLIED_HASH: if failed { serde_json::Value::Null } else { hash.clone().into() }, ANN_STATUS: status}}});
+            let patch = serde_json::json!({"metadata": {"annotations": {ANN_APPLIED_HASH: if failed { serde_json::Value::Null } else { hash.clone().into() }, ANN_STATUS: probe.status}}});
             match nodes
                 .patch(&args.node, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
             {
                 Ok(n) => {
-                    if let Some((t, reason, note)) = event {
+                    let previous = n
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.conditions.as_ref())
+                        .and_then(|c| c.iter().find(|c| c.type_ == CONDITION));
+                    let out = decide(
+                        &result,
+                        &source,
+                        &files_of(&obj),
+                        &hash,
+                        previous,
+                        jiff::Timestamp::now(),
+                    );
+                    // Strategic merge: conditions merge by type, the kubelet's stay untouched.
+                    let cond = serde_json::json!({"status": {"conditions": [out.condition]}});
+                    let mut reported = true;
+                    if let Err(e) = nodes
+                        .patch_status(&args.node, &PatchParams::default(), &Patch::Strategic(&cond))
+                        .await
+                    {
+                        warn!(error = %e, "cannot set the Node's {CONDITION} condition");
+                        reported = false;
+                    }
+                    if let Some((warning, reason, note)) = out.event {
                         let ev = Event {
-                            type_: t,
+                            type_: if warning {
+                                EventType::Warning
+                            } else {
+                                EventType::Normal
+                            },
                             reason: reason.into(),
-                            note: Some(note.chars().take(1000).collect()),
+                            note: Some(note),
                             action: "Install".into(),
-                            secondary: None,
+                            secondary: Some(related),
                         };
                         if let Err(e) = recorder.publish(&ev, &n.object_ref(&())).await {
                             warn!(error = %e, "cannot record event");
                         }
                     }
-                    last_reported = Some(report);
+                    if reported {
+                        last_reported = Some(report);
+                    }
                 }
                 Err(e) => warn!(error = %e, "cannot report on the Node"),
             }

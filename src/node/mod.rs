@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod bird;
+pub mod outcome;
 pub mod published;
 pub mod report;
 pub mod status;
@@ -20,6 +21,7 @@ mod tests {
         for (file, src) in [
             ("node/agent.rs", include_str!("agent.rs")),
             ("node/bird.rs", include_str!("bird.rs")),
+            ("node/outcome.rs", include_str!("outcome.rs")),
             ("node/published.rs", include_str!("published.rs")),
             ("node/report.rs", include_str!("report.rs")),
             ("node/status.rs", include_str!("status.rs")),
