@@ -62,13 +62,13 @@ fn every_render_case_is_left_out_and_reported_and_the_rest_renders() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bad-inputs/render");
     let base = std::fs::read_to_string(dir.join("_base.yaml")).unwrap();
     let cases = cases(&dir);
-    assert!(cases.len() >= 30, "only {} render cases", cases.len());
+    assert!(cases.len() >= 35, "only {} render cases", cases.len());
     let check_bird = bird_installed();
     let mut failures = vec![];
     for c in &cases {
         assert!(
-            !c.expect.is_empty() || c.error.is_some(),
-            "{}: a case needs # expect: or # error:",
+            !c.expect.is_empty() || c.error.is_some() || !c.keep.is_empty(),
+            "{}: a case needs # expect:, # keep: or # error:",
             c.name
         );
         assert!(

@@ -79,7 +79,16 @@ fn router_id(c: &Cluster<'_>, opts: &RenderOptions) -> Result<String, RenderErro
         }
         _ => match c.me.addr(false) {
             Some(ip) => Ok(ip.to_string()),
-            None if c.me.addr(true).is_none() => Ok(String::new()),
+            // No address at all: BIRD would get `router id ;` and refuse the whole file.
+            None if c.me.addr(true).is_none() => Err(RenderError::Node {
+                node: c.me.name.clone(),
+                field: format!("metadata.annotations[{}]", super::snapshot::ANN_IPV4),
+                message: format!(
+                    "the node has no BGP address (neither {} nor {}): nothing to peer from; calico-node's address detection sets them, or annotate the node",
+                    super::snapshot::ANN_IPV4,
+                    super::snapshot::ANN_IPV6
+                ),
+            }),
             None => Err(RenderError::Node {
                 node: c.me.name.clone(),
                 field: format!("metadata.annotations[{}]", super::snapshot::ANN_IPV4),
