@@ -345,7 +345,11 @@ impl RequestLog {
     fn take(&self) -> Vec<String> {
         std::mem::take(&mut *self.0.lock().unwrap())
             .into_iter()
-            .filter(|r| !r.contains("watch=") && !(r.starts_with("GET") && r.contains("limit=")))
+            .filter(|r| {
+                let watch = r.contains("watch=");
+                let relist = r.starts_with("GET") && r.contains("limit=");
+                !watch && !relist
+            })
             .collect()
     }
 }
