@@ -29,13 +29,20 @@ BIN=$TARGET/debug
 NODES=(node-1 node-2 node-3)
 SHOW_NODE="node-1"
 
+# Colour only for a person at a terminal, never in logs or pipes, and never with NO_COLOR set.
+if [[ -t 1 && -z "${NO_COLOR:-}" ]]; then
+  BOLD=$'\033[1m' YELLOW=$'\033[33m' RED=$'\033[31m' PLAIN=$'\033[0m'
+else
+  BOLD='' YELLOW='' RED='' PLAIN=''
+fi
+
 step_no=0
 STEPS=9
 t_start=$(date +%s)
-step() { step_no=$((step_no + 1)); printf '\n\033[1m==> [%d/%d] %s\033[0m\n' "$step_no" "$STEPS" "$*"; }
+step() { step_no=$((step_no + 1)); printf "\n${BOLD}==> [%d/%d] %s${PLAIN}\n" "$step_no" "$STEPS" "$*"; }
 info() { printf '    %s\n' "$*"; }
-skip() { printf '    \033[33mSKIPPED:\033[0m %s\n' "$*"; SKIPPED+=("$*"); }
-fail() { printf '\033[31mdemo: FAILED: %s\033[0m\n' "$*" >&2; exit 1; }
+skip() { printf "    ${YELLOW}SKIPPED:${PLAIN} %s\n" "$*"; SKIPPED+=("$*"); }
+fail() { printf "${RED}demo: FAILED: %s${PLAIN}\n" "$*" >&2; exit 1; }
 SKIPPED=()
 
 # ------------------------------------------------------------------------------------------------
@@ -88,7 +95,7 @@ wait_until() {
 
 cmd_up() {
   mkdir -p "$DEMO_DIR"
-  printf '\033[1mtortie demo\033[0m (CRD mode %s; state in %s)\n' "$MODE" "$DEMO_DIR"
+  printf "${BOLD}tortie demo${PLAIN} (CRD mode %s; state in %s)\n" "$MODE" "$DEMO_DIR"
 
   step "Tools: Debian packages, kube-apiserver + etcd from pinned Go modules, helm (cached after the first run)"
   bash "$REPO/e2e/install-deps.sh"
@@ -179,7 +186,7 @@ cmd_up() {
   step "BIRD configuration of $SHOW_NODE"
   show_bird
 
-  printf '\n\033[1m==> Done in %d s\033[0m\n' "$(($(date +%s) - t_start))"
+  printf "\n${BOLD}==> Done in %d s${PLAIN}\n" "$(($(date +%s) - t_start))"
   finish
 }
 
@@ -342,7 +349,7 @@ show_bird() {
 
 finish() {
   if ((${#SKIPPED[@]})); then
-    printf '\033[33mParts skipped (not landed yet):\033[0m\n'
+    printf "${YELLOW}Parts skipped (not landed yet):${PLAIN}\n"
     printf '  - %s\n' "${SKIPPED[@]}"
   fi
   local port=""; [[ -f $DEMO_DIR/metrics.port ]] && port=$(<"$DEMO_DIR/metrics.port")
