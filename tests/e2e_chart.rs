@@ -667,7 +667,11 @@ fn cni_conflist_is_shaped_like_calicos() {
         if plugin == "calico" {
             assert_eq!(p["datastore_type"], "kubernetes");
             assert_eq!(p["calico_api_group"], "projectcalico.org/v3");
-            assert_eq!(p["ipam"]["gateway"], Value::Null, "Calico's plugin needs no gateway");
+            assert_eq!(
+                p["ipam"]["gateway"],
+                Value::Null,
+                "Calico's plugin needs no gateway"
+            );
         } else {
             // ptp routes the pod through the result's gateway: without one reserved per node and
             // block, the runtime's ADD fails.
