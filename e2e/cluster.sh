@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # A real, throw-away Kubernetes control plane on 127.0.0.1 for tortie's tests:
-# etcd + kube-apiserver (RBAC on) + kube-controller-manager, no kubelet, no scheduler.
+# etcd + kube-apiserver (RBAC on) + kube-controller-manager; with --nodes N also kube-scheduler and
+# N real nodes (containerd + runc, kubelet, the chart's CNI config with tortie-ipam, tortie agent,
+# BIRD), each in its own network namespace. Nodes need root; see e2e/README.md, "Real nodes".
 #
 #   e2e/cluster.sh up      start one (building the binaries first if they are not cached);
 #                          prints `export ...` lines on stdout, progress on stderr:
@@ -18,19 +20,27 @@
 #                          Clusters in different directories coexist: each gets its own ports.
 #   --watch-pid PID        (up) also start a watchdog that runs `down` once PID has exited
 #                          (used by the Rust test harness, tests/support/mod.rs).
+#   --nodes N | --node     (up) also start kube-scheduler and N real nodes (node-1..node-N; --node: 1).
+#                          `down` removes everything they made on the host, also after a crash.
 # Environment:
 #   TORTIE_APISERVER_PORT, TORTIE_ETCD_PORT   fixed ports instead of free random ones
 #   KEEP_LOGS=1            `down` keeps the directory's logs (a failed `up` always keeps them)
 #   TORTIE_E2E_BUILD=0     never build: fail if a binary is missing
 #   TORTIE_CACHE           binary cache (default ~/.cache/tortie), see e2e/build.sh
+#   TORTIE_E2E_NODES=N     same as --nodes N
+#   TORTIE_E2E_CRD_MODE    v1 (default) or v3: the CRDs, CNI config and agents of the nodes
+#   TORTIE_BIN_DIR         where tortie and tortie-ipam are (default $CARGO_TARGET_DIR/debug, else target/debug)
 set -euo pipefail
 # shellcheck source=e2e/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source=e2e/node.sh
+source "$(dirname "${BASH_SOURCE[0]}")/node.sh"
 
 CMD=""
 DIR=${TORTIE_E2E_DIR:-$REPO_DIR/e2e/.run/default}
 WATCH_PID=""
 KILL=0
+NODES=${TORTIE_E2E_NODES:-0}
 while (($#)); do
   case $1 in
     up | down | env | status | restart-apiserver) CMD=$1 ;;
@@ -38,12 +48,16 @@ while (($#)); do
     -d | --dir) DIR=$2; shift ;;
     --dir=*) DIR=${1#--dir=} ;;
     --watch-pid) WATCH_PID=$2; shift ;;
+    --nodes) NODES=$2; shift ;;
+    --nodes=*) NODES=${1#--nodes=} ;;
+    --node) NODES=1 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-    *) die "cluster: unknown argument '$1' (usage: e2e/cluster.sh up|down|env|status|restart-apiserver [-d DIR] [--watch-pid PID] [--kill])" ;;
+    *) die "cluster: unknown argument '$1' (usage: e2e/cluster.sh up|down|env|status|restart-apiserver [-d DIR] [--watch-pid PID] [--nodes N] [--kill])" ;;
   esac
   shift
 done
-[[ -n $CMD ]] || die "usage: e2e/cluster.sh up|down|env|status|restart-apiserver [-d DIR] [--watch-pid PID] [--kill]"
+[[ $NODES =~ ^[0-9]+$ ]] || die "cluster: --nodes wants a number, got '$NODES'"
+[[ -n $CMD ]] || die "usage: e2e/cluster.sh up|down|env|status|restart-apiserver [-d DIR] [--watch-pid PID] [--nodes N] [--kill]"
 mkdir -p "$(dirname "$DIR")"
 DIR=$(cd "$(dirname "$DIR")" && pwd)/$(basename "$DIR")
 
@@ -106,6 +120,7 @@ stop() {
 }
 
 stop_all() {
+  stop_nodes
   stop kube-controller-manager
   stop kube-apiserver
   stop etcd
@@ -263,6 +278,7 @@ cmd_status() {
       echo "$n: not running"; rc=1
     fi
   done
+  status_nodes
   if [[ -f $DIR/ports ]]; then
     # shellcheck disable=SC1091
     source "$DIR/ports"
@@ -351,6 +367,14 @@ start_apiserver() {
 }
 apiserver_ready() { [[ $(api_get /readyz) == ok ]]; }
 
+# With real nodes the node lifecycle controller runs too: it lifts the not-ready taint a kubelet
+# registers with once the node is Ready (Pods are never evicted: taint-eviction-controller is off).
+kcm_controllers() {
+  local c='*,-taint-eviction-controller,-nodeipam,-ttl,-podgc,-cloud-node-lifecycle,-service-lb-controller,-node-route-controller'
+  ((NODES > 0)) || c+=',-nodelifecycle'
+  echo "$c"
+}
+
 start_kcm() {
   # No kubelets, no cloud: leave out the controllers that would act on the fake Nodes the tests
   # create (mark them NotReady and taint/evict their Pods, allocate or annotate them, delete Pods
@@ -365,7 +389,7 @@ start_kcm() {
     --service-account-private-key-file "$PKI/sa.key" \
     --root-ca-file "$PKI/ca.crt" \
     --cluster-signing-cert-file "$PKI/ca.crt" --cluster-signing-key-file "$PKI/ca.key" \
-    --controllers '*,-nodelifecycle,-taint-eviction-controller,-nodeipam,-ttl,-podgc,-cloud-node-lifecycle,-service-lb-controller,-node-route-controller' \
+    --controllers "$(kcm_controllers)" \
     --concurrent-gc-syncs 5 --concurrent-namespace-syncs 5 \
     --profiling=false
   # The ServiceAccount controller making default/default shows the controllers run with working credentials.
@@ -430,6 +454,15 @@ cmd_up() {
   local t; t=$(now)
   start_kcm
   local tkcm; tkcm=$(elapsed "$t")
+  local tnodes=""
+  if ((NODES > 0)); then
+    t=$(now)
+    # A failure anywhere in the nodes' start-up takes everything down again (logs kept).
+    trap 'rc=$?; if ((rc != 0)); then touch "$DIR/failed"; stop_all; fi' EXIT
+    start_nodes "$NODES"
+    trap - EXIT
+    tnodes=", $NODES node(s) $(elapsed "$t") s"
+  fi
 
   cat >"$DIR/env" <<EOF
 export KUBECONFIG=$KUBECONFIG_FILE
@@ -437,6 +470,7 @@ export KUBECTL=$KUBECTL_BIN
 export HELM=$HELM_BIN/helm
 export PATH=$TOOLS_BIN:\$PATH
 export TORTIE_E2E_DIR=$DIR
+export TORTIE_E2E_NODES=$NODES
 EOF
   if [[ -n $WATCH_PID ]]; then
     # Detached watchdog: when the watched process is gone, take the cluster down.
@@ -451,7 +485,7 @@ EOF
   local total; total=$(elapsed "$T0")
   local start_only; start_only=$(elapsed "$T1")
   say "ready: https://127.0.0.1:$APISERVER_PORT (dir $DIR)"
-  say "warm start ${start_only} s (certs ${tpki} s, etcd ${TETCD} s, kube-apiserver ${TAPI} s, kube-controller-manager ${tkcm} s)"
+  say "warm start ${start_only} s (certs ${tpki} s, etcd ${TETCD} s, kube-apiserver ${TAPI} s, kube-controller-manager ${tkcm} s${tnodes})"
   if ((BUILT)); then
     say "cold set-up ${total} s (build ${tb} s + start ${start_only} s)"
   fi

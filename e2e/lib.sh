@@ -22,6 +22,8 @@ ETCD_BUILD_VERSION=v3.6.16
 
 TORTIE_CACHE=${TORTIE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tortie}
 K8S_BIN=$TORTIE_CACHE/k8s-$K8S_VERSION/bin
+# kubelet + kube-scheduler of the optional real node (cluster.sh up --nodes N), same module.
+K8S_NODE_BIN=$TORTIE_CACHE/k8s-$K8S_VERSION/node-bin
 HELM_BIN=$TORTIE_CACHE/helm-$HELM_VERSION-kubectl-$KUBECTL_VERSION/bin
 ETCD_BUILD_BIN=$TORTIE_CACHE/etcd-$ETCD_BUILD_VERSION/bin
 # One directory with a link to every tool, for PATH (written by build.sh).
@@ -36,3 +38,13 @@ now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 
 die() { echo "$*" >&2; exit 1; }
+
+# The node's local images (e2e/images): a directory named after a hash of their sources, so an edit
+# rebuilds them. Names as containerd lists them.
+images_dir() {
+  local h
+  h=$(cd "$E2E_DIR/images" && cat go.mod ./*/*.go "$E2E_DIR/build.sh" | sha256sum | cut -c1-12)
+  echo "$TORTIE_CACHE/images-$h"
+}
+PAUSE_IMAGE=localhost/tortie/pause:e2e
+NETCHECK_IMAGE=localhost/tortie/netcheck:e2e

@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{
@@ -47,10 +47,14 @@ pub struct Cluster {
     /// Why some of the default CRDs (`crds/v1`) could not be installed; empty when all were.
     /// Tests needing other CRDs then fail on their own; the smoke test asserts this is empty.
     pub crd_errors: Vec<String>,
+    /// Real nodes (`node-1`..`node-N`: kubelet, containerd, tortie agent, BIRD) this process
+    /// started with the cluster ([`cluster_with_nodes`]); 0 otherwise.
+    pub nodes: usize,
 }
 
 static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
 static COUNTER: AtomicU64 = AtomicU64::new(0);
+static WANT_NODES: AtomicUsize = AtomicUsize::new(0);
 
 /// The repository root (where `Cargo.toml` is).
 pub fn repo_dir() -> PathBuf {
@@ -66,11 +70,57 @@ pub fn cluster() -> &'static Cluster {
     }
 }
 
+/// The cluster for this test binary, started with `n` real nodes (`e2e/cluster.sh up --nodes n`,
+/// see e2e/README.md "Real nodes"): never an attached one, whose nodes this process cannot
+/// manage. Every test of the binary must ask for the same `n` (the first call starts it).
+/// Needs root; check [`host_runs_containers`] first.
+pub fn cluster_with_nodes(n: usize) -> &'static Cluster {
+    WANT_NODES.fetch_max(n, Ordering::SeqCst);
+    let c = cluster();
+    assert!(
+        c.nodes >= n,
+        "this test binary's cluster has {} real nodes, the test wants {n}",
+        c.nodes
+    );
+    c
+}
+
+/// Whether this host can run the real nodes' containers: root, network namespaces, cgroups.
+/// Err says what is missing (a test then reports itself skipped, loudly).
+pub fn host_runs_containers() -> Result<(), String> {
+    let uid = Command::new("id").arg("-u").output().map_err(|e| format!("id -u: {e}"))?;
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        return Err("not root (containerd, network namespaces and cgroups need root)".into());
+    }
+    let mounts = std::fs::read_to_string("/proc/mounts").map_err(|e| format!("/proc/mounts: {e}"))?;
+    let v2 = mounts.lines().any(|l| l.split_whitespace().nth(2) == Some("cgroup2"));
+    let v1_memory = mounts
+        .lines()
+        .any(|l| l.contains(" cgroup ") && l.split_whitespace().nth(3).is_some_and(|o| o.split(',').any(|o| o == "memory")));
+    if !(v2 || v1_memory) {
+        return Err("no cgroup hierarchy with the memory controller mounted".into());
+    }
+    let probe = format!("tortie-probe-{}", std::process::id());
+    let add = Command::new("ip").args(["netns", "add", &probe]).output();
+    match add {
+        Ok(o) if o.status.success() => {
+            let _ = Command::new("ip").args(["netns", "del", &probe]).output();
+            Ok(())
+        }
+        Ok(o) => Err(format!(
+            "cannot create a network namespace: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Err(e) => Err(format!("cannot run ip (iproute2): {e}")),
+    }
+}
+
 fn init_cluster() -> Result<Cluster, String> {
     let started = Instant::now();
-    let mut cluster = match attach_target() {
+    let nodes = WANT_NODES.load(Ordering::SeqCst);
+    let mut cluster = match attach_target().filter(|_| nodes == 0) {
         Some(kubeconfig) => attach(kubeconfig)?,
-        None => start()?,
+        None => start(nodes)?,
     };
     install_default_crds(&mut cluster);
     eprintln!(
@@ -159,38 +209,46 @@ fn attach(kubeconfig: PathBuf) -> Result<Cluster, String> {
         helm,
         dir: None,
         crd_errors: vec![],
+        nodes: 0,
     })
 }
 
 /// Starts a control plane; a failed start-up is tried once more in a fresh directory (the first
 /// attempt's FAILED line and log tail stay printed above), because a test binary whose cluster
 /// never came up reports nothing about tortie.
-fn start() -> Result<Cluster, String> {
+fn start(nodes: usize) -> Result<Cluster, String> {
     let first = repo_dir()
         .join("e2e/.run")
         .join(format!("test-{}", std::process::id()));
-    match start_in(&first) {
+    match start_in(&first, nodes) {
         Ok(c) => Ok(c),
         Err(e) => {
             eprintln!("e2e: control plane start-up failed: {e}\ne2e: trying once more");
-            start_in(&first.with_extension("retry"))
+            start_in(&first.with_extension("retry"), nodes)
         }
     }
 }
 
-fn start_in(dir: &Path) -> Result<Cluster, String> {
+fn start_in(dir: &Path, nodes: usize) -> Result<Cluster, String> {
     let dir = dir.to_path_buf();
     let script = repo_dir().join("e2e/cluster.sh");
     eprintln!("e2e: starting a control plane in {} ...", dir.display());
     // stderr (progress, and the one FAILED line) goes straight to the terminal; stdout has the
     // `export NAME=VALUE` lines.
-    let out = Command::new("bash")
-        .arg(&script)
+    let mut cmd = Command::new("bash");
+    cmd.arg(&script)
         .arg("up")
         .arg("-d")
         .arg(&dir)
         .arg("--watch-pid")
         .arg(std::process::id().to_string())
+        .arg("--nodes")
+        .arg(nodes.to_string());
+    // The nodes run the tortie and tortie-ipam this test binary was built with.
+    if let Some(bin) = option_env!("CARGO_BIN_EXE_tortie").and_then(|b| Path::new(b).parent()) {
+        cmd.env("TORTIE_BIN_DIR", bin);
+    }
+    let out = cmd
         .stdin(Stdio::null())
         .stderr(Stdio::inherit())
         .output()
@@ -221,6 +279,7 @@ fn start_in(dir: &Path) -> Result<Cluster, String> {
         helm: get("HELM")?,
         dir: Some(dir),
         crd_errors: vec![],
+        nodes,
     })
 }
 

@@ -1,0 +1,302 @@
+//! Real nodes: kube-scheduler, kubelet, containerd and runc run pods whose addresses come from
+//! tortie (the chart's CNI config: ptp + tortie-ipam + portmap, the agent's IPAM socket), and
+//! traffic between pods on two nodes follows block routes the nodes learned from each other
+//! through BIRD, configured by the operator and installed by `tortie agent`.
+//!
+//! The cluster is `e2e/cluster.sh up --nodes 2` (see e2e/README.md, "Real nodes"). Needs root,
+//! network namespaces and cgroups: on a host without them every test says SKIPPED loudly.
+
+mod support;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::{Cluster, kubectl, kubectl_ok, kubectl_stdin_ok, unique_name};
+
+const NODES: usize = 2;
+const IMAGE: &str = "localhost/tortie/netcheck:e2e";
+const POOLS_ANNOTATION: &str = "cni.projectcalico.org/ipv4pools";
+
+/// The cluster with its nodes, or None (after a loud message) on a host that cannot run containers.
+fn nodes() -> Option<&'static Cluster> {
+    if let Err(why) = support::host_runs_containers() {
+        eprintln!(
+            "\n!!!!!!!! SKIPPED: real-node e2e test: this host cannot run containers: {why} !!!!!!!!\n"
+        );
+        return None;
+    }
+    Some(support::cluster_with_nodes(NODES))
+}
+
+fn node_dir(c: &Cluster, n: usize) -> PathBuf {
+    c.dir.as_ref().expect("a cluster this process started").join(format!("node-{n}"))
+}
+
+fn node_netns(c: &Cluster, n: usize) -> String {
+    std::fs::read_to_string(node_dir(c, n).join("netns"))
+        .expect("node's netns file")
+        .trim()
+        .to_string()
+}
+
+fn wait<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn get_json(args: &[&str]) -> Option<Value> {
+    let mut a = args.to_vec();
+    a.extend(["-o", "json"]);
+    let out = kubectl(&a);
+    out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
+}
+
+fn ipv4(s: &str) -> u32 {
+    u32::from(s.parse::<std::net::Ipv4Addr>().unwrap_or_else(|e| panic!("{s}: {e}")))
+}
+
+fn in_cidr(ip: &str, cidr: &str) -> bool {
+    let (net, len) = cidr.split_once('/').expect("CIDR");
+    let len: u32 = len.parse().unwrap();
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    ipv4(ip) & mask == ipv4(net) & mask
+}
+
+fn pool(name: &str, cidr: &str) {
+    kubectl_stdin_ok(
+        &["apply", "-f", "-"],
+        &format!(
+            "apiVersion: crd.projectcalico.org/v1\nkind: IPPool\nmetadata:\n  name: {name}\nspec:\n  cidr: {cidr}\n  blockSize: 26\n  ipipMode: Never\n  vxlanMode: Never\n  natOutgoing: false\n  nodeSelector: all()\n"
+        ),
+    );
+}
+
+/// A netcheck pod on `node` (placed by kube-scheduler through a nodeSelector) whose address
+/// comes from `pool` by the seed's pod annotation.
+fn pod(ns: &str, name: &str, node: &str, pool: &str, args: &[&str], restart: &str) {
+    let args = serde_json::to_string(args).unwrap();
+    kubectl_stdin_ok(
+        &["apply", "-f", "-"],
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  namespace: {ns}
+  annotations:
+    {POOLS_ANNOTATION}: '["{pool}"]'
+spec:
+  nodeSelector: {{kubernetes.io/hostname: {node}}}
+  automountServiceAccountToken: false
+  terminationGracePeriodSeconds: 1
+  restartPolicy: {restart}
+  containers:
+  - name: main
+    image: {IMAGE}
+    imagePullPolicy: Never
+    args: {args}
+    env:
+    - name: POD_NAME
+      valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
+"#
+        ),
+    );
+}
+
+/// Waits until the pod runs and returns its address.
+fn running_ip(ns: &str, name: &str) -> String {
+    wait(&format!("pod {ns}/{name} Running with an address"), Duration::from_secs(120), || {
+        let p = get_json(&["get", "pod", "-n", ns, name])?;
+        let status = &p["status"];
+        if status["phase"] == "Failed" {
+            panic!("pod {ns}/{name} failed: {status}");
+        }
+        (status["phase"] == "Running").then(|| status["podIP"].as_str().map(str::to_string))?
+    })
+}
+
+/// Waits for a run-to-completion pod and returns (succeeded, its termination message).
+fn finished(ns: &str, name: &str, timeout: Duration) -> (bool, String) {
+    wait(&format!("pod {ns}/{name} to finish"), timeout, || {
+        let p = get_json(&["get", "pod", "-n", ns, name])?;
+        let phase = p["status"]["phase"].as_str()?.to_string();
+        if phase != "Succeeded" && phase != "Failed" {
+            return None;
+        }
+        let msg = p["status"]["containerStatuses"][0]["state"]["terminated"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        Some((phase == "Succeeded", msg))
+    })
+}
+
+/// The IPAM block holding `ip`: (its JSON, the address's ordinal in it).
+fn block_of(ip: &str) -> Option<(Value, usize)> {
+    let blocks = get_json(&["get", "ipamblocks.crd.projectcalico.org"])?;
+    blocks["items"].as_array()?.iter().find_map(|b| {
+        let cidr = b["spec"]["cidr"].as_str()?;
+        in_cidr(ip, cidr).then(|| {
+            let base = ipv4(cidr.split('/').next().unwrap());
+            (b.clone(), (ipv4(ip) - base) as usize)
+        })
+    })
+}
+
+/// The pod name recorded for `ip` in its block, None when the address is free.
+fn holder(ip: &str) -> Option<String> {
+    let (b, ord) = block_of(ip)?;
+    let idx = b["spec"]["allocations"][ord].as_u64()? as usize;
+    b["spec"]["attributes"][idx]["secondary"]["pod"].as_str().map(str::to_string)
+}
+
+fn show_pods(ns: &str) {
+    eprintln!("$ kubectl get pods -n {ns} -o wide\n{}", kubectl_ok(&["get", "pods", "-n", ns, "-o", "wide"]));
+}
+
+#[test]
+fn a_real_node_runs_pods_with_tortie_addresses() {
+    let Some(_c) = nodes() else { return };
+    let ns = unique_name("node-pods");
+    kubectl_ok(&["create", "namespace", &ns]);
+    // The seed's second pool, asked for by the pods' annotation.
+    let pool_name = unique_name("pool2-ipv4-ippool");
+    let cidr = "10.48.128.0/24";
+    pool(&pool_name, cidr);
+
+    pod(&ns, "web", "node-1", &pool_name, &["serve"], "Always");
+    let ip = running_ip(&ns, "web");
+    assert!(in_cidr(&ip, cidr), "web got {ip}, outside the annotated pool {cidr}");
+    let (block, _) = block_of(&ip).expect("an IPAM block holds the pod's address");
+    assert_eq!(block["spec"]["affinity"], "host:node-1", "block {block}");
+    assert_eq!(holder(&ip).as_deref(), Some("web"), "the block records the pod for {ip}");
+
+    // Pod to pod on the node: an HTTP GET from a second pod.
+    pod(&ns, "client", "node-1", &pool_name, &["get", "-tries", "30", &format!("http://{ip}:8080/")], "Never");
+    let (ok, msg) = finished(&ns, "client", Duration::from_secs(120));
+    show_pods(&ns);
+    assert!(ok, "client pod could not GET http://{ip}:8080/: {msg}");
+    assert!(msg.starts_with("OK netcheck web "), "unexpected answer: {msg}");
+
+    // Deleting the pod releases its address (the kubelet's CNI DEL through tortie-ipam).
+    kubectl_ok(&["delete", "pod", "-n", &ns, "web", "--wait=true", "--timeout=60s"]);
+    wait(&format!("{ip} released"), Duration::from_secs(60), || holder(&ip).is_none().then_some(()));
+
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]);
+    let _ = kubectl(&["delete", "ippool.crd.projectcalico.org", &pool_name, "--wait=false"]);
+}
+
+/// The operator as a process (it publishes the per-node BIRD configs the agents install).
+struct Operator(Child);
+
+impl Operator {
+    fn start(c: &Cluster) -> Operator {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let log = std::fs::File::create(c.dir.as_ref().unwrap().join("logs/operator.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_tortie"))
+            .args(["run", "--crd-mode", "v1", "--bind-address", "127.0.0.1"])
+            .args(["--metrics-port", &port.to_string()])
+            .env("KUBECONFIG", &c.kubeconfig)
+            .env("POD_NAMESPACE", "tortie-system")
+            .env("POD_NAME", "e2e-node-operator")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start tortie run");
+        Operator(child)
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn birdc_routes(c: &Cluster, n: usize) -> String {
+    let out = Command::new("birdc")
+        .arg("-s")
+        .arg(node_dir(c, n).join("bird.ctl"))
+        .args(["show", "route"])
+        .output()
+        .expect("birdc");
+    squash(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn kernel_routes(c: &Cluster, n: usize) -> String {
+    let out = Command::new("ip")
+        .args(["-n", &node_netns(c, n), "route", "show", "proto", "bird"])
+        .output()
+        .expect("ip route");
+    squash(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn squash(s: &str) -> String {
+    s.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect::<Vec<_>>().join("\n")
+}
+
+fn node_ip(n: usize) -> String {
+    format!("10.255.0.{n}")
+}
+
+#[test]
+fn pods_on_two_nodes_talk_over_routes_learned_through_bird() {
+    let Some(c) = nodes() else { return };
+    let _operator = Operator::start(c);
+    kubectl_stdin_ok(
+        &["apply", "-f", "-"],
+        "apiVersion: crd.projectcalico.org/v1\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  asNumber: 64512\n  nodeToNodeMeshEnabled: true\n  logSeverityScreen: Info\n",
+    );
+    let ns = unique_name("node-bgp");
+    kubectl_ok(&["create", "namespace", &ns]);
+    let pool_name = unique_name("bgp-pool");
+    let cidr = "10.49.0.0/24";
+    pool(&pool_name, cidr);
+
+    pod(&ns, "web", "node-2", &pool_name, &["serve"], "Always");
+    let ip = running_ip(&ns, "web");
+    let (block, _) = block_of(&ip).expect("block of the server's address");
+    assert_eq!(block["spec"]["affinity"], "host:node-2");
+    let web_block = block["spec"]["cidr"].as_str().unwrap().to_string();
+
+    // node-1 learns node-2's block from node-2's BIRD and programs it into its routing table.
+    let via2 = format!("{web_block} via {}", node_ip(2));
+    wait(&format!("node-1's BIRD learns {via2}"), Duration::from_secs(90), || {
+        (birdc_routes(c, 1).contains(&via2) && kernel_routes(c, 1).contains(&via2)).then_some(())
+    });
+
+    // A pod on node-1 reaches the pod on node-2 (the answer comes back over node-1's block route).
+    let url = format!("http://{ip}:8080/");
+    pod(&ns, "client", "node-1", &pool_name, &["get", "-tries", "90", &url], "Never");
+    let (ok, msg) = finished(&ns, "client", Duration::from_secs(150));
+    show_pods(&ns);
+    let client_ip = get_json(&["get", "pod", "-n", &ns, "client"]).unwrap()["status"]["podIP"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        ok,
+        "client on node-1 could not GET {url} on node-2: {msg}\nnode-1 BIRD routes:\n{}\nnode-2 BIRD routes:\n{}",
+        birdc_routes(c, 1),
+        birdc_routes(c, 2)
+    );
+    assert!(msg.starts_with("OK netcheck web "), "unexpected answer: {msg}");
+    assert!(msg.contains(&format!("from {client_ip}:")), "the server saw the client's pod address: {msg}");
+    let (cblock, _) = block_of(&client_ip).expect("block of the client's address");
+    assert_eq!(cblock["spec"]["affinity"], "host:node-1");
+    let via1 = format!("{} via {}", cblock["spec"]["cidr"].as_str().unwrap(), node_ip(1));
+    assert!(kernel_routes(c, 2).contains(&via1), "node-2 routes node-1's block through BIRD:\n{}", kernel_routes(c, 2));
+
+    kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]);
+    let _ = kubectl(&["delete", "ippool.crd.projectcalico.org", &pool_name, "--wait=false"]);
+}
