@@ -3,19 +3,25 @@
 # use it, end to end.
 #
 #   demo/run.sh [up]   build what is missing, start etcd + kube-apiserver + kube-controller-manager,
+#                      kube-scheduler and a real node (node-1: containerd, runc, kubelet, the chart's
+#                      CNI config with tortie-ipam, tortie agent, BIRD; e2e/cluster.sh --nodes),
 #                      helm install the chart, run the operator under the chart's ServiceAccount,
-#                      apply examples/ (seed 001's lab, seed 003's BGP, three Nodes), allocate the
-#                      yaobank pods' addresses with tortie-ipam as a runtime would, print the result
-#   demo/run.sh down   stop the operator and the control plane, remove demo/.run (`make demo-down`)
+#                      apply examples/ (seed 001's lab, seed 003's BGP, three Nodes), run the yaobank
+#                      Deployments on the node with a local test image, show their addresses, an HTTP
+#                      request between two pods, and an address released by `kubectl delete pod`
+#   demo/run.sh down   stop the operator, the node and the control plane, remove demo/.run (`make demo-down`)
 #   demo/run.sh env    print the `export` lines to use the demo cluster from a shell
 #
-# There are no kubelets and no scheduler: the chart's Deployment and DaemonSet pods stay Pending
-# (their images are never pulled). The operator runs here as a process with a token of the chart's
-# own ServiceAccount, tortie-ipam with a token of its own narrower one. This script plays the
-# scheduler (it binds the yaobank pods to the lab's nodes) and the runtime (CNI ADD per pod).
+# The real node needs root (network namespace, containerd, cgroups). The chart's own Deployment and
+# DaemonSet are kept off it (their images are not in any registry here): the operator runs as a local
+# process with a token of the chart's ServiceAccount, and the node runs `tortie agent` and tortie-ipam
+# itself (see e2e/README.md, "Real nodes"). node-2 and node-3 of the lab are Node objects only
+# (cordoned). The yaobank pods run a small HTTP server (e2e/images/netcheck) instead of Calico's
+# images, on the ports of the seed's manifests.
 #
 # Environment: DEMO_DIR (default demo/.run), CRD_MODE v1|v3 (default v1), CARGO_TARGET_DIR,
-# DEMO_KEEP_GOING=1 (do not stop at the first failed step).
+# DEMO_NODES (real nodes, default 1; 0: no kubelet, the script plays scheduler and runtime and runs
+# tortie-ipam itself), DEMO_KEEP_GOING=1 (do not stop at the first failed step).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -28,6 +34,7 @@ TARGET=${CARGO_TARGET_DIR:-$REPO/target}
 BIN=$TARGET/debug
 NODES=(node-1 node-2 node-3)
 SHOW_NODE="node-1"
+DEMO_NODES=${DEMO_NODES:-1}
 
 # Colour only for a person at a terminal, never in logs or pipes, and never with NO_COLOR set.
 if [[ -t 1 && -z "${NO_COLOR:-}" ]]; then
@@ -37,7 +44,7 @@ else
 fi
 
 step_no=0
-STEPS=9
+STEPS=10
 t_start=$(date +%s)
 step() { step_no=$((step_no + 1)); printf "\n${BOLD}==> [%d/%d] %s${PLAIN}\n" "$step_no" "$STEPS" "$*"; }
 info() { printf '    %s\n' "$*"; }
@@ -111,25 +118,33 @@ cmd_up() {
   [[ -x $BIN/tortie ]] || fail "cargo build did not produce $BIN/tortie"
   info "binaries in $BIN"
 
-  step "Local control plane (e2e/cluster.sh: etcd, kube-apiserver with RBAC, kube-controller-manager)"
+  if ((DEMO_NODES > 0)); then
+    step "Local cluster (e2e/cluster.sh --nodes $DEMO_NODES: etcd, kube-apiserver with RBAC, kube-controller-manager, kube-scheduler; node-1: containerd, kubelet, tortie agent, BIRD)"
+  else
+    step "Local control plane (e2e/cluster.sh: etcd, kube-apiserver with RBAC, kube-controller-manager)"
+  fi
   if [[ -f $CLUSTER_DIR/kubeconfig ]] && bash "$REPO/e2e/cluster.sh" status -d "$CLUSTER_DIR" >/dev/null 2>&1; then
     info "already running; reusing it (make demo-down for a fresh one)"
     eval "$(bash "$REPO/e2e/cluster.sh" env -d "$CLUSTER_DIR")"
   else
     local env_lines
-    env_lines=$(bash "$REPO/e2e/cluster.sh" up -d "$CLUSTER_DIR") || fail "the control plane did not start (logs: $CLUSTER_DIR/logs)"
+    # The chart installs the CRDs below (Helm owns them).
+    env_lines=$(TORTIE_BIN_DIR=$BIN TORTIE_E2E_CRD_MODE=$MODE TORTIE_E2E_NODE_CRDS=0 bash "$REPO/e2e/cluster.sh" up -d "$CLUSTER_DIR" --nodes "$DEMO_NODES") ||
+      fail "the cluster did not start (logs: $CLUSTER_DIR/logs)"
     eval "$env_lines"
   fi
   export KUBECONFIG
   info "KUBECONFIG=$KUBECONFIG"
 
   step "helm install $RELEASE charts/tortie (crdMode=$MODE) into $NS"
+  # The chart's pods are kept off the real node (their images are not in a registry here).
   "$HELM" upgrade --install "$RELEASE" "$REPO/charts/tortie" -n "$NS" --create-namespace \
-    --set crdMode="$MODE" --wait=false >"$DEMO_DIR/helm.log" 2>&1 || { cat "$DEMO_DIR/helm.log"; fail "helm install"; }
+    --set crdMode="$MODE" --set operator.nodeSelector.tortie-demo=none --set agent.nodeSelector.tortie-demo=none \
+    --wait=false >"$DEMO_DIR/helm.log" 2>&1 || { cat "$DEMO_DIR/helm.log"; fail "helm install"; }
   "$HELM" list -n "$NS"
   "$KUBECTL" wait --for=condition=Established --timeout=60s crd -l app.kubernetes.io/part-of=tortie >/dev/null
   info "CRDs: $("$KUBECTL" get crd -l app.kubernetes.io/part-of=tortie -o name | sed 's|.*/||' | tr '\n' ' ')"
-  info "(the chart's pods stay Pending: no kubelet here; the operator runs below as a local process)"
+  info "(the chart's pods stay Pending, kept off the node; the operator runs below as a local process)"
   bash "$REPO/demo/sa-kubeconfig.sh" "$NS" "$RELEASE-operator" "$DEMO_DIR/operator.kubeconfig"
   bash "$REPO/demo/sa-kubeconfig.sh" "$NS" "$RELEASE-cni" "$DEMO_DIR/cni.kubeconfig"
   info "ServiceAccount kubeconfigs: $DEMO_DIR/operator.kubeconfig, $DEMO_DIR/cni.kubeconfig"
@@ -166,7 +181,11 @@ cmd_up() {
   "$KUBECTL" apply -f "$REPO/examples/lab-nodes.yaml"
   # The numbered files are the lab (examples/route-reflector/ is a variant, mesh off).
   local f files=()
-  for f in "$REPO/examples/$MODE"/[0-9][0-9]-*.yaml; do files+=(-f "$f"); done
+  for f in "$REPO/examples/$MODE"/[0-9][0-9]-*.yaml; do
+    # With a real node yaobank is applied below, with an image the node has.
+    if ((DEMO_NODES > 0)) && [[ $f == */03-yaobank.yaml ]]; then continue; fi
+    files+=(-f "$f")
+  done
   "$KUBECTL" apply "${files[@]}"
   if ((OPERATOR_RUNNING)); then
     if wait_until 30 "Installation Ready" bash -c "\"$KUBECTL\" get installation default -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}' | grep -qx True"; then
@@ -177,17 +196,123 @@ cmd_up() {
     fi
   fi
 
-  step "Schedule the yaobank pods and run tortie-ipam for each (CNI ADD, as the container runtime would)"
-  allocate_pods
+  if ((DEMO_NODES > 0)); then
+    step "Run yaobank on the real node (kube-scheduler, kubelet, containerd; CNI: ptp + tortie-ipam + portmap)"
+    run_pods
+  else
+    step "Schedule the yaobank pods and run tortie-ipam for each (CNI ADD, as the container runtime would)"
+    allocate_pods
+  fi
 
   step "What tortie stored: pools, blocks, affinities, and the pods' addresses"
   show_ipam
 
   step "BIRD configuration of $SHOW_NODE"
   show_bird
+  show_bird_running
+
+  if ((DEMO_NODES > 0)); then
+    step "Pod to pod over HTTP, and kubectl delete pod releases the address"
+    pod_to_pod
+    delete_releases
+  else
+    step "Pod to pod traffic"
+    skip "DEMO_NODES=0: no node runs the pods"
+  fi
 
   printf "\n${BOLD}==> Done in %d s${PLAIN}\n" "$(($(date +%s) - t_start))"
   finish
+}
+
+# The yaobank Deployments of examples/$MODE/03-yaobank.yaml with the node's netcheck image serving
+# HTTP on each container's port (Calico's yaobank images cannot be pulled here); the pool
+# annotations, names and ports are the seed's. Lab nodes without a kubelet are cordoned.
+run_pods() {
+  local n real=() fake=()
+  for n in $(seq 1 "$DEMO_NODES"); do real+=("node-$n"); done
+  for n in "${NODES[@]}"; do
+    if [[ " ${real[*]} " != *" $n "* ]]; then
+      fake+=("$n")
+      "$KUBECTL" cordon "$n" >/dev/null
+    fi
+  done
+  info "real nodes: ${real[*]}; cordoned (Node objects only): ${fake[*]:-none}"
+  "$KUBECTL" create --dry-run=client -o json -f "$REPO/examples/$MODE/03-yaobank.yaml" |
+    jq -s --arg img "$NETCHECK_IMAGE" '{apiVersion: "v1", kind: "List", items: .} | .items |= map(if .kind == "Deployment" then
+        .spec.template.spec.automountServiceAccountToken = false
+        | .spec.template.spec.terminationGracePeriodSeconds = 1
+        | .spec.template.spec.containers |= map(
+            .image = $img | .imagePullPolicy = "Never" | .command = ["/netcheck"]
+            | .args = ["serve", "-port", (.ports[0].containerPort | tostring)]
+            | .env = [{name: "POD_NAME", valueFrom: {fieldRef: {fieldPath: "metadata.name"}}}])
+      else . end)' | "$KUBECTL" apply -f - | sed 's/^/    /'
+  local want
+  want=$("$KUBECTL" get deploy -n yaobank -o jsonpath='{range .items[*]}{.spec.replicas}{"\n"}{end}' | awk '{s+=$1} END {print s+0}')
+  if ! wait_until 180 "yaobank pods Running" bash -c "[[ \$(\"$KUBECTL\" get pods -n yaobank --field-selector=status.phase=Running --no-headers 2>/dev/null | wc -l) -ge $want ]]"; then
+    "$KUBECTL" get pods -n yaobank -o wide | sed 's/^/    /'
+    fail "the $want yaobank pods were not Running within 180 s (node logs: $CLUSTER_DIR/logs)"
+  fi
+  echo "\$ kubectl get pods -n yaobank -o wide"
+  "$KUBECTL" get pods -n yaobank -o wide | sed 's/^/    /'
+}
+
+# An HTTP GET from a one-shot pod on node-1 to a summary pod (its answer names the pod that served it).
+pod_to_pod() {
+  local target ip
+  target=$("$KUBECTL" get pods -n yaobank -l app=summary -o jsonpath='{.items[0].metadata.name}')
+  ip=$("$KUBECTL" get pod -n yaobank "$target" -o jsonpath='{.status.podIP}')
+  "$KUBECTL" delete pod -n yaobank http-get --ignore-not-found --wait=true >/dev/null
+  "$KUBECTL" apply -f - >/dev/null <<POD
+apiVersion: v1
+kind: Pod
+metadata: {name: http-get, namespace: yaobank}
+spec:
+  nodeSelector: {kubernetes.io/hostname: node-1}
+  restartPolicy: Never
+  automountServiceAccountToken: false
+  containers:
+  - {name: get, image: $NETCHECK_IMAGE, imagePullPolicy: Never, command: [/netcheck], args: [get, "http://$ip:80/"]}
+POD
+  if ! wait_until 90 "http-get finished" bash -c "[[ \$(\"$KUBECTL\" get pod -n yaobank http-get -o jsonpath='{.status.phase}') =~ Succeeded|Failed ]]"; then
+    fail "pod yaobank/http-get did not finish within 90 s"
+  fi
+  local phase msg
+  phase=$("$KUBECTL" get pod -n yaobank http-get -o jsonpath='{.status.phase}')
+  msg=$("$KUBECTL" get pod -n yaobank http-get -o jsonpath='{.status.containerStatuses[0].state.terminated.message}')
+  echo "\$ kubectl get pod -n yaobank http-get -o wide   # GET http://$ip:80/ ($target) from another pod"
+  "$KUBECTL" get pod -n yaobank http-get -o wide | sed 's/^/    /'
+  info "its answer: $msg"
+  [[ $phase == Succeeded ]] || fail "pod-to-pod HTTP failed: $msg"
+}
+
+# The pod recorded for an address in its IPAM block (empty when the address is free).
+ip_holder() {
+  local g; g=$([[ $MODE == v3 ]] && echo projectcalico.org || echo crd.projectcalico.org)
+  "$KUBECTL" get "ipamblocks.$g" -o json | jq -r --arg ip "$1" '
+    def n: split(".") | map(tonumber) | .[0]*16777216 + .[1]*65536 + .[2]*256 + .[3];
+    ($ip | n) as $a
+    | .items[] | .spec as $s | ($s.cidr | split("/")) as $c
+    | select(($c[0] | n) <= $a and $a < ($c[0] | n) + pow(2; 32 - ($c[1] | tonumber)))
+    | $s.allocations[$a - ($c[0] | n)] as $i
+    | if $i == null then "" else ($s.attributes[$i].secondary.pod // "?") end'
+}
+
+delete_releases() {
+  local pod ip
+  pod=$("$KUBECTL" get pods -n yaobank -l app=database -o jsonpath='{.items[0].metadata.name}')
+  ip=$("$KUBECTL" get pod -n yaobank "$pod" -o jsonpath='{.status.podIP}')
+  info "$ip is recorded for pod $(ip_holder "$ip") in its IPAM block"
+  echo "\$ kubectl delete pod -n yaobank $pod"
+  "$KUBECTL" delete pod -n yaobank "$pod" --wait=true | sed 's/^/    /'
+  local deadline=$((SECONDS + 60))
+  while [[ -n $(ip_holder "$ip") ]]; do
+    ((SECONDS < deadline)) || fail "$ip was not released within 60 s of deleting $pod (holder: $(ip_holder "$ip"))"
+    sleep 0.5
+  done
+  info "$ip is free again in its block (the kubelet's CNI DEL went through tortie-ipam)"
+  wait_until 90 "replacement Running" bash -c "[[ \$(\"$KUBECTL\" get pods -n yaobank -l app=database --field-selector=status.phase=Running --no-headers | wc -l) -ge 1 ]]" || true
+  echo "\$ kubectl get pods -n yaobank -o wide   # the Deployment's new database pod, again from pool2-ipv4-ippool"
+  "$KUBECTL" get pods -n yaobank -o wide | sed 's/^/    /'
 }
 
 free_port() {
@@ -345,6 +470,15 @@ show_bird() {
   else
     info "no blackhole route in $SHOW_NODE's files (does it hold a block yet?)"
   fi
+}
+
+# The real node's BIRD runs that configuration (started by the node once its agent installed it).
+show_bird_running() {
+  local sock=$CLUSTER_DIR/node-1/bird.ctl
+  ((DEMO_NODES > 0)) || return 0
+  wait_until 20 "BIRD on node-1" birdc -s "$sock" show status || { info "BIRD on node-1 is not up yet (log: $CLUSTER_DIR/logs/bird-1.log)"; return 0; }
+  echo "\$ birdc -s $sock show protocols   # BIRD on node-1 (peers without a node behind them stay down)"
+  birdc -s "$sock" show protocols | sed 's/^/    /'
 }
 
 finish() {

@@ -29,6 +29,7 @@
 #   TORTIE_CACHE           binary cache (default ~/.cache/tortie), see e2e/build.sh
 #   TORTIE_E2E_NODES=N     same as --nodes N
 #   TORTIE_E2E_CRD_MODE    v1 (default) or v3: the CRDs, CNI config and agents of the nodes
+#   TORTIE_E2E_NODE_CRDS=0 with nodes, do not apply crds/<mode> (e.g. a Helm release installs them)
 #   TORTIE_BIN_DIR         where tortie and tortie-ipam are (default $CARGO_TARGET_DIR/debug, else target/debug)
 set -euo pipefail
 # shellcheck source=e2e/lib.sh
