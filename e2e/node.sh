@@ -88,8 +88,8 @@ restore_sysctls() {
   local p
   for p in /proc/[0-9]*; do
     [[ -r $p/cmdline ]] || continue
-    if tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -q -- '--hostname-override node-[0-9]* --root-dir' &&
-      ! tr '\0' ' ' <"$p/cmdline" | grep -qF -- "$DIR/"; then
+    if tr '\0' ' ' 2>/dev/null <"$p/cmdline" | grep -q -- '--hostname-override node-[0-9]* --root-dir' &&
+      ! tr '\0' ' ' 2>/dev/null <"$p/cmdline" | grep -qF -- "$DIR/"; then
       return 0
     fi
   done
@@ -323,6 +323,16 @@ status_nodes() {
 # PID file, then whatever still runs in its cgroups or names its directory (shims, containers),
 # mounts under DIR (snapshots, pod network namespaces, volumes), the network namespaces (the pods'
 # veths and routes go with them), cgroups, the kubelet's links in /var/log/containers.
+# PIDs of containerd shims serving this cluster's nodes (their command line has
+# `-address <dir>/node-<i>/containerd.sock`), matched as a fixed string.
+shim_pids() {
+  local p
+  for p in /proc/[0-9]*; do
+    tr '\0' ' ' 2>/dev/null <"$p/cmdline" | grep -qF -- "-address $DIR/node-" && echo "${p#/proc/}"
+  done
+  return 0
+}
+
 stop_nodes() {
   [[ -d $DIR ]] || return 0
   local count; count=$(node_count)
@@ -345,7 +355,7 @@ stop_nodes() {
   for round in 1 2 3 4 5; do
     local left=0
     # Shims (their command line names our containerd socket) and anything in our cgroups.
-    for pid in $(pgrep -f -- "-address $DIR/node-" 2>/dev/null || true); do
+    for pid in $(shim_pids); do
       kill -KILL "$pid" 2>/dev/null && left=1
     done
     for n in $(seq 1 "$count"); do

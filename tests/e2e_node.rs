@@ -31,7 +31,10 @@ fn nodes() -> Option<&'static Cluster> {
 }
 
 fn node_dir(c: &Cluster, n: usize) -> PathBuf {
-    c.dir.as_ref().expect("a cluster this process started").join(format!("node-{n}"))
+    c.dir
+        .as_ref()
+        .expect("a cluster this process started")
+        .join(format!("node-{n}"))
 }
 
 fn node_netns(c: &Cluster, n: usize) -> String {
@@ -47,7 +50,10 @@ fn wait<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
 }
@@ -56,11 +62,17 @@ fn get_json(args: &[&str]) -> Option<Value> {
     let mut a = args.to_vec();
     a.extend(["-o", "json"]);
     let out = kubectl(&a);
-    out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
+    out.status
+        .success()
+        .then(|| serde_json::from_slice(&out.stdout).ok())
+        .flatten()
 }
 
 fn ipv4(s: &str) -> u32 {
-    u32::from(s.parse::<std::net::Ipv4Addr>().unwrap_or_else(|e| panic!("{s}: {e}")))
+    u32::from(
+        s.parse::<std::net::Ipv4Addr>()
+            .unwrap_or_else(|e| panic!("{s}: {e}")),
+    )
 }
 
 fn in_cidr(ip: &str, cidr: &str) -> bool {
@@ -113,14 +125,18 @@ spec:
 
 /// Waits until the pod runs and returns its address.
 fn running_ip(ns: &str, name: &str) -> String {
-    wait(&format!("pod {ns}/{name} Running with an address"), Duration::from_secs(120), || {
-        let p = get_json(&["get", "pod", "-n", ns, name])?;
-        let status = &p["status"];
-        if status["phase"] == "Failed" {
-            panic!("pod {ns}/{name} failed: {status}");
-        }
-        (status["phase"] == "Running").then(|| status["podIP"].as_str().map(str::to_string))?
-    })
+    wait(
+        &format!("pod {ns}/{name} Running with an address"),
+        Duration::from_secs(120),
+        || {
+            let p = get_json(&["get", "pod", "-n", ns, name])?;
+            let status = &p["status"];
+            if status["phase"] == "Failed" {
+                panic!("pod {ns}/{name} failed: {status}");
+            }
+            (status["phase"] == "Running").then(|| status["podIP"].as_str().map(str::to_string))?
+        },
+    )
 }
 
 /// Waits for a run-to-completion pod and returns (succeeded, its termination message).
@@ -155,11 +171,16 @@ fn block_of(ip: &str) -> Option<(Value, usize)> {
 fn holder(ip: &str) -> Option<String> {
     let (b, ord) = block_of(ip)?;
     let idx = b["spec"]["allocations"][ord].as_u64()? as usize;
-    b["spec"]["attributes"][idx]["secondary"]["pod"].as_str().map(str::to_string)
+    b["spec"]["attributes"][idx]["secondary"]["pod"]
+        .as_str()
+        .map(str::to_string)
 }
 
 fn show_pods(ns: &str) {
-    eprintln!("$ kubectl get pods -n {ns} -o wide\n{}", kubectl_ok(&["get", "pods", "-n", ns, "-o", "wide"]));
+    eprintln!(
+        "$ kubectl get pods -n {ns} -o wide\n{}",
+        kubectl_ok(&["get", "pods", "-n", ns, "-o", "wide"])
+    );
 }
 
 #[test]
@@ -174,13 +195,27 @@ fn a_real_node_runs_pods_with_tortie_addresses() {
 
     pod(&ns, "web", "node-1", &pool_name, &["serve"], "Always");
     let ip = running_ip(&ns, "web");
-    assert!(in_cidr(&ip, cidr), "web got {ip}, outside the annotated pool {cidr}");
+    assert!(
+        in_cidr(&ip, cidr),
+        "web got {ip}, outside the annotated pool {cidr}"
+    );
     let (block, _) = block_of(&ip).expect("an IPAM block holds the pod's address");
     assert_eq!(block["spec"]["affinity"], "host:node-1", "block {block}");
-    assert_eq!(holder(&ip).as_deref(), Some("web"), "the block records the pod for {ip}");
+    assert_eq!(
+        holder(&ip).as_deref(),
+        Some("web"),
+        "the block records the pod for {ip}"
+    );
 
     // Pod to pod on the node: an HTTP GET from a second pod.
-    pod(&ns, "client", "node-1", &pool_name, &["get", "-tries", "30", &format!("http://{ip}:8080/")], "Never");
+    pod(
+        &ns,
+        "client",
+        "node-1",
+        &pool_name,
+        &["get", "-tries", "30", &format!("http://{ip}:8080/")],
+        "Never",
+    );
     let (ok, msg) = finished(&ns, "client", Duration::from_secs(120));
     show_pods(&ns);
     assert!(ok, "client pod could not GET http://{ip}:8080/: {msg}");
@@ -188,10 +223,17 @@ fn a_real_node_runs_pods_with_tortie_addresses() {
 
     // Deleting the pod releases its address (the kubelet's CNI DEL through tortie-ipam).
     kubectl_ok(&["delete", "pod", "-n", &ns, "web", "--wait=true", "--timeout=60s"]);
-    wait(&format!("{ip} released"), Duration::from_secs(60), || holder(&ip).is_none().then_some(()));
+    wait(&format!("{ip} released"), Duration::from_secs(60), || {
+        holder(&ip).is_none().then_some(())
+    });
 
     kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]);
-    let _ = kubectl(&["delete", "ippool.crd.projectcalico.org", &pool_name, "--wait=false"]);
+    let _ = kubectl(&[
+        "delete",
+        "ippool.crd.projectcalico.org",
+        &pool_name,
+        "--wait=false",
+    ]);
 }
 
 /// The operator as a process (it publishes the per-node BIRD configs the agents install).
@@ -199,7 +241,11 @@ struct Operator(Child);
 
 impl Operator {
     fn start(c: &Cluster) -> Operator {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let log = std::fs::File::create(c.dir.as_ref().unwrap().join("logs/operator.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_tortie"))
             .args(["run", "--crd-mode", "v1", "--bind-address", "127.0.0.1"])
@@ -242,7 +288,10 @@ fn kernel_routes(c: &Cluster, n: usize) -> String {
 }
 
 fn squash(s: &str) -> String {
-    s.lines().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")).collect::<Vec<_>>().join("\n")
+    s.lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn node_ip(n: usize) -> String {
@@ -271,13 +320,22 @@ fn pods_on_two_nodes_talk_over_routes_learned_through_bird() {
 
     // node-1 learns node-2's block from node-2's BIRD and programs it into its routing table.
     let via2 = format!("{web_block} via {}", node_ip(2));
-    wait(&format!("node-1's BIRD learns {via2}"), Duration::from_secs(90), || {
-        (birdc_routes(c, 1).contains(&via2) && kernel_routes(c, 1).contains(&via2)).then_some(())
-    });
+    wait(
+        &format!("node-1's BIRD learns {via2}"),
+        Duration::from_secs(90),
+        || (birdc_routes(c, 1).contains(&via2) && kernel_routes(c, 1).contains(&via2)).then_some(()),
+    );
 
     // A pod on node-1 reaches the pod on node-2 (the answer comes back over node-1's block route).
     let url = format!("http://{ip}:8080/");
-    pod(&ns, "client", "node-1", &pool_name, &["get", "-tries", "90", &url], "Never");
+    pod(
+        &ns,
+        "client",
+        "node-1",
+        &pool_name,
+        &["get", "-tries", "90", &url],
+        "Never",
+    );
     let (ok, msg) = finished(&ns, "client", Duration::from_secs(150));
     show_pods(&ns);
     let client_ip = get_json(&["get", "pod", "-n", &ns, "client"]).unwrap()["status"]["podIP"]
@@ -291,12 +349,24 @@ fn pods_on_two_nodes_talk_over_routes_learned_through_bird() {
         birdc_routes(c, 2)
     );
     assert!(msg.starts_with("OK netcheck web "), "unexpected answer: {msg}");
-    assert!(msg.contains(&format!("from {client_ip}:")), "the server saw the client's pod address: {msg}");
+    assert!(
+        msg.contains(&format!("from {client_ip}:")),
+        "the server saw the client's pod address: {msg}"
+    );
     let (cblock, _) = block_of(&client_ip).expect("block of the client's address");
     assert_eq!(cblock["spec"]["affinity"], "host:node-1");
     let via1 = format!("{} via {}", cblock["spec"]["cidr"].as_str().unwrap(), node_ip(1));
-    assert!(kernel_routes(c, 2).contains(&via1), "node-2 routes node-1's block through BIRD:\n{}", kernel_routes(c, 2));
+    assert!(
+        kernel_routes(c, 2).contains(&via1),
+        "node-2 routes node-1's block through BIRD:\n{}",
+        kernel_routes(c, 2)
+    );
 
     kubectl_ok(&["delete", "namespace", &ns, "--wait=false"]);
-    let _ = kubectl(&["delete", "ippool.crd.projectcalico.org", &pool_name, "--wait=false"]);
+    let _ = kubectl(&[
+        "delete",
+        "ippool.crd.projectcalico.org",
+        &pool_name,
+        "--wait=false",
+    ]);
 }

@@ -88,15 +88,23 @@ pub fn cluster_with_nodes(n: usize) -> &'static Cluster {
 /// Whether this host can run the real nodes' containers: root, network namespaces, cgroups.
 /// Err says what is missing (a test then reports itself skipped, loudly).
 pub fn host_runs_containers() -> Result<(), String> {
-    let uid = Command::new("id").arg("-u").output().map_err(|e| format!("id -u: {e}"))?;
+    let uid = Command::new("id")
+        .arg("-u")
+        .output()
+        .map_err(|e| format!("id -u: {e}"))?;
     if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
         return Err("not root (containerd, network namespaces and cgroups need root)".into());
     }
     let mounts = std::fs::read_to_string("/proc/mounts").map_err(|e| format!("/proc/mounts: {e}"))?;
-    let v2 = mounts.lines().any(|l| l.split_whitespace().nth(2) == Some("cgroup2"));
-    let v1_memory = mounts
+    let v2 = mounts
         .lines()
-        .any(|l| l.contains(" cgroup ") && l.split_whitespace().nth(3).is_some_and(|o| o.split(',').any(|o| o == "memory")));
+        .any(|l| l.split_whitespace().nth(2) == Some("cgroup2"));
+    let v1_memory = mounts.lines().any(|l| {
+        l.contains(" cgroup ")
+            && l.split_whitespace()
+                .nth(3)
+                .is_some_and(|o| o.split(',').any(|o| o == "memory"))
+    });
     if !(v2 || v1_memory) {
         return Err("no cgroup hierarchy with the memory controller mounted".into());
     }
