@@ -214,8 +214,10 @@ install_cni() {
     kc create --dry-run=client -o jsonpath='{.data.config}' -f - 2>>"$LOGS/node-$n.log") ||
     fail "rendering the chart's CNI config (log: $LOGS/node-$n.log)"
   [[ -n $conf ]] || fail "the chart rendered an empty CNI config (log: $LOGS/node-$n.log)"
-  jq --arg node "node-$n" --arg sock "$nd/ipam.sock" --arg log "$nd/cni.log" \
-    '.plugins[0].nodename = $node | .plugins[0].ipam.socket = $sock | .plugins[0].log_file_path = $log' <<<"$conf" |
+  # Debug logging in <dir>/node-<i>/cni.log shows, per request, whether the agent answered.
+  jq --arg node "node-$n" --arg sock "$nd/ipam.sock" --arg log "$nd/cni.log" --arg lvl "${TORTIE_NODE_CNI_LOG_LEVEL:-debug}" \
+    '.plugins[0].nodename = $node | .plugins[0].ipam.socket = $sock | .plugins[0].log_file_path = $log
+     | .plugins[0].log_level = $lvl' <<<"$conf" |
     sed "s|__KUBECONFIG_FILEPATH__|$nd/tortie.kubeconfig|g" >"$nd/cni/net.d/10-tortie.conflist.tmp"
   mv "$nd/cni/net.d/10-tortie.conflist.tmp" "$nd/cni/net.d/10-tortie.conflist"
 }

@@ -185,7 +185,7 @@ fn show_pods(ns: &str) {
 
 #[test]
 fn a_real_node_runs_pods_with_tortie_addresses() {
-    let Some(_c) = nodes() else { return };
+    let Some(c) = nodes() else { return };
     let ns = unique_name("node-pods");
     kubectl_ok(&["create", "namespace", &ns]);
     // The seed's second pool, asked for by the pods' annotation.
@@ -205,6 +205,12 @@ fn a_real_node_runs_pods_with_tortie_addresses() {
         holder(&ip).as_deref(),
         Some("web"),
         "the block records the pod for {ip}"
+    );
+    // The kubelet's CNI ADD went through tortie-ipam to the node agent's warm IPAM server.
+    let cni_log = std::fs::read_to_string(node_dir(c, 1).join("cni.log")).unwrap_or_default();
+    assert!(
+        cni_log.contains("answered by the node agent"),
+        "tortie-ipam did not use the agent's socket; node-1 cni.log:\n{cni_log}"
     );
 
     // Pod to pod on the node: an HTTP GET from a second pod.
@@ -369,4 +375,146 @@ fn pods_on_two_nodes_talk_over_routes_learned_through_bird() {
         &pool_name,
         "--wait=false",
     ]);
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// What a node cluster in `dir` has on the host: its network namespaces, mounts, cgroups and
+/// processes (by command line naming the directory).
+fn host_traces(dir: &std::path::Path, netns: &str) -> Vec<String> {
+    let d = dir.to_string_lossy().to_string();
+    let mut found = Vec::new();
+    let list = run_ok(Command::new("ip").args(["netns", "list"]));
+    let tag = netns.trim_end_matches("-n1");
+    found.extend(
+        list.lines()
+            .filter(|l| l.starts_with(tag))
+            .map(|l| format!("netns {l}")),
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    found.extend(
+        mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(4))
+            .filter(|m| m.starts_with(&d))
+            .map(|m| format!("mount {m}")),
+    );
+    for m in std::fs::read_to_string("/proc/mounts").unwrap().lines() {
+        let f: Vec<&str> = m.split_whitespace().collect();
+        if f.len() > 2 && (f[2] == "cgroup" || f[2] == "cgroup2") {
+            let cg = std::path::Path::new(f[1]).join(netns);
+            if cg.exists() {
+                found.push(format!("cgroup {}", cg.display()));
+            }
+        }
+    }
+    for p in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmd) = std::fs::read(p.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(&d) && !cmd.contains("tortie-e2e-watchdog") {
+                found.push(format!("process {}: {cmd}", p.file_name().to_string_lossy()));
+            }
+        }
+    }
+    found
+}
+
+/// `down` after a crash: every process `up` started is killed at once (the pod's shim and
+/// container keep running), then `down` alone must leave nothing of the node on the host.
+#[test]
+fn down_after_a_crash_leaves_nothing_on_the_host() {
+    let Some(c) = nodes() else { return };
+    let dir = support::repo_dir().join(format!("e2e/.run/crash-{}", std::process::id()));
+    let script = support::repo_dir().join("e2e/cluster.sh");
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_tortie"));
+    let env = run_ok(
+        Command::new("bash")
+            .arg(&script)
+            .args([
+                "up",
+                "--nodes",
+                "1",
+                "--watch-pid",
+                &std::process::id().to_string(),
+                "-d",
+            ])
+            .arg(&dir)
+            .env("TORTIE_BIN_DIR", bin.parent().unwrap()),
+    );
+    let kubeconfig = env
+        .lines()
+        .find_map(|l| l.strip_prefix("export KUBECONFIG="))
+        .expect("KUBECONFIG from cluster.sh up")
+        .to_string();
+    let k = |args: &[&str], stdin: &str| {
+        use std::io::Write;
+        let mut cmd = Command::new(&c.kubectl);
+        cmd.arg("--kubeconfig").arg(&kubeconfig).args(args);
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let applied = k(
+        &["apply", "-f", "-"],
+        &format!(
+            "apiVersion: crd.projectcalico.org/v1\nkind: IPPool\nmetadata:\n  name: crash\nspec:\n  cidr: 10.50.0.0/24\n  blockSize: 26\n  nodeSelector: all()\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  namespace: default\nspec:\n  automountServiceAccountToken: false\n  containers:\n  - name: main\n    image: {IMAGE}\n    imagePullPolicy: Never\n    args: [serve]\n"
+        ),
+    );
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    wait(
+        "the crash cluster's pod Running",
+        Duration::from_secs(120),
+        || {
+            let o = k(&["get", "pod", "web", "-o", "jsonpath={.status.phase}"], "");
+            (String::from_utf8_lossy(&o.stdout) == "Running").then_some(())
+        },
+    );
+    let netns = std::fs::read_to_string(dir.join("node-1/netns"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let before = host_traces(&dir, &netns);
+    for want in ["netns", "mount", "cgroup", "process"] {
+        assert!(
+            before.iter().any(|t| t.starts_with(want)),
+            "no {want} before the crash: {before:#?}"
+        );
+    }
+    // The crash: everything cluster.sh started dies at once; shims and the container stay.
+    for entry in std::fs::read_dir(dir.join("pids")).unwrap().flatten() {
+        if entry.file_name() == "watchdog.pid" {
+            continue;
+        }
+        let pid = std::fs::read_to_string(entry.path()).unwrap();
+        let _ = Command::new("kill").args(["-KILL", pid.trim()]).status();
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let crashed = host_traces(&dir, &netns);
+    assert!(
+        crashed.iter().any(|t| t.contains("containerd-shim")),
+        "the pod's shim should outlive the crash: {crashed:#?}"
+    );
+    run_ok(Command::new("bash").arg(&script).args(["down", "-d"]).arg(&dir));
+    let after = host_traces(&dir, &netns);
+    assert!(after.is_empty(), "left on the host after down: {after:#?}");
+    assert!(!dir.exists(), "{} still exists", dir.display());
 }
