@@ -40,7 +40,7 @@ ensure_node_tools() {
     say "node binaries missing: running e2e/build.sh node"
     "$E2E_DIR/build.sh" node >&2 || exit 1
   done
-  [[ -s $(images_dir)/pause.tar ]] || "$E2E_DIR/build.sh" images >&2 || exit 1
+  [[ -x $(images_dir)/bin/netcheck ]] || "$E2E_DIR/build.sh" images >&2 || exit 1
   for b in containerd ctr runc containerd-shim-runc-v2 bird birdc ip jq; do
     command -v "$b" >/dev/null || fail "missing $b (run e2e/install-deps.sh: containerd, runc, bird, iproute2, jq)"
   done
@@ -240,6 +240,13 @@ start_node() {
   (umask 077 && write_kubeconfig "$nd/tortie.kubeconfig" tortie-e2e-node "$PKI/tortie-node.crt" "$PKI/tortie-node.key")
   install_cni "$n"
 
+  # The API server listens on the host's 127.0.0.1 only; inside the node's namespace the same
+  # address and port reach it through a unix socket, so the kubeconfigs work in both (tortie-ipam
+  # runs there, started by containerd, when it does the work itself instead of the agent).
+  start "apiserver-relay-$n" "$(images_dir)/bin/netcheck" forward "unix:$nd/apiserver.sock" "tcp:127.0.0.1:$APISERVER_PORT"
+  start "apiserver-relay-in-$n" nsenter --net="/var/run/netns/$ns" "$(images_dir)/bin/netcheck" forward \
+    "tcp:127.0.0.1:$APISERVER_PORT" "unix:$nd/apiserver.sock"
+
   start "containerd-$n" nsenter --net="/var/run/netns/$ns" containerd --config "$nd/containerd.toml" --log-level warn
   wait_for "containerd-$n" 30 ctr --address "$nd/containerd.sock" version
   local img
@@ -342,7 +349,7 @@ stop_nodes() {
   local n
   stop kube-scheduler
   for n in $(seq 1 "$count"); do
-    stop "kubelet-$n"; stop "agent-$n"; stop "bird-$n"
+    stop "kubelet-$n"; stop "agent-$n"; stop "bird-$n"; stop "apiserver-relay-$n"; stop "apiserver-relay-in-$n"
     local nd; nd=$(node_dir "$n")
     # With containerd still up, kill and delete its containers: their shims then exit cleanly.
     if [[ -n $(pid_of "containerd-$n") ]]; then

@@ -431,8 +431,9 @@ fn host_traces(dir: &std::path::Path, netns: &str) -> Vec<String> {
     found
 }
 
-/// `down` after a crash: every process `up` started is killed at once (the pod's shim and
-/// container keep running), then `down` alone must leave nothing of the node on the host.
+/// A node whose agent is gone still runs pods (tortie-ipam works in-process), and `down` after a
+/// crash: every process `up` started is killed at once (the pod's shim and container keep
+/// running), then `down` alone must leave nothing of the node on the host.
 #[test]
 fn down_after_a_crash_leaves_nothing_on_the_host() {
     let Some(c) = nodes() else { return };
@@ -469,6 +470,10 @@ fn down_after_a_crash_leaves_nothing_on_the_host() {
         child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
         child.wait_with_output().unwrap()
     };
+    // Without the agent, tortie-ipam (run by containerd in the node's namespace) does the work
+    // itself and must reach the API server from there.
+    let agent = std::fs::read_to_string(dir.join("pids/agent-1.pid")).unwrap();
+    run_ok(Command::new("kill").arg(agent.trim()));
     let applied = k(
         &["apply", "-f", "-"],
         &format!(
@@ -488,6 +493,11 @@ fn down_after_a_crash_leaves_nothing_on_the_host() {
             (String::from_utf8_lossy(&o.stdout) == "Running").then_some(())
         },
     );
+    let cni_log = std::fs::read_to_string(dir.join("node-1/cni.log")).unwrap_or_default();
+    assert!(
+        cni_log.contains("running in-process"),
+        "tortie-ipam should have run in-process without the agent; cni.log:\n{cni_log}"
+    );
     let netns = std::fs::read_to_string(dir.join("node-1/netns"))
         .unwrap()
         .trim()
@@ -505,7 +515,11 @@ fn down_after_a_crash_leaves_nothing_on_the_host() {
             continue;
         }
         let pid = std::fs::read_to_string(entry.path()).unwrap();
-        let _ = Command::new("kill").args(["-KILL", pid.trim()]).status();
+        // (agent-1 is already gone)
+        let _ = Command::new("kill")
+            .args(["-KILL", pid.trim()])
+            .stderr(Stdio::null())
+            .status();
     }
     std::thread::sleep(Duration::from_secs(1));
     let crashed = host_traces(&dir, &netns);

@@ -2,6 +2,9 @@
 //
 //	netcheck serve [-port 8080]      answer every HTTP GET with "netcheck <pod> <local address>"
 //	netcheck get URL [-tries N]      GET URL (retrying), print the body; exit 0 on HTTP 200
+//	netcheck forward FROM TO         relay every connection accepted on FROM to TO, where each is
+//	                                 tcp:HOST:PORT or unix:PATH (the e2e nodes reach the API server on
+//	                                 127.0.0.1 through a unix socket: see e2e/node.sh)
 //
 // `get` also writes its result to /dev/termination-log, so a test reads it from the Pod's status
 // (containerStatuses[].state.terminated.message) without the kubelet's log API.
@@ -14,6 +17,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strings"
 	"time"
 )
 
@@ -35,13 +39,63 @@ func main() {
 			usage()
 		}
 		os.Exit(get(fs.Arg(0), *tries))
+	case "forward":
+		if len(os.Args) != 4 {
+			usage()
+		}
+		forward(os.Args[2], os.Args[3])
 	default:
 		usage()
 	}
 }
 
+func endpoint(s string) (string, string) {
+	if p, ok := strings.CutPrefix(s, "unix:"); ok {
+		return "unix", p
+	}
+	if a, ok := strings.CutPrefix(s, "tcp:"); ok {
+		return "tcp", a
+	}
+	usage()
+	return "", ""
+}
+
+func forward(from, to string) {
+	lnet, laddr := endpoint(from)
+	dnet, daddr := endpoint(to)
+	if lnet == "unix" {
+		_ = os.Remove(laddr)
+	}
+	ln, err := net.Listen(lnet, laddr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "netcheck:", err)
+		os.Exit(1)
+	}
+	fmt.Printf("netcheck: forwarding %s to %s\n", from, to)
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "netcheck:", err)
+			os.Exit(1)
+		}
+		go func() {
+			defer c.Close()
+			d, err := net.Dial(dnet, daddr)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "netcheck:", err)
+				return
+			}
+			defer d.Close()
+			done := make(chan struct{}, 2)
+			go func() { _, _ = io.Copy(d, c); done <- struct{}{} }()
+			go func() { _, _ = io.Copy(c, d); done <- struct{}{} }()
+			<-done
+		}()
+	}
+}
+
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: netcheck serve [-port N] | netcheck get [-tries N] URL")
+	fmt.Fprintln(os.Stderr, "usage: netcheck serve [-port N] | netcheck get [-tries N] URL | netcheck forward FROM TO")
 	os.Exit(2)
 }
 
