@@ -2,12 +2,14 @@
 #   include e2e/e2e.mk
 # `make e2e-deps` installs the Debian packages and builds/caches kube-apiserver,
 # kube-controller-manager and helm (a no-op taking well under a second once done).
-# `make cluster-up` starts a cluster in $(TORTIE_E2E_DIR) and prints the `export` lines to eval;
+# `make cluster-up` starts a cluster in $(TORTIE_E2E_DIR) and prints the `export` lines to eval
+# (`make cluster-up NODES=2`: with two real nodes, as root, after `cargo build --bins`);
 # tests started while it runs attach to it when KUBECONFIG (or TORTIE_E2E_KUBECONFIG) names it,
 # otherwise every test binary starts (and stops) its own.
 
 E2E_SH ?= bash
 TORTIE_E2E_DIR ?= $(CURDIR)/e2e/.run/default
+NODES ?= 0
 
 .PHONY: e2e-deps cluster-up cluster-down cluster-env cluster-status
 
@@ -16,7 +18,7 @@ e2e-deps:
 	$(E2E_SH) e2e/build.sh
 
 cluster-up: e2e-deps
-	@$(E2E_SH) e2e/cluster.sh up -d $(TORTIE_E2E_DIR)
+	@$(E2E_SH) e2e/cluster.sh up -d $(TORTIE_E2E_DIR) --nodes $(NODES)
 	@echo '# to use it in your shell: eval "$$(e2e/cluster.sh env -d $(TORTIE_E2E_DIR))"'
 
 cluster-down:
