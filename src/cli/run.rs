@@ -17,7 +17,7 @@ use kube_lease_manager::LeaseManagerBuilder;
 use tracing::{error, info, warn};
 
 use crate::api::CrdMode;
-use crate::controllers::tokio_util_shim::CancellationToken;
+use tokio_util::sync::CancellationToken;
 use crate::controllers::{self, Config, Ctx, Part, Stores};
 use crate::metrics::{Metrics, ipam_gauges};
 

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use super::tokio_util_shim::CancellationToken;
+use tokio_util::sync::CancellationToken;
 use kube::api::{Api, DynamicObject, PostParams};
 use kube::core::ApiResource;
 use kube::{Client, Resource};

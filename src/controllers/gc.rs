@@ -24,7 +24,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::gc_plan::{self, AffinityIn, BlockIn, Guard, HandleIn, PodInfo, World};
 use super::pod::{SlimPod, pod_info};
-use super::tokio_util_shim::CancellationToken;
+use tokio_util::sync::CancellationToken;
 use super::{Ctx, Error};
 use crate::api::{Block, CalicoKind};
 use crate::ipam::names;
