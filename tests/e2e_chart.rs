@@ -1,6 +1,6 @@
 //! The Helm chart (charts/tortie) against helm and a real control plane.
 //!
-//! * without a cluster: the chart's CRDs equal `crds/`, `helm lint` is clean in both CRD modes, the
+//! * without a cluster: `helm lint` is clean in both CRD modes, the
 //!   values schema rejects bad values, and the rendered manifests keep their promises (security
 //!   context, probes, PDB, least-privilege RBAC, the conflist, the dashboard);
 //! * with a cluster: `helm template` is accepted by `kubectl apply --dry-run=server`; install, upgrade
@@ -140,32 +140,6 @@ fn has(g: &BTreeSet<(String, String, String)>, group: &str, res: &str, verb: &st
 
 // ------------------------------------------------------------------------------------------------
 // without a cluster
-
-#[test]
-fn chart_crds_are_the_generated_crds() {
-    for mode in ["v1", "v3"] {
-        let names = |d: &Path| -> BTreeSet<String> {
-            std::fs::read_dir(d)
-                .unwrap_or_else(|e| panic!("{}: {e}", d.display()))
-                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect()
-        };
-        let src = repo().join("crds").join(mode);
-        let dst = chart().join("files/crds").join(mode);
-        assert_eq!(
-            names(&src),
-            names(&dst),
-            "charts/tortie/files/crds/{mode} differs from crds/{mode}: run `make chart`"
-        );
-        for f in names(&src) {
-            assert_eq!(
-                std::fs::read_to_string(src.join(&f)).unwrap(),
-                std::fs::read_to_string(dst.join(&f)).unwrap(),
-                "charts/tortie/files/crds/{mode}/{f} differs from crds/{mode}/{f}: run `make chart`"
-            );
-        }
-    }
-}
 
 #[test]
 fn helm_lint_is_clean_in_both_modes() {
