@@ -8,8 +8,9 @@ MODE ?= v1
 help: ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort | awk -F'\t' '{ printf "  %-14s %s\n", $$1, $$2 }'
 
-deps: ## install what tests need (Debian packages, kube-apiserver built from Go modules, helm)
+deps: ## install or check what `make test`/`make demo` need (Debian packages, Rust, Go; builds kube-apiserver, helm)
 	bash e2e/install-deps.sh
+	bash e2e/toolchains.sh
 	bash e2e/build.sh
 
 build: ## build tortie and tortie-ipam

