@@ -1794,8 +1794,7 @@ fn install_cni_uses_the_cni_account(ns: &str) {
     );
     let net = root.join("etc/cni/net.d");
     let conflist: Value =
-        serde_json::from_str(&std::fs::read_to_string(net.join("05-tortie.conflist")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(net.join("05-tortie.conflist")).unwrap()).unwrap();
     assert_eq!(
         conflist["plugins"][0]["kubernetes"]["kubeconfig"],
         "/etc/cni/net.d/tortie-kubeconfig"
@@ -1813,7 +1812,11 @@ fn install_cni_uses_the_cni_account(ns: &str) {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     left.sort();
-    assert_eq!(left, ["05-tortie.conflist", "tortie-kubeconfig"], "no staging files left");
+    assert_eq!(
+        left,
+        ["05-tortie.conflist", "tortie-kubeconfig"],
+        "no staging files left"
+    );
     let whoami = |kc: &Path| {
         ok(
             kubectl_as(
@@ -1857,8 +1860,9 @@ fn install_cni_uses_the_cni_account(ns: &str) {
         "the agent minted an operator token:\n{said}"
     );
     assert!(
-        said.lines().any(|l| l.starts_with("tortie: asking a token of ServiceAccount")
-            && l.contains("tortie-operator")),
+        said.lines()
+            .any(|l| l.starts_with("tortie: asking a token of ServiceAccount")
+                && l.contains("tortie-operator")),
         "one line naming the account:\n{said}"
     );
     assert!(!other.join("etc/cni/net.d/tortie-kubeconfig").exists());

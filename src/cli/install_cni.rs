@@ -91,8 +91,7 @@ impl InstallCniArgs {
             .with_ansi(super::colour_logs())
             .with_writer(std::io::stderr)
             .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| "info".into()),
+                tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
             )
             .init();
         self.check()?;
@@ -103,8 +102,7 @@ impl InstallCniArgs {
             .namespace
             .clone()
             .unwrap_or_else(|| config.default_namespace.clone());
-        let client =
-            kube::Client::try_from(config.clone()).context("connecting to the Kubernetes API")?;
+        let client = kube::Client::try_from(config.clone()).context("connecting to the Kubernetes API")?;
         let sas: Api<ServiceAccount> = Api::namespaced(client, &namespace);
         let writer = KubeconfigWriter {
             args: &self,
@@ -168,8 +166,8 @@ impl InstallCniArgs {
         };
         let dir = self.on_host(&self.bin_dir);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let mut from = std::fs::File::open(&src)
-            .with_context(|| format!("opening the plugin {}", src.display()))?;
+        let mut from =
+            std::fs::File::open(&src).with_context(|| format!("opening the plugin {}", src.display()))?;
         replace_with(&dir.join("tortie-ipam"), 0o755, |f| {
             std::io::copy(&mut from, f).map(drop)
         })?;
@@ -229,9 +227,9 @@ impl KubeconfigWriter<'_> {
         }
         let ca = match &self.config.root_cert_file {
             // In a pod: the mounted CA file, read each time (it can be rotated).
-            Some(f) => Some(
-                std::fs::read(f).with_context(|| format!("reading the cluster CA {}", f.display()))?,
-            ),
+            Some(f) => {
+                Some(std::fs::read(f).with_context(|| format!("reading the cluster CA {}", f.display()))?)
+            }
             None => self
                 .config
                 .root_cert
@@ -256,7 +254,10 @@ impl KubeconfigWriter<'_> {
         let dir = a.on_host(&a.net_dir);
         std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         replace(&dir.join(&a.kubeconfig_name), PRIVATE_MODE, text.as_bytes())?;
-        let left = granted.expiration_timestamp.0.duration_since(jiff::Timestamp::now());
+        let left = granted
+            .expiration_timestamp
+            .0
+            .duration_since(jiff::Timestamp::now());
         let left = Duration::try_from(left).unwrap_or(Duration::ZERO);
         info!(
             path = %a.kubeconfig_path().display(),
@@ -336,7 +337,9 @@ pub fn replace_with(
     f.sync_all().with_context(|| at("syncing"))?;
     f.set_permissions(std::fs::Permissions::from_mode(mode))
         .with_context(|| at("setting the mode of"))?;
-    tmp.persist(dest).map_err(|e| e.error).with_context(|| at("replacing"))?;
+    tmp.persist(dest)
+        .map_err(|e| e.error)
+        .with_context(|| at("replacing"))?;
     Ok(())
 }
 
@@ -419,7 +422,10 @@ mod tests {
     fn bad_flags_are_named() {
         for (argv, want) in [
             (&["--token-lifetime=5m"][..], "--token-lifetime"),
-            (&["--token-lifetime=1h", "--token-refresh=2h"][..], "--token-refresh"),
+            (
+                &["--token-lifetime=1h", "--token-refresh=2h"][..],
+                "--token-refresh",
+            ),
             (&["--conf-name=../x.conflist"][..], "--conf-name"),
             (&["--kubeconfig-name="][..], "--kubeconfig-name"),
         ] {

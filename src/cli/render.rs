@@ -63,10 +63,7 @@ impl RenderArgs {
         match &self.out {
             None => {
                 for (name, body) in &out.files {
-                    super::out(&format!(
-                        "==> {name} <==\n{}\n",
-                        String::from_utf8_lossy(body)
-                    ))?;
+                    super::out(&format!("==> {name} <==\n{}\n", String::from_utf8_lossy(body)))?;
                 }
             }
             Some(dir) => {

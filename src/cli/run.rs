@@ -17,9 +17,9 @@ use kube_lease_manager::LeaseManagerBuilder;
 use tracing::{error, info, warn};
 
 use crate::api::CrdMode;
-use tokio_util::sync::CancellationToken;
 use crate::controllers::{self, Config, Ctx, Part, Stores};
 use crate::metrics::{Metrics, ipam_gauges};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -42,9 +42,7 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     }
     crate::bgp::snapshot::parse_duration_secs(s)
         .ok_or_else(|| format!("{s:?} is not a duration like 15m, 30s or 1h30m"))
-        .and_then(|secs| {
-            Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is too long"))
-        })
+        .and_then(|secs| Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is too long")))
 }
 
 /// Run the operator: Installation, IPPool, IPAM GC and BGP controllers under leader election.
@@ -89,7 +87,13 @@ pub struct RunArgs {
     #[arg(long, env = "TORTIE_AGENT_ROLE")]
     pub agent_role: Option<String>,
     /// Controllers to run, comma-separated (e.g. `installation,ippool,gc`).
-    #[arg(long, env = "TORTIE_CONTROLLERS", value_enum, value_delimiter = ',', default_value = "installation,ippool,gc,bgp")]
+    #[arg(
+        long,
+        env = "TORTIE_CONTROLLERS",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "installation,ippool,gc,bgp"
+    )]
     pub controllers: Vec<Part>,
 }
 
@@ -365,7 +369,10 @@ mod tests {
         let all = [Part::Installation, Part::Ippool, Part::Gc, Part::Bgp];
         assert_eq!(T::try_parse_from(["t"]).unwrap().run.controllers, all);
         assert_eq!(
-            T::try_parse_from(["t", "--controllers=ippool,gc"]).unwrap().run.controllers,
+            T::try_parse_from(["t", "--controllers=ippool,gc"])
+                .unwrap()
+                .run
+                .controllers,
             [Part::Ippool, Part::Gc]
         );
         let help = T::command().render_long_help().to_string();

@@ -27,11 +27,7 @@ pub enum InstallError {
 /// The conflist to install: `template` (named `source_name` in errors) checked to be a CNI
 /// network configuration list and every occurrence of [`KUBECONFIG_PLACEHOLDER`] in its strings
 /// replaced by `kubeconfig_path`. Pretty JSON with a final newline.
-pub fn conflist(
-    template: &str,
-    source_name: &str,
-    kubeconfig_path: &str,
-) -> Result<String, InstallError> {
+pub fn conflist(template: &str, source_name: &str, kubeconfig_path: &str) -> Result<String, InstallError> {
     let bad = |what: &str| InstallError::NotAConflist {
         source_name: source_name.to_string(),
         what: what.to_string(),
@@ -43,7 +39,7 @@ pub fn conflist(
     if !conf.is_object() {
         return Err(bad("not a JSON object"));
     }
-    if !conf["name"].as_str().is_some_and(|n| !n.is_empty()) {
+    if conf["name"].as_str().is_none_or(str::is_empty) {
         return Err(bad("field `name`: missing or not a non-empty string"));
     }
     let Some(plugins) = conf["plugins"].as_array() else {
@@ -55,7 +51,7 @@ pub fn conflist(
         return Err(bad("field `plugins`: empty"));
     }
     for (i, p) in plugins.iter().enumerate() {
-        if !p["type"].as_str().is_some_and(|t| !t.is_empty()) {
+        if p["type"].as_str().is_none_or(str::is_empty) {
             return Err(bad(&format!(
                 "field `plugins[{i}].type`: missing or not a non-empty string"
             )));
@@ -81,8 +77,14 @@ fn substitute(v: &mut Value, path: &str) {
 /// DER certificates as one PEM bundle (what a kubeconfig's `certificate-authority-data` holds,
 /// base64-encoded once more).
 pub fn pem_bundle(ders: &[Vec<u8>]) -> String {
-    let pems: Vec<pem::Pem> = ders.iter().map(|d| pem::Pem::new("CERTIFICATE", d.clone())).collect();
-    pem::encode_many_config(&pems, pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF))
+    let pems: Vec<pem::Pem> = ders
+        .iter()
+        .map(|d| pem::Pem::new("CERTIFICATE", d.clone()))
+        .collect();
+    pem::encode_many_config(
+        &pems,
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
 }
 
 /// What the CNI plugin's kubeconfig says.
@@ -168,7 +170,10 @@ mod tests {
             (r#"{"plugins":[{"type":"ptp"}]}"#, "field `name`"),
             (r#"{"name":"n","type":"ptp"}"#, "field `plugins`: missing"),
             (r#"{"name":"n","plugins":[]}"#, "field `plugins`: empty"),
-            (r#"{"name":"n","plugins":[{"type":"ptp"},{"ipam":{}}]}"#, "field `plugins[1].type`"),
+            (
+                r#"{"name":"n","plugins":[{"type":"ptp"},{"ipam":{}}]}"#,
+                "field `plugins[1].type`",
+            ),
         ] {
             let e = conflist(t, "/tortie/config", "/k").unwrap_err().to_string();
             assert!(e.starts_with("network config /tortie/config: "), "{t}: {e}");
@@ -180,7 +185,10 @@ mod tests {
     fn pem_bundle_decodes_back_to_the_certificates() {
         let ders = vec![vec![1u8; 100], (0..=255u8).collect::<Vec<u8>>()];
         let text = pem_bundle(&ders);
-        assert!(!text.contains('\r') && text.lines().all(|l| l.len() <= 64), "{text}");
+        assert!(
+            !text.contains('\r') && text.lines().all(|l| l.len() <= 64),
+            "{text}"
+        );
         let back: Vec<Vec<u8>> = pem::parse_many(&text)
             .unwrap()
             .into_iter()
@@ -212,7 +220,10 @@ mod tests {
         assert_eq!(ca_back, ca.as_bytes());
         assert_eq!(kc.auth_infos[0].name, "tortie-cni");
         let ctx = kc.contexts[0].context.as_ref().unwrap();
-        assert_eq!((ctx.cluster.as_str(), ctx.user.as_deref()), ("local", Some("tortie-cni")));
+        assert_eq!(
+            (ctx.cluster.as_str(), ctx.user.as_deref()),
+            ("local", Some("tortie-cni"))
+        );
         // The token survives YAML quoting exactly.
         use kube::config::KubeConfigOptions;
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
@@ -252,7 +263,10 @@ mod tests {
         let h = Duration::from_secs(3600);
         assert_eq!(next_refresh(h, Duration::from_secs(86400)), h);
         // A token granted for 10 min (the API server's minimum) is renewed after 400 s.
-        assert_eq!(next_refresh(h, Duration::from_secs(600)), Duration::from_secs(400));
+        assert_eq!(
+            next_refresh(h, Duration::from_secs(600)),
+            Duration::from_secs(400)
+        );
         assert_eq!(next_refresh(h, Duration::ZERO), Duration::from_secs(10));
     }
 }
