@@ -10,7 +10,6 @@ help: ## list targets
 
 deps: ## install or check what `make test`/`make demo` need (Debian packages, Rust, Go; builds kube-apiserver, helm)
 	bash e2e/install-deps.sh
-	bash e2e/toolchains.sh
 	bash e2e/build.sh
 
 build: ## build tortie and tortie-ipam

