@@ -3,8 +3,8 @@
 #   tortie        the operator (`tortie run`) and the CLI, plus tortie-ipam; distroless, non-root (65532)
 #   tortie-agent  the node agent (`tortie agent`) with BIRD 1.6 (`bird`, `bird6`, `birdc`, `birdc6`: the
 #                 agent checks configs with `bird -p` and reloads BIRD through its socket; the chart's
-#                 `bird`/`bird6` containers run the daemons from this image) and the CNI installer's
-#                 shell + curl
+#                 `bird`/`bird6` containers run the daemons from this image, with `sh` for their
+#                 start-up wait); `tortie install-cni` puts tortie-ipam on the node
 #
 #   docker build --target tortie       -t REGISTRY/tortie:0.1.0 .
 #   docker build --target tortie-agent -t REGISTRY/tortie-agent:0.1.0 .
@@ -36,7 +36,7 @@ CMD ["run"]
 
 FROM docker.io/library/debian:${DEBIAN}-slim AS tortie-agent
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends bird ca-certificates curl \
+    && apt-get install -y --no-install-recommends bird ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /out/tortie /out/tortie-ipam /usr/local/bin/
 ENTRYPOINT ["/usr/local/bin/tortie"]

@@ -8,17 +8,21 @@ MODE ?= v1
 help: ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | sort | awk -F'\t' '{ printf "  %-14s %s\n", $$1, $$2 }'
 
-deps: ## install what tests need (Debian packages, kube-apiserver built from Go modules, helm)
+deps: ## install or check what `make test`/`make demo` need (Debian packages, Rust, Go; builds kube-apiserver, helm)
 	bash e2e/install-deps.sh
 	bash e2e/build.sh
 
 build: ## build tortie and tortie-ipam
 	$(CARGO) build --bins
 
-crds: ## regenerate crds/v1 and crds/v3 from the Rust types
-	rm -rf crds/v1 crds/v3
-	$(CARGO) run --quiet --bin tortie -- crd --mode v1 --out crds/v1
-	$(CARGO) run --quiet --bin tortie -- crd --mode v3 --out crds/v3
+# The chart's copy (charts/tortie/files/crds, rendered by templates/crds.yaml) is generated too, not
+# copied: tests/crds_drift.rs checks both against the types.
+CRD_DIRS := crds charts/tortie/files/crds
+
+crds: ## regenerate crds/v1, crds/v3 and the chart's copy from the Rust types
+	rm -rf $(foreach d,$(CRD_DIRS),$(d)/v1 $(d)/v3)
+	for d in $(CRD_DIRS); do for m in v1 v3; do \
+	  $(CARGO) run --quiet --bin tortie -- crd --mode $$m --out $$d/$$m || exit 1; done; done
 
 unit: ## unit and property tests only (no control plane)
 	$(CARGO) test --lib --bins
@@ -66,8 +70,7 @@ demo: ## run tortie on a local control plane with the example manifests applied 
 demo-down: ## stop the demo and remove its state
 	bash demo/run.sh down
 
-chart: e2e-deps ## copy crds/ into charts/tortie, lint the chart and package it into target/chart
-	rm -rf charts/tortie/files/crds && mkdir -p charts/tortie/files/crds && cp -r crds/v1 crds/v3 charts/tortie/files/crds/
+chart: e2e-deps crds ## regenerate the CRDs, lint the chart and package it into target/chart
 	$(HELM) lint charts/tortie
 	$(HELM) package charts/tortie -d target/chart
 

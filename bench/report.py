@@ -73,11 +73,11 @@ def row(system, sid, path=None):
     return None
 
 
-# Calico's published figures (../shared/spec/perf-anchors.md; every figure there names its source).
+# Calico's published figures, each with its public source.
 # Each entry: what, Calico's figure, and how to read tortie's from the results.
 CALICO = [
     ("API calls per pod address (steady state)",
-     "about 10, 2 of them writes (perf-anchors §1.2, from libcalico-go's IPAM code)",
+     "about 10, 2 of them writes (counted from libcalico-go's IPAM code)",
      lambda s: (lambda r: r and f"{float(r['steady-state writes/alloc']) + float(r['steady-state reads/alloc']):.2f} "
                 f"({r['steady-state writes/alloc']} writes, {r['steady-state reads/alloc']} reads; "
                 f"{r['writes/alloc']} + {r['reads/alloc']} counting each node's block claim)")(row(s, "burst", "agent"))),
@@ -88,7 +88,7 @@ CALICO = [
      "1,000 pods on 10 nodes Running after 322 s ≈ 3.1 pods/s (spiderpool's IPAM benchmark, Calico 3.26)",
      lambda s: (lambda r: r and f"{r['allocations/s']} allocations/s ({r['pods']} pods, {r['nodes']} nodes)")(row(s, "burst", "agent"))),
     ("leaked address reclaimed",
-     "15–22.5 min on a live node with default settings (perf-anchors §1.5)",
+     "15–22.5 min on a live node with default settings (leakGracePeriod 15 min, a sync every 7.5 min: kube-controllers' IPAM GC)",
      lambda s: (lambda r: r and f"{r['all reclaimed s']} s for {r['leaked addresses']} leaks "
                 f"(grace {r['grace period s']} s)")(row(s, "gc"))),
     ("controller memory at ~10 nodes",
@@ -127,8 +127,8 @@ def main():
               "Calico's `calico-ipam` could not be run on the same inputs: the Go module proxy this machine uses "
               "refuses `github.com/projectcalico/calico` (HTTP 403 for every version tried, e.g. "
               "`v3.31.2+incompatible` and `master`), and nothing of Calico's may be vendored here. So tortie's "
-              "figures from this run stand beside Calico's published ones (`../shared/spec/perf-anchors.md`, "
-              "which cites a source for each; their hardware differs from this 2-core machine).", "",
+              "figures from this run stand beside Calico's published ones (the source of each is named with it; "
+              "their hardware differs from this 2-core machine).", "",
               "| figure | Calico (published) | tortie (this run) |", "| --- | --- | --- |"]
     for what, calico, ours in CALICO:
         try:

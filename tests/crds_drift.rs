@@ -1,14 +1,16 @@
-//! `crds/` must be exactly what the Rust types generate (`make crds` rewrites it).
+//! The committed CRDs must be exactly what the Rust types generate, in both places they are kept:
+//! `crds/` (for `kubectl apply -f crds/<mode>/`) and `charts/tortie/files/crds/` (what the chart's
+//! `templates/crds.yaml` renders, so `helm install tortie charts/tortie` from a checkout brings
+//! them). `make crds` rewrites both.
 
 use std::path::Path;
 
 use tortie::api::{CrdMode, crd};
 
-#[test]
-fn committed_crds_match_the_types() {
+fn check(dir_in_repo: &str) {
     for mode in [CrdMode::V1, CrdMode::V3] {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("crds")
+            .join(dir_in_repo)
             .join(mode.to_string());
         let want = crd::crds(mode);
         let mut expected_files: Vec<String> = want.iter().map(crd::file_name).collect();
@@ -35,4 +37,28 @@ fn committed_crds_match_the_types() {
             );
         }
     }
+}
+
+#[test]
+fn committed_crds_match_the_types() {
+    check("crds");
+}
+
+#[test]
+fn the_charts_crds_match_the_types() {
+    check("charts/tortie/files/crds");
+}
+
+/// Helm installs every manifest under a chart's `crds/` folder, subfolders included, with no way
+/// to choose: both modes' CRDs (and the Installation CRD twice) would be created, and a cluster
+/// would serve both Calico groups. The chart renders the chosen mode's CRDs from `files/crds/`
+/// instead (and can upgrade them, which Helm never does for `crds/`).
+#[test]
+fn the_chart_has_no_helm_crds_folder() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("charts/tortie/crds");
+    assert!(
+        !dir.exists(),
+        "{}: Helm would install both CRD modes from it; the CRDs belong in charts/tortie/files/crds",
+        dir.display()
+    );
 }

@@ -1,6 +1,6 @@
 //! The Helm chart (charts/tortie) against helm and a real control plane.
 //!
-//! * without a cluster: the chart's CRDs equal `crds/`, `helm lint` is clean in both CRD modes, the
+//! * without a cluster: `helm lint` is clean in both CRD modes, the
 //!   values schema rejects bad values, and the rendered manifests keep their promises (security
 //!   context, probes, PDB, least-privilege RBAC, the conflist, the dashboard);
 //! * with a cluster: `helm template` is accepted by `kubectl apply --dry-run=server`; install, upgrade
@@ -142,32 +142,6 @@ fn has(g: &BTreeSet<(String, String, String)>, group: &str, res: &str, verb: &st
 // without a cluster
 
 #[test]
-fn chart_crds_are_the_generated_crds() {
-    for mode in ["v1", "v3"] {
-        let names = |d: &Path| -> BTreeSet<String> {
-            std::fs::read_dir(d)
-                .unwrap_or_else(|e| panic!("{}: {e}", d.display()))
-                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect()
-        };
-        let src = repo().join("crds").join(mode);
-        let dst = chart().join("files/crds").join(mode);
-        assert_eq!(
-            names(&src),
-            names(&dst),
-            "charts/tortie/files/crds/{mode} differs from crds/{mode}: run `make chart`"
-        );
-        for f in names(&src) {
-            assert_eq!(
-                std::fs::read_to_string(src.join(&f)).unwrap(),
-                std::fs::read_to_string(dst.join(&f)).unwrap(),
-                "charts/tortie/files/crds/{mode}/{f} differs from crds/{mode}/{f}: run `make chart`"
-            );
-        }
-    }
-}
-
-#[test]
 fn helm_lint_is_clean_in_both_modes() {
     for sets in [
         vec![],
@@ -203,6 +177,9 @@ fn values_schema_rejects_bad_values_naming_the_field() {
         ("agent.birdSocket=/etc/bird/bird.ctl", "birdSocket"),
         ("agent.birdSocket=/etc/bird/run/bird.ctl", "birdSocket"),
         ("agent.birdConfigDir=/run/bird/cfg", "birdConfigDir"),
+        ("cni.tokenSeconds=300", "tokenSeconds"),
+        ("cni.tokenRefreshSeconds=90000", "tokenRefreshSeconds"),
+        ("cni.confName=tortie.conf", "confName"),
     ] {
         let out = template(&[set]);
         assert!(!out.status.success(), "helm template --set {set} was accepted");
@@ -548,6 +525,26 @@ fn rbac_grants_each_component_only_what_it_uses() {
             )
         );
 
+        // Calico's own plugin (cni.plugin=calico) shares the kubeconfig: it also gets its Node,
+        // patches the pod's status and reads ClusterInformation, and nothing more.
+        let calico = docs(&[&format!("crdMode={mode}"), "cni.plugin=calico"]);
+        let with_calico = grants(find(&calico, "ClusterRole", "tortie-cni"));
+        let extra: BTreeSet<_> = with_calico.difference(&cni).cloned().collect();
+        assert_eq!(
+            extra,
+            [
+                ("", "nodes", "get"),
+                ("", "pods/status", "patch"),
+                (group, "clusterinformations", "get"),
+                (group, "clusterinformations", "list"),
+            ]
+            .iter()
+            .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+            .collect(),
+            "{mode}: what Calico's plugin needs beyond tortie-ipam"
+        );
+        assert!(cni.is_subset(&with_calico));
+
         let agent = grants(find(&d, "Role", "tortie-agent"));
         assert!(
             !agent.iter().any(|(_, r, _)| r == "secrets" || r == "configmaps"),
@@ -651,9 +648,20 @@ fn cni_conflist_is_shaped_like_calicos() {
             "cni.ipv4Pools={pool2-ipv4-ippool}",
         ]);
         let cm = find(&d, "ConfigMap", "tortie-cni-config");
-        assert_eq!(cm["data"]["confName"], "10-tortie.conflist");
+        // The runtime takes the first conflist in name order: tortie's must win over Calico's.
+        let name = cm["data"]["confName"].as_str().unwrap();
+        assert_eq!(name, "05-tortie.conflist");
+        assert!(name < "10-calico.conflist");
         let conf: Value =
             serde_json::from_str(cm["data"]["config"].as_str().unwrap()).expect("conflist is JSON");
+        // What `tortie install-cni` will write from it.
+        let installed = tortie::cni::install::conflist(
+            cm["data"]["config"].as_str().unwrap(),
+            "the chart's ConfigMap",
+            "/etc/cni/net.d/tortie-kubeconfig",
+        )
+        .expect("tortie install-cni accepts the chart's conflist");
+        assert!(installed.contains("\"kubeconfig\": \"/etc/cni/net.d/tortie-kubeconfig\""));
         assert_eq!(conf["name"], "k8s-pod-network");
         assert_eq!(conf["cniVersion"], "1.0.0");
         let p = &conf["plugins"][0];
@@ -1007,7 +1015,7 @@ fn install_least_privilege_upgrade_uninstall() {
         "10.48.0.0/24"
     );
 
-    install_cni_script_uses_the_cni_account(ns);
+    install_cni_uses_the_cni_account(ns);
     least_privilege_by_impersonation(ns);
     least_privilege_in_operation(ns);
 
@@ -1744,27 +1752,14 @@ fn published_bird_lines(ns: &str, node: &str) -> Vec<String> {
     lines
 }
 
-/// The DaemonSet's install-cni.sh, run here with the agent's token: it mints a token of the CNI
-/// account and writes the plugin, the conflist and a kubeconfig that authenticates as that account.
-fn install_cni_script_uses_the_cni_account(ns: &str) {
+/// The DaemonSet's `tortie install-cni`, run here with the agent's ServiceAccount: it mints a
+/// token of the CNI account and writes the plugin, the conflist and a kubeconfig that
+/// authenticates as that account (owner-only); `refresh` renews it and stops on SIGTERM; the
+/// agent's account may mint tokens of the CNI account only.
+fn install_cni_uses_the_cni_account(ns: &str) {
     let c = cluster();
     let root = c.dir.join("node-root");
-    let sa = c.dir.join("agent-sa");
-    std::fs::create_dir_all(&sa).unwrap();
-    let token = kubectl(&["create", "token", "-n", ns, "tortie-agent", "--duration=10m"]);
-    std::fs::write(sa.join("token"), token.trim()).unwrap();
-    std::fs::copy(
-        c.kubeconfig.parent().unwrap().join("pki/ca.crt"),
-        sa.join("ca.crt"),
-    )
-    .expect("cluster CA");
-    let server = kubectl(&[
-        "config",
-        "view",
-        "--minify",
-        "-o",
-        "jsonpath={.clusters[0].cluster.server}",
-    ]);
+    let agent_kc = sa_kubeconfig(ns, "tortie-agent");
     let conf = c.dir.join("cni-config");
     std::fs::write(
         &conf,
@@ -1779,95 +1774,98 @@ fn install_cni_script_uses_the_cni_account(ns: &str) {
         ]),
     )
     .unwrap();
-    let ipam = bin("tortie-ipam");
-    // A `cat` that records the mode of the file it is about to write (its stdout), before the
-    // first byte: the token kubeconfig must be owner-only from its creation.
-    let spy = c.dir.join("spy-bin");
-    std::fs::create_dir_all(&spy).unwrap();
-    let modes = c.dir.join("cat-modes");
-    let _ = std::fs::remove_file(&modes);
-    std::fs::write(
-        spy.join("cat"),
-        format!(
-            "#!/bin/sh\nout=/proc/$$/fd/1\nif [ -f $out ]; then echo \"$(readlink $out) $(stat -L -c %a $out)\" >>{}; fi\nexec /bin/cat \"$@\"\n",
-            modes.display()
-        ),
-    )
-    .unwrap();
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(spy.join("cat"), std::fs::Permissions::from_mode(0o755)).unwrap();
-    }
-    let path = format!("{}:{}", spy.display(), std::env::var("PATH").unwrap_or_default());
-    let mut cmd = Command::new("sh");
-    cmd.arg(chart().join("files/install-cni.sh"))
-        .arg("install")
-        .env("PATH", &path)
-        .env("HOST_ROOT", &root)
-        .env("SA_DIR", &sa)
-        .env("APISERVER", server.trim())
-        .env("NAMESPACE", ns)
-        .env("CNI_SERVICEACCOUNT", "tortie-cni")
-        .env("CONF_SRC", &conf)
-        .env("IPAM_BIN", &ipam)
-        .env("TOKEN_SECONDS", "600");
-    let out = run(cmd, None);
-    assert!(out.status.success(), "install-cni.sh failed:\n{}", text(&out));
+    let install_cni = |root: &Path, step: &str, sa: &str| {
+        let mut cmd = Command::new(bin("tortie"));
+        cmd.args(["install-cni", step])
+            .arg(format!("--host-root={}", root.display()))
+            .arg(format!("--config={}", conf.display()))
+            .args(["--namespace", ns, "--service-account", sa])
+            .args(["--token-lifetime=10m", "--token-refresh=5m"])
+            .env("KUBECONFIG", &agent_kc)
+            .env("NO_COLOR", "1");
+        cmd
+    };
+    // The plugin comes from beside the `tortie` executable, as in the image.
+    let out = run(install_cni(&root, "install", "tortie-cni"), None);
+    assert!(out.status.success(), "tortie install-cni failed:\n{}", text(&out));
     assert_eq!(
         std::fs::read(root.join("opt/cni/bin/tortie-ipam")).unwrap(),
-        std::fs::read(&ipam).unwrap()
+        std::fs::read(bin("tortie-ipam")).unwrap()
     );
-    let conflist: Value = serde_json::from_str(
-        &std::fs::read_to_string(root.join("etc/cni/net.d/10-tortie.conflist")).unwrap(),
-    )
-    .unwrap();
+    let net = root.join("etc/cni/net.d");
+    let conflist: Value =
+        serde_json::from_str(&std::fs::read_to_string(net.join("05-tortie.conflist")).unwrap()).unwrap();
     assert_eq!(
         conflist["plugins"][0]["kubernetes"]["kubeconfig"],
         "/etc/cni/net.d/tortie-kubeconfig"
     );
-    let kc = root.join("etc/cni/net.d/tortie-kubeconfig");
-    {
+    let kc = net.join("tortie-kubeconfig");
+    let mode = |p: &Path| {
         use std::os::unix::fs::PermissionsExt;
-        let m = std::fs::metadata(&kc).unwrap().permissions().mode() & 0o777;
-        assert_eq!(m, 0o600, "the token kubeconfig is {m:o}");
-    }
-    let written = std::fs::read_to_string(&modes).unwrap_or_default();
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    };
+    assert_eq!(mode(&kc), 0o600, "the token kubeconfig");
+    assert_eq!(mode(&root.join("opt/cni/bin/tortie-ipam")), 0o755);
+    assert_eq!(mode(&net.join("05-tortie.conflist")), 0o644);
+    let mut left: Vec<String> = std::fs::read_dir(&net)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        ["05-tortie.conflist", "tortie-kubeconfig"],
+        "no staging files left"
+    );
+    let whoami = |kc: &Path| {
+        ok(
+            kubectl_as(
+                kc,
+                &["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"],
+                None,
+            ),
+            "kubectl auth whoami",
+        )
+    };
+    assert_eq!(whoami(&kc), format!("system:serviceaccount:{ns}:tortie-cni"));
+
+    // The sidecar: writes a fresh token at once, then waits; SIGTERM ends it promptly.
+    let first = std::fs::read_to_string(&kc).unwrap();
+    let mut cmd = install_cni(&root, "refresh", "tortie-cni");
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+    let mut child = Proc(cmd.spawn().expect("tortie install-cni refresh"));
+    wait_for("the refreshed kubeconfig", Duration::from_secs(30), || {
+        std::fs::read_to_string(&kc).is_ok_and(|now| now != first)
+    });
+    assert_eq!(mode(&kc), 0o600);
+    assert_eq!(whoami(&kc), format!("system:serviceaccount:{ns}:tortie-cni"));
+    let pid = child.0.id() as libc::pid_t;
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "refresh ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "refresh exited with {status}");
+
+    // The agent's account may mint tokens of the CNI account only: nothing is written.
+    let other = c.dir.join("node-root-forbidden");
+    let out = run(install_cni(&other, "install", "tortie-operator"), None);
+    let said = text(&out);
     assert!(
-        written.contains("tortie-kubeconfig.tortie-tmp"),
-        "the spy saw no kubeconfig write: {written}"
+        !out.status.success() && said.contains("forbidden"),
+        "the agent minted an operator token:\n{said}"
     );
-    for line in written.lines() {
-        assert!(
-            line.ends_with(" 600"),
-            "a file was written while readable by others: {line}"
-        );
-    }
-    let who = ok(
-        kubectl_as(
-            &kc,
-            &["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"],
-            None,
-        ),
-        "kubectl auth whoami",
-    );
-    assert_eq!(who, format!("system:serviceaccount:{ns}:tortie-cni"));
-    // The agent's token may mint tokens of the CNI account only.
-    let mut cmd = Command::new("sh");
-    cmd.arg(chart().join("files/install-cni.sh"))
-        .arg("install")
-        .env("HOST_ROOT", &root)
-        .env("SA_DIR", &sa)
-        .env("APISERVER", server.trim())
-        .env("NAMESPACE", ns)
-        .env("CNI_SERVICEACCOUNT", "tortie-operator")
-        .env("CONF_SRC", &conf)
-        .env("IPAM_BIN", &ipam);
-    let out = run(cmd, None);
     assert!(
-        !out.status.success() && text(&out).contains("forbidden"),
-        "the agent minted an operator token:\n{}",
-        text(&out)
+        said.lines()
+            .any(|l| l.starts_with("tortie: asking a token of ServiceAccount")
+                && l.contains("tortie-operator")),
+        "one line naming the account:\n{said}"
     );
+    assert!(!other.join("etc/cni/net.d/tortie-kubeconfig").exists());
 }
 
 // --- the BIRD containers' commands, run for real ---

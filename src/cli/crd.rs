@@ -20,7 +20,7 @@ impl CrdArgs {
     pub fn run(self) -> anyhow::Result<ExitCode> {
         let crds = crd::crds(self.mode);
         match self.out {
-            None => print!("{}", crd::to_yaml(&crds)?),
+            None => super::out(&crd::to_yaml(&crds)?)?,
             Some(dir) => {
                 std::fs::create_dir_all(&dir)?;
                 for c in &crds {

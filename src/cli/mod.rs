@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod crd;
+pub mod install_cni;
 pub mod ipam;
 pub mod node;
 pub mod render;
@@ -30,6 +31,9 @@ pub enum Command {
     Ipam(ipam::IpamArgs),
     /// Node tools (calicoctl node): status of the nodes' BGP sessions.
     Node(node::NodeArgs),
+    /// Install tortie-ipam, its network config and a kubeconfig of the CNI ServiceAccount on this
+    /// node (the chart's DaemonSet runs it), or keep that kubeconfig's token fresh.
+    InstallCni(install_cni::InstallCniArgs),
     /// Run the operator (Installation, IPPool, IPAM GC and BGP controllers, leader-elected).
     Run(run::RunArgs),
 }
@@ -43,9 +47,26 @@ impl Cli {
             Command::Run(args) => args.run().await,
             Command::Ipam(args) => args.run().await,
             Command::Node(args) => args.run().await,
+            Command::InstallCni(args) => args.run().await,
         }
     }
 }
+
+/// Writes command output to stdout. A reader that went away (`tortie crd | head`) ends the output
+/// quietly: `println!` would panic on the broken pipe.
+pub(crate) fn out(text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut o = std::io::stdout().lock();
+    match o.write_all(text.as_bytes()).and_then(|()| o.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(ReaderGone.into()),
+        r => Ok(r?),
+    }
+}
+
+/// stdout's reader closed the pipe: nothing more to say, and nothing to report.
+#[derive(Debug, thiserror::Error)]
+#[error("the output's reader closed the pipe")]
+pub struct ReaderGone;
 
 /// Colour in logs only for a person at a terminal: never in files, pipes or container logs, and
 /// never with `NO_COLOR` set (no-color.org).

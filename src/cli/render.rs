@@ -63,9 +63,7 @@ impl RenderArgs {
         match &self.out {
             None => {
                 for (name, body) in &out.files {
-                    println!("==> {name} <==");
-                    print!("{}", String::from_utf8_lossy(body));
-                    println!();
+                    super::out(&format!("==> {name} <==\n{}\n", String::from_utf8_lossy(body)))?;
                 }
             }
             Some(dir) => {

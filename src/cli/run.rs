@@ -17,9 +17,9 @@ use kube_lease_manager::LeaseManagerBuilder;
 use tracing::{error, info, warn};
 
 use crate::api::CrdMode;
-use crate::controllers::tokio_util_shim::CancellationToken;
 use crate::controllers::{self, Config, Ctx, Part, Stores};
 use crate::metrics::{Metrics, ipam_gauges};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -34,14 +34,15 @@ pub enum ModeArg {
     V3,
 }
 
+/// A Go-style duration flag (`15m`, `30s`, `1h30m`, `0`). Not `kube::core::Duration`'s parser: it
+/// panics on a value too large for a `Duration` (`99999999999999999999h`).
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d: kube::core::Duration = s
-        .parse()
-        .map_err(|e| format!("{s:?} is not a duration like 15m, 30s or 1h30m: {e}"))?;
-    if d.is_negative() {
+    if s.trim_start().starts_with('-') {
         return Err(format!("{s:?} is negative"));
     }
-    Ok(d.into())
+    crate::bgp::snapshot::parse_duration_secs(s)
+        .ok_or_else(|| format!("{s:?} is not a duration like 15m, 30s or 1h30m"))
+        .and_then(|secs| Duration::try_from_secs_f64(secs).map_err(|_| format!("{s:?} is too long")))
 }
 
 /// Run the operator: Installation, IPPool, IPAM GC and BGP controllers under leader election.
@@ -85,8 +86,14 @@ pub struct RunArgs {
     /// only rule to reading the published per-node BIRD configs by name, nothing else there.
     #[arg(long, env = "TORTIE_AGENT_ROLE")]
     pub agent_role: Option<String>,
-    /// Controllers to run.
-    #[arg(long, env = "TORTIE_CONTROLLERS", value_enum, value_delimiter = ',', default_values_t = [Part::Installation, Part::Ippool, Part::Gc, Part::Bgp])]
+    /// Controllers to run, comma-separated (e.g. `installation,ippool,gc`).
+    #[arg(
+        long,
+        env = "TORTIE_CONTROLLERS",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "installation,ippool,gc,bgp"
+    )]
     pub controllers: Vec<Part>,
 }
 
@@ -328,4 +335,47 @@ fn init_tracing(format: LogFormat) {
             .with_current_span(true)
             .try_init(),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    #[derive(Parser)]
+    struct T {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    #[test]
+    fn durations_parse_like_go_and_never_panic() {
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert!(parse_duration("-5s").unwrap_err().contains("negative"));
+        assert!(parse_duration("soon").unwrap_err().contains("not a duration"));
+        assert!(parse_duration("10").unwrap_err().contains("not a duration"));
+        assert!(
+            parse_duration("99999999999999999999h")
+                .unwrap_err()
+                .contains("too long")
+        );
+    }
+
+    #[test]
+    fn controllers_default_to_all_four_and_read_as_a_comma_list() {
+        let all = [Part::Installation, Part::Ippool, Part::Gc, Part::Bgp];
+        assert_eq!(T::try_parse_from(["t"]).unwrap().run.controllers, all);
+        assert_eq!(
+            T::try_parse_from(["t", "--controllers=ippool,gc"])
+                .unwrap()
+                .run
+                .controllers,
+            [Part::Ippool, Part::Gc]
+        );
+        let help = T::command().render_long_help().to_string();
+        assert!(help.contains("[default: installation,ippool,gc,bgp]"), "{help}");
+    }
 }

@@ -9,6 +9,7 @@ pub mod env;
 pub mod error;
 pub mod gateway;
 pub mod gc;
+pub mod install;
 pub mod plugin;
 pub mod request;
 pub mod result;

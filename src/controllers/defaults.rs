@@ -9,10 +9,10 @@
 
 use std::time::Duration;
 
-use super::tokio_util_shim::CancellationToken;
 use kube::api::{Api, DynamicObject, PostParams};
 use kube::core::ApiResource;
 use kube::{Client, Resource};
+use tokio_util::sync::CancellationToken;
 
 use crate::api::CrdMode;
 use crate::api::cluster::{ClusterInformation, KubeControllersConfiguration};

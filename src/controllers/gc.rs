@@ -24,10 +24,10 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::gc_plan::{self, AffinityIn, BlockIn, Guard, HandleIn, PodInfo, World};
 use super::pod::{SlimPod, pod_info};
-use super::tokio_util_shim::CancellationToken;
 use super::{Ctx, Error};
 use crate::api::{Block, CalicoKind};
 use crate::ipam::names;
+use tokio_util::sync::CancellationToken;
 
 const NAME: &str = "gc";
 /// Blocks released at once in a pass.

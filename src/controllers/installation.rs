@@ -21,9 +21,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use super::conditions::{self, Cond};
 use super::podcidr::PodCidrs;
 use super::pools::{self, ALLOW_OUTSIDE_POD_CIDR, Existing, MANAGED_BY, MANAGER};
-use super::tokio_util_shim::CancellationToken;
 use super::{Ctx, Error, tick};
 use crate::api::{CalicoKind, IPPoolSpec, Installation, Pool};
+use tokio_util::sync::CancellationToken;
 
 const NAME: &str = "installation";
 const MANAGER_FIELD: &str = "tortie-installation";

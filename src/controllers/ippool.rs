@@ -22,10 +22,10 @@ use tracing::{Instrument, info, info_span, warn};
 use super::conditions::{self, Cond};
 use super::podcidr::PodCidrs;
 use super::pools::{self, ALLOW_OUTSIDE_POD_CIDR, PoolView};
-use super::tokio_util_shim::CancellationToken;
 use super::{Ctx, Error, gc, tick};
 use crate::api::{CalicoKind, IPAMBlockSpec, Pool};
 use crate::ipam::usage::{self as ipam_usage, PoolRef};
+use tokio_util::sync::CancellationToken;
 
 const NAME: &str = "ippool";
 const MANAGER_FIELD: &str = "tortie-ippool";

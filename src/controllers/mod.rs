@@ -24,7 +24,7 @@ use std::time::Duration;
 use kube::api::ApiResource;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource};
-use tokio_util_shim::CancellationToken;
+use tokio_util::sync::CancellationToken;
 
 pub use store::{Stores, Watched};
 
@@ -255,44 +255,4 @@ pub(crate) fn tick(every: Duration) -> impl futures::Stream<Item = ()> + Send {
             Some(((), i))
         },
     )
-}
-
-/// A tiny cancellation token on top of `tokio::sync::watch` (tokio-util is not a dependency).
-pub mod tokio_util_shim {
-    use tokio::sync::watch;
-
-    #[derive(Clone, Debug)]
-    pub struct CancellationToken {
-        tx: std::sync::Arc<watch::Sender<bool>>,
-        rx: watch::Receiver<bool>,
-    }
-
-    impl Default for CancellationToken {
-        fn default() -> Self {
-            Self::new()
-        }
-    }
-
-    impl CancellationToken {
-        pub fn new() -> Self {
-            let (tx, rx) = watch::channel(false);
-            CancellationToken {
-                tx: std::sync::Arc::new(tx),
-                rx,
-            }
-        }
-
-        pub fn cancel(&self) {
-            let _ = self.tx.send(true);
-        }
-
-        pub fn is_cancelled(&self) -> bool {
-            *self.rx.borrow()
-        }
-
-        pub async fn cancelled(&self) {
-            let mut rx = self.rx.clone();
-            let _ = rx.wait_for(|v| *v).await;
-        }
-    }
 }
