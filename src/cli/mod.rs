@@ -4,17 +4,90 @@ pub mod agent;
 pub mod crd;
 pub mod ipam;
 pub mod node;
+pub mod output;
 pub mod render;
 pub mod run;
 
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 /// Calico-compatible IPAM and BGP control plane for Kubernetes.
 #[derive(Parser, Debug)]
 #[command(name = "tortie", version, about, propagate_version = true)]
 pub struct Cli {
+    #[command(flatten)]
+    pub kube: KubeArgs,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Which cluster to talk to, for every subcommand that does (as kubectl's flags of the same
+/// names). Without them: `KUBECONFIG` (or `~/.kube/config`) and its current context, else the
+/// in-cluster service account.
+#[derive(Args, Debug, Clone, Default)]
+pub struct KubeArgs {
+    /// Path of the kubeconfig file to use.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use (default: its current context).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub context: Option<String>,
+}
+
+/// Errors of building the API client from the kubeconfig flags.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeConfigError {
+    #[error("reading kubeconfig {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("kubeconfig: {0}")]
+    Config(#[source] kube::config::KubeconfigError),
+    /// Not transparent: `error_line` finds the inner error in the chain and says it plainly.
+    #[error("{0}")]
+    Infer(#[from] kube::config::InferConfigError),
+    #[error("connecting to the cluster: {0}")]
+    Client(#[source] kube::Error),
+}
+
+impl KubeArgs {
+    /// The client these flags select.
+    pub async fn client(&self) -> Result<kube::Client, KubeConfigError> {
+        use kube::config::{KubeConfigOptions, Kubeconfig};
+        let opts = KubeConfigOptions {
+            context: self.context.clone(),
+            ..Default::default()
+        };
+        let config = match (&self.kubeconfig, &self.context) {
+            (Some(path), _) => {
+                let kc = Kubeconfig::read_from(path).map_err(|source| KubeConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                kube::Config::from_custom_kubeconfig(kc, &opts)
+                    .await
+                    .map_err(KubeConfigError::Config)?
+            }
+            (None, Some(_)) => kube::Config::from_kubeconfig(&opts)
+                .await
+                .map_err(KubeConfigError::Config)?,
+            (None, None) => kube::Config::infer().await?,
+        };
+        kube::Client::try_from(config).map_err(KubeConfigError::Client)
+    }
+}
+
+/// The flags given on this command line, for subcommands whose `run` takes no arguments.
+static KUBE_ARGS: OnceLock<KubeArgs> = OnceLock::new();
+
+/// A client for the cluster the command line named (`--kubeconfig`, `--context`), else the
+/// default one (what `kube::Client::try_default` picks).
+pub async fn connect() -> Result<kube::Client, KubeConfigError> {
+    KUBE_ARGS.get().cloned().unwrap_or_default().client().await
 }
 
 #[derive(Subcommand, Debug)]
@@ -26,16 +99,24 @@ pub enum Command {
     Agent(agent::AgentArgs),
     /// Render one node's BIRD configuration from a folder of manifests (no cluster needed).
     Render(render::RenderArgs),
-    /// IPAM tools (calicoctl ipam): show, check, release.
+    /// IPAM tools (calicoctl ipam): show, check, release, configure, split.
     Ipam(ipam::IpamArgs),
     /// Node tools (calicoctl node): status of the nodes' BGP sessions.
     Node(node::NodeArgs),
     /// Run the operator (Installation, IPPool, IPAM GC and BGP controllers, leader-elected).
     Run(run::RunArgs),
+    /// Print a shell completion script: `source <(tortie completion bash)`, or write it where
+    /// your shell loads completions from (zsh: a file `_tortie` on `$fpath`; fish:
+    /// `~/.config/fish/completions/tortie.fish`).
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 impl Cli {
     pub async fn run(self) -> anyhow::Result<std::process::ExitCode> {
+        let _ = KUBE_ARGS.set(self.kube.clone());
         match self.command {
             Command::Crd(args) => args.run(),
             Command::Render(args) => args.run(),
@@ -43,6 +124,11 @@ impl Cli {
             Command::Run(args) => args.run().await,
             Command::Ipam(args) => args.run().await,
             Command::Node(args) => args.run().await,
+            Command::Completion { shell } => {
+                let mut cmd = Cli::command();
+                clap_complete::generate(shell, &mut cmd, "tortie", &mut std::io::stdout());
+                Ok(std::process::ExitCode::SUCCESS)
+            }
         }
     }
 }
