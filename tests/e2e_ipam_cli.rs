@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::Value;
 use support::*;
-use tortie::api::{Block, CalicoKind, CrdMode, Handle, IPAMConfigSpec, IPPoolSpec, IpamConfig, Pool};
+use tortie::api::{Block, CalicoKind, CrdMode, IPAMConfigSpec, IPPoolSpec, IpamConfig, Pool};
 use tortie::ipam::{AssignIpRequest, Attrs, AutoAssignRequest, Ipam, IpamOptions, store::Store};
 
 const MODE: CrdMode = CrdMode::V1;

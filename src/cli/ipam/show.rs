@@ -92,6 +92,13 @@ async fn reservations(client: &kube::Client, mode: CrdMode) -> Result<Vec<(Strin
     let list = match api.list(&ListParams::default()).await {
         Ok(l) => l,
         Err(kube::Error::Api(s)) if s.code == 404 => return Ok(vec![]),
+        Err(kube::Error::Api(s)) if s.code == 403 => {
+            eprintln!(
+                "note: not allowed to list IPReservations ({}); reservations are not shown",
+                s.message
+            );
+            return Ok(vec![]);
+        }
         Err(e) => {
             return Err(CliError::Read {
                 what: "IPReservations".into(),
