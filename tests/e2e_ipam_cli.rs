@@ -685,14 +685,25 @@ async fn split_keeps_every_block_and_allocation() {
     let after = lab.blocks().await;
     assert_eq!(Ipam::allocations(&before), Ipam::allocations(&after));
     assert!(lab.allocated(&after, a));
+    // The child holding the node's block counts its address (which child: the block the node's
+    // name hashes to).
+    let owner = if lab.net("10.48.0.0/25").contains(&a) {
+        &c0
+    } else {
+        &c1
+    };
     let v = json(&tortie(&["ipam", "show", "-o", "json"]));
-    let row = v["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["owner"] == c0.as_str())
-        .cloned();
-    assert_eq!(row.map(|r| r["inUse"].clone()), Some(Value::from(1)), "{v}");
+    let in_use = |name: &str| {
+        v["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["owner"] == name)
+            .map(|r| r["inUse"].clone())
+    };
+    assert_eq!(in_use(owner), Some(Value::from(1)), "{v}");
+    let other = if owner == &c0 { &c1 } else { &c0 };
+    assert_eq!(in_use(other), Some(Value::from(0)), "{v}");
     // A pool the Installation manages is not split (the operator would re-create it).
     let managed = lab
         .pool("m", "10.48.4.0/24", &[("app.kubernetes.io/managed-by", "tortie")])
@@ -703,5 +714,96 @@ async fn split_keeps_every_block_and_allocation() {
         "{}",
         stderr(&out)
     );
+    lab.cleanup().await;
+}
+
+/// A kubeconfig that may read the IPAM objects and pods but not ClusterInformation (as the chart's
+/// operator account, which only creates it): check still reports (naming no cluster), and a
+/// report that names a cluster is not released, since the cluster cannot be compared.
+#[tokio::test]
+async fn check_and_release_without_read_access_to_cluster_information() {
+    let lab = Lab::new("cli-rbac", 0).await;
+    let sa = lab.prefix.clone();
+    let rbac = format!(
+        r#"apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: {sa}, namespace: {ns}}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {{name: {sa}}}
+rules:
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch]
+- apiGroups: [crd.projectcalico.org]
+  resources: [ippools, ipamconfigs, ipamblocks, ipamhandles, blockaffinities]
+  verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {{name: {sa}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {sa}}}
+subjects: [{{kind: ServiceAccount, name: {sa}, namespace: {ns}}}]
+"#,
+        ns = lab.ns
+    );
+    kubectl_stdin_ok(&["apply", "-f", "-"], &rbac);
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("sa.kubeconfig");
+    let c = cluster();
+    let out = std::process::Command::new("bash")
+        .arg(repo_dir().join("demo/sa-kubeconfig.sh"))
+        .args([&lab.ns, &sa])
+        .arg(&kc)
+        .env("KUBECONFIG", &c.kubeconfig)
+        .env("KUBECTL", &c.kubectl)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let kc = kc.to_str().unwrap();
+    let report = dir.path().join("r.json");
+    let out = tortie(&[
+        "--kubeconfig",
+        kc,
+        "ipam",
+        "check",
+        "--crd-mode",
+        "v1",
+        "-o",
+        report.to_str().unwrap(),
+    ]);
+    assert!(
+        stdout(&out).contains("Check complete"),
+        "{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    assert!(
+        stderr(&out).contains("not allowed to read ClusterInformation default"),
+        "{}",
+        stderr(&out)
+    );
+    let mut r: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(r["clusterGUID"], "");
+    r["clusterGUID"] = Value::String("0123456789abcdef".into());
+    std::fs::write(&report, r.to_string()).unwrap();
+    let out = tortie(&[
+        "--kubeconfig",
+        kc,
+        "ipam",
+        "release",
+        "--crd-mode",
+        "v1",
+        "--from-report",
+        report.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("may not read ClusterInformation default to compare"),
+        "{}",
+        stderr(&out)
+    );
+    kubectl(&["delete", "clusterrolebinding,clusterrole", &sa]);
     lab.cleanup().await;
 }

@@ -44,7 +44,7 @@ pub fn encode<T: serde::Serialize>(v: &T, f: Format) -> Result<Option<String>, E
     }
 }
 
-/// Whether progress is drawn: stderr is a terminal and `NO_COLOR`/`TERM=dumb` do not say no.
+/// Whether progress is drawn: stderr is a terminal, and not a dumb one.
 /// Never in pipes, files, CI logs or tests.
 pub fn progress_wanted() -> bool {
     std::io::stderr().is_terminal() && std::env::var("TERM").map_or(true, |t| t != "dumb")

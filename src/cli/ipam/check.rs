@@ -74,8 +74,16 @@ fn version() -> String {
     format!("tortie {}", env!("CARGO_PKG_VERSION"))
 }
 
-/// ClusterInformation `default` (its spec and resourceVersion), if any.
-async fn cluster_info(c: &Conn) -> Result<Option<(ClusterInformationSpec, String)>, CliError> {
+/// What could be read of ClusterInformation `default`.
+enum ClusterInfo {
+    Found(ClusterInformationSpec, String),
+    Absent,
+    /// The kubeconfig may not read it (e.g. the operator's service account, which only creates it).
+    Forbidden,
+}
+
+/// ClusterInformation `default`: its spec and resourceVersion.
+async fn cluster_info(c: &Conn) -> Result<ClusterInfo, CliError> {
     let ar = ApiResource {
         group: c.mode.group().into(),
         version: c.mode.version().into(),
@@ -84,14 +92,18 @@ async fn cluster_info(c: &Conn) -> Result<Option<(ClusterInformationSpec, String
         plural: "clusterinformations".into(),
     };
     let api: Api<Object<ClusterInformationSpec, NotUsed>> = Api::all_with(c.client.clone(), &ar);
-    let got = api.get_opt("default").await.map_err(|e| CliError::Read {
-        what: "ClusterInformation default".into(),
-        source: e,
-    })?;
-    Ok(got.map(|o| {
-        let rv = o.metadata.resource_version.clone().unwrap_or_default();
-        (o.spec, rv)
-    }))
+    match api.get_opt("default").await {
+        Ok(Some(o)) => {
+            let rv = o.metadata.resource_version.clone().unwrap_or_default();
+            Ok(ClusterInfo::Found(o.spec, rv))
+        }
+        Ok(None) => Ok(ClusterInfo::Absent),
+        Err(kube::Error::Api(s)) if s.code == 403 => Ok(ClusterInfo::Forbidden),
+        Err(e) => Err(CliError::Read {
+            what: "ClusterInformation default".into(),
+            source: e,
+        }),
+    }
 }
 
 /// Everything a check looks at, listed (a spinner on a terminal while the lists come in).
@@ -207,17 +219,26 @@ fn problems_table(problems: &[Problem]) -> String {
 async fn report_meta(c: &Conn) -> Result<ReportMeta, CliError> {
     let ci = cluster_info(c).await?;
     Ok(match ci {
-        Some((spec, rv)) => ReportMeta {
+        ClusterInfo::Found(spec, rv) => ReportMeta {
             version: version(),
             cluster_guid: spec.cluster_guid.unwrap_or_default(),
             datastore_locked: spec.datastore_ready == Some(false),
             cluster_info_revision: rv,
             cluster_type: spec.cluster_type.unwrap_or_default(),
         },
-        None => ReportMeta {
+        ClusterInfo::Absent => ReportMeta {
             version: version(),
             ..Default::default()
         },
+        ClusterInfo::Forbidden => {
+            eprintln!(
+                "note: not allowed to read ClusterInformation default: the report names no cluster (clusterGUID empty)"
+            );
+            ReportMeta {
+                version: version(),
+                ..Default::default()
+            }
+        }
     })
 }
 
@@ -321,12 +342,25 @@ async fn release_one(c: &Conn, ip: IpAddr, force: bool) -> Result<ExitCode, CliE
 
 async fn release_from_reports(c: &Conn, files: &[PathBuf]) -> Result<ExitCode, CliError> {
     let mut reports = Vec::new();
-    let guid = cluster_info(c)
-        .await?
-        .and_then(|(s, _)| s.cluster_guid)
-        .unwrap_or_default();
+    let guid = match cluster_info(c).await? {
+        ClusterInfo::Found(s, _) => Some(s.cluster_guid.unwrap_or_default()),
+        ClusterInfo::Absent => Some(String::new()),
+        ClusterInfo::Forbidden => None,
+    };
     for f in files {
         let r = read_report(f)?;
+        // Without read access the cluster cannot be told apart: only a report that names no
+        // cluster either is taken (each entry is still re-checked against the cluster).
+        let Some(guid) = guid
+            .clone()
+            .or_else(|| r.cluster_guid.is_empty().then(String::new))
+        else {
+            return Err(CliError::Refused(format!(
+                "{}: the report names cluster {:?}, and this kubeconfig may not read ClusterInformation default to compare; refusing to release",
+                f.display(),
+                r.cluster_guid
+            )));
+        };
         if r.cluster_guid != guid {
             return Err(CliError::Refused(format!(
                 "{}: the report is of another cluster (clusterGUID {:?}, this cluster's is {:?}); refusing to release",

@@ -45,7 +45,12 @@ impl ShowArgs {
             let pod_exists = match info.pod() {
                 Some((ns, pod)) => {
                     let api: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(c.client.clone(), ns);
-                    Some(api.get_metadata_opt(pod).await.map_err(CliError::Pods)?.is_some())
+                    match api.get_metadata_opt(pod).await {
+                        Ok(m) => Some(m.is_some()),
+                        // Not allowed to look: say nothing about the pod.
+                        Err(kube::Error::Api(s)) if s.code == 403 => None,
+                        Err(e) => return Err(CliError::Pods(e)),
+                    }
                 }
                 None => None,
             };
