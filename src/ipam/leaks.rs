@@ -5,7 +5,7 @@
 //! allocation sequence number. An address whose pod came back, or that was released and handed
 //! out again since the report, is left alone.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -148,14 +148,18 @@ pub fn build_report(input: &CheckInput, problems: &[Problem], meta: ReportMeta) 
                 owners,
             });
     }
+    let by_id: HashMap<&str, &Handle> = input
+        .handles
+        .iter()
+        .map(|h| (h.spec.handle_id.as_str(), h))
+        .collect();
     let leaked_handles = problems
         .iter()
         .filter_map(|p| match p {
-            Problem::HandleWithoutAddresses { handle } => Some(handle),
+            Problem::HandleWithoutAddresses { handle } => by_id.get(handle.as_str()),
             _ => None,
         })
-        .filter_map(|id| input.handles.iter().find(|h| h.spec.handle_id == *id))
-        .map(handle_info)
+        .map(|h| handle_info(h))
         .collect();
     CheckReport {
         version: meta.version,
@@ -286,8 +290,12 @@ pub fn plan(
     let mut out = ReleasePlan::default();
     let still_leaked = leaked_ips(live_problems);
     let allocs = Ipam::allocations(&live.blocks);
+    let mut by_ip: HashMap<IpAddr, Vec<&Allocation>> = HashMap::new();
+    for a in &allocs {
+        by_ip.entry(a.ip).or_default().push(a);
+    }
     for l in leaks {
-        let at_ip: Vec<&Allocation> = allocs.iter().filter(|a| a.ip == l.ip).collect();
+        let at_ip: &[&Allocation] = by_ip.get(&l.ip).map_or(&[], Vec::as_slice);
         let same: Vec<&&Allocation> = at_ip
             .iter()
             .filter(|a| a.handle_id == l.handle && a.sequence_number == l.sequence_number)
@@ -317,8 +325,13 @@ pub fn plan(
             _ => None,
         })
         .collect();
+    let live_handles: HashMap<&str, &Handle> = live
+        .handles
+        .iter()
+        .map(|x| (x.spec.handle_id.as_str(), x))
+        .collect();
     for h in handles {
-        let live_h = live.handles.iter().find(|x| x.spec.handle_id == h.id);
+        let live_h = live_handles.get(h.id.as_str());
         match live_h {
             None => out.skipped.push((h.id.clone(), Skip::Gone)),
             Some(x) if handle_info(x) != *h || !leaked_now.contains(h.id.as_str()) => {
