@@ -164,7 +164,7 @@ fn check_100k(c: &mut Criterion) {
                     ..Default::default()
                 },
             ));
-            if n % 10 != 0 {
+            if !n.is_multiple_of(10) {
                 pods.insert(("default".to_string(), format!("web-{n}")));
                 in_use.push(report::InUse {
                     ip: tortie::ipam::cidr::address_of(&net, o),
