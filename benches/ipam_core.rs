@@ -1,10 +1,13 @@
 //! Allocator core, no I/O: addresses per second in one block and across 1,000 blocks, the
-//! claim-order walk, and selector parsing/evaluation.
+//! claim-order walk, selector parsing/evaluation, and `tortie ipam check`'s decisions over
+//! 100,000 allocations and handles (the check, its report, a release plan from the report).
 //!
 //! Inputs (so another implementation can run the same): /26 IPv4 blocks of 10.0.0.0/8, one
 //! attribute set per allocation (pod handle + node/namespace/pod/timestamp, as the CNI writes), FIFO
 //! allocation order; selector `zone == 'a' && has(gpu) && rack in {'r1','r2','r3'} && !has(drain)`
-//! against a node with 8 labels.
+//! against a node with 8 labels. The check: 1,563 full /26 blocks of 10.0.0.0/8 (100,032
+//! allocations), one handle per allocation, 90% of the pods alive and showing their address, the
+//! other 10% gone (leaked), plus 1,000 handles that hold nothing.
 
 use std::collections::BTreeMap;
 
@@ -138,5 +141,83 @@ fn selectors(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, one_block, thousand_blocks, selectors);
+fn check_100k(c: &mut Criterion) {
+    use tortie::api::{Block, CalicoKind, CrdMode, Handle, IPAMHandleSpec};
+    use tortie::ipam::{leaks, report};
+    let mut blocks = Vec::new();
+    let mut handles = Vec::new();
+    let mut pods = std::collections::BTreeSet::new();
+    let mut in_use = Vec::new();
+    let mut n = 0usize;
+    for i in 0..1563u32 {
+        let net = tortie::ipam::cidr::nth_block(&"10.0.0.0/8".parse().unwrap(), 26, i as u128);
+        let mut spec = block::new_block(&net, Some("host:node-a".into()), 1, None);
+        for o in 0..64 {
+            let h = format!("k8s-pod-network.{n:064x}");
+            block::allocate(&mut spec, 1, Some(&h), &attrs(n), |_| false);
+            handles.push(Handle::new(
+                &h,
+                &CrdMode::V1.resource(CalicoKind::IPAMHandle),
+                IPAMHandleSpec {
+                    handle_id: h.clone(),
+                    block: [(net.to_string(), 1)].into(),
+                    ..Default::default()
+                },
+            ));
+            if !n.is_multiple_of(10) {
+                pods.insert(("default".to_string(), format!("web-{n}")));
+                in_use.push(report::InUse {
+                    ip: tortie::ipam::cidr::address_of(&net, o),
+                    namespace: "default".into(),
+                    pod: format!("web-{n}"),
+                });
+            }
+            n += 1;
+        }
+        blocks.push(Block::new(
+            &tortie::ipam::names::block_name(&net),
+            &CrdMode::V1.resource(CalicoKind::IPAMBlock),
+            spec,
+        ));
+    }
+    for i in 0..1000 {
+        let h = format!("orphan-{i}");
+        handles.push(Handle::new(
+            &h,
+            &CrdMode::V1.resource(CalicoKind::IPAMHandle),
+            IPAMHandleSpec {
+                handle_id: h.clone(),
+                ..Default::default()
+            },
+        ));
+    }
+    let input = report::CheckInput {
+        blocks,
+        handles,
+        affinities: vec![],
+        pods: Some(pods),
+        in_use: Some(in_use),
+        pools: None,
+        scope: None,
+    };
+    let problems = report::check(&input);
+    let rep = leaks::build_report(&input, &problems, Default::default());
+    let (leaked, orphans) = leaks::merge(std::slice::from_ref(&rep));
+    assert_eq!((leaked.len(), orphans.len()), (10_004, 1000));
+    let mut g = c.benchmark_group("ipam/check_100k");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(n as u64));
+    g.bench_function("check", |b| {
+        b.iter(|| black_box(report::check(black_box(&input))))
+    });
+    g.bench_function("report", |b| {
+        b.iter(|| black_box(leaks::build_report(&input, &problems, Default::default())))
+    });
+    g.bench_function("release_plan", |b| {
+        b.iter(|| black_box(leaks::plan(&leaked, &orphans, &input, &problems)))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, one_block, thousand_blocks, selectors, check_100k);
 criterion_main!(benches);

@@ -923,7 +923,7 @@ async fn run(variant: Variant) {
     .await
     .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tortie"))
-        .args(["ipam", "check", "--crd-mode", "v1"])
+        .args(["ipam", "check", "--crd-mode", "v1", "--show-problem-ips"])
         .env("KUBECONFIG", &cluster().kubeconfig)
         .output()
         .expect("run tortie ipam check");
@@ -935,7 +935,8 @@ async fn run(variant: Variant) {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.starts_with("Checking "), "{text}");
-    assert!(!text.lines().any(|l| l.starts_with("- ")), "{text}");
+    assert!(!text.lines().any(|l| l.trim_start().starts_with("- ")), "{text}");
+    assert!(text.contains("Check complete; found 0 problems."), "{text}");
     eprintln!(
         "faults[{variant:?}]: tortie ipam check: {}",
         text.trim().replace('\n', " / ")

@@ -898,7 +898,7 @@ async fn cli_show_check_release() {
     let pool = lab.net("10.48.0.0/24").to_string();
     assert!(
         text.lines()
-            .any(|l| l.starts_with("IP Pool") && l.contains(&pool) && l.contains("| 2 (1%)")),
+            .any(|l| l.starts_with("| IP Pool") && l.contains(&pool) && l.contains(" 2 (1%) |")),
         "{text}"
     );
     let out = tortie(&["ipam", "show", "-o", "json"]);
@@ -911,8 +911,17 @@ async fn cli_show_check_release() {
             .any(|r| r["cidr"] == pool.as_str() && r["inUse"] == 2)
     );
 
-    // The pod-less allocation is a leak: check reports it and exits 1.
+    // The pod-less allocation is a leak: check counts it and exits 1; --show-problem-ips
+    // names it.
     let out = tortie(&["ipam", "check", "--crd-mode", "v1"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        !text.contains(&format!("{gone} is allocated"))
+            && text.contains("IPs that are allocated in IPAM but not actually in use"),
+        "{text}"
+    );
+    let out = tortie(&["ipam", "check", "--crd-mode", "v1", "--show-problem-ips"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(
@@ -943,7 +952,7 @@ async fn cli_show_check_release() {
     let out = tortie(&["ipam", "release", "--ip", &live, "--force"]);
     assert!(out.status.success(), "{out:?}");
     // Issue 15: the live pod still uses the address, which the allocator may now hand out again.
-    let out = tortie(&["ipam", "check", "--crd-mode", "v1"]);
+    let out = tortie(&["ipam", "check", "--crd-mode", "v1", "--show-problem-ips"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(

@@ -16,6 +16,12 @@ use tortie::cni::client::{self, CallError};
 use tortie::cni::wire::{self, Response};
 use tortie::cni::{self, CniEnv, CniError, Command, NetConf};
 
+const HELP: &str = "tortie-ipam: the CNI IPAM plugin of tortie (Calico's calico-ipam, same network config).
+The container runtime runs it with CNI_COMMAND and the other CNI_* variables set and the network
+config on stdin; see examples/cni/README.md.
+
+Usage: tortie-ipam [--version | --help]";
+
 /// What ends up on stdout, and the exit status.
 enum Outcome {
     Done(Option<Value>),
@@ -29,6 +35,28 @@ enum Outcome {
 }
 
 fn main() -> ExitCode {
+    // A person asking (as with calico-ipam -v). A runtime sets CNI_COMMAND: then arguments are
+    // never looked at.
+    if let (None, Some(a)) = (std::env::var_os("CNI_COMMAND"), std::env::args().nth(1)) {
+        return match a.as_str() {
+            "--version" | "-v" | "version" => {
+                println!(
+                    "tortie-ipam {}\nCNI spec versions: {}",
+                    env!("CARGO_PKG_VERSION"),
+                    cni::result::SUPPORTED_VERSIONS.join(", ")
+                );
+                ExitCode::SUCCESS
+            }
+            "--help" | "-h" | "help" => {
+                println!("{HELP}");
+                ExitCode::SUCCESS
+            }
+            _ => {
+                eprintln!("tortie-ipam: unknown argument {a:?}\n\n{HELP}");
+                ExitCode::from(2)
+            }
+        };
+    }
     let vars: BTreeMap<String, String> = std::env::vars().collect();
     let mut stdin = vec![];
     let read = std::io::stdin().read_to_end(&mut stdin);

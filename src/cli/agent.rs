@@ -74,7 +74,7 @@ pub struct AgentArgs {
 impl AgentArgs {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
         init_tracing();
-        let client = Client::try_default().await?;
+        let client = super::connect().await?;
         let socket = self.ipam_socket_path();
         if socket.is_none() && self.no_bgp {
             anyhow::bail!("--no-bgp and no --ipam-socket: the agent would have nothing to do");

@@ -95,7 +95,7 @@ impl InstallCniArgs {
             )
             .init();
         self.check()?;
-        let config = kube::Config::infer()
+        let config = super::client_config()
             .await
             .context("reading the Kubernetes client config")?;
         let namespace = self

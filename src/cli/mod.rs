@@ -5,17 +5,101 @@ pub mod crd;
 pub mod install_cni;
 pub mod ipam;
 pub mod node;
+pub mod output;
 pub mod render;
 pub mod run;
 
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use clap::{Args, CommandFactory, Parser, Subcommand};
 
 /// Calico-compatible IPAM and BGP control plane for Kubernetes.
 #[derive(Parser, Debug)]
 #[command(name = "tortie", version, about, propagate_version = true)]
 pub struct Cli {
+    #[command(flatten)]
+    pub kube: KubeArgs,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// Which cluster to talk to, for every subcommand that does (as kubectl's flags of the same
+/// names). Without them: `KUBECONFIG` (or `~/.kube/config`) and its current context, else the
+/// in-cluster service account.
+#[derive(Args, Debug, Clone, Default)]
+pub struct KubeArgs {
+    /// Path of the kubeconfig file to use.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use (default: its current context).
+    #[arg(long, global = true, value_name = "NAME")]
+    pub context: Option<String>,
+}
+
+/// Errors of building the API client from the kubeconfig flags.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeConfigError {
+    #[error("reading kubeconfig {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("kubeconfig: {0}")]
+    Config(#[source] kube::config::KubeconfigError),
+    /// Not transparent: `error_line` finds the inner error in the chain and says it plainly.
+    #[error("{0}")]
+    Infer(#[from] kube::config::InferConfigError),
+    #[error("connecting to the cluster: {0}")]
+    Client(#[source] kube::Error),
+}
+
+impl KubeArgs {
+    /// The client these flags select.
+    pub async fn client(&self) -> Result<kube::Client, KubeConfigError> {
+        kube::Client::try_from(self.config().await?).map_err(KubeConfigError::Client)
+    }
+
+    /// The client configuration these flags select.
+    pub async fn config(&self) -> Result<kube::Config, KubeConfigError> {
+        use kube::config::{KubeConfigOptions, Kubeconfig};
+        let opts = KubeConfigOptions {
+            context: self.context.clone(),
+            ..Default::default()
+        };
+        let config = match (&self.kubeconfig, &self.context) {
+            (Some(path), _) => {
+                let kc = Kubeconfig::read_from(path).map_err(|source| KubeConfigError::Read {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                kube::Config::from_custom_kubeconfig(kc, &opts)
+                    .await
+                    .map_err(KubeConfigError::Config)?
+            }
+            (None, Some(_)) => kube::Config::from_kubeconfig(&opts)
+                .await
+                .map_err(KubeConfigError::Config)?,
+            (None, None) => kube::Config::infer().await?,
+        };
+        Ok(config)
+    }
+}
+
+/// The flags given on this command line, for subcommands whose `run` takes no arguments.
+static KUBE_ARGS: OnceLock<KubeArgs> = OnceLock::new();
+
+/// A client for the cluster the command line named (`--kubeconfig`, `--context`), else the
+/// default one (what `kube::Client::try_default` picks).
+pub async fn connect() -> Result<kube::Client, KubeConfigError> {
+    KUBE_ARGS.get().cloned().unwrap_or_default().client().await
+}
+
+/// The client configuration the command line named, for commands that need more than a client
+/// (the cluster's CA and server address).
+pub async fn client_config() -> Result<kube::Config, KubeConfigError> {
+    KUBE_ARGS.get().cloned().unwrap_or_default().config().await
 }
 
 #[derive(Subcommand, Debug)]
@@ -27,7 +111,7 @@ pub enum Command {
     Agent(agent::AgentArgs),
     /// Render one node's BIRD configuration from a folder of manifests (no cluster needed).
     Render(render::RenderArgs),
-    /// IPAM tools (calicoctl ipam): show, check, release.
+    /// IPAM tools (calicoctl ipam): show, check, release, configure, split.
     Ipam(ipam::IpamArgs),
     /// Node tools (calicoctl node): status of the nodes' BGP sessions.
     Node(node::NodeArgs),
@@ -36,10 +120,18 @@ pub enum Command {
     InstallCni(install_cni::InstallCniArgs),
     /// Run the operator (Installation, IPPool, IPAM GC and BGP controllers, leader-elected).
     Run(run::RunArgs),
+    /// Print a shell completion script: `source <(tortie completion bash)`, or write it where
+    /// your shell loads completions from (zsh: a file `_tortie` on `$fpath`; fish:
+    /// `~/.config/fish/completions/tortie.fish`).
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 impl Cli {
     pub async fn run(self) -> anyhow::Result<std::process::ExitCode> {
+        let _ = KUBE_ARGS.set(self.kube.clone());
         match self.command {
             Command::Crd(args) => args.run(),
             Command::Render(args) => args.run(),
@@ -48,6 +140,11 @@ impl Cli {
             Command::Ipam(args) => args.run().await,
             Command::Node(args) => args.run().await,
             Command::InstallCni(args) => args.run().await,
+            Command::Completion { shell } => {
+                let mut cmd = Cli::command();
+                clap_complete::generate(shell, &mut cmd, "tortie", &mut std::io::stdout());
+                Ok(std::process::ExitCode::SUCCESS)
+            }
         }
     }
 }

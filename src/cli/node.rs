@@ -105,7 +105,7 @@ impl StatusArgs {
     }
 
     async fn cluster(self) -> anyhow::Result<ExitCode> {
-        let client = kube::Client::try_default().await?;
+        let client = super::connect().await?;
         let mode = match self.crd_mode {
             ModeArg::V1 => CrdMode::V1,
             ModeArg::V3 => CrdMode::V3,

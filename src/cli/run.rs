@@ -100,7 +100,7 @@ pub struct RunArgs {
 impl RunArgs {
     pub async fn run(self) -> anyhow::Result<std::process::ExitCode> {
         init_tracing(self.log_format);
-        let client = kube::Client::try_default()
+        let client = super::connect()
             .await
             .context("connecting to the Kubernetes API")?;
         let mode = match self.crd_mode {

@@ -9,6 +9,8 @@
 //! - [`selector`]: Calico's selector language (pool `nodeSelector` / `namespaceSelector`).
 //! - [`allocator`]: which pools apply, which block to use or claim, limits, borrowing.
 //! - [`layout`]: existing blocks and the overlap check every block creation passes.
+//! - [`report`], [`leaks`], [`split`], [`usage`]: what `tortie ipam` shows, checks, releases from a
+//!   report and splits, decided without I/O; [`config`]: `ipam configure`'s write.
 //!
 //! # Using the engine
 //! ```no_run
@@ -48,12 +50,15 @@
 pub mod allocator;
 pub mod block;
 pub mod cidr;
+pub mod config;
 mod engine;
 pub mod handle_count;
 pub mod layout;
+pub mod leaks;
 pub mod names;
 pub mod report;
 pub mod selector;
+pub mod split;
 pub mod store;
 pub mod usage;
 

@@ -1,5 +1,6 @@
 //! `ipam check` and `ipam show` as pure functions over listed objects (no I/O): the CLI lists,
-//! these decide and render.
+//! these decide (usage per pool and block, borrowed addresses, who holds one address, the
+//! problems a check finds); the CLI renders.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -463,7 +464,7 @@ pub fn render_problems(problems: &[Problem]) -> String {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct UsageRow {
-    /// "IP Pool" or "Block".
+    /// "IP Pool", "Block", or "Block (orphaned allocation block)" for a block in no pool.
     pub grouping: String,
     pub cidr: String,
     /// Pool name, or the block's affinity.
@@ -471,6 +472,17 @@ pub struct UsageRow {
     pub total: u128,
     pub in_use: u128,
     pub free: u128,
+    /// Of `in_use`: released addresses still cooling down before reuse (IPAMConfig
+    /// `ipCooldownSeconds`), as calicoctl's IPS COOLING.
+    pub cooling: u128,
+    /// Of `in_use`: addresses allocated by another node than the block's (borrowed).
+    pub borrowed: u128,
+    /// Blocks in the pool (pool rows only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocks: Option<u64>,
+    /// The pool's `spec.disabled` (pool rows only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled: Option<bool>,
 }
 
 /// A borrowed address: its node differs from the block's owner.
@@ -481,6 +493,9 @@ pub struct Borrowed {
     pub borrowing_node: String,
     pub block: String,
     pub block_owner: String,
+    /// `pod`, `vmi`, or the allocation's `type` attribute (a tunnel address), as calicoctl's TYPE.
+    #[serde(rename = "type")]
+    pub type_: String,
     pub allocated_to: String,
 }
 
@@ -489,6 +504,16 @@ pub struct Borrowed {
 pub struct Usage {
     pub rows: Vec<UsageRow>,
     pub borrowed: Vec<Borrowed>,
+    /// Allocations without a `node` attribute: whether they are borrowed cannot be told
+    /// (calicoctl prints the same note).
+    pub unclassified: u64,
+}
+
+/// The owner of a block's affinity without its `host:` (or `virtual:`) prefix, "" for none.
+fn affinity_owner(affinity: Option<&str>) -> String {
+    affinity
+        .map(|a| a.split_once(':').map_or(a, |(_, o)| o).to_string())
+        .unwrap_or_default()
 }
 
 /// calicoctl's `ipam show` numbers: IN USE = block size − len(unallocated); pool FREE includes
@@ -510,6 +535,16 @@ pub fn usage(pools: &[Pool], blocks: &[Block], show_blocks: bool) -> Usage {
         let net = blk::block_cidr(&b.spec).ok()?;
         let total = cidr::size(&net);
         let free = b.spec.unallocated.len() as u128;
+        let host = affinity_owner(b.spec.affinity.as_deref());
+        let (mut cooling, mut borrowed) = (0, 0);
+        for (o, _) in blk::allocated(&b.spec, &net) {
+            let Some(a) = blk::attribute_of(&b.spec, o) else {
+                continue;
+            };
+            cooling += u128::from(a.released_at.is_some());
+            let node = a.secondary.as_ref().and_then(|s| s.get("node"));
+            borrowed += u128::from(node.is_some_and(|n| *n != host));
+        }
         Some(UsageRow {
             grouping: "Block".into(),
             cidr: b.spec.cidr.clone(),
@@ -517,16 +552,24 @@ pub fn usage(pools: &[Pool], blocks: &[Block], show_blocks: bool) -> Usage {
             total,
             in_use: total.saturating_sub(free),
             free,
+            cooling,
+            borrowed,
+            blocks: None,
+            disabled: None,
         })
     };
-    for p in &refs {
-        let inside: Vec<&Block> = live
+    for (p, pool) in refs
+        .iter()
+        .zip(pools.iter().filter(|p| PoolRef::from_pool(p).is_some()))
+    {
+        let inside: Vec<UsageRow> = live
             .iter()
             .zip(&owner)
             .filter(|(_, o)| **o == Some(p.name.as_str()))
-            .map(|(b, _)| *b)
+            .filter_map(|(b, _)| block_row(b))
             .collect();
-        let in_use: u128 = inside.iter().filter_map(|b| block_row(b)).map(|r| r.in_use).sum();
+        let sum = |f: fn(&UsageRow) -> u128| inside.iter().map(f).sum::<u128>();
+        let in_use = sum(|r| r.in_use);
         let total = cidr::size(&p.cidr);
         out.rows.push(UsageRow {
             grouping: "IP Pool".into(),
@@ -535,9 +578,13 @@ pub fn usage(pools: &[Pool], blocks: &[Block], show_blocks: bool) -> Usage {
             total,
             in_use,
             free: total.saturating_sub(in_use),
+            cooling: sum(|r| r.cooling),
+            borrowed: sum(|r| r.borrowed),
+            blocks: Some(inside.len() as u64),
+            disabled: Some(pool.spec.is_disabled()),
         });
         if show_blocks {
-            out.rows.extend(inside.iter().filter_map(|b| block_row(b)));
+            out.rows.extend(inside);
         }
     }
     if show_blocks {
@@ -553,93 +600,177 @@ pub fn usage(pools: &[Pool], blocks: &[Block], show_blocks: bool) -> Usage {
             }
         }
     }
-    for a in super::Ipam::allocations(blocks) {
-        let node = a.attrs.get("node").unwrap_or("").to_string();
-        if a.block_host.as_deref() != Some(node.as_str()) {
-            let to = match (a.attrs.get("namespace"), a.attrs.get("pod")) {
-                (Some(ns), Some(p)) => format!("{ns}/{p}"),
-                _ => a.handle_id.clone().unwrap_or_default(),
+    for b in &live {
+        let Ok(net) = blk::block_cidr(&b.spec) else {
+            continue;
+        };
+        let block_owner = affinity_owner(b.spec.affinity.as_deref());
+        for (o, ip) in blk::allocated(&b.spec, &net) {
+            let Some(attr) = blk::attribute_of(&b.spec, o) else {
+                continue;
+            };
+            let sec = attr.secondary.clone().unwrap_or_default();
+            let Some(node) = sec.get("node") else {
+                out.unclassified += 1;
+                continue;
+            };
+            if *node == block_owner {
+                continue;
+            }
+            let ns = sec.get("namespace").map(String::as_str).unwrap_or("");
+            let (type_, allocated_to) = if let Some(vmi) = sec.get("vmi") {
+                ("vmi".to_string(), format!("{ns}/{vmi}"))
+            } else if let Some(pod) = sec.get("pod") {
+                ("pod".to_string(), format!("{ns}/{pod}"))
+            } else {
+                (
+                    sec.get("type").cloned().unwrap_or_default(),
+                    attr.handle_id.clone().unwrap_or_default(),
+                )
             };
             out.borrowed.push(Borrowed {
-                ip: a.ip,
-                borrowing_node: node,
-                block: a.block.to_string(),
-                block_owner: a.block_host.clone().unwrap_or_else(|| "-".into()),
-                allocated_to: to,
+                ip,
+                borrowing_node: node.clone(),
+                block: net.to_string(),
+                block_owner: block_owner.clone(),
+                type_,
+                allocated_to,
             });
         }
     }
     out
 }
 
-fn pct(part: u128, total: u128) -> String {
-    if total == 0 {
-        "0%".into()
-    } else {
-        format!("{:.0}%", part as f64 * 100.0 / total as f64)
+/// What one address is, for `ipam show --ip`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum IpState {
+    /// Allocated (`handleId` and `attributes` say to whom).
+    Assigned,
+    /// Released, and cooling down before it may be handed out again.
+    Cooling,
+    /// Held back from allocation: Windows' reserved addresses of a block.
+    Reserved,
+    NotAssigned,
+}
+
+/// `ipam show --ip`: who holds an address.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IpInfo {
+    pub ip: IpAddr,
+    pub state: IpState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handle_id: Option<String>,
+    /// The allocation's owner attributes (`node`, `namespace`, `pod`, `timestamp`, `type`, ...):
+    /// calicoctl's "Active Owner Attributes".
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub attributes: BTreeMap<String, String>,
+    /// A second owner's attributes (KubeVirt live migration).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub alternate_attributes: BTreeMap<String, String>,
+    /// The block holding the address, its affinity, and whether its node borrowed it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub block: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub block_affinity: Option<String>,
+    pub borrowed: bool,
+    /// `sequenceNumberForAllocation` of the address (a guarded release names it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sequence_number: Option<u64>,
+    /// The pool owning the block (or containing the address).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
+    /// IPReservations whose `reservedCIDRs` hold the address (as `NAME (CIDR)`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub reserved_by: Vec<String>,
+}
+
+impl IpInfo {
+    /// The pod recorded for the address, as (namespace, name).
+    pub fn pod(&self) -> Option<(&str, &str)> {
+        Some((
+            self.attributes.get("namespace")?.as_str(),
+            self.attributes.get("pod")?.as_str(),
+        ))
     }
 }
 
-/// The table calicoctl prints.
-pub fn render_usage(u: &Usage) -> String {
-    let mut rows = vec![vec![
-        "GROUPING".to_string(),
-        "CIDR".into(),
-        "OWNER".into(),
-        "IPS TOTAL".into(),
-        "IPS IN USE".into(),
-        "IPS FREE".into(),
-    ]];
-    for r in &u.rows {
-        rows.push(vec![
-            r.grouping.clone(),
-            r.cidr.clone(),
-            r.owner.clone(),
-            r.total.to_string(),
-            format!("{} ({})", r.in_use, pct(r.in_use, r.total)),
-            format!("{} ({})", r.free, pct(r.free, r.total)),
-        ]);
-    }
-    let mut s = table(&rows);
-    if !u.borrowed.is_empty() {
-        s.push('\n');
-        let mut rows = vec![vec![
-            "IP".to_string(),
-            "BORROWING-NODE".into(),
-            "BLOCK".into(),
-            "BLOCK OWNER".into(),
-            "ALLOCATED-TO".into(),
-        ]];
-        for b in &u.borrowed {
-            rows.push(vec![
-                b.ip.to_string(),
-                b.borrowing_node.clone(),
-                b.block.clone(),
-                b.block_owner.clone(),
-                b.allocated_to.clone(),
-            ]);
-        }
-        s.push_str(&table(&rows));
-    }
-    s
-}
-
-fn table(rows: &[Vec<String>]) -> String {
-    let cols = rows.first().map_or(0, |r| r.len());
-    let widths: Vec<usize> = (0..cols)
-        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+/// Who holds `ip`, from the pools and blocks (and reservations as `(name, cidr)`).
+pub fn ip_info(pools: &[Pool], blocks: &[Block], reservations: &[(String, IpNet)], ip: IpAddr) -> IpInfo {
+    let refs: Vec<PoolRef> = pools.iter().filter_map(PoolRef::from_pool).collect();
+    let reserved_by: Vec<String> = reservations
+        .iter()
+        .filter(|(_, n)| n.contains(&ip))
+        .map(|(name, n)| format!("{name} ({n})"))
         .collect();
-    let mut s = String::new();
-    for r in rows {
-        let line: Vec<String> = r
+    let mut info = IpInfo {
+        ip,
+        state: IpState::NotAssigned,
+        handle_id: None,
+        attributes: BTreeMap::new(),
+        alternate_attributes: BTreeMap::new(),
+        block: None,
+        block_affinity: None,
+        borrowed: false,
+        sequence_number: None,
+        // The most specific pool containing the address (a block, if any, settles it below).
+        pool: refs
             .iter()
-            .enumerate()
-            .map(|(i, c)| format!("{:<w$}", c, w = widths[i]))
-            .collect();
-        s.push_str(line.join(" | ").trim_end());
-        s.push('\n');
+            .filter(|p| p.cidr.contains(&ip))
+            .max_by_key(|p| (p.cidr.prefix_len(), std::cmp::Reverse(p.name.clone())))
+            .map(|p| p.name.clone()),
+        reserved_by,
+    };
+    // The block holding it: the narrowest live block containing the address (blocks never
+    // overlap, but a damaged layout should still answer with the allocation if any holds it).
+    let mut holding: Vec<(&Block, IpNet)> = blocks
+        .iter()
+        .filter(|b| !b.spec.is_deleted())
+        .filter_map(|b| Some((b, blk::block_cidr(&b.spec).ok()?)))
+        .filter(|(_, n)| n.contains(&ip))
+        .collect();
+    holding.sort_by_key(|(b, n)| {
+        let o = cidr::ordinal_of(n, ip).unwrap_or(0);
+        (
+            b.spec.allocations.get(o).copied().flatten().is_none(),
+            std::cmp::Reverse(n.prefix_len()),
+        )
+    });
+    let Some((b, net)) = holding.first() else {
+        return info;
+    };
+    info.block = Some(net.to_string());
+    info.block_affinity = b.spec.affinity.clone();
+    if let Some(p) = usage::owning_pool(&refs, net) {
+        info.pool = Some(p.name.clone());
     }
-    s
+    let Some(o) = cidr::ordinal_of(net, ip) else {
+        return info;
+    };
+    if b.spec.allocations.get(o).copied().flatten().is_none() {
+        return info;
+    }
+    let attr = blk::attribute_of(&b.spec, o).cloned().unwrap_or_default();
+    info.handle_id = attr.handle_id.clone();
+    info.attributes = attr.secondary.clone().unwrap_or_default().into_iter().collect();
+    info.alternate_attributes = attr
+        .alternate_owner_attrs
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    info.sequence_number = blk::allocation_sequence(&b.spec, o);
+    info.state = if attr.handle_id.as_deref() == Some(blk::WINDOWS_RESERVED_HANDLE) {
+        IpState::Reserved
+    } else if attr.released_at.is_some() {
+        IpState::Cooling
+    } else {
+        IpState::Assigned
+    };
+    let host = affinity_owner(b.spec.affinity.as_deref());
+    info.borrowed = info.attributes.get("node").is_some_and(|n| *n != host);
+    info
 }
 
 #[cfg(test)]
@@ -964,10 +1095,59 @@ mod tests {
         assert!(u.rows[2].grouping.contains("orphaned"));
         assert_eq!(u.borrowed.len(), 3);
         assert_eq!(u.borrowed[0].block_owner, "a");
-        let text = render_usage(&u);
-        assert!(
-            text.contains("IPS IN USE") && text.contains("BORROWING-NODE"),
-            "{text}"
+        assert_eq!(u.borrowed[0].type_, "pod");
+        assert_eq!(u.borrowed[0].allocated_to, "default/p1");
+        assert_eq!((u.rows[0].borrowed, u.rows[0].blocks), (3, Some(1)));
+        assert_eq!(u.unclassified, 0);
+    }
+
+    #[test]
+    fn ip_info_says_who_holds_an_address() {
+        let pool = Pool::new(
+            "default",
+            &CrdMode::V1.resource(CalicoKind::IPPool),
+            IPPoolSpec {
+                cidr: "10.0.0.0/24".into(),
+                ..Default::default()
+            },
+        );
+        let mut b = block("10.0.0.0/26", "a");
+        let mut attrs = pod_attrs("p1");
+        attrs.insert("node".into(), "b".into());
+        blk::allocate(&mut b.spec, 1, Some("h1"), &attrs, |_| false);
+        blk::allocate(
+            &mut b.spec,
+            1,
+            Some(blk::WINDOWS_RESERVED_HANDLE),
+            &Default::default(),
+            |_| false,
+        );
+        let pools = [pool];
+        let blocks = [b];
+        let i = ip_info(&pools, &blocks, &[], "10.0.0.0".parse().unwrap());
+        assert_eq!(i.state, IpState::Assigned);
+        assert_eq!(i.handle_id.as_deref(), Some("h1"));
+        assert_eq!(i.pod(), Some(("default", "p1")));
+        assert!(i.borrowed, "node b allocated from a's block");
+        assert_eq!(i.block.as_deref(), Some("10.0.0.0/26"));
+        assert_eq!(i.pool.as_deref(), Some("default"));
+        assert!(i.sequence_number.is_some());
+        let r = ip_info(&pools, &blocks, &[], "10.0.0.1".parse().unwrap());
+        assert_eq!(r.state, IpState::Reserved);
+        let keep = [("keep".to_string(), "10.0.0.0/28".parse().unwrap())];
+        let free = ip_info(&pools, &blocks, &keep, "10.0.0.9".parse().unwrap());
+        assert_eq!(free.state, IpState::NotAssigned);
+        assert_eq!(free.reserved_by, vec!["keep (10.0.0.0/28)".to_string()]);
+        assert_eq!(free.block.as_deref(), Some("10.0.0.0/26"));
+        let outside = ip_info(&pools, &blocks, &[], "10.0.3.1".parse().unwrap());
+        assert_eq!(
+            (outside.state, outside.block, outside.pool),
+            (IpState::NotAssigned, None, None)
+        );
+        let unblocked = ip_info(&pools, &blocks, &[], "10.0.0.200".parse().unwrap());
+        assert_eq!(
+            (unblocked.block, unblocked.pool.as_deref()),
+            (None, Some("default"))
         );
     }
 }

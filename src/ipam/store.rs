@@ -15,8 +15,8 @@ use serde::{Serialize, de::DeserializeOwned};
 
 use super::names;
 use crate::api::{
-    Affinity, Block, BlockAffinitySpec, CalicoKind, CrdMode, Handle, IPAMBlockSpec, IPAMHandleSpec,
-    IpamConfig, Pool,
+    Affinity, Block, BlockAffinitySpec, CalicoKind, CrdMode, Handle, IPAMBlockSpec, IPAMConfigSpec,
+    IPAMHandleSpec, IpamConfig, Pool,
 };
 
 /// Errors talking to the apiserver, naming the object concerned.
@@ -271,6 +271,28 @@ impl Store {
 
     pub fn config_api(&self) -> Api<IpamConfig> {
         Api::all_with(self.client.clone(), &self.mode.resource(CalicoKind::IPAMConfig))
+    }
+
+    // ---- the IPAM configuration (`default`; IPAMConfig in v1 mode, IPAMConfiguration in v3)
+
+    fn config_kind(&self) -> &'static str {
+        self.mode.kind_and_plural(CalicoKind::IPAMConfig).0
+    }
+
+    pub async fn get_config(&self) -> Result<Option<IpamConfig>> {
+        self.config_api()
+            .get_opt("default")
+            .await
+            .map_err(|e| StoreError::from_kube(self.config_kind(), "default", e))
+    }
+
+    pub async fn create_config(&self, spec: IPAMConfigSpec) -> Result<IpamConfig> {
+        let obj = Object::new("default", &self.mode.resource(CalicoKind::IPAMConfig), spec);
+        create(&self.config_api(), self.config_kind(), &obj).await
+    }
+
+    pub async fn update_config(&self, c: &IpamConfig) -> Result<IpamConfig> {
+        replace(&self.config_api(), self.config_kind(), c).await
     }
 
     // ---- blocks

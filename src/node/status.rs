@@ -602,56 +602,11 @@ pub fn rows_of_peers(peers: &[PeerStatus]) -> Vec<Row> {
 
 /// The table `calicoctl node status` prints (its go-pretty default style).
 pub fn render_table(rows: &[Row]) -> String {
-    let header = ["PEER ADDRESS", "PEER TYPE", "STATE", "SINCE", "INFO"];
-    let cells: Vec<[&str; 5]> = rows
-        .iter()
-        .map(|r| {
-            [
-                r.peer.as_str(),
-                r.kind.as_str(),
-                r.state.as_str(),
-                r.since.as_str(),
-                r.info.as_str(),
-            ]
-        })
-        .collect();
-    let mut width = header.map(|h| h.chars().count());
-    for c in &cells {
-        for (i, v) in c.iter().enumerate() {
-            width[i] = width[i].max(v.chars().count());
-        }
+    let mut t = crate::table::TextTable::new(&["PEER ADDRESS", "PEER TYPE", "STATE", "SINCE", "INFO"]);
+    for r in rows {
+        t.row([&r.peer, &r.kind, &r.state, &r.since, &r.info]);
     }
-    let rule = {
-        let mut s = String::from("+");
-        for w in width {
-            s.push_str(&"-".repeat(w + 2));
-            s.push('+');
-        }
-        s.push('\n');
-        s
-    };
-    let line = |vals: [&str; 5], centre: bool| {
-        let mut s = String::from("|");
-        for (i, v) in vals.iter().enumerate() {
-            let pad = width[i] - v.chars().count();
-            let (l, r) = if centre {
-                (pad / 2, pad - pad / 2)
-            } else {
-                (0, pad)
-            };
-            s.push_str(&format!(" {}{v}{} |", " ".repeat(l), " ".repeat(r)));
-        }
-        s.push('\n');
-        s
-    };
-    let mut out = rule.clone();
-    out.push_str(&line(header, true));
-    out.push_str(&rule);
-    for c in cells {
-        out.push_str(&line(c, false));
-    }
-    out.push_str(&rule);
-    out
+    t.render()
 }
 
 #[cfg(test)]
