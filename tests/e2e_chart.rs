@@ -728,16 +728,15 @@ fn crds_are_kept_and_optional_and_extras_follow_values() {
     let json: Value =
         serde_json::from_str(dash["data"]["tortie-ipam.json"].as_str().unwrap()).expect("dashboard JSON");
     let exprs = json.to_string();
-    for m in [
-        "ipam_allocations_in_use",
-        "ipam_allocations_borrowed",
-        "ipam_blocks",
-        "ipam_allocations_gc_candidates",
-        "ipam_allocations_gc_reclamations",
-        "ipam_ippool_size",
-    ] {
-        assert!(exprs.contains(m), "dashboard has no panel for {m}");
+    for m in tortie::metrics::CALICO_IPAM_METRICS {
+        // A name followed by `{` or `,`: `ipam_blocks` must not be found inside `ipam_blocks_per_node`.
+        assert!(
+            exprs.contains(&format!("{m}{{")) || exprs.contains(&format!("{m},")),
+            "dashboard has no panel for {m}"
+        );
     }
+    // The counter under Calico's name, not the OpenMetrics `_total` one.
+    assert!(!exprs.contains("reclamations_total"), "{exprs}");
 
     assert!(!kinds(&d).contains("ServiceMonitor") && !kinds(&d).contains("Installation"));
     let on = docs(&[

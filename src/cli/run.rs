@@ -19,7 +19,8 @@ use tracing::{error, info, warn};
 use crate::api::CrdMode;
 use crate::controllers::tokio_util_shim::CancellationToken;
 use crate::controllers::{self, Config, Ctx, Part, Stores};
-use crate::metrics::{Metrics, ipam_gauges};
+use crate::ipam::usage::{PoolRef, Usage};
+use crate::metrics::Metrics;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -292,22 +293,34 @@ async fn readyz(State(ctx): State<Arc<Ctx>>) -> impl IntoResponse {
 }
 
 async fn metrics_handler(State(ctx): State<Arc<Ctx>>) -> impl IntoResponse {
-    let pools: Vec<crate::ipam::usage::PoolRef> = ctx
-        .stores
-        .pools
-        .all()
-        .iter()
-        .filter_map(|p| crate::ipam::usage::PoolRef::from_pool(p))
-        .collect();
-    let blocks = ctx.stores.blocks.all();
-    ctx.metrics
-        .set_ipam(&ipam_gauges(&pools, blocks.iter().map(|b| &b.spec)));
+    let leader = ctx.metrics.leader.get() == 1;
+    let usage = leader.then(|| ipam_usage(&ctx));
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        ctx.metrics.encode(),
+        ctx.metrics.scrape(usage.as_ref()),
+    )
+}
+
+/// The IPAM counts of the watch caches.
+fn ipam_usage(ctx: &Ctx) -> Usage {
+    let pools: Vec<PoolRef> = ctx
+        .stores
+        .pools
+        .all()
+        .iter()
+        .filter_map(|p| PoolRef::from_pool(p))
+        .collect();
+    let blocks = ctx.stores.blocks.all();
+    let nodes = ctx.stores.nodes.all();
+    // IPReservations are not watched yet: no address counts as reserved.
+    Usage::compute(
+        &pools,
+        blocks.iter().map(|b| &b.spec),
+        nodes.iter().filter_map(|n| n.metadata.name.as_deref()),
+        &[],
     )
 }
 
