@@ -208,3 +208,29 @@ async fn calicos_ipam_metrics_from_zero_through_allocations_and_a_reclamation() 
         Some(&2.0)
     );
 }
+
+/// `--bind-address` lists the only addresses the HTTP port opens: here two loopback addresses
+/// answer while a third one, which 0.0.0.0 would serve, is refused.
+#[tokio::test]
+async fn the_metrics_port_listens_only_on_the_bind_addresses() {
+    let id = unique_name("metrics-bind");
+    // Operator::start binds 127.0.0.1; the flag given again adds 127.0.0.2.
+    let op = Operator::start(
+        &id,
+        &[
+            "--bind-address",
+            "127.0.0.2",
+            "--controllers",
+            "ippool",
+            "--lease-name",
+            &id,
+        ],
+    );
+    op.wait_ready().await;
+    let connects = |ip: &str| std::net::TcpStream::connect((ip, op.port)).is_ok();
+    assert!(connects("127.0.0.1") && connects("127.0.0.2"));
+    assert!(
+        !connects("127.0.0.3"),
+        "the port is open on an address it was not given"
+    );
+}

@@ -63,9 +63,17 @@ pub struct RunArgs {
     /// Port of /healthz, /readyz and /metrics.
     #[arg(long, env = "TORTIE_METRICS_PORT", default_value_t = 9090)]
     pub metrics_port: u16,
-    /// Address the HTTP server binds.
-    #[arg(long, env = "TORTIE_BIND_ADDRESS", default_value = "0.0.0.0")]
-    pub bind_address: std::net::IpAddr,
+    /// Addresses /healthz, /readyz and /metrics listen on (comma-separated). Loopback by
+    /// default: on the host network, 0.0.0.0 would serve them on every address of the node. The
+    /// chart sets the pod's IP (the node's address on the host network, which probes and
+    /// Prometheus reach) and 127.0.0.1 (which `kubectl port-forward` reaches).
+    #[arg(
+        long,
+        env = "TORTIE_BIND_ADDRESS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1"
+    )]
+    pub bind_address: Vec<std::net::IpAddr>,
     /// Log format. The level filter comes from TORTIE_LOG or RUST_LOG (default info).
     #[arg(long, env = "TORTIE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -144,26 +152,28 @@ impl RunArgs {
         let shutdown = CancellationToken::new();
         tokio::spawn(signal_handler(shutdown.clone()));
 
-        let addr = SocketAddr::new(self.bind_address, self.metrics_port);
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding {addr}"))?;
-        info!(%addr, "serving /healthz /readyz /metrics");
         let app = Router::new()
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics_handler))
             .with_state(ctx.clone());
-        let server_stop = shutdown.clone();
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { server_stop.cancelled().await })
+        let mut servers = tokio::task::JoinSet::new();
+        for addr in listen_addresses(&self.bind_address, self.metrics_port) {
+            let listener = tokio::net::TcpListener::bind(addr)
                 .await
-        });
+                .with_context(|| format!("binding {addr} (--bind-address)"))?;
+            info!(%addr, "serving /healthz /readyz /metrics");
+            let (app, stop) = (app.clone(), shutdown.clone());
+            servers.spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await
+            });
+        }
 
         let result = lead(ctx, &self, identity, shutdown.clone()).await;
         shutdown.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), servers.join_all()).await;
         match result {
             Ok(()) => {
                 info!("stopped");
@@ -172,6 +182,18 @@ impl RunArgs {
             Err(e) => Err(e),
         }
     }
+}
+
+/// The sockets to listen on: each address once, in the order given.
+fn listen_addresses(addrs: &[std::net::IpAddr], port: u16) -> Vec<SocketAddr> {
+    let mut out: Vec<SocketAddr> = Vec::new();
+    for a in addrs {
+        let sa = SocketAddr::new(*a, port);
+        if !out.contains(&sa) {
+            out.push(sa);
+        }
+    }
+    out
 }
 
 /// Holds the Lease and runs the controllers only while holding it.
@@ -341,4 +363,45 @@ fn init_tracing(format: LogFormat) {
             .with_current_span(true)
             .try_init(),
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        run: RunArgs,
+    }
+
+    #[test]
+    fn metrics_listen_on_loopback_unless_told_otherwise() {
+        let def = Cli::try_parse_from(["tortie"]).unwrap().run;
+        assert_eq!(
+            listen_addresses(&def.bind_address, def.metrics_port),
+            vec!["127.0.0.1:9090".parse::<SocketAddr>().unwrap()]
+        );
+        let chart = Cli::try_parse_from(["tortie", "--bind-address", "10.0.0.5,127.0.0.1,10.0.0.5"])
+            .unwrap()
+            .run;
+        assert_eq!(
+            listen_addresses(&chart.bind_address, 9090),
+            ["10.0.0.5:9090", "127.0.0.1:9090"]
+                .map(|s| s.parse::<SocketAddr>().unwrap())
+                .to_vec()
+        );
+        let v6 = Cli::try_parse_from(["tortie", "--bind-address", "fd00::1,::1"])
+            .unwrap()
+            .run;
+        assert_eq!(
+            listen_addresses(&v6.bind_address, 1)[0].to_string(),
+            "[fd00::1]:1"
+        );
+        let bad = Cli::try_parse_from(["tortie", "--bind-address", "localhost"])
+            .err()
+            .expect("a host name is no address");
+        assert!(bad.to_string().contains("--bind-address"), "{bad}");
+    }
 }
