@@ -93,122 +93,165 @@ pub fn plan(
         .iter()
         .map(|p| p.cidr.trim().parse::<IpNet>().ok().map(|n| n.trunc()))
         .collect();
-    let (v4s, v6s) = (
-        parsed.iter().filter(|n| matches!(n, Some(IpNet::V4(_)))).count(),
-        parsed.iter().filter(|n| matches!(n, Some(IpNet::V6(_)))).count(),
-    );
-    let mut seen_names = BTreeSet::new();
+    let rules = ItemRules {
+        families: (
+            parsed.iter().filter(|n| matches!(n, Some(IpNet::V4(_)))).count(),
+            parsed.iter().filter(|n| matches!(n, Some(IpNet::V6(_)))).count(),
+        ),
+        bgp_off,
+        calico_cni,
+        pod,
+        allow_outside,
+        existing,
+        selector_ok,
+    };
     let mut accepted: Vec<(String, IpNet)> = Vec::new();
+    let mut seen_names = BTreeSet::new();
     for (i, (item, net)) in items.iter().zip(&parsed).enumerate() {
-        let first_problem = plan.problems.len();
-        'item: {
-            let label = item.name.clone().unwrap_or_else(|| item.cidr.clone());
-            let Some(cidr) = *net else {
-                plan.problems.push(problem(
-                    &label,
-                    "cidr",
-                    "InvalidCIDR",
-                    format!(
-                        "Installation pool {label}: spec.calicoNetwork.ipPools[].cidr {:?} is not a CIDR",
-                        item.cidr
-                    ),
-                ));
-                break 'item;
-            };
-            let name = match &item.name {
-                Some(n) if !n.is_empty() => n.clone(),
-                _ => existing
-                    .iter()
-                    .find(|e| e.spec.net().map(|n| n.trunc()) == Some(cidr))
-                    .map(|e| e.name.to_string())
-                    .unwrap_or_else(|| match cidr {
-                        IpNet::V4(_) if v4s == 1 && v4s + v6s <= 2 => DEFAULT_V4.into(),
-                        IpNet::V6(_) if v6s == 1 && v4s + v6s <= 2 => DEFAULT_V6.into(),
-                        _ => derived_name(&cidr),
-                    }),
-            };
-            let spec = match to_spec(item, cidr, bgp_off, calico_cni) {
-                Ok(s) => s,
-                Err(p) => {
-                    plan.problems.push(problem(
-                        &name,
-                        p.0,
-                        p.1,
-                        format!("Installation pool {name} ({cidr}): {}", p.2),
-                    ));
-                    break 'item;
+        match rules.plan_item(item, *net, &accepted, &mut seen_names) {
+            Ok((name, cidr, spec)) => {
+                accepted.push((name.clone(), cidr));
+                plan.pools.push((name, spec));
+            }
+            // Name the Installation field of a listed pool, as the admission errors do.
+            Err(mut p) => {
+                if listed_explicitly {
+                    p.message = format!("spec.calicoNetwork.ipPools[{i}].{}: {}", p.field, p.message);
                 }
-            };
-            if let Some((other, _)) = accepted.iter().find(|(_, o)| *o == cidr) {
-                plan.problems.push(problem(
-                &name,
-                "cidr",
-                "Duplicate",
-                format!("Installation pool {name} ({cidr}) has the same CIDR as pool {other} once canonicalised; list each CIDR once"),
-            ));
-                break 'item;
-            }
-            if !seen_names.insert(name.clone()) {
-                plan.problems.push(problem(
-                    &name,
-                    "name",
-                    "Duplicate",
-                    format!("Installation pool {name} is listed more than once"),
-                ));
-                break 'item;
-            }
-            if let Some(p) = check_spec(&name, &spec, pod, allow_outside, selector_ok) {
                 plan.problems.push(p);
-                break 'item;
-            }
-            if let Some((other, o)) = accepted.iter().find(|(_, o)| overlaps(o, &cidr)) {
-                plan.problems.push(problem(
-                &name,
-                "cidr",
-                "CIDROverlap",
-                format!("Installation pool {name} ({cidr}) overlaps pool {other} ({o}) listed before it; pools must not overlap"),
-            ));
-                break 'item;
-            }
-            if let Some(e) = existing.iter().find(|e| e.name == name) {
-                let old = e.spec.net().map(|n| n.trunc());
-                if old != Some(cidr) {
-                    plan.problems.push(problem(
-                    &name,
-                    "cidr",
-                    "ForbiddenChange",
-                    format!(
-                        "IPPool {name} exists with cidr {}; changing it to {cidr} is refused (addresses in use would be orphaned). Add a pool with a new name, set disableNewAllocations on {name}, recycle the pods, then remove it",
-                        e.spec.cidr
-                    ),
-                ));
-                    break 'item;
-                }
-                if e.spec.effective_block_size() != spec.effective_block_size() {
-                    plan.problems.push(problem(
-                    &name,
-                    "blockSize",
-                    "ForbiddenChange",
-                    format!(
-                        "IPPool {name} exists with blockSize {}; changing it to {} is refused (existing blocks keep their size). Create a new pool with the new block size instead",
-                        e.spec.effective_block_size(),
-                        spec.effective_block_size()
-                    ),
-                ));
-                    break 'item;
-                }
-            }
-            accepted.push((name.clone(), cidr));
-            plan.pools.push((name, spec));
-        }
-        // Name the Installation field of a listed pool, as the admission errors do.
-        if listed_explicitly {
-            for p in &mut plan.problems[first_problem..] {
-                p.message = format!("spec.calicoNetwork.ipPools[{i}].{}: {}", p.field, p.message);
             }
         }
     }
     plan
+}
+
+/// What every Installation pool is checked against.
+struct ItemRules<'a> {
+    /// How many IPv4 and IPv6 pools the Installation lists (Calico's default names need one
+    /// of a family).
+    families: (usize, usize),
+    bgp_off: bool,
+    calico_cni: bool,
+    pod: Option<&'a PodCidrs>,
+    allow_outside: bool,
+    existing: &'a [Existing<'a>],
+    selector_ok: &'a dyn Fn(&str) -> Result<(), String>,
+}
+
+impl ItemRules<'_> {
+    /// One listed pool: its name, CIDR and IPPool spec, or the first problem with it, given the
+    /// pools accepted before it and the names listed before it (`seen`, which this extends).
+    fn plan_item(
+        &self,
+        item: &InstallationIPPool,
+        net: Option<IpNet>,
+        accepted: &[(String, IpNet)],
+        seen: &mut BTreeSet<String>,
+    ) -> Result<(String, IpNet, IPPoolSpec), Problem> {
+        let Some(cidr) = net else {
+            let label = item.name.clone().unwrap_or_else(|| item.cidr.clone());
+            return Err(problem(
+                &label,
+                "cidr",
+                "InvalidCIDR",
+                format!(
+                    "Installation pool {label}: spec.calicoNetwork.ipPools[].cidr {:?} is not a CIDR",
+                    item.cidr
+                ),
+            ));
+        };
+        let name = self.pool_name(item, cidr);
+        let spec = to_spec(item, cidr, self.bgp_off, self.calico_cni).map_err(|p| {
+            problem(
+                &name,
+                p.0,
+                p.1,
+                format!("Installation pool {name} ({cidr}): {}", p.2),
+            )
+        })?;
+        if let Some((other, _)) = accepted.iter().find(|(_, o)| *o == cidr) {
+            return Err(problem(
+                &name,
+                "cidr",
+                "Duplicate",
+                format!(
+                    "Installation pool {name} ({cidr}) has the same CIDR as pool {other} once canonicalised; list each CIDR once"
+                ),
+            ));
+        }
+        if !seen.insert(name.clone()) {
+            return Err(problem(
+                &name,
+                "name",
+                "Duplicate",
+                format!("Installation pool {name} is listed more than once"),
+            ));
+        }
+        if let Some(p) = check_spec(&name, &spec, self.pod, self.allow_outside, self.selector_ok) {
+            return Err(p);
+        }
+        if let Some((other, o)) = accepted.iter().find(|(_, o)| overlaps(o, &cidr)) {
+            return Err(problem(
+                &name,
+                "cidr",
+                "CIDROverlap",
+                format!(
+                    "Installation pool {name} ({cidr}) overlaps pool {other} ({o}) listed before it; pools must not overlap"
+                ),
+            ));
+        }
+        if let Some(e) = self.existing.iter().find(|e| e.name == name) {
+            unchanged_identity(&name, cidr, &spec, e)?;
+        }
+        Ok((name, cidr, spec))
+    }
+
+    /// The listed name; else the name of the pool that already has this CIDR; else Calico's
+    /// default name when the pool is its family's only one, or the name derived from the CIDR.
+    fn pool_name(&self, item: &InstallationIPPool, cidr: IpNet) -> String {
+        if let Some(n) = item.name.as_ref().filter(|n| !n.is_empty()) {
+            return n.clone();
+        }
+        let (v4s, v6s) = self.families;
+        self.existing
+            .iter()
+            .find(|e| e.spec.net().map(|n| n.trunc()) == Some(cidr))
+            .map(|e| e.name.to_string())
+            .unwrap_or_else(|| match cidr {
+                IpNet::V4(_) if v4s == 1 && v4s + v6s <= 2 => DEFAULT_V4.into(),
+                IpNet::V6(_) if v6s == 1 && v4s + v6s <= 2 => DEFAULT_V6.into(),
+                _ => derived_name(&cidr),
+            })
+    }
+}
+
+/// An existing pool keeps its CIDR and block size: changing either would orphan what is
+/// allocated in it.
+fn unchanged_identity(name: &str, cidr: IpNet, spec: &IPPoolSpec, e: &Existing<'_>) -> Result<(), Problem> {
+    if e.spec.net().map(|n| n.trunc()) != Some(cidr) {
+        return Err(problem(
+            name,
+            "cidr",
+            "ForbiddenChange",
+            format!(
+                "IPPool {name} exists with cidr {}; changing it to {cidr} is refused (addresses in use would be orphaned). Add a pool with a new name, set disableNewAllocations on {name}, recycle the pods, then remove it",
+                e.spec.cidr
+            ),
+        ));
+    }
+    if e.spec.effective_block_size() != spec.effective_block_size() {
+        return Err(problem(
+            name,
+            "blockSize",
+            "ForbiddenChange",
+            format!(
+                "IPPool {name} exists with blockSize {}; changing it to {} is refused (existing blocks keep their size). Create a new pool with the new block size instead",
+                e.spec.effective_block_size(),
+                spec.effective_block_size()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// `ipPools` unset: one pool per pod CIDR, else Calico's hard default.
@@ -935,5 +978,96 @@ mod tests {
                 blocks: 1
             }
         );
+    }
+
+    fn rules<'a>(families: (usize, usize), existing: &'a [Existing<'a>]) -> ItemRules<'a> {
+        ItemRules {
+            families,
+            bgp_off: false,
+            calico_cni: true,
+            pod: None,
+            allow_outside: false,
+            existing,
+            selector_ok: &ok,
+        }
+    }
+
+    #[test]
+    fn an_unnamed_pool_takes_the_existing_name_else_calicos_default_else_its_cidr() {
+        let v4: IpNet = "10.48.0.0/16".parse().unwrap();
+        let v6: IpNet = "fd00::/48".parse().unwrap();
+        let old = IPPoolSpec {
+            cidr: "10.48.0.0/16".into(),
+            ..Default::default()
+        };
+        let existing = [Existing {
+            name: "kept",
+            spec: &old,
+        }];
+        let mut named = item("10.48.0.0/16");
+        named.name = Some("mine".into());
+        assert_eq!(rules((1, 0), &existing).pool_name(&named, v4), "mine");
+        assert_eq!(
+            rules((1, 0), &existing).pool_name(&item("10.48.0.0/16"), v4),
+            "kept"
+        );
+        assert_eq!(
+            rules((1, 1), &[]).pool_name(&item("10.48.0.0/16"), v4),
+            DEFAULT_V4
+        );
+        assert_eq!(rules((1, 1), &[]).pool_name(&item("fd00::/48"), v6), DEFAULT_V6);
+        // Two of a family: neither is the default.
+        assert_eq!(
+            rules((2, 0), &[]).pool_name(&item("10.48.0.0/16"), v4),
+            "10.48.0.0-16"
+        );
+    }
+
+    #[test]
+    fn a_listed_pool_is_checked_against_those_before_it() {
+        let r = rules((3, 0), &[]);
+        let mut seen = BTreeSet::new();
+        let (name, cidr, spec) = r
+            .plan_item(&item("10.48.0.0/16"), "10.48.0.0/16".parse().ok(), &[], &mut seen)
+            .unwrap();
+        assert_eq!((name.as_str(), spec.block_size), ("10.48.0.0-16", Some(26)));
+        let accepted = [(name, cidr)];
+        let err = |it: &InstallationIPPool, seen: &mut BTreeSet<String>| {
+            let net = it.cidr.parse::<IpNet>().ok().map(|n| n.trunc());
+            let p = r.plan_item(it, net, &accepted, seen).unwrap_err();
+            (p.field, p.reason)
+        };
+        assert_eq!(err(&item("10.48.0.1/16"), &mut seen), ("cidr", "Duplicate"));
+        assert_eq!(err(&item("10.48.1.0/24"), &mut seen), ("cidr", "CIDROverlap"));
+        assert_eq!(err(&item("nonsense"), &mut seen), ("cidr", "InvalidCIDR"));
+        let mut twice = item("10.49.0.0/16");
+        twice.name = Some("10.48.0.0-16".into());
+        assert_eq!(err(&twice, &mut seen), ("name", "Duplicate"));
+        let mut bad = item("10.50.0.0/16");
+        bad.encapsulation = Some("GRE".into());
+        assert_eq!(err(&bad, &mut seen), ("encapsulation", "InvalidEncapsulation"));
+    }
+
+    #[test]
+    fn an_existing_pool_keeps_its_cidr_and_block_size() {
+        let old = IPPoolSpec {
+            cidr: "10.48.0.0/16".into(),
+            block_size: Some(26),
+            ..Default::default()
+        };
+        let e = Existing {
+            name: "p",
+            spec: &old,
+        };
+        let same = old.clone();
+        assert!(unchanged_identity("p", "10.48.0.0/16".parse().unwrap(), &same, &e).is_ok());
+        let p = unchanged_identity("p", "10.49.0.0/16".parse().unwrap(), &same, &e).unwrap_err();
+        assert_eq!((p.field, p.reason), ("cidr", "ForbiddenChange"));
+        let smaller = IPPoolSpec {
+            block_size: Some(28),
+            ..old.clone()
+        };
+        let p = unchanged_identity("p", "10.48.0.0/16".parse().unwrap(), &smaller, &e).unwrap_err();
+        assert_eq!((p.field, p.reason), ("blockSize", "ForbiddenChange"));
     }
 }
