@@ -439,8 +439,21 @@ pub fn check_spec(
     allow_outside: bool,
     selector_ok: &dyn Fn(&str) -> Result<(), String>,
 ) -> Option<Problem> {
+    let net = match check_cidr(name, spec) {
+        Ok(net) => net,
+        Err(p) => return Some(p),
+    };
+    check_block_size(name, spec, &net)
+        .or_else(|| check_encapsulation(name, spec, &net))
+        .or_else(|| check_allowed_uses(name, spec))
+        .or_else(|| check_selectors(name, spec, selector_ok))
+        .or_else(|| check_pod_cidr(name, &net, pod, allow_outside))
+}
+
+/// A strictly masked CIDR clear of every reserved range.
+fn check_cidr(name: &str, spec: &IPPoolSpec) -> Result<IpNet, Problem> {
     let Ok(net) = spec.cidr.parse::<IpNet>() else {
-        return Some(problem(
+        return Err(problem(
             name,
             "cidr",
             "InvalidCIDR",
@@ -451,7 +464,7 @@ pub fn check_spec(
         ));
     };
     if net.trunc() != net {
-        return Some(problem(
+        return Err(problem(
             name,
             "cidr",
             "InvalidCIDR",
@@ -464,7 +477,7 @@ pub fn check_spec(
     for (r, reason, what) in RESERVED {
         let r: IpNet = r.parse().expect("constant");
         if overlaps(&r, &net) {
-            return Some(problem(
+            return Err(problem(
                 name,
                 "cidr",
                 reason,
@@ -472,6 +485,12 @@ pub fn check_spec(
             ));
         }
     }
+    Ok(net)
+}
+
+/// A block size in the family's range that fits in the pool (a disabled pool may be smaller:
+/// it only drains).
+fn check_block_size(name: &str, spec: &IPPoolSpec, net: &IpNet) -> Option<Problem> {
     let v6 = matches!(net, IpNet::V6(_));
     let bs = spec.effective_block_size();
     let (lo, hi) = if v6 { (116, 128) } else { (20, 32) };
@@ -486,16 +505,20 @@ pub fn check_spec(
             ),
         ));
     }
-    if net.prefix_len() > bs && !spec.is_disabled() {
-        return Some(problem(
+    (net.prefix_len() > bs && !spec.is_disabled()).then(|| {
+        problem(
             name,
             "blockSize",
             "InvalidBlockSize",
             format!(
                 "IPPool {name}: the pool {net} is smaller than one block (/{bs}); use a wider cidr or a larger blockSize"
             ),
-        ));
-    }
+        )
+    })
+}
+
+/// At most one of IPIP and VXLAN, and no IPIP on IPv6.
+fn check_encapsulation(name: &str, spec: &IPPoolSpec, net: &IpNet) -> Option<Problem> {
     use crate::api::ippool::EncapMode::Never;
     if spec.ipip() != Never && spec.vxlan() != Never {
         return Some(problem(
@@ -505,56 +528,65 @@ pub fn check_spec(
             format!("IPPool {name}: spec.ipipMode and spec.vxlanMode cannot both be enabled"),
         ));
     }
-    if v6 && spec.ipip() != Never {
-        return Some(problem(
+    (matches!(net, IpNet::V6(_)) && spec.ipip() != Never).then(|| {
+        problem(
             name,
             "ipipMode",
             "InvalidEncapsulation",
             format!("IPPool {name}: IPIP is not supported on an IPv6 pool"),
-        ));
-    }
-    if let Some(uses) = &spec.allowed_uses
-        && uses.iter().any(|u| u == "LoadBalancer")
-        && uses.iter().any(|u| u != "LoadBalancer")
-    {
-        return Some(problem(
+        )
+    })
+}
+
+/// LoadBalancer pools serve nothing else.
+fn check_allowed_uses(name: &str, spec: &IPPoolSpec) -> Option<Problem> {
+    let uses = spec.allowed_uses.as_ref()?;
+    (uses.iter().any(|u| u == "LoadBalancer") && uses.iter().any(|u| u != "LoadBalancer")).then(|| {
+        problem(
             name,
             "allowedUses",
             "InvalidAllowedUses",
             format!("IPPool {name}: allowedUse LoadBalancer cannot be combined with Workload or Tunnel"),
-        ));
-    }
-    for (field, sel) in [
+        )
+    })
+}
+
+/// Both selectors parse in Calico's selector language.
+fn check_selectors(
+    name: &str,
+    spec: &IPPoolSpec,
+    selector_ok: &dyn Fn(&str) -> Result<(), String>,
+) -> Option<Problem> {
+    [
         ("nodeSelector", spec.node_selector.as_deref()),
         ("namespaceSelector", spec.namespace_selector.as_deref()),
-    ] {
-        if let Some(s) = sel.filter(|s| !s.trim().is_empty())
-            && let Err(e) = selector_ok(s)
-        {
-            return Some(problem(
-                name,
-                field,
-                "InvalidSelector",
-                format!("IPPool {name}: spec.{field} {s:?} is not a valid selector: {e}"),
-            ));
-        }
-    }
-    if let Some(pod) = pod
-        && !allow_outside
-        && !pod.contains(&net)
-    {
-        return Some(problem(
+    ]
+    .into_iter()
+    .find_map(|(field, sel)| {
+        let s = sel.filter(|s| !s.trim().is_empty())?;
+        let e = selector_ok(s).err()?;
+        Some(problem(
             name,
-            "cidr",
-            "PodCIDRMismatch",
-            format!(
-                "IPPool {name} ({net}) is not within the cluster's pod CIDR(s) {} from {}; use a cidr inside the pod network, or annotate the pool {ALLOW_OUTSIDE_POD_CIDR}=true if it is routed on purpose",
-                pod.list(),
-                pod.source
-            ),
-        ));
-    }
-    None
+            field,
+            "InvalidSelector",
+            format!("IPPool {name}: spec.{field} {s:?} is not a valid selector: {e}"),
+        ))
+    })
+}
+
+/// Inside the cluster's pod CIDRs, unless the pool is annotated as routed on purpose.
+fn check_pod_cidr(name: &str, net: &IpNet, pod: Option<&PodCidrs>, allow_outside: bool) -> Option<Problem> {
+    let pod = pod.filter(|p| !allow_outside && !p.contains(net))?;
+    Some(problem(
+        name,
+        "cidr",
+        "PodCIDRMismatch",
+        format!(
+            "IPPool {name} ({net}) is not within the cluster's pod CIDR(s) {} from {}; use a cidr inside the pod network, or annotate the pool {ALLOW_OUTSIDE_POD_CIDR}=true if it is routed on purpose",
+            pod.list(),
+            pod.source
+        ),
+    ))
 }
 
 /// One cluster pool as the IPPool controller sees it.
@@ -1069,5 +1101,67 @@ mod tests {
         };
         let p = unchanged_identity("p", "10.48.0.0/16".parse().unwrap(), &smaller, &e).unwrap_err();
         assert_eq!((p.field, p.reason), ("blockSize", "ForbiddenChange"));
+    }
+
+    #[test]
+    fn each_spec_check_names_its_field() {
+        let spec = |cidr: &str| IPPoolSpec {
+            cidr: cidr.into(),
+            ..Default::default()
+        };
+        let field = |p: Option<Problem>| p.map(|p| (p.field, p.reason));
+        assert_eq!(
+            field(check_cidr("p", &spec("10.48.0.1/16")).err()),
+            Some(("cidr", "InvalidCIDR"))
+        );
+        assert_eq!(
+            field(check_cidr("p", &spec("127.1.0.0/16")).err()),
+            Some(("cidr", "ReservedRange"))
+        );
+        let net: IpNet = "10.48.0.0/28".parse().unwrap();
+        // A /28 pool cannot hold a /26 block, unless it is disabled (it only drains then).
+        let small = spec("10.48.0.0/28");
+        assert_eq!(
+            field(check_block_size("p", &small, &net)),
+            Some(("blockSize", "InvalidBlockSize"))
+        );
+        let draining = IPPoolSpec {
+            disabled: Some(true),
+            ..small.clone()
+        };
+        assert_eq!(check_block_size("p", &draining, &net), None);
+        let both = IPPoolSpec {
+            ipip_mode: Some("Always".into()),
+            vxlan_mode: Some("Always".into()),
+            ..small.clone()
+        };
+        assert_eq!(
+            field(check_encapsulation("p", &both, &net)),
+            Some(("vxlanMode", "InvalidEncapsulation"))
+        );
+        let lb = IPPoolSpec {
+            allowed_uses: Some(vec!["LoadBalancer".into(), "Workload".into()]),
+            ..small.clone()
+        };
+        assert_eq!(
+            field(check_allowed_uses("p", &lb)),
+            Some(("allowedUses", "InvalidAllowedUses"))
+        );
+        let sel = IPPoolSpec {
+            namespace_selector: Some("team ==".into()),
+            ..small.clone()
+        };
+        assert_eq!(
+            field(check_selectors("p", &sel, &selector_ok)),
+            Some(("namespaceSelector", "InvalidSelector"))
+        );
+        let outside: IpNet = "10.99.0.0/16".parse().unwrap();
+        let cluster = pod(&["10.48.0.0/16"]);
+        assert_eq!(
+            field(check_pod_cidr("p", &outside, Some(&cluster), false)),
+            Some(("cidr", "PodCIDRMismatch"))
+        );
+        assert_eq!(check_pod_cidr("p", &outside, Some(&cluster), true), None);
+        assert_eq!(check_pod_cidr("p", &outside, None, false), None);
     }
 }
