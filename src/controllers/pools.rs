@@ -317,13 +317,47 @@ fn to_spec(
     calico_cni: bool,
 ) -> Result<IPPoolSpec, FieldErr> {
     let v6 = matches!(cidr, IpNet::V6(_));
+    let (ipip, vxlan) = encapsulation(item, &cidr, bgp_off, calico_cni)?;
+    Ok(IPPoolSpec {
+        cidr: cidr.to_string(),
+        ipip_mode: Some(ipip.into()),
+        vxlan_mode: Some(vxlan.into()),
+        nat_outgoing: Some(nat_outgoing(item, v6)?),
+        disabled: Some(item.disable_new_allocations.unwrap_or(false)),
+        disable_bgp_export: Some(item.disable_bgp_export.unwrap_or(false)),
+        block_size: Some(
+            item.block_size
+                .filter(|b| *b > 0)
+                .unwrap_or(if v6 { 122 } else { 26 }),
+        ),
+        node_selector: Some(
+            item.node_selector
+                .clone()
+                .filter(|s| !s.trim().is_empty())
+                .unwrap_or_else(|| "all()".into()),
+        ),
+        namespace_selector: None,
+        allowed_uses: Some(allowed_uses(item)?),
+        assignment_mode: Some(assignment_mode(item)?),
+    })
+}
+
+/// `(ipipMode, vxlanMode)` of the Installation's encapsulation. Unset: none for IPv6 or another
+/// CNI, VXLAN when BGP is off (IPIP needs BGP), else IPIP.
+fn encapsulation(
+    item: &InstallationIPPool,
+    cidr: &IpNet,
+    bgp_off: bool,
+    calico_cni: bool,
+) -> Result<(&'static str, &'static str), FieldErr> {
+    let v6 = matches!(cidr, IpNet::V6(_));
     let encap = match item.encapsulation.as_deref() {
-        Some(e) if !e.is_empty() => e.to_string(),
-        _ if v6 || !calico_cni => "None".into(),
-        _ if bgp_off => "VXLAN".into(),
-        _ => "IPIP".into(),
+        Some(e) if !e.is_empty() => e,
+        _ if v6 || !calico_cni => "None",
+        _ if bgp_off => "VXLAN",
+        _ => "IPIP",
     };
-    let (ipip, vxlan) = match encap.as_str() {
+    let modes = match encap {
         "IPIP" => ("Always", "Never"),
         "IPIPCrossSubnet" => ("CrossSubnet", "Never"),
         "VXLAN" => ("Never", "Always"),
@@ -339,39 +373,51 @@ fn to_spec(
             ));
         }
     };
-    if v6 && ipip != "Never" {
+    if v6 && modes.0 != "Never" {
         return Err((
             "encapsulation",
             "InvalidEncapsulation",
             format!("IPIP encapsulation is not supported by IPv6 pools, but it is set for {cidr}"),
         ));
     }
-    let nat = match item.nat_outgoing.as_deref() {
-        None | Some("") => !v6,
-        Some("Enabled") => true,
-        Some("Disabled") => false,
-        Some(other) => {
-            return Err((
-                "natOutgoing",
-                "InvalidNATOutgoing",
-                format!("natOutgoing {other:?} is not one of Enabled, Disabled"),
-            ));
-        }
-    };
+    Ok(modes)
+}
+
+/// Unset: on for IPv4, off for IPv6.
+fn nat_outgoing(item: &InstallationIPPool, v6: bool) -> Result<bool, FieldErr> {
+    match item.nat_outgoing.as_deref() {
+        None | Some("") => Ok(!v6),
+        Some("Enabled") => Ok(true),
+        Some("Disabled") => Ok(false),
+        Some(other) => Err((
+            "natOutgoing",
+            "InvalidNATOutgoing",
+            format!("natOutgoing {other:?} is not one of Enabled, Disabled"),
+        )),
+    }
+}
+
+/// Unset or empty: Workload and Tunnel.
+fn allowed_uses(item: &InstallationIPPool) -> Result<Vec<String>, FieldErr> {
     let uses = match &item.allowed_uses {
         Some(u) if !u.is_empty() => u.clone(),
         _ => vec!["Workload".into(), "Tunnel".into()],
     };
-    if let Some(u) = uses
+    match uses
         .iter()
         .find(|u| !matches!(u.as_str(), "Workload" | "Tunnel" | "LoadBalancer"))
     {
-        return Err((
+        Some(u) => Err((
             "allowedUses",
             "InvalidAllowedUses",
             format!("allowedUses {u:?} is not one of Workload, Tunnel, LoadBalancer"),
-        ));
+        )),
+        None => Ok(uses),
     }
+}
+
+/// Unset or empty: Automatic.
+fn assignment_mode(item: &InstallationIPPool) -> Result<String, FieldErr> {
     let mode = item
         .assignment_mode
         .clone()
@@ -384,28 +430,7 @@ fn to_spec(
             format!("assignmentMode {mode:?} is not one of Automatic, Manual"),
         ));
     }
-    Ok(IPPoolSpec {
-        cidr: cidr.to_string(),
-        ipip_mode: Some(ipip.into()),
-        vxlan_mode: Some(vxlan.into()),
-        nat_outgoing: Some(nat),
-        disabled: Some(item.disable_new_allocations.unwrap_or(false)),
-        disable_bgp_export: Some(item.disable_bgp_export.unwrap_or(false)),
-        block_size: Some(
-            item.block_size
-                .filter(|b| *b > 0)
-                .unwrap_or(if v6 { 122 } else { 26 }),
-        ),
-        node_selector: Some(
-            item.node_selector
-                .clone()
-                .filter(|s| !s.trim().is_empty())
-                .unwrap_or_else(|| "all()".into()),
-        ),
-        namespace_selector: None,
-        allowed_uses: Some(uses),
-        assignment_mode: Some(mode),
-    })
+    Ok(mode)
 }
 
 /// Ranges no pool may touch: (range, reason, what it is).
@@ -1163,5 +1188,46 @@ mod tests {
         );
         assert_eq!(check_pod_cidr("p", &outside, Some(&cluster), true), None);
         assert_eq!(check_pod_cidr("p", &outside, None, false), None);
+    }
+
+    #[test]
+    fn installation_pool_fields_default_as_the_tigera_operator_does() {
+        let v4: IpNet = "10.48.0.0/16".parse().unwrap();
+        let v6: IpNet = "fd00::/48".parse().unwrap();
+        let it = item("10.48.0.0/16");
+        assert_eq!(encapsulation(&it, &v4, false, true), Ok(("Always", "Never")));
+        assert_eq!(encapsulation(&it, &v4, true, true), Ok(("Never", "Always")));
+        assert_eq!(encapsulation(&it, &v4, false, false), Ok(("Never", "Never")));
+        assert_eq!(encapsulation(&it, &v6, false, true), Ok(("Never", "Never")));
+        let ipip6 = InstallationIPPool {
+            encapsulation: Some("IPIP".into()),
+            ..item("fd00::/48")
+        };
+        assert_eq!(
+            encapsulation(&ipip6, &v6, false, true).unwrap_err().1,
+            "InvalidEncapsulation"
+        );
+        assert_eq!(nat_outgoing(&it, false), Ok(true));
+        assert_eq!(nat_outgoing(&it, true), Ok(false));
+        let nat = InstallationIPPool {
+            nat_outgoing: Some("Yes".into()),
+            ..item("10.48.0.0/16")
+        };
+        assert_eq!(nat_outgoing(&nat, false).unwrap_err().0, "natOutgoing");
+        assert_eq!(
+            allowed_uses(&it),
+            Ok(vec!["Workload".to_string(), "Tunnel".to_string()])
+        );
+        let uses = InstallationIPPool {
+            allowed_uses: Some(vec!["Everything".into()]),
+            ..item("10.48.0.0/16")
+        };
+        assert_eq!(allowed_uses(&uses).unwrap_err().1, "InvalidAllowedUses");
+        assert_eq!(assignment_mode(&it), Ok("Automatic".to_string()));
+        let mode = InstallationIPPool {
+            assignment_mode: Some("Sometimes".into()),
+            ..item("10.48.0.0/16")
+        };
+        assert_eq!(assignment_mode(&mode).unwrap_err().0, "assignmentMode");
     }
 }
