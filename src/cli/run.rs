@@ -112,19 +112,7 @@ impl RunArgs {
                 .await
                 .context("detecting the Calico CRD mode")?,
         };
-        let identity = self
-            .identity
-            .clone()
-            .or_else(|| std::env::var("POD_NAME").ok())
-            .unwrap_or_else(|| {
-                format!(
-                    "{}-{}",
-                    hostname::get()
-                        .map(|h| h.to_string_lossy().into_owned())
-                        .unwrap_or_else(|_| "tortie".into()),
-                    std::process::id()
-                )
-            });
+        let identity = self.identity();
         let gc_interval = self.gc_interval.unwrap_or_else(|| {
             (self.gc_grace_period / 2).clamp(Duration::from_secs(1), Duration::from_secs(300))
         });
@@ -152,24 +140,7 @@ impl RunArgs {
         let shutdown = CancellationToken::new();
         tokio::spawn(signal_handler(shutdown.clone()));
 
-        let app = Router::new()
-            .route("/healthz", get(|| async { "ok" }))
-            .route("/readyz", get(readyz))
-            .route("/metrics", get(metrics_handler))
-            .with_state(ctx.clone());
-        let mut servers = tokio::task::JoinSet::new();
-        for addr in listen_addresses(&self.bind_address, self.metrics_port) {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding {addr} (--bind-address)"))?;
-            info!(%addr, "serving /healthz /readyz /metrics");
-            let (app, stop) = (app.clone(), shutdown.clone());
-            servers.spawn(async move {
-                axum::serve(listener, app)
-                    .with_graceful_shutdown(async move { stop.cancelled().await })
-                    .await
-            });
-        }
+        let servers = serve(ctx.clone(), &self.bind_address, self.metrics_port, &shutdown).await?;
 
         let result = lead(ctx, &self, identity, shutdown.clone()).await;
         shutdown.cancel();
@@ -182,6 +153,50 @@ impl RunArgs {
             Err(e) => Err(e),
         }
     }
+
+    /// `--identity`, else POD_NAME, else the host name and process id.
+    fn identity(&self) -> String {
+        self.identity
+            .clone()
+            .or_else(|| std::env::var("POD_NAME").ok())
+            .unwrap_or_else(|| {
+                format!(
+                    "{}-{}",
+                    hostname::get()
+                        .map(|h| h.to_string_lossy().into_owned())
+                        .unwrap_or_else(|_| "tortie".into()),
+                    std::process::id()
+                )
+            })
+    }
+}
+
+/// Serves /healthz, /readyz and /metrics on every bind address until `shutdown`.
+async fn serve(
+    ctx: Arc<Ctx>,
+    addrs: &[std::net::IpAddr],
+    port: u16,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<tokio::task::JoinSet<std::io::Result<()>>> {
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_handler))
+        .with_state(ctx);
+    let mut servers = tokio::task::JoinSet::new();
+    for addr in listen_addresses(addrs, port) {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr} (--bind-address)"))?;
+        info!(%addr, "serving /healthz /readyz /metrics");
+        let (app, stop) = (app.clone(), shutdown.clone());
+        servers.spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+        });
+    }
+    Ok(servers)
 }
 
 /// The sockets to listen on: each address once, in the order given.
