@@ -168,6 +168,8 @@ fn values_schema_rejects_bad_values_naming_the_field() {
         ("crdMode=v2", "crdMode"),
         ("cni.plugin=flannel", "plugin"),
         ("operator.gcGracePeriod=soon", "gcGracePeriod"),
+        ("operator.metricsBindAddress=localhost", "metricsBindAddress"),
+        ("operator.metricsBindAddress=10.0.0.256", "metricsBindAddress"),
         ("operator.replicas=0", "replicas"),
         ("agent.birdConfigDir=etc/bird", "birdConfigDir"),
         ("operator.typo=1", "typo"),
@@ -230,6 +232,37 @@ fn operator_deployment_is_hardened_and_probed() {
     );
     // One replica: no PDB (it would block every drain).
     assert!(!kinds(&docs(&["operator.replicas=1"])).contains("PodDisruptionBudget"));
+}
+
+/// On the host network the metrics port listens on the pod's IP (the node's address the probes and
+/// the Service use) and loopback (kubectl port-forward), never on every address of the node; an
+/// explicit list replaces them.
+#[test]
+fn operator_metrics_listen_on_the_pod_ip_not_every_host_address() {
+    let env = |sets: &[&str]| {
+        let d = docs(sets);
+        let dep = find(&d, "Deployment", "tortie-operator");
+        let pod = &dep["spec"]["template"]["spec"];
+        assert_eq!(pod["hostNetwork"], true);
+        pod["containers"][0]["env"].as_array().unwrap().clone()
+    };
+    let var = |env: &[Value], name: &str| {
+        env.iter()
+            .position(|e| e["name"] == name)
+            .map(|i| (i, env[i].clone()))
+            .unwrap_or_else(|| panic!("{name} is not set: {env:?}"))
+    };
+    let default = env(&[]);
+    let (ip_at, ip) = var(&default, "POD_IP");
+    assert_eq!(ip["valueFrom"]["fieldRef"]["fieldPath"], "status.podIP", "{ip}");
+    let (bind_at, bind) = var(&default, "TORTIE_BIND_ADDRESS");
+    assert_eq!(bind["value"], "$(POD_IP),127.0.0.1", "{bind}");
+    // $(POD_IP) expands only to a variable defined before it.
+    assert!(ip_at < bind_at);
+    let fixed = env(&["operator.metricsBindAddress=10.1.2.3"]);
+    assert_eq!(var(&fixed, "TORTIE_BIND_ADDRESS").1["value"], "10.1.2.3");
+    let v6 = env(&["operator.metricsBindAddress=fd00::1\\,::1"]);
+    assert_eq!(var(&v6, "TORTIE_BIND_ADDRESS").1["value"], "fd00::1,::1");
 }
 
 #[test]
@@ -736,16 +769,15 @@ fn crds_are_kept_and_optional_and_extras_follow_values() {
     let json: Value =
         serde_json::from_str(dash["data"]["tortie-ipam.json"].as_str().unwrap()).expect("dashboard JSON");
     let exprs = json.to_string();
-    for m in [
-        "ipam_allocations_in_use",
-        "ipam_allocations_borrowed",
-        "ipam_blocks",
-        "ipam_allocations_gc_candidates",
-        "ipam_allocations_gc_reclamations",
-        "ipam_ippool_size",
-    ] {
-        assert!(exprs.contains(m), "dashboard has no panel for {m}");
+    for m in tortie::metrics::CALICO_IPAM_METRICS {
+        // A name followed by `{` or `,`: `ipam_blocks` must not be found inside `ipam_blocks_per_node`.
+        assert!(
+            exprs.contains(&format!("{m}{{")) || exprs.contains(&format!("{m},")),
+            "dashboard has no panel for {m}"
+        );
     }
+    // The counter under Calico's name, not the OpenMetrics `_total` one.
+    assert!(!exprs.contains("reclamations_total"), "{exprs}");
 
     assert!(!kinds(&d).contains("ServiceMonitor") && !kinds(&d).contains("Installation"));
     let on = docs(&[

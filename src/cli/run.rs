@@ -18,7 +18,8 @@ use tracing::{error, info, warn};
 
 use crate::api::CrdMode;
 use crate::controllers::{self, Config, Ctx, Part, Stores};
-use crate::metrics::{Metrics, ipam_gauges};
+use crate::ipam::usage::{PoolRef, Usage};
+use crate::metrics::Metrics;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -63,9 +64,17 @@ pub struct RunArgs {
     /// Port of /healthz, /readyz and /metrics.
     #[arg(long, env = "TORTIE_METRICS_PORT", default_value_t = 9090)]
     pub metrics_port: u16,
-    /// Address the HTTP server binds.
-    #[arg(long, env = "TORTIE_BIND_ADDRESS", default_value = "0.0.0.0")]
-    pub bind_address: std::net::IpAddr,
+    /// Addresses /healthz, /readyz and /metrics listen on (comma-separated). Loopback by
+    /// default: on the host network, 0.0.0.0 would serve them on every address of the node. The
+    /// chart sets the pod's IP (the node's address on the host network, which probes and
+    /// Prometheus reach) and 127.0.0.1 (which `kubectl port-forward` reaches).
+    #[arg(
+        long,
+        env = "TORTIE_BIND_ADDRESS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1"
+    )]
+    pub bind_address: Vec<std::net::IpAddr>,
     /// Log format. The level filter comes from TORTIE_LOG or RUST_LOG (default info).
     #[arg(long, env = "TORTIE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -110,19 +119,7 @@ impl RunArgs {
                 .await
                 .context("detecting the Calico CRD mode")?,
         };
-        let identity = self
-            .identity
-            .clone()
-            .or_else(|| std::env::var("POD_NAME").ok())
-            .unwrap_or_else(|| {
-                format!(
-                    "{}-{}",
-                    hostname::get()
-                        .map(|h| h.to_string_lossy().into_owned())
-                        .unwrap_or_else(|_| "tortie".into()),
-                    std::process::id()
-                )
-            });
+        let identity = self.identity();
         let gc_interval = self.gc_interval.unwrap_or_else(|| {
             (self.gc_grace_period / 2).clamp(Duration::from_secs(1), Duration::from_secs(300))
         });
@@ -150,26 +147,11 @@ impl RunArgs {
         let shutdown = CancellationToken::new();
         tokio::spawn(signal_handler(shutdown.clone()));
 
-        let addr = SocketAddr::new(self.bind_address, self.metrics_port);
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding {addr}"))?;
-        info!(%addr, "serving /healthz /readyz /metrics");
-        let app = Router::new()
-            .route("/healthz", get(|| async { "ok" }))
-            .route("/readyz", get(readyz))
-            .route("/metrics", get(metrics_handler))
-            .with_state(ctx.clone());
-        let server_stop = shutdown.clone();
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { server_stop.cancelled().await })
-                .await
-        });
+        let servers = serve(ctx.clone(), &self.bind_address, self.metrics_port, &shutdown).await?;
 
         let result = lead(ctx, &self, identity, shutdown.clone()).await;
         shutdown.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), servers.join_all()).await;
         match result {
             Ok(()) => {
                 info!("stopped");
@@ -178,6 +160,62 @@ impl RunArgs {
             Err(e) => Err(e),
         }
     }
+
+    /// `--identity`, else POD_NAME, else the host name and process id.
+    fn identity(&self) -> String {
+        self.identity
+            .clone()
+            .or_else(|| std::env::var("POD_NAME").ok())
+            .unwrap_or_else(|| {
+                format!(
+                    "{}-{}",
+                    hostname::get()
+                        .map(|h| h.to_string_lossy().into_owned())
+                        .unwrap_or_else(|_| "tortie".into()),
+                    std::process::id()
+                )
+            })
+    }
+}
+
+/// Serves /healthz, /readyz and /metrics on every bind address until `shutdown`.
+async fn serve(
+    ctx: Arc<Ctx>,
+    addrs: &[std::net::IpAddr],
+    port: u16,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<tokio::task::JoinSet<std::io::Result<()>>> {
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_handler))
+        .with_state(ctx);
+    let mut servers = tokio::task::JoinSet::new();
+    for addr in listen_addresses(addrs, port) {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding {addr} (--bind-address)"))?;
+        info!(%addr, "serving /healthz /readyz /metrics");
+        let (app, stop) = (app.clone(), shutdown.clone());
+        servers.spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
+        });
+    }
+    Ok(servers)
+}
+
+/// The sockets to listen on: each address once, in the order given.
+fn listen_addresses(addrs: &[std::net::IpAddr], port: u16) -> Vec<SocketAddr> {
+    let mut out: Vec<SocketAddr> = Vec::new();
+    for a in addrs {
+        let sa = SocketAddr::new(*a, port);
+        if !out.contains(&sa) {
+            out.push(sa);
+        }
+    }
+    out
 }
 
 /// Holds the Lease and runs the controllers only while holding it.
@@ -299,22 +337,34 @@ async fn readyz(State(ctx): State<Arc<Ctx>>) -> impl IntoResponse {
 }
 
 async fn metrics_handler(State(ctx): State<Arc<Ctx>>) -> impl IntoResponse {
-    let pools: Vec<crate::ipam::usage::PoolRef> = ctx
-        .stores
-        .pools
-        .all()
-        .iter()
-        .filter_map(|p| crate::ipam::usage::PoolRef::from_pool(p))
-        .collect();
-    let blocks = ctx.stores.blocks.all();
-    ctx.metrics
-        .set_ipam(&ipam_gauges(&pools, blocks.iter().map(|b| &b.spec)));
+    let leader = ctx.metrics.leader.get() == 1;
+    let usage = leader.then(|| ipam_usage(&ctx));
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        ctx.metrics.encode(),
+        ctx.metrics.scrape(usage.as_ref()),
+    )
+}
+
+/// The IPAM counts of the watch caches.
+fn ipam_usage(ctx: &Ctx) -> Usage {
+    let pools: Vec<PoolRef> = ctx
+        .stores
+        .pools
+        .all()
+        .iter()
+        .filter_map(|p| PoolRef::from_pool(p))
+        .collect();
+    let blocks = ctx.stores.blocks.all();
+    let nodes = ctx.stores.nodes.all();
+    // IPReservations are not watched yet: no address counts as reserved.
+    Usage::compute(
+        &pools,
+        blocks.iter().map(|b| &b.spec),
+        nodes.iter().filter_map(|n| n.metadata.name.as_deref()),
+        &[],
     )
 }
 
@@ -377,5 +427,34 @@ mod tests {
         );
         let help = T::command().render_long_help().to_string();
         assert!(help.contains("[default: installation,ippool,gc,bgp]"), "{help}");
+    }
+
+    #[test]
+    fn metrics_listen_on_loopback_unless_told_otherwise() {
+        let def = T::try_parse_from(["tortie"]).unwrap().run;
+        assert_eq!(
+            listen_addresses(&def.bind_address, def.metrics_port),
+            vec!["127.0.0.1:9090".parse::<SocketAddr>().unwrap()]
+        );
+        let chart = T::try_parse_from(["tortie", "--bind-address", "10.0.0.5,127.0.0.1,10.0.0.5"])
+            .unwrap()
+            .run;
+        assert_eq!(
+            listen_addresses(&chart.bind_address, 9090),
+            ["10.0.0.5:9090", "127.0.0.1:9090"]
+                .map(|s| s.parse::<SocketAddr>().unwrap())
+                .to_vec()
+        );
+        let v6 = T::try_parse_from(["tortie", "--bind-address", "fd00::1,::1"])
+            .unwrap()
+            .run;
+        assert_eq!(
+            listen_addresses(&v6.bind_address, 1)[0].to_string(),
+            "[fd00::1]:1"
+        );
+        let bad = T::try_parse_from(["tortie", "--bind-address", "localhost"])
+            .err()
+            .expect("a host name is no address");
+        assert!(bad.to_string().contains("--bind-address"), "{bad}");
     }
 }

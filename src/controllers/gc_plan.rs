@@ -335,236 +335,377 @@ fn classify(
 /// Plans one pass. `grace` zero disables leak and empty-block release (as in Calico), but the
 /// cleanup of deleted nodes still runs.
 pub fn plan<'a>(world: &'a World<'a>, state: &mut GcState, now: Timestamp, grace: SignedDuration) -> GcPlan {
-    let live_ips: HashSet<IpAddr> = world.pods.values().flat_map(|p| p.ips.iter().copied()).collect();
+    let live: Vec<&BlockIn<'a>> = world.blocks.iter().filter(|b| !b.spec.is_deleted()).collect();
+    let nets: Vec<Option<IpNet>> = live.iter().map(|b| b.spec.cidr.parse().ok()).collect();
     let mut out = GcPlan::default();
     let mut next = GcState::default();
-    // All-or-nothing per handle keeps handle counts right for multi-address pods: a handle's
-    // confirmed leaks are released only when none of its allocations is still held. Only the
-    // confirmed leaks carry a guard (at 50,000 live allocations a guard for every one was
-    // tens of MiB per pass).
-    let mut held: HashSet<&str> = HashSet::new();
-    let mut confirmed: HashMap<&str, Vec<(usize, Guard)>> = HashMap::new();
-    let mut blocks_of_node: HashMap<&str, usize> = HashMap::new();
-    // Handle IDs the blocks name (exact, as Calico compares them: IDs that differ only in case
-    // are distinct handles).
-    let mut referenced: HashSet<&str> = HashSet::new();
-    let mut empty: Vec<(usize, &str)> = Vec::new();
-    let live_blocks: Vec<&BlockIn<'_>> = world.blocks.iter().filter(|b| !b.spec.is_deleted()).collect();
-    let nets: Vec<Option<IpNet>> = live_blocks.iter().map(|b| b.spec.cidr.parse().ok()).collect();
-    // Per block: leaks to stamp, and stamped valid allocations to clear. An attribute entry is
-    // shared by the addresses of one handle with the same attributes: it is cleared only when
-    // none of them is a leak, or two passes would set and clear it in turn.
-    let mut marks: BTreeMap<usize, Vec<Guard>> = BTreeMap::new();
-    let mut unmarks: BTreeMap<usize, Vec<(usize, Guard)>> = BTreeMap::new();
-    let mut leaky_attrs: HashSet<(usize, usize)> = HashSet::new();
-
-    for (bi, b) in live_blocks.iter().enumerate() {
-        let Some(net) = nets[bi] else { continue };
-        let pool = pool_of(&world.pools, &net);
-        let host = b.spec.host();
-        if let Some(h) = host {
-            *blocks_of_node.entry(h).or_default() += 1;
-        }
-        let mut in_use = 0;
-        for (ordinal, a) in b.spec.allocations.iter().enumerate() {
-            let Some(ai) = a else { continue };
-            let Some(attr) = b.spec.attributes.get(*ai) else {
-                continue;
-            };
-            if let Some(h) = &attr.handle_id {
-                referenced.insert(sanitize_handle_id(h));
-            }
-            if attr.handle_id.as_deref() == Some(WINDOWS_RESERVED) {
-                continue;
-            }
-            in_use += 1;
-            let Some(ip) = ordinal_ip(&net, ordinal) else {
-                continue;
-            };
-            let (verdict, node) = classify(world, &live_ips, attr, ip, host);
-            let handle = attr.handle_id.as_deref().unwrap_or_default();
-            let seq = b
-                .spec
-                .sequence_number_for_allocation
-                .as_ref()
-                .and_then(|m| m.get(&ordinal.to_string()).copied());
-            let stamped = attr
-                .secondary
-                .as_ref()
-                .and_then(|s| s.get(LEAK_SEEN_KEY))
-                .map(|v| v.parse::<Timestamp>().ok());
-            let guard = |node: String, why: String| Guard {
-                ordinal,
-                handle: handle.to_string(),
-                seq,
-                ip,
-                node,
-                pod: pod_key(attr),
-                why,
-            };
-            match verdict {
-                Verdict::Valid | Verdict::Unknown => {
-                    if !handle.is_empty() {
-                        held.insert(handle);
-                    }
-                    if stamped.is_some() && !handle.is_empty() {
-                        unmarks
-                            .entry(bi)
-                            .or_default()
-                            .push((*ai, guard(node, "valid again".into())));
-                    }
-                }
-                Verdict::Leak { why, node_gone } => {
-                    leaky_attrs.insert((bi, *ai));
-                    let key = LeakKey {
-                        block: b.spec.cidr.clone(),
-                        ordinal,
-                        handle: handle.to_string(),
-                        seq,
-                    };
-                    // The durable stamp first; else this process's own first sighting (the
-                    // stamp's write may not have landed yet). An unreadable stamp counts as now.
-                    let since = match stamped {
-                        Some(Some(t)) => t.min(now),
-                        _ => *state.leak_since.get(&key).unwrap_or(&now),
-                    };
-                    next.leak_since.insert(key, since);
-                    *out.candidates.entry((pool.clone(), node.clone())).or_default() += 1;
-                    if node_gone || (!grace.is_zero() && now.duration_since(since) >= grace) {
-                        confirmed.entry(handle).or_default().push((bi, guard(node, why)));
-                    } else {
-                        held.insert(handle);
-                        if stamped.is_none() && !grace.is_zero() {
-                            marks.entry(bi).or_default().push(guard(node, why));
-                        }
-                    }
-                }
-            }
-        }
-        if in_use == 0
-            && let Some(h) = host
-        {
-            empty.push((bi, h));
-        }
-    }
-
-    let mut per_block: BTreeMap<usize, Vec<Guard>> = BTreeMap::new();
-    for (handle, allocs) in confirmed {
-        if held.contains(handle) {
-            continue;
-        }
-        for (bi, g) in allocs {
-            per_block.entry(bi).or_default().push(g);
-        }
-    }
-    let touched: std::collections::BTreeSet<usize> = per_block
-        .keys()
-        .chain(marks.keys())
-        .chain(unmarks.keys())
-        .copied()
-        .collect();
-    for bi in touched {
-        let mut guards = per_block.remove(&bi).unwrap_or_default();
-        guards.sort_by_key(|g| g.ordinal);
-        let unmarks: Vec<Guard> = unmarks
-            .remove(&bi)
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|(ai, _)| !leaky_attrs.contains(&(bi, *ai)))
-            .map(|(_, g)| g)
-            .collect();
-        let marks = marks.remove(&bi).unwrap_or_default();
-        if guards.is_empty() && marks.is_empty() && unmarks.is_empty() {
-            continue;
-        }
-        let net = nets[bi].expect("parsed above");
-        let b = live_blocks[bi];
-        out.releases.push(BlockRelease {
-            block: b.name.to_string(),
-            cidr: b.spec.cidr.clone(),
-            pool: pool_of(&world.pools, &net),
-            guards,
-            marks,
-            unmarks,
-            host_gone: b
-                .spec
-                .host()
-                .filter(|h| !world.nodes.contains_key(*h))
-                .map(str::to_string),
-        });
-    }
-
-    // Empty blocks: a deleted node's go at once; a live node's after `grace`, keeping its last one.
-    let mut released_of_node: HashMap<&str, usize> = HashMap::new();
-    for (bi, node) in empty {
-        let b = live_blocks[bi];
-        let gone = !world.nodes.contains_key(node);
-        if gone {
-            out.empty_blocks.push(EmptyBlock {
-                block: b.name.into(),
-                cidr: b.spec.cidr.clone(),
-                node: node.into(),
-                why: "its node no longer exists",
-            });
-            continue;
-        }
-        let total = blocks_of_node.get(node).copied().unwrap_or(0);
-        let stamped = b.empty_since.and_then(|v| empty_since(v, b.spec));
-        let since = match stamped {
-            Some(t) => t.min(now),
-            None => *state.empty_since.get(&b.spec.cidr).unwrap_or(&now),
-        };
-        next.empty_since.insert(b.spec.cidr.clone(), since);
-        // A node's only block is never released: its clock needs no write.
-        if stamped.is_none() && !grace.is_zero() && total > 1 {
-            out.stamp_empty.push(b.spec.cidr.clone());
-        }
-        let done = released_of_node.entry(node).or_default();
-        if !grace.is_zero() && now.duration_since(since) >= grace && total > *done + 1 {
-            *done += 1;
-            out.empty_blocks.push(EmptyBlock {
-                block: b.name.into(),
-                cidr: b.spec.cidr.clone(),
-                node: node.into(),
-                why: "it stayed empty for the grace period and its node has other blocks",
-            });
-        }
-    }
-
-    // Affinities of deleted nodes whose block is gone or belongs to someone else.
-    let block_host: HashMap<&str, Option<&str>> = live_blocks
-        .iter()
-        .map(|b| (b.spec.cidr.as_str(), b.spec.host()))
-        .collect();
-    for a in &world.affinities {
-        if !a.host_type || world.nodes.contains_key(a.node) {
-            continue;
-        }
-        match block_host.get(a.cidr) {
-            Some(Some(h)) if *h == a.node => {}
-            _ => out.stale_affinities.push(StaleAffinity {
-                name: a.name.to_string(),
-                node: a.node.to_string(),
-                cidr: a.cidr.to_string(),
-            }),
-        }
-    }
-
-    // Handles no block references, once unreferenced for the grace period: the allocator
-    // increments a handle before it writes the block, so a young orphan may be in flight.
-    for h in &world.handles {
-        if referenced.contains(sanitize_handle_id(h.handle_id)) {
-            continue;
-        }
-        let since = *state.orphan_handle_since.get(h.name).unwrap_or(&now);
-        next.orphan_handle_since.insert(h.name.to_string(), since);
-        if !grace.is_zero() && now.duration_since(since) >= grace {
-            out.orphan_handles.push(h.name.to_string());
-        }
-    }
+    let pass = Pass {
+        world,
+        prev: state,
+        now,
+        grace,
+    };
+    let scan = pass.scan(&live, &nets, &mut next, &mut out.candidates);
+    out.releases = pass.block_releases(&live, &nets, scan.by_block);
+    (out.empty_blocks, out.stamp_empty) =
+        pass.empty_blocks(&live, &scan.empty, &scan.blocks_of_node, &mut next);
+    out.stale_affinities = stale_affinities(world, &live);
+    out.orphan_handles = pass.orphan_handles(&scan.referenced, &mut next);
     next.planned_at = Some(now);
     *state = next;
     out
+}
+
+/// One pass: what it sees, the state the previous pass left, and its clock.
+struct Pass<'a, 's> {
+    world: &'a World<'a>,
+    prev: &'s GcState,
+    now: Timestamp,
+    grace: SignedDuration,
+}
+
+/// Per block (by index among the live blocks): confirmed leaks to release, leaks to stamp with
+/// their first sighting, stamped allocations valid again.
+#[derive(Default)]
+struct BlockEdits {
+    guards: BTreeMap<usize, Vec<Guard>>,
+    marks: BTreeMap<usize, Vec<Guard>>,
+    unmarks: BTreeMap<usize, Vec<Guard>>,
+}
+
+/// What one walk over every allocation finds.
+#[derive(Default)]
+struct Scan<'a> {
+    by_block: BlockEdits,
+    /// Affine blocks per node.
+    blocks_of_node: HashMap<&'a str, usize>,
+    /// Handle IDs the blocks name (exact, as Calico compares them: IDs that differ only in case
+    /// are distinct handles).
+    referenced: HashSet<&'a str>,
+    /// Affine blocks with no allocation (Windows' reserved ones aside), with their node.
+    empty: Vec<(usize, &'a str)>,
+}
+
+/// The walk's running sets; [`Walk::finish`] turns them into a [`Scan`].
+#[derive(Default)]
+struct Walk<'a> {
+    scan: Scan<'a>,
+    /// All-or-nothing per handle keeps handle counts right for multi-address pods: a handle's
+    /// confirmed leaks are released only when none of its allocations is still held. Only the
+    /// confirmed leaks carry a guard (at 50,000 live allocations a guard for every one was tens
+    /// of MiB per pass).
+    held: HashSet<&'a str>,
+    confirmed: HashMap<&'a str, Vec<(usize, Guard)>>,
+    /// Stamped allocations found valid, per block with their attribute index. An attribute
+    /// entry is shared by the addresses of one handle with the same attributes: its stamp is
+    /// cleared only when none of them is a leak, or two passes would set and clear it in turn.
+    unmarks: BTreeMap<usize, Vec<(usize, Guard)>>,
+    leaky_attrs: HashSet<(usize, usize)>,
+}
+
+impl<'a> Walk<'a> {
+    fn finish(mut self) -> Scan<'a> {
+        for (handle, allocs) in self.confirmed {
+            if self.held.contains(handle) {
+                continue;
+            }
+            for (bi, g) in allocs {
+                self.scan.by_block.guards.entry(bi).or_default().push(g);
+            }
+        }
+        for (bi, list) in self.unmarks {
+            let list: Vec<Guard> = list
+                .into_iter()
+                .filter(|(ai, _)| !self.leaky_attrs.contains(&(bi, *ai)))
+                .map(|(_, g)| g)
+                .collect();
+            if !list.is_empty() {
+                self.scan.by_block.unmarks.insert(bi, list);
+            }
+        }
+        self.scan
+    }
+}
+
+/// One allocated address of a live block.
+struct Alloc<'a> {
+    /// Index of the block among the live ones, and of the allocation's attribute entry.
+    bi: usize,
+    ai: usize,
+    ordinal: usize,
+    ip: IpAddr,
+    attr: &'a AllocationAttribute,
+    spec: &'a IPAMBlockSpec,
+}
+
+impl<'a> Pass<'a, '_> {
+    fn scan(
+        &self,
+        live: &[&BlockIn<'a>],
+        nets: &[Option<IpNet>],
+        next: &mut GcState,
+        candidates: &mut BTreeMap<(String, String), u64>,
+    ) -> Scan<'a> {
+        let world = self.world;
+        let live_ips: HashSet<IpAddr> = world.pods.values().flat_map(|p| p.ips.iter().copied()).collect();
+        let mut walk = Walk::default();
+        for (bi, b) in live.iter().enumerate() {
+            let Some(net) = nets[bi] else { continue };
+            let pool = pool_of(&world.pools, &net);
+            let spec: &'a IPAMBlockSpec = b.spec;
+            let host = spec.host();
+            if let Some(h) = host {
+                *walk.scan.blocks_of_node.entry(h).or_default() += 1;
+            }
+            let mut in_use = 0;
+            for (ordinal, a) in spec.allocations.iter().enumerate() {
+                let Some(ai) = *a else { continue };
+                let Some(attr) = spec.attributes.get(ai) else {
+                    continue;
+                };
+                if let Some(h) = &attr.handle_id {
+                    walk.scan.referenced.insert(sanitize_handle_id(h));
+                }
+                if attr.handle_id.as_deref() == Some(WINDOWS_RESERVED) {
+                    continue;
+                }
+                in_use += 1;
+                let Some(ip) = ordinal_ip(&net, ordinal) else {
+                    continue;
+                };
+                let (verdict, node) = classify(world, &live_ips, attr, ip, host);
+                let at = Alloc {
+                    bi,
+                    ai,
+                    ordinal,
+                    ip,
+                    attr,
+                    spec,
+                };
+                match verdict {
+                    Verdict::Leak { why, node_gone } => {
+                        *candidates.entry((pool.clone(), node.clone())).or_default() += 1;
+                        self.leak(&mut walk, at, node, why, node_gone, next);
+                    }
+                    Verdict::Valid | Verdict::Unknown => Self::kept(&mut walk, at, node),
+                }
+            }
+            if in_use == 0
+                && let Some(h) = host
+            {
+                walk.scan.empty.push((bi, h));
+            }
+        }
+        walk.finish()
+    }
+
+    /// A leak: released once confirmed (its node gone, or leaked for the grace period), else
+    /// held and, the first time it is seen, stamped with that time.
+    fn leak(
+        &self,
+        walk: &mut Walk<'a>,
+        at: Alloc<'a>,
+        node: String,
+        why: String,
+        node_gone: bool,
+        next: &mut GcState,
+    ) {
+        let handle = at.attr.handle_id.as_deref().unwrap_or_default();
+        let stamped = leak_stamp(at.attr);
+        walk.leaky_attrs.insert((at.bi, at.ai));
+        let key = LeakKey {
+            block: at.spec.cidr.clone(),
+            ordinal: at.ordinal,
+            handle: handle.to_string(),
+            seq: ordinal_seq(at.spec, at.ordinal),
+        };
+        // The durable stamp first; else this process's own first sighting (the stamp's write
+        // may not have landed yet). An unreadable stamp counts as now.
+        let since = match stamped {
+            Some(Some(t)) => t.min(self.now),
+            _ => *self.prev.leak_since.get(&key).unwrap_or(&self.now),
+        };
+        next.leak_since.insert(key, since);
+        let (bi, g) = (at.bi, guard(&at, node, why));
+        if node_gone || self.grace_over(since) {
+            walk.confirmed.entry(handle).or_default().push((bi, g));
+        } else {
+            walk.held.insert(handle);
+            if stamped.is_none() && !self.grace.is_zero() {
+                walk.scan.by_block.marks.entry(bi).or_default().push(g);
+            }
+        }
+    }
+
+    /// A valid (or never automatically cleaned) allocation holds its handle; a stale leak stamp
+    /// on it is cleared.
+    fn kept(walk: &mut Walk<'a>, at: Alloc<'a>, node: String) {
+        let handle = at.attr.handle_id.as_deref().unwrap_or_default();
+        if handle.is_empty() {
+            return;
+        }
+        walk.held.insert(handle);
+        if leak_stamp(at.attr).is_some() {
+            let g = guard(&at, node, "valid again".into());
+            walk.unmarks.entry(at.bi).or_default().push((at.ai, g));
+        }
+    }
+
+    /// Whether a clock started at `since` has run for the grace period (never, with grace 0).
+    fn grace_over(&self, since: Timestamp) -> bool {
+        !self.grace.is_zero() && self.now.duration_since(since) >= self.grace
+    }
+
+    /// One write per block with something to release, stamp or clear.
+    fn block_releases(
+        &self,
+        live: &[&BlockIn<'a>],
+        nets: &[Option<IpNet>],
+        mut e: BlockEdits,
+    ) -> Vec<BlockRelease> {
+        let touched: std::collections::BTreeSet<usize> = e
+            .guards
+            .keys()
+            .chain(e.marks.keys())
+            .chain(e.unmarks.keys())
+            .copied()
+            .collect();
+        let mut out = Vec::new();
+        for bi in touched {
+            let mut guards = e.guards.remove(&bi).unwrap_or_default();
+            guards.sort_by_key(|g| g.ordinal);
+            let marks = e.marks.remove(&bi).unwrap_or_default();
+            let unmarks = e.unmarks.remove(&bi).unwrap_or_default();
+            let net = nets[bi].expect("parsed in the scan");
+            let b = live[bi];
+            out.push(BlockRelease {
+                block: b.name.to_string(),
+                cidr: b.spec.cidr.clone(),
+                pool: pool_of(&self.world.pools, &net),
+                guards,
+                marks,
+                unmarks,
+                host_gone: b
+                    .spec
+                    .host()
+                    .filter(|h| !self.world.nodes.contains_key(*h))
+                    .map(str::to_string),
+            });
+        }
+        out
+    }
+
+    /// Empty blocks to delete, and the CIDRs whose empty clock to stamp: a deleted node's go at
+    /// once; a live node's after `grace`, keeping its last one.
+    fn empty_blocks(
+        &self,
+        live: &[&BlockIn<'a>],
+        empty: &[(usize, &'a str)],
+        blocks_of_node: &HashMap<&'a str, usize>,
+        next: &mut GcState,
+    ) -> (Vec<EmptyBlock>, Vec<String>) {
+        let (mut out, mut stamp) = (Vec::new(), Vec::new());
+        let mut released_of_node: HashMap<&str, usize> = HashMap::new();
+        for &(bi, node) in empty {
+            let b = live[bi];
+            let gone = !self.world.nodes.contains_key(node);
+            if gone {
+                out.push(EmptyBlock {
+                    block: b.name.into(),
+                    cidr: b.spec.cidr.clone(),
+                    node: node.into(),
+                    why: "its node no longer exists",
+                });
+                continue;
+            }
+            let total = blocks_of_node.get(node).copied().unwrap_or(0);
+            let stamped = b.empty_since.and_then(|v| empty_since(v, b.spec));
+            let since = match stamped {
+                Some(t) => t.min(self.now),
+                None => *self.prev.empty_since.get(&b.spec.cidr).unwrap_or(&self.now),
+            };
+            next.empty_since.insert(b.spec.cidr.clone(), since);
+            // A node's only block is never released: its clock needs no write.
+            if stamped.is_none() && !self.grace.is_zero() && total > 1 {
+                stamp.push(b.spec.cidr.clone());
+            }
+            let done = released_of_node.entry(node).or_default();
+            if self.grace_over(since) && total > *done + 1 {
+                *done += 1;
+                out.push(EmptyBlock {
+                    block: b.name.into(),
+                    cidr: b.spec.cidr.clone(),
+                    node: node.into(),
+                    why: "it stayed empty for the grace period and its node has other blocks",
+                });
+            }
+        }
+        (out, stamp)
+    }
+
+    /// Handles no block references, once unreferenced for the grace period: the allocator
+    /// increments a handle before it writes the block, so a young orphan may be in flight.
+    fn orphan_handles(&self, referenced: &HashSet<&str>, next: &mut GcState) -> Vec<String> {
+        let mut out = Vec::new();
+        for h in &self.world.handles {
+            if referenced.contains(sanitize_handle_id(h.handle_id)) {
+                continue;
+            }
+            let since = *self.prev.orphan_handle_since.get(h.name).unwrap_or(&self.now);
+            next.orphan_handle_since.insert(h.name.to_string(), since);
+            if self.grace_over(since) {
+                out.push(h.name.to_string());
+            }
+        }
+        out
+    }
+}
+
+/// The guard that makes a release of `at` fail if the address changed hands meanwhile.
+fn guard(at: &Alloc<'_>, node: String, why: String) -> Guard {
+    Guard {
+        ordinal: at.ordinal,
+        handle: at.attr.handle_id.clone().unwrap_or_default(),
+        seq: ordinal_seq(at.spec, at.ordinal),
+        ip: at.ip,
+        node,
+        pod: pod_key(at.attr),
+        why,
+    }
+}
+
+/// The allocation's sequence number, if the block records one.
+fn ordinal_seq(spec: &IPAMBlockSpec, ordinal: usize) -> Option<u64> {
+    spec.sequence_number_for_allocation
+        .as_ref()
+        .and_then(|m| m.get(&ordinal.to_string()).copied())
+}
+
+/// The leak's durable first sighting: `None` unstamped, `Some(None)` unreadable.
+fn leak_stamp(attr: &AllocationAttribute) -> Option<Option<Timestamp>> {
+    attr.secondary
+        .as_ref()
+        .and_then(|s| s.get(LEAK_SEEN_KEY))
+        .map(|v| v.parse::<Timestamp>().ok())
+}
+
+/// Affinities of deleted nodes whose block is gone or belongs to someone else.
+fn stale_affinities(world: &World<'_>, live: &[&BlockIn<'_>]) -> Vec<StaleAffinity> {
+    let block_host: HashMap<&str, Option<&str>> = live
+        .iter()
+        .map(|b| (b.spec.cidr.as_str(), b.spec.host()))
+        .collect();
+    world
+        .affinities
+        .iter()
+        .filter(|a| a.host_type && !world.nodes.contains_key(a.node))
+        .filter(|a| !matches!(block_host.get(a.cidr), Some(Some(h)) if *h == a.node))
+        .map(|a| StaleAffinity {
+            name: a.name.to_string(),
+            node: a.node.to_string(),
+            cidr: a.cidr.to_string(),
+        })
+        .collect()
 }
 
 /// True when no allocation is left but Windows' reserved ones.

@@ -68,15 +68,46 @@ async fn reconcile(inst: Arc<Installation>, ctx: Arc<Ctx>) -> Result<Action, Err
 }
 
 async fn apply(inst: &Installation, ctx: &Ctx) -> Result<Action, Error> {
-    let ar = ctx.resource(CalicoKind::IPPool);
-    let pool_api: Api<Pool> = Api::all_with(ctx.client.clone(), &ar);
     let pools = ctx.stores.pools.all();
     let pools: Vec<&Pool> = pools.iter().map(|p| &**p).collect();
     let pod = ctx.stores.pod_cidrs().map_err(|e| e.to_string());
     let d = decide(inst, &pools, pod);
+    let rejected = apply_pools(inst, ctx, &d.apply).await?;
+    delete_pools(inst, ctx, &d.delete).await?;
+    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());
+    let st = decide_status(inst, &d, rejected, now);
+    for (reason, msg) in &st.events {
+        warn!(reason = %reason, "{msg}");
+        ctx.event(inst, &(), true, reason, "Validate", msg.clone()).await;
+    }
+    if let Some(status) = st.patch {
+        let api: Api<Installation> = Api::all(ctx.client.clone());
+        let patch = json!({
+            "apiVersion": "operator.tigera.io/v1",
+            "kind": "Installation",
+            "status": status,
+        });
+        api.patch_status(
+            "default",
+            &PatchParams::apply(MANAGER_FIELD).force(),
+            &Patch::Apply(&patch),
+        )
+        .await?;
+    }
+    Ok(Action::requeue(Duration::from_secs(60)))
+}
 
+/// Applies the pools server-side; those the API server refuses (CEL) are returned as
+/// `(reason, message)` while the others are still written.
+async fn apply_pools(
+    inst: &Installation,
+    ctx: &Ctx,
+    apply: &[PoolApply],
+) -> Result<Vec<(String, String)>, Error> {
+    let ar = ctx.resource(CalicoKind::IPPool);
+    let pool_api: Api<Pool> = Api::all_with(ctx.client.clone(), &ar);
     let mut rejected: Vec<(String, String)> = Vec::new();
-    for pa in &d.apply {
+    for pa in apply {
         let obj = json!({
             "apiVersion": ar.api_version,
             "kind": ar.kind,
@@ -105,7 +136,6 @@ async fn apply(inst: &Installation, ctx: &Ctx) -> Result<Action, Error> {
                 .await;
             }
             Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => {
-                // The CRD's CEL rules refused it: report, keep going with the other pools.
                 rejected.push((
                     "PoolRejected".into(),
                     format!(
@@ -117,8 +147,14 @@ async fn apply(inst: &Installation, ctx: &Ctx) -> Result<Action, Error> {
             Err(e) => return Err(e.into()),
         }
     }
-    // The IPPool finalizer drains a deleted pool before it goes.
-    for (pname, cidr) in &d.delete {
+    Ok(rejected)
+}
+
+/// Deletes the pools no longer listed, `(name, cidr)`; the IPPool finalizer drains each before
+/// it goes.
+async fn delete_pools(inst: &Installation, ctx: &Ctx, delete: &[(String, String)]) -> Result<(), Error> {
+    let pool_api: Api<Pool> = Api::all_with(ctx.client.clone(), &ctx.resource(CalicoKind::IPPool));
+    for (pname, cidr) in delete {
         match pool_api.delete(pname, &DeleteParams::default()).await {
             Ok(_) => {
                 ctx.event(inst, &(), false, "PoolDeleted", "Delete", format!("IPPool {pname} ({cidr}) is no longer listed; deleting it once its addresses are released")).await;
@@ -127,28 +163,7 @@ async fn apply(inst: &Installation, ctx: &Ctx) -> Result<Action, Error> {
             Err(e) => return Err(e.into()),
         }
     }
-
-    let now = k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now());
-    let st = decide_status(inst, &d, rejected, now);
-    for (reason, msg) in &st.events {
-        warn!(reason = %reason, "{msg}");
-        ctx.event(inst, &(), true, reason, "Validate", msg.clone()).await;
-    }
-    if let Some(status) = st.patch {
-        let api: Api<Installation> = Api::all(ctx.client.clone());
-        let patch = json!({
-            "apiVersion": "operator.tigera.io/v1",
-            "kind": "Installation",
-            "status": status,
-        });
-        api.patch_status(
-            "default",
-            &PatchParams::apply(MANAGER_FIELD).force(),
-            &Patch::Apply(&patch),
-        )
-        .await?;
-    }
-    Ok(Action::requeue(Duration::from_secs(60)))
+    Ok(())
 }
 
 /// An IPPool to apply server-side.
@@ -198,8 +213,6 @@ pub fn decide(inst: &Installation, pools: &[&Pool], pod: Result<Option<PodCidrs>
             spec: &p.spec,
         })
         .collect();
-    let ours = |p: &Pool| p.labels().get(MANAGED_BY).map(String::as_str) == Some(MANAGER);
-    let by_name = |n: &str| pools.iter().find(|p| p.metadata.name.as_deref() == Some(n));
     let mut d = Decision::default();
     let pod = match pod {
         Ok(p) => p,
@@ -224,52 +237,16 @@ pub fn decide(inst: &Installation, pools: &[&Pool], pod: Result<Option<PodCidrs>
         pools::Plan::default()
     };
 
-    for (pname, spec) in &plan.pools {
-        let was = existing.iter().find(|e| e.name == pname);
-        if was.is_some_and(|e| e.spec == spec) && by_name(pname).is_some_and(|p| ours(p)) {
-            continue;
-        }
-        d.apply.push(PoolApply {
-            name: pname.clone(),
-            spec: spec.clone(),
-            created: was.is_none(),
-        });
-    }
-
-    // Managed pools the Installation no longer lists are deleted. Pools named in a problem are
-    // left alone.
+    d.apply = pools_to_apply(&plan, &existing, pools);
     if plan.managed {
-        for p in pools {
-            let pname = p.name_any();
-            let wanted = plan.pools.iter().any(|(n, _)| *n == pname)
-                || plan.problems.iter().any(|pr| pr.pool == pname);
-            if !ours(p) || wanted {
-                continue;
-            }
-            if p.meta().deletion_timestamp.is_none() {
-                d.delete.push((pname.clone(), p.spec.cidr.clone()));
-            }
-            d.progressing
-                .push(format!("IPPool {pname} is draining before deletion"));
-        }
+        (d.delete, d.progressing) = unlisted_pools(&plan, pools);
     }
-
-    for pr in &plan.problems {
-        d.degraded_after.push((pr.reason.to_string(), pr.message.clone()));
-    }
-    // Surface the IPPool controller's verdict on the pools this Installation wants.
-    for (pname, _) in &plan.pools {
-        if let Some(p) = by_name(pname)
-            && let Some(c) = p.status.as_ref().and_then(|s| {
-                s.conditions
-                    .iter()
-                    .find(|c| c.type_ == "Ready" && c.status == "False")
-            })
-            && c.reason != "Terminating"
-        {
-            d.degraded_after.push((c.reason.clone(), c.message.clone()));
-        }
-    }
+    d.degraded_after = plan
+        .problems
+        .iter()
+        .map(|pr| (pr.reason.to_string(), pr.message.clone()))
+        .chain(pool_verdicts(&plan, pools))
+        .collect();
     d.summary = plan
         .pools
         .iter()
@@ -279,6 +256,111 @@ pub fn decide(inst: &Installation, pools: &[&Pool], pod: Result<Option<PodCidrs>
         .as_ref()
         .map(|p| p.cidrs.iter().map(|c| c.to_string()).collect());
     d
+}
+
+fn ours(p: &Pool) -> bool {
+    p.labels().get(MANAGED_BY).map(String::as_str) == Some(MANAGER)
+}
+
+fn by_name<'p>(pools: &[&'p Pool], name: &str) -> Option<&'p Pool> {
+    pools
+        .iter()
+        .find(|p| p.metadata.name.as_deref() == Some(name))
+        .copied()
+}
+
+/// The planned pools that are new, differ from the live spec, or are not labelled as ours yet.
+fn pools_to_apply(plan: &pools::Plan, existing: &[Existing<'_>], pools: &[&Pool]) -> Vec<PoolApply> {
+    plan.pools
+        .iter()
+        .filter_map(|(pname, spec)| {
+            let was = existing.iter().find(|e| e.name == pname);
+            let current = was.is_some_and(|e| e.spec == spec) && by_name(pools, pname).is_some_and(ours);
+            (!current).then(|| PoolApply {
+                name: pname.clone(),
+                spec: spec.clone(),
+                created: was.is_none(),
+            })
+        })
+        .collect()
+}
+
+/// Managed pools the Installation no longer lists: `(name, cidr)` of those to delete, and a
+/// Progressing message for each one draining. Pools named in a problem are left alone.
+fn unlisted_pools(plan: &pools::Plan, pools: &[&Pool]) -> (Vec<(String, String)>, Vec<String>) {
+    let (mut delete, mut progressing) = (Vec::new(), Vec::new());
+    for p in pools {
+        let pname = p.name_any();
+        let wanted =
+            plan.pools.iter().any(|(n, _)| *n == pname) || plan.problems.iter().any(|pr| pr.pool == pname);
+        if !ours(p) || wanted {
+            continue;
+        }
+        if p.meta().deletion_timestamp.is_none() {
+            delete.push((pname.clone(), p.spec.cidr.clone()));
+        }
+        progressing.push(format!("IPPool {pname} is draining before deletion"));
+    }
+    (delete, progressing)
+}
+
+/// The IPPool controller's refusal of a pool this Installation wants, `(reason, message)`.
+fn pool_verdicts(plan: &pools::Plan, pools: &[&Pool]) -> Vec<(String, String)> {
+    plan.pools
+        .iter()
+        .filter_map(|(pname, _)| {
+            let c = by_name(pools, pname)?
+                .status
+                .as_ref()?
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Ready" && c.status == "False")?;
+            (c.reason != "Terminating").then(|| (c.reason.clone(), c.message.clone()))
+        })
+        .collect()
+}
+
+/// Ready, Progressing and Degraded for the decision `d` and every problem found, in order.
+fn desired_conditions(d: &Decision, degraded: &[(String, String)]) -> Vec<Cond> {
+    let ready = match degraded.first() {
+        None if d.summary.is_empty() => Cond::new(
+            "Ready",
+            true,
+            "PoolsReady",
+            "no IPPools are managed (ipPools: [])",
+        ),
+        None => Cond::new(
+            "Ready",
+            true,
+            "PoolsReady",
+            format!("IPPools in place: {}", d.summary.join(", ")),
+        ),
+        Some((reason, _)) => Cond::new(
+            "Ready",
+            false,
+            reason.clone(),
+            "the Installation is degraded; see the Degraded condition",
+        ),
+    };
+    let progressing = if d.progressing.is_empty() {
+        Cond::new("Progressing", false, "Reconciled", "nothing in progress")
+    } else {
+        Cond::new("Progressing", true, "PoolsDraining", d.progressing.join("; "))
+    };
+    let degraded_cond = match degraded.first() {
+        None => Cond::new("Degraded", false, "Reconciled", "no problems"),
+        Some((reason, _)) => Cond::new(
+            "Degraded",
+            true,
+            reason.clone(),
+            degraded
+                .iter()
+                .map(|d| d.1.clone())
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+    };
+    vec![ready, progressing, degraded_cond]
 }
 
 /// Pure: the Installation's conditions once the writes of `d` are done, `rejected` being the
@@ -298,46 +380,7 @@ pub fn decide_status(
         .as_ref()
         .map(|s| s.conditions.clone())
         .unwrap_or_default();
-    let desired = vec![
-        if degraded.is_empty() {
-            Cond::new(
-                "Ready",
-                true,
-                "PoolsReady",
-                if d.summary.is_empty() {
-                    "no IPPools are managed (ipPools: [])".to_string()
-                } else {
-                    format!("IPPools in place: {}", d.summary.join(", "))
-                },
-            )
-        } else {
-            Cond::new(
-                "Ready",
-                false,
-                degraded[0].0.clone(),
-                "the Installation is degraded; see the Degraded condition",
-            )
-        },
-        if d.progressing.is_empty() {
-            Cond::new("Progressing", false, "Reconciled", "nothing in progress")
-        } else {
-            Cond::new("Progressing", true, "PoolsDraining", d.progressing.join("; "))
-        },
-        if degraded.is_empty() {
-            Cond::new("Degraded", false, "Reconciled", "no problems")
-        } else {
-            Cond::new(
-                "Degraded",
-                true,
-                degraded[0].0.clone(),
-                degraded
-                    .iter()
-                    .map(|d| d.1.clone())
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            )
-        },
-    ];
+    let desired = desired_conditions(d, &degraded);
     // An Event for each rejected input, once per change of the Degraded message.
     let old_msg = old
         .iter()
@@ -656,5 +699,120 @@ mod tests {
             cond(&st.conditions, "Ready").2,
             "no IPPools are managed (ipPools: [])"
         );
+    }
+
+    fn spec(cidr: &str) -> IPPoolSpec {
+        IPPoolSpec {
+            cidr: cidr.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_new_changed_or_unlabelled_pools_are_applied() {
+        let plan = pools::Plan {
+            managed: true,
+            pools: vec![
+                ("same".into(), spec("10.1.0.0/16")),
+                ("changed".into(), spec("10.2.0.0/16")),
+                ("adopted".into(), spec("10.3.0.0/16")),
+                ("new".into(), spec("10.4.0.0/16")),
+            ],
+            problems: vec![],
+        };
+        let live = [
+            pool("same", spec("10.1.0.0/16"), true),
+            pool(
+                "changed",
+                IPPoolSpec {
+                    block_size: Some(28),
+                    ..spec("10.2.0.0/16")
+                },
+                true,
+            ),
+            pool("adopted", spec("10.3.0.0/16"), false),
+        ];
+        let refs: Vec<&Pool> = live.iter().collect();
+        let existing: Vec<Existing<'_>> = live
+            .iter()
+            .map(|p| Existing {
+                name: p.metadata.name.as_deref().unwrap(),
+                spec: &p.spec,
+            })
+            .collect();
+        let got: Vec<(String, bool)> = pools_to_apply(&plan, &existing, &refs)
+            .into_iter()
+            .map(|a| (a.name, a.created))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("changed".into(), false),
+                ("adopted".into(), false),
+                ("new".into(), true)
+            ]
+        );
+    }
+
+    #[test]
+    fn unlisted_managed_pools_drain_unless_a_problem_names_them() {
+        let plan = pools::Plan {
+            managed: true,
+            pools: vec![("kept".into(), spec("10.1.0.0/16"))],
+            problems: vec![pools::Problem {
+                pool: "broken".into(),
+                field: "cidr",
+                reason: "InvalidCIDR",
+                message: "bad".into(),
+            }],
+        };
+        let mut draining = pool("draining", spec("10.5.0.0/16"), true);
+        draining.metadata.deletion_timestamp = Some(t0());
+        let live = [
+            pool("kept", spec("10.1.0.0/16"), true),
+            pool("broken", spec("10.2.0.0/16"), true),
+            pool("mine-unlisted", spec("10.3.0.0/16"), true),
+            pool("by-hand", spec("10.4.0.0/16"), false),
+            draining,
+        ];
+        let refs: Vec<&Pool> = live.iter().collect();
+        let (delete, progressing) = unlisted_pools(&plan, &refs);
+        assert_eq!(
+            delete,
+            vec![("mine-unlisted".to_string(), "10.3.0.0/16".to_string())]
+        );
+        assert_eq!(
+            progressing,
+            vec![
+                "IPPool mine-unlisted is draining before deletion",
+                "IPPool draining is draining before deletion"
+            ]
+        );
+    }
+
+    #[test]
+    fn degraded_names_the_first_problem_and_lists_them_all() {
+        let d = Decision {
+            summary: vec!["p (10.0.0.0/16)".into()],
+            ..Default::default()
+        };
+        let ok = desired_conditions(&d, &[]);
+        assert_eq!(
+            ok.iter().map(|c| (c.type_, c.status)).collect::<Vec<_>>(),
+            vec![("Ready", true), ("Progressing", false), ("Degraded", false)]
+        );
+        assert_eq!(ok[0].message, "IPPools in place: p (10.0.0.0/16)");
+        let problems = [
+            ("A".to_string(), "first".to_string()),
+            ("B".to_string(), "second".to_string()),
+        ];
+        let bad = desired_conditions(&d, &problems);
+        assert_eq!((bad[0].status, bad[0].reason.as_str()), (false, "A"));
+        assert_eq!(
+            (bad[2].reason.as_str(), bad[2].message.as_str()),
+            ("A", "first; second")
+        );
+        let none = desired_conditions(&Decision::default(), &[]);
+        assert_eq!(none[0].message, "no IPPools are managed (ipPools: [])");
     }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures::{StreamExt, stream};
 use ipnet::IpNet;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::{Action, Config as CtlConfig, Controller};
 use kube::runtime::reflector::ObjectRef;
@@ -21,7 +21,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::conditions::{self, Cond};
 use super::podcidr::PodCidrs;
-use super::pools::{self, ALLOW_OUTSIDE_POD_CIDR, PoolView};
+use super::pools::{self, ALLOW_OUTSIDE_POD_CIDR, PoolView, Problem};
 use super::{Ctx, Error, gc, tick};
 use crate::api::{CalicoKind, IPAMBlockSpec, Pool};
 use crate::ipam::usage::{self as ipam_usage, PoolRef};
@@ -198,23 +198,7 @@ pub fn decide(
     now: Time,
 ) -> Decision {
     let name = pool.name_any();
-    let views: Vec<PoolView<'_>> = all
-        .iter()
-        .map(|p| PoolView {
-            name: p.metadata.name.as_deref().unwrap_or(""),
-            spec: &p.spec,
-            created: p.metadata.creation_timestamp.as_ref().map(|t| t.0),
-            deleting: p.meta().deletion_timestamp.is_some(),
-            active: p
-                .status
-                .as_ref()
-                .is_some_and(|s| conditions::is_true(&s.conditions, "Allocatable")),
-            allow_outside: p
-                .annotations()
-                .get(ALLOW_OUTSIDE_POD_CIDR)
-                .is_some_and(|v| v == "true"),
-        })
-        .collect();
+    let views = pool_views(all);
     let verdicts = pools::validate_pools(&views, pod, &pools::selector_ok);
     let problem = views
         .iter()
@@ -240,7 +224,50 @@ pub fn decide(
         };
     }
 
-    let ready = match (&problem, deleting) {
+    let ready = ready_condition(&name, problem.as_ref(), deleting, &usage);
+    let allocatable = allocatable_condition(problem.as_ref(), deleting, pool.spec.is_disabled());
+    let old = pool
+        .status
+        .as_ref()
+        .map(|s| s.conditions.clone())
+        .unwrap_or_default();
+    let was_ready = old
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .map(|c| (c.status.clone(), c.reason.clone()));
+    let conds = conditions::merge(&old, &[ready.clone(), allocatable], pool.metadata.generation, now);
+    let status = status_patch(pool, conds, &owned, net.map(|n| pools::capacity(&n)));
+    Decision::Keep {
+        add_finalizer: !deleting && !has_finalizer,
+        status,
+        event: ready_event(&name, was_ready.as_ref(), &ready, problem.as_ref(), deleting),
+        deleting,
+    }
+}
+
+/// What the overlap and containment checks need of every live pool.
+fn pool_views<'a>(all: &[&'a Pool]) -> Vec<PoolView<'a>> {
+    all.iter()
+        .map(|p| PoolView {
+            name: p.metadata.name.as_deref().unwrap_or(""),
+            spec: &p.spec,
+            created: p.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            deleting: p.meta().deletion_timestamp.is_some(),
+            active: p
+                .status
+                .as_ref()
+                .is_some_and(|s| conditions::is_true(&s.conditions, "Allocatable")),
+            allow_outside: p
+                .annotations()
+                .get(ALLOW_OUTSIDE_POD_CIDR)
+                .is_some_and(|v| v == "true"),
+        })
+        .collect()
+}
+
+/// `Ready`: terminating (with what it waits for), refused (naming the field), or valid.
+fn ready_condition(name: &str, problem: Option<&Problem>, deleting: bool, usage: &pools::Usage) -> Cond {
+    match (problem, deleting) {
         (_, true) => Cond::new(
             "Ready",
             false,
@@ -262,8 +289,12 @@ pub fn decide(
             "Valid",
             format!("IPPool {name} is valid and in use"),
         ),
-    };
-    let allocatable = match (&problem, deleting, pool.spec.is_disabled()) {
+    }
+}
+
+/// `Allocatable`: whether new addresses may come from the pool.
+fn allocatable_condition(problem: Option<&Problem>, deleting: bool, disabled: bool) -> Cond {
+    match (problem, deleting, disabled) {
         (_, true, _) => Cond::new("Allocatable", false, "Terminating", "the pool is being deleted"),
         (Some(p), _, _) => Cond::new("Allocatable", false, p.reason, p.message.clone()),
         (None, _, true) => Cond::new(
@@ -278,25 +309,23 @@ pub fn decide(
             "OK",
             "new addresses may be allocated from this pool",
         ),
-    };
-    let old = pool
-        .status
-        .as_ref()
-        .map(|s| s.conditions.clone())
-        .unwrap_or_default();
-    let was_ready = old
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .map(|c| (c.status.clone(), c.reason.clone()));
-    let conds = conditions::merge(&old, &[ready.clone(), allocatable], pool.metadata.generation, now);
-    let capacity = net.map(|n| pools::capacity(&n));
+    }
+}
+
+/// The status to apply, `None` when the live one already says the same.
+fn status_patch(
+    pool: &Pool,
+    conds: Vec<Condition>,
+    owned: &ipam_usage::PoolUsage,
+    capacity: Option<u64>,
+) -> Option<serde_json::Value> {
     let st = pool.status.clone().unwrap_or_default();
     let unchanged = st.conditions == conds
         && st.allocations == Some(owned.allocations)
         && st.blocks == Some(owned.blocks)
         && st.capacity == capacity
         && st.observed_generation == pool.metadata.generation;
-    let status = (!unchanged).then(|| {
+    (!unchanged).then(|| {
         json!({
             "conditions": conds,
             "allocations": owned.allocations,
@@ -304,14 +333,25 @@ pub fn decide(
             "capacity": capacity,
             "observedGeneration": pool.metadata.generation,
         })
-    });
-    let now_flag = (
+    })
+}
+
+/// An Event when the Ready verdict changed: a warning naming the problem, or "valid again" for a
+/// pool that had a verdict before (a new pool's first verdict is no news).
+fn ready_event(
+    name: &str,
+    was_ready: Option<&(String, String)>,
+    ready: &Cond,
+    problem: Option<&Problem>,
+    deleting: bool,
+) -> Option<PoolEvent> {
+    let now = (
         if ready.status { "True" } else { "False" }.to_string(),
         ready.reason.clone(),
     );
-    let event = if was_ready.as_ref() == Some(&now_flag) {
+    if was_ready == Some(&now) {
         None
-    } else if let Some(p) = &problem {
+    } else if let Some(p) = problem {
         Some(PoolEvent {
             warning: true,
             reason: p.reason,
@@ -327,12 +367,6 @@ pub fn decide(
         })
     } else {
         None
-    };
-    Decision::Keep {
-        add_finalizer: !deleting && !has_finalizer,
-        status,
-        event,
-        deleting,
     }
 }
 
@@ -595,5 +629,99 @@ mod tests {
         let all = [&outer, &inner];
         let (_, s, _, _) = keep(decide(&outer, &all, None, &[&in_inner], t0()));
         assert!(cond(&s.unwrap(), "Ready").2.contains("4 allocation(s)"));
+    }
+
+    fn refused() -> Problem {
+        Problem {
+            pool: "b".into(),
+            field: "cidr",
+            reason: "CIDROverlap",
+            message: "overlaps pool a".into(),
+        }
+    }
+
+    #[test]
+    fn conditions_name_the_state_of_the_pool() {
+        let usage = pools::Usage {
+            allocations: 2,
+            blocks: 1,
+        };
+        let r = ready_condition("p", None, false, &usage);
+        assert!(r.status && r.reason == "Valid");
+        let r = ready_condition("p", Some(&refused()), false, &usage);
+        assert_eq!(
+            (r.status, r.reason.as_str(), r.message.as_str()),
+            (false, "CIDROverlap", "spec.cidr: overlaps pool a")
+        );
+        // Deleting wins over a problem, and says what the deletion waits for.
+        let r = ready_condition("p", Some(&refused()), true, &usage);
+        assert_eq!(r.reason, "Terminating");
+        assert!(
+            r.message.contains("2 allocation(s) in 1 block(s)"),
+            "{}",
+            r.message
+        );
+
+        let a = |p: Option<&Problem>, deleting, disabled| {
+            let c = allocatable_condition(p, deleting, disabled);
+            (c.status, c.reason)
+        };
+        assert_eq!(a(None, false, false), (true, "OK".into()));
+        assert_eq!(a(None, false, true), (false, "PoolDisabled".into()));
+        assert_eq!(a(Some(&refused()), false, true), (false, "CIDROverlap".into()));
+        assert_eq!(a(Some(&refused()), true, false), (false, "Terminating".into()));
+    }
+
+    #[test]
+    fn an_event_only_when_the_ready_verdict_changes() {
+        let valid = ready_condition("p", None, false, &pools::Usage::default());
+        let bad = ready_condition("p", Some(&refused()), false, &pools::Usage::default());
+        let was = |c: &Cond| {
+            (
+                if c.status { "True" } else { "False" }.to_string(),
+                c.reason.clone(),
+            )
+        };
+        // First verdict: valid is no news, a problem is a warning.
+        assert_eq!(ready_event("p", None, &valid, None, false), None);
+        let ev = ready_event("p", None, &bad, Some(&refused()), false).unwrap();
+        assert!(ev.warning && ev.reason == "CIDROverlap" && ev.note == "spec.cidr: overlaps pool a");
+        // Same verdict again: nothing.
+        assert_eq!(
+            ready_event("p", Some(&was(&bad)), &bad, Some(&refused()), false),
+            None
+        );
+        // Fixed: "valid again", but not while the pool is being deleted.
+        let ev = ready_event("p", Some(&was(&bad)), &valid, None, false).unwrap();
+        assert!(!ev.warning && ev.note == "IPPool p is valid again");
+        let gone = ready_condition("p", None, true, &pools::Usage::default());
+        assert_eq!(ready_event("p", Some(&was(&valid)), &gone, None, true), None);
+    }
+
+    #[test]
+    fn the_status_is_written_only_when_it_changes() {
+        let p = pool("a", "10.48.0.0/24", "2026-01-01T00:00:00Z");
+        let owned = ipam_usage::PoolUsage {
+            allocations: 3,
+            blocks: 1,
+        };
+        let conds = conditions::merge(
+            &[],
+            &[ready_condition("a", None, false, &pools::Usage::default())],
+            None,
+            t0(),
+        );
+        let s = status_patch(&p, conds.clone(), &owned, Some(256)).expect("a first status");
+        assert_eq!(
+            (s["allocations"].as_u64(), s["capacity"].as_u64()),
+            (Some(3), Some(256))
+        );
+        let p = written(p, &s);
+        assert_eq!(status_patch(&p, conds.clone(), &owned, Some(256)), None);
+        let more = ipam_usage::PoolUsage {
+            allocations: 4,
+            blocks: 1,
+        };
+        assert!(status_patch(&p, conds, &more, Some(256)).is_some());
     }
 }

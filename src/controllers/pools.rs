@@ -93,122 +93,165 @@ pub fn plan(
         .iter()
         .map(|p| p.cidr.trim().parse::<IpNet>().ok().map(|n| n.trunc()))
         .collect();
-    let (v4s, v6s) = (
-        parsed.iter().filter(|n| matches!(n, Some(IpNet::V4(_)))).count(),
-        parsed.iter().filter(|n| matches!(n, Some(IpNet::V6(_)))).count(),
-    );
-    let mut seen_names = BTreeSet::new();
+    let rules = ItemRules {
+        families: (
+            parsed.iter().filter(|n| matches!(n, Some(IpNet::V4(_)))).count(),
+            parsed.iter().filter(|n| matches!(n, Some(IpNet::V6(_)))).count(),
+        ),
+        bgp_off,
+        calico_cni,
+        pod,
+        allow_outside,
+        existing,
+        selector_ok,
+    };
     let mut accepted: Vec<(String, IpNet)> = Vec::new();
+    let mut seen_names = BTreeSet::new();
     for (i, (item, net)) in items.iter().zip(&parsed).enumerate() {
-        let first_problem = plan.problems.len();
-        'item: {
-            let label = item.name.clone().unwrap_or_else(|| item.cidr.clone());
-            let Some(cidr) = *net else {
-                plan.problems.push(problem(
-                    &label,
-                    "cidr",
-                    "InvalidCIDR",
-                    format!(
-                        "Installation pool {label}: spec.calicoNetwork.ipPools[].cidr {:?} is not a CIDR",
-                        item.cidr
-                    ),
-                ));
-                break 'item;
-            };
-            let name = match &item.name {
-                Some(n) if !n.is_empty() => n.clone(),
-                _ => existing
-                    .iter()
-                    .find(|e| e.spec.net().map(|n| n.trunc()) == Some(cidr))
-                    .map(|e| e.name.to_string())
-                    .unwrap_or_else(|| match cidr {
-                        IpNet::V4(_) if v4s == 1 && v4s + v6s <= 2 => DEFAULT_V4.into(),
-                        IpNet::V6(_) if v6s == 1 && v4s + v6s <= 2 => DEFAULT_V6.into(),
-                        _ => derived_name(&cidr),
-                    }),
-            };
-            let spec = match to_spec(item, cidr, bgp_off, calico_cni) {
-                Ok(s) => s,
-                Err(p) => {
-                    plan.problems.push(problem(
-                        &name,
-                        p.0,
-                        p.1,
-                        format!("Installation pool {name} ({cidr}): {}", p.2),
-                    ));
-                    break 'item;
+        match rules.plan_item(item, *net, &accepted, &mut seen_names) {
+            Ok((name, cidr, spec)) => {
+                accepted.push((name.clone(), cidr));
+                plan.pools.push((name, spec));
+            }
+            // Name the Installation field of a listed pool, as the admission errors do.
+            Err(mut p) => {
+                if listed_explicitly {
+                    p.message = format!("spec.calicoNetwork.ipPools[{i}].{}: {}", p.field, p.message);
                 }
-            };
-            if let Some((other, _)) = accepted.iter().find(|(_, o)| *o == cidr) {
-                plan.problems.push(problem(
-                &name,
-                "cidr",
-                "Duplicate",
-                format!("Installation pool {name} ({cidr}) has the same CIDR as pool {other} once canonicalised; list each CIDR once"),
-            ));
-                break 'item;
-            }
-            if !seen_names.insert(name.clone()) {
-                plan.problems.push(problem(
-                    &name,
-                    "name",
-                    "Duplicate",
-                    format!("Installation pool {name} is listed more than once"),
-                ));
-                break 'item;
-            }
-            if let Some(p) = check_spec(&name, &spec, pod, allow_outside, selector_ok) {
                 plan.problems.push(p);
-                break 'item;
-            }
-            if let Some((other, o)) = accepted.iter().find(|(_, o)| overlaps(o, &cidr)) {
-                plan.problems.push(problem(
-                &name,
-                "cidr",
-                "CIDROverlap",
-                format!("Installation pool {name} ({cidr}) overlaps pool {other} ({o}) listed before it; pools must not overlap"),
-            ));
-                break 'item;
-            }
-            if let Some(e) = existing.iter().find(|e| e.name == name) {
-                let old = e.spec.net().map(|n| n.trunc());
-                if old != Some(cidr) {
-                    plan.problems.push(problem(
-                    &name,
-                    "cidr",
-                    "ForbiddenChange",
-                    format!(
-                        "IPPool {name} exists with cidr {}; changing it to {cidr} is refused (addresses in use would be orphaned). Add a pool with a new name, set disableNewAllocations on {name}, recycle the pods, then remove it",
-                        e.spec.cidr
-                    ),
-                ));
-                    break 'item;
-                }
-                if e.spec.effective_block_size() != spec.effective_block_size() {
-                    plan.problems.push(problem(
-                    &name,
-                    "blockSize",
-                    "ForbiddenChange",
-                    format!(
-                        "IPPool {name} exists with blockSize {}; changing it to {} is refused (existing blocks keep their size). Create a new pool with the new block size instead",
-                        e.spec.effective_block_size(),
-                        spec.effective_block_size()
-                    ),
-                ));
-                    break 'item;
-                }
-            }
-            accepted.push((name.clone(), cidr));
-            plan.pools.push((name, spec));
-        }
-        // Name the Installation field of a listed pool, as the admission errors do.
-        if listed_explicitly {
-            for p in &mut plan.problems[first_problem..] {
-                p.message = format!("spec.calicoNetwork.ipPools[{i}].{}: {}", p.field, p.message);
             }
         }
     }
     plan
+}
+
+/// What every Installation pool is checked against.
+struct ItemRules<'a> {
+    /// How many IPv4 and IPv6 pools the Installation lists (Calico's default names need one
+    /// of a family).
+    families: (usize, usize),
+    bgp_off: bool,
+    calico_cni: bool,
+    pod: Option<&'a PodCidrs>,
+    allow_outside: bool,
+    existing: &'a [Existing<'a>],
+    selector_ok: &'a dyn Fn(&str) -> Result<(), String>,
+}
+
+impl ItemRules<'_> {
+    /// One listed pool: its name, CIDR and IPPool spec, or the first problem with it, given the
+    /// pools accepted before it and the names listed before it (`seen`, which this extends).
+    fn plan_item(
+        &self,
+        item: &InstallationIPPool,
+        net: Option<IpNet>,
+        accepted: &[(String, IpNet)],
+        seen: &mut BTreeSet<String>,
+    ) -> Result<(String, IpNet, IPPoolSpec), Problem> {
+        let Some(cidr) = net else {
+            let label = item.name.clone().unwrap_or_else(|| item.cidr.clone());
+            return Err(problem(
+                &label,
+                "cidr",
+                "InvalidCIDR",
+                format!(
+                    "Installation pool {label}: spec.calicoNetwork.ipPools[].cidr {:?} is not a CIDR",
+                    item.cidr
+                ),
+            ));
+        };
+        let name = self.pool_name(item, cidr);
+        let spec = to_spec(item, cidr, self.bgp_off, self.calico_cni).map_err(|p| {
+            problem(
+                &name,
+                p.0,
+                p.1,
+                format!("Installation pool {name} ({cidr}): {}", p.2),
+            )
+        })?;
+        if let Some((other, _)) = accepted.iter().find(|(_, o)| *o == cidr) {
+            return Err(problem(
+                &name,
+                "cidr",
+                "Duplicate",
+                format!(
+                    "Installation pool {name} ({cidr}) has the same CIDR as pool {other} once canonicalised; list each CIDR once"
+                ),
+            ));
+        }
+        if !seen.insert(name.clone()) {
+            return Err(problem(
+                &name,
+                "name",
+                "Duplicate",
+                format!("Installation pool {name} is listed more than once"),
+            ));
+        }
+        if let Some(p) = check_spec(&name, &spec, self.pod, self.allow_outside, self.selector_ok) {
+            return Err(p);
+        }
+        if let Some((other, o)) = accepted.iter().find(|(_, o)| overlaps(o, &cidr)) {
+            return Err(problem(
+                &name,
+                "cidr",
+                "CIDROverlap",
+                format!(
+                    "Installation pool {name} ({cidr}) overlaps pool {other} ({o}) listed before it; pools must not overlap"
+                ),
+            ));
+        }
+        if let Some(e) = self.existing.iter().find(|e| e.name == name) {
+            unchanged_identity(&name, cidr, &spec, e)?;
+        }
+        Ok((name, cidr, spec))
+    }
+
+    /// The listed name; else the name of the pool that already has this CIDR; else Calico's
+    /// default name when the pool is its family's only one, or the name derived from the CIDR.
+    fn pool_name(&self, item: &InstallationIPPool, cidr: IpNet) -> String {
+        if let Some(n) = item.name.as_ref().filter(|n| !n.is_empty()) {
+            return n.clone();
+        }
+        let (v4s, v6s) = self.families;
+        self.existing
+            .iter()
+            .find(|e| e.spec.net().map(|n| n.trunc()) == Some(cidr))
+            .map(|e| e.name.to_string())
+            .unwrap_or_else(|| match cidr {
+                IpNet::V4(_) if v4s == 1 && v4s + v6s <= 2 => DEFAULT_V4.into(),
+                IpNet::V6(_) if v6s == 1 && v4s + v6s <= 2 => DEFAULT_V6.into(),
+                _ => derived_name(&cidr),
+            })
+    }
+}
+
+/// An existing pool keeps its CIDR and block size: changing either would orphan what is
+/// allocated in it.
+fn unchanged_identity(name: &str, cidr: IpNet, spec: &IPPoolSpec, e: &Existing<'_>) -> Result<(), Problem> {
+    if e.spec.net().map(|n| n.trunc()) != Some(cidr) {
+        return Err(problem(
+            name,
+            "cidr",
+            "ForbiddenChange",
+            format!(
+                "IPPool {name} exists with cidr {}; changing it to {cidr} is refused (addresses in use would be orphaned). Add a pool with a new name, set disableNewAllocations on {name}, recycle the pods, then remove it",
+                e.spec.cidr
+            ),
+        ));
+    }
+    if e.spec.effective_block_size() != spec.effective_block_size() {
+        return Err(problem(
+            name,
+            "blockSize",
+            "ForbiddenChange",
+            format!(
+                "IPPool {name} exists with blockSize {}; changing it to {} is refused (existing blocks keep their size). Create a new pool with the new block size instead",
+                e.spec.effective_block_size(),
+                spec.effective_block_size()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// `ipPools` unset: one pool per pod CIDR, else Calico's hard default.
@@ -274,13 +317,47 @@ fn to_spec(
     calico_cni: bool,
 ) -> Result<IPPoolSpec, FieldErr> {
     let v6 = matches!(cidr, IpNet::V6(_));
+    let (ipip, vxlan) = encapsulation(item, &cidr, bgp_off, calico_cni)?;
+    Ok(IPPoolSpec {
+        cidr: cidr.to_string(),
+        ipip_mode: Some(ipip.into()),
+        vxlan_mode: Some(vxlan.into()),
+        nat_outgoing: Some(nat_outgoing(item, v6)?),
+        disabled: Some(item.disable_new_allocations.unwrap_or(false)),
+        disable_bgp_export: Some(item.disable_bgp_export.unwrap_or(false)),
+        block_size: Some(
+            item.block_size
+                .filter(|b| *b > 0)
+                .unwrap_or(if v6 { 122 } else { 26 }),
+        ),
+        node_selector: Some(
+            item.node_selector
+                .clone()
+                .filter(|s| !s.trim().is_empty())
+                .unwrap_or_else(|| "all()".into()),
+        ),
+        namespace_selector: None,
+        allowed_uses: Some(allowed_uses(item)?),
+        assignment_mode: Some(assignment_mode(item)?),
+    })
+}
+
+/// `(ipipMode, vxlanMode)` of the Installation's encapsulation. Unset: none for IPv6 or another
+/// CNI, VXLAN when BGP is off (IPIP needs BGP), else IPIP.
+fn encapsulation(
+    item: &InstallationIPPool,
+    cidr: &IpNet,
+    bgp_off: bool,
+    calico_cni: bool,
+) -> Result<(&'static str, &'static str), FieldErr> {
+    let v6 = matches!(cidr, IpNet::V6(_));
     let encap = match item.encapsulation.as_deref() {
-        Some(e) if !e.is_empty() => e.to_string(),
-        _ if v6 || !calico_cni => "None".into(),
-        _ if bgp_off => "VXLAN".into(),
-        _ => "IPIP".into(),
+        Some(e) if !e.is_empty() => e,
+        _ if v6 || !calico_cni => "None",
+        _ if bgp_off => "VXLAN",
+        _ => "IPIP",
     };
-    let (ipip, vxlan) = match encap.as_str() {
+    let modes = match encap {
         "IPIP" => ("Always", "Never"),
         "IPIPCrossSubnet" => ("CrossSubnet", "Never"),
         "VXLAN" => ("Never", "Always"),
@@ -296,39 +373,51 @@ fn to_spec(
             ));
         }
     };
-    if v6 && ipip != "Never" {
+    if v6 && modes.0 != "Never" {
         return Err((
             "encapsulation",
             "InvalidEncapsulation",
             format!("IPIP encapsulation is not supported by IPv6 pools, but it is set for {cidr}"),
         ));
     }
-    let nat = match item.nat_outgoing.as_deref() {
-        None | Some("") => !v6,
-        Some("Enabled") => true,
-        Some("Disabled") => false,
-        Some(other) => {
-            return Err((
-                "natOutgoing",
-                "InvalidNATOutgoing",
-                format!("natOutgoing {other:?} is not one of Enabled, Disabled"),
-            ));
-        }
-    };
+    Ok(modes)
+}
+
+/// Unset: on for IPv4, off for IPv6.
+fn nat_outgoing(item: &InstallationIPPool, v6: bool) -> Result<bool, FieldErr> {
+    match item.nat_outgoing.as_deref() {
+        None | Some("") => Ok(!v6),
+        Some("Enabled") => Ok(true),
+        Some("Disabled") => Ok(false),
+        Some(other) => Err((
+            "natOutgoing",
+            "InvalidNATOutgoing",
+            format!("natOutgoing {other:?} is not one of Enabled, Disabled"),
+        )),
+    }
+}
+
+/// Unset or empty: Workload and Tunnel.
+fn allowed_uses(item: &InstallationIPPool) -> Result<Vec<String>, FieldErr> {
     let uses = match &item.allowed_uses {
         Some(u) if !u.is_empty() => u.clone(),
         _ => vec!["Workload".into(), "Tunnel".into()],
     };
-    if let Some(u) = uses
+    match uses
         .iter()
         .find(|u| !matches!(u.as_str(), "Workload" | "Tunnel" | "LoadBalancer"))
     {
-        return Err((
+        Some(u) => Err((
             "allowedUses",
             "InvalidAllowedUses",
             format!("allowedUses {u:?} is not one of Workload, Tunnel, LoadBalancer"),
-        ));
+        )),
+        None => Ok(uses),
     }
+}
+
+/// Unset or empty: Automatic.
+fn assignment_mode(item: &InstallationIPPool) -> Result<String, FieldErr> {
     let mode = item
         .assignment_mode
         .clone()
@@ -341,28 +430,7 @@ fn to_spec(
             format!("assignmentMode {mode:?} is not one of Automatic, Manual"),
         ));
     }
-    Ok(IPPoolSpec {
-        cidr: cidr.to_string(),
-        ipip_mode: Some(ipip.into()),
-        vxlan_mode: Some(vxlan.into()),
-        nat_outgoing: Some(nat),
-        disabled: Some(item.disable_new_allocations.unwrap_or(false)),
-        disable_bgp_export: Some(item.disable_bgp_export.unwrap_or(false)),
-        block_size: Some(
-            item.block_size
-                .filter(|b| *b > 0)
-                .unwrap_or(if v6 { 122 } else { 26 }),
-        ),
-        node_selector: Some(
-            item.node_selector
-                .clone()
-                .filter(|s| !s.trim().is_empty())
-                .unwrap_or_else(|| "all()".into()),
-        ),
-        namespace_selector: None,
-        allowed_uses: Some(uses),
-        assignment_mode: Some(mode),
-    })
+    Ok(mode)
 }
 
 /// Ranges no pool may touch: (range, reason, what it is).
@@ -396,8 +464,21 @@ pub fn check_spec(
     allow_outside: bool,
     selector_ok: &dyn Fn(&str) -> Result<(), String>,
 ) -> Option<Problem> {
+    let net = match check_cidr(name, spec) {
+        Ok(net) => net,
+        Err(p) => return Some(p),
+    };
+    check_block_size(name, spec, &net)
+        .or_else(|| check_encapsulation(name, spec, &net))
+        .or_else(|| check_allowed_uses(name, spec))
+        .or_else(|| check_selectors(name, spec, selector_ok))
+        .or_else(|| check_pod_cidr(name, &net, pod, allow_outside))
+}
+
+/// A strictly masked CIDR clear of every reserved range.
+fn check_cidr(name: &str, spec: &IPPoolSpec) -> Result<IpNet, Problem> {
     let Ok(net) = spec.cidr.parse::<IpNet>() else {
-        return Some(problem(
+        return Err(problem(
             name,
             "cidr",
             "InvalidCIDR",
@@ -408,7 +489,7 @@ pub fn check_spec(
         ));
     };
     if net.trunc() != net {
-        return Some(problem(
+        return Err(problem(
             name,
             "cidr",
             "InvalidCIDR",
@@ -421,7 +502,7 @@ pub fn check_spec(
     for (r, reason, what) in RESERVED {
         let r: IpNet = r.parse().expect("constant");
         if overlaps(&r, &net) {
-            return Some(problem(
+            return Err(problem(
                 name,
                 "cidr",
                 reason,
@@ -429,6 +510,12 @@ pub fn check_spec(
             ));
         }
     }
+    Ok(net)
+}
+
+/// A block size in the family's range that fits in the pool (a disabled pool may be smaller:
+/// it only drains).
+fn check_block_size(name: &str, spec: &IPPoolSpec, net: &IpNet) -> Option<Problem> {
     let v6 = matches!(net, IpNet::V6(_));
     let bs = spec.effective_block_size();
     let (lo, hi) = if v6 { (116, 128) } else { (20, 32) };
@@ -443,16 +530,20 @@ pub fn check_spec(
             ),
         ));
     }
-    if net.prefix_len() > bs && !spec.is_disabled() {
-        return Some(problem(
+    (net.prefix_len() > bs && !spec.is_disabled()).then(|| {
+        problem(
             name,
             "blockSize",
             "InvalidBlockSize",
             format!(
                 "IPPool {name}: the pool {net} is smaller than one block (/{bs}); use a wider cidr or a larger blockSize"
             ),
-        ));
-    }
+        )
+    })
+}
+
+/// At most one of IPIP and VXLAN, and no IPIP on IPv6.
+fn check_encapsulation(name: &str, spec: &IPPoolSpec, net: &IpNet) -> Option<Problem> {
     use crate::api::ippool::EncapMode::Never;
     if spec.ipip() != Never && spec.vxlan() != Never {
         return Some(problem(
@@ -462,56 +553,65 @@ pub fn check_spec(
             format!("IPPool {name}: spec.ipipMode and spec.vxlanMode cannot both be enabled"),
         ));
     }
-    if v6 && spec.ipip() != Never {
-        return Some(problem(
+    (matches!(net, IpNet::V6(_)) && spec.ipip() != Never).then(|| {
+        problem(
             name,
             "ipipMode",
             "InvalidEncapsulation",
             format!("IPPool {name}: IPIP is not supported on an IPv6 pool"),
-        ));
-    }
-    if let Some(uses) = &spec.allowed_uses
-        && uses.iter().any(|u| u == "LoadBalancer")
-        && uses.iter().any(|u| u != "LoadBalancer")
-    {
-        return Some(problem(
+        )
+    })
+}
+
+/// LoadBalancer pools serve nothing else.
+fn check_allowed_uses(name: &str, spec: &IPPoolSpec) -> Option<Problem> {
+    let uses = spec.allowed_uses.as_ref()?;
+    (uses.iter().any(|u| u == "LoadBalancer") && uses.iter().any(|u| u != "LoadBalancer")).then(|| {
+        problem(
             name,
             "allowedUses",
             "InvalidAllowedUses",
             format!("IPPool {name}: allowedUse LoadBalancer cannot be combined with Workload or Tunnel"),
-        ));
-    }
-    for (field, sel) in [
+        )
+    })
+}
+
+/// Both selectors parse in Calico's selector language.
+fn check_selectors(
+    name: &str,
+    spec: &IPPoolSpec,
+    selector_ok: &dyn Fn(&str) -> Result<(), String>,
+) -> Option<Problem> {
+    [
         ("nodeSelector", spec.node_selector.as_deref()),
         ("namespaceSelector", spec.namespace_selector.as_deref()),
-    ] {
-        if let Some(s) = sel.filter(|s| !s.trim().is_empty())
-            && let Err(e) = selector_ok(s)
-        {
-            return Some(problem(
-                name,
-                field,
-                "InvalidSelector",
-                format!("IPPool {name}: spec.{field} {s:?} is not a valid selector: {e}"),
-            ));
-        }
-    }
-    if let Some(pod) = pod
-        && !allow_outside
-        && !pod.contains(&net)
-    {
-        return Some(problem(
+    ]
+    .into_iter()
+    .find_map(|(field, sel)| {
+        let s = sel.filter(|s| !s.trim().is_empty())?;
+        let e = selector_ok(s).err()?;
+        Some(problem(
             name,
-            "cidr",
-            "PodCIDRMismatch",
-            format!(
-                "IPPool {name} ({net}) is not within the cluster's pod CIDR(s) {} from {}; use a cidr inside the pod network, or annotate the pool {ALLOW_OUTSIDE_POD_CIDR}=true if it is routed on purpose",
-                pod.list(),
-                pod.source
-            ),
-        ));
-    }
-    None
+            field,
+            "InvalidSelector",
+            format!("IPPool {name}: spec.{field} {s:?} is not a valid selector: {e}"),
+        ))
+    })
+}
+
+/// Inside the cluster's pod CIDRs, unless the pool is annotated as routed on purpose.
+fn check_pod_cidr(name: &str, net: &IpNet, pod: Option<&PodCidrs>, allow_outside: bool) -> Option<Problem> {
+    let pod = pod.filter(|p| !allow_outside && !p.contains(net))?;
+    Some(problem(
+        name,
+        "cidr",
+        "PodCIDRMismatch",
+        format!(
+            "IPPool {name} ({net}) is not within the cluster's pod CIDR(s) {} from {}; use a cidr inside the pod network, or annotate the pool {ALLOW_OUTSIDE_POD_CIDR}=true if it is routed on purpose",
+            pod.list(),
+            pod.source
+        ),
+    ))
 }
 
 /// One cluster pool as the IPPool controller sees it.
@@ -935,5 +1035,199 @@ mod tests {
                 blocks: 1
             }
         );
+    }
+
+    fn rules<'a>(families: (usize, usize), existing: &'a [Existing<'a>]) -> ItemRules<'a> {
+        ItemRules {
+            families,
+            bgp_off: false,
+            calico_cni: true,
+            pod: None,
+            allow_outside: false,
+            existing,
+            selector_ok: &ok,
+        }
+    }
+
+    #[test]
+    fn an_unnamed_pool_takes_the_existing_name_else_calicos_default_else_its_cidr() {
+        let v4: IpNet = "10.48.0.0/16".parse().unwrap();
+        let v6: IpNet = "fd00::/48".parse().unwrap();
+        let old = IPPoolSpec {
+            cidr: "10.48.0.0/16".into(),
+            ..Default::default()
+        };
+        let existing = [Existing {
+            name: "kept",
+            spec: &old,
+        }];
+        let mut named = item("10.48.0.0/16");
+        named.name = Some("mine".into());
+        assert_eq!(rules((1, 0), &existing).pool_name(&named, v4), "mine");
+        assert_eq!(
+            rules((1, 0), &existing).pool_name(&item("10.48.0.0/16"), v4),
+            "kept"
+        );
+        assert_eq!(
+            rules((1, 1), &[]).pool_name(&item("10.48.0.0/16"), v4),
+            DEFAULT_V4
+        );
+        assert_eq!(rules((1, 1), &[]).pool_name(&item("fd00::/48"), v6), DEFAULT_V6);
+        // Two of a family: neither is the default.
+        assert_eq!(
+            rules((2, 0), &[]).pool_name(&item("10.48.0.0/16"), v4),
+            "10.48.0.0-16"
+        );
+    }
+
+    #[test]
+    fn a_listed_pool_is_checked_against_those_before_it() {
+        let r = rules((3, 0), &[]);
+        let mut seen = BTreeSet::new();
+        let (name, cidr, spec) = r
+            .plan_item(&item("10.48.0.0/16"), "10.48.0.0/16".parse().ok(), &[], &mut seen)
+            .unwrap();
+        assert_eq!((name.as_str(), spec.block_size), ("10.48.0.0-16", Some(26)));
+        let accepted = [(name, cidr)];
+        let err = |it: &InstallationIPPool, seen: &mut BTreeSet<String>| {
+            let net = it.cidr.parse::<IpNet>().ok().map(|n| n.trunc());
+            let p = r.plan_item(it, net, &accepted, seen).unwrap_err();
+            (p.field, p.reason)
+        };
+        assert_eq!(err(&item("10.48.0.1/16"), &mut seen), ("cidr", "Duplicate"));
+        assert_eq!(err(&item("10.48.1.0/24"), &mut seen), ("cidr", "CIDROverlap"));
+        assert_eq!(err(&item("nonsense"), &mut seen), ("cidr", "InvalidCIDR"));
+        let mut twice = item("10.49.0.0/16");
+        twice.name = Some("10.48.0.0-16".into());
+        assert_eq!(err(&twice, &mut seen), ("name", "Duplicate"));
+        let mut bad = item("10.50.0.0/16");
+        bad.encapsulation = Some("GRE".into());
+        assert_eq!(err(&bad, &mut seen), ("encapsulation", "InvalidEncapsulation"));
+    }
+
+    #[test]
+    fn an_existing_pool_keeps_its_cidr_and_block_size() {
+        let old = IPPoolSpec {
+            cidr: "10.48.0.0/16".into(),
+            block_size: Some(26),
+            ..Default::default()
+        };
+        let e = Existing {
+            name: "p",
+            spec: &old,
+        };
+        let same = old.clone();
+        assert!(unchanged_identity("p", "10.48.0.0/16".parse().unwrap(), &same, &e).is_ok());
+        let p = unchanged_identity("p", "10.49.0.0/16".parse().unwrap(), &same, &e).unwrap_err();
+        assert_eq!((p.field, p.reason), ("cidr", "ForbiddenChange"));
+        let smaller = IPPoolSpec {
+            block_size: Some(28),
+            ..old.clone()
+        };
+        let p = unchanged_identity("p", "10.48.0.0/16".parse().unwrap(), &smaller, &e).unwrap_err();
+        assert_eq!((p.field, p.reason), ("blockSize", "ForbiddenChange"));
+    }
+
+    #[test]
+    fn each_spec_check_names_its_field() {
+        let spec = |cidr: &str| IPPoolSpec {
+            cidr: cidr.into(),
+            ..Default::default()
+        };
+        let field = |p: Option<Problem>| p.map(|p| (p.field, p.reason));
+        assert_eq!(
+            field(check_cidr("p", &spec("10.48.0.1/16")).err()),
+            Some(("cidr", "InvalidCIDR"))
+        );
+        assert_eq!(
+            field(check_cidr("p", &spec("127.1.0.0/16")).err()),
+            Some(("cidr", "ReservedRange"))
+        );
+        let net: IpNet = "10.48.0.0/28".parse().unwrap();
+        // A /28 pool cannot hold a /26 block, unless it is disabled (it only drains then).
+        let small = spec("10.48.0.0/28");
+        assert_eq!(
+            field(check_block_size("p", &small, &net)),
+            Some(("blockSize", "InvalidBlockSize"))
+        );
+        let draining = IPPoolSpec {
+            disabled: Some(true),
+            ..small.clone()
+        };
+        assert_eq!(check_block_size("p", &draining, &net), None);
+        let both = IPPoolSpec {
+            ipip_mode: Some("Always".into()),
+            vxlan_mode: Some("Always".into()),
+            ..small.clone()
+        };
+        assert_eq!(
+            field(check_encapsulation("p", &both, &net)),
+            Some(("vxlanMode", "InvalidEncapsulation"))
+        );
+        let lb = IPPoolSpec {
+            allowed_uses: Some(vec!["LoadBalancer".into(), "Workload".into()]),
+            ..small.clone()
+        };
+        assert_eq!(
+            field(check_allowed_uses("p", &lb)),
+            Some(("allowedUses", "InvalidAllowedUses"))
+        );
+        let sel = IPPoolSpec {
+            namespace_selector: Some("team ==".into()),
+            ..small.clone()
+        };
+        assert_eq!(
+            field(check_selectors("p", &sel, &selector_ok)),
+            Some(("namespaceSelector", "InvalidSelector"))
+        );
+        let outside: IpNet = "10.99.0.0/16".parse().unwrap();
+        let cluster = pod(&["10.48.0.0/16"]);
+        assert_eq!(
+            field(check_pod_cidr("p", &outside, Some(&cluster), false)),
+            Some(("cidr", "PodCIDRMismatch"))
+        );
+        assert_eq!(check_pod_cidr("p", &outside, Some(&cluster), true), None);
+        assert_eq!(check_pod_cidr("p", &outside, None, false), None);
+    }
+
+    #[test]
+    fn installation_pool_fields_default_as_the_tigera_operator_does() {
+        let v4: IpNet = "10.48.0.0/16".parse().unwrap();
+        let v6: IpNet = "fd00::/48".parse().unwrap();
+        let it = item("10.48.0.0/16");
+        assert_eq!(encapsulation(&it, &v4, false, true), Ok(("Always", "Never")));
+        assert_eq!(encapsulation(&it, &v4, true, true), Ok(("Never", "Always")));
+        assert_eq!(encapsulation(&it, &v4, false, false), Ok(("Never", "Never")));
+        assert_eq!(encapsulation(&it, &v6, false, true), Ok(("Never", "Never")));
+        let ipip6 = InstallationIPPool {
+            encapsulation: Some("IPIP".into()),
+            ..item("fd00::/48")
+        };
+        assert_eq!(
+            encapsulation(&ipip6, &v6, false, true).unwrap_err().1,
+            "InvalidEncapsulation"
+        );
+        assert_eq!(nat_outgoing(&it, false), Ok(true));
+        assert_eq!(nat_outgoing(&it, true), Ok(false));
+        let nat = InstallationIPPool {
+            nat_outgoing: Some("Yes".into()),
+            ..item("10.48.0.0/16")
+        };
+        assert_eq!(nat_outgoing(&nat, false).unwrap_err().0, "natOutgoing");
+        assert_eq!(
+            allowed_uses(&it),
+            Ok(vec!["Workload".to_string(), "Tunnel".to_string()])
+        );
+        let uses = InstallationIPPool {
+            allowed_uses: Some(vec!["Everything".into()]),
+            ..item("10.48.0.0/16")
+        };
+        assert_eq!(allowed_uses(&uses).unwrap_err().1, "InvalidAllowedUses");
+        assert_eq!(assignment_mode(&it), Ok("Automatic".to_string()));
+        let mode = InstallationIPPool {
+            assignment_mode: Some("Sometimes".into()),
+            ..item("10.48.0.0/16")
+        };
+        assert_eq!(assignment_mode(&mode).unwrap_err().0, "assignmentMode");
     }
 }

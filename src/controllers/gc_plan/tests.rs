@@ -637,3 +637,72 @@ fn empty_block_clock_is_stamped_and_survives_a_restart() {
     );
     assert!(p.stamp_empty.is_empty());
 }
+
+fn some_guard(ordinal: usize, handle: &str) -> Guard {
+    Guard {
+        ordinal,
+        handle: handle.into(),
+        seq: None,
+        ip: "10.0.0.1".parse().unwrap(),
+        node: "a".into(),
+        pod: None,
+        why: "test".into(),
+    }
+}
+
+#[test]
+fn a_walk_releases_a_handle_only_when_nothing_holds_it_and_unmarks_only_clean_entries() {
+    let mut w = Walk::default();
+    // Handle h1: confirmed in blocks 0 and 1, nothing holds it: both released.
+    w.confirmed
+        .insert("h1", vec![(0, some_guard(1, "h1")), (1, some_guard(2, "h1"))]);
+    // Handle h2: confirmed in block 0 but still held elsewhere (a live address): kept.
+    w.confirmed.insert("h2", vec![(0, some_guard(3, "h2"))]);
+    w.held.insert("h2");
+    // Block 2: two stamped valid addresses; attribute 0 is shared with a leak, attribute 1 not.
+    w.unmarks
+        .insert(2, vec![(0, some_guard(4, "h3")), (1, some_guard(5, "h4"))]);
+    w.leaky_attrs.insert((2, 0));
+    // Block 3: its only unmark shares a leaky attribute: the block is not touched for it.
+    w.unmarks.insert(3, vec![(0, some_guard(6, "h5"))]);
+    w.leaky_attrs.insert((3, 0));
+    let s = w.finish();
+    let ordinals = |v: &Vec<Guard>| v.iter().map(|g| g.ordinal).collect::<Vec<_>>();
+    assert_eq!(ordinals(&s.by_block.guards[&0]), vec![1]);
+    assert_eq!(ordinals(&s.by_block.guards[&1]), vec![2]);
+    assert_eq!(ordinals(&s.by_block.unmarks[&2]), vec![5]);
+    assert!(!s.by_block.unmarks.contains_key(&3));
+}
+
+#[test]
+fn stale_affinities_are_a_deleted_nodes_whose_block_is_gone_or_elsewhere() {
+    let blocks = [("b0".to_string(), block(Some("gone"), &[]))];
+    let mut w = world(&blocks, &["live"], &[]);
+    let aff = |name: &'static str, node: &'static str, cidr: &'static str, host_type| AffinityIn {
+        name,
+        node,
+        cidr,
+        host_type,
+    };
+    w.affinities = vec![
+        // The deleted node's own block still exists: it goes with the block, not here.
+        aff("keep-own", "gone", "10.0.0.0/29", true),
+        // The deleted node's affinity to a block that does not exist.
+        aff("no-block", "gone", "10.0.0.8/29", true),
+        // A live node's affinity: never stale.
+        aff("live", "live", "10.0.0.16/29", true),
+        // Not a host affinity.
+        aff("virtual", "gone", "10.0.0.24/29", false),
+    ];
+    let live: Vec<&BlockIn<'_>> = w.blocks.iter().collect();
+    let stale: Vec<String> = stale_affinities(&w, &live).into_iter().map(|a| a.name).collect();
+    assert_eq!(stale, vec!["no-block"]);
+}
+
+#[test]
+fn a_leak_stamp_is_absent_readable_or_unreadable() {
+    assert_eq!(leak_stamp(&attr("h", &[])), None);
+    let ok = attr("h", &[(LEAK_SEEN_KEY, "2026-01-01T00:00:00Z")]);
+    assert_eq!(leak_stamp(&ok), Some(Some(t("2026-01-01T00:00:00Z"))));
+    assert_eq!(leak_stamp(&attr("h", &[(LEAK_SEEN_KEY, "soon")])), Some(None));
+}
