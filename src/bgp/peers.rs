@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use crate::api::BGPConfigurationSpec;
 use crate::api::bgp::{BGPPassword, BGPPeerSpec};
 
+use super::filter::{self, Direction};
 use super::snapshot::{NodeBgp, Snapshot, parse_duration_secs};
 use super::{DEFAULT_AS, RenderError, SelectorEngine};
 
@@ -55,6 +56,10 @@ pub struct BirdPeer {
     pub next_hop_self: bool,
     pub allow_local_as: Option<u32>,
     pub reachable_by: Option<IpAddr>,
+    /// Calls to BGPFilter functions at the start of the import filter, in `spec.filters` order.
+    pub import_calls: Vec<String>,
+    /// Calls to BGPFilter functions in the export filter, before Calico's own export function.
+    pub export_calls: Vec<String>,
 }
 
 /// A peering before it is turned into BIRD text (Calico's `backends.BGPPeer`).
@@ -75,6 +80,9 @@ struct PeerData {
     password: Option<String>,
     restart_time: Option<u64>,
     keepalive: Option<u64>,
+    /// The BGPPeer's `spec.filters`, and its name for warnings.
+    filters: Vec<String>,
+    origin: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -101,6 +109,10 @@ pub struct Cluster<'a> {
     /// The keys already emitted (first writer wins), for constant-time lookups.
     key_index: BTreeSet<(KeyKind, IpAddr, u16)>,
     pub has_password: std::cell::Cell<bool>,
+    /// BGPFilters whose every rule can be written (all of them once sanitized), by name.
+    pub filters: BTreeMap<String, &'a crate::api::BgpFilter>,
+    /// BGPFilters that cannot be written: peerings naming one are left out.
+    bad_filters: BTreeSet<String>,
 }
 
 impl<'a> Cluster<'a> {
@@ -152,7 +164,29 @@ impl<'a> Cluster<'a> {
                 ));
             }
         }
+        let mut filters = BTreeMap::new();
+        let mut bad_filters = BTreeSet::new();
+        for f in &snap.filters {
+            let name = f.metadata.name.clone().unwrap_or_default();
+            let errs: Vec<_> = [false, true]
+                .into_iter()
+                .filter_map(|v6| filter::functions(&[f], v6).err())
+                .collect();
+            match errs.first() {
+                None => {
+                    filters.insert(name, f);
+                }
+                Some((_, e)) => {
+                    warnings.push(format!(
+                        "BGPFilter {name:?}: {e}; left out, and so is every peering that names it"
+                    ));
+                    bad_filters.insert(name);
+                }
+            }
+        }
         let mut c = Cluster {
+            filters,
+            bad_filters,
             me,
             nodes,
             global_as: as_num(default.as_number).unwrap_or(DEFAULT_AS),
@@ -304,11 +338,14 @@ impl<'a> Cluster<'a> {
                 true
             }
         };
+        let filters = spec.filters.clone().unwrap_or_default();
         for p in peers {
             p.password = pw.clone();
             p.restart_time = restart;
             p.keepalive = keepalive;
             p.use_node_ip = use_node_ip;
+            p.filters = filters.clone();
+            p.origin = name.to_string();
         }
     }
 
@@ -525,6 +562,10 @@ impl<'a> Cluster<'a> {
                 KeyKind::Global => PeerKind::Global,
                 KeyKind::Node => PeerKind::Node,
             };
+            // Without its filter the session would take and send what the user meant to filter.
+            if p.filters.iter().any(|f| self.bad_filters.contains(f)) {
+                continue;
+            }
             out.push(self.build_peer(kind, p, my_ip));
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -572,7 +613,26 @@ impl<'a> Cluster<'a> {
                 next_hop_self: false,
                 allow_local_as: None,
                 reachable_by: None,
+                import_calls: Vec::new(),
+                export_calls: Vec::new(),
             });
+        }
+        out
+    }
+
+    /// The calls a peering makes to the BGPFilters its BGPPeer names, for one direction. A name
+    /// with no BGPFilter is left out, as in Calico, and reported.
+    fn filter_calls(&self, p: &PeerData, dir: Direction, v6: bool, same_as: bool) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, name) in p.filters.iter().enumerate() {
+            match self.filters.get(name) {
+                Some(f) => out.extend(filter::call(f, dir, v6, same_as)),
+                None if self.bad_filters.contains(name) => {}
+                None => self.warn(format!(
+                    "BGPPeer {:?}: spec.filters[{i}] names BGPFilter {name:?}, which does not exist; the peering is configured without it",
+                    p.origin
+                )),
+            }
         }
         out
     }
@@ -607,6 +667,8 @@ impl<'a> Cluster<'a> {
             next_hop_self: p.next_hop_mode.as_deref() == Some("Self"),
             allow_local_as: (p.num_allow_local_as > 0).then_some(p.num_allow_local_as),
             reachable_by: p.reachable_by,
+            import_calls: self.filter_calls(p, Direction::Import, ip.is_ipv6(), internal),
+            export_calls: self.filter_calls(p, Direction::Export, ip.is_ipv6(), internal),
         }
     }
 

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::{Node, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::Value;
 
-use crate::api::{Affinity, BgpConfig, BgpPeer, Pool};
+use crate::api::{Affinity, BgpConfig, BgpFilter, BgpPeer, Pool};
 
 use super::RenderError;
 
@@ -29,6 +29,8 @@ pub struct Snapshot {
     pub nodes: Vec<Node>,
     pub bgp_configs: Vec<BgpConfig>,
     pub peers: Vec<BgpPeer>,
+    /// BGPFilters: every one with rules becomes BIRD functions; peers call those they name.
+    pub filters: Vec<BgpFilter>,
     pub pools: Vec<Pool>,
     /// Block affinities of any node; the renderer keeps the rendering node's host affinities.
     pub affinities: Vec<Affinity>,
@@ -129,6 +131,7 @@ impl Snapshot {
                 | "Secret"
                 | "BGPConfiguration"
                 | "BGPPeer"
+                | "BGPFilter"
                 | "IPPool"
                 | "BlockAffinity"
                 | "Service"
@@ -163,6 +166,7 @@ impl Snapshot {
                 .push(serde_json::from_value(doc).map_err(bad)?),
             ("BGPConfiguration", true) => self.bgp_configs.push(serde_json::from_value(doc).map_err(bad)?),
             ("BGPPeer", true) => self.peers.push(serde_json::from_value(doc).map_err(bad)?),
+            ("BGPFilter", true) => self.filters.push(serde_json::from_value(doc).map_err(bad)?),
             ("IPPool", true) => self.pools.push(serde_json::from_value(doc).map_err(bad)?),
             ("BlockAffinity", true) => self.affinities.push(serde_json::from_value(doc).map_err(bad)?),
             _ => {}
@@ -493,6 +497,9 @@ pub fn input_fingerprints(snap: &Snapshot) -> BTreeMap<String, String> {
     }
     for p in &snap.pools {
         rest.push(serde_json::json!(["pool", p.metadata.name, p.spec]));
+    }
+    for f in &snap.filters {
+        rest.push(serde_json::json!(["filter", f.metadata.name, f.spec]));
     }
     rest.push(serde_json::json!(["secrets", snap.secrets]));
     rest.sort_by_key(|v| v.to_string());

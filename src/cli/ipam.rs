@@ -146,10 +146,23 @@ impl IpamArgs {
                 if !show_blocks {
                     u.borrowed.clear();
                 }
-                let text = match output {
+                let mut text = match output {
                     Output::Table => report::render_usage(&u),
                     o => emit(&u, o)?,
                 };
+                // Addresses IPReservations keep from allocation (counted as free above).
+                if output == Output::Table {
+                    let reserved = ipam.reserved();
+                    for p in ipam.pools().iter().filter_map(PoolRef::from_pool) {
+                        let n = reserved.count_in(&p.cidr);
+                        if n > 0 {
+                            text.push_str(&format!(
+                                "IPS RESERVED in IP Pool {} ({}): {n}, never allocated (IPReservation)\n",
+                                p.name, p.cidr
+                            ));
+                        }
+                    }
+                }
                 print!("{text}");
                 Ok(ExitCode::SUCCESS)
             }

@@ -246,13 +246,20 @@ pub fn pick_new_block(
 /// [`pick_new_block`] against the existing blocks: a candidate is taken only when it overlaps
 /// no existing block of any pool or size, so a pool whose block size changed under its blocks
 /// (or a pool overlapping another) moves on to a free candidate instead of cutting across one.
+/// Blocks wholly inside IPReservations are passed over, as in Calico.
 pub fn pick_free_block(
     pools: &[PoolInfo],
     host: &str,
     existing: &BlockSet,
+    reserved: &super::reserved::Reserved,
     max_probe: usize,
 ) -> Option<IpNet> {
-    pick_new_block(pools, host, |b| !existing.is_free(b), max_probe)
+    pick_new_block(
+        pools,
+        host,
+        |b| !existing.is_free(b) || reserved.covers(b),
+        max_probe,
+    )
 }
 
 /// Existing blocks of `pool`, in `host`'s claim order: the order borrowing visits them.
@@ -683,7 +690,14 @@ mod tests {
                     max_blocks: max_blocks(cfg, None),
                     auto_allocate: cfg.auto_allocate_blocks,
                     strict_affinity: cfg.strict_affinity,
-                    no_free_blocks: pick_free_block(pools, host, &self.block_set(), 4096).is_none(),
+                    no_free_blocks: pick_free_block(
+                        pools,
+                        host,
+                        &self.block_set(),
+                        &Default::default(),
+                        4096,
+                    )
+                    .is_none(),
                     pools: pools.iter().map(|p| p.cidr).collect(),
                 };
                 match next_step(&st) {
@@ -695,7 +709,8 @@ mod tests {
                         block::prepare_write(blk);
                     }
                     Step::Claim => {
-                        let b = pick_free_block(pools, host, &self.block_set(), 4096).unwrap();
+                        let b = pick_free_block(pools, host, &self.block_set(), &Default::default(), 4096)
+                            .unwrap();
                         self.blocks
                             .insert(b, block::new_block(&b, Some(format!("host:{host}")), 1, None));
                     }

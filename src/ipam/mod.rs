@@ -9,6 +9,7 @@
 //! - [`selector`]: Calico's selector language (pool `nodeSelector` / `namespaceSelector`).
 //! - [`allocator`]: which pools apply, which block to use or claim, limits, borrowing.
 //! - [`layout`]: existing blocks and the overlap check every block creation passes.
+//! - [`reserved`]: IPReservations (addresses automatic assignment skips).
 //!
 //! # Using the engine
 //! ```no_run
@@ -53,6 +54,7 @@ pub mod handle_count;
 pub mod layout;
 pub mod names;
 pub mod report;
+pub mod reserved;
 pub mod selector;
 pub mod store;
 pub mod usage;
