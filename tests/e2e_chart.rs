@@ -687,7 +687,7 @@ fn crds_are_kept_and_optional_and_extras_follow_values() {
         .iter()
         .filter(|o| o["kind"] == "CustomResourceDefinition")
         .collect();
-    assert_eq!(crds.len(), 11);
+    assert_eq!(crds.len(), 13);
     for (name, sub) in [
         ("clusterinformations.crd.projectcalico.org", Value::Null),
         (
@@ -1115,6 +1115,9 @@ fn least_privilege_by_impersonation(ns: &str) {
         "installations.operator.tigera.io/status",
         None,
     );
+    yes("tortie-operator", "watch", &format!("bgpfilters.{g}"), None);
+    yes("tortie-operator", "watch", &format!("ipreservations.{g}"), None);
+    no("tortie-operator", "update", &format!("ipreservations.{g}"), None);
     yes("tortie-operator", "watch", "services", None);
     yes("tortie-operator", "list", "endpointslices.discovery.k8s.io", None);
     yes("tortie-operator", "watch", "pods", None);
@@ -1192,6 +1195,8 @@ fn least_privilege_by_impersonation(ns: &str) {
     yes("tortie-cni", "create", &format!("ipamhandles.{g}"), None);
     yes("tortie-cni", "update", &format!("ipamblocks.{g}"), None);
     yes("tortie-cni", "list", &format!("ippools.{g}"), None);
+    yes("tortie-cni", "watch", &format!("ipreservations.{g}"), None);
+    no("tortie-cni", "create", &format!("ipreservations.{g}"), None);
     no("tortie-cni", "list", "pods", None);
     no("tortie-cni", "update", "pods", Some("default"));
     no("tortie-cni", "get", "secrets", Some(ns));
