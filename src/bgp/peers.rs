@@ -17,6 +17,8 @@ pub enum PeerKind {
     Mesh,
     Global,
     Node,
+    /// A workload on this node, selected by a BGPPeer's `localWorkloadSelector`.
+    LocalWorkload,
 }
 
 impl PeerKind {
@@ -25,6 +27,7 @@ impl PeerKind {
             PeerKind::Mesh => "Mesh",
             PeerKind::Global => "Global",
             PeerKind::Node => "Node",
+            PeerKind::LocalWorkload => "Local_Workload",
         }
     }
 }
@@ -83,6 +86,8 @@ struct PeerData {
     /// The BGPPeer's `spec.filters`, and its name for warnings.
     filters: Vec<String>,
     origin: String,
+    /// A session with a workload on this node (always passive: the workload dials).
+    local_workload: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -284,6 +289,53 @@ impl<'a> Cluster<'a> {
         }
     }
 
+    /// Workloads on this node whose active BGPPeer is `peer` (Felix's choice: of the BGPPeers with
+    /// a `localWorkloadSelector` that apply to this node and select the workload, the first by name).
+    fn local_workloads_of(&self, peer: &str) -> Vec<&'a super::snapshot::LocalWorkload> {
+        let mut candidates: Vec<_> = self
+            .snap
+            .peers
+            .iter()
+            .filter(|p| {
+                p.spec
+                    .local_workload_selector
+                    .as_deref()
+                    .is_some_and(|s| !s.is_empty())
+            })
+            .filter(
+                |p| match (p.spec.node.as_deref(), p.spec.node_selector.as_deref()) {
+                    (Some(n), _) if !n.is_empty() => n == self.me.name,
+                    (_, Some(sel)) if !sel.is_empty() => {
+                        self.selectors.matches(sel, &self.me.labels).unwrap_or(false)
+                    }
+                    _ => true,
+                },
+            )
+            .collect();
+        candidates.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        let snap: &'a Snapshot = self.snap;
+        snap.workloads
+            .iter()
+            .filter(|w| w.node == self.me.name)
+            .filter(|w| {
+                let active = candidates.iter().find(|p| {
+                    let sel = p.spec.local_workload_selector.as_deref().unwrap_or("");
+                    match self.selectors.matches(sel, &w.labels) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            self.warn(format!(
+                                "BGPPeer {:?}: spec.localWorkloadSelector: {e}; it selects no workload",
+                                p.metadata.name.as_deref().unwrap_or("")
+                            ));
+                            false
+                        }
+                    }
+                });
+                active.and_then(|p| p.metadata.name.as_deref()) == Some(peer)
+            })
+            .collect()
+    }
+
     /// Calico's `nodeAsBGPPeers`: peerings towards cluster nodes.
     fn node_as_peers(&self, node: &str, v4: bool, v6: bool, spec: &BGPPeerSpec) -> Vec<PeerData> {
         let Some(n) = self.nodes.get(node) else {
@@ -404,10 +456,26 @@ impl<'a> Cluster<'a> {
                     .as_deref()
                     .is_some_and(|s| !s.is_empty())
                 {
-                    self.warn(format!(
-                        "{what}: spec.localWorkloadSelector peerings are not supported by tortie; ignored"
-                    ));
-                    continue;
+                    // Calico copies only the AS numbers and filters onto these sessions.
+                    let Some(asn) = as_num(spec.as_number).filter(|a| *a != 0) else {
+                        self.warn(format!(
+                            "{what}: spec.asNumber is required with spec.localWorkloadSelector; ignored"
+                        ));
+                        continue;
+                    };
+                    for w in self.local_workloads_of(&name) {
+                        for ip in [w.ipv4, w.ipv6].into_iter().flatten() {
+                            found.push(PeerData {
+                                ip: Some(ip),
+                                asn,
+                                local_asn: as_num(spec.local_as_number).filter(|a| *a != 0),
+                                filters: spec.filters.clone().unwrap_or_default(),
+                                origin: name.clone(),
+                                local_workload: true,
+                                ..Default::default()
+                            });
+                        }
+                    }
                 } else if let Some(sel) = spec.peer_selector.as_deref().filter(|s| !s.is_empty()) {
                     for n in self.nodes_matching(sel, &format!("{what}: spec.peerSelector")) {
                         found.extend(self.node_as_peers(&n, true, true, spec));
@@ -559,6 +627,7 @@ impl<'a> Cluster<'a> {
                 continue;
             }
             let kind = match kind {
+                _ if p.local_workload => PeerKind::LocalWorkload,
                 KeyKind::Global => PeerKind::Global,
                 KeyKind::Node => PeerKind::Node,
             };
@@ -657,8 +726,10 @@ impl<'a> Cluster<'a> {
             source_addr: p.use_node_ip.then_some(my_ip),
             ttl_security: p.ttl,
             internal,
-            // Towards another Calico node only one end dials, as with the mesh.
-            passive: kind == PeerKind::Global && p.calico_node && ip.to_string() > my_ip.to_string(),
+            // Towards another Calico node only one end dials, as with the mesh; a local workload
+            // always dials.
+            passive: p.local_workload
+                || (kind == PeerKind::Global && p.calico_node && ip.to_string() > my_ip.to_string()),
             graceful_restart: p.restart_time,
             keepalive: p.keepalive,
             rr_client_of,

@@ -129,6 +129,7 @@ pub fn decode_each<T: serde::de::DeserializeOwned>(
 pub fn sanitize(snap: &mut Snapshot) -> Vec<Invalid> {
     let mut out = Vec::new();
     let mut bad_filters = std::collections::BTreeSet::new();
+    let workloads_known = snap.workloads_known;
     snap.filters.retain(|f| {
         let name = f.metadata.name.as_deref().unwrap_or("");
         let errs = check_filter(name, &f.spec);
@@ -150,14 +151,15 @@ pub fn sanitize(snap: &mut Snapshot) -> Vec<Invalid> {
                 ));
             }
         }
-        if p.spec
-            .local_workload_selector
-            .as_deref()
-            .is_some_and(|s| !s.is_empty())
+        if !workloads_known
+            && p.spec
+                .local_workload_selector
+                .as_deref()
+                .is_some_and(|s| !s.is_empty())
         {
             errs.push(Invalid::Unsupported(
                 place("BGPPeer", name, "spec.localWorkloadSelector"),
-                "peerings with local workloads are not rendered, so this BGPPeer is left out".into(),
+                "the operator does not read pods, so sessions with local workloads are not rendered and this BGPPeer is left out".into(),
             ));
         }
         let ok = errs.is_empty();
@@ -912,6 +914,9 @@ spec: {cidr: 10.50.0.1/16}
             "apiVersion: crd.projectcalico.org/v1\nkind: BGPPeer\nmetadata: {name: lw}\nspec: {localWorkloadSelector: \"app == 'x'\", asNumber: 65000}\n",
         )
         .unwrap();
+        // Manifests list the pods; a snapshot without them (the BGP controller's) cannot render.
+        assert!(sanitize(&mut snap.clone()).is_empty());
+        snap.workloads_known = false;
         let errs = sanitize(&mut snap);
         assert_eq!(errs.len(), 1);
         assert!(matches!(errs[0], Invalid::Unsupported(..)));
