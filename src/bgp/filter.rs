@@ -83,6 +83,11 @@ impl<'a> Rule<'a> {
         }
     }
 
+    /// The rule's CIDR, if any.
+    pub fn cidr(self) -> Option<&'a str> {
+        self.fields().cidr
+    }
+
     /// Limited to iBGP or eBGP peers (the function then takes `is_same_as`).
     pub fn has_peer_type(self) -> bool {
         self.fields().peer_type.is_some()

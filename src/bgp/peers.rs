@@ -860,4 +860,47 @@ mod tests {
         let v4: IpAddr = "10.192.0.3".parse().unwrap();
         assert_eq!(peer_name(PeerKind::Mesh, v4, None), "Mesh_10_192_0_3");
     }
+
+    #[test]
+    fn a_local_workload_peers_with_the_first_bgppeer_that_selects_it() {
+        let mut snap = Snapshot::default();
+        let pod = |name: &str, node: &str, app: &str, ip: &str, host: bool| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: ns1, labels: {{app: {app}}}}}\nspec: {{nodeName: {node}, hostNetwork: {host}, containers: []}}\nstatus: {{phase: Running, podIPs: [{{ip: '{ip}'}}]}}\n---\n"
+            )
+        };
+        let peer = |name: &str, extra: &str| {
+            format!(
+                "apiVersion: crd.projectcalico.org/v1\nkind: BGPPeer\nmetadata: {{name: {name}}}\nspec: {{localWorkloadSelector: \"app == 'bird'\", asNumber: 65001{extra}}}\n---\n"
+            )
+        };
+        let text = [
+            "apiVersion: v1\nkind: Node\nmetadata: {name: n1, labels: {rack: a}, annotations: {projectcalico.org/IPv4Address: 10.0.0.1/24}}\n---\n".to_string(),
+            "apiVersion: v1\nkind: Node\nmetadata: {name: n2, annotations: {projectcalico.org/IPv4Address: 10.0.0.2/24}}\n---\n".to_string(),
+            pod("w1", "n1", "bird", "192.168.0.1", false),
+            pod("w2", "n2", "bird", "192.168.0.2", false),
+            pod("hostnet", "n1", "bird", "10.0.0.1", true),
+            pod("other", "n1", "web", "192.168.0.3", false),
+            // Applies to n2 only, and sorts first: n1's workload goes to the next one by name.
+            peer("a-elsewhere", ", node: n2"),
+            peer("b-rack-a", ", nodeSelector: \"rack == 'a'\""),
+            peer("c-everywhere", ""),
+        ]
+        .concat();
+        snap.add_manifests("t", &text).unwrap();
+        assert_eq!(snap.workloads.len(), 3, "the host-network pod is no workload");
+        let sel = crate::bgp::CalicoSelectors::default();
+        let c = Cluster::new(&snap, "n1", &sel).unwrap();
+        let peers = c.bird_peers(false);
+        let names: Vec<&str> = peers.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["Local_Workload_192_168_0_1", "Mesh_10_0_0_2"]);
+        let p = &peers[0];
+        assert!(p.passive && p.source_addr.is_none() && p.asn == 65001 && !p.internal);
+        assert_eq!(c.local_workloads_of("b-rack-a").len(), 1);
+        assert!(c.local_workloads_of("c-everywhere").is_empty());
+        let c2 = Cluster::new(&snap, "n2", &sel).unwrap();
+        let names: Vec<String> = c2.bird_peers(false).into_iter().map(|p| p.name).collect();
+        assert_eq!(names, ["Local_Workload_192_168_0_2", "Mesh_10_0_0_1"]);
+        assert_eq!(c2.local_workloads_of("a-elsewhere").len(), 1);
+    }
 }

@@ -243,48 +243,32 @@ pub fn check_peer(name: &str, s: &BGPPeerSpec) -> Vec<Invalid> {
 pub fn check_filter(name: &str, s: &BGPFilterSpec) -> Vec<Invalid> {
     use super::filter::{Rule, statement};
     let mut errs = Vec::new();
-    let lists: [(&str, Vec<(Option<&String>, Rule<'_>)>, bool); 4] = [
+    let lists: [(&str, Vec<Rule<'_>>, bool); 4] = [
         (
             "importV4",
-            s.import_v4
-                .iter()
-                .flatten()
-                .map(|r| (r.cidr.as_ref(), Rule::V4(r)))
-                .collect(),
+            s.import_v4.iter().flatten().map(Rule::V4).collect(),
             false,
         ),
         (
             "exportV4",
-            s.export_v4
-                .iter()
-                .flatten()
-                .map(|r| (r.cidr.as_ref(), Rule::V4(r)))
-                .collect(),
+            s.export_v4.iter().flatten().map(Rule::V4).collect(),
             false,
         ),
         (
             "importV6",
-            s.import_v6
-                .iter()
-                .flatten()
-                .map(|r| (r.cidr.as_ref(), Rule::V6(r)))
-                .collect(),
+            s.import_v6.iter().flatten().map(Rule::V6).collect(),
             true,
         ),
         (
             "exportV6",
-            s.export_v6
-                .iter()
-                .flatten()
-                .map(|r| (r.cidr.as_ref(), Rule::V6(r)))
-                .collect(),
+            s.export_v6.iter().flatten().map(Rule::V6).collect(),
             true,
         ),
     ];
     for (list, rules, v6) in lists {
-        for (i, (cidr, rule)) in rules.into_iter().enumerate() {
+        for (i, rule) in rules.into_iter().enumerate() {
             let at = |f: &str| place("BGPFilter", name, format!("spec.{list}[{i}].{f}"));
-            if let Some(c) = cidr.filter(|c| !c.is_empty()) {
+            if let Some(c) = rule.cidr() {
                 if let Some(e) = check_cidr(&at("cidr"), c) {
                     errs.push(e);
                     continue;
@@ -292,7 +276,7 @@ pub fn check_filter(name: &str, s: &BGPFilterSpec) -> Vec<Invalid> {
                 if c.parse::<IpNet>().is_ok_and(|n| n.addr().is_ipv6() != v6) {
                     errs.push(Invalid::NotIp(
                         at("cidr"),
-                        c.clone(),
+                        c.to_string(),
                         if v6 { "an IPv6 CIDR" } else { "an IPv4 CIDR" },
                     ));
                     continue;

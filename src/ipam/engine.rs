@@ -87,6 +87,8 @@ struct Cache {
     node_labels: HashMap<String, (Instant, BTreeMap<String, String>)>,
     /// Extra pools read by a direct LIST after a cache miss.
     listed_pools: Option<(Instant, Vec<Pool>)>,
+    /// IPReservation entries already reported as unreadable (reported once per process).
+    bad_reservations: HashSet<(String, String)>,
 }
 
 fn spawn_reflector<K>(
@@ -234,13 +236,26 @@ impl Ipam {
     /// The addresses every IPReservation covers (cached from the watch).
     pub fn reserved(&self) -> Reserved {
         let all = self.inner.reservations.state();
-        Reserved::new(all.iter().map(|r| {
+        let (reserved, bad) = Reserved::new(all.iter().map(|r| {
             (
                 r.metadata.name.as_deref().unwrap_or(""),
                 r.spec.reserved_cidrs.as_deref().unwrap_or(&[]),
             )
-        }))
-        .0
+        }));
+        // Admission refuses these; one stored without the CRD's rule is ignored, and said so.
+        for (name, entry, why) in bad {
+            if self
+                .inner
+                .cache
+                .lock()
+                .unwrap()
+                .bad_reservations
+                .insert((name.clone(), entry))
+            {
+                warn!(ipreservation = %name, "IPReservation {name:?}: spec.reservedCIDRs entry {why}; ignored");
+            }
+        }
+        reserved
     }
 
     /// All pools (cached), including disabled ones.
