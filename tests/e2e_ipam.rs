@@ -1442,6 +1442,15 @@ async fn ip_reservations_are_never_auto_assigned() {
     assert_eq!(b.spec.allocations[1], None);
     assert!(b.spec.unallocated.contains(&1));
     assert_eq!(ipam.reserved().count_in(&lab.net("10.48.0.0/28")), 7);
+    let out = tortie(&["ipam", "show"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line = format!(
+        "IPS RESERVED in IP Pool {} ({}): 7,",
+        lab.pool_name("res"),
+        lab.net("10.48.0.0/28")
+    );
+    assert!(text.contains(&line), "{line:?} not in:\n{text}");
     // An explicit address inside a reservation is still assigned, as in Calico.
     ipam.assign_ip(AssignIpRequest {
         ip: five,
