@@ -405,6 +405,24 @@ mod tests {
         p
     }
 
+    #[test]
+    fn wholly_reserved_blocks_are_never_picked() {
+        let pools = [info("p", "10.0.0.0/28", Some(30))];
+        let none = BlockSet::new();
+        let first = pick_free_block(&pools, "node-a", &none, &Default::default(), 16).unwrap();
+        // Reserving that whole block moves the pick on; reserving part of it does not.
+        let entries = [first.to_string()];
+        let (all, _) = super::super::reserved::Reserved::new([("r", &entries[..])]);
+        let next = pick_free_block(&pools, "node-a", &none, &all, 16).unwrap();
+        assert_ne!(next, first);
+        let partial = [first.network().to_string()];
+        let (some, _) = super::super::reserved::Reserved::new([("r", &partial[..])]);
+        assert_eq!(pick_free_block(&pools, "node-a", &none, &some, 16), Some(first));
+        let whole = ["10.0.0.0/28".to_string()];
+        let (pool, _) = super::super::reserved::Reserved::new([("r", &whole[..])]);
+        assert_eq!(pick_free_block(&pools, "node-a", &none, &pool, 16), None);
+    }
+
     fn info(name: &str, cidr: &str, bs: Option<i32>) -> PoolInfo {
         PoolInfo::from_pool(&pool(name, cidr, bs)).unwrap()
     }

@@ -152,6 +152,26 @@ mod tests {
         assert_eq!(bad[0].0, "r1");
     }
 
+    /// What the engine does in a block: reserved ordinals are skipped and stay in `unallocated`
+    /// in their place; nothing about them is written, so the block passes Calico's invariants.
+    #[test]
+    fn allocation_skips_reserved_ordinals_in_place() {
+        use crate::ipam::block as blk;
+        let net: IpNet = "10.0.0.0/29".parse().unwrap();
+        let mut b = blk::new_block(&net, Some("host:n1".into()), 1, None);
+        let r = res(&["10.0.0.0", "10.0.0.2/31"]);
+        let secondary = crate::api::StrMap::new();
+        let skip = |o: usize| r.contains(cidr::address_of(&net, o));
+        let got = blk::allocate(&mut b, 3, Some("h"), &secondary, skip);
+        assert_eq!(got, [1, 4, 5]);
+        assert_eq!(b.unallocated, [0, 2, 3, 6, 7]);
+        assert!(blk::check(&b).is_empty(), "{:?}", blk::check(&b));
+        // Only the two free unreserved ordinals are left to take.
+        assert_eq!(blk::allocate(&mut b, 5, Some("h"), &secondary, skip), [6, 7]);
+        assert!(blk::allocate(&mut b, 1, Some("h"), &secondary, skip).is_empty());
+        assert_eq!(b.unallocated, [0, 2, 3]);
+    }
+
     proptest::proptest! {
         /// `contains` and `count_in` agree with a brute-force walk of a small range.
         #[test]
