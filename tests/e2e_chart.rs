@@ -941,14 +941,31 @@ fn install_least_privilege_upgrade_uninstall() {
         out.contains("STATUS: deployed") && out.contains("Check next"),
         "{out}"
     );
-    kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd",
-        "-l",
-        "app.kubernetes.io/part-of=tortie",
-    ]);
+    // A CRD created a moment ago may have no status.conditions yet, which `kubectl wait` reports
+    // as an error ("accessor error") instead of waiting: ask again.
+    for attempt in 1.. {
+        let o = kubectl_as(
+            &cluster().kubeconfig,
+            &[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                "crd",
+                "-l",
+                "app.kubernetes.io/part-of=tortie",
+            ],
+            None,
+        );
+        if o.status.success() {
+            break;
+        }
+        assert!(
+            attempt < 10 && text(&o).contains("accessor error"),
+            "kubectl wait for the CRDs failed:\n{}",
+            text(&o)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
     let crds = kubectl(&[
         "get",
         "crd",
@@ -957,7 +974,7 @@ fn install_least_privilege_upgrade_uninstall() {
         "-o",
         "name",
     ]);
-    assert_eq!(crds.lines().count(), 11, "{crds}");
+    assert_eq!(crds.lines().count(), 13, "{crds}");
     assert_eq!(
         kubectl(&[
             "get",
@@ -1065,7 +1082,7 @@ fn install_least_privilege_upgrade_uninstall() {
         ])
         .lines()
         .count(),
-        11
+        13
     );
     assert_eq!(
         kubectl(&["get", "ippools.crd.projectcalico.org", "-o", "name"]),
