@@ -148,7 +148,7 @@ fn bad(field: &str, message: impl Into<String>) -> RuleError {
 
 /// `(65000, 100)` or `(65000, 100, 200)` from `aa:nn` / `aa:nn:mm`, with which attribute holds it.
 fn community(v: &str, field: &str) -> Result<(&'static str, String), RuleError> {
-    if !super::validate::is_community_value(v) {
+    if !super::snapshot::is_community_value(v) {
         return Err(bad(
             field,
             format!("{v:?} is not a community aa:nn (16-bit numbers) or aa:nn:mm (32-bit numbers)"),

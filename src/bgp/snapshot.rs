@@ -375,6 +375,25 @@ pub fn parse_asn(s: &str) -> Option<u64> {
     s.parse::<u64>().ok().filter(|n| *n <= u32::MAX as u64)
 }
 
+/// `aa:nn` or `aa:nn:mm` in shape (Calico's community regexes); the numbers may be out of range.
+pub fn looks_like_community_value(v: &str) -> bool {
+    let parts: Vec<&str> = v.split(':').collect();
+    (parts.len() == 2 || parts.len() == 3)
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// A standard (16:16 bits) or large (32:32:32 bits) community value.
+pub fn is_community_value(v: &str) -> bool {
+    if !looks_like_community_value(v) {
+        return false;
+    }
+    let parts: Vec<&str> = v.split(':').collect();
+    let max = if parts.len() == 2 { 0xffff } else { u32::MAX as u64 };
+    parts.iter().all(|p| p.parse::<u64>().is_ok_and(|n| n <= max))
+}
+
 /// Go's `time.ParseDuration` subset Calico accepts (`90s`, `1m30s`, `1.5h`, `500ms`), in seconds.
 pub fn parse_duration_secs(s: &str) -> Option<f64> {
     let s = s.trim();

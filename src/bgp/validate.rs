@@ -20,6 +20,7 @@ use crate::api::BGPFilterSpec;
 use crate::api::bgp::{BGPConfigurationSpec, BGPPeerSpec, CidrBlock};
 
 use super::snapshot::{Snapshot, parse_duration_secs};
+pub use super::snapshot::{is_community_value, looks_like_community_value};
 
 /// The object and field a problem is in, e.g. `BGPPeer "rack1": spec.peerIP`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -448,25 +449,6 @@ pub fn is_interface_pattern(v: &str) -> bool {
         && (1..=15).contains(&v.len())
         && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'*'))
-}
-
-/// `aa:nn` or `aa:nn:mm` in shape (Calico's community regexes); the numbers may be out of range.
-pub fn looks_like_community_value(v: &str) -> bool {
-    let parts: Vec<&str> = v.split(':').collect();
-    (parts.len() == 2 || parts.len() == 3)
-        && parts
-            .iter()
-            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-}
-
-/// A standard (16:16 bits) or large (32:32:32 bits) community value.
-pub fn is_community_value(v: &str) -> bool {
-    if !looks_like_community_value(v) {
-        return false;
-    }
-    let parts: Vec<&str> = v.split(':').collect();
-    let max = if parts.len() == 2 { 0xffff } else { u32::MAX as u64 };
-    parts.iter().all(|p| p.parse::<u64>().is_ok_and(|n| n <= max))
 }
 
 #[cfg(test)]
