@@ -186,6 +186,17 @@ fn valid_objects_pass_admission() {
             "node.node-1",
             "listenPort: 1790\n  logSeverityScreen: Debug",
         ),
+        // Calico accepts addresses, CIDRs and CIDRs with host bits (their network is reserved).
+        (
+            "IPReservation",
+            "r",
+            "reservedCIDRs: [10.0.0.0/24, 10.0.1.1, 'fd00::/120', 'fd00::1', 10.0.2.5/24]",
+        ),
+        (
+            "BGPFilter",
+            "f",
+            "exportV4: [{action: Accept, cidr: 10.0.0.0/8, matchOperator: In, prefixLength: {min: 8, max: 32}}]\n  importV6: [{action: Reject, cidr: 'fd00::/8', matchOperator: NotIn, prefixLength: {max: 128}}, {action: Accept, interface: '*'}]",
+        ),
         // Calico's CalicoNodeStatus bounds: 0 (report once) to one day, any set of classes.
         (
             "CalicoNodeStatus",
@@ -209,6 +220,48 @@ fn valid_objects_pass_admission() {
             );
         }
     }
+}
+
+/// The BGPFilters and BGPPeers of the golden cases that reproduce Calico's confd goldens (every
+/// BGPFilter feature) pass admission in both modes.
+#[test]
+fn calicos_bgpfilter_examples_pass_admission() {
+    install_crds("crds/v3");
+    let root = repo_dir().join("tests/golden/bgp");
+    let mut checked = 0;
+    for e in std::fs::read_dir(&root).unwrap() {
+        let dir = e.unwrap().path();
+        if !dir
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("calico-bgpfilter")
+        {
+            continue;
+        }
+        let text = std::fs::read_to_string(dir.join("input/manifests.yaml")).unwrap();
+        for doc in documents(&text) {
+            if !doc.contains("kind: BGPFilter") && !doc.contains("kind: BGPPeer") {
+                continue;
+            }
+            let v1 = doc.replace(
+                "apiVersion: projectcalico.org/v3",
+                "apiVersion: crd.projectcalico.org/v1",
+            );
+            for mode in ["v1", "v3"] {
+                let m = in_mode(mode, &v1);
+                let out = kubectl_stdin(&["apply", "--dry-run=server", "-f", "-"], &m);
+                assert!(
+                    out.status.success(),
+                    "[{mode}] {}: rejected a valid object:\n{m}\n{}",
+                    dir.display(),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 40, "only {checked} objects checked");
 }
 
 /// Values Calico accepts for the BGP fields that reach BIRD must stay accepted (the rules that

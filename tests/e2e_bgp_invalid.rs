@@ -38,11 +38,14 @@ fn strip_rules(v: &mut Value) {
     }
 }
 
-/// Installs the v1 BGPPeer and BGPConfiguration CRDs without their rules.
+/// Installs the v1 BGPPeer, BGPConfiguration and BGPFilter CRDs without their rules.
 fn install_lax_crds() {
     for crd in tortie::api::crd::crds(CrdMode::V1) {
         let name = crd.metadata.name.clone().unwrap_or_default();
-        if name != "bgppeers.crd.projectcalico.org" && name != "bgpconfigurations.crd.projectcalico.org" {
+        if name != "bgppeers.crd.projectcalico.org"
+            && name != "bgpconfigurations.crd.projectcalico.org"
+            && name != "bgpfilters.crd.projectcalico.org"
+        {
             continue;
         }
         let mut v = serde_json::to_value(&crd).unwrap();
@@ -143,8 +146,42 @@ async fn a_bad_object_is_left_out_and_reported_while_the_rest_keeps_updating() {
         "apiVersion: crd.projectcalico.org/v1\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  prefixAdvertisements:\n  - {cidr: 10.48.0.1/16, communities: ['65000:100']}\n  - {cidr: 10.49.0.0/16, communities: ['65000:200']}\n  ignoredInterfaces: ['eth\"0', 'docker*']\n",
     )
     .await;
+    // A BGPFilter BIRD would refuse (host bits), and a peer naming it beside a good filter.
+    let filter = |name: &str, rule: &str| {
+        format!(
+            "apiVersion: crd.projectcalico.org/v1\nkind: BGPFilter\nmetadata:\n  name: {tag}-{name}\nspec:\n  {rule}\n"
+        )
+    };
+    apply_eventually(&filter(
+        "badf",
+        "exportV4: [{action: Reject, cidr: 77.0.0.1/16, matchOperator: In}]",
+    ))
+    .await;
+    apply_eventually(&format!(
+        "{}  filters: [{tag}-goodf, {tag}-badf]\n",
+        peer("filtered", "192.0.2.6")
+    ))
+    .await;
     support::install_crds("crds/v1");
     support::kubectl_stdin_ok(&["apply", "-f", "-"], &peer("good", "192.0.2.2"));
+    support::kubectl_stdin_ok(
+        &["apply", "-f", "-"],
+        &filter(
+            "goodf",
+            "importV4: [{action: Reject, cidr: 44.0.0.0/16, matchOperator: In}]",
+        ),
+    );
+    support::kubectl_stdin_ok(
+        &["apply", "-f", "-"],
+        &format!("{}  filters: [{tag}-goodf]\n", peer("goodfiltered", "192.0.2.7")),
+    );
+    // Valid, but a field tortie does not render yet: reported, never silently dropped.
+    support::kubectl_stdin_ok(
+        &["apply", "-f", "-"],
+        &format!(
+            "apiVersion: crd.projectcalico.org/v1\nkind: BGPPeer\nmetadata:\n  name: {tag}-lw\nspec:\n  localWorkloadSelector: app == 'bird'\n  asNumber: 65001\n"
+        ),
+    );
 
     let controller = tokio::spawn(ctrl::run(
         client.clone(),
@@ -173,12 +210,22 @@ async fn a_bad_object_is_left_out_and_reported_while_the_rest_keeps_updating() {
             Some(out)
         }
     };
-    let first = support::wait_until("both nodes' configs with the good peer", TIMEOUT, || {
+    support::wait_until("both nodes' configs with the good peer", TIMEOUT, || {
         published(&["Global_192_0_2_2", "net ~ 10.49.0.0/16", "-\"docker*\""])
+    })
+    .await;
+    let call: &'static str = Box::leak(format!("'bgp_{tag}-goodf_importFilterV4'();").into_boxed_str());
+    let want: &'static [&'static str] = Box::leak(vec!["Global_192_0_2_7", call].into_boxed_slice());
+    let first = support::wait_until("both nodes' configs with the filtered peer", TIMEOUT, || {
+        published(want)
     })
     .await;
     for files in &first {
         let main = &files["bird.cfg"];
+        assert!(
+            !main.contains("192_0_2_6") && !main.contains("77.0.0.1"),
+            "the peer of the bad filter, or the filter, was rendered:\n{main}"
+        );
         assert!(
             !main.contains("192_0_2_1") && !main.contains("192.0.2.1"),
             "the bad peer was rendered:\n{main}"
@@ -202,9 +249,21 @@ async fn a_bad_object_is_left_out_and_reported_while_the_rest_keeps_updating() {
     let events: Api<Event> = Api::all(client.clone());
     let bad_peer = format!("{tag}-bad");
     let odd_peer = format!("{tag}-odd");
+    let (bad_filter, filtered, lw) = (
+        format!("{tag}-badf"),
+        format!("{tag}-filtered"),
+        format!("{tag}-lw"),
+    );
     for (kind, name, field) in [
         ("BGPPeer", bad_peer.as_str(), "spec.peerIP"),
         ("BGPPeer", odd_peer.as_str(), "spec: cannot be read"),
+        ("BGPFilter", bad_filter.as_str(), "spec.exportV4[0].cidr"),
+        ("BGPPeer", filtered.as_str(), "spec.filters[1] names BGPFilter"),
+        (
+            "BGPPeer",
+            lw.as_str(),
+            "spec.localWorkloadSelector is not supported",
+        ),
         ("BGPConfiguration", "default", "spec.prefixAdvertisements[0].cidr"),
         ("BGPConfiguration", "default", "spec.ignoredInterfaces[0]"),
     ] {
@@ -253,6 +312,8 @@ async fn a_bad_object_is_left_out_and_reported_while_the_rest_keeps_updating() {
     for want in [
         format!("BGPPeer {bad_peer:?}: spec.peerIP"),
         format!("BGPPeer {odd_peer:?}: spec: cannot be read"),
+        format!("BGPFilter {bad_filter:?}: spec.exportV4[0].cidr"),
+        format!("BGPPeer {lw:?}: spec.localWorkloadSelector"),
         "BGPConfiguration \"default\": spec.prefixAdvertisements[0].cidr".to_string(),
         "BGPConfiguration \"default\": spec.ignoredInterfaces[0]".to_string(),
     ] {
@@ -270,7 +331,8 @@ async fn a_bad_object_is_left_out_and_reported_while_the_rest_keeps_updating() {
     }
 
     // Fixing the inputs clears the condition.
-    support::kubectl_ok(&["delete", "bgppeer", &bad_peer, &odd_peer]);
+    support::kubectl_ok(&["delete", "bgppeer", &bad_peer, &odd_peer, &filtered, &lw]);
+    support::kubectl_ok(&["delete", "bgpfilter.crd.projectcalico.org", &bad_filter]);
     support::kubectl_stdin_ok(
         &["apply", "-f", "-"],
         "apiVersion: crd.projectcalico.org/v1\nkind: BGPConfiguration\nmetadata:\n  name: default\nspec:\n  prefixAdvertisements:\n  - {cidr: 10.48.0.0/16, communities: ['65000:100']}\n  - {cidr: 10.49.0.0/16, communities: ['65000:200']}\n  ignoredInterfaces: ['docker*']\n",
@@ -285,9 +347,14 @@ async fn a_bad_object_is_left_out_and_reported_while_the_rest_keeps_updating() {
     for n in &nodes {
         support::delete_node(&client, n).await;
     }
-    for p in ["good", "later"] {
+    for p in ["good", "later", "goodfiltered"] {
         let _ = support::kubectl(&["delete", "bgppeer", &format!("{tag}-{p}")]);
     }
+    let _ = support::kubectl(&[
+        "delete",
+        "bgpfilter.crd.projectcalico.org",
+        &format!("{tag}-goodf"),
+    ]);
     let _ = Api::<ConfigMap>::namespaced(client.clone(), &ns)
         .delete_collection(&DeleteParams::default(), &ListParams::default())
         .await;

@@ -728,7 +728,7 @@ fn crds_are_kept_and_optional_and_extras_follow_values() {
         .iter()
         .filter(|o| o["kind"] == "CustomResourceDefinition")
         .collect();
-    assert_eq!(crds.len(), 11);
+    assert_eq!(crds.len(), 13);
     for (name, sub) in [
         ("clusterinformations.crd.projectcalico.org", Value::Null),
         (
@@ -981,14 +981,31 @@ fn install_least_privilege_upgrade_uninstall() {
         out.contains("STATUS: deployed") && out.contains("Check next"),
         "{out}"
     );
-    kubectl(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd",
-        "-l",
-        "app.kubernetes.io/part-of=tortie",
-    ]);
+    // A CRD created a moment ago may have no status.conditions yet, which `kubectl wait` reports
+    // as an error ("accessor error") instead of waiting: ask again.
+    for attempt in 1.. {
+        let o = kubectl_as(
+            &cluster().kubeconfig,
+            &[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                "crd",
+                "-l",
+                "app.kubernetes.io/part-of=tortie",
+            ],
+            None,
+        );
+        if o.status.success() {
+            break;
+        }
+        assert!(
+            attempt < 10 && text(&o).contains("accessor error"),
+            "kubectl wait for the CRDs failed:\n{}",
+            text(&o)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
     let crds = kubectl(&[
         "get",
         "crd",
@@ -997,7 +1014,7 @@ fn install_least_privilege_upgrade_uninstall() {
         "-o",
         "name",
     ]);
-    assert_eq!(crds.lines().count(), 11, "{crds}");
+    assert_eq!(crds.lines().count(), 13, "{crds}");
     assert_eq!(
         kubectl(&[
             "get",
@@ -1105,7 +1122,7 @@ fn install_least_privilege_upgrade_uninstall() {
         ])
         .lines()
         .count(),
-        11
+        13
     );
     assert_eq!(
         kubectl(&["get", "ippools.crd.projectcalico.org", "-o", "name"]),
@@ -1155,6 +1172,9 @@ fn least_privilege_by_impersonation(ns: &str) {
         "installations.operator.tigera.io/status",
         None,
     );
+    yes("tortie-operator", "watch", &format!("bgpfilters.{g}"), None);
+    yes("tortie-operator", "watch", &format!("ipreservations.{g}"), None);
+    no("tortie-operator", "update", &format!("ipreservations.{g}"), None);
     yes("tortie-operator", "watch", "services", None);
     yes("tortie-operator", "list", "endpointslices.discovery.k8s.io", None);
     yes("tortie-operator", "watch", "pods", None);
@@ -1232,6 +1252,8 @@ fn least_privilege_by_impersonation(ns: &str) {
     yes("tortie-cni", "create", &format!("ipamhandles.{g}"), None);
     yes("tortie-cni", "update", &format!("ipamblocks.{g}"), None);
     yes("tortie-cni", "list", &format!("ippools.{g}"), None);
+    yes("tortie-cni", "watch", &format!("ipreservations.{g}"), None);
+    no("tortie-cni", "create", &format!("ipreservations.{g}"), None);
     no("tortie-cni", "list", "pods", None);
     no("tortie-cni", "update", "pods", Some("default"));
     no("tortie-cni", "get", "secrets", Some(ns));

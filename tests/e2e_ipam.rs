@@ -1397,3 +1397,86 @@ async fn block_size_changed_under_existing_blocks_never_overlaps() {
     lab.assert_check_clean().await;
     lab.cleanup().await;
 }
+
+/// IPReservations (Calico's semantics): reserved addresses are never auto-assigned, a block
+/// wholly inside them is never claimed, a reserved ordinal stays free in its block (nothing is
+/// written for it, so Calico's tools read the same block), and an explicit address is still
+/// assigned (Calico's AssignIP does not look at reservations).
+#[tokio::test]
+async fn ip_reservations_are_never_auto_assigned() {
+    use tortie::api::{IPReservationSpec, Reservation};
+    let mut lab = Lab::new("ipam-reserved", 1).await;
+    // Four blocks of four addresses.
+    lab.pool("res", "10.48.0.0/28", Some(30), |_| {}).await;
+    let node = lab.nodes[0].clone();
+    let ar = MODE.resource(CalicoKind::IPReservation);
+    let api: Api<Reservation> = Api::all_with(lab.client.clone(), &ar);
+    let name = format!("{}-res", lab.prefix);
+    let reserved = [
+        lab.net("10.48.0.0/30").to_string(),
+        lab.net("10.48.0.5/32").addr().to_string(),
+        lab.net("10.48.0.9/32").to_string(),
+        lab.net("10.48.0.13/32").addr().to_string(),
+    ];
+    let r = Reservation::new(
+        &name,
+        &ar,
+        IPReservationSpec {
+            reserved_cidrs: Some(reserved.to_vec()),
+        },
+    );
+    api.create(&PostParams::default(), &r).await.unwrap();
+    let ipam = lab.ipam(defaults()).await;
+    let is_reserved = |ip: IpAddr| {
+        reserved
+            .iter()
+            .any(|c| tortie::ipam::reserved::parse_entry(c).unwrap().contains(&ip))
+    };
+    let got = ipam.auto_assign(lab.req("a", &node, 10)).await.unwrap();
+    assert_eq!(got.v4.ips.len(), 9, "16 addresses, 7 reserved: {:?}", got.v4.ips);
+    assert!(got.v4.shortfall.is_some());
+    for ip in &got.v4.ips {
+        assert!(!is_reserved(ip.addr()), "{ip} is reserved");
+    }
+    let blocks = lab.blocks().await;
+    assert_eq!(blocks.len(), 3, "the wholly reserved block is never claimed");
+    assert!(
+        blocks
+            .iter()
+            .all(|b| b.spec.cidr != lab.net("10.48.0.0/30").to_string())
+    );
+    // The reserved address stays free, in its block's unallocated list.
+    let five: IpAddr = lab.net("10.48.0.5/32").addr();
+    let b = block_of(&blocks, five);
+    assert_eq!(b.spec.allocations[1], None);
+    assert!(b.spec.unallocated.contains(&1));
+    assert_eq!(ipam.reserved().count_in(&lab.net("10.48.0.0/28")), 7);
+    let out = tortie(&["ipam", "show"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let line = format!(
+        "IPS RESERVED in IP Pool {} ({}): 7,",
+        lab.pool_name("res"),
+        lab.net("10.48.0.0/28")
+    );
+    assert!(text.contains(&line), "{line:?} not in:\n{text}");
+    // An explicit address inside a reservation is still assigned, as in Calico.
+    ipam.assign_ip(AssignIpRequest {
+        ip: five,
+        handle_id: format!("{}-b", lab.prefix),
+        attrs: Attrs::default().with("node", &node),
+        hostname: node.clone(),
+        intended_use: tortie::ipam::AllowedUse::Workload,
+    })
+    .await
+    .unwrap();
+    ipam.release_by_handle(&format!("{}-a", lab.prefix))
+        .await
+        .unwrap();
+    ipam.release_by_handle(&format!("{}-b", lab.prefix))
+        .await
+        .unwrap();
+    lab.assert_check_clean().await;
+    api.delete(&name, &DeleteParams::default()).await.unwrap();
+    lab.cleanup().await;
+}

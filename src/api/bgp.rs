@@ -303,8 +303,9 @@ pub struct BGPPeerSpec {
     #[serde(rename = "ttlSecurity", default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 255))]
     pub ttl_security: Option<i64>,
-    /// Names of BGPFilter objects to apply.
+    /// Names of BGPFilter objects to apply, in order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::peer_filters")]
     pub filters: Option<Vec<String>>,
     /// Address of a router through which the peer is reachable.
     #[serde(default, skip_serializing_if = "Option::is_none")]

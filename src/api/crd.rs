@@ -10,9 +10,10 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
 use kube::CustomResourceExt;
 
 use super::{
-    CalicoKind, CrdMode, Installation, bgp::BGPConfiguration, bgp::BGPPeer, cluster::ClusterInformation,
-    cluster::KubeControllersConfiguration, ipam::BlockAffinity, ipam::IPAMBlock, ipam::IPAMConfiguration,
-    ipam::IPAMHandle, ippool::IPPool, nodestatus::CalicoNodeStatus,
+    CalicoKind, CrdMode, Installation, bgp::BGPConfiguration, bgp::BGPPeer, bgpfilter::BGPFilter,
+    cluster::ClusterInformation, cluster::KubeControllersConfiguration, ipam::BlockAffinity, ipam::IPAMBlock,
+    ipam::IPAMConfiguration, ipam::IPAMHandle, ippool::IPPool, ipreservation::IPReservation,
+    nodestatus::CalicoNodeStatus,
 };
 
 /// Every CRD tortie installs in `mode`, in a stable order.
@@ -103,6 +104,8 @@ fn calico_crd(mode: CrdMode, kind: CalicoKind) -> CustomResourceDefinition {
         CalicoKind::IPAMConfig => IPAMConfiguration::crd(),
         CalicoKind::BGPConfiguration => BGPConfiguration::crd(),
         CalicoKind::BGPPeer => BGPPeer::crd(),
+        CalicoKind::BGPFilter => BGPFilter::crd(),
+        CalicoKind::IPReservation => IPReservation::crd(),
     };
     let (k, plural) = mode.kind_and_plural(kind);
     to_mode(&mut crd, mode, k, plural, empty_subresources(kind));
@@ -248,6 +251,8 @@ mod tests {
             ("caliconodestatuses", "status"),
             ("bgpconfigurations", "none"),
             ("bgppeers", "{}"),
+            ("bgpfilters", "none"),
+            ("ipreservations", "none"),
             ("blockaffinities", "{}"),
             ("clusterinformations", "{}"),
             ("ipamblocks", "{}"),

@@ -7,11 +7,13 @@
 //! `kube::core::Object<Spec, Status>` addressed through the [`ApiResource`] of the cluster's mode.
 
 pub mod bgp;
+pub mod bgpfilter;
 pub mod cluster;
 pub mod crd;
 pub mod installation;
 pub mod ipam;
 pub mod ippool;
+pub mod ipreservation;
 pub mod nodestatus;
 mod schema;
 pub mod selector_rule;
@@ -22,9 +24,11 @@ use std::fmt;
 use kube::core::{ApiResource, NotUsed, Object};
 
 pub use bgp::{BGPConfigurationSpec, BGPPeerSpec};
+pub use bgpfilter::BGPFilterSpec;
 pub use installation::{Installation, InstallationSpec, InstallationStatus};
 pub use ipam::{AllocationAttribute, BlockAffinitySpec, Flag, IPAMBlockSpec, IPAMConfigSpec, IPAMHandleSpec};
 pub use ippool::{IPPoolSpec, IPPoolStatus};
+pub use ipreservation::IPReservationSpec;
 pub use nodestatus::{CalicoNodeStatusSpec, CalicoNodeStatusStatus};
 pub use strmap::StrMap;
 
@@ -42,6 +46,10 @@ pub type IpamConfig = Object<IPAMConfigSpec, NotUsed>;
 pub type BgpConfig = Object<BGPConfigurationSpec, NotUsed>;
 /// A BGPPeer in either mode.
 pub type BgpPeer = Object<BGPPeerSpec, NotUsed>;
+/// A BGPFilter in either mode.
+pub type BgpFilter = Object<BGPFilterSpec, NotUsed>;
+/// An IPReservation in either mode.
+pub type Reservation = Object<IPReservationSpec, NotUsed>;
 /// A CalicoNodeStatus in either mode.
 pub type NodeStatus = Object<CalicoNodeStatusSpec, CalicoNodeStatusStatus>;
 
@@ -77,10 +85,12 @@ pub enum CalicoKind {
     IPAMConfig,
     BGPConfiguration,
     BGPPeer,
+    BGPFilter,
+    IPReservation,
 }
 
 impl CalicoKind {
-    pub const ALL: [CalicoKind; 7] = [
+    pub const ALL: [CalicoKind; 9] = [
         CalicoKind::IPPool,
         CalicoKind::IPAMBlock,
         CalicoKind::IPAMHandle,
@@ -88,6 +98,8 @@ impl CalicoKind {
         CalicoKind::IPAMConfig,
         CalicoKind::BGPConfiguration,
         CalicoKind::BGPPeer,
+        CalicoKind::BGPFilter,
+        CalicoKind::IPReservation,
     ];
 }
 
@@ -121,6 +133,8 @@ impl CrdMode {
             (CalicoKind::IPAMConfig, CrdMode::V3) => ("IPAMConfiguration", "ipamconfigurations"),
             (CalicoKind::BGPConfiguration, _) => ("BGPConfiguration", "bgpconfigurations"),
             (CalicoKind::BGPPeer, _) => ("BGPPeer", "bgppeers"),
+            (CalicoKind::BGPFilter, _) => ("BGPFilter", "bgpfilters"),
+            (CalicoKind::IPReservation, _) => ("IPReservation", "ipreservations"),
         }
     }
 

@@ -215,3 +215,92 @@ pub fn advertised_communities(_: &mut SchemaGenerator) -> Schema {
         }
     })
 }
+
+/// Calico's `BGPCommunityValue`: `aa:nn` with 16-bit numbers or `aa:nn:mm` with 32-bit numbers,
+/// written without leading zeros (BIRD reads the numbers as they are written).
+const FILTER_COMMUNITY: &str = "^(([0-9]|[1-9][0-9]{1,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5]):([0-9]|[1-9][0-9]{1,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])|([0-9]|[1-9][0-9]{1,8}|[1-3][0-9]{9}|4[0-1][0-9]{8}|42[0-8][0-9]{7}|429[0-3][0-9]{6}|4294[0-8][0-9]{5}|42949[0-5][0-9]{4}|429496[0-6][0-9]{3}|4294967[0-1][0-9]{2}|42949672[0-8][0-9]|429496729[0-5]):([0-9]|[1-9][0-9]{1,8}|[1-3][0-9]{9}|4[0-1][0-9]{8}|42[0-8][0-9]{7}|429[0-3][0-9]{6}|4294[0-8][0-9]{5}|42949[0-5][0-9]{4}|429496[0-6][0-9]{3}|4294967[0-1][0-9]{2}|42949672[0-8][0-9]|429496729[0-5]):([0-9]|[1-9][0-9]{1,8}|[1-3][0-9]{9}|4[0-1][0-9]{8}|42[0-8][0-9]{7}|429[0-3][0-9]{6}|4294[0-8][0-9]{5}|42949[0-5][0-9]{4}|429496[0-6][0-9]{3}|4294967[0-1][0-9]{2}|42949672[0-8][0-9]|429496729[0-5]))$";
+
+/// BGPFilter `communities.values`: exactly one community value.
+pub fn filter_community_values(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "description": "Exactly one community value, aa:nn (16-bit numbers) or aa:nn:mm (32-bit numbers).",
+        "minItems": 1,
+        "maxItems": 1,
+        "x-kubernetes-list-type": "atomic",
+        "items": {"type": "string", "maxLength": 32, "pattern": FILTER_COMMUNITY,
+                  "description": "aa:nn (16-bit numbers) or aa:nn:mm (32-bit numbers)."}
+    })
+}
+
+/// BGPFilter `addCommunity.value`.
+pub fn filter_community_value(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "string",
+        "maxLength": 32,
+        "pattern": FILTER_COMMUNITY,
+        "description": "aa:nn (16-bit numbers) or aa:nn:mm (32-bit numbers)."
+    })
+}
+
+fn as_list(min: u32, max: u32, description: &str) -> Schema {
+    json_schema!({
+        "type": "array",
+        "description": description,
+        "minItems": min,
+        "maxItems": max,
+        "x-kubernetes-list-type": "atomic",
+        "items": {"type": "integer", "format": "int64", "minimum": 0, "maximum": 4294967295u64,
+                  "description": "Autonomous system number (0 to 4294967295)."}
+    })
+}
+
+/// BGPFilter `asPathPrefix`: AS numbers the route's AS path starts with.
+pub fn as_path(_: &mut SchemaGenerator) -> Schema {
+    as_list(
+        0,
+        64,
+        "AS numbers the route's AS path must start with (up to 64).",
+    )
+}
+
+/// BGPFilter `prependASPath.prefix`.
+pub fn as_path_prepend(_: &mut SchemaGenerator) -> Schema {
+    as_list(
+        1,
+        10,
+        "AS numbers to prepend, 1 to 10; the path then starts with them in this order.",
+    )
+}
+
+/// BGPPeer `filters`: names of BGPFilter objects (Kubernetes object names, which BIRD's quoted
+/// function names can hold).
+pub fn peer_filters(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "description": "Names of BGPFilter objects, applied in this order.",
+        "maxItems": 100,
+        "x-kubernetes-list-type": "atomic",
+        "items": {"type": "string", "maxLength": 253,
+                  "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$",
+                  "description": "A BGPFilter name (lower-case letters, digits, '-' and '.')."}
+    })
+}
+
+/// IPReservation `reservedCIDRs`: CIDRs or single addresses that are never handed out.
+pub fn reserved_cidrs(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "description": "CIDRs (10.0.0.0/24) or single addresses (10.0.0.1) that IPAM never allocates.",
+        "maxItems": 1000,
+        "x-kubernetes-list-type": "set",
+        "items": {
+            "type": "string",
+            "maxLength": 64,
+            "description": "A CIDR or an IP address.",
+            "x-kubernetes-validations": [
+                {"rule": "isCIDR(self) || isIP(self)", "message": "reservedCIDRs entries must be CIDRs such as 10.0.0.0/24 or addresses such as 10.0.0.1"}
+            ]
+        }
+    })
+}

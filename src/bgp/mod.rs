@@ -5,6 +5,7 @@
 //! deterministic for a given [`Snapshot`]. Fork-only BIRD syntax (`krt_tunnel`) is only written
 //! when [`RenderOptions::bird_fork`] is set, so stock Debian `bird` accepts the default output.
 
+pub mod filter;
 pub mod peers;
 pub mod selector;
 pub mod services;

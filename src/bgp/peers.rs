@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use crate::api::BGPConfigurationSpec;
 use crate::api::bgp::{BGPPassword, BGPPeerSpec};
 
+use super::filter::{self, Direction};
 use super::snapshot::{NodeBgp, Snapshot, parse_duration_secs};
 use super::{DEFAULT_AS, RenderError, SelectorEngine};
 
@@ -16,6 +17,8 @@ pub enum PeerKind {
     Mesh,
     Global,
     Node,
+    /// A workload on this node, selected by a BGPPeer's `localWorkloadSelector`.
+    LocalWorkload,
 }
 
 impl PeerKind {
@@ -24,6 +27,7 @@ impl PeerKind {
             PeerKind::Mesh => "Mesh",
             PeerKind::Global => "Global",
             PeerKind::Node => "Node",
+            PeerKind::LocalWorkload => "Local_Workload",
         }
     }
 }
@@ -55,6 +59,10 @@ pub struct BirdPeer {
     pub next_hop_self: bool,
     pub allow_local_as: Option<u32>,
     pub reachable_by: Option<IpAddr>,
+    /// Calls to BGPFilter functions at the start of the import filter, in `spec.filters` order.
+    pub import_calls: Vec<String>,
+    /// Calls to BGPFilter functions in the export filter, before Calico's own export function.
+    pub export_calls: Vec<String>,
 }
 
 /// A peering before it is turned into BIRD text (Calico's `backends.BGPPeer`).
@@ -75,6 +83,11 @@ struct PeerData {
     password: Option<String>,
     restart_time: Option<u64>,
     keepalive: Option<u64>,
+    /// The BGPPeer's `spec.filters`, and its name for warnings.
+    filters: Vec<String>,
+    origin: String,
+    /// A session with a workload on this node (always passive: the workload dials).
+    local_workload: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -101,6 +114,10 @@ pub struct Cluster<'a> {
     /// The keys already emitted (first writer wins), for constant-time lookups.
     key_index: BTreeSet<(KeyKind, IpAddr, u16)>,
     pub has_password: std::cell::Cell<bool>,
+    /// BGPFilters whose every rule can be written (all of them once sanitized), by name.
+    pub filters: BTreeMap<String, &'a crate::api::BgpFilter>,
+    /// BGPFilters that cannot be written: peerings naming one are left out.
+    bad_filters: BTreeSet<String>,
 }
 
 impl<'a> Cluster<'a> {
@@ -152,7 +169,29 @@ impl<'a> Cluster<'a> {
                 ));
             }
         }
+        let mut filters = BTreeMap::new();
+        let mut bad_filters = BTreeSet::new();
+        for f in &snap.filters {
+            let name = f.metadata.name.clone().unwrap_or_default();
+            let errs: Vec<_> = [false, true]
+                .into_iter()
+                .filter_map(|v6| filter::functions(&[f], v6).err())
+                .collect();
+            match errs.first() {
+                None => {
+                    filters.insert(name, f);
+                }
+                Some((_, e)) => {
+                    warnings.push(format!(
+                        "BGPFilter {name:?}: {e}; left out, and so is every peering that names it"
+                    ));
+                    bad_filters.insert(name);
+                }
+            }
+        }
         let mut c = Cluster {
+            filters,
+            bad_filters,
             me,
             nodes,
             global_as: as_num(default.as_number).unwrap_or(DEFAULT_AS),
@@ -250,6 +289,53 @@ impl<'a> Cluster<'a> {
         }
     }
 
+    /// Workloads on this node whose active BGPPeer is `peer` (Felix's choice: of the BGPPeers with
+    /// a `localWorkloadSelector` that apply to this node and select the workload, the first by name).
+    fn local_workloads_of(&self, peer: &str) -> Vec<&'a super::snapshot::LocalWorkload> {
+        let mut candidates: Vec<_> = self
+            .snap
+            .peers
+            .iter()
+            .filter(|p| {
+                p.spec
+                    .local_workload_selector
+                    .as_deref()
+                    .is_some_and(|s| !s.is_empty())
+            })
+            .filter(
+                |p| match (p.spec.node.as_deref(), p.spec.node_selector.as_deref()) {
+                    (Some(n), _) if !n.is_empty() => n == self.me.name,
+                    (_, Some(sel)) if !sel.is_empty() => {
+                        self.selectors.matches(sel, &self.me.labels).unwrap_or(false)
+                    }
+                    _ => true,
+                },
+            )
+            .collect();
+        candidates.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+        let snap: &'a Snapshot = self.snap;
+        snap.workloads
+            .iter()
+            .filter(|w| w.node == self.me.name)
+            .filter(|w| {
+                let active = candidates.iter().find(|p| {
+                    let sel = p.spec.local_workload_selector.as_deref().unwrap_or("");
+                    match self.selectors.matches(sel, &w.labels) {
+                        Ok(m) => m,
+                        Err(e) => {
+                            self.warn(format!(
+                                "BGPPeer {:?}: spec.localWorkloadSelector: {e}; it selects no workload",
+                                p.metadata.name.as_deref().unwrap_or("")
+                            ));
+                            false
+                        }
+                    }
+                });
+                active.and_then(|p| p.metadata.name.as_deref()) == Some(peer)
+            })
+            .collect()
+    }
+
     /// Calico's `nodeAsBGPPeers`: peerings towards cluster nodes.
     fn node_as_peers(&self, node: &str, v4: bool, v6: bool, spec: &BGPPeerSpec) -> Vec<PeerData> {
         let Some(n) = self.nodes.get(node) else {
@@ -304,11 +390,14 @@ impl<'a> Cluster<'a> {
                 true
             }
         };
+        let filters = spec.filters.clone().unwrap_or_default();
         for p in peers {
             p.password = pw.clone();
             p.restart_time = restart;
             p.keepalive = keepalive;
             p.use_node_ip = use_node_ip;
+            p.filters = filters.clone();
+            p.origin = name.to_string();
         }
     }
 
@@ -367,10 +456,26 @@ impl<'a> Cluster<'a> {
                     .as_deref()
                     .is_some_and(|s| !s.is_empty())
                 {
-                    self.warn(format!(
-                        "{what}: spec.localWorkloadSelector peerings are not supported by tortie; ignored"
-                    ));
-                    continue;
+                    // Calico copies only the AS numbers and filters onto these sessions.
+                    let Some(asn) = as_num(spec.as_number).filter(|a| *a != 0) else {
+                        self.warn(format!(
+                            "{what}: spec.asNumber is required with spec.localWorkloadSelector; ignored"
+                        ));
+                        continue;
+                    };
+                    for w in self.local_workloads_of(&name) {
+                        for ip in [w.ipv4, w.ipv6].into_iter().flatten() {
+                            found.push(PeerData {
+                                ip: Some(ip),
+                                asn,
+                                local_asn: as_num(spec.local_as_number).filter(|a| *a != 0),
+                                filters: spec.filters.clone().unwrap_or_default(),
+                                origin: name.clone(),
+                                local_workload: true,
+                                ..Default::default()
+                            });
+                        }
+                    }
                 } else if let Some(sel) = spec.peer_selector.as_deref().filter(|s| !s.is_empty()) {
                     for n in self.nodes_matching(sel, &format!("{what}: spec.peerSelector")) {
                         found.extend(self.node_as_peers(&n, true, true, spec));
@@ -522,9 +627,14 @@ impl<'a> Cluster<'a> {
                 continue;
             }
             let kind = match kind {
+                _ if p.local_workload => PeerKind::LocalWorkload,
                 KeyKind::Global => PeerKind::Global,
                 KeyKind::Node => PeerKind::Node,
             };
+            // Without its filter the session would take and send what the user meant to filter.
+            if p.filters.iter().any(|f| self.bad_filters.contains(f)) {
+                continue;
+            }
             out.push(self.build_peer(kind, p, my_ip));
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -572,7 +682,26 @@ impl<'a> Cluster<'a> {
                 next_hop_self: false,
                 allow_local_as: None,
                 reachable_by: None,
+                import_calls: Vec::new(),
+                export_calls: Vec::new(),
             });
+        }
+        out
+    }
+
+    /// The calls a peering makes to the BGPFilters its BGPPeer names, for one direction. A name
+    /// with no BGPFilter is left out, as in Calico, and reported.
+    fn filter_calls(&self, p: &PeerData, dir: Direction, v6: bool, same_as: bool) -> Vec<String> {
+        let mut out = Vec::new();
+        for (i, name) in p.filters.iter().enumerate() {
+            match self.filters.get(name) {
+                Some(f) => out.extend(filter::call(f, dir, v6, same_as)),
+                None if self.bad_filters.contains(name) => {}
+                None => self.warn(format!(
+                    "BGPPeer {:?}: spec.filters[{i}] names BGPFilter {name:?}, which does not exist; the peering is configured without it",
+                    p.origin
+                )),
+            }
         }
         out
     }
@@ -597,8 +726,10 @@ impl<'a> Cluster<'a> {
             source_addr: p.use_node_ip.then_some(my_ip),
             ttl_security: p.ttl,
             internal,
-            // Towards another Calico node only one end dials, as with the mesh.
-            passive: kind == PeerKind::Global && p.calico_node && ip.to_string() > my_ip.to_string(),
+            // Towards another Calico node only one end dials, as with the mesh; a local workload
+            // always dials.
+            passive: p.local_workload
+                || (kind == PeerKind::Global && p.calico_node && ip.to_string() > my_ip.to_string()),
             graceful_restart: p.restart_time,
             keepalive: p.keepalive,
             rr_client_of,
@@ -607,6 +738,8 @@ impl<'a> Cluster<'a> {
             next_hop_self: p.next_hop_mode.as_deref() == Some("Self"),
             allow_local_as: (p.num_allow_local_as > 0).then_some(p.num_allow_local_as),
             reachable_by: p.reachable_by,
+            import_calls: self.filter_calls(p, Direction::Import, ip.is_ipv6(), internal),
+            export_calls: self.filter_calls(p, Direction::Export, ip.is_ipv6(), internal),
         }
     }
 
@@ -726,5 +859,48 @@ mod tests {
         assert_eq!(peer_name(PeerKind::Node, v6, Some(50)), "Node_ac13__57_port_50");
         let v4: IpAddr = "10.192.0.3".parse().unwrap();
         assert_eq!(peer_name(PeerKind::Mesh, v4, None), "Mesh_10_192_0_3");
+    }
+
+    #[test]
+    fn a_local_workload_peers_with_the_first_bgppeer_that_selects_it() {
+        let mut snap = Snapshot::default();
+        let pod = |name: &str, node: &str, app: &str, ip: &str, host: bool| {
+            format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: ns1, labels: {{app: {app}}}}}\nspec: {{nodeName: {node}, hostNetwork: {host}, containers: []}}\nstatus: {{phase: Running, podIPs: [{{ip: '{ip}'}}]}}\n---\n"
+            )
+        };
+        let peer = |name: &str, extra: &str| {
+            format!(
+                "apiVersion: crd.projectcalico.org/v1\nkind: BGPPeer\nmetadata: {{name: {name}}}\nspec: {{localWorkloadSelector: \"app == 'bird'\", asNumber: 65001{extra}}}\n---\n"
+            )
+        };
+        let text = [
+            "apiVersion: v1\nkind: Node\nmetadata: {name: n1, labels: {rack: a}, annotations: {projectcalico.org/IPv4Address: 10.0.0.1/24}}\n---\n".to_string(),
+            "apiVersion: v1\nkind: Node\nmetadata: {name: n2, annotations: {projectcalico.org/IPv4Address: 10.0.0.2/24}}\n---\n".to_string(),
+            pod("w1", "n1", "bird", "192.168.0.1", false),
+            pod("w2", "n2", "bird", "192.168.0.2", false),
+            pod("hostnet", "n1", "bird", "10.0.0.1", true),
+            pod("other", "n1", "web", "192.168.0.3", false),
+            // Applies to n2 only, and sorts first: n1's workload goes to the next one by name.
+            peer("a-elsewhere", ", node: n2"),
+            peer("b-rack-a", ", nodeSelector: \"rack == 'a'\""),
+            peer("c-everywhere", ""),
+        ]
+        .concat();
+        snap.add_manifests("t", &text).unwrap();
+        assert_eq!(snap.workloads.len(), 3, "the host-network pod is no workload");
+        let sel = crate::bgp::CalicoSelectors::default();
+        let c = Cluster::new(&snap, "n1", &sel).unwrap();
+        let peers = c.bird_peers(false);
+        let names: Vec<&str> = peers.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["Local_Workload_192_168_0_1", "Mesh_10_0_0_2"]);
+        let p = &peers[0];
+        assert!(p.passive && p.source_addr.is_none() && p.asn == 65001 && !p.internal);
+        assert_eq!(c.local_workloads_of("b-rack-a").len(), 1);
+        assert!(c.local_workloads_of("c-everywhere").is_empty());
+        let c2 = Cluster::new(&snap, "n2", &sel).unwrap();
+        let names: Vec<String> = c2.bird_peers(false).into_iter().map(|p| p.name).collect();
+        assert_eq!(names, ["Local_Workload_192_168_0_2", "Mesh_10_0_0_1"]);
+        assert_eq!(c2.local_workloads_of("a-elsewhere").len(), 1);
     }
 }

@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
-use k8s_openapi::api::core::v1::{Node, Secret, Service};
+use k8s_openapi::api::core::v1::{Node, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::Value;
 
-use crate::api::{Affinity, BgpConfig, BgpPeer, Pool};
+use crate::api::{Affinity, BgpConfig, BgpFilter, BgpPeer, Pool};
 
 use super::RenderError;
 
@@ -29,6 +29,8 @@ pub struct Snapshot {
     pub nodes: Vec<Node>,
     pub bgp_configs: Vec<BgpConfig>,
     pub peers: Vec<BgpPeer>,
+    /// BGPFilters: every one with rules becomes BIRD functions; peers call those they name.
+    pub filters: Vec<BgpFilter>,
     pub pools: Vec<Pool>,
     /// Block affinities of any node; the renderer keeps the rendering node's host affinities.
     pub affinities: Vec<Affinity>,
@@ -37,6 +39,12 @@ pub struct Snapshot {
     /// Services and their EndpointSlices, for per-service route advertisement.
     pub services: Vec<Service>,
     pub endpoint_slices: Vec<EndpointSlice>,
+    /// Pods, for BGPPeers with `localWorkloadSelector` (sessions with workloads on the node).
+    pub workloads: Vec<LocalWorkload>,
+    /// `workloads` holds every pod of the cluster (true for manifests: they are the whole
+    /// picture). When false, BGPPeers with `localWorkloadSelector` are reported as unsupported
+    /// by [`super::validate::sanitize`] instead of rendering no session without a word.
+    pub workloads_known: bool,
     /// (kind, name) of every object read from manifests, to refuse duplicates.
     loaded: std::collections::BTreeSet<(String, String)>,
 }
@@ -75,6 +83,7 @@ impl Snapshot {
     /// Builds a snapshot from YAML manifests (several documents per text, `List` objects
     /// allowed). Kinds that do not affect BGP are ignored; `source` names the text in errors.
     pub fn add_manifests(&mut self, source: &str, text: &str) -> Result<(), RenderError> {
+        self.workloads_known = true;
         // A cluster dump holds thousands of documents; the parser's default budget stops at 1,024.
         let options = serde_saphyr::options! {
             budget: serde_saphyr::budget! {
@@ -129,10 +138,12 @@ impl Snapshot {
                 | "Secret"
                 | "BGPConfiguration"
                 | "BGPPeer"
+                | "BGPFilter"
                 | "IPPool"
                 | "BlockAffinity"
                 | "Service"
                 | "EndpointSlice"
+                | "Pod"
         );
         if tracked && !self.loaded.insert(key) {
             return Err(RenderError::Manifest {
@@ -158,16 +169,73 @@ impl Snapshot {
             ("Service", false) if api_version == "v1" => {
                 self.services.push(serde_json::from_value(doc).map_err(bad)?)
             }
+            ("Pod", false) if api_version == "v1" => {
+                let pod: Pod = serde_json::from_value(doc).map_err(bad)?;
+                self.workloads.extend(LocalWorkload::from_pod(&pod));
+            }
             ("EndpointSlice", false) => self
                 .endpoint_slices
                 .push(serde_json::from_value(doc).map_err(bad)?),
             ("BGPConfiguration", true) => self.bgp_configs.push(serde_json::from_value(doc).map_err(bad)?),
             ("BGPPeer", true) => self.peers.push(serde_json::from_value(doc).map_err(bad)?),
+            ("BGPFilter", true) => self.filters.push(serde_json::from_value(doc).map_err(bad)?),
             ("IPPool", true) => self.pools.push(serde_json::from_value(doc).map_err(bad)?),
             ("BlockAffinity", true) => self.affinities.push(serde_json::from_value(doc).map_err(bad)?),
             _ => {}
         }
         Ok(())
+    }
+}
+
+/// A pod as a possible BGP peer of its node (what Felix's workload endpoint tells Calico): its
+/// labels plus Calico's `projectcalico.org/namespace`, `/orchestrator` and `/serviceaccount`
+/// labels, and its first address of each family.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LocalWorkload {
+    pub node: String,
+    /// `namespace/name`.
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub ipv4: Option<IpAddr>,
+    pub ipv6: Option<IpAddr>,
+}
+
+impl LocalWorkload {
+    /// `None` for a pod that cannot peer: host network, not scheduled, finished, no address yet.
+    pub fn from_pod(pod: &Pod) -> Option<LocalWorkload> {
+        let spec = pod.spec.as_ref()?;
+        if spec.host_network == Some(true) {
+            return None;
+        }
+        let status = pod.status.as_ref()?;
+        if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+            return None;
+        }
+        let ips: Vec<IpAddr> = status
+            .pod_ips
+            .iter()
+            .flatten()
+            .filter_map(|p| p.ip.parse().ok())
+            .collect();
+        let ipv4 = ips.iter().copied().find(IpAddr::is_ipv4);
+        let ipv6 = ips.iter().copied().find(IpAddr::is_ipv6);
+        if ipv4.is_none() && ipv6.is_none() {
+            return None;
+        }
+        let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let mut labels = pod.metadata.labels.clone().unwrap_or_default();
+        labels.insert("projectcalico.org/namespace".into(), ns.clone());
+        labels.insert("projectcalico.org/orchestrator".into(), "k8s".into());
+        if let Some(sa) = spec.service_account_name.as_ref().filter(|s| !s.is_empty()) {
+            labels.insert("projectcalico.org/serviceaccount".into(), sa.clone());
+        }
+        Some(LocalWorkload {
+            node: spec.node_name.clone()?,
+            name: format!("{ns}/{}", pod.metadata.name.clone().unwrap_or_default()),
+            labels,
+            ipv4,
+            ipv6,
+        })
     }
 }
 
@@ -305,6 +373,25 @@ pub fn parse_asn(s: &str) -> Option<u64> {
         return (hi <= 0xffff && lo <= 0xffff).then_some(hi << 16 | lo);
     }
     s.parse::<u64>().ok().filter(|n| *n <= u32::MAX as u64)
+}
+
+/// `aa:nn` or `aa:nn:mm` in shape (Calico's community regexes); the numbers may be out of range.
+pub fn looks_like_community_value(v: &str) -> bool {
+    let parts: Vec<&str> = v.split(':').collect();
+    (parts.len() == 2 || parts.len() == 3)
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// A standard (16:16 bits) or large (32:32:32 bits) community value.
+pub fn is_community_value(v: &str) -> bool {
+    if !looks_like_community_value(v) {
+        return false;
+    }
+    let parts: Vec<&str> = v.split(':').collect();
+    let max = if parts.len() == 2 { 0xffff } else { u32::MAX as u64 };
+    parts.iter().all(|p| p.parse::<u64>().is_ok_and(|n| n <= max))
 }
 
 /// Go's `time.ParseDuration` subset Calico accepts (`90s`, `1m30s`, `1.5h`, `500ms`), in seconds.
@@ -494,6 +581,9 @@ pub fn input_fingerprints(snap: &Snapshot) -> BTreeMap<String, String> {
     for p in &snap.pools {
         rest.push(serde_json::json!(["pool", p.metadata.name, p.spec]));
     }
+    for f in &snap.filters {
+        rest.push(serde_json::json!(["filter", f.metadata.name, f.spec]));
+    }
     rest.push(serde_json::json!(["secrets", snap.secrets]));
     rest.sort_by_key(|v| v.to_string());
     for v in nodes.iter().chain(rest.iter()) {
@@ -510,6 +600,12 @@ pub fn input_fingerprints(snap: &Snapshot) -> BTreeMap<String, String> {
                 a.spec.type_,
                 a.spec.deleted
             ]));
+    }
+    for w in &snap.workloads {
+        per_node
+            .entry(w.node.clone())
+            .or_default()
+            .push(serde_json::json!([w.name, w.labels, w.ipv4, w.ipv6]));
     }
     let default_cfg = snap
         .bgp_configs

@@ -174,10 +174,6 @@ fn normal_priority(c: &Cluster<'_>, v6: bool) -> i64 {
     .unwrap_or(1024)
 }
 
-fn fam(v6: bool) -> &'static str {
-    if v6 { "v6" } else { "v4" }
-}
-
 fn main_file(c: &Cluster<'_>, v6: bool, router_id: &str, peers: &[BirdPeer]) -> String {
     let mut o = Out::default();
     let (debug_mode, peer_debug) = match log_level(c).as_str() {
@@ -310,7 +306,16 @@ fn main_file(c: &Cluster<'_>, v6: bool, router_id: &str, peers: &[BirdPeer]) -> 
     o.line("}");
     o.blank();
     o.line("# -------------- BGP Filters ------------------");
-    o.line(format!("# No {} BGPFilters configured", fam(v6)));
+    // Only filters every rule of which could be written are in `c.filters` (Cluster::new).
+    let filters: Vec<&crate::api::BgpFilter> = c.filters.values().copied().collect();
+    match super::filter::functions(&filters, v6) {
+        Ok(lines) => {
+            for l in lines {
+                o.line(l);
+            }
+        }
+        Err((name, e)) => unreachable!("BGPFilter {name:?} was checked in Cluster::new: {e}"),
+    }
     o.blank();
     if peers.is_empty() {
         o.line("# No BGP peers configured for this node");
@@ -358,6 +363,9 @@ fn peer_block(o: &mut Out, p: &BirdPeer, prio: i64) {
         o.line(format!("  multihop {};", p.ttl_security));
     }
     o.line("  import filter {");
+    for call in &p.import_calls {
+        o.line(format!("    {call}"));
+    }
     o.line(format!(
         "    if (defined(bgp_local_pref)&&(bgp_local_pref > {})) then",
         BIRD_INT_MAX - prio
@@ -374,6 +382,9 @@ fn peer_block(o: &mut Out, p: &BirdPeer, prio: i64) {
     ));
     o.line(format!("      bgp_local_pref = {BIRD_INT_MAX} - krt_metric;"));
     o.line("    }");
+    for call in &p.export_calls {
+        o.line(format!("    {call}"));
+    }
     o.line(format!("    calico_export_to_bgp_peers({});", p.internal));
     o.line("    reject;");
     o.line("  };  # Only want to export routes for workloads.");

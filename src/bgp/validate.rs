@@ -16,9 +16,11 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
+use crate::api::BGPFilterSpec;
 use crate::api::bgp::{BGPConfigurationSpec, BGPPeerSpec, CidrBlock};
 
 use super::snapshot::{Snapshot, parse_duration_secs};
+pub use super::snapshot::{is_community_value, looks_like_community_value};
 
 /// The object and field a problem is in, e.g. `BGPPeer "rack1": spec.peerIP`.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -64,6 +66,18 @@ pub enum Invalid {
     /// The stored object does not fit tortie's types at all (e.g. a field its CRD made optional).
     #[error("{0}: cannot be read: {1}")]
     Decode(Place, String),
+    /// A BGPFilter rule value that cannot be written as BIRD text.
+    #[error("{0}: {1}")]
+    FilterRule(Place, String),
+    /// A BGPPeer naming an invalid BGPFilter: without its filter the session would take and send
+    /// the routes the filter is there to stop, so the peering goes with the filter.
+    #[error(
+        "{0} names BGPFilter {1:?}, which is invalid (see its own warning); the peering is left out rather than run unfiltered"
+    )]
+    BadFilter(Place, String),
+    /// A Calico field tortie does not act on yet; what happens instead is said.
+    #[error("{0} is not supported by tortie yet: {1}")]
+    Unsupported(Place, String),
 }
 
 impl Invalid {
@@ -79,7 +93,10 @@ impl Invalid {
             | Invalid::UndefinedCommunity(p, ..)
             | Invalid::Duration(p, ..)
             | Invalid::Interface(p, ..)
-            | Invalid::Decode(p, ..) => p,
+            | Invalid::Decode(p, ..)
+            | Invalid::FilterRule(p, ..)
+            | Invalid::BadFilter(p, ..)
+            | Invalid::Unsupported(p, ..) => p,
         }
     }
 }
@@ -112,8 +129,40 @@ pub fn decode_each<T: serde::de::DeserializeOwned>(
 /// error per value, in a stable order.
 pub fn sanitize(snap: &mut Snapshot) -> Vec<Invalid> {
     let mut out = Vec::new();
+    let mut bad_filters = std::collections::BTreeSet::new();
+    let workloads_known = snap.workloads_known;
+    snap.filters.retain(|f| {
+        let name = f.metadata.name.as_deref().unwrap_or("");
+        let errs = check_filter(name, &f.spec);
+        let ok = errs.is_empty();
+        if !ok {
+            bad_filters.insert(name.to_string());
+        }
+        out.extend(errs);
+        ok
+    });
     snap.peers.retain(|p| {
-        let errs = check_peer(p.metadata.name.as_deref().unwrap_or(""), &p.spec);
+        let name = p.metadata.name.as_deref().unwrap_or("");
+        let mut errs = check_peer(name, &p.spec);
+        for (i, f) in p.spec.filters.iter().flatten().enumerate() {
+            if bad_filters.contains(f) {
+                errs.push(Invalid::BadFilter(
+                    place("BGPPeer", name, format!("spec.filters[{i}]")),
+                    f.clone(),
+                ));
+            }
+        }
+        if !workloads_known
+            && p.spec
+                .local_workload_selector
+                .as_deref()
+                .is_some_and(|s| !s.is_empty())
+        {
+            errs.push(Invalid::Unsupported(
+                place("BGPPeer", name, "spec.localWorkloadSelector"),
+                "the operator does not read pods, so sessions with local workloads are not rendered and this BGPPeer is left out".into(),
+            ));
+        }
         let ok = errs.is_empty();
         out.extend(errs);
         ok
@@ -186,6 +235,58 @@ pub fn check_peer(name: &str, s: &BGPPeerSpec) -> Vec<Invalid> {
         ("spec.keepaliveTime", &s.keepalive_time),
     ] {
         errs.extend(check_duration(at(field), v.as_deref()));
+    }
+    errs
+}
+
+/// Every problem of one BGPFilter (empty: every rule can be written). A filter is all or
+/// nothing: without one of its rules it would pass routes the user meant to stop (or the reverse).
+pub fn check_filter(name: &str, s: &BGPFilterSpec) -> Vec<Invalid> {
+    use super::filter::{Rule, statement};
+    let mut errs = Vec::new();
+    let lists: [(&str, Vec<Rule<'_>>, bool); 4] = [
+        (
+            "importV4",
+            s.import_v4.iter().flatten().map(Rule::V4).collect(),
+            false,
+        ),
+        (
+            "exportV4",
+            s.export_v4.iter().flatten().map(Rule::V4).collect(),
+            false,
+        ),
+        (
+            "importV6",
+            s.import_v6.iter().flatten().map(Rule::V6).collect(),
+            true,
+        ),
+        (
+            "exportV6",
+            s.export_v6.iter().flatten().map(Rule::V6).collect(),
+            true,
+        ),
+    ];
+    for (list, rules, v6) in lists {
+        for (i, rule) in rules.into_iter().enumerate() {
+            let at = |f: &str| place("BGPFilter", name, format!("spec.{list}[{i}].{f}"));
+            if let Some(c) = rule.cidr() {
+                if let Some(e) = check_cidr(&at("cidr"), c) {
+                    errs.push(e);
+                    continue;
+                }
+                if c.parse::<IpNet>().is_ok_and(|n| n.addr().is_ipv6() != v6) {
+                    errs.push(Invalid::NotIp(
+                        at("cidr"),
+                        c.to_string(),
+                        if v6 { "an IPv6 CIDR" } else { "an IPv4 CIDR" },
+                    ));
+                    continue;
+                }
+            }
+            if let Err(e) = statement(rule) {
+                errs.push(Invalid::FilterRule(at(&e.field), e.message));
+            }
+        }
     }
     errs
 }
@@ -348,25 +449,6 @@ pub fn is_interface_pattern(v: &str) -> bool {
         && (1..=15).contains(&v.len())
         && v.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-' | b'*'))
-}
-
-/// `aa:nn` or `aa:nn:mm` in shape (Calico's community regexes); the numbers may be out of range.
-pub fn looks_like_community_value(v: &str) -> bool {
-    let parts: Vec<&str> = v.split(':').collect();
-    (parts.len() == 2 || parts.len() == 3)
-        && parts
-            .iter()
-            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
-}
-
-/// A standard (16:16 bits) or large (32:32:32 bits) community value.
-pub fn is_community_value(v: &str) -> bool {
-    if !looks_like_community_value(v) {
-        return false;
-    }
-    let parts: Vec<&str> = v.split(':').collect();
-    let max = if parts.len() == 2 { 0xffff } else { u32::MAX as u64 };
-    parts.iter().all(|p| p.parse::<u64>().is_ok_and(|n| n <= max))
 }
 
 #[cfg(test)]
@@ -709,5 +791,106 @@ spec: {cidr: 10.50.0.1/16}
         assert_eq!(snap.peers.len(), 1);
         assert_eq!(snap.peers[0].metadata.name.as_deref(), Some("good"));
         assert!(snap.pools.is_empty());
+    }
+
+    fn filter_snapshot(filter_spec: &str) -> Snapshot {
+        let mut snap = Snapshot::default();
+        snap.add_manifests(
+            "t",
+            &format!(
+                "apiVersion: crd.projectcalico.org/v1\nkind: BGPFilter\nmetadata: {{name: f}}\nspec: {filter_spec}\n---\napiVersion: crd.projectcalico.org/v1\nkind: BGPFilter\nmetadata: {{name: ok}}\nspec: {{importV4: [{{action: Reject}}]}}\n---\napiVersion: crd.projectcalico.org/v1\nkind: BGPPeer\nmetadata: {{name: uses-f}}\nspec: {{peerIP: 10.0.0.1, asNumber: 65000, filters: [ok, f]}}\n---\napiVersion: crd.projectcalico.org/v1\nkind: BGPPeer\nmetadata: {{name: uses-ok}}\nspec: {{peerIP: 10.0.0.2, asNumber: 65000, filters: [ok]}}\n"
+            ),
+        )
+        .unwrap();
+        snap
+    }
+
+    #[test]
+    fn a_bad_filter_goes_with_the_peers_that_name_it() {
+        let mut snap = filter_snapshot(
+            "{exportV6: [{action: Accept}, {action: Reject, cidr: 10.0.0.0/8, matchOperator: In}]}",
+        );
+        let errs: Vec<String> = sanitize(&mut snap).iter().map(|e| e.to_string()).collect();
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(
+            errs[0].starts_with("BGPFilter \"f\": spec.exportV6[1].cidr \"10.0.0.0/8\" is not an IPv6 CIDR"),
+            "{errs:?}"
+        );
+        assert!(
+            errs[1]
+                .starts_with("BGPPeer \"uses-f\": spec.filters[1] names BGPFilter \"f\", which is invalid"),
+            "{errs:?}"
+        );
+        let names = |v: Vec<Option<String>>| v.into_iter().flatten().collect::<Vec<_>>();
+        assert_eq!(
+            names(snap.filters.iter().map(|f| f.metadata.name.clone()).collect()),
+            ["ok"]
+        );
+        assert_eq!(
+            names(snap.peers.iter().map(|p| p.metadata.name.clone()).collect()),
+            ["uses-ok"]
+        );
+    }
+
+    #[test]
+    fn filter_values_bird_refuses_are_named() {
+        for (spec, want) in [
+            (
+                "{importV4: [{action: Accept, cidr: 10.0.0.1/8, matchOperator: In}]}",
+                "spec.importV4[0].cidr \"10.0.0.1/8\" has host bits set (write 10.0.0.0/8)",
+            ),
+            (
+                "{importV4: [{action: Accept, cidr: x, matchOperator: In}]}",
+                "spec.importV4[0].cidr \"x\" is not a CIDR",
+            ),
+            (
+                "{exportV4: [{action: Accept, cidr: 10.0.0.0/16, matchOperator: In, prefixLength: {max: 8}}]}",
+                "spec.exportV4[0].prefixLength: the range {16,8} of 10.0.0.0/16 is empty",
+            ),
+            (
+                "{exportV4: [{action: Accept, interface: 'a\"b'}]}",
+                "spec.exportV4[0].interface",
+            ),
+            (
+                "{importV6: [{action: Accept, operations: [{addCommunity: {value: '1:2:3:4'}}]}]}",
+                "spec.importV6[0].operations[0].addCommunity.value",
+            ),
+            (
+                "{importV6: [{action: Accept, operations: [{prependASPath: {prefix: [4294967296]}}]}]}",
+                "spec.importV6[0].operations[0].prependASPath.prefix[0]: 4294967296 is not an AS number",
+            ),
+        ] {
+            let mut snap = filter_snapshot(spec);
+            let errs: Vec<String> = sanitize(&mut snap).iter().map(|e| e.to_string()).collect();
+            assert!(errs[0].contains(want), "{spec}: {errs:?}");
+        }
+        let mut snap = filter_snapshot(
+            "{importV4: [{action: Accept, cidr: 10.0.0.0/8, matchOperator: In, prefixLength: {min: 16}}], exportV6: [{action: Reject, peerType: iBGP, communities: {values: ['1:2']}}]}",
+        );
+        assert!(sanitize(&mut snap).is_empty());
+        assert_eq!(snap.filters.len(), 2);
+        assert_eq!(snap.peers.len(), 2);
+    }
+
+    #[test]
+    fn local_workload_selector_is_reported_unsupported() {
+        let mut snap = Snapshot::default();
+        snap.add_manifests(
+            "t",
+            "apiVersion: crd.projectcalico.org/v1\nkind: BGPPeer\nmetadata: {name: lw}\nspec: {localWorkloadSelector: \"app == 'x'\", asNumber: 65000}\n",
+        )
+        .unwrap();
+        // Manifests list the pods; a snapshot without them (the BGP controller's) cannot render.
+        assert!(sanitize(&mut snap.clone()).is_empty());
+        snap.workloads_known = false;
+        let errs = sanitize(&mut snap);
+        assert_eq!(errs.len(), 1);
+        assert!(matches!(errs[0], Invalid::Unsupported(..)));
+        assert!(
+            errs[0]
+                .to_string()
+                .contains("spec.localWorkloadSelector is not supported")
+        );
+        assert!(snap.peers.is_empty());
     }
 }

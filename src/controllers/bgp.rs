@@ -1,7 +1,7 @@
 //! BGP controller: renders each node's BIRD files with [`crate::bgp`] and publishes them for the
 //! node's agent as a ConfigMap (a Secret when they carry a BGP password) in the operator namespace.
 //!
-//! Reads Nodes, BGPConfigurations, BGPPeers, IPPools, BlockAffinities, Services and
+//! Reads Nodes, BGPConfigurations, BGPPeers, BGPFilters, IPPools, BlockAffinities, Services and
 //! EndpointSlices cluster-wide, and Secrets, ConfigMaps in its namespace. With
 //! [`Config::agent_role`] it also keeps the node agents' Role to reading the published objects.
 //!
@@ -30,7 +30,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Notify;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::api::{Affinity, BgpConfig, BgpPeer, CalicoKind, CrdMode, Installation, Pool};
+use crate::api::{Affinity, BgpConfig, BgpFilter, BgpPeer, CalicoKind, CrdMode, Installation, Pool};
 use crate::bgp::validate::Invalid;
 use crate::bgp::{self, CalicoSelectors, RenderOptions, Rendered, Snapshot};
 
@@ -184,6 +184,7 @@ struct Watches {
     /// on its own instead of failing the whole list (and with it every node's config).
     configs: Store<DynamicObject>,
     peers: Store<DynamicObject>,
+    filters: Store<DynamicObject>,
     pools: Store<DynamicObject>,
     affinities: Store<Affinity>,
     secrets: Store<Secret>,
@@ -307,6 +308,7 @@ pub async fn run(client: Client, mode: CrdMode, namespace: String, config: Confi
         ),
         configs: watch_calico(t, &client, mode, CalicoKind::BGPConfiguration, kick.clone()),
         peers: watch_calico(t, &client, mode, CalicoKind::BGPPeer, kick.clone()),
+        filters: watch_calico(t, &client, mode, CalicoKind::BGPFilter, kick.clone()),
         pools: watch_calico(t, &client, mode, CalicoKind::IPPool, kick.clone()),
         affinities: watch_calico(t, &client, mode, CalicoKind::BlockAffinity, kick.clone()),
         secrets: watch(t, ns_api(), watcher::Config::default(), kick.clone(), "Secret"),
@@ -351,6 +353,7 @@ pub async fn run(client: Client, mode: CrdMode, namespace: String, config: Confi
         w.nodes.wait_until_ready().await,
         w.configs.wait_until_ready().await,
         w.peers.wait_until_ready().await,
+        w.filters.wait_until_ready().await,
         w.pools.wait_until_ready().await,
         w.affinities.wait_until_ready().await,
         w.secrets.wait_until_ready().await,
@@ -439,6 +442,10 @@ fn snapshot(w: &Watches) -> (Snapshot, Vec<Invalid>) {
         bgp::validate::decode_each::<BgpConfig>("BGPConfiguration", values(w.configs.state()));
     let (peers, bad_peers) = bgp::validate::decode_each::<BgpPeer>("BGPPeer", values(w.peers.state()));
     undecodable.extend(bad_peers);
+    let (filters, bad_filters) =
+        bgp::validate::decode_each::<BgpFilter>("BGPFilter", values(w.filters.state()));
+    undecodable.extend(bad_filters);
+    snap.filters = filters;
     let (pools, bad_pools) = bgp::validate::decode_each::<Pool>("IPPool", values(w.pools.state()));
     undecodable.extend(bad_pools);
     snap.bgp_configs = configs;
@@ -674,6 +681,12 @@ fn invalid_ref(mode: CrdMode, w: &Watches, e: &Invalid) -> ObjectReference {
             .iter()
             .find(|o| o.metadata.name.as_deref() == Some(&p.name))
             .and_then(|o| o.metadata.uid.clone()),
+        "BGPFilter" => w
+            .filters
+            .state()
+            .iter()
+            .find(|o| o.metadata.name.as_deref() == Some(&p.name))
+            .and_then(|o| o.metadata.uid.clone()),
         "IPPool" => w
             .pools
             .state()
@@ -749,7 +762,7 @@ fn valid_condition(notes: &BTreeSet<String>) -> Cond {
             CONDITION_VALID,
             true,
             "AllValid",
-            "every BGPConfiguration, BGPPeer and IPPool value that reaches BIRD is valid",
+            "every BGPConfiguration, BGPPeer, BGPFilter and IPPool value that reaches BIRD is valid",
         );
     }
     let mut m = notes.iter().map(String::as_str).collect::<Vec<_>>().join("; ");

@@ -246,13 +246,20 @@ pub fn pick_new_block(
 /// [`pick_new_block`] against the existing blocks: a candidate is taken only when it overlaps
 /// no existing block of any pool or size, so a pool whose block size changed under its blocks
 /// (or a pool overlapping another) moves on to a free candidate instead of cutting across one.
+/// Blocks wholly inside IPReservations are passed over, as in Calico.
 pub fn pick_free_block(
     pools: &[PoolInfo],
     host: &str,
     existing: &BlockSet,
+    reserved: &super::reserved::Reserved,
     max_probe: usize,
 ) -> Option<IpNet> {
-    pick_new_block(pools, host, |b| !existing.is_free(b), max_probe)
+    pick_new_block(
+        pools,
+        host,
+        |b| !existing.is_free(b) || reserved.covers(b),
+        max_probe,
+    )
 }
 
 /// Existing blocks of `pool`, in `host`'s claim order: the order borrowing visits them.
@@ -396,6 +403,24 @@ mod tests {
         );
         p.status = None;
         p
+    }
+
+    #[test]
+    fn wholly_reserved_blocks_are_never_picked() {
+        let pools = [info("p", "10.0.0.0/28", Some(30))];
+        let none = BlockSet::new();
+        let first = pick_free_block(&pools, "node-a", &none, &Default::default(), 16).unwrap();
+        // Reserving that whole block moves the pick on; reserving part of it does not.
+        let entries = [first.to_string()];
+        let (all, _) = super::super::reserved::Reserved::new([("r", &entries[..])]);
+        let next = pick_free_block(&pools, "node-a", &none, &all, 16).unwrap();
+        assert_ne!(next, first);
+        let partial = [first.network().to_string()];
+        let (some, _) = super::super::reserved::Reserved::new([("r", &partial[..])]);
+        assert_eq!(pick_free_block(&pools, "node-a", &none, &some, 16), Some(first));
+        let whole = ["10.0.0.0/28".to_string()];
+        let (pool, _) = super::super::reserved::Reserved::new([("r", &whole[..])]);
+        assert_eq!(pick_free_block(&pools, "node-a", &none, &pool, 16), None);
     }
 
     fn info(name: &str, cidr: &str, bs: Option<i32>) -> PoolInfo {
@@ -683,7 +708,14 @@ mod tests {
                     max_blocks: max_blocks(cfg, None),
                     auto_allocate: cfg.auto_allocate_blocks,
                     strict_affinity: cfg.strict_affinity,
-                    no_free_blocks: pick_free_block(pools, host, &self.block_set(), 4096).is_none(),
+                    no_free_blocks: pick_free_block(
+                        pools,
+                        host,
+                        &self.block_set(),
+                        &Default::default(),
+                        4096,
+                    )
+                    .is_none(),
                     pools: pools.iter().map(|p| p.cidr).collect(),
                 };
                 match next_step(&st) {
@@ -695,7 +727,8 @@ mod tests {
                         block::prepare_write(blk);
                     }
                     Step::Claim => {
-                        let b = pick_free_block(pools, host, &self.block_set(), 4096).unwrap();
+                        let b = pick_free_block(pools, host, &self.block_set(), &Default::default(), 4096)
+                            .unwrap();
                         self.blocks
                             .insert(b, block::new_block(&b, Some(format!("host:{host}")), 1, None));
                     }

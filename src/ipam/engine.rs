@@ -26,9 +26,12 @@ use tracing::{Instrument, debug, info_span, warn};
 use super::allocator::{self, Family, LoopState, OwnBlock, PoolInfo, PoolQuery, Step};
 use super::block as blk;
 use super::layout::{BlockForIp, BlockSet, Overlap};
+use super::reserved::Reserved;
 use super::store::{Store, StoreError};
 use super::*;
-use crate::api::{Affinity, Block, CalicoKind, CrdMode, Handle, IPAMConfigSpec, IpamConfig, Pool};
+use crate::api::{
+    Affinity, Block, CalicoKind, CrdMode, Handle, IPAMConfigSpec, IpamConfig, Pool, Reservation,
+};
 
 /// Calico's bound on every compare-and-swap loop.
 const RETRIES: usize = 100;
@@ -58,6 +61,7 @@ struct Inner {
     opts: IpamOptions,
     pools: reflector::Store<Pool>,
     config: reflector::Store<IpamConfig>,
+    reservations: reflector::Store<Reservation>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     cache: Mutex<Cache>,
     host_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -83,6 +87,8 @@ struct Cache {
     node_labels: HashMap<String, (Instant, BTreeMap<String, String>)>,
     /// Extra pools read by a direct LIST after a cache miss.
     listed_pools: Option<(Instant, Vec<Pool>)>,
+    /// IPReservation entries already reported as unreadable (reported once per process).
+    bad_reservations: HashSet<(String, String)>,
 }
 
 fn spawn_reflector<K>(
@@ -170,12 +176,15 @@ impl Ipam {
         let store = Store::new(client, mode);
         let (pools, t1) = spawn_reflector(store.pools_api(), mode.resource(CalicoKind::IPPool));
         let (config, t2) = spawn_reflector(store.config_api(), mode.resource(CalicoKind::IPAMConfig));
+        let ar = mode.resource(CalicoKind::IPReservation);
+        let (reservations, t3) = spawn_reflector(kube::Api::all_with(store.client().clone(), &ar), ar);
         let inner = Inner {
             store,
             opts,
             pools,
             config,
-            tasks: vec![t1, t2],
+            reservations,
+            tasks: vec![t1, t2, t3],
             cache: Mutex::new(Cache::default()),
             host_locks: Mutex::new(HashMap::new()),
             block_locks: Mutex::new(HashMap::new()),
@@ -183,13 +192,15 @@ impl Ipam {
         let ready = async {
             let _ = inner.pools.wait_until_ready().await;
             let _ = inner.config.wait_until_ready().await;
+            // As in Calico, no automatic assignment without knowing the reservations.
+            let _ = inner.reservations.wait_until_ready().await;
         };
         if tokio::time::timeout(Duration::from_secs(30), ready)
             .await
             .is_err()
         {
             return Err(IpamError::BadRequest(format!(
-                "could not list IPPools/IPAMConfig ({} mode) within 30 s: are the Calico CRDs installed?",
+                "could not list IPPools/IPAMConfig/IPReservations ({} mode) within 30 s: are the Calico CRDs installed?",
                 mode
             )));
         }
@@ -220,6 +231,31 @@ impl Ipam {
             .find(|c| c.metadata.name.as_deref() == Some("default"))
             .map(|c| c.spec.clone())
             .unwrap_or_else(IPAMConfigSpec::calico_defaults)
+    }
+
+    /// The addresses every IPReservation covers (cached from the watch).
+    pub fn reserved(&self) -> Reserved {
+        let all = self.inner.reservations.state();
+        let (reserved, bad) = Reserved::new(all.iter().map(|r| {
+            (
+                r.metadata.name.as_deref().unwrap_or(""),
+                r.spec.reserved_cidrs.as_deref().unwrap_or(&[]),
+            )
+        }));
+        // Admission refuses these; one stored without the CRD's rule is ignored, and said so.
+        for (name, entry, why) in bad {
+            if self
+                .inner
+                .cache
+                .lock()
+                .unwrap()
+                .bad_reservations
+                .insert((name.clone(), entry))
+            {
+                warn!(ipreservation = %name, "IPReservation {name:?}: spec.reservedCIDRs entry {why}; ignored");
+            }
+        }
+        reserved
     }
 
     /// All pools (cached), including disabled ones.
@@ -528,7 +564,11 @@ impl Ipam {
                     result = Ok(BlockOutcome::Gone);
                     break;
                 }
-                let ords = blk::allocate(&mut b.spec, n, Some(req_handle), &attrs.0, |_| false);
+                // Reserved ordinals stay free and in place (Calico's semantics).
+                let reserved = self.reserved();
+                let ords = blk::allocate(&mut b.spec, n, Some(req_handle), &attrs.0, |o| {
+                    reserved.contains(cidr::address_of(cidr, o))
+                });
                 if ords.is_empty() {
                     result = Ok(BlockOutcome::Allocated(vec![]));
                     break;
@@ -895,7 +935,7 @@ impl Ipam {
                         continue;
                     }
                     let existing = self.block_set().await?;
-                    match allocator::pick_free_block(&pools, host, &existing, MAX_PROBE) {
+                    match allocator::pick_free_block(&pools, host, &existing, &self.reserved(), MAX_PROBE) {
                         None => no_free_blocks = true,
                         Some(c) => {
                             debug!(block = %c, "claiming block");

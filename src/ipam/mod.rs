@@ -11,6 +11,7 @@
 //! - [`layout`]: existing blocks and the overlap check every block creation passes.
 //! - [`report`], [`leaks`], [`split`], [`usage`]: what `tortie ipam` shows, checks, releases from a
 //!   report and splits, decided without I/O; [`config`]: `ipam configure`'s write.
+//! - [`reserved`]: IPReservations (addresses automatic assignment skips).
 //!
 //! # Using the engine
 //! ```no_run
@@ -57,6 +58,7 @@ pub mod layout;
 pub mod leaks;
 pub mod names;
 pub mod report;
+pub mod reserved;
 pub mod selector;
 pub mod split;
 pub mod store;

@@ -13,6 +13,7 @@ use super::super::output::Format;
 use super::{CliError, Conn, print, render};
 use crate::api::{CrdMode, IPAMConfigSpec};
 use crate::ipam::report::{self, IpInfo, IpState, Usage};
+use crate::ipam::usage::PoolRef;
 use crate::table::TextTable;
 
 #[derive(Args, Debug)]
@@ -74,9 +75,23 @@ impl ShowArgs {
             if !self.show_borrowed {
                 u.borrowed.clear();
             }
-            render(&u, self.output, || {
+            let mut text = render(&u, self.output, || {
                 render_usage(&u, self.output == Format::Wide, self.show_borrowed)
-            })?
+            })?;
+            // Addresses IPReservations keep from allocation (counted as free above).
+            if matches!(self.output, Format::Table | Format::Wide) {
+                let reserved = c.ipam.reserved();
+                for p in c.ipam.pools().iter().filter_map(PoolRef::from_pool) {
+                    let n = reserved.count_in(&p.cidr);
+                    if n > 0 {
+                        text.push_str(&format!(
+                            "IPS RESERVED in IP Pool {} ({}): {n}, never allocated (IPReservation)\n",
+                            p.name, p.cidr
+                        ));
+                    }
+                }
+            }
+            text
         };
         print(&text);
         Ok(ExitCode::SUCCESS)
