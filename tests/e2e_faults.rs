@@ -1,9 +1,9 @@
 //! IPAM fault suite (issue 9), against this binary's own control plane.
 //!
 //! Each test: 20 allocators, each an independent [`Ipam`] with its own kube client (as 20 node
-//! agents would be), each performing 500 ADDs (a unique handle per container, Calico's pod
-//! attributes) on one pool; kube-apiserver is restarted mid-storm; meanwhile `tortie run` GCs
-//! leaked addresses of another pool and is SIGKILLed in the middle of its pass, then started
+//! agents would be), each performing 500 ADDs 4 at a time, so that they share block writes (a
+//! unique handle per container, Calico's pod attributes) on one pool; kube-apiserver is restarted
+//! mid-storm; meanwhile `tortie run` GCs leaked addresses of another pool and is SIGKILLed in the middle of its pass, then started
 //! again. Afterwards: no address was handed out twice, every ADD returned an address or a typed
 //! error naming what failed, a failed ADD (released as the CNI plugin does) left nothing, the
 //! blocks hold exactly the successful ADDs, the GC reclaimed every leak and nothing else, and
@@ -30,6 +30,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -389,17 +390,47 @@ async fn allocator(agent: Agent) -> Vec<Attempt> {
         done,
         del_errors,
     } = agent;
-    let mut out = Vec::with_capacity(per + 8);
-    for c in 0..per {
-        let pod = format!("pod-{i}-{c}");
+    // A kubelet starts several sandboxes at once: the node's ADDs run CONCURRENT at a time
+    // through its one engine, so they share block writes (batches) while the apiserver dies.
+    let (node, prefix, ns, ipam, done, del_errors) = (&node, &prefix, &ns, &ipam, &done, &del_errors);
+    let containers = futures::stream::iter(0..per)
+        .map(|c| async move {
+            let mut out = Vec::new();
+            container(i, c, node, prefix, ns, ipam, done, del_errors, &mut out).await;
+            out
+        })
+        .buffer_unordered(CONCURRENT)
+        .collect::<Vec<_>>()
+        .await;
+    containers.into_iter().flatten().collect()
+}
+
+/// ADDs per node in flight at once.
+const CONCURRENT: usize = 4;
+
+/// One container, ADDed until it gets an address (see [`allocator`]).
+#[allow(clippy::too_many_arguments)]
+async fn container(
+    i: usize,
+    c: usize,
+    node: &str,
+    prefix: &str,
+    ns: &str,
+    ipam: &Ipam,
+    done: &AtomicUsize,
+    del_errors: &AtomicUsize,
+    out: &mut Vec<Attempt>,
+) {
+    let pod = format!("pod-{i}-{c}");
+    {
         for attempt in 0.. {
             assert!(
                 attempt < 50,
                 "allocator {i}: container {c} failed 50 ADDs in a row"
             );
             let handle = format!("k8s-pod-network.{prefix}-{i}-{c}-{attempt}");
-            let mut req = AutoAssignRequest::new(&handle, &node);
-            req.attrs = Attrs::pod(&node, &ns, &pod);
+            let mut req = AutoAssignRequest::new(&handle, node);
+            req.attrs = Attrs::pod(node, ns, &pod);
             req.num_v4 = 1;
             match ipam.auto_assign(req).await {
                 Ok(r) if r.is_complete() && r.v4.ips.len() == 1 => {
@@ -412,7 +443,7 @@ async fn allocator(agent: Agent) -> Vec<Attempt> {
                 }
                 Ok(r) => {
                     let msg = r.v4.describe("IPv4");
-                    del_with_retry(&ipam, &handle, &del_errors).await;
+                    del_with_retry(ipam, &handle, del_errors).await;
                     out.push(Attempt {
                         allocator: i,
                         handle,
@@ -422,7 +453,7 @@ async fn allocator(agent: Agent) -> Vec<Attempt> {
                 }
                 Err(e) => {
                     assert!(is_clear(&e), "allocator {i}: ADD {handle}: unclear error: {e}");
-                    del_with_retry(&ipam, &handle, &del_errors).await;
+                    del_with_retry(ipam, &handle, del_errors).await;
                     out.push(Attempt {
                         allocator: i,
                         handle,
@@ -434,7 +465,6 @@ async fn allocator(agent: Agent) -> Vec<Attempt> {
         }
         done.fetch_add(1, Ordering::Relaxed);
     }
-    out
 }
 
 /// What the GC phase observed.

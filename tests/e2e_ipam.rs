@@ -718,6 +718,22 @@ async fn concurrent_allocation_4_nodes_x_8_allocators() {
             "{ip} outside its node's blocks"
         );
     }
+    // Separate engines of one node race for its first block: they share one (48 addresses of a
+    // node fit in one /26), where listing affinities before blocks let a later process claim a
+    // second and third block.
+    for node in &lab.nodes {
+        let owned: Vec<&Block> = blocks
+            .iter()
+            .filter(|b| b.spec.host() == Some(node.as_str()))
+            .collect();
+        assert_eq!(
+            owned.len(),
+            1,
+            "{node} claimed {} blocks: {:?}",
+            owned.len(),
+            owned.iter().map(|b| &b.spec.cidr).collect::<Vec<_>>()
+        );
+    }
     lab.assert_check_clean().await;
     lab.cleanup().await;
 }
@@ -1067,6 +1083,65 @@ async fn steady_state_allocation_is_two_writes_and_no_reads() {
     assert_eq!(released.len(), 1);
     let rel: Vec<String> = log.take().into_iter().filter(|r| !r.contains("watch=")).collect();
     eprintln!("release_by_handle: {} requests: {rel:#?}", rel.len());
+    lab.assert_check_clean().await;
+    lab.cleanup().await;
+}
+
+/// Concurrent requests of one node through one engine (as the node agent serves them) share the
+/// block write: each writes its own IPAMHandle, and the block is written once for all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_allocations_on_one_node_share_one_block_write() {
+    let mut lab = Lab::new("ipam-batch", 1).await;
+    lab.pool("p", "10.48.0.0/24", Some(26), |_| {}).await;
+    let node = lab.nodes[0].clone();
+    let log = RequestLog::default();
+    let ipam = Ipam::new_with(
+        counting_client(log.clone()).await,
+        MODE,
+        IpamOptions {
+            config_override: Some(defaults()),
+        },
+    )
+    .await
+    .unwrap();
+    let labels: std::collections::BTreeMap<String, String> =
+        [("tortie-e2e-lab".to_string(), lab.prefix.clone())].into();
+    let req = |i: usize| {
+        let mut r = lab.req(&format!("pod-{i}"), &node, 1);
+        r.node_labels = Some(labels.clone());
+        r.new_handle = true;
+        r
+    };
+    assert!(ipam.auto_assign(req(0)).await.unwrap().is_complete()); // claims the block
+    log.take();
+
+    const N: usize = 8;
+    let got = futures::future::join_all((1..=N).map(|i| ipam.auto_assign(req(i)))).await;
+    let mut ips = HashSet::new();
+    for g in got {
+        let g = g.unwrap();
+        assert!(g.is_complete(), "{g:?}");
+        assert!(ips.insert(g.v4.ips[0].addr()), "duplicate: {g:?}");
+    }
+    let reqs: Vec<String> = log.take().into_iter().filter(|r| !r.contains("watch=")).collect();
+    let handle_creates = reqs
+        .iter()
+        .filter(|r| r.starts_with("POST") && r.contains("/ipamhandles"))
+        .count();
+    let block_writes = reqs
+        .iter()
+        .filter(|r| r.starts_with("PUT") && r.contains("/ipamblocks/"))
+        .count();
+    eprintln!("{N} concurrent allocations: {reqs:#?}");
+    assert_eq!(handle_creates, N, "one IPAMHandle per request: {reqs:#?}");
+    assert_eq!(block_writes, 1, "one block write for the whole batch: {reqs:#?}");
+    assert_eq!(reqs.len(), N + 1, "nothing else, no read: {reqs:#?}");
+    // Each handle counts its one address in the block.
+    for h in lab.handles().await {
+        if h.spec.handle_id.starts_with(&lab.prefix) {
+            assert_eq!(h.spec.block.values().sum::<u64>(), 1, "{h:?}");
+        }
+    }
     lab.assert_check_clean().await;
     lab.cleanup().await;
 }

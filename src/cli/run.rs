@@ -359,12 +359,16 @@ fn ipam_usage(ctx: &Ctx) -> Usage {
         .collect();
     let blocks = ctx.stores.blocks.all();
     let nodes = ctx.stores.nodes.all();
-    // IPReservations are not watched yet: no address counts as reserved.
+    // IPReservations come from the IPAM engine's watch (up once a controller has used it).
+    let reserved = ctx
+        .ipam_if_started()
+        .map(|i| i.reserved().nets())
+        .unwrap_or_default();
     Usage::compute(
         &pools,
         blocks.iter().map(|b| &b.spec),
         nodes.iter().filter_map(|n| n.metadata.name.as_deref()),
-        &[],
+        &reserved,
     )
 }
 

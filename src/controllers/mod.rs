@@ -94,6 +94,11 @@ impl Ctx {
         }
     }
 
+    /// The IPAM engine if some controller has started it (never starts it).
+    pub fn ipam_if_started(&self) -> Option<&crate::ipam::Ipam> {
+        self.ipam.get()
+    }
+
     /// The IPAM engine (the one writer of IPAMBlocks, IPAMHandles and BlockAffinities).
     pub async fn ipam(&self) -> Result<&crate::ipam::Ipam, Error> {
         Ok(self

@@ -24,6 +24,7 @@ use kube::runtime::{WatchStreamExt, reflector, watcher};
 use tracing::{Instrument, debug, info_span, warn};
 
 use super::allocator::{self, Family, LoopState, OwnBlock, PoolInfo, PoolQuery, Step};
+use super::batch::{self, Grant};
 use super::block as blk;
 use super::layout::{BlockForIp, BlockSet, Overlap};
 use super::reserved::Reserved;
@@ -68,6 +69,78 @@ struct Inner {
     /// One writer per block in this process: concurrent releases (and a release beside an
     /// allocation) of one block would otherwise only race each other into 409s and re-reads.
     block_locks: Mutex<HashMap<IpNet, Arc<tokio::sync::Mutex<()>>>>,
+    /// Allocation requests waiting for a shared block write, and each host's recent load.
+    batches: Mutex<Batches>,
+}
+
+#[derive(Default)]
+struct Batches {
+    blocks: HashMap<IpNet, BlockQueue>,
+    load: HashMap<String, batch::Load>,
+}
+
+/// The requests of one block's next write.
+#[derive(Default)]
+struct BlockQueue {
+    queue: Vec<Queued>,
+    /// Requests that chose the block and are writing their handle (they queue next).
+    inflight: usize,
+    /// A writer task runs for this block.
+    writer: bool,
+    notify: Arc<tokio::sync::Notify>,
+}
+
+struct Queued {
+    handle: String,
+    n: usize,
+    owner: Option<String>,
+    attrs: Attrs,
+    host: String,
+    since: Instant,
+    tx: tokio::sync::oneshot::Sender<Result<Placed, IpamError>>,
+}
+
+/// What a queued request got, and what the block holds for its handle after the write (or as
+/// read, when nothing was written).
+struct Placed {
+    grant: Grant,
+    held: u64,
+}
+
+/// A request's seat in a block's next batch while it writes its handle: the writer waits for
+/// it. Dropped without queuing (the handle write failed), it gives the seat up.
+struct Seat<'a> {
+    ipam: &'a Ipam,
+    cidr: IpNet,
+    queued: bool,
+}
+
+impl Drop for Seat<'_> {
+    fn drop(&mut self) {
+        if self.queued {
+            return;
+        }
+        let mut b = self.ipam.inner.batches.lock().unwrap();
+        if let Some(q) = b.blocks.get_mut(&self.cidr) {
+            q.inflight = q.inflight.saturating_sub(1);
+            q.notify.notify_one();
+        }
+    }
+}
+
+/// Counts a request in its host's load while it runs.
+struct LoadGuard<'a> {
+    ipam: &'a Ipam,
+    host: String,
+}
+
+impl Drop for LoadGuard<'_> {
+    fn drop(&mut self) {
+        let mut b = self.ipam.inner.batches.lock().unwrap();
+        if let Some(l) = b.load.get_mut(&self.host) {
+            l.exit(Instant::now());
+        }
+    }
 }
 
 impl Drop for Inner {
@@ -84,6 +157,9 @@ struct Cache {
     handles: HashMap<String, Handle>,
     /// host → (block CIDR → affinity); present once loaded for that host.
     affinities: HashMap<String, HashMap<IpNet, Affinity>>,
+    /// host → how often its cached affinities changed (a claim waiting for the host's claim lock
+    /// looks again when another request changed them meanwhile).
+    affinity_gen: HashMap<String, u64>,
     node_labels: HashMap<String, (Instant, BTreeMap<String, String>)>,
     /// Extra pools read by a direct LIST after a cache miss.
     listed_pools: Option<(Instant, Vec<Pool>)>,
@@ -188,6 +264,7 @@ impl Ipam {
             cache: Mutex::new(Cache::default()),
             host_locks: Mutex::new(HashMap::new()),
             block_locks: Mutex::new(HashMap::new()),
+            batches: Mutex::new(Batches::default()),
         };
         let ready = async {
             let _ = inner.pools.wait_until_ready().await;
@@ -402,17 +479,28 @@ impl Ipam {
             .into_iter()
             .filter_map(|a| a.spec.cidr.parse().ok().map(|c| (c, a)))
             .collect();
+        {
+            let mut c = self.inner.cache.lock().unwrap();
+            c.affinities.insert(host.into(), m.clone());
+            *c.affinity_gen.entry(host.into()).or_default() += 1;
+        }
+        Ok(m)
+    }
+
+    fn affinity_gen(&self, host: &str) -> u64 {
         self.inner
             .cache
             .lock()
             .unwrap()
-            .affinities
-            .insert(host.into(), m.clone());
-        Ok(m)
+            .affinity_gen
+            .get(host)
+            .copied()
+            .unwrap_or(0)
     }
 
     fn remember_affinity(&self, host: &str, cidr: IpNet, a: Option<Affinity>) {
         let mut c = self.inner.cache.lock().unwrap();
+        *c.affinity_gen.entry(host.into()).or_default() += 1;
         if let Some(m) = c.affinities.get_mut(host) {
             match a {
                 Some(a) => m.insert(cidr, a),
@@ -523,111 +611,205 @@ impl Ipam {
 
     // ------------------------------------------------------------------ block writes
 
-    /// Allocates up to `n` addresses from one block (CAS loop). With `owner` set, only while the
-    /// block is affine to that host. The handle's count for the block is set before the block
-    /// write (to what the block will hold for it) and set back after a write that did not happen.
-    async fn allocate_in_block(
+    /// Allocates up to `n` addresses from one block for one request, in the block's next shared
+    /// write ([`batch`]). With `owner` set, only while the block is affine to that host. The
+    /// handle's count for the block is set first (to what the block will hold for it) and set to
+    /// what the block holds once the batch's write is known not to give the request that much.
+    async fn allocate_batched(
         &self,
         cidr: &IpNet,
         n: usize,
-        req_handle: &str,
-        attrs: &Attrs,
+        req: &AutoAssignRequest,
         owner: Option<&str>,
-        new_handle: bool,
     ) -> Result<BlockOutcome, IpamError> {
-        let span = info_span!("ipamblock", name = %names::block_name(cidr));
-        async {
-            let lock = self.block_lock(cidr);
-            let _guard = lock.lock().await;
-            // The count this call set on the handle while its block write is not known to have
-            // landed, and the handle's count in the block as last read (what an undo restores).
-            let mut pending: Option<u64> = None;
-            let mut held_before: u64 = 0;
-            let mut result = Err(IpamError::Contention {
-                what: format!("IPAMBlock {}", names::block_name(cidr)),
-            });
-            for attempt in 0..RETRIES {
-                let b = if attempt == 0 {
-                    self.block(cidr).await?
-                } else {
-                    self.fresh_block(cidr).await?
-                };
-                let Some(mut b) = b else {
-                    held_before = 0;
-                    result = Ok(BlockOutcome::Gone);
-                    break;
-                };
-                held_before = blk::ordinals_of_handle(&b.spec, req_handle).len() as u64;
-                if let Some(host) = owner
-                    && b.spec.host() != Some(host)
-                {
-                    result = Ok(BlockOutcome::Gone);
-                    break;
+        let handle = req.handle_id.as_str();
+        let held_before = self
+            .inner
+            .cache
+            .lock()
+            .unwrap()
+            .blocks
+            .get(cidr)
+            .map_or(0, |b| blk::ordinals_of_handle(&b.spec, handle).len() as u64);
+        let preset = held_before + n as u64;
+        let mut seat = self.seat(cidr);
+        self.handle_set(handle, cidr, preset, req.new_handle).await?;
+        let rx = {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.queue(
+                &mut seat,
+                Queued {
+                    handle: handle.to_string(),
+                    n,
+                    owner: owner.map(str::to_string),
+                    attrs: req.attrs.clone(),
+                    host: req.hostname.clone(),
+                    since: Instant::now(),
+                    tx,
+                },
+            );
+            rx
+        };
+        let placed = rx.await.unwrap_or_else(|_| {
+            Err(IpamError::Contention {
+                what: format!("IPAMBlock {} (its writer stopped)", names::block_name(cidr)),
+            })
+        });
+        match placed {
+            Ok(Placed { grant, held }) => {
+                if held != preset {
+                    // Fewer than asked (or none): the handle keeps what the block holds. A
+                    // failure leaves it over-counted, which a DEL or a later ADD sets right.
+                    let fix = self.handle_set(handle, cidr, held, false).await;
+                    match (&grant, fix) {
+                        (_, Ok(())) => {}
+                        (Grant::Granted(_), Err(e)) => {
+                            warn!(error = %e, "handle left over-counted after a partial grant")
+                        }
+                        (_, Err(e)) => return Err(e),
+                    }
                 }
-                // Reserved ordinals stay free and in place (Calico's semantics).
-                let reserved = self.reserved();
-                let ords = blk::allocate(&mut b.spec, n, Some(req_handle), &attrs.0, |o| {
-                    reserved.contains(cidr::address_of(cidr, o))
-                });
-                if ords.is_empty() {
-                    result = Ok(BlockOutcome::Allocated(vec![]));
-                    break;
-                }
-                let after = held_before + ords.len() as u64;
-                if pending != Some(after) {
-                    self.handle_set(req_handle, cidr, after, new_handle).await?;
-                    pending = Some(after);
-                }
-                blk::prepare_write(&mut b.spec);
-                match self.inner.store.update_block(&b).await {
-                    Ok(new) => {
-                        self.remember_block(&new);
-                        pending = None;
-                        // Calico returns each address with its block's prefix (10.48.0.5/26).
-                        let ips = ords
-                            .iter()
+                Ok(match grant {
+                    Grant::Granted(ords) => BlockOutcome::Allocated(
+                        ords.iter()
                             .map(|o| {
+                                // Calico returns each address with its block's prefix (10.48.0.5/26).
                                 IpNet::new(cidr::address_of(cidr, *o), cidr.prefix_len())
                                     .expect("valid prefix")
                             })
-                            .collect();
-                        result = Ok(BlockOutcome::Allocated(ips));
-                        break;
-                    }
-                    Err(StoreError::Conflict { .. }) => {
-                        debug!(attempt, "block conflict, re-reading");
-                        self.forget_block(cidr);
-                        tokio::time::sleep(jitter()).await;
-                    }
-                    Err(e) => {
-                        // Whatever happened, the cached copy may now be older than the block.
-                        self.forget_block(cidr);
-                        if e.may_have_applied() {
-                            // The answer was lost, not the write perhaps: keep the handle's count
-                            // so that release_by_handle (the DEL after this failed ADD) still
-                            // visits this block and frees what may be recorded there.
-                            pending = None;
-                        }
-                        result = Err(e.into());
-                        break;
-                    }
-                }
+                            .collect(),
+                    ),
+                    Grant::Full => BlockOutcome::Allocated(vec![]),
+                    Grant::Gone => BlockOutcome::Gone,
+                })
             }
-            if pending.is_some() {
-                // The block write did not happen: set the count back to what the block holds.
-                // When that fails too, the handle stays over-counted (harmless: a DEL drops the
-                // entry, a later allocation sets it right) and the first error is the one to report.
-                let undo = self.handle_set(req_handle, cidr, held_before, false).await;
-                if result.is_ok() {
-                    undo?;
-                } else if let Err(e) = undo {
-                    warn!(error = %e, "handle left over-counted after a failed block write");
+            Err(e) => {
+                // A write that may have landed keeps the count, so that the DEL after this failed
+                // ADD still visits this block and frees what may be recorded there.
+                if !e.may_have_applied()
+                    && let Err(u) = self.handle_set(handle, cidr, held_before, false).await
+                {
+                    warn!(error = %u, "handle left over-counted after a failed block write");
                 }
+                Err(e)
             }
-            result
         }
-        .instrument(span)
-        .await
+    }
+
+    /// Takes a seat in the block's next batch: its writer waits for this request's handle write.
+    fn seat(&self, cidr: &IpNet) -> Seat<'_> {
+        let mut b = self.inner.batches.lock().unwrap();
+        b.blocks.entry(*cidr).or_default().inflight += 1;
+        Seat {
+            ipam: self,
+            cidr: *cidr,
+            queued: false,
+        }
+    }
+
+    /// Queues the request for the block's next write; starts the block's writer when none runs.
+    fn queue(&self, seat: &mut Seat<'_>, q: Queued) {
+        let mut b = self.inner.batches.lock().unwrap();
+        let bq = b.blocks.entry(seat.cidr).or_default();
+        bq.inflight = bq.inflight.saturating_sub(1);
+        seat.queued = true;
+        bq.queue.push(q);
+        if bq.writer {
+            bq.notify.notify_one();
+            return;
+        }
+        bq.writer = true;
+        let (ipam, cidr) = (self.clone(), seat.cidr);
+        let span = info_span!("ipamblock", name = %names::block_name(&cidr));
+        // A task of its own: a request given up by its caller must not stop the others' write.
+        tokio::spawn(async move { ipam.block_writer(cidr).await }.instrument(span));
+    }
+
+    /// Writes the block's batches until its queue is empty ([`batch::next`] decides when).
+    async fn block_writer(&self, cidr: IpNet) {
+        loop {
+            let (wait, notify) = {
+                let mut guard = self.inner.batches.lock().unwrap();
+                let b = &mut *guard;
+                let Some(bq) = b.blocks.get_mut(&cidr) else { return };
+                let expected = bq
+                    .queue
+                    .first()
+                    .and_then(|q| b.load.get_mut(&q.host))
+                    .map_or(0, |l| l.expected(Instant::now()));
+                let view = batch::QueueView {
+                    queued: bq.queue.len(),
+                    inflight: bq.inflight,
+                    expected,
+                    oldest_wait: bq.queue.first().map_or(Duration::ZERO, |q| q.since.elapsed()),
+                };
+                match batch::next(&view) {
+                    batch::Next::Stop => {
+                        bq.writer = false;
+                        if bq.inflight == 0 {
+                            b.blocks.remove(&cidr);
+                        }
+                        return;
+                    }
+                    batch::Next::Write => (None, std::mem::take(&mut bq.queue)),
+                    batch::Next::Wait(d) => (Some((d, bq.notify.clone())), vec![]),
+                }
+            };
+            match wait {
+                Some((d, n)) => {
+                    let _ = tokio::time::timeout(d, n.notified()).await;
+                }
+                None => self.write_batch(&cidr, notify).await,
+            }
+        }
+    }
+
+    /// One compare-and-swap write of the block for the whole batch ([`batch::assign`], again on a
+    /// fresh read after a conflict), then each request gets its part.
+    async fn write_batch(&self, cidr: &IpNet, batch: Vec<Queued>) {
+        debug!(requests = batch.len(), "block write for a batch");
+        let wants: Vec<batch::Want> = batch
+            .iter()
+            .map(|q| batch::Want {
+                handle: &q.handle,
+                n: q.n,
+                owner: q.owner.as_deref(),
+                attrs: &q.attrs.0,
+            })
+            .collect();
+        let mut grants: Vec<Grant> = vec![];
+        // Reserved ordinals stay free and in place (Calico's semantics).
+        let reserved = self.reserved();
+        let is_reserved = |o: usize| reserved.contains(cidr::address_of(cidr, o));
+        let res = self
+            .edit_block_with(cidr, true, |b| {
+                grants = batch::assign(Some(&mut b.spec), &wants, &is_reserved);
+                Ok(grants
+                    .iter()
+                    .any(|g| matches!(g, Grant::Granted(_)))
+                    .then_some(()))
+            })
+            .await;
+        drop(wants);
+        match res {
+            Ok((_, after)) => {
+                if after.is_none() || grants.len() != batch.len() {
+                    // The block is gone.
+                    grants = vec![Grant::Gone; batch.len()];
+                }
+                for (q, grant) in batch.into_iter().zip(grants) {
+                    let held = after
+                        .as_ref()
+                        .map_or(0, |s| blk::ordinals_of_handle(s, &q.handle).len() as u64);
+                    let _ = q.tx.send(Ok(Placed { grant, held }));
+                }
+            }
+            Err(e) => {
+                for q in batch {
+                    let _ = q.tx.send(Err(e.for_waiter()));
+                }
+            }
+        }
     }
 
     /// Two-phase claim (§2.5): affinity pending → block created → affinity confirmed.
@@ -763,8 +945,9 @@ impl Ipam {
         }
         let span = info_span!("ipamhandle", name = %names::handle_name(&req.handle_id), node = %req.hostname);
         async {
-            let lock = self.host_lock(&req.hostname);
-            let _guard = lock.lock().await;
+            // No lock for the whole request: concurrent requests of the host share block writes
+            // ([`batch`]); only block claims take the host's lock.
+            let _load = self.enter_load(&req.hostname);
             if req.new_handle && self.handle_cached(&req.handle_id) {
                 return Err(IpamError::HandleExists(req.handle_id.clone()));
             }
@@ -785,6 +968,22 @@ impl Ipam {
         }
         .instrument(span)
         .await
+    }
+
+    fn enter_load(&self, host: &str) -> LoadGuard<'_> {
+        let now = Instant::now();
+        self.inner
+            .batches
+            .lock()
+            .unwrap()
+            .load
+            .entry(host.into())
+            .or_insert_with(|| batch::Load::new(now))
+            .enter(now);
+        LoadGuard {
+            ipam: self,
+            host: host.into(),
+        }
     }
 
     async fn candidate_pools(
@@ -828,13 +1027,13 @@ impl Ipam {
         let max_blocks = allocator::max_blocks(&cfg, req.max_blocks_per_host);
         let mut got: Vec<IpNet> = Vec::new();
         let mut no_free_blocks = false;
-        let mut refreshed = false;
         let mut full: HashSet<IpNet> = HashSet::new();
         let mut shortfall = None;
         for _round in 0..RETRIES * 4 {
             if got.len() >= n {
                 break;
             }
+            let seen = self.affinity_gen(host);
             let affs = self.host_affinities(host, false).await?;
             let owned = allocator::owned_blocks(&pools, affs.iter().map(|(c, a)| (c, a.spec.state.as_str())));
             let mut with_space = None;
@@ -864,18 +1063,25 @@ impl Ipam {
                         self.remember_affinity(host, *c, None);
                     }
                     OwnBlock::Missing => {
-                        match self.claim_block(host, c, None).await? {
-                            Claim::Ours => {}
-                            Claim::Lost => self.remember_affinity(host, *c, None),
-                            Claim::Overlap(_) => {
-                                // The block can never be created: drop the claim's leftover.
-                                if let Some(a) = affs.get(c)
-                                    && let Err(e) = self.inner.store.delete_affinity(a).await
-                                    && !e.is_conflict()
-                                {
-                                    return Err(e.into());
+                        // An interrupted claim (or one of another process in progress): finish
+                        // it, unless a request of this process changed the host's blocks while
+                        // this one waited for the claim lock (then the loop looks again).
+                        let lock = self.host_lock(host);
+                        let _claiming = lock.lock().await;
+                        if self.affinity_gen(host) == seen {
+                            match self.claim_block(host, c, None).await? {
+                                Claim::Ours => {}
+                                Claim::Lost => self.remember_affinity(host, *c, None),
+                                Claim::Overlap(_) => {
+                                    // The block can never be created: drop the claim's leftover.
+                                    if let Some(a) = affs.get(c)
+                                        && let Err(e) = self.inner.store.delete_affinity(a).await
+                                        && !e.is_conflict()
+                                    {
+                                        return Err(e.into());
+                                    }
+                                    self.remember_affinity(host, *c, None);
                                 }
-                                self.remember_affinity(host, *c, None);
                             }
                         }
                         with_space = None;
@@ -905,36 +1111,40 @@ impl Ipam {
                 pools: pools.iter().map(|p| p.cidr).collect(),
             };
             match allocator::next_step(&state) {
-                Step::Use(c) => {
-                    match self
-                        .allocate_in_block(
-                            &c,
-                            n - got.len(),
-                            &req.handle_id,
-                            &req.attrs,
-                            Some(host),
-                            req.new_handle,
-                        )
-                        .await?
-                    {
-                        BlockOutcome::Allocated(ips) if ips.is_empty() => {
-                            full.insert(c);
-                        }
-                        BlockOutcome::Allocated(ips) => got.extend(ips),
-                        BlockOutcome::Gone => {
-                            self.remember_affinity(host, c, None);
-                            self.host_affinities(host, true).await?;
-                        }
+                Step::Use(c) => match self.allocate_batched(&c, n - got.len(), req, Some(host)).await? {
+                    BlockOutcome::Allocated(ips) if ips.is_empty() => {
+                        full.insert(c);
                     }
-                }
-                Step::Claim => {
-                    if !refreshed {
-                        // Another process may have claimed blocks for this host: look first.
-                        refreshed = true;
+                    BlockOutcome::Allocated(ips) => got.extend(ips),
+                    BlockOutcome::Gone => {
+                        self.remember_affinity(host, c, None);
                         self.host_affinities(host, true).await?;
+                    }
+                },
+                Step::Claim => {
+                    // One claim at a time per host in this process; a request that waited for
+                    // the lock looks again when another one changed the host's blocks meanwhile.
+                    let lock = self.host_lock(host);
+                    let _claiming = lock.lock().await;
+                    if self.affinity_gen(host) != seen {
                         continue;
                     }
+                    // Another process may have claimed a block for this host: list the blocks
+                    // first, then the host's affinities. A claim creates its affinity before its
+                    // block, so a block in the listing claimed for this host shows up among the
+                    // affinities, and one created after the listing is where this claim goes too
+                    // (the pick is deterministic), so both processes share one block.
                     let existing = self.block_set().await?;
+                    let fresh = self.host_affinities(host, true).await?;
+                    let found = allocator::owned_blocks(
+                        &pools,
+                        fresh.iter().map(|(c, a)| (c, a.spec.state.as_str())),
+                    )
+                    .into_iter()
+                    .any(|c| !affs.contains_key(&c) && !full.contains(&c));
+                    if found {
+                        continue;
+                    }
                     match allocator::pick_free_block(&pools, host, &existing, &self.reserved(), MAX_PROBE) {
                         None => no_free_blocks = true,
                         Some(c) => {
@@ -952,16 +1162,8 @@ impl Ipam {
                             if got.len() >= n {
                                 break 'pools;
                             }
-                            if let BlockOutcome::Allocated(ips) = self
-                                .allocate_in_block(
-                                    &c,
-                                    n - got.len(),
-                                    &req.handle_id,
-                                    &req.attrs,
-                                    None,
-                                    req.new_handle,
-                                )
-                                .await?
+                            if let BlockOutcome::Allocated(ips) =
+                                self.allocate_batched(&c, n - got.len(), req, None).await?
                             {
                                 got.extend(ips);
                             }
@@ -1038,71 +1240,72 @@ impl Ipam {
             if new_handle && self.handle_cached(&req.handle_id) {
                 return Err(IpamError::HandleExists(req.handle_id.clone()));
             }
-            // As in allocate_in_block: the count set while the block write is pending, and the
-            // handle's count in the block as last read.
-            let mut pending: Option<u64> = None;
-            let mut held_before: u64 = 0;
-            let mut result = Err(IpamError::Contention { what: format!("IPAMBlock {}", names::block_name(&cidr)) });
-            for attempt in 0..RETRIES {
-                let b = if attempt == 0 { self.block(&cidr).await? } else { self.fresh_block(&cidr).await? };
-                let Some(mut b) = b else {
-                    held_before = 0;
-                    if let Claim::Overlap(o) = self.claim_block(&req.hostname, &cidr, listed.take().as_ref()).await? {
-                        result = Err(o.into());
-                        break;
-                    }
-                    continue;
-                };
-                held_before = blk::ordinals_of_handle(&b.spec, &req.handle_id).len() as u64;
-                if strict && b.spec.host() != Some(req.hostname.as_str()) {
-                    result = Err(IpamError::AffinityMismatch {
-                        ip: req.ip,
-                        block: cidr,
-                        owner: b.spec.affinity.clone(),
-                        host: req.hostname.clone(),
-                    });
+            // A missing block is claimed for the host first (a lost race leaves another host's).
+            for _ in 0..RETRIES {
+                if self.block(&cidr).await?.is_some() {
                     break;
                 }
-                if let Err(e) = blk::assign(&mut b.spec, ordinal, Some(&req.handle_id), &req.attrs.0) {
-                    result = Err(match e {
-                        blk::AssignError::AlreadyAssigned(_) => IpamError::AlreadyAssigned { ip: req.ip, block: cidr },
-                        blk::AssignError::OutOfRange(o) => IpamError::Block { block: cidr, detail: format!("ordinal {o} outside spec.allocations") },
-                    });
-                    break;
-                }
-                let after = held_before + 1;
-                if pending != Some(after) {
-                    self.handle_set(&req.handle_id, &cidr, after, new_handle).await?;
-                    pending = Some(after);
-                }
-                blk::prepare_write(&mut b.spec);
-                match self.inner.store.update_block(&b).await {
-                    Ok(new) => {
-                        self.remember_block(&new);
-                        pending = None;
-                        result = Ok(());
-                        break;
-                    }
-                    Err(StoreError::Conflict { .. }) => {
-                        self.forget_block(&cidr);
-                        tokio::time::sleep(jitter()).await;
-                    }
-                    Err(e) => {
-                        // As in allocate_in_block: a write that may have landed keeps its count.
-                        self.forget_block(&cidr);
-                        if e.may_have_applied() {
-                            pending = None;
-                        }
-                        result = Err(e.into());
-                        break;
-                    }
+                if let Claim::Overlap(o) = self.claim_block(&req.hostname, &cidr, listed.take().as_ref()).await? {
+                    return Err(o.into());
                 }
             }
-            if pending.is_some() {
-                let undo = self.handle_set(&req.handle_id, &cidr, held_before, false).await;
+            // As in allocate_batched: the handle first, counting what the block will hold for it.
+            let handle = req.handle_id.as_str();
+            let held_before = self
+                .inner
+                .cache
+                .lock()
+                .unwrap()
+                .blocks
+                .get(&cidr)
+                .map_or(0, |b| blk::ordinals_of_handle(&b.spec, handle).len() as u64);
+            let preset = held_before + 1;
+            self.handle_set(handle, &cidr, preset, new_handle).await?;
+            let mut refused = None;
+            let res = self
+                .edit_block(&cidr, |b| {
+                    refused = None;
+                    if strict && b.spec.host() != Some(req.hostname.as_str()) {
+                        refused = Some(IpamError::AffinityMismatch {
+                            ip: req.ip,
+                            block: cidr,
+                            owner: b.spec.affinity.clone(),
+                            host: req.hostname.clone(),
+                        });
+                        return Ok(None);
+                    }
+                    match blk::assign(&mut b.spec, ordinal, Some(handle), &req.attrs.0) {
+                        Ok(()) => Ok(Some(())),
+                        Err(e) => {
+                            refused = Some(match e {
+                                blk::AssignError::AlreadyAssigned(_) => IpamError::AlreadyAssigned { ip: req.ip, block: cidr },
+                                blk::AssignError::OutOfRange(o) => IpamError::Block { block: cidr, detail: format!("ordinal {o} outside spec.allocations") },
+                            });
+                            Ok(None)
+                        }
+                    }
+                })
+                .await;
+            let (result, held) = match res {
+                Ok((Some(()), after)) => (Ok(()), after.as_ref().map(|s| blk::ordinals_of_handle(s, handle).len() as u64)),
+                Ok((None, spec)) => (
+                    Err(refused.unwrap_or_else(|| IpamError::Contention { what: format!("IPAMBlock {} (deleted while assigning {})", names::block_name(&cidr), req.ip) })),
+                    Some(spec.as_ref().map_or(0, |s| blk::ordinals_of_handle(s, handle).len() as u64)),
+                ),
+                // A write that may have landed keeps its count (the DEL after the failed ADD
+                // then still visits this block).
+                Err(e) if e.may_have_applied() => (Err(e), None),
+                Err(e) => (Err(e), Some(held_before)),
+            };
+            if let Some(held) = held.filter(|h| *h != preset) {
+                // When this fails too, the handle stays over-counted (harmless: a DEL drops the
+                // entry, a later allocation sets it right) and the first error is the one to report.
+                let fix = self.handle_set(handle, &cidr, held, false).await;
                 if result.is_ok() {
-                    undo?;
-                } else if let Err(e) = undo {
+                    if let Err(e) = fix {
+                        warn!(error = %e, "handle count not set after an assignment");
+                    }
+                } else if let Err(e) = fix {
                     warn!(error = %e, "handle left over-counted after a failed block write");
                 }
             }
@@ -1197,6 +1400,18 @@ impl Ipam {
     async fn edit_block<T>(
         &self,
         cidr: &IpNet,
+        edit: impl FnMut(&mut Block) -> Result<Option<T>, IpamError>,
+    ) -> Result<(Option<T>, Option<crate::api::IPAMBlockSpec>), IpamError> {
+        self.edit_block_with(cidr, false, edit).await
+    }
+
+    /// [`Self::edit_block`]; with `trust_cache`, "nothing to do" (or "no such block") judged on
+    /// the cached copy is believed: allocation's "full" or "affine elsewhere" from a stale copy
+    /// only sends the request to another block, where a release's would leak an address.
+    async fn edit_block_with<T>(
+        &self,
+        cidr: &IpNet,
+        trust_cache: bool,
         mut edit: impl FnMut(&mut Block) -> Result<Option<T>, IpamError>,
     ) -> Result<(Option<T>, Option<crate::api::IPAMBlockSpec>), IpamError> {
         let span = info_span!("ipamblock", name = %names::block_name(cidr));
@@ -1205,7 +1420,8 @@ impl Ipam {
             let _guard = lock.lock().await;
             let mut fresh = false;
             for _ in 0..RETRIES {
-                let cached = !fresh && self.inner.cache.lock().unwrap().blocks.contains_key(cidr);
+                let cached =
+                    !trust_cache && !fresh && self.inner.cache.lock().unwrap().blocks.contains_key(cidr);
                 let b = if fresh {
                     self.fresh_block(cidr).await?
                 } else {

@@ -12,6 +12,7 @@
 //! - [`report`], [`leaks`], [`split`], [`usage`]: what `tortie ipam` shows, checks, releases from a
 //!   report and splits, decided without I/O; [`config`]: `ipam configure`'s write.
 //! - [`reserved`]: IPReservations (addresses automatic assignment skips).
+//! - [`batch`]: concurrent requests of one node sharing one block write.
 //!
 //! # Using the engine
 //! ```no_run
@@ -36,7 +37,8 @@
 //! - The hot path reads nothing: pools and IPAMConfig come from watches, the node's affinities and
 //!   blocks from a cache of the objects last read or written; a stale cache entry shows up as a 409
 //!   (the block is the arbiter) and only then is the object re-read. A steady-state allocation is one
-//!   handle write and one block write.
+//!   handle write and a share of one block write: concurrent requests of one node are assigned
+//!   together in one compare-and-swap write of their block ([`batch`]).
 //! - Claiming a block lists block *names* only (metadata), never every block's body.
 //! - A block is never created over another one ([`layout`]): claims skip candidates that overlap an
 //!   existing block of any pool or size, a claim re-lists the block names after creating its block
@@ -49,6 +51,7 @@
 //!   as "disabled", not "does not exist".
 
 pub mod allocator;
+pub mod batch;
 pub mod block;
 pub mod cidr;
 pub mod config;
@@ -354,6 +357,10 @@ pub enum IpamError {
     Contention { what: String },
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    /// A shared block write (a batch of requests, [`batch`]) failed: every request of the batch
+    /// gets this copy of the writer's error.
+    #[error("{detail}")]
+    BatchWrite { detail: String, may_have_applied: bool },
 }
 
 impl IpamError {
@@ -363,6 +370,41 @@ impl IpamError {
             self,
             IpamError::Contention { .. } | IpamError::Store(store::StoreError::Conflict { .. })
         )
+    }
+
+    /// False only when the failed write certainly did not land ([`store::StoreError::may_have_applied`]).
+    pub fn may_have_applied(&self) -> bool {
+        match self {
+            IpamError::Store(s) => s.may_have_applied(),
+            IpamError::BatchWrite { may_have_applied, .. } => *may_have_applied,
+            _ => false,
+        }
+    }
+
+    /// The same error for another waiter of a shared write (the original holds a client error that
+    /// cannot be cloned): conflicts and contention keep their kind, the rest keeps its text and
+    /// whether the write may have landed.
+    pub fn for_waiter(&self) -> IpamError {
+        match self {
+            IpamError::Contention { what } => IpamError::Contention { what: what.clone() },
+            IpamError::Store(store::StoreError::Conflict { kind, name }) => {
+                IpamError::Store(store::StoreError::Conflict {
+                    kind,
+                    name: name.clone(),
+                })
+            }
+            IpamError::Store(store::StoreError::Invalid { kind, name, detail }) => {
+                IpamError::Store(store::StoreError::Invalid {
+                    kind,
+                    name: name.clone(),
+                    detail: detail.clone(),
+                })
+            }
+            e => IpamError::BatchWrite {
+                detail: e.to_string(),
+                may_have_applied: e.may_have_applied(),
+            },
+        }
     }
 
     /// True when the request itself is wrong (retrying will not help).

@@ -90,6 +90,18 @@ impl Reserved {
         i > 0 && r[i - 1].1 >= x
     }
 
+    /// The reserved ranges as the fewest CIDRs that cover them exactly (for usage figures).
+    pub fn nets(&self) -> Vec<IpNet> {
+        use std::net::{Ipv4Addr, Ipv6Addr};
+        let v4 = self.v4.iter().flat_map(|&(a, b)| {
+            ipnet::Ipv4Subnets::new(Ipv4Addr::from(a as u32), Ipv4Addr::from(b as u32), 0).map(IpNet::V4)
+        });
+        let v6 = self.v6.iter().flat_map(|&(a, b)| {
+            ipnet::Ipv6Subnets::new(Ipv6Addr::from(a), Ipv6Addr::from(b), 0).map(IpNet::V6)
+        });
+        v4.chain(v6).collect()
+    }
+
     /// How many addresses of `net` are reserved.
     pub fn count_in(&self, net: &IpNet) -> u128 {
         let (lo, hi) = range(net);
@@ -115,6 +127,26 @@ mod tests {
         let (r, bad) = Reserved::new([("r", v.as_slice())]);
         assert!(bad.is_empty(), "{bad:?}");
         r
+    }
+
+    #[test]
+    fn nets_cover_exactly_the_merged_ranges() {
+        let r = res(&["10.0.0.1", "10.0.0.2/31", "10.0.0.4/30", "fd00::/127", "fd00::2"]);
+        let nets: Vec<String> = r.nets().iter().map(|n| n.to_string()).collect();
+        // 10.0.0.1 .. 10.0.0.7 merged; fd00:: .. fd00::2 merged.
+        assert_eq!(
+            nets,
+            [
+                "10.0.0.1/32",
+                "10.0.0.2/31",
+                "10.0.0.4/30",
+                "fd00::/127",
+                "fd00::2/128"
+            ]
+        );
+        let total: u128 = r.nets().iter().map(|n| r.count_in(n)).sum();
+        assert_eq!(total, 7 + 3);
+        assert!(Reserved::default().nets().is_empty());
     }
 
     #[test]
