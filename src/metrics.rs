@@ -267,8 +267,8 @@ pub fn ipam_gauges<'a>(
                 .get(*a)
                 .and_then(|x| x.secondary.as_ref())
                 .and_then(|s| s.get("node"))
-                .cloned()
-                .unwrap_or_else(|| "unknown_node".into());
+                .unwrap_or("unknown_node")
+                .to_string();
             if host.as_deref() != Some(node.as_str()) {
                 *g.borrowed.entry((pool.clone(), node.clone())).or_default() += 1;
             }

@@ -122,6 +122,7 @@ impl Lab {
             MODE,
             IpamOptions {
                 config_override: Some(cfg),
+                ..Default::default()
             },
         )
         .await
@@ -1008,6 +1009,7 @@ async fn steady_state_allocation_is_two_writes_and_no_reads() {
         MODE,
         IpamOptions {
             config_override: Some(defaults()),
+            ..Default::default()
         },
     )
     .await
@@ -1132,6 +1134,7 @@ async fn v3_crd_mode_writes_native_shapes() {
         v3,
         IpamOptions {
             config_override: Some(defaults()),
+            ..Default::default()
         },
     )
     .await

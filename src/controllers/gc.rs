@@ -124,12 +124,8 @@ async fn pass(ctx: &Ctx) -> Result<(), Error> {
     let ipam = ctx.ipam().await?;
     let st = &ctx.stores;
     let (pools, scoped) = scope(ctx);
-    let in_scope = |cidr: &str| {
-        !scoped
-            || cidr
-                .parse::<IpNet>()
-                .is_ok_and(|n| pools.iter().any(|p| p.cidr.contains(&n)))
-    };
+    let in_scope_net = |n: &IpNet| !scoped || pools.iter().any(|p| p.cidr.contains(n));
+    let in_scope = |cidr: &str| !scoped || cidr.parse::<IpNet>().is_ok_and(|n| in_scope_net(&n));
     let blocks = st.blocks.all();
     let affinities = st.affinities.all();
     let nodes = st.nodes.all();
@@ -170,11 +166,11 @@ async fn pass(ctx: &Ctx) -> Result<(), Error> {
                 .iter()
                 .filter(|(_, h)| {
                     !h.is_deleted()
-                        && (!scoped || (!h.blocks.is_empty() && h.blocks.iter().all(|(c, _)| in_scope(c))))
+                        && (!scoped || (h.blocks().next().is_some() && h.blocks().all(in_scope_net)))
                 })
                 .map(|(name, h)| HandleIn {
                     name,
-                    handle_id: &h.handle_id,
+                    handle_id: h.handle_id(name),
                 })
                 .collect(),
             nodes: nodes
@@ -188,7 +184,7 @@ async fn pass(ctx: &Ctx) -> Result<(), Error> {
         let marked: Vec<String> = handles
             .iter()
             .filter(|(_, h)| h.is_deleted())
-            .map(|(name, _)| name.clone())
+            .map(|(name, _)| name.to_string())
             .collect();
         (plan, marked)
     };
@@ -273,7 +269,7 @@ async fn pass(ctx: &Ctx) -> Result<(), Error> {
         if entry.is_deleted() {
             continue;
         }
-        let id = entry.handle_id.clone();
+        let id = entry.handle_id(name).to_string();
         let referenced = st.blocks.all().iter().any(|b| {
             b.spec.attributes.iter().any(|a| {
                 a.handle_id
@@ -443,6 +439,9 @@ async fn release_block(
     let Ok(cidr) = r.cidr.parse::<IpNet>() else {
         return Ok(());
     };
+    if let Some(b) = ctx.stores.blocks.get(&r.block) {
+        ipam.prime_block(&b);
+    }
     let done = ipam.release_guarded(&cidr, &edit).await?;
     if !r.marks.is_empty() {
         debug!(count = r.marks.len(), "leaks stamped with their first sighting");

@@ -51,6 +51,10 @@ pub struct IpamOptions {
     /// Use this configuration instead of the cluster's IPAMConfig `default` (embedding, tests
     /// that must not change the cluster-wide singleton).
     pub config_override: Option<IPAMConfigSpec>,
+    /// Keep no block between writes: the caller watches blocks itself and hands the engine its
+    /// copy before a write ([`Ipam::prime_block`]). The operator's GC: with a watch cache of
+    /// every block, a second copy of each block it ever wrote was most of its memory.
+    pub no_block_cache: bool,
 }
 
 struct Inner {
@@ -329,13 +333,26 @@ impl Ipam {
         let b = self.inner.store.get_block(cidr).await?;
         let mut c = self.inner.cache.lock().unwrap();
         match &b {
-            Some(b) => c.blocks.insert(*cidr, b.clone()),
-            None => c.blocks.remove(cidr),
+            Some(b) if !self.inner.opts.no_block_cache => c.blocks.insert(*cidr, b.clone()),
+            _ => c.blocks.remove(cidr),
         };
         Ok(b)
     }
 
     fn remember_block(&self, b: &Block) {
+        if let Ok(n) = block_net(b) {
+            let mut c = self.inner.cache.lock().unwrap();
+            if self.inner.opts.no_block_cache {
+                c.blocks.remove(&n);
+            } else {
+                c.blocks.insert(n, b.clone());
+            }
+        }
+    }
+
+    /// Seeds the block cache with a copy from a watch: the next write of the block needs no
+    /// read (a stale copy costs one 409 and a re-read, as any cache entry).
+    pub fn prime_block(&self, b: &Block) {
         if let Ok(n) = block_net(b) {
             self.inner.cache.lock().unwrap().blocks.insert(n, b.clone());
         }

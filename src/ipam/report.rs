@@ -262,7 +262,7 @@ pub fn check(input: &CheckInput) -> Vec<Problem> {
             let owner = attr
                 .secondary
                 .as_ref()
-                .and_then(|sec| Some((sec.get("namespace")?.as_str(), sec.get("pod")?.as_str())));
+                .and_then(|sec| Some((sec.get("namespace")?, sec.get("pod")?)));
             if let (Some(pods), Some((ns, pod))) = (&input.pods, owner)
                 && !pods.contains(&(ns.to_string(), pod.to_string()))
             {
