@@ -370,7 +370,7 @@ fn classify(
         };
         return (v, node);
     }
-    let at = sec.get("timestamp").and_then(|t| parse_go_time(t));
+    let at = sec.get("timestamp").and_then(parse_go_time);
     if let Some(t) = sec.get("type")
         && TUNNEL_TYPES.contains(&t)
     {
