@@ -334,6 +334,7 @@ impl Setup {
             MODE,
             IpamOptions {
                 config_override: Some(self.config(variant)),
+                ..Default::default()
             },
         )
         .await

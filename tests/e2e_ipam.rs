@@ -122,6 +122,7 @@ impl Lab {
             MODE,
             IpamOptions {
                 config_override: Some(cfg),
+                ..Default::default()
             },
         )
         .await
@@ -1033,6 +1034,7 @@ async fn steady_state_allocation_is_two_writes_and_no_reads() {
         MODE,
         IpamOptions {
             config_override: Some(defaults()),
+            ..Default::default()
         },
     )
     .await
@@ -1100,6 +1102,7 @@ async fn concurrent_allocations_on_one_node_share_one_block_write() {
         MODE,
         IpamOptions {
             config_override: Some(defaults()),
+            ..Default::default()
         },
     )
     .await
@@ -1216,6 +1219,7 @@ async fn v3_crd_mode_writes_native_shapes() {
         v3,
         IpamOptions {
             config_override: Some(defaults()),
+            ..Default::default()
         },
     )
     .await

@@ -127,6 +127,7 @@ impl Lab {
             MODE,
             IpamOptions {
                 config_override: Some(IPAMConfigSpec::calico_defaults()),
+                ..Default::default()
             },
         )
         .await

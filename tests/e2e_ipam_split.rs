@@ -33,6 +33,7 @@ async fn engine(client: &kube::Client) -> Ipam {
         MODE,
         IpamOptions {
             config_override: Some(IPAMConfigSpec::calico_defaults()),
+            ..Default::default()
         },
     )
     .await

@@ -55,8 +55,8 @@ mod tests {
         assert_eq!(legacy_handle_id("yaobank", "db-1"), "yaobank.db-1");
         let t: jiff::Timestamp = "2025-03-04T05:06:07.120Z".parse().unwrap();
         let a = allocation_attrs("node-a", "yaobank", "db-1", t);
-        assert_eq!(a["timestamp"], "2025-03-04 05:06:07.12 +0000 UTC");
-        assert_eq!(a["node"], "node-a");
+        assert_eq!(&a["timestamp"], "2025-03-04 05:06:07.12 +0000 UTC");
+        assert_eq!(&a["node"], "node-a");
         let t: jiff::Timestamp = "2025-03-04T05:06:07Z".parse().unwrap();
         assert_eq!(go_time_string(t), "2025-03-04 05:06:07 +0000 UTC");
     }

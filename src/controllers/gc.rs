@@ -2,7 +2,7 @@
 //! watch caches, decide with [`super::gc_plan::plan`] (pure), and let the IPAM engine write.
 //!
 //! This file writes no IPAM object itself: every write is an engine operation
-//! ([`crate::ipam::Ipam::release_guarded`], `release_empty_block`, `release_block_affinity`,
+//! ([`crate::ipam::Ipam::release_guarded_block`] and `set_released_handle`, `release_empty_block`, `release_block_affinity`,
 //! `delete_unreferenced_handle`), with the engine's one compare-and-swap loop and write
 //! preparation. Each ordinal is freed only if its handle and `sequenceNumberForAllocation` still
 //! match the plan (a re-allocated address is never freed); a pod named by a leak is re-read live
@@ -31,7 +31,10 @@ use tokio_util::sync::CancellationToken;
 
 const NAME: &str = "gc";
 /// Blocks released at once in a pass.
-const BLOCK_CONCURRENCY: usize = 4;
+const BLOCK_CONCURRENCY: usize = 8;
+/// Handle writes in flight at once after a pass's block writes (one per freed address at most:
+/// 10,000 leaks are 200 block writes and up to 10,000 handle writes).
+const HANDLE_CONCURRENCY: usize = 64;
 /// A namespace with at least this many leaks in a pass is read with one LIST instead of a GET
 /// per pod.
 const LIST_NAMESPACE_FROM: usize = 16;
@@ -124,12 +127,8 @@ async fn pass(ctx: &Ctx) -> Result<(), Error> {
     let ipam = ctx.ipam().await?;
     let st = &ctx.stores;
     let (pools, scoped) = scope(ctx);
-    let in_scope = |cidr: &str| {
-        !scoped
-            || cidr
-                .parse::<IpNet>()
-                .is_ok_and(|n| pools.iter().any(|p| p.cidr.contains(&n)))
-    };
+    let in_scope_net = |n: &IpNet| !scoped || pools.iter().any(|p| p.cidr.contains(n));
+    let in_scope = |cidr: &str| !scoped || cidr.parse::<IpNet>().is_ok_and(|n| in_scope_net(&n));
     let blocks = st.blocks.all();
     let affinities = st.affinities.all();
     let nodes = st.nodes.all();
@@ -170,11 +169,11 @@ async fn pass(ctx: &Ctx) -> Result<(), Error> {
                 .iter()
                 .filter(|(_, h)| {
                     !h.is_deleted()
-                        && (!scoped || (!h.blocks.is_empty() && h.blocks.iter().all(|(c, _)| in_scope(c))))
+                        && (!scoped || (h.blocks().next().is_some() && h.blocks().all(in_scope_net)))
                 })
                 .map(|(name, h)| HandleIn {
                     name,
-                    handle_id: &h.handle_id,
+                    handle_id: h.handle_id(name),
                 })
                 .collect(),
             nodes: nodes
@@ -188,7 +187,7 @@ async fn pass(ctx: &Ctx) -> Result<(), Error> {
         let marked: Vec<String> = handles
             .iter()
             .filter(|(_, h)| h.is_deleted())
-            .map(|(name, _)| name.clone())
+            .map(|(name, _)| name.to_string())
             .collect();
         (plan, marked)
     };
@@ -220,13 +219,36 @@ async fn pass(ctx: &Ctx) -> Result<(), Error> {
         })
         .collect();
     let mut releases = futures::stream::iter(releases).buffer_unordered(BLOCK_CONCURRENCY);
+    // Every block first (the addresses are free once its write lands), then every freed
+    // handle's count side by side: no block waits for another block's handles.
+    let mut handle_sets: Vec<(IpNet, String, u64)> = Vec::new();
     while let Some((r, res)) = releases.next().await {
-        if let Err(e) = res {
-            warn!(block = %r.block, error = %e, "release failed; retrying next pass");
-            first_err.get_or_insert(e);
+        match res {
+            Ok(sets) => handle_sets.extend(sets),
+            Err(e) => {
+                warn!(block = %r.block, error = %e, "release failed; retrying next pass");
+                first_err.get_or_insert(e);
+            }
         }
     }
     drop(releases);
+    // Collected first: a lazy iterator of borrowing futures is not provably Send.
+    let sets: Vec<_> = handle_sets
+        .iter()
+        .map(|(cidr, h, left)| ipam.set_released_handle(cidr, h, *left))
+        .collect();
+    let mut sets = futures::stream::iter(sets).buffer_unordered(HANDLE_CONCURRENCY);
+    let mut over_counted = 0usize;
+    while let Some(r) = sets.next().await {
+        over_counted += usize::from(r.is_err());
+    }
+    drop(sets);
+    if over_counted > 0 {
+        debug!(
+            over_counted,
+            "handles left over-counted (the orphan-handle GC takes them)"
+        );
+    }
     for cidr in &plan.stamp_empty {
         let Ok(net) = cidr.parse::<IpNet>() else { continue };
         // Stamped only while still empty: the value names the sequence number it leaves.
@@ -273,7 +295,7 @@ async fn pass(ctx: &Ctx) -> Result<(), Error> {
         if entry.is_deleted() {
             continue;
         }
-        let id = entry.handle_id.clone();
+        let id = entry.handle_id(name).to_string();
         let referenced = st.blocks.all().iter().any(|b| {
             b.spec.attributes.iter().any(|a| {
                 a.handle_id
@@ -410,16 +432,16 @@ impl LivePods {
 }
 
 /// One block's GC write through the engine: frees the confirmed leaks still confirmed after a
-/// live look at their pods, stamps new leaks and clears stamps, in one guarded block write; the
-/// engine then sets the freed handles' counts. A block this empties whose node is gone goes at
-/// once with its affinity (Calico's node cleanup).
+/// live look at their pods, stamps new leaks and clears stamps, in one guarded block write.
+/// Returns the freed handles' counts to set (block, handle, addresses left). A block this
+/// empties whose node is gone goes at once with its affinity (Calico's node cleanup).
 async fn release_block(
     ctx: &Ctx,
     ipam: &Ipam,
     r: &gc_plan::BlockRelease,
     stamp: &str,
     pods: &tokio::sync::Mutex<LivePods>,
-) -> Result<(), Error> {
+) -> Result<Vec<(IpNet, String, u64)>, Error> {
     // Re-validate each leak's pod live: never free what a pod shows it holds.
     let mut guards: Vec<Guard> = Vec::new();
     for g in &r.guards {
@@ -438,12 +460,15 @@ async fn release_block(
     }
     let edit = r.edit(&guards, stamp);
     if edit.is_empty() {
-        return Ok(());
+        return Ok(vec![]);
     }
     let Ok(cidr) = r.cidr.parse::<IpNet>() else {
-        return Ok(());
+        return Ok(vec![]);
     };
-    let done = ipam.release_guarded(&cidr, &edit).await?;
+    if let Some(b) = ctx.stores.blocks.get(&r.block) {
+        ipam.prime_block(&b);
+    }
+    let done = ipam.release_guarded_block(&cidr, &edit).await?;
     if !r.marks.is_empty() {
         debug!(count = r.marks.len(), "leaks stamped with their first sighting");
     }
@@ -454,8 +479,13 @@ async fn release_block(
         info!(block = %r.block, node = %host, "emptied block of a deleted node released");
     }
     if done.freed.is_empty() {
-        return Ok(());
+        return Ok(vec![]);
     }
+    let handles: std::collections::BTreeSet<&str> = done.freed.iter().map(|(_, h)| h.as_str()).collect();
+    let sets = handles
+        .into_iter()
+        .map(|h| (cidr, h.to_string(), done.left_for(h)))
+        .collect();
     let freed: Vec<&Guard> = guards
         .iter()
         .filter(|g| done.freed.iter().any(|(o, _)| *o == g.ordinal))
@@ -484,7 +514,7 @@ async fn release_block(
         format!("Released {} leaked address(es): {}", freed.len(), list.join(", ")),
     )
     .await;
-    Ok(())
+    Ok(sets)
 }
 
 /// The block an Event is about, as the watch last saw it (its UID lets `kubectl describe` find

@@ -13,6 +13,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use ipnet::IpNet;
 use jiff::{SignedDuration, Timestamp};
@@ -37,11 +38,92 @@ const SKEW: SignedDuration = SignedDuration::from_secs(30);
 /// A live pod as the GC needs it.
 #[derive(Clone, Debug, Default)]
 pub struct PodInfo {
-    pub node: Option<String>,
+    /// Shared with the other pods of the node in a [`PodMap`].
+    pub node: Option<Arc<str>>,
     /// status.podIPs plus the addresses in Calico's and Multus' annotations.
     pub ips: Vec<IpAddr>,
     pub created: Option<Timestamp>,
     pub evicted: bool,
+}
+
+/// Live pods by namespace and name, compact for tens of thousands of pods: each namespace and
+/// each node name is stored once, not once per pod.
+#[derive(Clone, Debug, Default)]
+pub struct PodMap {
+    by_ns: HashMap<Box<str>, HashMap<Box<str>, PodInfo>>,
+    nodes: HashSet<Arc<str>>,
+    /// Size of `nodes` after its last pruning (names no pod uses any more are let go).
+    nodes_kept: usize,
+}
+
+impl PodMap {
+    pub fn get(&self, ns: &str, name: &str) -> Option<&PodInfo> {
+        self.by_ns.get(ns)?.get(name)
+    }
+
+    pub fn insert(&mut self, ns: &str, name: &str, mut info: PodInfo) -> Option<PodInfo> {
+        if let Some(n) = info.node.take() {
+            info.node = Some(self.intern(n));
+        }
+        info.ips.shrink_to_fit();
+        match self.by_ns.get_mut(ns) {
+            Some(pods) => pods.insert(name.into(), info),
+            None => {
+                self.by_ns.insert(ns.into(), HashMap::from([(name.into(), info)]));
+                None
+            }
+        }
+    }
+
+    pub fn remove(&mut self, ns: &str, name: &str) -> Option<PodInfo> {
+        let pods = self.by_ns.get_mut(ns)?;
+        let gone = pods.remove(name);
+        if pods.is_empty() {
+            self.by_ns.remove(ns);
+        }
+        gone
+    }
+
+    fn intern(&mut self, node: Arc<str>) -> Arc<str> {
+        if let Some(n) = self.nodes.get(&node) {
+            return n.clone();
+        }
+        if self.nodes.len() >= 2 * self.nodes_kept + 64 {
+            self.nodes.retain(|n| Arc::strong_count(n) > 1);
+            self.nodes_kept = self.nodes.len();
+        }
+        self.nodes.insert(node.clone());
+        node
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_ns.values().map(HashMap::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_ns.is_empty()
+    }
+
+    /// ((namespace, name), pod), in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = ((&str, &str), &PodInfo)> {
+        self.by_ns
+            .iter()
+            .flat_map(|(ns, pods)| pods.iter().map(move |(n, p)| ((&**ns, &**n), p)))
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &PodInfo> {
+        self.by_ns.values().flat_map(HashMap::values)
+    }
+}
+
+impl FromIterator<((String, String), PodInfo)> for PodMap {
+    fn from_iter<I: IntoIterator<Item = ((String, String), PodInfo)>>(iter: I) -> PodMap {
+        let mut m = PodMap::default();
+        for ((ns, name), p) in iter {
+            m.insert(&ns, &name, p);
+        }
+        m
+    }
 }
 
 /// A block from the store.
@@ -90,8 +172,8 @@ pub struct World<'a> {
     pub handles: Vec<HandleIn<'a>>,
     /// Node name → creationTimestamp.
     pub nodes: HashMap<String, Option<Timestamp>>,
-    /// (namespace, name) → pod (borrowed from the operator's pod index).
-    pub pods: std::borrow::Cow<'a, HashMap<(String, String), PodInfo>>,
+    /// Live pods (borrowed from the operator's pod index).
+    pub pods: std::borrow::Cow<'a, PodMap>,
     /// Pools (name, cidr) for metric labels.
     pub pools: Vec<crate::ipam::usage::PoolRef>,
 }
@@ -266,7 +348,7 @@ fn node_gone(world: &World<'_>, node: &str, alloc_time: Option<Timestamp>) -> bo
 /// The pod an allocation names, if any.
 fn pod_key(attr: &AllocationAttribute) -> Option<(String, String)> {
     let s = attr.secondary.as_ref()?;
-    Some((s.get("namespace")?.clone(), s.get("pod")?.clone()))
+    Some((s.get("namespace")?.to_string(), s.get("pod")?.to_string()))
 }
 
 fn classify(
@@ -278,12 +360,7 @@ fn classify(
 ) -> (Verdict, String) {
     let empty = StrMap::new();
     let sec = attr.secondary.as_ref().unwrap_or(&empty);
-    let node = sec
-        .get("node")
-        .map(String::as_str)
-        .or(block_host)
-        .unwrap_or("")
-        .to_string();
+    let node = sec.get("node").or(block_host).unwrap_or("").to_string();
     let handle = attr.handle_id.as_deref().unwrap_or("");
     if handle.is_empty() || handle == WINDOWS_RESERVED || live_ips.contains(&ip) {
         let v = if live_ips.contains(&ip) {
@@ -293,9 +370,9 @@ fn classify(
         };
         return (v, node);
     }
-    let at = sec.get("timestamp").and_then(|t| parse_go_time(t));
+    let at = sec.get("timestamp").and_then(parse_go_time);
     if let Some(t) = sec.get("type")
-        && TUNNEL_TYPES.contains(&t.as_str())
+        && TUNNEL_TYPES.contains(&t)
     {
         let v = if world.nodes.contains_key(&node) {
             Verdict::Valid
@@ -314,7 +391,7 @@ fn classify(
         return (Verdict::Unknown, node);
     };
     let gone = node.is_empty() || node_gone(world, &node, at);
-    let why = match world.pods.get(&(ns.clone(), pod.clone())) {
+    let why = match world.pods.get(ns, pod) {
         None => format!("pod {ns}/{pod} no longer exists"),
         Some(p) if p.evicted => format!("pod {ns}/{pod} was evicted"),
         Some(p) if at.zip(p.created).is_some_and(|(a, c)| a + SKEW < c) => {

@@ -103,7 +103,15 @@ impl Ctx {
     pub async fn ipam(&self) -> Result<&crate::ipam::Ipam, Error> {
         Ok(self
             .ipam
-            .get_or_try_init(|| crate::ipam::Ipam::new(self.client.clone(), self.mode))
+            .get_or_try_init(|| {
+                // The watch cache holds every block: the engine keeps none of its own, and the
+                // GC primes it with the watched copy of a block before writing it.
+                let opts = crate::ipam::IpamOptions {
+                    no_block_cache: true,
+                    ..Default::default()
+                };
+                crate::ipam::Ipam::new_with(self.client.clone(), self.mode, opts)
+            })
             .await?)
     }
 

@@ -115,7 +115,7 @@ pub fn pod_info(p: &SlimPod) -> Option<PodInfo> {
         }
     }
     Some(PodInfo {
-        node: spec.and_then(|s| s.node_name.clone()),
+        node: spec.and_then(|s| s.node_name.as_deref()).map(Into::into),
         ips,
         created: p.metadata.creation_timestamp.as_ref().map(|t| t.0),
         evicted: status

@@ -20,7 +20,9 @@ use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 use tokio::sync::broadcast;
 
-use super::gc_plan::PodInfo;
+use ipnet::IpNet;
+
+use super::gc_plan::{PodInfo, PodMap};
 use super::pod::{SlimPod, pod_info};
 use crate::api::{Affinity, Block, CalicoKind, CrdMode, Handle, Installation, Pool};
 
@@ -139,15 +141,30 @@ pub struct Stores {
     pub kubeadm: Watched<ConfigMap>,
     pub nodes: Watched<Node>,
     /// Pods and handles number in the tens of thousands: indexes, not object caches.
-    pub pods: Index<PodKey, PodInfo>,
-    pub handles: Index<String, HandleEntry>,
+    pub pods: Index<PodMap>,
+    pub handles: Index<HashMap<Box<str>, HandleEntry>>,
 }
 
-fn dynamic<K>(client: &Client, ar: ApiResource, cfg: watcher::Config, name: &'static str) -> Watched<K>
+fn dynamic<K>(
+    client: &Client,
+    ar: ApiResource,
+    cfg: watcher::Config,
+    name: &'static str,
+    slim: fn(&mut K),
+) -> Watched<K>
 where
     K: Resource<DynamicType = ApiResource> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
 {
-    Watched::start(Api::all_with(client.clone(), &ar), cfg, ar, name, |_| {})
+    Watched::start(Api::all_with(client.clone(), &ar), cfg, ar, name, slim)
+}
+
+/// A block as read: vectors grown while decoding (up to twice their length) are cut to size.
+/// Every field is kept: the GC writes blocks from this copy.
+pub fn slim_block(b: &mut Block) {
+    let s = &mut b.spec;
+    s.allocations.shrink_to_fit();
+    s.unallocated.shrink_to_fit();
+    s.attributes.shrink_to_fit();
 }
 
 /// Managed fields are often the largest part of an object, and no controller reads them.
@@ -155,18 +172,49 @@ pub fn drop_managed_fields<K: Resource>(o: &mut K) {
     o.meta_mut().managed_fields = None;
 }
 
+/// What an [`Index`] keeps its entries in.
+pub trait Table: Default + Send + Sync + 'static {
+    /// An object's key, as [`Extract`] gives it.
+    type Key: Send;
+    type Value: Clone + Send + Sync + 'static;
+    fn put(&mut self, key: Self::Key, v: Self::Value);
+    fn take(&mut self, key: &Self::Key) -> Option<Self::Value>;
+}
+
+impl<V: Clone + Send + Sync + 'static> Table for HashMap<Box<str>, V> {
+    type Key = Box<str>;
+    type Value = V;
+    fn put(&mut self, key: Box<str>, v: V) {
+        self.insert(key, v);
+    }
+    fn take(&mut self, key: &Box<str>) -> Option<V> {
+        self.remove(key)
+    }
+}
+
+impl Table for PodMap {
+    type Key = PodKey;
+    type Value = PodInfo;
+    fn put(&mut self, (ns, name): PodKey, v: PodInfo) {
+        self.insert(&ns, &name, v);
+    }
+    fn take(&mut self, (ns, name): &PodKey) -> Option<PodInfo> {
+        self.remove(ns, name)
+    }
+}
+
 /// A watch cache that keeps, per object, only what its reader uses (`extract`): for kinds with
 /// tens of thousands of objects. A reflector store held ~1 KiB per pod and ~1.5 KiB per handle
 /// (object metadata, and keys carrying the API resource, resourceVersion and uid); the GC reads
-/// a few hundred bytes of each.
-pub struct Index<Key, V> {
-    map: Arc<RwLock<HashMap<Key, V>>>,
+/// a few hundred bytes of each, and the tables keep those compactly.
+pub struct Index<T: Table> {
+    map: Arc<RwLock<T>>,
     synced: Arc<AtomicBool>,
     /// Entries of objects deleted (watch DELETE events), for readers that act on a deletion.
-    removed: broadcast::Sender<V>,
+    removed: broadcast::Sender<T::Value>,
 }
 
-impl<Key, V> Clone for Index<Key, V> {
+impl<T: Table> Clone for Index<T> {
     fn clone(&self) -> Self {
         Index {
             map: self.map.clone(),
@@ -176,7 +224,7 @@ impl<Key, V> Clone for Index<Key, V> {
     }
 }
 
-impl<Key, V: Clone> Default for Index<Key, V> {
+impl<T: Table> Default for Index<T> {
     fn default() -> Self {
         Index {
             map: Default::default(),
@@ -187,14 +235,10 @@ impl<Key, V: Clone> Default for Index<Key, V> {
 }
 
 /// An object's key and what the index keeps of it (`None`: the reader ignores it).
-pub type Extract<K, Key, V> = fn(&K) -> (Key, Option<V>);
+pub type Extract<K, T> = fn(&K) -> (<T as Table>::Key, Option<<T as Table>::Value>);
 
-impl<Key, V> Index<Key, V>
-where
-    Key: Eq + Hash + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
-{
-    fn start<K>(api: Api<K>, kind: &'static str, extract: Extract<K, Key, V>) -> Self
+impl<T: Table> Index<T> {
+    fn start<K>(api: Api<K>, kind: &'static str, extract: Extract<K, T>) -> Self
     where
         K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
     {
@@ -214,29 +258,31 @@ where
         index
     }
 
-    /// Applies one watch event; a re-list builds a fresh map in `relist` and swaps it in when
+    /// Applies one watch event; a re-list builds a fresh table in `relist` and swaps it in when
     /// complete, so readers never see a half-listed cluster.
-    fn apply<K>(&self, relist: &mut Option<HashMap<Key, V>>, ev: Event<K>, extract: Extract<K, Key, V>) {
+    fn apply<K>(&self, relist: &mut Option<T>, ev: Event<K>, extract: Extract<K, T>) {
         match ev {
             Event::Apply(o) => {
                 let (key, v) = extract(&o);
                 let mut map = self.map.write().unwrap();
                 match v {
-                    Some(v) => map.insert(key, v),
-                    None => map.remove(&key),
+                    Some(v) => map.put(key, v),
+                    None => {
+                        map.take(&key);
+                    }
                 };
             }
             Event::Delete(o) => {
-                let gone = self.map.write().unwrap().remove(&extract(&o).0);
+                let gone = self.map.write().unwrap().take(&extract(&o).0);
                 if let Some(v) = gone {
                     // No receiver is fine: nobody is waiting for deletions.
                     let _ = self.removed.send(v);
                 }
             }
-            Event::Init => *relist = Some(HashMap::new()),
+            Event::Init => *relist = Some(T::default()),
             Event::InitApply(o) => {
                 if let (Some(m), (key, Some(v))) = (relist.as_mut(), extract(&o)) {
-                    m.insert(key, v);
+                    m.put(key, v);
                 }
             }
             Event::InitDone => {
@@ -253,7 +299,7 @@ where
     }
 
     /// Entries of objects deleted from now on (`None`: some were missed, the receiver lagged).
-    pub fn removals(&self) -> impl Stream<Item = Option<V>> + Send + 'static {
+    pub fn removals(&self) -> impl Stream<Item = Option<T::Value>> + Send + 'static {
         let rx = self.removed.subscribe();
         futures::stream::unfold(rx, |mut rx| async move {
             match rx.recv().await {
@@ -265,15 +311,13 @@ where
     }
 
     /// Read access to the whole index; never held across an `.await`.
-    pub fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<Key, V>> {
+    pub fn read(&self) -> std::sync::RwLockReadGuard<'_, T> {
         self.map.read().unwrap()
     }
+}
 
-    pub fn get<Q>(&self, key: &Q) -> Option<V>
-    where
-        Key: std::borrow::Borrow<Q>,
-        Q: Hash + Eq + ?Sized,
-    {
+impl<V: Clone + Send + Sync + 'static> Index<HashMap<Box<str>, V>> {
+    pub fn get(&self, key: &str) -> Option<V> {
         self.read().get(key).cloned()
     }
 }
@@ -290,41 +334,97 @@ fn pod_entry(p: &SlimPod) -> (PodKey, Option<PodInfo>) {
 }
 
 /// What the GC reads of an IPAMHandle (keyed by name): the plan's inputs, and enough to write
-/// the handle back (a CAS update) without reading it first.
+/// the handle back (a CAS update) without reading it first. Compact (~100 bytes besides the
+/// name): there is one per pod address.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HandleEntry {
-    pub handle_id: String,
-    pub uid: Option<String>,
-    pub resource_version: Option<String>,
+    /// `spec.handleID` where it differs from the object name (Calico's legacy names).
+    id: Option<Box<str>>,
+    /// The object's UID and resourceVersion, when [`Self::plain`].
+    uid: Option<u128>,
+    resource_version: u64,
     /// Block CIDR → addresses held there.
-    pub blocks: Vec<(String, u64)>,
-    pub deleted: Option<bool>,
-    /// No labels, annotations, owners, finalizers or unknown spec fields: [`Self::to_handle`]
-    /// rebuilds the object as stored. Otherwise a writer reads it first.
-    pub plain: bool,
+    blocks: Box<[(IpNet, u64)]>,
+    deleted: Option<bool>,
+    /// No labels, annotations, owners, finalizers or unknown spec fields, and every field in
+    /// its canonical text form: [`Self::to_handle`] rebuilds the object as stored. Otherwise a
+    /// writer reads it first.
+    plain: bool,
 }
 
-fn handle_entry(h: &Handle) -> (String, Option<HandleEntry>) {
+/// A UUID in its canonical (lower-case, hyphenated) text form, as 128 bits.
+fn parse_uid(s: &str) -> Option<u128> {
+    let hex: String = s.split('-').collect();
+    let v = u128::from_str_radix(&hex, 16).ok()?;
+    (hex.len() == 32 && format_uid(v) == s).then_some(v)
+}
+
+fn format_uid(v: u128) -> String {
+    let h = format!("{v:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
+fn handle_entry(h: &Handle) -> (Box<str>, Option<HandleEntry>) {
     let m = &h.metadata;
-    let plain = m.labels.as_ref().is_none_or(|x| x.is_empty())
+    let name = m.name.as_deref().unwrap_or_default();
+    let uid = m.uid.as_deref().map(parse_uid);
+    let rv = m.resource_version.as_deref().and_then(|v| {
+        let n: u64 = v.parse().ok()?;
+        (n.to_string() == v).then_some(n)
+    });
+    // A CIDR that does not parse leaves the list empty (no block is known to be held).
+    let blocks: Vec<(IpNet, u64)> = h
+        .spec
+        .block
+        .iter()
+        .map(|(c, n)| Some((c.parse::<IpNet>().ok()?, *n)))
+        .collect::<Option<_>>()
+        .unwrap_or_default();
+    // Rebuilt text must be the stored text, or the write would change the object.
+    let canonical = blocks.len() == h.spec.block.len()
+        && blocks
+            .iter()
+            .zip(h.spec.block.keys())
+            .all(|((net, _), c)| net.to_string() == *c)
+        && uid.is_some_and(|u| u.is_some())
+        && rv.is_some();
+    let plain = canonical
+        && m.labels.as_ref().is_none_or(|x| x.is_empty())
         && m.annotations.as_ref().is_none_or(|x| x.is_empty())
         && m.owner_references.as_ref().is_none_or(|x| x.is_empty())
         && m.finalizers.as_ref().is_none_or(|x| x.is_empty())
         && h.spec.extra.is_empty();
     let entry = HandleEntry {
-        handle_id: h.spec.handle_id.clone(),
-        uid: m.uid.clone(),
-        resource_version: m.resource_version.clone(),
-        blocks: h.spec.block.iter().map(|(c, n)| (c.clone(), *n)).collect(),
+        id: (h.spec.handle_id != name).then(|| h.spec.handle_id.as_str().into()),
+        uid: uid.flatten(),
+        resource_version: rv.unwrap_or_default(),
+        blocks: blocks.into(),
         deleted: h.spec.deleted,
         plain,
     };
-    (m.name.clone().unwrap_or_default(), Some(entry))
+    (name.into(), Some(entry))
 }
 
 impl HandleEntry {
     pub fn is_deleted(&self) -> bool {
         self.deleted == Some(true)
+    }
+
+    /// `spec.handleID`, given the object's name (the index's key).
+    pub fn handle_id<'a>(&'a self, name: &'a str) -> &'a str {
+        self.id.as_deref().unwrap_or(name)
+    }
+
+    /// Blocks the handle holds addresses in (none when one of its CIDRs does not parse).
+    pub fn blocks(&self) -> impl Iterator<Item = &IpNet> {
+        self.blocks.iter().map(|(net, _)| net)
     }
 
     /// The handle as stored (server-kept fields aside: creation time, generation), for a CAS
@@ -334,14 +434,14 @@ impl HandleEntry {
             return None;
         }
         let spec = crate::api::IPAMHandleSpec {
-            handle_id: self.handle_id.clone(),
-            block: self.blocks.iter().cloned().collect(),
+            handle_id: self.handle_id(name).to_string(),
+            block: self.blocks.iter().map(|(c, n)| (c.to_string(), *n)).collect(),
             deleted: self.deleted,
             extra: Default::default(),
         };
         let mut h = Handle::new(name, ar, spec);
-        h.metadata.uid = self.uid.clone();
-        h.metadata.resource_version = self.resource_version.clone();
+        h.metadata.uid = self.uid.map(format_uid);
+        h.metadata.resource_version = Some(self.resource_version.to_string());
         Some(h)
     }
 }
@@ -367,13 +467,26 @@ impl Stores {
         }
         let any = watcher::Config::default;
         Stores {
-            pools: dynamic(client, mode.resource(CalicoKind::IPPool), pool_cfg, "IPPool"),
-            blocks: dynamic(client, mode.resource(CalicoKind::IPAMBlock), any(), "IPAMBlock"),
+            pools: dynamic(
+                client,
+                mode.resource(CalicoKind::IPPool),
+                pool_cfg,
+                "IPPool",
+                |_| {},
+            ),
+            blocks: dynamic(
+                client,
+                mode.resource(CalicoKind::IPAMBlock),
+                any(),
+                "IPAMBlock",
+                slim_block,
+            ),
             affinities: dynamic(
                 client,
                 mode.resource(CalicoKind::BlockAffinity),
                 any(),
                 "BlockAffinity",
+                |_| {},
             ),
             handles: Index::start(
                 Api::all_with(client.clone(), &mode.resource(CalicoKind::IPAMHandle)),
@@ -440,7 +553,7 @@ mod tests {
 
     #[test]
     fn index_follows_the_watch_and_swaps_in_a_relist_whole() {
-        let idx: Index<PodKey, PodInfo> = Index::default();
+        let idx: Index<PodMap> = Index::default();
         let mut relist = None;
         let apply = |relist: &mut _, ev| idx.apply(relist, ev, pod_entry);
         apply(&mut relist, Event::Init);
@@ -455,12 +568,17 @@ mod tests {
         let key = |n: &str| ("ns".to_string(), n.to_string());
         assert_eq!(idx.read().len(), 1, "host-network pods are not the GC's");
         assert_eq!(
-            idx.get(&key("a")).unwrap().ips,
+            idx.read().get("ns", "a").unwrap().ips,
             ["10.0.0.1".parse::<std::net::IpAddr>().unwrap()]
         );
         apply(&mut relist, Event::Apply(pod("b", "10.0.0.2", false)));
         apply(&mut relist, Event::Delete(pod("a", "10.0.0.1", false)));
-        let keys = |idx: &Index<PodKey, PodInfo>| idx.read().keys().cloned().collect::<Vec<_>>();
+        let keys = |idx: &Index<PodMap>| {
+            idx.read()
+                .iter()
+                .map(|((ns, n), _)| (ns.to_string(), n.to_string()))
+                .collect::<Vec<_>>()
+        };
         assert_eq!(keys(&idx), [key("b")]);
         // A re-list (after a watch gap) replaces everything, dropping pods deleted meanwhile.
         apply(&mut relist, Event::Init);
@@ -475,16 +593,32 @@ mod tests {
         let ar = CrdMode::V1.resource(CalicoKind::IPAMHandle);
         let stored = serde_json::json!({
             "apiVersion": "crd.projectcalico.org/v1", "kind": "IPAMHandle",
-            "metadata": {"name": "k8s-pod-network.abc", "uid": "u-1", "resourceVersion": "42"},
-            "spec": {"handleID": "k8s-pod-network.abc", "block": {"10.0.0.0/26": 2}, "deleted": false}
+            "metadata": {"name": "k8s-pod-network.abc", "uid": "0b6f7f0e-8c1e-4c5a-9d3e-1f2a3b4c5d6e", "resourceVersion": "42"},
+            "spec": {"handleID": "k8s-pod-network.abc", "block": {"10.0.0.0/26": 2, "fd00::40/122": 1}, "deleted": false}
         });
         let h: Handle = serde_json::from_value(stored.clone()).unwrap();
         let (name, e) = handle_entry(&h);
         let e = e.unwrap();
-        assert!(e.plain && !e.is_deleted());
+        assert!(e.plain && !e.is_deleted() && e.id.is_none());
         let back = serde_json::to_value(e.to_handle(&name, &ar).unwrap()).unwrap();
         assert_eq!(back, stored);
+        // Calico's legacy object name (the ID differs from it) is kept and rebuilt.
+        let mut legacy = stored.clone();
+        legacy["spec"]["handleID"] = "k8s-pod-network.ABC".into();
+        let (lname, le) = handle_entry(&serde_json::from_value(legacy.clone()).unwrap());
+        let le = le.unwrap();
+        assert_eq!(le.handle_id(&lname), "k8s-pod-network.ABC");
+        assert_eq!(
+            serde_json::to_value(le.to_handle(&lname, &ar).unwrap()).unwrap(),
+            legacy
+        );
         for extra in [
+            // Text the compact entry would not rebuild as stored.
+            serde_json::json!({"metadata": {"uid": "u-1"}}),
+            serde_json::json!({"metadata": {"uid": "0B6F7F0E-8C1E-4C5A-9D3E-1F2A3B4C5D6E"}}),
+            serde_json::json!({"metadata": {"resourceVersion": "042"}}),
+            serde_json::json!({"metadata": {"resourceVersion": "opaque"}}),
+            serde_json::json!({"spec": {"block": {"fd00:0:0:0:0:0:0:40/122": 2}}}),
             serde_json::json!({"metadata": {"labels": {"a": "b"}}}),
             serde_json::json!({"metadata": {"ownerReferences": [{"apiVersion": "v1", "kind": "Pod", "name": "p", "uid": "x"}]}}),
             serde_json::json!({"spec": {"futureField": 1}}),

@@ -672,7 +672,7 @@ mod tests {
         let (freed, changed) = apply_gc_edit(&mut b, &e);
         assert!(freed.is_empty() && changed);
         assert_eq!(
-            attribute_of(&b, a[1]).unwrap().secondary.as_ref().unwrap()[LEAK_SEEN_KEY],
+            &attribute_of(&b, a[1]).unwrap().secondary.as_ref().unwrap()[LEAK_SEEN_KEY],
             "t1"
         );
         assert!(

@@ -55,6 +55,10 @@ pub struct IpamOptions {
     /// Use this configuration instead of the cluster's IPAMConfig `default` (embedding, tests
     /// that must not change the cluster-wide singleton).
     pub config_override: Option<IPAMConfigSpec>,
+    /// Keep no block between writes: the caller watches blocks itself and hands the engine its
+    /// copy before a write ([`Ipam::prime_block`]). The operator's GC: with a watch cache of
+    /// every block, a second copy of each block it ever wrote was most of its memory.
+    pub no_block_cache: bool,
 }
 
 struct Inner {
@@ -234,6 +238,15 @@ pub struct GcReleased {
     pub after: Option<crate::api::IPAMBlockSpec>,
     /// Handles whose count could not be set (left over-counted until the orphan-handle GC).
     pub over_counted: Vec<String>,
+}
+
+impl GcReleased {
+    /// Addresses `handle` still holds in the block after the write.
+    pub fn left_for(&self, handle: &str) -> u64 {
+        self.after
+            .as_ref()
+            .map_or(0, |s| blk::ordinals_of_handle(s, handle).len() as u64)
+    }
 }
 
 enum BlockOutcome {
@@ -442,13 +455,26 @@ impl Ipam {
         let b = self.inner.store.get_block(cidr).await?;
         let mut c = self.inner.cache.lock().unwrap();
         match &b {
-            Some(b) => c.blocks.insert(*cidr, b.clone()),
-            None => c.blocks.remove(cidr),
+            Some(b) if !self.inner.opts.no_block_cache => c.blocks.insert(*cidr, b.clone()),
+            _ => c.blocks.remove(cidr),
         };
         Ok(b)
     }
 
     fn remember_block(&self, b: &Block) {
+        if let Ok(n) = block_net(b) {
+            let mut c = self.inner.cache.lock().unwrap();
+            if self.inner.opts.no_block_cache {
+                c.blocks.remove(&n);
+            } else {
+                c.blocks.insert(n, b.clone());
+            }
+        }
+    }
+
+    /// Seeds the block cache with a copy from a watch: the next write of the block needs no
+    /// read (a stale copy costs one 409 and a re-read, as any cache entry).
+    pub fn prime_block(&self, b: &Block) {
         if let Ok(n) = block_net(b) {
             self.inner.cache.lock().unwrap().blocks.insert(n, b.clone());
         }
@@ -1487,6 +1513,36 @@ impl Ipam {
     /// deleted. Returns the ordinals freed with the handle that held each, and the block after;
     /// a handle write that failed does not make the call fail (the block write has landed).
     pub async fn release_guarded(&self, cidr: &IpNet, edit: &blk::GcEdit) -> Result<GcReleased, IpamError> {
+        let mut done = self.release_guarded_block(cidr, edit).await?;
+        let handles: std::collections::BTreeSet<&str> = done.freed.iter().map(|(_, h)| h.as_str()).collect();
+        // Collected first: a lazy iterator of borrowing futures is not provably Send.
+        let sets: Vec<_> = handles
+            .into_iter()
+            .map(|h| {
+                let left = done.left_for(h);
+                async move { (h, self.set_released_handle(cidr, h, left).await) }
+            })
+            .collect();
+        let mut sets = futures::stream::iter(sets).buffer_unordered(HANDLE_CONCURRENCY);
+        let mut over_counted = Vec::new();
+        while let Some((h, r)) = sets.next().await {
+            if r.is_err() {
+                over_counted.push(h.to_string());
+            }
+        }
+        drop(sets);
+        done.over_counted = over_counted;
+        Ok(done)
+    }
+
+    /// The block write of [`Self::release_guarded`] alone: the addresses are free once it
+    /// returns. The caller then sets the freed handles with [`Self::set_released_handle`] (a
+    /// large GC pass frees every block first and sets all handles after, side by side).
+    pub async fn release_guarded_block(
+        &self,
+        cidr: &IpNet,
+        edit: &blk::GcEdit,
+    ) -> Result<GcReleased, IpamError> {
         let mut holders: Vec<(usize, String)> = Vec::new();
         let (freed, after) = self
             .edit_block(cidr, |b| {
@@ -1505,32 +1561,28 @@ impl Ipam {
             .into_iter()
             .filter_map(|o| holders.iter().find(|(h, _)| *h == o).cloned())
             .collect();
-        let handles: std::collections::BTreeSet<&str> = freed.iter().map(|(_, h)| h.as_str()).collect();
-        // Collected first: a lazy iterator of borrowing futures is not provably Send.
-        let sets: Vec<_> = handles
-            .into_iter()
-            .map(|h| {
-                let left = after
-                    .as_ref()
-                    .map_or(0, |s| blk::ordinals_of_handle(s, h).len() as u64);
-                async move { (h, self.handle_set(h, cidr, left, false).await) }
-            })
-            .collect();
-        let mut sets = futures::stream::iter(sets).buffer_unordered(HANDLE_CONCURRENCY);
-        let mut over_counted = Vec::new();
-        while let Some((h, r)) = sets.next().await {
-            if let Err(e) = r {
-                // The addresses are free either way; the handle is an orphan for the GC to take.
-                warn!(block = %cidr, handle = h, error = %e, "IPAMHandle count not set after a release (left over-counted)");
-                over_counted.push(h.to_string());
-            }
-        }
-        drop(sets);
         Ok(GcReleased {
             freed,
             after,
-            over_counted,
+            over_counted: vec![],
         })
+    }
+
+    /// Sets a handle's count for `cidr` to `left` (what the block still holds for it after a GC
+    /// release: [`GcReleased::left_for`]); deletes the handle when that was its last entry. A
+    /// failure is logged: the handle stays over-counted until the orphan-handle GC takes it.
+    pub async fn set_released_handle(
+        &self,
+        cidr: &IpNet,
+        handle_id: &str,
+        left: u64,
+    ) -> Result<(), IpamError> {
+        let r = self.handle_set(handle_id, cidr, left, false).await;
+        if let Err(e) = &r {
+            // The addresses are free either way; the handle is an orphan for the GC to take.
+            warn!(block = %cidr, handle = handle_id, error = %e, "IPAMHandle count not set after a release (left over-counted)");
+        }
+        r
     }
 
     /// Seeds the handle cache with a copy from a watch, where this process has none: the first

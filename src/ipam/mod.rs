@@ -107,7 +107,7 @@ impl Attrs {
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).map(String::as_str)
+        self.0.get(key)
     }
 }
 

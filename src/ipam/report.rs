@@ -263,7 +263,7 @@ pub fn check(input: &CheckInput) -> Vec<Problem> {
             let owner = attr
                 .secondary
                 .as_ref()
-                .and_then(|sec| Some((sec.get("namespace")?.as_str(), sec.get("pod")?.as_str())));
+                .and_then(|sec| Some((sec.get("namespace")?, sec.get("pod")?)));
             if let (Some(pods), Some((ns, pod))) = (&input.pods, owner)
                 && !pods.contains(&(ns.to_string(), pod.to_string()))
             {
@@ -617,20 +617,20 @@ pub fn usage(pools: &[Pool], blocks: &[Block], show_blocks: bool) -> Usage {
             if *node == block_owner {
                 continue;
             }
-            let ns = sec.get("namespace").map(String::as_str).unwrap_or("");
+            let ns = sec.get("namespace").unwrap_or("");
             let (type_, allocated_to) = if let Some(vmi) = sec.get("vmi") {
                 ("vmi".to_string(), format!("{ns}/{vmi}"))
             } else if let Some(pod) = sec.get("pod") {
                 ("pod".to_string(), format!("{ns}/{pod}"))
             } else {
                 (
-                    sec.get("type").cloned().unwrap_or_default(),
+                    sec.get("type").unwrap_or_default().to_string(),
                     attr.handle_id.clone().unwrap_or_default(),
                 )
             };
             out.borrowed.push(Borrowed {
                 ip,
-                borrowing_node: node.clone(),
+                borrowing_node: node.to_string(),
                 block: net.to_string(),
                 block_owner: block_owner.clone(),
                 type_,

@@ -83,7 +83,6 @@ fn allocation_node(b: &IPAMBlockSpec, attr: usize) -> Option<&str> {
         .get(attr)
         .and_then(|a| a.secondary.as_ref())
         .and_then(|s| s.get("node"))
-        .map(String::as_str)
         .filter(|n| !n.is_empty())
 }
 
