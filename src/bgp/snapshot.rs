@@ -37,6 +37,9 @@ pub struct Snapshot {
     /// Services and their EndpointSlices, for per-service route advertisement.
     pub services: Vec<Service>,
     pub endpoint_slices: Vec<EndpointSlice>,
+    /// Per-service routes already worked out from Services and EndpointSlices (a node agent's
+    /// snapshot, assembled from published inputs, has these instead of the objects).
+    pub service_routes: Option<super::services::ServiceRoutes>,
     /// (kind, name) of every object read from manifests, to refuse duplicates.
     loaded: std::collections::BTreeSet<(String, String)>,
 }
