@@ -299,6 +299,7 @@ async fn controller_and_agents_follow_the_apiserver() {
         client.clone(),
         mode,
         ns.clone(),
+        tortie::controllers::Stores::start(&client, mode, None),
         ctrl::Config {
             debounce: Duration::from_millis(100),
             ..Default::default()

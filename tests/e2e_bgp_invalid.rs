@@ -146,6 +146,7 @@ async fn a_bad_object_is_left_out_and_reported_while_the_rest_keeps_updating() {
         client.clone(),
         mode,
         ns.clone(),
+        tortie::controllers::Stores::start(&client, mode, None),
         ctrl::Config {
             debounce: Duration::from_millis(100),
             ..Default::default()

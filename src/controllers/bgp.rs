@@ -18,25 +18,21 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, ObjectReference, Secret, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, ObjectReference, Secret};
 use k8s_openapi::api::rbac::v1::Role;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, DynamicObject, PartialObjectMeta, Patch, PatchParams};
-use kube::runtime::WatchStreamExt;
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
-use tokio::sync::Notify;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::api::{Affinity, BgpConfig, BgpPeer, CalicoKind, CrdMode, Installation, Pool};
+use crate::api::{Affinity, BgpConfig, BgpPeer, CrdMode, Installation, Pool};
 use crate::bgp::validate::Invalid;
 use crate::bgp::{self, CalicoSelectors, RenderOptions, Snapshot};
 
 use super::conditions::{self, Cond};
+use super::store::{BgpStores, Stores};
 
 // The published-object contract between this controller and the node agents lives on the node
 // side; re-exported here under its old paths.
@@ -57,11 +53,6 @@ pub const REASON_INVALID: &str = "BGPInputInvalid";
 pub enum Error {
     #[error("publishing {object:?}: {source}")]
     Publish { object: String, source: kube::Error },
-    #[error("watching {kind}: {source}")]
-    Watch {
-        kind: &'static str,
-        source: watcher::Error,
-    },
 }
 
 /// Settings of the BGP controller.
@@ -135,213 +126,77 @@ async fn scope_agent_role(
     Ok(())
 }
 
-struct Watches {
-    nodes: Store<Node>,
-    /// Untyped (also `pools`), so that one stored object tortie's types cannot read is reported
-    /// on its own instead of failing the whole list (and with it every node's config).
-    configs: Store<DynamicObject>,
-    peers: Store<DynamicObject>,
-    pools: Store<DynamicObject>,
-    affinities: Store<Affinity>,
-    secrets: Store<Secret>,
-    /// Published objects (shards and own objects) by metadata only: a pass reads their names
-    /// and hash annotations.
-    maps: Store<PartialObjectMeta<ConfigMap>>,
-    secret_maps: Store<PartialObjectMeta<Secret>>,
-    services: Store<Service>,
-    slices: Store<EndpointSlice>,
+/// A change the controller hears of: a Node (checked against what was published of it), or
+/// anything else (always a pass).
+enum Trigger {
+    Node(Arc<Node>),
+    Other,
 }
 
-/// Watch tasks of one [`run`]; aborted when it ends or is dropped (e.g. on losing leadership).
-#[derive(Default)]
-struct Tasks(Vec<tokio::task::JoinHandle<()>>);
-
-impl Drop for Tasks {
-    fn drop(&mut self) {
-        for t in &self.0 {
-            t.abort();
-        }
-    }
-}
-
-/// Reflects `events` into a store of its own, `slim`ming each object first, and wakes the
-/// controller on every event.
-fn reflect<K, S>(
-    tasks: &mut Tasks,
-    events: S,
-    dt: K::DynamicType,
-    slim: fn(&mut K),
-    kick: Arc<Notify>,
-    kind: &'static str,
-) -> Store<K>
-where
-    K: Resource + Clone + std::fmt::Debug + Send + Sync + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
-    S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
-{
-    let writer = reflector::store::Writer::new(dt);
-    let store = writer.as_reader();
-    let stream = events
-        .default_backoff()
-        .modify(move |o| {
-            super::store::drop_managed_fields(o);
-            slim(o);
-        })
-        .reflect(writer);
-    tasks.0.push(tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(_) => kick.notify_one(),
-                Err(e) => warn!(kind, error = %e, "watch error (retrying)"),
-            }
-        }
-    }));
-    store
-}
-
-fn watch<K>(
-    tasks: &mut Tasks,
-    api: Api<K>,
-    cfg: watcher::Config,
-    kick: Arc<Notify>,
-    kind: &'static str,
-) -> Store<K>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-{
-    reflect(tasks, watcher::watcher(api, cfg), (), |_| {}, kick, kind)
-}
-
-fn watch_calico<K>(
-    tasks: &mut Tasks,
-    client: &Client,
+/// Runs the BGP controller until the task is dropped or aborted, on the operator's shared watch
+/// caches (`stores`; the BGP kinds are started here when `stores.bgp` is not set yet).
+pub async fn run(
+    client: Client,
     mode: CrdMode,
-    kind: CalicoKind,
-    kick: Arc<Notify>,
-) -> Store<K>
-where
-    K: Resource<DynamicType = kube::api::ApiResource>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let ar = mode.resource(kind);
-    let api: Api<K> = Api::all_with(client.clone(), &ar);
-    let name = mode.kind_and_plural(kind).0;
-    reflect(
-        tasks,
-        watcher::watcher(api, watcher::Config::default()),
-        ar,
-        |_| {},
-        kick,
-        name,
-    )
-}
-
-/// Runs the BGP controller until the task is dropped or aborted.
-pub async fn run(client: Client, mode: CrdMode, namespace: String, config: Config) -> Result<(), Error> {
-    let kick = Arc::new(Notify::new());
-    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=tortie");
-    let mut tasks = Tasks::default();
-    let t = &mut tasks;
-    let ns_api = || Api::namespaced(client.clone(), &namespace);
-    let w = Watches {
-        // The renderer reads a Node's metadata only; status (images, conditions) is most of it.
-        nodes: reflect(
-            t,
-            watcher::watcher(Api::all(client.clone()), watcher::Config::default()),
-            (),
-            |n: &mut Node| {
-                n.spec = None;
-                n.status = None;
-            },
-            kick.clone(),
-            "Node",
-        ),
-        configs: watch_calico(t, &client, mode, CalicoKind::BGPConfiguration, kick.clone()),
-        peers: watch_calico(t, &client, mode, CalicoKind::BGPPeer, kick.clone()),
-        pools: watch_calico(t, &client, mode, CalicoKind::IPPool, kick.clone()),
-        affinities: watch_calico(t, &client, mode, CalicoKind::BlockAffinity, kick.clone()),
-        secrets: watch(t, ns_api(), watcher::Config::default(), kick.clone(), "Secret"),
-        maps: reflect(
-            t,
-            watcher::watcher(
-                Api::<PartialObjectMeta<ConfigMap>>::namespaced(client.clone(), &namespace),
-                owned.clone(),
-            ),
-            (),
-            |_| {},
-            kick.clone(),
-            "ConfigMap",
-        ),
-        secret_maps: reflect(
-            t,
-            watcher::watcher(
-                Api::<PartialObjectMeta<Secret>>::namespaced(client.clone(), &namespace),
-                owned,
-            ),
-            (),
-            |_| {},
-            kick.clone(),
-            "Secret(config)",
-        ),
-        services: watch(
-            t,
-            Api::all(client.clone()),
-            watcher::Config::default(),
-            kick.clone(),
-            "Service",
-        ),
-        slices: watch(
-            t,
-            Api::all(client.clone()),
-            watcher::Config::default(),
-            kick.clone(),
-            "EndpointSlice",
-        ),
+    namespace: String,
+    stores: Stores,
+    config: Config,
+) -> Result<(), Error> {
+    let bgp = match &stores.bgp {
+        Some(b) => b.clone(),
+        None => BgpStores::start(&client, mode, &namespace),
     };
-    for ready in [
-        w.nodes.wait_until_ready().await,
-        w.configs.wait_until_ready().await,
-        w.peers.wait_until_ready().await,
-        w.pools.wait_until_ready().await,
-        w.affinities.wait_until_ready().await,
-        w.secrets.wait_until_ready().await,
-        w.maps.wait_until_ready().await,
-        w.secret_maps.wait_until_ready().await,
-        w.services.wait_until_ready().await,
-        w.slices.wait_until_ready().await,
-    ] {
-        if ready.is_err() {
-            warn!("a watch ended before its first list");
-        }
+    let other = |s: futures::stream::BoxStream<'static, ()>| s.map(|_| Trigger::Other).boxed();
+    // Subscribed before the first pass, so nothing after it is missed.
+    let mut triggers = futures::stream::select_all(vec![
+        stores.nodes.changes().map(Trigger::Node).boxed(),
+        other(stores.affinities.changes().map(|_| ()).boxed()),
+        other(bgp.configs.changes().map(|_| ()).boxed()),
+        other(bgp.peers.changes().map(|_| ()).boxed()),
+        other(bgp.pools.changes().map(|_| ()).boxed()),
+        other(bgp.secrets.changes().map(|_| ()).boxed()),
+        other(bgp.services.changes().map(|_| ()).boxed()),
+        other(bgp.slices.changes().map(|_| ()).boxed()),
+        other(bgp.maps.changes().map(|_| ()).boxed()),
+        other(bgp.secret_maps.changes().map(|_| ()).boxed()),
+    ]);
+    while !(stores.nodes.synced() && stores.affinities.synced() && bgp.synced()) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let reporter = Reporter {
         controller: "tortie-bgp".into(),
         instance: Some(config.instance.clone()),
     };
     let mut state = State::default();
-    let _tasks = tasks;
     loop {
         let span = info_span!("bgp_pass");
-        pass(&client, mode, &namespace, &config, &w, &reporter, &mut state)
+        pass(&client, mode, &namespace, &config, &stores, &bgp, &reporter, &mut state)
             .instrument(span)
             .await;
         let done = tokio::time::Instant::now();
-        if state.agent_role_retry {
-            // Nothing else may change for a long time: retry the agents' Role on a timer.
-            tokio::select! {
-                _ = kick.notified() => {}
-                _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+        // Wait for a change that can alter what is published: a Node event whose published
+        // facts (BGP annotations, selected labels, presence) are as published costs nothing.
+        loop {
+            let t = if state.agent_role_retry {
+                // Nothing else may change for a long time: retry on a timer.
+                tokio::select! {
+                    t = triggers.next() => t,
+                    _ = tokio::time::sleep(Duration::from_secs(10)) => Some(Trigger::Other),
+                }
+            } else {
+                triggers.next().await
+            };
+            match t {
+                None => return Ok(()),
+                Some(Trigger::Other) => break,
+                Some(Trigger::Node(n)) => {
+                    if state.node_changed(&stores, &n) {
+                        break;
+                    }
+                }
             }
-        } else {
-            kick.notified().await;
         }
-        // At most one pass per `debounce`: a change after a quiet spell renders at once (BGP
+        // At most one pass per `debounce`: a change after a quiet spell publishes at once (BGP
         // changes reach BIRD in milliseconds), changes inside a burst wait out the rest of the
         // window and cost one more pass together.
         tokio::time::sleep_until(done + config.debounce).await;
@@ -350,6 +205,9 @@ pub async fn run(client: Client, mode: CrdMode, namespace: String, config: Confi
 
 #[derive(Default)]
 struct State {
+    /// Label keys BGPPeer selectors read, and each Node's facts, as last published.
+    keys: BTreeSet<String>,
+    facts: HashMap<String, contract::NodeFacts>,
     /// Object name -> content hash written, until the watch shows it (so a pass that runs
     /// before the watch caught up does not write the same content again).
     written: HashMap<String, String>,
@@ -369,34 +227,47 @@ struct State {
     condition_tried: Option<tokio::time::Instant>,
 }
 
+impl State {
+    /// Whether a Node event can change what is published: its facts (name, selected labels,
+    /// Calico annotations) or its presence differ from the last pass's.
+    fn node_changed(&self, stores: &Stores, n: &Node) -> bool {
+        let name = n.name_any();
+        let live = stores.nodes.get(&name);
+        match (live, self.facts.get(&name)) {
+            (None, None) => false,
+            (Some(live), Some(f)) => contract::node_facts(&live, &self.keys) != *f,
+            _ => true,
+        }
+    }
+}
+
 fn unwrap<K: Clone>(v: Vec<Arc<K>>) -> Vec<K> {
     v.into_iter().map(|a| (*a).clone()).collect()
 }
 
-/// The renderer's input, and the stored BGP objects that could not be decoded.
-fn snapshot(w: &Watches) -> (Snapshot, Vec<Invalid>) {
+/// The renderer's input but Nodes and BlockAffinities (read from the caches in place), and the
+/// stored BGP objects that could not be decoded.
+fn snapshot(w: &BgpStores) -> (Snapshot, Vec<Invalid>) {
     let mut snap = Snapshot::default();
-    snap.nodes = unwrap(w.nodes.state());
     let values = |objs: Vec<Arc<DynamicObject>>| {
         objs.into_iter()
             .filter_map(|o| serde_json::to_value(&*o).ok())
             .collect::<Vec<_>>()
     };
     let (configs, mut undecodable) =
-        bgp::validate::decode_each::<BgpConfig>("BGPConfiguration", values(w.configs.state()));
-    let (peers, bad_peers) = bgp::validate::decode_each::<BgpPeer>("BGPPeer", values(w.peers.state()));
+        bgp::validate::decode_each::<BgpConfig>("BGPConfiguration", values(w.configs.all()));
+    let (peers, bad_peers) = bgp::validate::decode_each::<BgpPeer>("BGPPeer", values(w.peers.all()));
     undecodable.extend(bad_peers);
-    let (pools, bad_pools) = bgp::validate::decode_each::<Pool>("IPPool", values(w.pools.state()));
+    let (pools, bad_pools) = bgp::validate::decode_each::<Pool>("IPPool", values(w.pools.all()));
     undecodable.extend(bad_pools);
     snap.bgp_configs = configs;
     snap.peers = peers;
     snap.pools = pools;
-    snap.affinities = unwrap(w.affinities.state());
-    snap.services = unwrap(w.services.state());
-    snap.endpoint_slices = unwrap(w.slices.state());
+    snap.services = unwrap(w.services.all());
+    snap.endpoint_slices = unwrap(w.slices.all());
     // Only Secrets a password names are read into the snapshot.
     let wanted: BTreeSet<String> = snap.referenced_secrets().into_iter().collect();
-    for s in w.secrets.state() {
+    for s in w.secrets.all() {
         if wanted.contains(&s.name_any()) {
             snap.add_secret(&s);
         }
@@ -431,7 +302,7 @@ impl Write {
     }
 }
 
-fn stored(w: &Watches) -> StoredAll {
+fn stored(w: &BgpStores) -> StoredAll {
     fn read(m: &ObjectMeta) -> (String, Stored) {
         let a = m.annotations.as_ref();
         (
@@ -443,8 +314,8 @@ fn stored(w: &Watches) -> StoredAll {
         )
     }
     StoredAll {
-        maps: w.maps.state().iter().map(|c| read(&c.metadata)).collect(),
-        secrets: w.secret_maps.state().iter().map(|s| read(&s.metadata)).collect(),
+        maps: w.maps.all().iter().map(|c| read(&c.metadata)).collect(),
+        secrets: w.secret_maps.all().iter().map(|s| read(&s.metadata)).collect(),
     }
 }
 
@@ -453,7 +324,8 @@ async fn pass(
     mode: CrdMode,
     namespace: &str,
     config: &Config,
-    w: &Watches,
+    stores: &Stores,
+    w: &BgpStores,
     reporter: &Reporter,
     state: &mut State,
 ) {
@@ -467,7 +339,17 @@ async fn pass(
         .count
         .or_else(|| stored.maps.get(&shard_name(0)).and_then(|s| s.shards));
     let selectors = CalicoSelectors::default();
-    let inputs: Inputs = contract::publish(&snap, &config.render, &selectors, current);
+    let node_objs = stores.nodes.all();
+    let nodes: Vec<&Node> = node_objs.iter().map(|n| &**n).collect();
+    let aff_objs = stores.affinities.all();
+    let affinities: Vec<&Affinity> = aff_objs.iter().map(|a| &**a).collect();
+    let inputs: Inputs =
+        contract::publish_from(&snap, &nodes, &affinities, &config.render, &selectors, current);
+    state.keys = contract::label_keys(&snap.peers);
+    state.facts = nodes
+        .iter()
+        .map(|n| (n.name_any(), contract::node_facts(n, &state.keys)))
+        .collect();
     let count = inputs.shards.len() as u32;
     let mut retry = false;
     // The agents may read exactly the shards and the own objects of current nodes; a new node's
@@ -499,7 +381,7 @@ async fn pass(
         .find(|c| c.metadata.name.as_deref() == Some("default"))
         .is_none_or(|c| c.spec.node_to_node_mesh_enabled != Some(false));
     let mut uids: HashMap<String, Option<String>> = HashMap::new();
-    for node in &snap.nodes {
+    for node in &nodes {
         let name = node.name_any();
         // What used to fail a node's rendering here is checked without rendering: its agent
         // renders, and reports on its Node too.
@@ -616,7 +498,7 @@ async fn pass(
     for (reference, type_, reason, note) in notes {
         event(client, reporter, &reference, type_, reason, &note).await;
     }
-    let live: BTreeSet<String> = snap.nodes.iter().map(|n| n.name_any()).collect();
+    let live: BTreeSet<String> = nodes.iter().map(|n| n.name_any()).collect();
     state.warned.retain(|w| {
         w.split_once(": ")
             .is_none_or(|(n, _)| live.contains(n))
@@ -642,7 +524,7 @@ async fn pass(
                     uid: c.metadata.uid.clone(),
                     ..Default::default()
                 },
-                None => snap.nodes[0].object_ref(&()),
+                None => nodes[0].object_ref(&()),
             };
             event(
                 client,
@@ -659,24 +541,24 @@ async fn pass(
 }
 
 /// Reference of the object an [`Invalid`] is about, for its Event.
-fn invalid_ref(mode: CrdMode, w: &Watches, e: &Invalid) -> ObjectReference {
+fn invalid_ref(mode: CrdMode, w: &BgpStores, e: &Invalid) -> ObjectReference {
     let p = e.place();
     let uid = match p.kind {
         "BGPPeer" => w
             .peers
-            .state()
+            .all()
             .iter()
             .find(|o| o.metadata.name.as_deref() == Some(&p.name))
             .and_then(|o| o.metadata.uid.clone()),
         "BGPConfiguration" => w
             .configs
-            .state()
+            .all()
             .iter()
             .find(|o| o.metadata.name.as_deref() == Some(&p.name))
             .and_then(|o| o.metadata.uid.clone()),
         "IPPool" => w
             .pools
-            .state()
+            .all()
             .iter()
             .find(|o| o.metadata.name.as_deref() == Some(&p.name))
             .and_then(|o| o.metadata.uid.clone()),
@@ -695,7 +577,7 @@ fn invalid_ref(mode: CrdMode, w: &Watches, e: &Invalid) -> ObjectReference {
 async fn report_invalid(
     client: &Client,
     mode: CrdMode,
-    w: &Watches,
+    w: &BgpStores,
     reporter: &Reporter,
     state: &mut State,
     invalid: &[Invalid],

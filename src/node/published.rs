@@ -503,24 +503,38 @@ pub fn node_inputs(
     }
 }
 
-/// Cuts `snap` into shards and per-node inputs (the whole of it; the controller does the same
-/// from cached records). `current`: the shard count in use.
+/// Cuts `snap` into shards and per-node inputs. `current`: the shard count in use.
 pub fn publish(
     snap: &Snapshot,
     opts: &RenderOptions,
     selectors: &dyn SelectorEngine,
     current: Option<u32>,
 ) -> Inputs {
+    let nodes: Vec<&Node> = snap.nodes.iter().collect();
+    let affinities: Vec<&Affinity> = snap.affinities.iter().collect();
+    publish_from(snap, &nodes, &affinities, opts, selectors, current)
+}
+
+/// [`publish`] with the Nodes and BlockAffinities given apart from `snap` (whose own lists of
+/// them are not read), so a controller passes its cached objects without copying them.
+pub fn publish_from(
+    snap: &Snapshot,
+    nodes: &[&Node],
+    affinities: &[&Affinity],
+    opts: &RenderOptions,
+    selectors: &dyn SelectorEngine,
+    current: Option<u32>,
+) -> Inputs {
     let keys = label_keys(&snap.peers);
     let routes = service_routes_of(snap);
-    let facts: Vec<NodeFacts> = snap.nodes.iter().map(|n| node_facts(n, &keys)).collect();
+    let facts: Vec<NodeFacts> = nodes.iter().map(|n| node_facts(n, &keys)).collect();
     let mut records: Vec<Record> = facts.iter().map(Record::node).collect();
     records.extend(shared_records(snap, &routes.everywhere));
     let total = records.iter().map(|r| r.json.len() + 1).sum();
     let count = shard_count(total, current);
     let shards = shard_bodies(&records, count);
     let mut by_node: BTreeMap<&str, Vec<&Affinity>> = BTreeMap::new();
-    for a in &snap.affinities {
+    for a in affinities {
         by_node.entry(a.spec.node.as_str()).or_default().push(a);
     }
     let nodes = facts
