@@ -114,7 +114,11 @@ fn published_bytes(snap: &Snapshot) -> (usize, usize, usize) {
             published::Published::Secret(x) => serde_json::to_vec(x).unwrap().len(),
         })
         .sum();
-    let largest = shards.iter().map(|o| serde_json::to_vec(o).unwrap().len()).max().unwrap_or(0);
+    let largest = shards
+        .iter()
+        .map(|o| serde_json::to_vec(o).unwrap().len())
+        .max()
+        .unwrap_or(0);
     (s + o, shards.len(), largest)
 }
 
@@ -169,9 +173,11 @@ fn publish(c: &mut Criterion) {
     for (layout, n) in [("mesh", 1000usize), ("rr", 5000)] {
         let snap = cluster(n, layout == "mesh");
         let sel = CalicoSelectors::default();
-        g.bench_with_input(BenchmarkId::new(format!("{layout}_per_event"), n), &snap, |b, s| {
-            b.iter(|| black_box(published::publish(s, &RenderOptions::default(), &sel, Some(1))))
-        });
+        g.bench_with_input(
+            BenchmarkId::new(format!("{layout}_per_event"), n),
+            &snap,
+            |b, s| b.iter(|| black_box(published::publish(s, &RenderOptions::default(), &sel, Some(1)))),
+        );
     }
     let snap = cluster(5000, false);
     let sel = CalicoSelectors::default();

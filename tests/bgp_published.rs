@@ -53,7 +53,11 @@ fn through_objects(snap: &Snapshot, opts: &RenderOptions, current: Option<u32>) 
         let published::Contents::Inputs(ni) = published::contents_of(&o).unwrap() else {
             panic!("inputs format expected")
         };
-        assert_eq!(!ni.passwords.is_empty(), matches!(o, Published::Secret(_)), "{node}");
+        assert_eq!(
+            !ni.passwords.is_empty(),
+            matches!(o, Published::Secret(_)),
+            "{node}"
+        );
         let slots: BTreeMap<u32, published::ShardSlot> = shards
             .iter()
             .map(|s| {
@@ -137,17 +141,19 @@ fn node_gen() -> impl Strategy<Value = NodeGen> {
             proptest::bool::weighted(0.15),
         ),
     )
-        .prop_map(|((v6, asn, rr, rack, zone), (junk, bad, exclude_lb, wg))| NodeGen {
-            v6,
-            asn,
-            rr,
-            rack,
-            zone,
-            junk,
-            bad,
-            exclude_lb,
-            wg,
-        })
+        .prop_map(
+            |((v6, asn, rr, rack, zone), (junk, bad, exclude_lb, wg))| NodeGen {
+                v6,
+                asn,
+                rr,
+                rack,
+                zone,
+                junk,
+                bad,
+                exclude_lb,
+                wg,
+            },
+        )
 }
 
 fn peer_gen() -> impl Strategy<Value = PeerGen> {
@@ -189,7 +195,10 @@ fn cluster_gen() -> impl Strategy<Value = ClusterGen> {
         ),
     )
         .prop_map(
-            |((nodes, mesh, mesh_password, asn, listen_port), (node_config, peers, pools, blocks, services))| {
+            |(
+                (nodes, mesh, mesh_password, asn, listen_port),
+                (node_config, peers, pools, blocks, services),
+            )| {
                 ClusterGen {
                     nodes,
                     mesh,
@@ -211,7 +220,12 @@ fn node_name(i: usize) -> String {
 }
 
 fn selector(i: u8) -> &'static str {
-    ["all()", "has(rack)", "rack == 'a'", "zone in {'z1', 'z2'} && !has(junk)"][i as usize % 4]
+    [
+        "all()",
+        "has(rack)",
+        "rack == 'a'",
+        "zone in {'z1', 'z2'} && !has(junk)",
+    ][i as usize % 4]
 }
 
 fn password(k: u8) -> Value {
@@ -302,9 +316,11 @@ fn build(g: &ClusterGen) -> Snapshot {
         "metadata": {"name": "default"}, "spec": spec}),
     );
     if let Some((i, port)) = g.node_config {
-        docs.push(json!({"apiVersion": "crd.projectcalico.org/v1", "kind": "BGPConfiguration",
+        docs.push(
+            json!({"apiVersion": "crd.projectcalico.org/v1", "kind": "BGPConfiguration",
             "metadata": {"name": format!("node.{}", node_name(i % n))},
-            "spec": {"listenPort": port, "logSeverityScreen": "Debug"}}));
+            "spec": {"listenPort": port, "logSeverityScreen": "Debug"}}),
+        );
     }
     for (i, p) in g.peers.iter().enumerate() {
         let mut s = serde_json::Map::new();
@@ -401,10 +417,12 @@ fn build(g: &ClusterGen) -> Snapshot {
             .iter()
             .map(|e| json!({"addresses": [format!("192.168.{e}.1")], "nodeName": node_name(*e % n)}))
             .collect();
-        docs.push(json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        docs.push(
+            json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": {"name": format!("s{i}-a"), "namespace": "shop",
                          "labels": {"kubernetes.io/service-name": format!("s{i}")}},
-            "addressType": "IPv4", "endpoints": endpoints}));
+            "addressType": "IPv4", "endpoints": endpoints}),
+        );
     }
     docs.push(
         json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "bgp"},
@@ -480,7 +498,12 @@ stringData: {tor: s3cret, unrelated: other}
 "#,
     )
     .unwrap();
-    let inputs = published::publish(&snap, &RenderOptions::default(), &CalicoSelectors::default(), None);
+    let inputs = published::publish(
+        &snap,
+        &RenderOptions::default(),
+        &CalicoSelectors::default(),
+        None,
+    );
     assert_eq!(inputs.nodes["n1"].passwords["bgp"].len(), 1);
     assert_eq!(inputs.nodes["n1"].passwords["bgp"]["tor"], "s3cret");
     assert!(inputs.nodes["n2"].passwords.is_empty());
@@ -563,4 +586,77 @@ fn golden_cases_through_publish_and_assemble() {
         checked += 1;
     }
     assert!(checked >= 50, "only {checked} golden cases checked");
+}
+
+/// A route reflector with 5,000 clients: its inputs fit (no shard near 1 MiB, where its rendered
+/// files alone were past the limit), its agent assembles them, and `bird -p` accepts the result.
+#[test]
+fn a_reflector_with_5000_clients_is_served_and_parses() {
+    let n = 5001;
+    let mut docs = Vec::new();
+    for i in 0..n {
+        let mut ann = serde_json::Map::new();
+        ann.insert(
+            "projectcalico.org/IPv4Address".into(),
+            format!("10.{}.{}.1/8", i / 250, i % 250 + 1).into(),
+        );
+        let mut labels = serde_json::Map::new();
+        if i == 0 {
+            labels.insert("rr".into(), "true".into());
+            ann.insert(
+                "projectcalico.org/RouteReflectorClusterID".into(),
+                "224.0.0.1".into(),
+            );
+        }
+        docs.push(json!({"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": format!("n{i}"), "labels": labels, "annotations": ann}}));
+    }
+    docs.push(
+        json!({"apiVersion": "crd.projectcalico.org/v1", "kind": "BGPConfiguration",
+        "metadata": {"name": "default"}, "spec": {"nodeToNodeMeshEnabled": false}}),
+    );
+    docs.push(
+        json!({"apiVersion": "crd.projectcalico.org/v1", "kind": "BGPPeer",
+        "metadata": {"name": "rr"}, "spec": {"nodeSelector": "all()", "peerSelector": "has(rr)"}}),
+    );
+    docs.push(
+        json!({"apiVersion": "crd.projectcalico.org/v1", "kind": "BGPPeer",
+        "metadata": {"name": "rr-clients"}, "spec": {"nodeSelector": "has(rr)", "peerSelector": "!has(rr)"}}),
+    );
+    let text = docs
+        .iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join("\n---\n");
+    let mut snap = Snapshot::default();
+    snap.add_manifests("rr", &text).unwrap();
+    let sel = CalicoSelectors::default();
+    let inputs = published::publish(&snap, &RenderOptions::default(), &sel, None);
+    let (shards, own) = published::objects("tortie-system", &inputs);
+    for s in &shards {
+        let bytes = serde_json::to_vec(s).unwrap().len();
+        assert!(
+            bytes < published::MAX_PUBLISHED_BYTES / 2,
+            "shard of {bytes} bytes"
+        );
+    }
+    let rr = own
+        .iter()
+        .find(|p| p.metadata().name.as_deref() == Some("tortie-bird-n0"))
+        .unwrap();
+    let r = published::render_published(rr, &shards, &sel).unwrap().unwrap();
+    let main = String::from_utf8(r.files["bird.cfg"].clone()).unwrap();
+    assert_eq!(main.matches("protocol bgp ").count(), n - 1);
+    assert!(main.len() > 1024 * 1024, "the rendered file alone is past 1 MiB");
+    let dir = tempfile::tempdir().unwrap();
+    for (f, b) in &r.files {
+        std::fs::write(dir.path().join(f), b).unwrap();
+    }
+    let out = std::process::Command::new("bird")
+        .arg("-p")
+        .arg("-c")
+        .arg(dir.path().join("bird.cfg"))
+        .output()
+        .expect("bird installed (apt-get install -y bird)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -447,11 +447,15 @@ async fn controller_and_agents_follow_the_apiserver() {
                 .expect("published ConfigMaps");
             for cm in list.items {
                 let name = cm.metadata.name.clone().unwrap_or_default();
-                if names.iter().any(|n| ctrl::object_name(n) == name) || name.starts_with("tortie-bgp-shard-") {
+                if names.iter().any(|n| ctrl::object_name(n) == name) || name.starts_with("tortie-bgp-shard-")
+                {
                     rvs.push((name, cm.metadata.resource_version, cm.data));
                 }
             }
-            assert!(rvs.len() > names.len(), "shards and own objects published: {rvs:?}");
+            assert!(
+                rvs.len() > names.len(),
+                "shards and own objects published: {rvs:?}"
+            );
             (rvs, files)
         }
     };

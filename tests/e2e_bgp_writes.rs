@@ -23,7 +23,11 @@ fn writes() -> f64 {
     text.lines()
         .filter(|l| l.starts_with("apiserver_request_total{"))
         .filter(|l| l.contains("resource=\"configmaps\"") || l.contains("resource=\"secrets\""))
-        .filter(|l| ["POST", "PUT", "PATCH", "APPLY", "DELETE"].iter().any(|v| l.contains(&format!("verb=\"{v}\""))))
+        .filter(|l| {
+            ["POST", "PUT", "PATCH", "APPLY", "DELETE"]
+                .iter()
+                .any(|v| l.contains(&format!("verb=\"{v}\"")))
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
@@ -102,7 +106,10 @@ async fn writes_follow_what_changed() {
     .await;
     let after_start = settled(Duration::from_secs(2)).await;
     let objects = versions(&cms).await;
-    let shards = objects.keys().filter(|k| published::shard_index(k).is_some()).count();
+    let shards = objects
+        .keys()
+        .filter(|k| published::shard_index(k).is_some())
+        .count();
     assert!(shards >= 1, "{objects:?}");
     assert_eq!(
         after_start - before,
@@ -114,7 +121,11 @@ async fn writes_follow_what_changed() {
     support::kubectl_ok(&["label", "node", &names[0], "tortie-e2e-unrelated=yes"]);
     support::kubectl_ok(&["annotate", "node", &names[1], "example.com/note=hello"]);
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(settled(Duration::from_secs(1)).await, after_start, "writes for changes no BIRD file reads");
+    assert_eq!(
+        settled(Duration::from_secs(1)).await,
+        after_start,
+        "writes for changes no BIRD file reads"
+    );
     assert_eq!(versions(&cms).await, objects, "an object changed");
 
     // A new node: its own object and the shard it joins, nothing else.
@@ -141,7 +152,10 @@ async fn writes_follow_what_changed() {
         "a new node costs its own object and one shard; changed: {changed:?}"
     );
     assert_eq!(changed.len(), 2, "{changed:?}");
-    assert!(changed.iter().any(|k| published::shard_index(k).is_some()), "{changed:?}");
+    assert!(
+        changed.iter().any(|k| published::shard_index(k).is_some()),
+        "{changed:?}"
+    );
 
     controller.abort();
     for name in &names {

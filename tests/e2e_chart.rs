@@ -1752,7 +1752,12 @@ fn published_bird_lines(ns: &str, node: &str) -> Vec<String> {
         Ok(Some(r)) => r
             .files
             .values()
-            .flat_map(|b| String::from_utf8_lossy(b).lines().map(str::to_string).collect::<Vec<_>>())
+            .flat_map(|b| {
+                String::from_utf8_lossy(b)
+                    .lines()
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
             .collect(),
         _ => vec![],
     }

@@ -5,13 +5,15 @@
 //! renders, and the published total grows linearly with the cluster.
 //!
 //! Reads Nodes, BGPConfigurations, BGPPeers, IPPools, BlockAffinities, Services and
-//! EndpointSlices cluster-wide, and Secrets, ConfigMaps in its namespace. With
-//! [`Config::agent_role`] it also keeps the node agents' Role to reading the published objects.
+//! EndpointSlices cluster-wide, and Secrets, ConfigMaps in its namespace, all from the operator's
+//! shared watch caches (`Stores`, `BgpStores` in `store.rs`). With [`Config::agent_role`] it also
+//! keeps the node agents' Role to reading the published objects.
 //!
-//! [`run`] starts its own watches, so the operator can start it under leader election. Every
-//! object is written only when its content hash differs from the stored one (server-side apply):
-//! a Node label no selector reads changes no record and costs no write, a new node costs its own
-//! object and the shard it joins. Own objects are owned by their Node (deleted with it).
+//! A Node event whose published facts (selected labels, Calico annotations, presence) did not
+//! change costs no pass. Every object is written only when its content hash differs from the
+//! stored one (server-side apply): a Node label no selector reads costs no write, a new node
+//! costs its own object and the shard it joins, and start-up writes each object once. Own
+//! objects are owned by their Node (deleted with it).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -36,11 +38,11 @@ use super::store::{BgpStores, Stores};
 
 // The published-object contract between this controller and the node agents lives on the node
 // side; re-exported here under its old paths.
+use crate::node::published::{self as contract, Inputs};
 pub use crate::node::published::{
     ANN_HASH, ANN_NODE, ANN_SHARDS, LABEL_CONFIG, LABEL_SHARD, MAX_PUBLISHED_BYTES, Published, files_of,
     object_name, shard_name,
 };
-use crate::node::published::{self as contract, Inputs};
 /// Objects written at once in one pass.
 const PUBLISH_CONCURRENCY: usize = 16;
 const MANAGER: &str = "tortie-bgp";
@@ -170,9 +172,11 @@ pub async fn run(
     let mut state = State::default();
     loop {
         let span = info_span!("bgp_pass");
-        pass(&client, mode, &namespace, &config, &stores, &bgp, &reporter, &mut state)
-            .instrument(span)
-            .await;
+        pass(
+            &client, mode, &namespace, &config, &stores, &bgp, &reporter, &mut state,
+        )
+        .instrument(span)
+        .await;
         let done = tokio::time::Instant::now();
         // Wait for a change that can alter what is published: a Node event whose published
         // facts (BGP annotations, selected labels, presence) are as published costs nothing.
@@ -358,7 +362,11 @@ async fn pass(
     if let Some(role) = &config.agent_role {
         let names = (
             (0..count).map(shard_name).collect::<BTreeSet<_>>(),
-            inputs.nodes.keys().map(|n| object_name(n)).collect::<BTreeSet<_>>(),
+            inputs
+                .nodes
+                .keys()
+                .map(|n| object_name(n))
+                .collect::<BTreeSet<_>>(),
         );
         if state.agent_role_names.as_ref() != Some(&names) {
             match scope_agent_role(client, namespace, role, &names).await {
@@ -409,7 +417,9 @@ async fn pass(
             .or_else(|| stored.secrets.get(name))
             .and_then(|s| s.hash.clone())
     };
-    state.written.retain(|name, hash| hash_of(name).as_ref() != Some(hash));
+    state
+        .written
+        .retain(|name, hash| hash_of(name).as_ref() != Some(hash));
     let mut shard_writes = Vec::new();
     for (i, body) in inputs.shards.iter().enumerate() {
         let name = shard_name(i as u32);
@@ -499,10 +509,9 @@ async fn pass(
         event(client, reporter, &reference, type_, reason, &note).await;
     }
     let live: BTreeSet<String> = nodes.iter().map(|n| n.name_any()).collect();
-    state.warned.retain(|w| {
-        w.split_once(": ")
-            .is_none_or(|(n, _)| live.contains(n))
-    });
+    state
+        .warned
+        .retain(|w| w.split_once(": ").is_none_or(|(n, _)| live.contains(n)));
     if mesh_on {
         let n = mesh_size;
         let too_big = n > config.mesh_advisory_nodes;
@@ -773,7 +782,12 @@ mod tests {
         assert_eq!(maps["resources"], serde_json::json!(["configmaps"]));
         assert_eq!(
             maps["resourceNames"],
-            serde_json::json!(["tortie-bgp-shard-0", "tortie-bgp-shard-1", "tortie-bird-a", "tortie-bird-b"])
+            serde_json::json!([
+                "tortie-bgp-shard-0",
+                "tortie-bgp-shard-1",
+                "tortie-bird-a",
+                "tortie-bird-b"
+            ])
         );
         // Shards are never Secrets: the Secret rule names the own objects only.
         assert_eq!(secrets["resources"], serde_json::json!(["secrets"]));

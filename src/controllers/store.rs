@@ -176,7 +176,13 @@ impl BgpStores {
             ),
             peers: dynamic(client, mode.resource(CalicoKind::BGPPeer), any(), "BGPPeer"),
             pools: dynamic(client, mode.resource(CalicoKind::IPPool), any(), "IPPool(bgp)"),
-            secrets: Watched::start(Api::namespaced(client.clone(), namespace), any(), (), "Secret", |_| {}),
+            secrets: Watched::start(
+                Api::namespaced(client.clone(), namespace),
+                any(),
+                (),
+                "Secret",
+                |_| {},
+            ),
             services: Watched::start(Api::all(client.clone()), any(), (), "Service", |_| {}),
             slices: Watched::start(Api::all(client.clone()), any(), (), "EndpointSlice", |_| {}),
             maps: Watched::start(

@@ -387,7 +387,13 @@ mod tests {
 
     #[test]
     fn label_keys_are_every_key_the_result_can_read() {
-        let keys = |s: &str| Selector::parse(s).unwrap().label_keys().into_iter().collect::<Vec<_>>();
+        let keys = |s: &str| {
+            Selector::parse(s)
+                .unwrap()
+                .label_keys()
+                .into_iter()
+                .collect::<Vec<_>>()
+        };
         assert!(keys("all()").is_empty());
         assert_eq!(
             keys("rack == 'a' && (has(rr) || !(zone in {'z1'})) && x.y/z starts with 'p'"),

@@ -257,14 +257,7 @@ pub async fn run(client: Client, args: Settings) -> anyhow::Result<()> {
             name: name.clone(),
         };
         // Decided once without the Node's condition only to know whether anything changed.
-        let probe = decide(
-            &result,
-            &source,
-            &files,
-            &hash,
-            None,
-            jiff::Timestamp::now(),
-        );
+        let probe = decide(&result, &source, &files, &hash, None, jiff::Timestamp::now());
         let report = (hash.clone(), probe.status.clone());
         if last_reported.as_ref() != Some(&report) {
             let patch = serde_json::json!({"metadata": {"annotations": {ANN_APPLIED_HASH: if failed { serde_json::Value::Null } else { hash.clone().into() }, ANN_STATUS: probe.status}}});
@@ -278,14 +271,7 @@ pub async fn run(client: Client, args: Settings) -> anyhow::Result<()> {
                         .as_ref()
                         .and_then(|s| s.conditions.as_ref())
                         .and_then(|c| c.iter().find(|c| c.type_ == CONDITION));
-                    let out = decide(
-                        &result,
-                        &source,
-                        &files,
-                        &hash,
-                        previous,
-                        jiff::Timestamp::now(),
-                    );
+                    let out = decide(&result, &source, &files, &hash, previous, jiff::Timestamp::now());
                     // Strategic merge: conditions merge by type, the kubelet's stay untouched.
                     let cond = serde_json::json!({"status": {"conditions": [out.condition]}});
                     let mut reported = true;

@@ -73,7 +73,14 @@ pub const ANN_APPLIED_HASH: &str = "tortie.projectcalico.org/bird-config-hash";
 pub const ANN_STATUS: &str = "tortie.projectcalico.org/bird-config-status";
 
 /// Calico's BGP annotations on a Node: the only ones published.
-const BGP_ANNOTATIONS: [&str; 6] = [ANN_IPV4, ANN_IPV6, ANN_ASN, ANN_RR_CLUSTER_ID, ANN_WG_V4, ANN_WG_V6];
+const BGP_ANNOTATIONS: [&str; 6] = [
+    ANN_IPV4,
+    ANN_IPV6,
+    ANN_ASN,
+    ANN_RR_CLUSTER_ID,
+    ANN_WG_V4,
+    ANN_WG_V6,
+];
 
 /// Name of a node's own published object: `tortie-bird-<node>`, hashed when too long.
 pub fn object_name(node: &str) -> String {
@@ -228,7 +235,10 @@ pub fn shard_count(total: usize, current: Option<u32>) -> u32 {
 pub fn label_keys(peers: &[BgpPeer]) -> BTreeSet<String> {
     let mut out = BTreeSet::from([LABEL_EXCLUDE_LB.to_string()]);
     for p in peers {
-        for sel in [&p.spec.node_selector, &p.spec.peer_selector].into_iter().flatten() {
+        for sel in [&p.spec.node_selector, &p.spec.peer_selector]
+            .into_iter()
+            .flatten()
+        {
             // A selector that does not parse selects nothing (and says so): no label needed.
             if let Ok(s) = Selector::parse(sel) {
                 out.extend(s.label_keys());
@@ -261,7 +271,10 @@ pub fn node_facts(node: &Node, keys: &BTreeSet<String>) -> NodeFacts {
 }
 
 /// The node's affinities the renderer reads: host affinities, not deleted, not pending.
-pub fn affinity_facts<'a>(node: &str, affinities: impl IntoIterator<Item = &'a Affinity>) -> Vec<AffinityFacts> {
+pub fn affinity_facts<'a>(
+    node: &str,
+    affinities: impl IntoIterator<Item = &'a Affinity>,
+) -> Vec<AffinityFacts> {
     let mut out: Vec<AffinityFacts> = affinities
         .into_iter()
         .filter(|a| {
@@ -290,7 +303,11 @@ pub fn password_refs(
     let mut out = BTreeSet::new();
     for c in &snap.bgp_configs {
         if c.metadata.name.as_deref() == Some("default")
-            && let Some(r) = c.spec.node_mesh_password.as_ref().and_then(|p| p.secret_key_ref.as_ref())
+            && let Some(r) = c
+                .spec
+                .node_mesh_password
+                .as_ref()
+                .and_then(|p| p.secret_key_ref.as_ref())
         {
             out.insert((r.name.clone(), r.key.clone()));
         }
@@ -390,7 +407,12 @@ pub fn shared_records(snap: &Snapshot, everywhere: &BTreeSet<IpNet>) -> Vec<Reco
     let name = |m: &ObjectMeta| m.name.clone().unwrap_or_default();
     let mut out = Vec::new();
     for c in &snap.bgp_configs {
-        out.push(Record::named("configs", "BGPConfiguration", &name(&c.metadata), &c.spec));
+        out.push(Record::named(
+            "configs",
+            "BGPConfiguration",
+            &name(&c.metadata),
+            &c.spec,
+        ));
     }
     for p in &snap.peers {
         out.push(Record::named("peers", "BGPPeer", &name(&p.metadata), &p.spec));
@@ -540,7 +562,10 @@ pub fn publish_from(
     let nodes = facts
         .iter()
         .map(|f| {
-            let affs = affinity_facts(&f.name, by_node.get(f.name.as_str()).into_iter().flatten().copied());
+            let affs = affinity_facts(
+                &f.name,
+                by_node.get(f.name.as_str()).into_iter().flatten().copied(),
+            );
             let inputs = node_inputs(snap, f, &routes, affs, opts, count, selectors);
             (f.name.clone(), inputs)
         })
@@ -571,15 +596,24 @@ pub fn parse_shard(object: &str, body: &str) -> Result<Shard, AssembleError> {
 }
 
 /// One node's snapshot and render options from its own inputs and the shards of its layout.
-pub fn assemble<'a>(own: &NodeInputs, shards: impl IntoIterator<Item = &'a Shard>) -> (Snapshot, RenderOptions) {
+pub fn assemble<'a>(
+    own: &NodeInputs,
+    shards: impl IntoIterator<Item = &'a Shard>,
+) -> (Snapshot, RenderOptions) {
     let mut snap = Snapshot::default();
     let mut everywhere = BTreeSet::new();
     for s in shards {
         snap.nodes.extend(s.nodes.iter().map(facts_node));
-        snap.bgp_configs
-            .extend(s.configs.iter().map(|c| object::<_, kube::core::NotUsed>(&c.name, c.spec.clone())));
-        snap.peers
-            .extend(s.peers.iter().map(|p| object::<_, kube::core::NotUsed>(&p.name, p.spec.clone())));
+        snap.bgp_configs.extend(
+            s.configs
+                .iter()
+                .map(|c| object::<_, kube::core::NotUsed>(&c.name, c.spec.clone())),
+        );
+        snap.peers.extend(
+            s.peers
+                .iter()
+                .map(|p| object::<_, kube::core::NotUsed>(&p.name, p.spec.clone())),
+        );
         snap.pools
             .extend(s.pools.iter().map(|p| object(&p.name, p.spec.clone())));
         everywhere.extend(s.routes.iter().copied());
@@ -624,7 +658,10 @@ pub fn assemble<'a>(own: &NodeInputs, shards: impl IntoIterator<Item = &'a Shard
 
 /// SHA-256 of a text, hex.
 pub fn text_hash(s: &str) -> String {
-    Sha256::digest(s.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(s.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn meta(
@@ -836,7 +873,11 @@ pub fn objects(namespace: &str, inputs: &Inputs) -> (Vec<ConfigMap>, Vec<Publish
         .enumerate()
         .map(|(i, b)| shard_object(namespace, i as u32, count, b))
         .collect();
-    let nodes = inputs.nodes.values().map(|n| node_object(namespace, None, n)).collect();
+    let nodes = inputs
+        .nodes
+        .values()
+        .map(|n| node_object(namespace, None, n))
+        .collect();
     (shards, nodes)
 }
 

@@ -672,8 +672,7 @@ pub async fn published_files(
         .await
         .ok()?
         .items;
-    let r = published::render_published(&own, &shards, &tortie::bgp::CalicoSelectors::default())
-        .ok()??;
+    let r = published::render_published(&own, &shards, &tortie::bgp::CalicoSelectors::default()).ok()??;
     let hash = r.content_hash();
     let files = r
         .files
