@@ -323,6 +323,8 @@ fn stored(w: &BgpStores) -> StoredAll {
     }
 }
 
+// The pass's inputs are the controller's whole context; a struct for them would be used once.
+#[allow(clippy::too_many_arguments)]
 async fn pass(
     client: &Client,
     mode: CrdMode,
