@@ -1,5 +1,9 @@
-//! BGP renderer, no I/O: one node's six BIRD files for clusters of growing size, and the input
-//! fingerprints a controller pass computes.
+//! BGP renderer, no I/O: one node's six BIRD files for clusters of growing size, the input
+//! fingerprints, and the published contract (`tortie::node::published`): the operator's publish
+//! step per event (what one Node event costs the operator: every record serialized, shards cut,
+//! each node's own object built), an agent's assemble + render, and the published bytes (printed:
+//! `published bytes: ...`), with a 5,000-client route reflector's assembled config checked by
+//! `bird -p` when BIRD is installed.
 //!
 //! Inputs (so another implementation can run the same): nodes `n<i>` at 10.<i/250>.<i%250>.1/16
 //! with one confirmed /26 block each, default BGPConfiguration (AS 64512) plus
@@ -13,6 +17,7 @@ use std::hint::black_box;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use serde_json::json;
 use tortie::bgp::{self, CalicoSelectors, RenderOptions, Snapshot};
+use tortie::node::published;
 
 fn cluster(n: usize, mesh: bool) -> Snapshot {
     let mut docs = Vec::new();
@@ -97,9 +102,101 @@ fn render(c: &mut Criterion) {
     g.finish();
 }
 
+/// Bytes of every object the operator writes for `snap`, as the apiserver stores them (JSON).
+fn published_bytes(snap: &Snapshot) -> (usize, usize, usize) {
+    let inputs = published::publish(snap, &RenderOptions::default(), &CalicoSelectors::default(), None);
+    let (shards, own) = published::objects("tortie-system", &inputs);
+    let s: usize = shards.iter().map(|o| serde_json::to_vec(o).unwrap().len()).sum();
+    let o: usize = own
+        .iter()
+        .map(|p| match p {
+            published::Published::ConfigMap(c) => serde_json::to_vec(c).unwrap().len(),
+            published::Published::Secret(x) => serde_json::to_vec(x).unwrap().len(),
+        })
+        .sum();
+    let largest = shards
+        .iter()
+        .map(|o| serde_json::to_vec(o).unwrap().len())
+        .max()
+        .unwrap_or(0);
+    (s + o, shards.len(), largest)
+}
+
+/// A reflector's config assembled from the published objects, checked by `bird -p`.
+fn reflector_check(snap: &Snapshot) {
+    let sel = CalicoSelectors::default();
+    let inputs = published::publish(snap, &RenderOptions::default(), &sel, None);
+    let (shards, own) = published::objects("tortie-system", &inputs);
+    let n0 = own
+        .iter()
+        .find(|p| p.metadata().name.as_deref() == Some("tortie-bird-n0"))
+        .unwrap();
+    let t = std::time::Instant::now();
+    let r = published::render_published(n0, &shards, &sel).unwrap().unwrap();
+    let took = t.elapsed();
+    let main = String::from_utf8_lossy(&r.files["bird.cfg"]).to_string();
+    let sessions = main.matches("protocol bgp ").count();
+    let dir = tempfile::tempdir().unwrap();
+    for (f, b) in &r.files {
+        std::fs::write(dir.path().join(f), b).unwrap();
+    }
+    let parsed = match std::process::Command::new("bird")
+        .arg("-p")
+        .arg("-c")
+        .arg(dir.path().join("bird.cfg"))
+        .output()
+    {
+        Ok(o) if o.status.success() => "bird -p: ok".to_string(),
+        Ok(o) => format!("bird -p: REFUSED: {}", String::from_utf8_lossy(&o.stderr)),
+        Err(e) => format!("bird -p: not run ({e})"),
+    };
+    eprintln!(
+        "published: reflector n0 of {} nodes: {sessions} BGP sessions, bird.cfg {} bytes, assembled + rendered in {:.1} ms; {parsed}",
+        snap.nodes.len(),
+        main.len(),
+        took.as_secs_f64() * 1e3
+    );
+}
+
+fn publish(c: &mut Criterion) {
+    for (layout, n) in [("mesh", 1000usize), ("rr", 5000)] {
+        let snap = cluster(n, layout == "mesh");
+        let (bytes, count, largest) = published_bytes(&snap);
+        eprintln!(
+            "published bytes: {layout} {n} nodes: {:.2} MB in {count} shards (largest {:.0} KiB) + {n} own objects",
+            bytes as f64 / 1e6,
+            largest as f64 / 1024.0
+        );
+    }
+    reflector_check(&cluster(5000, false));
+    let mut g = c.benchmark_group("bgp/publish");
+    for (layout, n) in [("mesh", 1000usize), ("rr", 5000)] {
+        let snap = cluster(n, layout == "mesh");
+        let sel = CalicoSelectors::default();
+        g.bench_with_input(
+            BenchmarkId::new(format!("{layout}_per_event"), n),
+            &snap,
+            |b, s| b.iter(|| black_box(published::publish(s, &RenderOptions::default(), &sel, Some(1)))),
+        );
+    }
+    let snap = cluster(5000, false);
+    let sel = CalicoSelectors::default();
+    let inputs = published::publish(&snap, &RenderOptions::default(), &sel, None);
+    let (shards, own) = published::objects("tortie-system", &inputs);
+    let client = own
+        .iter()
+        .find(|p| p.metadata().name.as_deref() == Some("tortie-bird-n5"))
+        .unwrap()
+        .clone();
+    g.bench_function("rr_client_assemble_render/5000", |b| {
+        b.iter(|| black_box(published::render_published(&client, &shards, &sel).unwrap()))
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(10);
-    targets = render
+    targets = render, publish
 }
 criterion_main!(benches);

@@ -233,8 +233,8 @@ protocol bgp worker2 from cluster1 { neighbor 10.0.0.183 port 178 as 61012; }
 }
 
 /// The controller path against the real apiserver: Nodes and BlockAffinities in the cluster, the
-/// BGP controller publishing per-node ConfigMaps, one agent per node installing them for a real
-/// BIRD in its namespace. A fourth Node (and block) makes the agents reload and the block spread.
+/// BGP controller publishing render inputs (shards + one object per node), one agent per node
+/// assembling and installing its config for a real BIRD in its namespace. A fourth Node (and block) makes the agents reload and the block spread.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn controller_and_agents_follow_the_apiserver() {
     use k8s_openapi::api::core::v1::{ConfigMap, Node};
@@ -299,6 +299,7 @@ async fn controller_and_agents_follow_the_apiserver() {
         client.clone(),
         mode,
         ns.clone(),
+        tortie::controllers::Stores::start(&client, mode, None),
         ctrl::Config {
             debounce: Duration::from_millis(100),
             ..Default::default()
@@ -359,17 +360,17 @@ async fn controller_and_agents_follow_the_apiserver() {
                 .then_some(())
         })
     });
-    // Each agent reported success on its Node, with the hash of the published ConfigMap.
+    // Each agent reported success on its Node, with the hash of the files its published inputs
+    // render to.
     let nodes: Api<Node> = Api::all(client.clone());
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     for n in &names[..3] {
         support::wait_until(&format!("{n} reports Applied"), TIMEOUT, || {
-            let (nodes, cms, n) = (nodes.clone(), cms.clone(), n.clone());
+            let (nodes, client, ns, n) = (nodes.clone(), client.clone(), ns.clone(), n.clone());
             async move {
                 let node = nodes.get(&n).await.ok()?;
-                let cm = cms.get(&ctrl::object_name(&n)).await.ok()?;
                 let a = node.metadata.annotations?;
-                let want = cm.metadata.annotations?.get(ctrl::ANN_HASH)?.clone();
+                let (_, want) = support::published_files(&client, &ns, &n).await?;
                 (a.get(agent::ANN_STATUS)? == "Applied" && a.get(agent::ANN_APPLIED_HASH)? == &want)
                     .then_some(())
             }
@@ -438,11 +439,23 @@ async fn controller_and_agents_follow_the_apiserver() {
         let names = names.clone();
         let files: Vec<_> = names.iter().map(|n| lab.config_identity(n)).collect();
         async move {
+            // Every published object: the shards and each node's own object.
             let mut rvs = Vec::new();
-            for n in &names {
-                let cm = cms.get(&ctrl::object_name(n)).await.expect("published ConfigMap");
-                rvs.push((n.clone(), cm.metadata.resource_version, cm.data));
+            let list = cms
+                .list(&kube::api::ListParams::default().labels("app.kubernetes.io/managed-by=tortie"))
+                .await
+                .expect("published ConfigMaps");
+            for cm in list.items {
+                let name = cm.metadata.name.clone().unwrap_or_default();
+                if names.iter().any(|n| ctrl::object_name(n) == name) || name.starts_with("tortie-bgp-shard-")
+                {
+                    rvs.push((name, cm.metadata.resource_version, cm.data));
+                }
             }
+            assert!(
+                rvs.len() > names.len(),
+                "shards and own objects published: {rvs:?}"
+            );
             (rvs, files)
         }
     };
@@ -467,7 +480,7 @@ async fn controller_and_agents_follow_the_apiserver() {
                 .filter(|k| bd.get(*k) != ad.get(*k))
                 .collect();
             panic!(
-                "an unrelated label republished {}'s config (files changed: {changed:?})\nbefore: {:?}\nafter: {:?}",
+                "an unrelated label republished {} (data changed: {changed:?})\nbefore: {:?}\nafter: {:?}",
                 b.0,
                 changed.first().and_then(|k| bd.get(*k)),
                 changed.first().and_then(|k| ad.get(*k)),

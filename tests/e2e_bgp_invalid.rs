@@ -76,10 +76,6 @@ async fn apply_eventually(manifest: &str) {
     .await;
 }
 
-fn files_of(cm: &ConfigMap) -> std::collections::BTreeMap<String, String> {
-    cm.data.clone().unwrap_or_default().into_iter().collect()
-}
-
 fn bird_check(files: &std::collections::BTreeMap<String, String>) {
     let dir = tempfile::tempdir().unwrap();
     for (k, v) in files {
@@ -187,20 +183,19 @@ async fn a_bad_object_is_left_out_and_reported_while_the_rest_keeps_updating() {
         client.clone(),
         mode,
         ns.clone(),
+        tortie::controllers::Stores::start(&client, mode, None),
         ctrl::Config {
             debounce: Duration::from_millis(100),
             ..Default::default()
         },
     ));
-    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let published = |want: &'static [&'static str]| {
-        let cms = cms.clone();
+        let (client, ns) = (client.clone(), ns.clone());
         let nodes = nodes.clone();
         async move {
             let mut out = Vec::new();
             for n in &nodes {
-                let cm = cms.get_opt(&ctrl::object_name(n)).await.ok()??;
-                let files = files_of(&cm);
+                let (files, _) = support::published_files(&client, &ns, n).await?;
                 let main = files.get("bird.cfg")?;
                 if !want.iter().all(|w| main.contains(w)) {
                     return None;

@@ -1658,6 +1658,20 @@ fn agent_reads_only_published_configs(ns: &str) {
         },
     );
     let as_agent = |args: &[&str]| kubectl_as(&agent_kc, args, None);
+    // The shards every agent reads: ConfigMaps by name, never Secrets of those names.
+    let shard = as_agent(&["get", "configmap", "-n", ns, "tortie-bgp-shard-0", "-o", "name"]);
+    assert!(
+        shard.status.success(),
+        "the agent cannot read the shard:\n{}",
+        text(&shard)
+    );
+    assert!(!can_i(
+        ns,
+        "tortie-agent",
+        "get",
+        "secrets/tortie-bgp-shard-0",
+        Some(ns)
+    ));
     for kind in ["configmaps", "secrets"] {
         let own = as_agent(&[
             "get",
@@ -1769,41 +1783,46 @@ fn agent_reads_only_published_configs(ns: &str) {
     );
 }
 
-/// Every line of the BIRD files published for `node` (ConfigMaps and Secrets in `ns` holding a
-/// `bird.cfg` whose name, labels or annotations mention the node).
+/// Every line of the BIRD files `node`'s agent renders from what the operator published in `ns`
+/// (its own ConfigMap or Secret and the shards, assembled and rendered as the agent does).
 fn published_bird_lines(ns: &str, node: &str) -> Vec<String> {
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+    use tortie::node::published::{self, Published};
     let list: Value =
         serde_json::from_str(&kubectl(&["get", "configmaps,secrets", "-n", ns, "-o", "json"])).unwrap();
-    let mut lines = vec![];
+    let own_name = published::object_name(node);
+    let mut own = None;
+    let mut shards = Vec::new();
     for o in list["items"].as_array().unwrap() {
-        let Some(data) = o["data"].as_object() else {
-            continue;
-        };
-        let meta = &o["metadata"];
-        let mentions = meta["name"]
-            .as_str()
-            .is_some_and(|n| n.ends_with(&format!("-{node}")) || n == node)
-            || meta["labels"]
-                .as_object()
-                .is_some_and(|m| m.values().any(|v| v == node))
-            || meta["annotations"]
-                .as_object()
-                .is_some_and(|m| m.values().any(|v| v == node));
-        if !mentions || !data.contains_key("bird.cfg") {
-            continue;
-        }
-        for v in data.values() {
-            let s = v.as_str().unwrap_or_default();
-            let content = if o["kind"] == "Secret" {
-                String::from_utf8(data_encoding::BASE64.decode(s.as_bytes()).unwrap_or_default())
-                    .unwrap_or_default()
+        let name = o["metadata"]["name"].as_str().unwrap_or_default();
+        if o["kind"] == "ConfigMap" && published::shard_index(name).is_some() {
+            shards.push(serde_json::from_value::<ConfigMap>(o.clone()).unwrap());
+        } else if name == own_name {
+            let p = if o["kind"] == "Secret" {
+                Published::Secret(serde_json::from_value::<Secret>(o.clone()).unwrap())
             } else {
-                s.to_string()
+                Published::ConfigMap(serde_json::from_value::<ConfigMap>(o.clone()).unwrap())
             };
-            lines.extend(content.lines().map(str::to_string));
+            // A Secret wins over a ConfigMap left from before a password appeared.
+            if own.is_none() || matches!(p, Published::Secret(_)) {
+                own = Some(p);
+            }
         }
     }
-    lines
+    let Some(own) = own else { return vec![] };
+    match published::render_published(&own, &shards, &tortie::bgp::CalicoSelectors::default()) {
+        Ok(Some(r)) => r
+            .files
+            .values()
+            .flat_map(|b| {
+                String::from_utf8_lossy(b)
+                    .lines()
+                    .map(str::to_string)
+                    .collect::<Vec<_>>()
+            })
+            .collect(),
+        _ => vec![],
+    }
 }
 
 /// The DaemonSet's `tortie install-cni`, run here with the agent's ServiceAccount: it mints a
@@ -2053,7 +2072,8 @@ fn bird_containers_run_the_agents_config_and_keep_the_last_good_one() {
         assert!(!probe(b, "readinessProbe"), "{b}: ready without a config");
     }
 
-    // The published object, as the operator writes it.
+    // A published object of the previous format (the operator's rendered files), which agents
+    // still install so they can be upgraded before the operator.
     let golden = repo().join("tests/golden/bgp/global-peer/expected");
     let mut files: BTreeMap<String, String> = [
         "bird.cfg",

@@ -26,7 +26,7 @@ fn host(ip: IpAddr) -> IpNet {
 }
 
 /// Which nodes advertise which routes: `everywhere` from every node, `local[node]` from some.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ServiceRoutes {
     pub everywhere: BTreeSet<IpNet>,
     pub local: BTreeMap<String, BTreeSet<IpNet>>,
@@ -39,6 +39,15 @@ impl ServiceRoutes {
             out.extend(l.iter().copied());
         }
         out
+    }
+}
+
+/// The per-service routes `node` advertises: [`Snapshot::service_routes`] when the snapshot
+/// carries them already computed (assembled from published inputs), else computed here.
+pub fn routes_for_node(snap: &Snapshot, cfg: &BGPConfigurationSpec, node: &str) -> BTreeSet<IpNet> {
+    match &snap.service_routes {
+        Some(r) => r.for_node(node),
+        None => service_routes(snap, cfg).for_node(node),
     }
 }
 

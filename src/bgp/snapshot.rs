@@ -45,6 +45,9 @@ pub struct Snapshot {
     /// picture). When false, BGPPeers with `localWorkloadSelector` are reported as unsupported
     /// by [`super::validate::sanitize`] instead of rendering no session without a word.
     pub workloads_known: bool,
+    /// Per-service routes already worked out from Services and EndpointSlices (a node agent's
+    /// snapshot, assembled from published inputs, has these instead of the objects).
+    pub service_routes: Option<super::services::ServiceRoutes>,
     /// (kind, name) of every object read from manifests, to refuse duplicates.
     loaded: std::collections::BTreeSet<(String, String)>,
 }

@@ -544,8 +544,7 @@ fn service_routes(c: &Cluster<'_>, v6: bool) -> ServiceRoutes {
     // Per-service /32s are advertised (static route + export) but still programmed normally.
     let mut advertised = global.clone();
     advertised.extend(
-        super::services::service_routes(c.snap, &c.default)
-            .for_node(&c.me.name)
+        super::services::routes_for_node(c.snap, &c.default, &c.me.name)
             .into_iter()
             .filter(|n| n.addr().is_ipv6() == v6),
     );

@@ -126,7 +126,14 @@ impl RunArgs {
         info!(%identity, %mode, namespace = %self.namespace, lease = %self.lease_name, "starting tortie operator");
 
         let metrics = Arc::new(Metrics::new());
-        let stores = Stores::start(&client, mode, self.pool_selector.as_deref());
+        let mut stores = Stores::start(&client, mode, self.pool_selector.as_deref());
+        if self.controllers.contains(&crate::controllers::Part::Bgp) {
+            stores.bgp = Some(crate::controllers::BgpStores::start(
+                &client,
+                mode,
+                &self.namespace,
+            ));
+        }
         let config = Config {
             gc_grace: self.gc_grace_period,
             gc_interval,

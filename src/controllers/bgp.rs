@@ -1,45 +1,47 @@
-//! BGP controller: renders each node's BIRD files with [`crate::bgp`] and publishes them for the
-//! node's agent as a ConfigMap (a Secret when they carry a BGP password) in the operator namespace.
+//! BGP controller: publishes the BIRD renderer's inputs for the node agents, in the operator
+//! namespace, as the contract in [`crate::node::published`] describes: shards shared by every node
+//! and one small object per node. The agents assemble and render their own files with
+//! [`crate::bgp::render`]; the operator renders nothing, so a pass costs serialization, not N
+//! renders, and the published total grows linearly with the cluster.
 //!
 //! Reads Nodes, BGPConfigurations, BGPPeers, BGPFilters, IPPools, BlockAffinities, Services and
-//! EndpointSlices cluster-wide, and Secrets, ConfigMaps in its namespace. With
-//! [`Config::agent_role`] it also keeps the node agents' Role to reading the published objects.
+//! EndpointSlices cluster-wide, and Secrets, ConfigMaps in its namespace, all from the operator's
+//! shared watch caches (`Stores`, `BgpStores` in `store.rs`). With [`Config::agent_role`] it also
+//! keeps the node agents' Role to reading the published objects.
 //!
-//! Self-contained: [`run`] starts its own watches, so the operator can start it under leader
-//! election. A node is re-rendered only when its inputs' fingerprint changed
-//! ([`crate::bgp::snapshot::input_fingerprints`]) or its published object is missing or stale;
-//! objects are written with server-side apply and owned by their Node (deleted with it).
+//! A Node event whose published facts (selected labels, Calico annotations, presence) did not
+//! change costs no pass. Every object is written only when its content hash differs from the
+//! stored one (server-side apply): a Node label no selector reads costs no write, a new node
+//! costs its own object and the shard it joins, and start-up writes each object once. Own
+//! objects are owned by their Node (deleted with it).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{ConfigMap, Node, ObjectReference, Secret, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::core::v1::{ConfigMap, Node, ObjectReference, Secret};
 use k8s_openapi::api::rbac::v1::Role;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::api::{Api, DeleteParams, DynamicObject, PartialObjectMeta, Patch, PatchParams};
-use kube::runtime::WatchStreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
-use tokio::sync::Notify;
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::api::{Affinity, BgpConfig, BgpFilter, BgpPeer, CalicoKind, CrdMode, Installation, Pool};
+use crate::api::{Affinity, BgpConfig, BgpFilter, BgpPeer, CrdMode, Installation, Pool};
 use crate::bgp::validate::Invalid;
-use crate::bgp::{self, CalicoSelectors, RenderOptions, Rendered, Snapshot};
+use crate::bgp::{self, CalicoSelectors, RenderOptions, Snapshot};
 
 use super::conditions::{self, Cond};
+use super::store::{BgpStores, Stores};
 
 // The published-object contract between this controller and the node agents lives on the node
 // side; re-exported here under its old paths.
+use crate::node::published::{self as contract, Inputs};
 pub use crate::node::published::{
-    ANN_HASH, ANN_NODE, LABEL_CONFIG, MAX_PUBLISHED_BYTES, Published, files_of, object_name,
+    ANN_HASH, ANN_NODE, ANN_SHARDS, LABEL_CONFIG, LABEL_SHARD, MAX_PUBLISHED_BYTES, Published, files_of,
+    object_name, shard_name,
 };
 /// Objects written at once in one pass.
 const PUBLISH_CONCURRENCY: usize = 16;
@@ -51,13 +53,8 @@ pub const REASON_INVALID: &str = "BGPInputInvalid";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("publishing the BIRD config of node {node:?}: {source}")]
-    Publish { node: String, source: kube::Error },
-    #[error("watching {kind}: {source}")]
-    Watch {
-        kind: &'static str,
-        source: watcher::Error,
-    },
+    #[error("publishing {object:?}: {source}")]
+    Publish { object: String, source: kube::Error },
 }
 
 /// Settings of the BGP controller.
@@ -86,82 +83,35 @@ impl Default for Config {
     }
 }
 
-/// The ConfigMap or Secret that carries `out` for `node` (owned by the Node when its uid is known).
-pub fn published_object(node: &str, node_uid: Option<&str>, namespace: &str, out: &Rendered) -> Published {
-    let meta = ObjectMeta {
-        name: Some(object_name(node)),
-        namespace: Some(namespace.to_string()),
-        labels: Some(
-            [
-                ("app.kubernetes.io/managed-by".to_string(), "tortie".to_string()),
-                (LABEL_CONFIG.to_string(), "true".to_string()),
-            ]
-            .into_iter()
-            .collect(),
-        ),
-        annotations: Some(
-            [
-                (ANN_NODE.to_string(), node.to_string()),
-                (ANN_HASH.to_string(), out.content_hash()),
-            ]
-            .into_iter()
-            .collect(),
-        ),
-        owner_references: node_uid.map(|uid| {
-            vec![OwnerReference {
-                api_version: "v1".into(),
-                kind: "Node".into(),
-                name: node.to_string(),
-                uid: uid.to_string(),
-                ..Default::default()
-            }]
-        }),
-        ..Default::default()
-    };
-    if out.has_password {
-        Published::Secret(Secret {
-            metadata: meta,
-            data: Some(
-                out.files
-                    .iter()
-                    .map(|(k, v)| (k.clone(), ByteString(v.clone())))
-                    .collect(),
-            ),
-            type_: Some("Opaque".into()),
-            ..Default::default()
-        })
-    } else {
-        Published::ConfigMap(ConfigMap {
-            metadata: meta,
-            data: Some(
-                out.files
-                    .iter()
-                    .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
-                    .collect(),
-            ),
-            ..Default::default()
-        })
-    }
-}
-
 /// Rules of the node agents' Role: read (get, and list/watch with a `metadata.name` field
-/// selector, which RBAC checks against `resourceNames`) the published config of each node, and
-/// no other ConfigMap or Secret of the namespace (user Secrets, Helm release data, tokens).
+/// selector, which RBAC checks against `resourceNames`) the shards (ConfigMaps) and each node's
+/// own object (ConfigMap, or Secret when it carries a password), and no other ConfigMap or Secret
+/// of the namespace (user Secrets, Helm release data, tokens).
 ///
 /// All agents share one ServiceAccount, and RBAC has no "the caller's own node" condition, so a
-/// node can still read another node's published config: keeping a BGP password from nodes whose
-/// peerings do not use it would need per-node credentials. No nodes: no rule (an empty
+/// node can still read another node's own object: keeping a BGP password from nodes whose
+/// peerings do not use it would need per-node credentials. No names: no rule (an empty
 /// `resourceNames` would mean every name).
-pub fn agent_role_rules(names: &BTreeSet<String>) -> serde_json::Value {
-    if names.is_empty() {
-        return serde_json::json!([]);
+pub fn agent_role_rules(shards: &BTreeSet<String>, nodes: &BTreeSet<String>) -> serde_json::Value {
+    let mut rules = Vec::new();
+    let maps: BTreeSet<&String> = shards.iter().chain(nodes).collect();
+    if !maps.is_empty() {
+        rules.push(serde_json::json!({
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "resourceNames": maps,
+            "verbs": ["get", "list", "watch"],
+        }));
     }
-    serde_json::json!([{
-        "apiGroups": [""],
-        "resources": ["configmaps", "secrets"],
-        "resourceNames": names,
-        "verbs": ["get", "list", "watch"],
-    }])
+    if !nodes.is_empty() {
+        rules.push(serde_json::json!({
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": nodes,
+            "verbs": ["get", "list", "watch"],
+        }));
+    }
+    serde_json::Value::Array(rules)
 }
 
 /// Sets the agents' Role to [`agent_role_rules`] for `names`.
@@ -169,254 +119,111 @@ async fn scope_agent_role(
     client: &Client,
     namespace: &str,
     role: &str,
-    names: &BTreeSet<String>,
+    names: &(BTreeSet<String>, BTreeSet<String>),
 ) -> Result<(), kube::Error> {
     let api: Api<Role> = Api::namespaced(client.clone(), namespace);
-    let patch = serde_json::json!({ "rules": agent_role_rules(names) });
+    let patch = serde_json::json!({ "rules": agent_role_rules(&names.0, &names.1) });
     api.patch(role, &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
     Ok(())
 }
 
-struct Watches {
-    nodes: Store<Node>,
-    /// Untyped (also `pools`), so that one stored object tortie's types cannot read is reported
-    /// on its own instead of failing the whole list (and with it every node's config).
-    configs: Store<DynamicObject>,
-    peers: Store<DynamicObject>,
-    filters: Store<DynamicObject>,
-    pools: Store<DynamicObject>,
-    affinities: Store<Affinity>,
-    secrets: Store<Secret>,
-    /// Published objects by metadata only: a pass reads their names and hash annotations, and
-    /// a full-mesh node's files are up to a MiB each.
-    maps: Store<PartialObjectMeta<ConfigMap>>,
-    secret_maps: Store<PartialObjectMeta<Secret>>,
-    services: Store<Service>,
-    slices: Store<EndpointSlice>,
+/// A change the controller hears of: a Node (checked against what was published of it), or
+/// anything else (always a pass).
+enum Trigger {
+    Node(Arc<Node>),
+    Other,
 }
 
-/// Watch tasks of one [`run`]; aborted when it ends or is dropped (e.g. on losing leadership).
-#[derive(Default)]
-struct Tasks(Vec<tokio::task::JoinHandle<()>>);
-
-impl Drop for Tasks {
-    fn drop(&mut self) {
-        for t in &self.0 {
-            t.abort();
-        }
-    }
-}
-
-/// Reflects `events` into a store of its own, `slim`ming each object first, and wakes the
-/// controller on every event.
-fn reflect<K, S>(
-    tasks: &mut Tasks,
-    events: S,
-    dt: K::DynamicType,
-    slim: fn(&mut K),
-    kick: Arc<Notify>,
-    kind: &'static str,
-) -> Store<K>
-where
-    K: Resource + Clone + std::fmt::Debug + Send + Sync + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
-    S: futures::Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static,
-{
-    let writer = reflector::store::Writer::new(dt);
-    let store = writer.as_reader();
-    let stream = events
-        .default_backoff()
-        .modify(move |o| {
-            super::store::drop_managed_fields(o);
-            slim(o);
-        })
-        .reflect(writer);
-    tasks.0.push(tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        while let Some(ev) = stream.next().await {
-            match ev {
-                Ok(_) => kick.notify_one(),
-                Err(e) => warn!(kind, error = %e, "watch error (retrying)"),
-            }
-        }
-    }));
-    store
-}
-
-fn watch<K>(
-    tasks: &mut Tasks,
-    api: Api<K>,
-    cfg: watcher::Config,
-    kick: Arc<Notify>,
-    kind: &'static str,
-) -> Store<K>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
-{
-    reflect(tasks, watcher::watcher(api, cfg), (), |_| {}, kick, kind)
-}
-
-fn watch_calico<K>(
-    tasks: &mut Tasks,
-    client: &Client,
+/// Runs the BGP controller until the task is dropped or aborted, on the operator's shared watch
+/// caches (`stores`; the BGP kinds are started here when `stores.bgp` is not set yet).
+pub async fn run(
+    client: Client,
     mode: CrdMode,
-    kind: CalicoKind,
-    kick: Arc<Notify>,
-) -> Store<K>
-where
-    K: Resource<DynamicType = kube::api::ApiResource>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let ar = mode.resource(kind);
-    let api: Api<K> = Api::all_with(client.clone(), &ar);
-    let name = mode.kind_and_plural(kind).0;
-    reflect(
-        tasks,
-        watcher::watcher(api, watcher::Config::default()),
-        ar,
-        |_| {},
-        kick,
-        name,
-    )
-}
-
-/// Runs the BGP controller until the task is dropped or aborted.
-pub async fn run(client: Client, mode: CrdMode, namespace: String, config: Config) -> Result<(), Error> {
-    let kick = Arc::new(Notify::new());
-    let owned = watcher::Config::default().labels(&format!("{LABEL_CONFIG}=true"));
-    let mut tasks = Tasks::default();
-    let t = &mut tasks;
-    let ns_api = || Api::namespaced(client.clone(), &namespace);
-    let w = Watches {
-        // The renderer reads a Node's metadata only; status (images, conditions) is most of it.
-        nodes: reflect(
-            t,
-            watcher::watcher(Api::all(client.clone()), watcher::Config::default()),
-            (),
-            |n: &mut Node| {
-                n.spec = None;
-                n.status = None;
-            },
-            kick.clone(),
-            "Node",
-        ),
-        configs: watch_calico(t, &client, mode, CalicoKind::BGPConfiguration, kick.clone()),
-        peers: watch_calico(t, &client, mode, CalicoKind::BGPPeer, kick.clone()),
-        filters: watch_calico(t, &client, mode, CalicoKind::BGPFilter, kick.clone()),
-        pools: watch_calico(t, &client, mode, CalicoKind::IPPool, kick.clone()),
-        affinities: watch_calico(t, &client, mode, CalicoKind::BlockAffinity, kick.clone()),
-        secrets: watch(t, ns_api(), watcher::Config::default(), kick.clone(), "Secret"),
-        maps: reflect(
-            t,
-            watcher::watcher(
-                Api::<PartialObjectMeta<ConfigMap>>::namespaced(client.clone(), &namespace),
-                owned.clone(),
-            ),
-            (),
-            |_| {},
-            kick.clone(),
-            "ConfigMap",
-        ),
-        secret_maps: reflect(
-            t,
-            watcher::watcher(
-                Api::<PartialObjectMeta<Secret>>::namespaced(client.clone(), &namespace),
-                owned,
-            ),
-            (),
-            |_| {},
-            kick.clone(),
-            "Secret(config)",
-        ),
-        services: watch(
-            t,
-            Api::all(client.clone()),
-            watcher::Config::default(),
-            kick.clone(),
-            "Service",
-        ),
-        slices: watch(
-            t,
-            Api::all(client.clone()),
-            watcher::Config::default(),
-            kick.clone(),
-            "EndpointSlice",
-        ),
+    namespace: String,
+    stores: Stores,
+    config: Config,
+) -> Result<(), Error> {
+    let bgp = match &stores.bgp {
+        Some(b) => b.clone(),
+        None => BgpStores::start(&client, mode, &namespace),
     };
-    for ready in [
-        w.nodes.wait_until_ready().await,
-        w.configs.wait_until_ready().await,
-        w.peers.wait_until_ready().await,
-        w.filters.wait_until_ready().await,
-        w.pools.wait_until_ready().await,
-        w.affinities.wait_until_ready().await,
-        w.secrets.wait_until_ready().await,
-        w.maps.wait_until_ready().await,
-        w.secret_maps.wait_until_ready().await,
-        w.services.wait_until_ready().await,
-        w.slices.wait_until_ready().await,
-    ] {
-        if ready.is_err() {
-            warn!("a watch ended before its first list");
-        }
+    let other = |s: futures::stream::BoxStream<'static, ()>| s.map(|_| Trigger::Other).boxed();
+    // Subscribed before the first pass, so nothing after it is missed.
+    let mut triggers = futures::stream::select_all(vec![
+        stores.nodes.changes().map(Trigger::Node).boxed(),
+        other(stores.affinities.changes().map(|_| ()).boxed()),
+        other(bgp.configs.changes().map(|_| ()).boxed()),
+        other(bgp.peers.changes().map(|_| ()).boxed()),
+        other(bgp.filters.changes().map(|_| ()).boxed()),
+        other(bgp.pools.changes().map(|_| ()).boxed()),
+        other(bgp.secrets.changes().map(|_| ()).boxed()),
+        other(bgp.services.changes().map(|_| ()).boxed()),
+        other(bgp.slices.changes().map(|_| ()).boxed()),
+        other(bgp.maps.changes().map(|_| ()).boxed()),
+        other(bgp.secret_maps.changes().map(|_| ()).boxed()),
+    ]);
+    while !(stores.nodes.synced() && stores.affinities.synced() && bgp.synced()) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let reporter = Reporter {
         controller: "tortie-bgp".into(),
         instance: Some(config.instance.clone()),
     };
     let mut state = State::default();
-    let _tasks = tasks;
     loop {
         let span = info_span!("bgp_pass");
-        pass(&client, mode, &namespace, &config, &w, &reporter, &mut state)
-            .instrument(span)
-            .await;
+        pass(
+            &client, mode, &namespace, &config, &stores, &bgp, &reporter, &mut state,
+        )
+        .instrument(span)
+        .await;
         let done = tokio::time::Instant::now();
-        if state.agent_role_retry {
-            // Nothing else may change for a long time: retry the agents' Role on a timer.
-            tokio::select! {
-                _ = kick.notified() => {}
-                _ = tokio::time::sleep(Duration::from_secs(10)) => {}
+        // Wait for a change that can alter what is published: a Node event whose published
+        // facts (BGP annotations, selected labels, presence) are as published costs nothing.
+        loop {
+            let t = if state.agent_role_retry {
+                // Nothing else may change for a long time: retry on a timer.
+                tokio::select! {
+                    t = triggers.next() => t,
+                    _ = tokio::time::sleep(Duration::from_secs(10)) => Some(Trigger::Other),
+                }
+            } else {
+                triggers.next().await
+            };
+            match t {
+                None => return Ok(()),
+                Some(Trigger::Other) => break,
+                Some(Trigger::Node(n)) => {
+                    if state.node_changed(&stores, &n) {
+                        break;
+                    }
+                }
             }
-        } else {
-            kick.notified().await;
         }
-        // At most one pass per `debounce`: a change after a quiet spell renders at once (BGP
+        // At most one pass per `debounce`: a change after a quiet spell publishes at once (BGP
         // changes reach BIRD in milliseconds), changes inside a burst wait out the rest of the
         // window and cost one more pass together.
         tokio::time::sleep_until(done + config.debounce).await;
     }
 }
 
-/// One node's rendered files, to be published.
-struct Job {
-    name: String,
-    uid: Option<String>,
-    /// Input fingerprint and content hash, remembered once published.
-    fp: String,
-    hash: String,
-    out: Rendered,
-    /// The node's object of the other kind (ConfigMap vs Secret) exists and goes.
-    other_exists: bool,
-}
-
 #[derive(Default)]
 struct State {
-    /// Node -> (input fingerprint, content hash) of the last publish.
-    done: HashMap<String, (String, String)>,
+    /// Label keys BGPPeer selectors read, and each Node's facts, as last published.
+    keys: BTreeSet<String>,
+    facts: HashMap<String, contract::NodeFacts>,
+    /// Object name -> content hash written, until the watch shows it (so a pass that runs
+    /// before the watch caught up does not write the same content again).
+    written: HashMap<String, String>,
+    /// Shard count of the layout in use.
+    count: Option<u32>,
     warned: BTreeSet<String>,
-    /// Object names the agents' Role was last set to.
-    agent_role_names: Option<BTreeSet<String>>,
-    /// Setting the agents' Role failed: the next pass comes on a timer too.
+    /// Object names (shards, own objects) the agents' Role was last set to.
+    agent_role_names: Option<(BTreeSet<String>, BTreeSet<String>)>,
+    /// Setting the agents' Role or writing an object failed: the next pass comes on a timer too.
     agent_role_retry: bool,
     mesh_warned: bool,
-    too_large: BTreeSet<String>,
     /// Invalid inputs already reported with an Event (forgotten once fixed, so a relapse is told).
     invalid: BTreeSet<String>,
     /// The [`CONDITION_VALID`] message last applied to the Installation, and when a missing
@@ -425,38 +232,51 @@ struct State {
     condition_tried: Option<tokio::time::Instant>,
 }
 
+impl State {
+    /// Whether a Node event can change what is published: its facts (name, selected labels,
+    /// Calico annotations) or its presence differ from the last pass's.
+    fn node_changed(&self, stores: &Stores, n: &Node) -> bool {
+        let name = n.name_any();
+        let live = stores.nodes.get(&name);
+        match (live, self.facts.get(&name)) {
+            (None, None) => false,
+            (Some(live), Some(f)) => contract::node_facts(&live, &self.keys) != *f,
+            _ => true,
+        }
+    }
+}
+
 fn unwrap<K: Clone>(v: Vec<Arc<K>>) -> Vec<K> {
     v.into_iter().map(|a| (*a).clone()).collect()
 }
 
-/// The renderer's input, and the stored BGP objects that could not be decoded.
-fn snapshot(w: &Watches) -> (Snapshot, Vec<Invalid>) {
+/// The renderer's input but Nodes and BlockAffinities (read from the caches in place), and the
+/// stored BGP objects that could not be decoded.
+fn snapshot(w: &BgpStores) -> (Snapshot, Vec<Invalid>) {
     let mut snap = Snapshot::default();
-    snap.nodes = unwrap(w.nodes.state());
     let values = |objs: Vec<Arc<DynamicObject>>| {
         objs.into_iter()
             .filter_map(|o| serde_json::to_value(&*o).ok())
             .collect::<Vec<_>>()
     };
     let (configs, mut undecodable) =
-        bgp::validate::decode_each::<BgpConfig>("BGPConfiguration", values(w.configs.state()));
-    let (peers, bad_peers) = bgp::validate::decode_each::<BgpPeer>("BGPPeer", values(w.peers.state()));
+        bgp::validate::decode_each::<BgpConfig>("BGPConfiguration", values(w.configs.all()));
+    let (peers, bad_peers) = bgp::validate::decode_each::<BgpPeer>("BGPPeer", values(w.peers.all()));
     undecodable.extend(bad_peers);
     let (filters, bad_filters) =
-        bgp::validate::decode_each::<BgpFilter>("BGPFilter", values(w.filters.state()));
+        bgp::validate::decode_each::<BgpFilter>("BGPFilter", values(w.filters.all()));
     undecodable.extend(bad_filters);
     snap.filters = filters;
-    let (pools, bad_pools) = bgp::validate::decode_each::<Pool>("IPPool", values(w.pools.state()));
+    let (pools, bad_pools) = bgp::validate::decode_each::<Pool>("IPPool", values(w.pools.all()));
     undecodable.extend(bad_pools);
     snap.bgp_configs = configs;
     snap.peers = peers;
     snap.pools = pools;
-    snap.affinities = unwrap(w.affinities.state());
-    snap.services = unwrap(w.services.state());
-    snap.endpoint_slices = unwrap(w.slices.state());
+    snap.services = unwrap(w.services.all());
+    snap.endpoint_slices = unwrap(w.slices.all());
     // Only Secrets a password names are read into the snapshot.
     let wanted: BTreeSet<String> = snap.referenced_secrets().into_iter().collect();
-    for s in w.secrets.state() {
+    for s in w.secrets.all() {
         if wanted.contains(&s.name_any()) {
             snap.add_secret(&s);
         }
@@ -464,12 +284,59 @@ fn snapshot(w: &Watches) -> (Snapshot, Vec<Invalid>) {
     (snap, undecodable)
 }
 
+/// A published object as the watch shows it.
+struct Stored {
+    hash: Option<String>,
+    shards: Option<u32>,
+}
+
+/// Published ConfigMaps and Secrets by name.
+struct StoredAll {
+    maps: HashMap<String, Stored>,
+    secrets: HashMap<String, Stored>,
+}
+
+/// One object to write.
+enum Write {
+    Shard(ConfigMap),
+    Own { obj: Published, other_exists: bool },
+}
+
+impl Write {
+    fn name(&self) -> String {
+        match self {
+            Write::Shard(c) => c.metadata.name.clone().unwrap_or_default(),
+            Write::Own { obj, .. } => obj.metadata().name.clone().unwrap_or_default(),
+        }
+    }
+}
+
+fn stored(w: &BgpStores) -> StoredAll {
+    fn read(m: &ObjectMeta) -> (String, Stored) {
+        let a = m.annotations.as_ref();
+        (
+            m.name.clone().unwrap_or_default(),
+            Stored {
+                hash: a.and_then(|a| a.get(ANN_HASH)).cloned(),
+                shards: a.and_then(|a| a.get(ANN_SHARDS)).and_then(|c| c.parse().ok()),
+            },
+        )
+    }
+    StoredAll {
+        maps: w.maps.all().iter().map(|c| read(&c.metadata)).collect(),
+        secrets: w.secret_maps.all().iter().map(|s| read(&s.metadata)).collect(),
+    }
+}
+
+// The pass's inputs are the controller's whole context; a struct for them would be used once.
+#[allow(clippy::too_many_arguments)]
 async fn pass(
     client: &Client,
     mode: CrdMode,
     namespace: &str,
     config: &Config,
-    w: &Watches,
+    stores: &Stores,
+    w: &BgpStores,
     reporter: &Reporter,
     state: &mut State,
 ) {
@@ -477,159 +344,183 @@ async fn pass(
     // Values BIRD would refuse are taken out first, so one bad object costs only itself.
     invalid.extend(bgp::validate::sanitize(&mut snap));
     report_invalid(client, mode, w, reporter, state, &invalid).await;
-    // The agents may read exactly the objects of current nodes; a new node's name is added before
-    // its object is published, so its agent's watch is allowed when the object appears.
+    let stored = stored(w);
+    // After a restart the stored layout is kept (no rewrite of every shard).
+    let current = state
+        .count
+        .or_else(|| stored.maps.get(&shard_name(0)).and_then(|s| s.shards));
+    let selectors = CalicoSelectors::default();
+    let node_objs = stores.nodes.all();
+    let nodes: Vec<&Node> = node_objs.iter().map(|n| &**n).collect();
+    let aff_objs = stores.affinities.all();
+    let affinities: Vec<&Affinity> = aff_objs.iter().map(|a| &**a).collect();
+    let inputs: Inputs =
+        contract::publish_from(&snap, &nodes, &affinities, &config.render, &selectors, current);
+    state.keys = contract::label_keys(&snap.peers);
+    state.facts = nodes
+        .iter()
+        .map(|n| (n.name_any(), contract::node_facts(n, &state.keys)))
+        .collect();
+    let count = inputs.shards.len() as u32;
+    let mut retry = false;
+    // The agents may read exactly the shards and the own objects of current nodes; a new node's
+    // name is added before its object is published, so its agent's watch is allowed when the
+    // object appears.
     if let Some(role) = &config.agent_role {
-        let names: BTreeSet<String> = snap.nodes.iter().map(|n| object_name(&n.name_any())).collect();
+        let names = (
+            (0..count).map(shard_name).collect::<BTreeSet<_>>(),
+            inputs
+                .nodes
+                .keys()
+                .map(|n| object_name(n))
+                .collect::<BTreeSet<_>>(),
+        );
         if state.agent_role_names.as_ref() != Some(&names) {
             match scope_agent_role(client, namespace, role, &names).await {
                 Ok(()) => {
-                    info!(role = %role, nodes = names.len(), "agent Role scoped to the published configs");
+                    info!(role = %role, nodes = names.1.len(), shards = count, "agent Role scoped to the published objects");
                     state.agent_role_names = Some(names);
-                    state.agent_role_retry = false;
                 }
                 Err(e) => {
                     warn!(role = %role, error = %e, "cannot scope the agents' Role; retrying in 10s");
-                    state.agent_role_retry = true;
+                    retry = true;
                 }
             }
         }
     }
-    let fps = bgp::snapshot::input_fingerprints(&snap);
-    let published: HashMap<String, String> = w
-        .maps
-        .state()
-        .iter()
-        .map(|c| c.metadata.clone())
-        .chain(w.secret_maps.state().iter().map(|s| s.metadata.clone()))
-        .filter_map(|m| {
-            let a = m.annotations?;
-            Some((a.get(ANN_NODE)?.clone(), a.get(ANN_HASH)?.clone()))
-        })
-        .collect();
-    // Objects of each kind that exist: a node switching kinds (a password appeared or went)
-    // has its other object deleted; nobody else pays a DELETE per publish.
-    let names_in =
-        |metas: Vec<ObjectMeta>| -> BTreeSet<String> { metas.into_iter().filter_map(|m| m.name).collect() };
-    let maps_present = names_in(w.maps.state().iter().map(|c| c.metadata.clone()).collect());
-    let secrets_present = names_in(w.secret_maps.state().iter().map(|s| s.metadata.clone()).collect());
-    let selectors = CalicoSelectors::default();
-    let mut mesh_size = None;
     let mut notes: Vec<(ObjectReference, EventType, &'static str, String)> = Vec::new();
-    // What to publish for one node, if anything: renders it (a node whose inputs and published
-    // object are as last time is skipped without rendering).
-    let mut job = |node: &Node| -> Option<Job> {
+    let mut mesh_size = 0usize;
+    let mesh_on = snap
+        .bgp_configs
+        .iter()
+        .find(|c| c.metadata.name.as_deref() == Some("default"))
+        .is_none_or(|c| c.spec.node_to_node_mesh_enabled != Some(false));
+    let mut uids: HashMap<String, Option<String>> = HashMap::new();
+    for node in &nodes {
         let name = node.name_any();
-        let fp = &fps[&name];
-        let current = published.get(&name);
-        if let Some((last_fp, last_hash)) = state.done.get(&name)
-            && last_fp == fp
-            && current == Some(last_hash)
-        {
-            return None;
-        }
-        let out = match bgp::render(&snap, &name, &config.render, &selectors) {
-            Ok(o) => o,
+        // What used to fail a node's rendering here is checked without rendering: its agent
+        // renders, and reports on its Node too.
+        match bgp::NodeBgp::from_node(node) {
+            Ok(b) => {
+                if !b.is_route_reflector() && (b.ipv4.is_some() || b.ipv6.is_some()) {
+                    mesh_size += 1;
+                }
+            }
             Err(e) => {
                 let msg = e.to_string();
                 if state.warned.insert(format!("{name}: {msg}")) {
-                    warn!(node = %name, error = %msg, "cannot render BIRD config");
+                    warn!(node = %name, error = %msg, "node cannot have a BIRD config");
                     notes.push((node.object_ref(&()), EventType::Warning, "BirdConfigInvalid", msg));
                 }
-                return None;
-            }
-        };
-        mesh_size = mesh_size.or(out.mesh_size);
-        for warning in &out.warnings {
-            if state.warned.insert(warning.clone()) {
-                warn!(node = %name, warning = %warning, "BGP input skipped");
-                notes.push((
-                    node.object_ref(&()),
-                    EventType::Warning,
-                    "BgpInputIgnored",
-                    warning.clone(),
-                ));
             }
         }
-        let hash = out.content_hash();
-        if out.total_size() > MAX_PUBLISHED_BYTES {
-            if state.too_large.insert(name.clone()) {
-                let msg = format!(
-                    "rendered BIRD config is {} bytes, more than a ConfigMap or Secret can hold ({MAX_PUBLISHED_BYTES}); use route reflectors or fewer peers",
-                    out.total_size()
-                );
-                warn!(node = %name, "{msg}");
-                notes.push((
-                    node.object_ref(&()),
-                    EventType::Warning,
-                    "BirdConfigTooLarge",
-                    msg,
-                ));
-            }
-            return None;
-        }
-        state.too_large.remove(&name);
-        if current == Some(&hash) {
-            state.done.insert(name, (fp.clone(), hash));
-            return None;
-        }
-        let oname = object_name(&name);
-        let other_exists = if out.has_password {
-            maps_present.contains(&oname)
-        } else {
-            secrets_present.contains(&oname)
-        };
-        Some(Job {
-            name,
-            uid: node.metadata.uid.clone(),
-            fp: fp.clone(),
-            hash,
-            out,
-            other_exists,
-        })
-    };
-    // Every node's agent waits on its own object: publish them side by side, so the last node
-    // of a large cluster does not wait for all the others' round trips. Nodes are rendered as
-    // publish slots free up, so at most PUBLISH_CONCURRENCY outputs are held at once (a node's
-    // full-mesh files are ~1 KiB per peer: all of them at once were a GiB at 1,000 nodes).
-    let results: Vec<_> = futures::stream::iter(snap.nodes.iter().filter_map(&mut job))
-        .map(|j| {
-            let span = info_span!("publish", node = %j.name);
-            async move {
-                let r = publish(
-                    client,
-                    namespace,
-                    &j.name,
-                    j.uid.as_deref(),
-                    &j.out,
-                    j.other_exists,
-                )
-                .await;
-                (j.name, j.fp, j.hash, r)
-            }
-            .instrument(span)
-        })
-        .buffer_unordered(PUBLISH_CONCURRENCY)
-        .collect()
-        .await;
-    for (name, fp, hash, r) in results {
-        match r {
-            Ok(()) => info!(node = %name, hash = %&hash[..12], "published BIRD config"),
-            Err(e) => {
-                warn!(node = %name, error = %e, "publish failed; retrying on the next change");
-                continue;
-            }
-        }
-        state.done.insert(name, (fp, hash));
+        uids.insert(name, node.metadata.uid.clone());
     }
+    // Forget what the watch has caught up with.
+    let hash_of = |name: &str| {
+        stored
+            .maps
+            .get(name)
+            .or_else(|| stored.secrets.get(name))
+            .and_then(|s| s.hash.clone())
+    };
+    state
+        .written
+        .retain(|name, hash| hash_of(name).as_ref() != Some(hash));
+    let mut shard_writes = Vec::new();
+    for (i, body) in inputs.shards.iter().enumerate() {
+        let name = shard_name(i as u32);
+        let hash = contract::text_hash(body);
+        let same = state.written.get(&name) == Some(&hash)
+            || stored
+                .maps
+                .get(&name)
+                .is_some_and(|s| s.hash.as_ref() == Some(&hash) && s.shards == Some(count));
+        if !same {
+            let obj = contract::shard_object(namespace, i as u32, count, body);
+            shard_writes.push((hash, Write::Shard(obj)));
+        }
+    }
+    let mut own_writes = Vec::new();
+    for (node, ni) in &inputs.nodes {
+        let name = object_name(node);
+        let json = ni.to_json();
+        let hash = contract::text_hash(&json);
+        let secret = !ni.passwords.is_empty();
+        let (mine, other) = if secret {
+            (&stored.secrets, &stored.maps)
+        } else {
+            (&stored.maps, &stored.secrets)
+        };
+        let other_exists = other.contains_key(&name);
+        let same = state.written.get(&name) == Some(&hash)
+            || (mine.get(&name).is_some_and(|s| s.hash.as_ref() == Some(&hash)) && !other_exists);
+        if same {
+            continue;
+        }
+        let uid = uids.get(node).cloned().flatten();
+        let obj = contract::node_object(namespace, uid.as_deref(), ni);
+        own_writes.push((hash, Write::Own { obj, other_exists }));
+    }
+    // A new layout: every shard first, then the own objects that point at it, so an agent never
+    // waits on a shard that is not there; a shard beyond the count goes last.
+    let relayout = current != Some(count);
+    let batches = if relayout {
+        vec![shard_writes, own_writes]
+    } else {
+        shard_writes.extend(own_writes);
+        vec![shard_writes]
+    };
+    for batch in batches {
+        let results: Vec<_> = futures::stream::iter(batch)
+            .map(|(hash, write)| {
+                let name = write.name();
+                let span = info_span!("publish", object = %name);
+                async move {
+                    let r = publish(client, namespace, write).await;
+                    (name, hash, r)
+                }
+                .instrument(span)
+            })
+            .buffer_unordered(PUBLISH_CONCURRENCY)
+            .collect()
+            .await;
+        for (name, hash, r) in results {
+            match r {
+                Ok(()) => {
+                    info!(object = %name, hash = %&hash[..12], "published BGP inputs");
+                    state.written.insert(name, hash);
+                }
+                Err(e) => {
+                    warn!(object = %name, error = %e, "publish failed; retrying in 10s");
+                    retry = true;
+                }
+            }
+        }
+    }
+    if !retry {
+        state.count = Some(count);
+        let cms: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+        for name in stored.maps.keys() {
+            if contract::shard_index(name).is_some_and(|i| i >= count) {
+                if let Err(e) = delete_if_present(&cms, name).await {
+                    warn!(object = %name, error = %e, "cannot delete a shard of the previous layout");
+                    retry = true;
+                }
+                state.written.remove(name);
+            }
+        }
+    }
+    state.agent_role_retry = retry;
     for (reference, type_, reason, note) in notes {
         event(client, reporter, &reference, type_, reason, &note).await;
     }
-    // Forget nodes that are gone (their objects go with them through the owner reference).
-    let live: BTreeSet<String> = snap.nodes.iter().map(|n| n.name_any()).collect();
-    state.done.retain(|n, _| live.contains(n));
-    // Nothing re-rendered: the last verdict stands.
-    if let Some(n) = mesh_size {
+    let live: BTreeSet<String> = nodes.iter().map(|n| n.name_any()).collect();
+    state
+        .warned
+        .retain(|w| w.split_once(": ").is_none_or(|(n, _)| live.contains(n)));
+    if mesh_on {
+        let n = mesh_size;
         let too_big = n > config.mesh_advisory_nodes;
         if too_big && !state.mesh_warned {
             let msg = format!(
@@ -649,7 +540,7 @@ async fn pass(
                     uid: c.metadata.uid.clone(),
                     ..Default::default()
                 },
-                None => snap.nodes[0].object_ref(&()),
+                None => nodes[0].object_ref(&()),
             };
             event(
                 client,
@@ -666,30 +557,30 @@ async fn pass(
 }
 
 /// Reference of the object an [`Invalid`] is about, for its Event.
-fn invalid_ref(mode: CrdMode, w: &Watches, e: &Invalid) -> ObjectReference {
+fn invalid_ref(mode: CrdMode, w: &BgpStores, e: &Invalid) -> ObjectReference {
     let p = e.place();
     let uid = match p.kind {
         "BGPPeer" => w
             .peers
-            .state()
+            .all()
             .iter()
             .find(|o| o.metadata.name.as_deref() == Some(&p.name))
             .and_then(|o| o.metadata.uid.clone()),
         "BGPConfiguration" => w
             .configs
-            .state()
+            .all()
             .iter()
             .find(|o| o.metadata.name.as_deref() == Some(&p.name))
             .and_then(|o| o.metadata.uid.clone()),
         "BGPFilter" => w
             .filters
-            .state()
+            .all()
             .iter()
             .find(|o| o.metadata.name.as_deref() == Some(&p.name))
             .and_then(|o| o.metadata.uid.clone()),
         "IPPool" => w
             .pools
-            .state()
+            .all()
             .iter()
             .find(|o| o.metadata.name.as_deref() == Some(&p.name))
             .and_then(|o| o.metadata.uid.clone()),
@@ -708,7 +599,7 @@ fn invalid_ref(mode: CrdMode, w: &Watches, e: &Invalid) -> ObjectReference {
 async fn report_invalid(
     client: &Client,
     mode: CrdMode,
-    w: &Watches,
+    w: &BgpStores,
     reporter: &Reporter,
     state: &mut State,
     invalid: &[Invalid],
@@ -830,39 +721,40 @@ async fn event(
     }
 }
 
-/// Server-side applies a node's object; `other_exists`: the node's object of the other kind
-/// (ConfigMap vs Secret) exists and goes.
-async fn publish(
-    client: &Client,
-    namespace: &str,
-    name: &str,
-    node_uid: Option<&str>,
-    out: &Rendered,
-    other_exists: bool,
-) -> Result<(), Error> {
+/// Server-side applies one object; for an own object whose kind changed (a password appeared
+/// or went), the object of the other kind goes.
+async fn publish(client: &Client, namespace: &str, write: Write) -> Result<(), Error> {
+    let name = write.name();
     let err = |source| Error::Publish {
-        node: name.to_string(),
+        object: name.clone(),
         source,
     };
-    let obj = published_object(name, node_uid, namespace, out);
     let pp = PatchParams::apply(MANAGER).force();
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let oname = object_name(name);
-    match obj {
-        Published::ConfigMap(mut c) => {
-            c.metadata.managed_fields = None;
+    match write {
+        Write::Shard(c) => {
             let v = ssa_value(&c, "ConfigMap");
-            cms.patch(&oname, &pp, &Patch::Apply(v)).await.map_err(err)?;
+            cms.patch(&name, &pp, &Patch::Apply(v)).await.map_err(err)?;
+        }
+        Write::Own {
+            obj: Published::ConfigMap(c),
+            other_exists,
+        } => {
+            let v = ssa_value(&c, "ConfigMap");
+            cms.patch(&name, &pp, &Patch::Apply(v)).await.map_err(err)?;
             if other_exists {
-                delete_if_present(&secrets, &oname).await.map_err(err)?;
+                delete_if_present(&secrets, &name).await.map_err(err)?;
             }
         }
-        Published::Secret(s) => {
+        Write::Own {
+            obj: Published::Secret(s),
+            other_exists,
+        } => {
             let v = ssa_value(&s, "Secret");
-            secrets.patch(&oname, &pp, &Patch::Apply(v)).await.map_err(err)?;
+            secrets.patch(&name, &pp, &Patch::Apply(v)).await.map_err(err)?;
             if other_exists {
-                delete_if_present(&cms, &oname).await.map_err(err)?;
+                delete_if_present(&cms, &name).await.map_err(err)?;
             }
         }
     }
@@ -891,51 +783,38 @@ where
 mod tests {
     use super::*;
 
-    fn rendered(pw: bool) -> Rendered {
-        Rendered {
-            files: [("bird.cfg".to_string(), b"router id 1.2.3.4;\n".to_vec())]
-                .into_iter()
-                .collect(),
-            has_password: pw,
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn passwords_go_into_secrets_and_files_round_trip() {
-        let cm = published_object("n1", Some("uid-1"), "tortie-system", &rendered(false));
-        let Published::ConfigMap(c) = &cm else {
-            panic!("expected a ConfigMap")
-        };
-        assert_eq!(c.metadata.name.as_deref(), Some("tortie-bird-n1"));
-        assert_eq!(c.metadata.owner_references.as_ref().unwrap()[0].uid, "uid-1");
-        assert_eq!(
-            c.metadata.annotations.as_ref().unwrap()[ANN_HASH],
-            rendered(false).content_hash()
-        );
-        assert_eq!(files_of(&cm), rendered(false).files);
-        let s = published_object("n1", None, "tortie-system", &rendered(true));
-        assert!(matches!(s, Published::Secret(_)));
-        assert_eq!(files_of(&s), rendered(true).files);
-    }
-
     #[test]
     fn agent_role_names_exactly_the_published_objects() {
-        assert_eq!(agent_role_rules(&BTreeSet::new()), serde_json::json!([]));
+        let none = BTreeSet::new();
+        assert_eq!(agent_role_rules(&none, &none), serde_json::json!([]));
+        let shards: BTreeSet<String> = [shard_name(0), shard_name(1)].into();
         let names: BTreeSet<String> = ["tortie-bird-b", "tortie-bird-a"].map(String::from).into();
-        let rules = agent_role_rules(&names);
-        assert_eq!(rules.as_array().unwrap().len(), 1);
-        let r = &rules[0];
+        let rules = agent_role_rules(&shards, &names);
+        assert_eq!(rules.as_array().unwrap().len(), 2);
+        let (maps, secrets) = (&rules[0], &rules[1]);
+        assert_eq!(maps["resources"], serde_json::json!(["configmaps"]));
         assert_eq!(
-            r["resourceNames"],
+            maps["resourceNames"],
+            serde_json::json!([
+                "tortie-bgp-shard-0",
+                "tortie-bgp-shard-1",
+                "tortie-bird-a",
+                "tortie-bird-b"
+            ])
+        );
+        // Shards are never Secrets: the Secret rule names the own objects only.
+        assert_eq!(secrets["resources"], serde_json::json!(["secrets"]));
+        assert_eq!(
+            secrets["resourceNames"],
             serde_json::json!(["tortie-bird-a", "tortie-bird-b"])
         );
-        assert_eq!(r["resources"], serde_json::json!(["configmaps", "secrets"]));
-        assert_eq!(r["verbs"], serde_json::json!(["get", "list", "watch"]));
+        for r in [maps, secrets] {
+            assert_eq!(r["verbs"], serde_json::json!(["get", "list", "watch"]));
+        }
         // The Role deserializes as a Kubernetes Role would.
         let role: Role =
             serde_json::from_value(serde_json::json!({"metadata": {"name": "x"}, "rules": rules})).unwrap();
-        assert_eq!(role.rules.unwrap()[0].resource_names.as_ref().unwrap().len(), 2);
+        assert_eq!(role.rules.unwrap()[0].resource_names.as_ref().unwrap().len(), 4);
     }
 
     #[test]

@@ -26,7 +26,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource};
 use tokio_util::sync::CancellationToken;
 
-pub use store::{Stores, Watched};
+pub use store::{BgpStores, Stores, Watched};
 
 use crate::api::{CalicoKind, CrdMode};
 use crate::metrics::Metrics;
@@ -247,6 +247,7 @@ async fn run_bgp(ctx: Arc<Ctx>, stop: CancellationToken) {
             ctx.client.clone(),
             ctx.mode,
             ctx.config.namespace.clone(),
+            ctx.stores.clone(),
             config.clone(),
         );
         tokio::select! {

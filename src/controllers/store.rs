@@ -11,8 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use futures::{Stream, StreamExt};
-use k8s_openapi::api::core::v1::{ConfigMap, Node, NodeSpec};
-use kube::api::{Api, ApiResource};
+use k8s_openapi::api::core::v1::{ConfigMap, Node, NodeSpec, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, ApiResource, DynamicObject, PartialObjectMeta};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
@@ -143,6 +144,98 @@ pub struct Stores {
     /// Pods and handles number in the tens of thousands: indexes, not object caches.
     pub pods: Index<PodMap>,
     pub handles: Index<HashMap<Box<str>, HandleEntry>>,
+    /// What only the BGP controller reads; started with [`BgpStores::start`] when it runs.
+    pub bgp: Option<BgpStores>,
+}
+
+/// The kinds only the BGP controller reads (Nodes and BlockAffinities come from [`Stores`]).
+#[derive(Clone)]
+pub struct BgpStores {
+    /// Untyped (also `pools`: all of them, whatever `--pool-selector` says), so that one stored
+    /// object tortie's types cannot read is reported on its own instead of failing the list.
+    pub configs: Watched<DynamicObject>,
+    pub peers: Watched<DynamicObject>,
+    pub filters: Watched<DynamicObject>,
+    pub pools: Watched<DynamicObject>,
+    /// Secrets of the operator namespace (BGP passwords).
+    pub secrets: Watched<Secret>,
+    pub services: Watched<Service>,
+    pub slices: Watched<EndpointSlice>,
+    /// The published objects (label `app.kubernetes.io/managed-by=tortie`), metadata only.
+    pub maps: Watched<PartialObjectMeta<ConfigMap>>,
+    pub secret_maps: Watched<PartialObjectMeta<Secret>>,
+}
+
+impl BgpStores {
+    pub fn start(client: &Client, mode: CrdMode, namespace: &str) -> BgpStores {
+        let any = watcher::Config::default;
+        let owned = || any().labels("app.kubernetes.io/managed-by=tortie");
+        BgpStores {
+            configs: dynamic(
+                client,
+                mode.resource(CalicoKind::BGPConfiguration),
+                any(),
+                "BGPConfiguration",
+                |_| {},
+            ),
+            peers: dynamic(
+                client,
+                mode.resource(CalicoKind::BGPPeer),
+                any(),
+                "BGPPeer",
+                |_| {},
+            ),
+            filters: dynamic(
+                client,
+                mode.resource(CalicoKind::BGPFilter),
+                any(),
+                "BGPFilter",
+                |_| {},
+            ),
+            pools: dynamic(
+                client,
+                mode.resource(CalicoKind::IPPool),
+                any(),
+                "IPPool(bgp)",
+                |_| {},
+            ),
+            secrets: Watched::start(
+                Api::namespaced(client.clone(), namespace),
+                any(),
+                (),
+                "Secret",
+                |_| {},
+            ),
+            services: Watched::start(Api::all(client.clone()), any(), (), "Service", |_| {}),
+            slices: Watched::start(Api::all(client.clone()), any(), (), "EndpointSlice", |_| {}),
+            maps: Watched::start(
+                Api::namespaced(client.clone(), namespace),
+                owned(),
+                (),
+                "ConfigMap(published)",
+                |_| {},
+            ),
+            secret_maps: Watched::start(
+                Api::namespaced(client.clone(), namespace),
+                owned(),
+                (),
+                "Secret(published)",
+                |_| {},
+            ),
+        }
+    }
+
+    pub fn synced(&self) -> bool {
+        self.configs.synced()
+            && self.peers.synced()
+            && self.filters.synced()
+            && self.pools.synced()
+            && self.secrets.synced()
+            && self.services.synced()
+            && self.slices.synced()
+            && self.maps.synced()
+            && self.secret_maps.synced()
+    }
 }
 
 fn dynamic<K>(
@@ -446,10 +539,20 @@ impl HandleEntry {
     }
 }
 
-/// A Node as the GC and the pod-CIDR check read it: identity, labels, creation and deletion
-/// time, `spec.podCIDR(s)`. Status (images, conditions) is large and unused here.
+/// A Node as the GC, the pod-CIDR check and the BGP controller read it: identity, labels,
+/// Calico's annotations, creation and deletion time, `spec.podCIDR(s)`. Status (images, conditions) is large and unused here.
 pub fn slim_node(n: &mut Node) {
-    n.metadata.annotations = None;
+    // Calico's annotations (BGP addresses, AS, reflector id) stay: the BGP controller reads them.
+    n.metadata.annotations = n
+        .metadata
+        .annotations
+        .take()
+        .map(|a| {
+            a.into_iter()
+                .filter(|(k, _)| k.starts_with("projectcalico.org/"))
+                .collect::<std::collections::BTreeMap<_, _>>()
+        })
+        .filter(|a| !a.is_empty());
     n.status = None;
     n.spec = n.spec.take().map(|s| NodeSpec {
         pod_cidr: s.pod_cidr,
@@ -503,6 +606,7 @@ impl Stores {
             ),
             nodes: Watched::start(Api::all(client.clone()), any(), (), "Node", slim_node),
             pods: Index::start(Api::all(client.clone()), "Pod", pod_entry),
+            bgp: None,
         }
     }
 

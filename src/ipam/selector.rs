@@ -91,6 +91,35 @@ impl Selector {
     }
 }
 
+impl Selector {
+    /// The label keys the result can depend on: a node's other labels never change it.
+    pub fn label_keys(&self) -> BTreeSet<String> {
+        fn walk(e: &Expr, out: &mut BTreeSet<String>) {
+            match e {
+                Expr::All | Expr::Global => {}
+                Expr::Has(k)
+                | Expr::Eq(k, _)
+                | Expr::Ne(k, _)
+                | Expr::In(k, _)
+                | Expr::NotIn(k, _)
+                | Expr::Contains(k, _)
+                | Expr::StartsWith(k, _)
+                | Expr::EndsWith(k, _) => {
+                    out.insert(k.clone());
+                }
+                Expr::Not(a) => walk(a, out),
+                Expr::And(a, b) | Expr::Or(a, b) => {
+                    walk(a, out);
+                    walk(b, out);
+                }
+            }
+        }
+        let mut out = BTreeSet::new();
+        walk(&self.expr, &mut out);
+        out
+    }
+}
+
 fn eval(e: &Expr, l: &BTreeMap<String, String>) -> bool {
     match e {
         Expr::All | Expr::Global => true,
@@ -355,6 +384,22 @@ impl fmt::Display for Expr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_keys_are_every_key_the_result_can_read() {
+        let keys = |s: &str| {
+            Selector::parse(s)
+                .unwrap()
+                .label_keys()
+                .into_iter()
+                .collect::<Vec<_>>()
+        };
+        assert!(keys("all()").is_empty());
+        assert_eq!(
+            keys("rack == 'a' && (has(rr) || !(zone in {'z1'})) && x.y/z starts with 'p'"),
+            ["rack", "rr", "x.y/z", "zone"]
+        );
+    }
     use proptest::prelude::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {

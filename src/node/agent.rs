@@ -1,12 +1,16 @@
-//! The agent's BIRD loop: watch the node's published object ([`super::published`]), install
-//! each new version with [`super::bird::apply`], and report the outcome on the Node (annotations
-//! [`ANN_APPLIED_HASH`], [`ANN_STATUS`], the condition [`CONDITION`]) and as Events naming the
-//! published object and field BIRD refused ([`super::outcome`]).
+//! The agent's BIRD loop: watch the node's own published object and the shards it names
+//! ([`super::published`]), assemble the node's snapshot and render its BIRD files with the same
+//! [`crate::bgp::render`] as `tortie render`, install each new version with
+//! [`super::bird::apply`], and report the outcome on the Node (annotations [`ANN_APPLIED_HASH`],
+//! [`ANN_STATUS`], the condition [`CONDITION`]) and as Events naming the published object and
+//! field BIRD refused ([`super::outcome`]). An own object of the previous format (rendered files)
+//! is installed as it is, so agents can be upgraded before the operator.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Node, Secret};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -16,7 +20,11 @@ use tracing::{Instrument, info, info_span, warn};
 
 use super::bird::{Applied, Reload, apply};
 use super::outcome::{CONDITION, Source, decide};
-use super::published::{ANN_APPLIED_HASH, ANN_HASH, ANN_NODE, ANN_STATUS, Published, files_of, object_name};
+use super::published::{
+    ANN_APPLIED_HASH, ANN_HASH, ANN_NODE, ANN_STATUS, Contents, Published, ShardSlot, assemble, contents_of,
+    layout, object_name, shard_name, shard_slot,
+};
+use crate::bgp::{CalicoSelectors, Rendered};
 
 /// How long a missing BIRD control socket after an install counts as "BIRD starting" (retried
 /// every second, not reported) before it is reported as a failed reload.
@@ -69,6 +77,18 @@ pub async fn run(client: Client, args: Settings) -> anyhow::Result<()> {
         .default_backoff()
         .map(|e| e.map(Change::Secret));
     let mut changes = std::pin::pin!(futures::stream::select(maps, secrets));
+    // Shard watches, one per name (RBAC allows list/watch of named objects only), started for the
+    // count the own object names.
+    let (shard_tx, mut shard_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut shard_watches = ShardWatches {
+        client: client.clone(),
+        namespace: args.namespace.clone(),
+        tx: shard_tx,
+        tasks: BTreeMap::new(),
+    };
+    let mut slots: BTreeMap<u32, ShardSlot> = BTreeMap::new();
+    let selectors = CalicoSelectors::default();
+    let mut render_reported: BTreeSet<String> = BTreeSet::new();
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -96,30 +116,105 @@ pub async fn run(client: Client, args: Settings) -> anyhow::Result<()> {
                     Some(Ok(c)) => c.apply_to(&mut seen),
                 }
             }
+            Some((i, ev)) = shard_rx.recv() => apply_shard(&mut slots, i, ev),
             _ = retry, if failed => {}
         }
+        // Whatever else has arrived meanwhile (a new layout writes several shards) goes into the
+        // same render.
+        loop {
+            if let Ok((i, ev)) = shard_rx.try_recv() {
+                apply_shard(&mut slots, i, ev);
+                continue;
+            }
+            match changes.next().now_or_never() {
+                Some(Some(Ok(c))) => c.apply_to(&mut seen),
+                Some(Some(Err(e))) => warn!(error = %e, "watch error (retrying)"),
+                Some(None) => anyhow::bail!("watch ended"),
+                None => break,
+            }
+        }
         let Some(obj) = seen.current() else { continue };
-        let (hash, for_node) = {
-            let meta = match &obj {
-                Published::ConfigMap(c) => &c.metadata,
-                Published::Secret(s) => &s.metadata,
-            };
-            let a = meta.annotations.clone().unwrap_or_default();
-            (
-                a.get(ANN_HASH).cloned().unwrap_or_default(),
-                a.get(ANN_NODE).cloned(),
-            )
-        };
+        let for_node = obj
+            .metadata()
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANN_NODE))
+            .cloned();
         if for_node.as_deref() != Some(args.node.as_str()) {
             warn!(object = %name, "published object is for another node; ignored");
             continue;
         }
-        let files = files_of(&obj);
+        let rendered = match contents_of(&obj) {
+            Err(e) => Err(e.to_string()),
+            Ok(Contents::Files(files)) => {
+                // The previous format: the operator rendered the files.
+                let hash = obj
+                    .metadata()
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(ANN_HASH))
+                    .cloned()
+                    .unwrap_or_default();
+                Ok(Some((files, hash)))
+            }
+            Ok(Contents::Inputs(ni)) => {
+                shard_watches.ensure(ni.shards, &mut slots);
+                match layout(ni.shards, &slots) {
+                    // Waiting for the rest of the layout.
+                    None => Ok(None),
+                    Some(Err(e)) => Err(e.to_string()),
+                    Some(Ok(list)) => {
+                        let (snap, opts) = assemble(&ni, list);
+                        crate::bgp::render(&snap, &args.node, &opts, &selectors)
+                            .map(|r: Rendered| {
+                                for w in &r.warnings {
+                                    if render_reported.insert(w.clone()) {
+                                        warn!(warning = %w, "BGP input skipped");
+                                    }
+                                }
+                                let hash = r.content_hash();
+                                Some((r.files, hash))
+                            })
+                            .map_err(|e| e.to_string())
+                    }
+                }
+            }
+        };
+        let (files, hash) = match rendered {
+            Ok(Some(x)) => x,
+            Ok(None) => continue,
+            Err(msg) => {
+                // Not BIRD's doing: the inputs cannot make a config. BIRD keeps the last one.
+                if render_reported.insert(msg.clone()) {
+                    warn!(error = %msg, "cannot render this node's BIRD config");
+                    let ev = Event {
+                        type_: EventType::Warning,
+                        reason: "BirdConfigNotRendered".into(),
+                        note: Some(msg.chars().take(1000).collect()),
+                        action: "Render".into(),
+                        secondary: None,
+                    };
+                    let node_ref = Node {
+                        metadata: kube::api::ObjectMeta {
+                            name: Some(args.node.clone()),
+                            ..Default::default()
+                        },
+                        ..Default::default()
+                    }
+                    .object_ref(&());
+                    if let Err(e) = recorder.publish(&ev, &node_ref).await {
+                        warn!(error = %e, "cannot record event");
+                    }
+                }
+                continue;
+            }
+        };
         let dir = args.config_dir.clone();
         let reload = args.reload.clone();
         let span = info_span!("install", node = %args.node, hash = %hash.get(..12).unwrap_or(""));
         let pending = reload_pending;
-        let result = tokio::task::spawn_blocking(move || apply(&dir, &files, &reload, pending))
+        let to_install = files.clone();
+        let result = tokio::task::spawn_blocking(move || apply(&dir, &to_install, &reload, pending))
             .instrument(span)
             .await?;
         match &result {
@@ -162,14 +257,7 @@ pub async fn run(client: Client, args: Settings) -> anyhow::Result<()> {
             name: name.clone(),
         };
         // Decided once without the Node's condition only to know whether anything changed.
-        let probe = decide(
-            &result,
-            &source,
-            &files_of(&obj),
-            &hash,
-            None,
-            jiff::Timestamp::now(),
-        );
+        let probe = decide(&result, &source, &files, &hash, None, jiff::Timestamp::now());
         let report = (hash.clone(), probe.status.clone());
         if last_reported.as_ref() != Some(&report) {
             let patch = serde_json::json!({"metadata": {"annotations": {ANN_APPLIED_HASH: if failed { serde_json::Value::Null } else { hash.clone().into() }, ANN_STATUS: probe.status}}});
@@ -183,14 +271,7 @@ pub async fn run(client: Client, args: Settings) -> anyhow::Result<()> {
                         .as_ref()
                         .and_then(|s| s.conditions.as_ref())
                         .and_then(|c| c.iter().find(|c| c.type_ == CONDITION));
-                    let out = decide(
-                        &result,
-                        &source,
-                        &files_of(&obj),
-                        &hash,
-                        previous,
-                        jiff::Timestamp::now(),
-                    );
+                    let out = decide(&result, &source, &files, &hash, previous, jiff::Timestamp::now());
                     // Strategic merge: conditions merge by type, the kubelet's stay untouched.
                     let cond = serde_json::json!({"status": {"conditions": [out.condition]}});
                     let mut reported = true;
@@ -243,5 +324,70 @@ impl Change {
             Change::Secret(watcher::Event::Init) => seen.secret = None,
             Change::Map(watcher::Event::InitDone) | Change::Secret(watcher::Event::InitDone) => {}
         }
+    }
+}
+
+/// One watch per shard name of the layout in use.
+struct ShardWatches {
+    client: Client,
+    namespace: String,
+    tx: tokio::sync::mpsc::UnboundedSender<(u32, watcher::Event<ConfigMap>)>,
+    tasks: BTreeMap<u32, tokio::task::JoinHandle<()>>,
+}
+
+impl ShardWatches {
+    /// Watches shards `0..count`, and no other (their slots are forgotten).
+    fn ensure(&mut self, count: u32, slots: &mut BTreeMap<u32, ShardSlot>) {
+        let extra: Vec<u32> = self.tasks.range(count..).map(|(i, _)| *i).collect();
+        for i in extra {
+            if let Some(t) = self.tasks.remove(&i) {
+                t.abort();
+            }
+            slots.remove(&i);
+        }
+        for i in 0..count {
+            if self.tasks.contains_key(&i) {
+                continue;
+            }
+            let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &self.namespace);
+            let cfg = watcher::Config::default().fields(&format!("metadata.name={}", shard_name(i)));
+            let tx = self.tx.clone();
+            self.tasks.insert(
+                i,
+                tokio::spawn(async move {
+                    let mut events = std::pin::pin!(watcher::watcher(api, cfg).default_backoff());
+                    while let Some(ev) = events.next().await {
+                        match ev {
+                            Ok(ev) => {
+                                if tx.send((i, ev)).is_err() {
+                                    return;
+                                }
+                            }
+                            Err(e) => warn!(shard = i, error = %e, "shard watch error (retrying)"),
+                        }
+                    }
+                }),
+            );
+        }
+    }
+}
+
+impl Drop for ShardWatches {
+    fn drop(&mut self) {
+        for t in self.tasks.values() {
+            t.abort();
+        }
+    }
+}
+
+fn apply_shard(slots: &mut BTreeMap<u32, ShardSlot>, i: u32, ev: watcher::Event<ConfigMap>) {
+    match ev {
+        watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
+            slots.insert(i, shard_slot(&o));
+        }
+        watcher::Event::Delete(_) | watcher::Event::Init => {
+            slots.remove(&i);
+        }
+        watcher::Event::InitDone => {}
     }
 }

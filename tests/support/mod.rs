@@ -714,3 +714,37 @@ pub fn restart_apiserver(kill: bool) -> Duration {
     );
     t.elapsed()
 }
+
+/// The BIRD files `node`'s agent would install from what the BGP controller published in `ns`
+/// (its own ConfigMap or Secret plus the shards, assembled and rendered as the agent does), with
+/// their content hash; `None` while something is missing.
+#[allow(dead_code)]
+pub async fn published_files(
+    client: &Client,
+    ns: &str,
+    node: &str,
+) -> Option<(std::collections::BTreeMap<String, String>, String)> {
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+    use kube::api::{Api, ListParams};
+    use tortie::node::published::{self, Published};
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let name = published::object_name(node);
+    let own = match secrets.get_opt(&name).await.ok()? {
+        Some(s) => Published::Secret(s),
+        None => Published::ConfigMap(cms.get_opt(&name).await.ok()??),
+    };
+    let shards = cms
+        .list(&ListParams::default().labels(&format!("{}=true", published::LABEL_SHARD)))
+        .await
+        .ok()?
+        .items;
+    let r = published::render_published(&own, &shards, &tortie::bgp::CalicoSelectors::default()).ok()??;
+    let hash = r.content_hash();
+    let files = r
+        .files
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+        .collect();
+    Some((files, hash))
+}
