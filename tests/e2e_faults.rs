@@ -518,8 +518,8 @@ fn allocated(b: &Block) -> usize {
 }
 
 /// Starts the operator on the GC pool, SIGKILLs it right after its first block write (before
-/// the handles of that block are decremented, or a few writes later), starts it again and waits
-/// until every leak is reclaimed and nothing else.
+/// the handles of the freed addresses are decremented, or a few writes later), starts it again
+/// and waits until every leak is reclaimed and nothing else.
 async fn gc_phase(s: &Setup, live: &[(String, IpAddr)], leaks: &[(String, IpAddr)]) -> GcReport {
     let bapi: Api<Block> = Api::all_with(s.client.clone(), &MODE.resource(CalicoKind::IPAMBlock));
     let gc_blocks: Vec<String> = s
@@ -592,9 +592,11 @@ async fn gc_phase(s: &Setup, live: &[(String, IpAddr)], leaks: &[(String, IpAddr
         "faults: operator SIGKILLed mid-GC: {freed_at_kill} of {} leaks freed in blocks, {overcounted_handles_at_kill} of their handles not yet decremented",
         leaks.len()
     );
+    // A pass writes every block first, then the freed handles (side by side): a kill inside it
+    // leaves leaks in some blocks, or handles not yet decremented for addresses already freed.
     assert!(
-        freed_at_kill > 0 && freed_at_kill < leaks.len(),
-        "the kill did not land inside the GC pass ({freed_at_kill} of {} leaks freed); log:\n{}",
+        freed_at_kill > 0 && (freed_at_kill < leaks.len() || overcounted_handles_at_kill > 0),
+        "the kill did not land inside the GC pass ({freed_at_kill} of {} leaks freed, {overcounted_handles_at_kill} handles not yet decremented); log:\n{}",
         leaks.len(),
         op.log_text()
     );

@@ -738,7 +738,7 @@ rules:
   resources: [pods]
   verbs: [get, list, watch]
 - apiGroups: [crd.projectcalico.org]
-  resources: [ippools, ipamconfigs, ipamblocks, ipamhandles, blockaffinities]
+  resources: [ippools, ipamconfigs, ipreservations, ipamblocks, ipamhandles, blockaffinities]
   verbs: [get, list, watch]
 ---
 apiVersion: rbac.authorization.k8s.io/v1
