@@ -497,7 +497,7 @@ Explore further (the cluster keeps running):
   eval "\$(demo/run.sh env)"     # point kubectl and helm in your shell at the demo cluster, then:
   kubectl get ippools,ipamblocks,blockaffinities,ipamhandles
   kubectl get installation default -o yaml       # the conditions the operator wrote
-  kubectl -n $NS get configmaps         # per-node BIRD configuration
+  kubectl -n $NS get configmaps         # published BGP inputs: shards and one object per node
   helm -n $NS get values $RELEASE --all  # the chart's values
   $BIN/tortie ipam show --show-blocks
   KUBECONFIG=$DEMO_DIR/cni.kubeconfig kubectl auth can-i --list   # all the CNI plugin may do
