@@ -1185,6 +1185,41 @@ async fn requested_pool_ignores_selector_and_empty_block_is_given_back() {
 }
 
 #[tokio::test]
+async fn a_pool_is_used_the_moment_its_create_returns() {
+    // A CNI ADD right after `kubectl apply` of a pool: the engine's watch of pools may not have
+    // the new pool yet while it holds others. Each node gets its own pool, created just before
+    // the node's first allocation, so every allocation races the watch.
+    let mut lab = Lab::new("ipam-fresh-pool", 8).await;
+    lab.pool("none", "10.48.255.0/24", Some(26), |s| {
+        s.node_selector = Some("!all()".into())
+    })
+    .await;
+    let ipam = lab.ipam(defaults()).await;
+    for (i, node) in lab.nodes.clone().iter().enumerate() {
+        let pool = lab
+            .pool(&format!("p{i}"), &format!("10.48.{i}.0/24"), Some(26), |s| {
+                s.node_selector = Some(format!("kubernetes.io/hostname == '{node}'"))
+            })
+            .await;
+        // Labels given, as the agent gives them from its watch: no GET to wait on.
+        let mut r = lab.req(&format!("h{i}"), node, 1);
+        r.node_labels = Some([("kubernetes.io/hostname".to_string(), node.clone())].into());
+        let got = ipam
+            .auto_assign(r)
+            .await
+            .unwrap_or_else(|e| panic!("allocation on {node} right after creating {pool}: {e}"));
+        assert!(got.is_complete(), "{got:?}");
+        let ip = got.v4.ips[0].addr();
+        assert!(
+            lab.net(&format!("10.48.{i}.0/24")).contains(&ip),
+            "{ip} is not from {pool}"
+        );
+    }
+    lab.assert_check_clean().await;
+    lab.cleanup().await;
+}
+
+#[tokio::test]
 async fn v3_crd_mode_writes_native_shapes() {
     install_crds(repo_dir().join("crds/v3"));
     let client = client().await;

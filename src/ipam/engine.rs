@@ -357,13 +357,19 @@ impl Ipam {
 
     /// Pools from the cache; on a miss (a requested pool unknown, or no pool at all) one LIST.
     async fn pool_infos(&self, requested: &[String]) -> Result<Vec<PoolInfo>, IpamError> {
+        self.pool_infos_from(requested, false).await
+    }
+
+    /// `listed`: skip the watch cache and LIST (memoised for a second), for a selection that
+    /// found no pool in the cache; a pool created a moment ago may not have reached the watch.
+    async fn pool_infos_from(&self, requested: &[String], listed: bool) -> Result<Vec<PoolInfo>, IpamError> {
         let mut pools = self.pools();
         let known = |pools: &[Pool], r: &String| {
             pools
                 .iter()
                 .any(|p| p.metadata.name.as_ref() == Some(r) || p.spec.cidr == *r)
         };
-        if pools.is_empty() || requested.iter().any(|r| !known(&pools, r)) {
+        if listed || pools.is_empty() || requested.iter().any(|r| !known(&pools, r)) {
             let fresh = self.inner.cache.lock().unwrap().listed_pools.clone();
             let fresh = match fresh {
                 Some((t, v)) if t.elapsed() < Duration::from_secs(1) => v,
@@ -1018,26 +1024,34 @@ impl Ipam {
         fam: Family,
         requested: &[String],
     ) -> Result<Vec<PoolInfo>, IpamError> {
-        let infos = self.pool_infos(requested).await?;
-        let empty = BTreeMap::new();
-        let ns = req.namespace_labels.as_ref().unwrap_or(&empty);
-        let needs_labels = requested.is_empty() && infos.iter().any(|p| p.family() == fam && p.uses_labels());
-        let node_labels = match (&req.node_labels, needs_labels) {
-            (Some(l), _) => l.clone(),
-            (None, true) => self.node_labels(&req.hostname).await?,
-            (None, false) => BTreeMap::new(),
-        };
-        allocator::select_pools(
-            &infos,
-            &PoolQuery {
-                family: fam,
-                hostname: &req.hostname,
-                requested,
-                node_labels: &node_labels,
-                namespace_labels: ns,
-                intended_use: req.intended_use,
-            },
-        )
+        let mut listed = false;
+        loop {
+            let infos = self.pool_infos_from(requested, listed).await?;
+            let empty = BTreeMap::new();
+            let ns = req.namespace_labels.as_ref().unwrap_or(&empty);
+            let needs_labels =
+                requested.is_empty() && infos.iter().any(|p| p.family() == fam && p.uses_labels());
+            let node_labels = match (&req.node_labels, needs_labels) {
+                (Some(l), _) => l.clone(),
+                (None, true) => self.node_labels(&req.hostname).await?,
+                (None, false) => BTreeMap::new(),
+            };
+            let chosen = allocator::select_pools(
+                &infos,
+                &PoolQuery {
+                    family: fam,
+                    hostname: &req.hostname,
+                    requested,
+                    node_labels: &node_labels,
+                    namespace_labels: ns,
+                    intended_use: req.intended_use,
+                },
+            );
+            match chosen {
+                Err(IpamError::NoPools(_)) if !listed => listed = true,
+                other => return other,
+            }
+        }
     }
 
     async fn assign_family(
