@@ -1477,6 +1477,34 @@ async fn block_size_changed_under_existing_blocks_never_overlaps() {
     lab.cleanup().await;
 }
 
+/// An explicit address in a pool created a moment ago, asked of an engine that was already
+/// running (its pool watch may not have the pool yet, as for a pod whose `ipAddrs` names an
+/// address of a pool just applied): assigned, not refused as in no pool.
+#[tokio::test]
+async fn an_explicit_address_in_a_pool_just_created_is_assigned() {
+    let mut lab = Lab::new("ipam-newpool", 1).await;
+    let ipam = lab.ipam(defaults()).await;
+    let node = lab.nodes[0].clone();
+    for i in 0..8 {
+        let cidr = format!("10.48.{i}.0/24");
+        lab.pool(&format!("new{i}"), &cidr, Some(26), |_| {}).await;
+        let ip = lab.net(&format!("10.48.{i}.7/32")).addr();
+        ipam.assign_ip(AssignIpRequest {
+            ip,
+            handle_id: format!("{}-new{i}", lab.prefix),
+            attrs: Attrs::default().with("node", &node),
+            hostname: node.clone(),
+            intended_use: tortie::ipam::AllowedUse::Workload,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{ip} in the pool created just before: {e}"));
+        ipam.release_by_handle(&format!("{}-new{i}", lab.prefix))
+            .await
+            .unwrap();
+    }
+    lab.cleanup().await;
+}
+
 /// IPReservations (Calico's semantics): reserved addresses are never auto-assigned, a block
 /// wholly inside them is never claimed, a reserved ordinal stays free in its block (nothing is
 /// written for it, so Calico's tools read the same block), and an explicit address is still

@@ -1295,6 +1295,27 @@ impl Ipam {
 
     /// Calico's AssignIP: one specific address (`ipAddrs`). Claims the block for the host when
     /// it does not exist; with strictAffinity an address in another host's block is refused.
+    /// Every valid pool as the API has it now (a LIST, bypassing the watch cache and its memo):
+    /// for an address no cached pool holds, before it is refused.
+    async fn listed_pool_infos(&self) -> Result<Vec<PoolInfo>, IpamError> {
+        let list = self
+            .inner
+            .store
+            .pools_api()
+            .list(&Default::default())
+            .await
+            .map_err(|e| StoreError::Api {
+                kind: "IPPool",
+                name: "(list)".into(),
+                source: e,
+            })?;
+        Ok(list
+            .items
+            .iter()
+            .filter_map(|p| PoolInfo::from_pool(p).ok())
+            .collect())
+    }
+
     pub async fn assign_ip(&self, req: AssignIpRequest) -> Result<(), IpamError> {
         self.assign_ip_with(req, false).await
     }
@@ -1303,7 +1324,11 @@ impl Ipam {
     pub async fn assign_ip_with(&self, req: AssignIpRequest, new_handle: bool) -> Result<(), IpamError> {
         let span = info_span!("ipamhandle", name = %names::handle_name(&req.handle_id), node = %req.hostname, ip = %req.ip);
         async {
-            let infos = self.pool_infos(&[]).await?;
+            let mut infos = self.pool_infos(&[]).await?;
+            if !infos.iter().any(|p| p.is_enabled() && p.cidr.contains(&req.ip)) {
+                // A pool created a moment ago may not have reached the watch yet: ask the API.
+                infos = self.listed_pool_infos().await?;
+            }
             let pool = infos
                 .iter()
                 .find(|p| p.is_enabled() && p.cidr.contains(&req.ip))
