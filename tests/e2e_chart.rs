@@ -2184,7 +2184,7 @@ fn bird_containers_run_the_agents_config_and_keep_the_last_good_one() {
         Proc(cmd.spawn().expect("spawn tortie agent"))
     };
     // Read once setpriv has exec'd the agent (before that it is setpriv, still privileged).
-    wait_for("the agent to start", Duration::from_secs(10), || {
+    wait_for("the agent to start", Duration::from_secs(30), || {
         std::fs::read_link(format!("/proc/{}/exe", _agent.0.id())).is_ok_and(|p| p == bin("tortie"))
     });
     let agent_status = std::fs::read_to_string(format!("/proc/{}/status", _agent.0.id())).unwrap();

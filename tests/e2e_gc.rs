@@ -36,6 +36,10 @@ async fn apis(client: &kube::Client) -> (Api<Block>, Api<Handle>, Api<Affinity>,
     )
 }
 
+/// "Within seconds, not at the next GC tick" (minutes): the bound the event-driven passes are
+/// held to, with room for a loaded CI machine.
+const SECONDS: Duration = Duration::from_secs(30);
+
 fn allocated(b: &Block) -> usize {
     b.spec.allocations.iter().filter(|a| a.is_some()).count()
 }
@@ -546,19 +550,19 @@ async fn a_deleted_nodes_block_and_affinity_go_within_seconds_without_waiting_fo
     );
     delete_node(&client, &node).await;
     let started = std::time::Instant::now();
-    wait_until("block deleted", Duration::from_secs(10), || async {
+    wait_until("block deleted", SECONDS, || async {
         blocks.get_opt(&bname).await.ok()?.is_none().then_some(())
     })
     .await;
     let aff = tortie::ipam::names::affinity_name(&node, &cidr.parse().unwrap());
-    wait_until("affinity deleted", Duration::from_secs(10), || async {
+    wait_until("affinity deleted", SECONDS, || async {
         affinities.get_opt(&aff).await.ok()?.is_none().then_some(())
     })
     .await;
     // The pass writes the blocks first and the freed handles after them, so the handle may go a
     // moment after the block: within the same seconds, never left for the next tick.
     let handle = tortie::ipam::names::handle_name(&format!("k8s-pod-network.{ns}.web-3"));
-    wait_until("handle deleted", Duration::from_secs(10), || async {
+    wait_until("handle deleted", SECONDS, || async {
         handles.get_opt(&handle).await.ok()?.is_none().then_some(())
     })
     .await;
@@ -838,12 +842,12 @@ async fn a_pod_deleted_after_its_node_frees_the_nodes_block_and_affinity_at_once
     pods.delete("web", &DeleteParams::default().grace_period(0))
         .await
         .unwrap();
-    wait_until("block deleted", Duration::from_secs(10), || async {
+    wait_until("block deleted", SECONDS, || async {
         blocks.get_opt(&bname).await.ok()?.is_none().then_some(())
     })
     .await;
     let aff = tortie::ipam::names::affinity_name(&node, &cidr.parse().unwrap());
-    wait_until("affinity deleted", Duration::from_secs(10), || async {
+    wait_until("affinity deleted", SECONDS, || async {
         affinities.get_opt(&aff).await.ok()?.is_none().then_some(())
     })
     .await;
