@@ -585,6 +585,38 @@ spec:
         files["local/bird-status.txt"]
     );
 
+    // An account that may read nothing (as the agent's may not read Nodes or Events): the
+    // archive is still written, and its summary says what could not be read.
+    let sa = format!("{u}-none");
+    kubectl_ok(&["create", "serviceaccount", "-n", ns, &sa]);
+    let sa_kc = dir.path().join("none.kubeconfig");
+    run_ok(
+        Command::new("bash")
+            .arg(support::repo_dir().join("demo/sa-kubeconfig.sh"))
+            .args([ns, &sa])
+            .arg(&sa_kc)
+            .env("KUBECONFIG", &c.kubeconfig)
+            .env("KUBECTL", &c.kubectl),
+    );
+    let denied = dir.path().join("denied");
+    let out = Command::new(env!("CARGO_BIN_EXE_tortie"))
+        .args(["node", "diags", "--node", "node-1", "--crd-mode", "v1", "-o"])
+        .arg(&denied)
+        .env("KUBECONFIG", &sa_kc)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "diags with a powerless account: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = std::fs::read_to_string(denied.join("summary.txt")).unwrap();
+    for what in ["Node node-1: not allowed", "Events: not allowed", "IPAM blocks"] {
+        assert!(summary.contains(what), "{what:?} not in:\n{summary}");
+    }
+    let _ = kubectl(&["delete", "serviceaccount", "-n", ns, &sa]);
+
     // A node that does not exist: a clear error, nothing written.
     let out = Command::new(env!("CARGO_BIN_EXE_tortie"))
         .args(["node", "diags", "--node", "no-such-node", "-o"])

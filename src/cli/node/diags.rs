@@ -222,11 +222,13 @@ impl DiagsArgs {
             ModeArg::V3 => CrdMode::V3,
             ModeArg::Auto => CrdMode::detect(&client).await?,
         };
-        // The Node first: without it there is nothing to collect, and nothing is written.
+        // The Node first: a name that is no node's is a mistake, and nothing is written. An
+        // account that may not read Nodes (the agent's own) collects the rest.
         let nodes: Api<Node> = Api::all(client.clone());
         let node = match nodes.get_opt(&self.node).await {
-            Ok(Some(n)) => n,
+            Ok(Some(n)) => Ok(n),
             Ok(None) => return Err(DiagsError::NoSuchNode(self.node.clone()).into()),
+            Err(e) if matches!(&e, kube::Error::Api(s) if s.code == 403) => Err(e),
             Err(source) => {
                 return Err(DiagsError::Node {
                     node: self.node.clone(),
@@ -269,7 +271,10 @@ impl DiagsArgs {
         };
         // The published object first: its password values are scrubbed from everything after.
         self.published(&client, &mut c).await?;
-        self.node_object(node, &mut c)?;
+        match node {
+            Ok(node) => self.node_object(node, &mut c)?,
+            Err(e) => c.miss(&format!("Node {}", self.node), why(&e)),
+        }
         self.node_status(&client, mode, &mut c).await?;
         self.events(&client, &mut c).await?;
         self.ipam(&client, mode, &mut c).await?;
