@@ -1512,6 +1512,34 @@ async fn block_size_changed_under_existing_blocks_never_overlaps() {
     lab.cleanup().await;
 }
 
+/// An explicit address in a pool created a moment ago, asked of an engine that was already
+/// running (its pool watch may not have the pool yet, as for a pod whose `ipAddrs` names an
+/// address of a pool just applied): assigned, not refused as in no pool.
+#[tokio::test]
+async fn an_explicit_address_in_a_pool_just_created_is_assigned() {
+    let mut lab = Lab::new("ipam-newpool", 1).await;
+    let ipam = lab.ipam(defaults()).await;
+    let node = lab.nodes[0].clone();
+    for i in 0..8 {
+        let cidr = format!("10.48.{i}.0/24");
+        lab.pool(&format!("new{i}"), &cidr, Some(26), |_| {}).await;
+        let ip = lab.net(&format!("10.48.{i}.7/32")).addr();
+        ipam.assign_ip(AssignIpRequest {
+            ip,
+            handle_id: format!("{}-new{i}", lab.prefix),
+            attrs: Attrs::default().with("node", &node),
+            hostname: node.clone(),
+            intended_use: tortie::ipam::AllowedUse::Workload,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{ip} in the pool created just before: {e}"));
+        ipam.release_by_handle(&format!("{}-new{i}", lab.prefix))
+            .await
+            .unwrap();
+    }
+    lab.cleanup().await;
+}
+
 /// IPReservations (Calico's semantics): reserved addresses are never auto-assigned, a block
 /// wholly inside them is never claimed, a reserved ordinal stays free in its block (nothing is
 /// written for it, so Calico's tools read the same block), and an explicit address is still
@@ -1568,12 +1596,16 @@ async fn ip_reservations_are_never_auto_assigned() {
     let out = tortie(&["ipam", "show"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let line = format!(
-        "IPS RESERVED in IP Pool {} ({}): 7,",
-        lab.pool_name("res"),
-        lab.net("10.48.0.0/28")
+    let row = text
+        .lines()
+        .find(|l| l.contains(&format!(" {} ", lab.pool_name("res"))))
+        .unwrap_or_else(|| panic!("no row for the pool in:\n{text}"));
+    // IN USE 9, RESERVED 7 (44%), FREE 0: the pool's 16 addresses are all taken or reserved.
+    assert!(
+        row.contains(" 9 (56%) | ") && row.contains(" 7 (44%) | "),
+        "{row}"
     );
-    assert!(text.contains(&line), "{line:?} not in:\n{text}");
+    assert!(row.contains(" 0 (0%) |"), "{row}");
     // An explicit address inside a reservation is still assigned, as in Calico.
     ipam.assign_ip(AssignIpRequest {
         ip: five,
