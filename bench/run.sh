@@ -9,11 +9,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 quick=${BENCH_QUICK:-0}
 results=bench/results.json
-# Criterion's own HTML plots are not used (bench/report.py reads its estimates).
-crit_args=(--noplot)
+# Criterion's own HTML plots are not used (bench/report.py reads its estimates); 2 s warm-up and
+# 3 s of samples per micro benchmark (criterion's defaults: 3 + 5) keep the whole run short.
+crit_args=(--noplot --warm-up-time 2 --measurement-time 3)
 bench_args=()
 if ((quick)); then
-  crit_args+=(--warm-up-time 1 --measurement-time 2)
+  crit_args=(--noplot --warm-up-time 1 --measurement-time 2)
   bench_args=(--quick)
 fi
 
