@@ -838,6 +838,7 @@ async fn pass(cx: &Ctx<'_>, state: &mut State, mut pending: Pending) {
             rebuilt = true;
         }
     }
+    sync_condition(cx.client, state).await;
     let changed = if rebuilt {
         Changed::default()
     } else {
@@ -1045,6 +1046,11 @@ async fn report_invalid(cx: &Ctx<'_>, state: &mut State, invalid: &[Invalid]) {
         }
     }
     state.invalid = now;
+}
+
+/// Applies the Installation's [`CONDITION_VALID`] for the invalid inputs last reported, unless
+/// already applied (every pass: a missing Installation is looked for again).
+async fn sync_condition(client: &Client, state: &mut State) {
     let cond = valid_condition(&state.invalid);
     let message = cond.message.clone();
     if state.condition.as_deref() == Some(message.as_str()) {
