@@ -1,9 +1,10 @@
 //! BGP renderer, no I/O: one node's six BIRD files for clusters of growing size, the input
-//! fingerprints, and the published contract (`tortie::node::published`): the operator's publish
-//! step per event (what one Node event costs the operator: every record serialized, shards cut,
-//! each node's own object built) and an agent's assemble + render. The published bytes and the
-//! 5,000-client reflector checked by BIRD are the `publish` section of `benches/operator.rs`
-//! (recorded in `bench/results.json`, with targets).
+//! fingerprints, and the published contract (`tortie::node::published`): a full publish (every
+//! record serialized, shards cut, each node's own object built: what the operator does on start
+//! and on a BGPPeer/BGPConfiguration change), the incremental step for one Node event (a new
+//! address on `n5`: its record, its shard, its own object) and an agent's assemble + render.
+//! The published bytes and the 5,000-client reflector checked by BIRD are sections of
+//! `benches/operator.rs` (recorded in `bench/results.json`, with targets).
 //!
 //! Inputs (so another implementation can run the same): nodes `n<i>` at 10.<i/250>.<i%250>.1/16
 //! with one confirmed /26 block each, default BGPConfiguration (AS 64512) plus
@@ -60,6 +61,29 @@ fn publish(c: &mut Criterion) {
             &snap,
             |b, s| b.iter(|| black_box(published::publish(s, &RenderOptions::default(), &sel, Some(1)))),
         );
+    }
+    // The controller's incremental step for one Node event (a new address): the node's record,
+    // its shard's body and hash, its own object.
+    for (layout, n) in [("mesh", 1000usize), ("rr", 5000)] {
+        let snap = cluster(n, layout == "mesh");
+        let sel = CalicoSelectors::default();
+        let nodes: Vec<_> = snap.nodes.iter().collect();
+        let affs: Vec<_> = snap.affinities.iter().collect();
+        let mut p = published::Publisher::new(&snap, &nodes, &affs, &RenderOptions::default(), &sel, None);
+        let a = snap.nodes[5].clone();
+        let mut b = a.clone();
+        b.metadata
+            .annotations
+            .get_or_insert_default()
+            .insert("projectcalico.org/IPv4Address".into(), "10.250.0.1/16".into());
+        let mut flip = false;
+        g.bench_function(format!("{layout}_node_event_incremental/{n}"), |bch| {
+            bch.iter(|| {
+                flip = !flip;
+                let node = if flip { &b } else { &a };
+                black_box(p.set_node(&snap, "n5", Some(node), &sel))
+            })
+        });
     }
     let snap = cluster(5000, false);
     let sel = CalicoSelectors::default();

@@ -5,7 +5,7 @@
 //! ```sh
 //! bash e2e/with-cluster.sh cargo bench --bench operator -- all [--quick]
 //! bash e2e/with-cluster.sh cargo bench --bench operator -- gc | gc-node-deleted | gc-restart \
-//!     | published-bytes | reflector | publish-writes | bgp-reload | footprint [--out FILE]
+//!     | published-bytes | reflector | publish-writes | bgp-reload | node-events | footprint [--out FILE]
 //! ```
 //!
 //! - `gc`: 10,000 leaked pod addresses over 200 blocks (pods gone, nodes alive): time from the end
@@ -23,6 +23,8 @@
 //!   object once) and for Node changes no BIRD file reads (none).
 //! - `footprint`: the operator's RSS and CPU at 10 Nodes; at 1,000 Nodes with 50,000 Pods; at
 //!   5,000 Nodes, 100,000 IPAMHandles and 2,000 IPAMBlocks, all created in the apiserver.
+//! - `node-events`: the operator's CPU per Node event at 5,000 Nodes: Node address and selected
+//!   label changes (each changes a BGP input), and label changes no selector reads.
 //! - `bgp-reload`: a BGPPeer change until every node's BIRD runs it (operator renders, agents install
 //!   and `birdc configure`), and an input change that leaves the output alone causes no reload.
 //!
@@ -89,6 +91,7 @@ fn main() {
             "reflector".into(),
             "publish-writes".into(),
             "bgp-reload".into(),
+            "node-events".into(),
             "footprint".into(),
         ];
     }
@@ -105,8 +108,9 @@ fn main() {
         "publish-writes" => rt.block_on(publish_writes_bench(quick)),
         "footprint" => rt.block_on(footprint_bench(quick)),
         "bgp-reload" => rt.block_on(bgp_reload_bench(quick)),
+        "node-events" => rt.block_on(node_events_bench(quick)),
         other => panic!(
-            "unknown benchmark {other:?} (gc, gc-node-deleted, gc-restart, published-bytes, reflector, publish-writes, bgp-reload, footprint, all)"
+            "unknown benchmark {other:?} (gc, gc-node-deleted, gc-restart, published-bytes, reflector, publish-writes, bgp-reload, node-events, footprint, all)"
         ),
     });
     if !ok {
@@ -116,10 +120,16 @@ fn main() {
 
 /// Writes (create, update, patch, delete) the apiserver has served on IPAMBlocks so far.
 async fn block_writes(client: &Client) -> f64 {
+    resource_writes(client, "ipamblocks").await
+}
+
+/// Writes (create, update, patch, apply, delete) the apiserver has served on `resource` so far.
+async fn resource_writes(client: &Client, resource: &str) -> f64 {
     let req = http::Request::get("/metrics").body(vec![]).unwrap();
     let text = client.request_text(req).await.unwrap();
+    let res = format!("resource=\"{resource}\"");
     text.lines()
-        .filter(|l| l.starts_with("apiserver_request_total{") && l.contains("resource=\"ipamblocks\""))
+        .filter(|l| l.starts_with("apiserver_request_total{") && l.contains(&res))
         .filter(|l| {
             ["POST", "PUT", "PATCH", "APPLY", "DELETE"]
                 .iter()
@@ -670,6 +680,159 @@ async fn footprint_bench(quick: bool) -> Value {
     })
     .await;
     support::kubectl(&["delete", "namespace", &ns, "--wait=false"]);
+    s
+}
+
+// ---------------------------------------------------------------------------------------------
+// Node events: operator CPU per Node event at 5,000 Nodes
+
+/// Waits until the operator's CPU use settles (< 5% over 3 s).
+async fn settle_cpu(pid: u32) {
+    let t0 = Instant::now();
+    loop {
+        let c0 = cpu_seconds(pid);
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        if (cpu_seconds(pid) - c0) / 3.0 < 0.05 || t0.elapsed() > Duration::from_secs(600) {
+            return;
+        }
+    }
+}
+
+/// Operator CPU (ms) and published-object writes per event, over `events` Node patches spaced
+/// `gap` apart (each `patch(j)` on its own pass of the BGP controller), counted until the
+/// operator is quiet again.
+async fn per_node_event(
+    o: &Objects,
+    pid: u32,
+    events: usize,
+    gap: Duration,
+    patch: impl Fn(usize) -> (String, Value),
+) -> (f64, f64) {
+    let api: Api<Node> = Api::all(o.client.clone());
+    let writes =
+        async || resource_writes(&o.client, "configmaps").await + resource_writes(&o.client, "secrets").await;
+    // Settled: CPU low and no published object written for 3 s (the start-up publish of every
+    // node's object waits on the apiserver, not on the operator's CPU).
+    loop {
+        settle_cpu(pid).await;
+        let w = writes().await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        if writes().await == w {
+            break;
+        }
+    }
+    let (c0, w0) = (cpu_seconds(pid), writes().await);
+    for j in 0..events {
+        let (name, p) = patch(j);
+        api.patch(
+            &name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&p),
+        )
+        .await
+        .unwrap();
+        tokio::time::sleep(gap).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (c1, w1) = (cpu_seconds(pid), writes().await);
+    (1e3 * (c1 - c0) / events as f64, (w1 - w0) / events as f64)
+}
+
+async fn node_events_bench(quick: bool) -> Value {
+    let (n, events) = if quick { (500, 40) } else { (5000, 200) };
+    let o = objects().await;
+    let run = format!("e{}", std::process::id());
+    // Route-reflector layout: 3 reflectors (label rr, a cluster id), the rest their clients.
+    support::kubectl_stdin_ok(
+        &["apply", "-f", "-"],
+        &format!(
+            "apiVersion: crd.projectcalico.org/v1\nkind: BGPConfiguration\nmetadata: {{name: default}}\nspec: {{nodeToNodeMeshEnabled: false, asNumber: 64512}}\n---\napiVersion: crd.projectcalico.org/v1\nkind: BGPPeer\nmetadata: {{name: bench-{run}}}\nspec: {{nodeSelector: has(rr), peerSelector: '!has(rr)'}}\n"
+        ),
+    );
+    let names: Vec<String> = (0..n).map(|i| format!("{run}-n{i:05}")).collect();
+    o.nodes(&names, &[]).await;
+    let api: Api<Node> = Api::all(o.client.clone());
+    for r in &names[..3] {
+        let p = json!({"metadata": {"labels": {"rr": "true"},
+            "annotations": {"projectcalico.org/RouteReflectorClusterID": "224.0.0.1"}}});
+        api.patch(
+            r,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&p),
+        )
+        .await
+        .unwrap();
+    }
+    let op = Operator::start(
+        &format!("bench-ev-{run}"),
+        &[
+            "--lease-name",
+            &format!("bench-ev-{run}"),
+            "--pool-selector",
+            &format!("tortie-test={run}"),
+        ],
+    );
+    op.wait_ready().await;
+    let pid = op.pid();
+    // 400 ms apart: more than the BGP controller's 300 ms between passes, so no two events
+    // share a pass.
+    let gap = Duration::from_millis(400);
+    // Even: a new IPv4 address; odd: the label the reflectors' BGPPeer selects on.
+    let (bgp_ms, bgp_writes) = per_node_event(&o, pid, events, gap, |j| {
+        let name = names[10 + j].clone();
+        let p = if j % 2 == 0 {
+            json!({"metadata": {"annotations": {
+                "projectcalico.org/IPv4Address": format!("10.250.{}.{}/8", j / 250, j % 250)}}})
+        } else {
+            json!({"metadata": {"labels": {"rr": "true"}}})
+        };
+        (name, p)
+    })
+    .await;
+    eprintln!("node events: {bgp_ms:.2} ms CPU and {bgp_writes:.2} writes per BGP-relevant Node event");
+    let quiet = events / 4;
+    let (other_ms, other_writes) = per_node_event(&o, pid, quiet, gap, |j| {
+        let p = json!({"metadata": {"labels": {"bench-unread": format!("v{j}")}}});
+        (names[10 + j].clone(), p)
+    })
+    .await;
+    eprintln!("node events: {other_ms:.2} ms CPU and {other_writes:.2} writes per unread-label Node event");
+    let s = json!({
+        "id": "node-events", "order": 55, "title": "Operator CPU per Node event (`tortie run`, all controllers)",
+        "inputs": format!(
+            "{n} Nodes (each with a projectcalico.org/IPv4Address), BGPConfiguration nodeToNodeMeshEnabled: false, \
+             3 route reflectors (label rr, RouteReflectorClusterID 224.0.0.1) and a BGPPeer nodeSelector has(rr), \
+             peerSelector !has(rr). One `tortie run` (controllers installation, ippool, gc, bgp; default flags; info \
+             logs). After it settles (CPU < 5% over 3 s and no ConfigMap or Secret written for 3 s): {events} Node patches, {} ms apart (more than the BGP \
+             controller's 300 ms between passes), alternately a new IPv4Address and the label rr on a client (each \
+             changes a BGP input); then {quiet} patches of a label no selector reads. Operator CPU: utime + stime of \
+             /proc/<pid>/stat from before the first patch until 2 s after the last, divided by the patches; writes: \
+             ConfigMap and Secret writes the apiserver served over the same span, divided likewise.",
+            gap.as_millis()
+        ),
+        "rows": [
+            {"Node event": "address or selected label (changes a BGP input)",
+             "CPU ms per event": format!("{bgp_ms:.2}"), "writes per event": format!("{bgp_writes:.2}")},
+            {"Node event": "label no selector reads",
+             "CPU ms per event": format!("{other_ms:.2}"), "writes per event": format!("{other_writes:.2}")},
+        ],
+        "targets": [
+            target("node-event-cpu", &format!("operator CPU per Node event at {n} nodes < 20 ms"), bgp_ms < 20.0,
+                   format!("{bgp_ms:.2} ms"), "21.1 ms (publish step alone)", "-"),
+            target("node-event-unread-label", "a label no selector reads costs 0 writes", other_writes == 0.0,
+                   format!("{other_writes:.2} writes per event"), "-", "-"),
+        ],
+    });
+    drop(op);
+    support::kubectl(&["delete", "bgppeer", &format!("bench-{run}"), "--ignore-not-found"]);
+    support::kubectl(&["delete", "bgpconfiguration", "default", "--ignore-not-found"]);
+    load("Node deletions", names.len(), |i| {
+        let (api, name) = (api.clone(), names[i].clone());
+        async move {
+            let _ = api.delete(&name, &Default::default()).await;
+        }
+    })
+    .await;
     s
 }
 

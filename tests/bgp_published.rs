@@ -238,62 +238,67 @@ fn password(k: u8) -> Value {
     json!({"secretKeyRef": {"name": name, "key": key, "optional": optional}})
 }
 
+/// Node `i` as `nd` describes it.
+fn node_doc(i: usize, nd: &NodeGen) -> Value {
+    let mut ann = serde_json::Map::new();
+    ann.insert(
+        "projectcalico.org/IPv4Address".into(),
+        if nd.bad {
+            "not-an-address".into()
+        } else {
+            format!("10.0.0.{}/24", i + 1).into()
+        },
+    );
+    if nd.v6 {
+        ann.insert(
+            "projectcalico.org/IPv6Address".into(),
+            format!("fd00::{}/64", i + 1).into(),
+        );
+    }
+    if let Some(a) = nd.asn {
+        ann.insert("projectcalico.org/ASNumber".into(), a.to_string().into());
+    }
+    if let Some(r) = nd.rr {
+        ann.insert(
+            "projectcalico.org/RouteReflectorClusterID".into(),
+            format!("224.0.0.{r}").into(),
+        );
+    }
+    if nd.wg {
+        ann.insert(
+            "projectcalico.org/IPv4WireguardInterfaceAddr".into(),
+            format!("10.99.0.{}", i + 1).into(),
+        );
+    }
+    // Annotations and labels no renderer reads, as real Nodes carry them.
+    ann.insert("node.alpha.kubernetes.io/ttl".into(), "0".into());
+    ann.insert("projectcalico.org/Unrelated".into(), format!("x{i}").into());
+    let mut labels = serde_json::Map::new();
+    labels.insert("kubernetes.io/hostname".into(), node_name(i).into());
+    if let Some(r) = nd.rack {
+        labels.insert("rack".into(), if r { "a" } else { "b" }.into());
+    }
+    if let Some(z) = nd.zone {
+        labels.insert("zone".into(), format!("z{z}").into());
+    }
+    if nd.junk {
+        labels.insert("junk".into(), "1".into());
+    }
+    if nd.exclude_lb {
+        labels.insert(
+            "node.kubernetes.io/exclude-from-external-load-balancers".into(),
+            "true".into(),
+        );
+    }
+    json!({"apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": node_name(i), "uid": format!("uid-{i}"), "annotations": ann, "labels": labels}})
+}
+
 fn build(g: &ClusterGen) -> Snapshot {
     let mut docs: Vec<Value> = Vec::new();
     let n = g.nodes.len();
     for (i, nd) in g.nodes.iter().enumerate() {
-        let mut ann = serde_json::Map::new();
-        ann.insert(
-            "projectcalico.org/IPv4Address".into(),
-            if nd.bad {
-                "not-an-address".into()
-            } else {
-                format!("10.0.0.{}/24", i + 1).into()
-            },
-        );
-        if nd.v6 {
-            ann.insert(
-                "projectcalico.org/IPv6Address".into(),
-                format!("fd00::{}/64", i + 1).into(),
-            );
-        }
-        if let Some(a) = nd.asn {
-            ann.insert("projectcalico.org/ASNumber".into(), a.to_string().into());
-        }
-        if let Some(r) = nd.rr {
-            ann.insert(
-                "projectcalico.org/RouteReflectorClusterID".into(),
-                format!("224.0.0.{r}").into(),
-            );
-        }
-        if nd.wg {
-            ann.insert(
-                "projectcalico.org/IPv4WireguardInterfaceAddr".into(),
-                format!("10.99.0.{}", i + 1).into(),
-            );
-        }
-        // Annotations and labels no renderer reads, as real Nodes carry them.
-        ann.insert("node.alpha.kubernetes.io/ttl".into(), "0".into());
-        ann.insert("projectcalico.org/Unrelated".into(), format!("x{i}").into());
-        let mut labels = serde_json::Map::new();
-        labels.insert("kubernetes.io/hostname".into(), node_name(i).into());
-        if let Some(r) = nd.rack {
-            labels.insert("rack".into(), if r { "a" } else { "b" }.into());
-        }
-        if let Some(z) = nd.zone {
-            labels.insert("zone".into(), format!("z{z}").into());
-        }
-        if nd.junk {
-            labels.insert("junk".into(), "1".into());
-        }
-        if nd.exclude_lb {
-            labels.insert(
-                "node.kubernetes.io/exclude-from-external-load-balancers".into(),
-                "true".into(),
-            );
-        }
-        docs.push(json!({"apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": node_name(i), "uid": format!("uid-{i}"), "annotations": ann, "labels": labels}}));
+        docs.push(node_doc(i, nd));
     }
     let mut spec = serde_json::Map::new();
     spec.insert("nodeToNodeMeshEnabled".into(), g.mesh.into());
@@ -671,4 +676,261 @@ fn a_reflector_with_5000_clients_is_served_and_parses() {
         .output()
         .expect("bird installed (apt-get install -y bird)");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+// ---- Incremental publishing: the same objects as a full publish, after any events ----
+
+/// A change the BGP controller hears of.
+#[derive(Clone, Debug)]
+enum Ev {
+    /// Node `i` is now as described; `big`: it carries a 100 kB BGP annotation (so the total
+    /// crosses a shard-count boundary and the layout changes).
+    Node(usize, NodeGen, bool),
+    NodeGone(usize),
+    /// BlockAffinity `j` is now (node, third octet, state, kind) as in [`build`].
+    Affinity(usize, (usize, u8, u8, u8)),
+    AffinityGone(usize),
+    /// The BGPPeers replaced (every node may read them: a full rebuild unless nothing shared changed).
+    Peers(Vec<PeerGen>),
+    /// A label no selector reads.
+    Unread(usize, u8),
+}
+
+fn ev_gen() -> impl Strategy<Value = Ev> {
+    prop_oneof![
+        4 => (0usize..10, node_gen(), proptest::bool::weighted(0.15)).prop_map(|(i, g, b)| Ev::Node(i, g, b)),
+        1 => (0usize..10).prop_map(Ev::NodeGone),
+        2 => (0usize..8, (0usize..10, 0u8..4, 0u8..4, 0u8..4)).prop_map(|(j, a)| Ev::Affinity(j, a)),
+        1 => (0usize..8).prop_map(Ev::AffinityGone),
+        1 => proptest::collection::vec(peer_gen(), 0..4).prop_map(Ev::Peers),
+        1 => (0usize..10, 0u8..3).prop_map(|(i, v)| Ev::Unread(i, v)),
+    ]
+}
+
+fn affinity_of(j: usize, (nd, k, st, kind): (usize, u8, u8, u8)) -> tortie::api::Affinity {
+    let states = ["confirmed", "", "pending", "pendingDeletion"];
+    let (ty, deleted, cidr) = match kind {
+        0 => ("host", "false", format!("10.48.{k}.0/26")),
+        1 => ("virtual", "false", format!("10.48.{k}.64/26")),
+        2 => ("host", "true", format!("10.48.{k}.128/26")),
+        _ => ("host", "false", "10.48.300.0/26".to_string()),
+    };
+    serde_json::from_value(
+        json!({"apiVersion": "crd.projectcalico.org/v1", "kind": "BlockAffinity",
+        "metadata": {"name": format!("ev-a{j}")},
+        "spec": {"cidr": cidr, "node": node_name(nd), "type": ty,
+                 "state": states[st as usize % 4], "deleted": deleted}}),
+    )
+    .unwrap()
+}
+
+/// The cluster's BGP objects (sanitized, as the controller publishes them), Nodes and
+/// BlockAffinities apart.
+type Parts = (
+    Snapshot,
+    BTreeMap<String, k8s_openapi::api::core::v1::Node>,
+    BTreeMap<String, tortie::api::Affinity>,
+);
+
+fn parts(g: &ClusterGen) -> Parts {
+    let mut snap = build(g);
+    let _ = bgp::validate::sanitize(&mut snap);
+    let nodes = std::mem::take(&mut snap.nodes)
+        .into_iter()
+        .map(|n| (n.metadata.name.clone().unwrap(), n))
+        .collect();
+    let affs = std::mem::take(&mut snap.affinities)
+        .into_iter()
+        .map(|a| (a.metadata.name.clone().unwrap(), a))
+        .collect();
+    (snap, nodes, affs)
+}
+
+fn full(p: &Parts, current: Option<u32>) -> published::Inputs {
+    let nodes: Vec<_> = p.1.values().collect();
+    let affs: Vec<_> = p.2.values().collect();
+    published::publish_from(
+        &p.0,
+        &nodes,
+        &affs,
+        &RenderOptions::default(),
+        &CalicoSelectors::default(),
+        current,
+    )
+}
+
+fn publisher(p: &Parts, current: Option<u32>) -> published::Publisher {
+    let nodes: Vec<_> = p.1.values().collect();
+    let affs: Vec<_> = p.2.values().collect();
+    published::Publisher::new(
+        &p.0,
+        &nodes,
+        &affs,
+        &RenderOptions::default(),
+        &CalicoSelectors::default(),
+        current,
+    )
+}
+
+/// Applies `ev` to the cluster and to the publisher; what the publisher says changed.
+fn apply_ev(g: &ClusterGen, c: &mut Parts, p: &mut published::Publisher, ev: Ev) -> published::Changed {
+    let sel = CalicoSelectors::default();
+    match ev {
+        Ev::Node(i, nd, big) => {
+            let mut v = node_doc(i, &nd);
+            if big {
+                v["metadata"]["annotations"]["projectcalico.org/IPv6WireguardInterfaceAddr"] =
+                    "x".repeat(100_000).into();
+            }
+            let n: k8s_openapi::api::core::v1::Node = serde_json::from_value(v).unwrap();
+            c.1.insert(node_name(i), n.clone());
+            p.set_node(&c.0, &node_name(i), Some(&n), &sel)
+        }
+        Ev::NodeGone(i) => {
+            c.1.remove(&node_name(i));
+            p.set_node(&c.0, &node_name(i), None, &sel)
+        }
+        Ev::Unread(i, v) => {
+            let Some(n) = c.1.get_mut(&node_name(i)) else {
+                return p.set_node(&c.0, &node_name(i), None, &sel);
+            };
+            n.metadata
+                .labels
+                .get_or_insert_default()
+                .insert("unread".into(), v.to_string());
+            let n = n.clone();
+            p.set_node(&c.0, &node_name(i), Some(&n), &sel)
+        }
+        Ev::Affinity(j, a) => {
+            let a = affinity_of(j, a);
+            c.2.insert(format!("ev-a{j}"), a.clone());
+            p.set_affinity(&c.0, &format!("ev-a{j}"), Some(&a), &sel)
+        }
+        Ev::AffinityGone(j) => {
+            c.2.remove(&format!("ev-a{j}"));
+            p.set_affinity(&c.0, &format!("ev-a{j}"), None, &sel)
+        }
+        Ev::Peers(peers) => {
+            let g2 = ClusterGen { peers, ..g.clone() };
+            c.0 = parts(&g2).0;
+            if p.same_shared(&c.0) {
+                return published::Changed::default();
+            }
+            *p = publisher(c, Some(p.count()));
+            published::Changed {
+                relayout: true,
+                ..Default::default()
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+
+    /// After any sequence of Node, BlockAffinity and BGPPeer events, the incrementally kept
+    /// state publishes exactly what a full publish of the same cluster does, every object that
+    /// differs from before is among the ones it says changed, and its hashes are the objects'.
+    #[test]
+    fn incremental_publish_equals_full(g in cluster_gen(), evs in proptest::collection::vec(ev_gen(), 1..24)) {
+        let mut c = parts(&g);
+        let mut p = publisher(&c, None);
+        prop_assert_eq!(p.inputs(), full(&c, None));
+        for ev in evs {
+            let before = p.inputs();
+            let count = p.count();
+            let unread = matches!(ev, Ev::Unread(..));
+            let ch = apply_ev(&g, &mut c, &mut p, ev.clone());
+            let after = p.inputs();
+            prop_assert_eq!(&after, &full(&c, Some(count)), "after {:?}", ev);
+            if unread {
+                prop_assert!(ch.is_empty(), "a label no selector reads changed {:?}", ch);
+            }
+            if !ch.relayout {
+                prop_assert_eq!(before.shards.len(), after.shards.len());
+                for (i, (b, a)) in before.shards.iter().zip(&after.shards).enumerate() {
+                    prop_assert!(b == a || ch.shards.contains(&(i as u32)), "shard {} changed unsaid after {:?}", i, ev);
+                }
+                let names: BTreeSet<&String> = before.nodes.keys().chain(after.nodes.keys()).collect();
+                for n in names {
+                    prop_assert!(before.nodes.get(n) == after.nodes.get(n) || ch.nodes.contains(n), "{} changed unsaid after {:?}", n, ev);
+                }
+                prop_assert_eq!(ch.membership, before.nodes.keys().ne(after.nodes.keys()));
+            }
+            for (i, body) in after.shards.iter().enumerate() {
+                prop_assert_eq!(p.shard_hash(i as u32), published::text_hash(body));
+            }
+            for (n, ni) in &after.nodes {
+                prop_assert_eq!(&p.node(n).unwrap().hash, &published::text_hash(&ni.to_json()));
+            }
+        }
+    }
+}
+
+/// What a Node event costs: a label no selector reads nothing, a new node its own object and
+/// the one shard its record joins, a node gone its shard.
+#[test]
+fn a_node_event_changes_only_its_own_objects() {
+    let nd = NodeGen {
+        v6: false,
+        asn: None,
+        rr: None,
+        rack: Some(true),
+        zone: None,
+        junk: false,
+        bad: false,
+        exclude_lb: false,
+        wg: false,
+    };
+    let g = ClusterGen {
+        nodes: vec![nd.clone(); 40],
+        mesh: false,
+        mesh_password: None,
+        asn: None,
+        listen_port: None,
+        node_config: None,
+        peers: vec![PeerGen {
+            local: 2,
+            remote: 2,
+            target: 1,
+            asn: 64512,
+            manual: false,
+            password: None,
+            port: None,
+        }],
+        pools: vec![],
+        blocks: vec![],
+        services: vec![],
+    };
+    let mut c = parts(&g);
+    let mut p = publisher(&c, None);
+    let ch = apply_ev(&g, &mut c, &mut p, Ev::Unread(3, 1));
+    assert!(ch.is_empty(), "{ch:?}");
+    let ch = apply_ev(&g, &mut c, &mut p, Ev::Node(41, nd.clone(), false));
+    assert_eq!(ch.shards.len(), 1, "{ch:?}");
+    assert_eq!(ch.nodes, [node_name(41)].into());
+    assert!(ch.membership && !ch.relayout);
+    // A selected label: the node's record (its shard) only.
+    let ch = apply_ev(
+        &g,
+        &mut c,
+        &mut p,
+        Ev::Node(
+            5,
+            NodeGen {
+                rack: Some(false),
+                ..nd.clone()
+            },
+            false,
+        ),
+    );
+    assert_eq!(
+        (ch.shards.len(), ch.nodes.len(), ch.membership),
+        (1, 0, false),
+        "{ch:?}"
+    );
+    let ch = apply_ev(&g, &mut c, &mut p, Ev::NodeGone(41));
+    assert_eq!(ch.shards.len(), 1, "{ch:?}");
+    assert!(ch.membership);
+    assert_eq!(p.inputs(), full(&c, Some(1)));
 }

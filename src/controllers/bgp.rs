@@ -9,22 +9,33 @@
 //! shared watch caches (`Stores`, `BgpStores` in `store.rs`). With [`Config::agent_role`] it also
 //! keeps the node agents' Role to reading the published objects.
 //!
-//! A Node event whose published facts (selected labels, Calico annotations, presence) did not
-//! change costs no pass. Every object is written only when its content hash differs from the
-//! stored one (server-side apply): a Node label no selector reads costs no write, a new node
-//! costs its own object and the shard it joins, and start-up writes each object once. Own
-//! objects are owned by their Node (deleted with it).
+//! Incremental: the published state (each shard's records, each node's own object, their
+//! hashes) is kept between passes ([`Publisher`]). A Node event whose published facts (selected
+//! labels, Calico annotations, presence) did not change costs no pass; one that did rebuilds that
+//! node's record, its shard and its own object only, and a BlockAffinity event its node's own
+//! object. Everything is built anew on start, when a change feed overflowed, and when a
+//! BGPConfiguration, BGPPeer, BGPFilter, IPPool, referenced Secret, Service or EndpointSlice
+//! change alters what every node reads (label keys, shared records, service routes, passwords).
+//! A pass is observe (apply the changes, read what the watch shows of the objects concerned),
+//! `decide` (pure: which objects to write, in which order, what to delete), apply.
+//!
+//! Every object is written only when its content hash differs from the stored one
+//! (server-side apply): a Node label no selector reads costs no write, a new node costs its own
+//! object and the shard it joins, and start-up writes each object once. Own objects are owned by
+//! their Node (deleted with it).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::stream::BoxStream;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Node, ObjectReference, Secret};
 use k8s_openapi::api::rbac::v1::Role;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, DynamicObject, PartialObjectMeta, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tracing::{Instrument, info, info_span, warn};
@@ -34,11 +45,11 @@ use crate::bgp::validate::Invalid;
 use crate::bgp::{self, CalicoSelectors, RenderOptions, Snapshot};
 
 use super::conditions::{self, Cond};
-use super::store::{BgpStores, Stores};
+use super::store::{BgpStores, Stores, Watched};
 
 // The published-object contract between this controller and the node agents lives on the node
 // side; re-exported here under its old paths.
-use crate::node::published::{self as contract, Inputs};
+use crate::node::published::{self as contract, Changed, Publisher};
 pub use crate::node::published::{
     ANN_HASH, ANN_NODE, ANN_SHARDS, LABEL_CONFIG, LABEL_SHARD, MAX_PUBLISHED_BYTES, Published, files_of,
     object_name, shard_name,
@@ -128,15 +139,72 @@ async fn scope_agent_role(
     Ok(())
 }
 
-/// A change the controller hears of: a Node (checked against what was published of it), or
-/// anything else (always a pass).
+/// A change the controller hears of.
 enum Trigger {
     Node(Arc<Node>),
+    Affinity(Arc<Affinity>),
+    /// A published object as the watch shows it: name, content hash.
+    Published(String, Option<String>),
+    /// A Secret of the namespace (a BGP password may have changed).
+    Secret(String),
+    /// A BGPConfiguration, BGPPeer, BGPFilter, IPPool, Service or EndpointSlice.
     Other,
+    /// A change feed overflowed: changes were missed.
+    Missed,
+    /// The retry timer after a failed write.
+    Retry,
+}
+
+/// What the controller works with: clients, settings and the watch caches.
+struct Ctx<'a> {
+    client: &'a Client,
+    mode: CrdMode,
+    namespace: &'a str,
+    config: &'a Config,
+    stores: &'a Stores,
+    w: &'a BgpStores,
+    reporter: &'a Reporter,
+}
+
+/// The change feeds of everything a pass reads.
+fn triggers(stores: &Stores, bgp: &BgpStores) -> futures::stream::SelectAll<BoxStream<'static, Trigger>> {
+    fn feed<K: Send + Sync + 'static>(
+        s: impl futures::Stream<Item = Option<Arc<K>>> + Send + 'static,
+        f: impl Fn(Arc<K>) -> Trigger + Send + 'static,
+    ) -> BoxStream<'static, Trigger> {
+        s.map(move |o| o.map_or(Trigger::Missed, &f)).boxed()
+    }
+    fn published<K>(o: Arc<PartialObjectMeta<K>>) -> Trigger {
+        let m = &o.metadata;
+        let hash = m.annotations.as_ref().and_then(|a| a.get(ANN_HASH)).cloned();
+        Trigger::Published(m.name.clone().unwrap_or_default(), hash)
+    }
+    fn other<K>(_: Arc<K>) -> Trigger {
+        Trigger::Other
+    }
+    futures::stream::select_all(vec![
+        feed(stores.nodes.changes_or_missed(), Trigger::Node),
+        feed(stores.affinities.changes_or_missed(), Trigger::Affinity),
+        feed(bgp.configs.changes_or_missed(), other),
+        feed(bgp.peers.changes_or_missed(), other),
+        feed(bgp.filters.changes_or_missed(), other),
+        feed(bgp.pools.changes_or_missed(), other),
+        feed(bgp.secrets.changes_or_missed(), |s| Trigger::Secret(s.name_any())),
+        feed(bgp.services.changes_or_missed(), other),
+        feed(bgp.slices.changes_or_missed(), other),
+        feed(bgp.maps.changes_or_missed(), published),
+        feed(bgp.secret_maps.changes_or_missed(), published),
+    ])
 }
 
 /// Runs the BGP controller until the task is dropped or aborted, on the operator's shared watch
 /// caches (`stores`; the BGP kinds are started here when `stores.bgp` is not set yet).
+///
+/// The first pass, a missed change and a BGPConfiguration, BGPPeer, BGPFilter, IPPool, referenced
+/// Secret, Service or EndpointSlice change that alters what every node reads (label keys, shared
+/// records, service routes, passwords) build everything anew ([`Publisher::new`]); a Node or
+/// BlockAffinity event updates that node's record, its shard and its own object only; a
+/// published object the watch shows changed is compared with what it should hold.
 pub async fn run(
     client: Client,
     mode: CrdMode,
@@ -148,21 +216,8 @@ pub async fn run(
         Some(b) => b.clone(),
         None => BgpStores::start(&client, mode, &namespace),
     };
-    let other = |s: futures::stream::BoxStream<'static, ()>| s.map(|_| Trigger::Other).boxed();
     // Subscribed before the first pass, so nothing after it is missed.
-    let mut triggers = futures::stream::select_all(vec![
-        stores.nodes.changes().map(Trigger::Node).boxed(),
-        other(stores.affinities.changes().map(|_| ()).boxed()),
-        other(bgp.configs.changes().map(|_| ()).boxed()),
-        other(bgp.peers.changes().map(|_| ()).boxed()),
-        other(bgp.filters.changes().map(|_| ()).boxed()),
-        other(bgp.pools.changes().map(|_| ()).boxed()),
-        other(bgp.secrets.changes().map(|_| ()).boxed()),
-        other(bgp.services.changes().map(|_| ()).boxed()),
-        other(bgp.slices.changes().map(|_| ()).boxed()),
-        other(bgp.maps.changes().map(|_| ()).boxed()),
-        other(bgp.secret_maps.changes().map(|_| ()).boxed()),
-    ]);
+    let mut triggers = triggers(&stores, &bgp);
     while !(stores.nodes.synced() && stores.affinities.synced() && bgp.synced()) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -170,59 +225,103 @@ pub async fn run(
         controller: "tortie-bgp".into(),
         instance: Some(config.instance.clone()),
     };
+    let cx = Ctx {
+        client: &client,
+        mode,
+        namespace: &namespace,
+        config: &config,
+        stores: &stores,
+        w: &bgp,
+        reporter: &reporter,
+    };
     let mut state = State::default();
+    let mut pending = Pending::everything();
     loop {
         let span = info_span!("bgp_pass");
-        pass(
-            &client, mode, &namespace, &config, &stores, &bgp, &reporter, &mut state,
-        )
-        .instrument(span)
-        .await;
+        pass(&cx, &mut state, std::mem::take(&mut pending))
+            .instrument(span)
+            .await;
         let done = tokio::time::Instant::now();
         // Wait for a change that can alter what is published: a Node event whose published
         // facts (BGP annotations, selected labels, presence) are as published costs nothing.
         loop {
-            let t = if state.agent_role_retry {
+            let t = if state.retry {
                 // Nothing else may change for a long time: retry on a timer.
                 tokio::select! {
                     t = triggers.next() => t,
-                    _ = tokio::time::sleep(Duration::from_secs(10)) => Some(Trigger::Other),
+                    _ = tokio::time::sleep(Duration::from_secs(10)) => Some(Trigger::Retry),
                 }
             } else {
                 triggers.next().await
             };
-            match t {
-                None => return Ok(()),
-                Some(Trigger::Other) => break,
-                Some(Trigger::Node(n)) => {
-                    if state.node_changed(&stores, &n) {
-                        break;
-                    }
-                }
+            let Some(t) = t else { return Ok(()) };
+            if state.absorb(&cx, &mut pending, t) {
+                break;
             }
         }
         // At most one pass per `debounce`: a change after a quiet spell publishes at once (BGP
         // changes reach BIRD in milliseconds), changes inside a burst wait out the rest of the
         // window and cost one more pass together.
         tokio::time::sleep_until(done + config.debounce).await;
+        while let Some(Some(t)) = triggers.next().now_or_never() {
+            state.absorb(&cx, &mut pending, t);
+        }
     }
 }
 
+/// What changed since the last pass.
+#[derive(Debug, Default)]
+struct Pending {
+    /// Read the BGP objects again (they, a referenced Secret, a Service or a slice changed).
+    shared: bool,
+    /// Build everything anew from the caches (first pass, a missed change).
+    rebuild: bool,
+    /// Compare every object with the stored one (first pass, retry after a failure).
+    check_all: bool,
+    nodes: BTreeSet<String>,
+    affinities: BTreeSet<String>,
+    /// Published objects the watch shows differing from what they should hold.
+    objects: BTreeSet<String>,
+}
+
+impl Pending {
+    fn everything() -> Pending {
+        Pending {
+            shared: true,
+            rebuild: true,
+            check_all: true,
+            ..Default::default()
+        }
+    }
+}
+
+/// Object names the agents' Role allows: (shards, own objects).
+type RoleNames = (BTreeSet<String>, BTreeSet<String>);
+
 #[derive(Default)]
 struct State {
-    /// Label keys BGPPeer selectors read, and each Node's facts, as last published.
-    keys: BTreeSet<String>,
-    facts: HashMap<String, contract::NodeFacts>,
+    /// The BGP objects as last read (sanitized), and what is published from them.
+    snap: Snapshot,
+    publisher: Option<Publisher>,
+    /// Own object name -> node.
+    objects: HashMap<String, String>,
+    /// Secrets the snapshot reads (a change of another Secret changes nothing).
+    secrets: BTreeSet<String>,
+    /// The node-to-node mesh is on; the nodes in it; the default BGPConfiguration.
+    mesh_on: bool,
+    mesh: BTreeSet<String>,
+    default_config: Option<ObjectReference>,
     /// Object name -> content hash written, until the watch shows it (so a pass that runs
     /// before the watch caught up does not write the same content again).
     written: HashMap<String, String>,
     /// Shard count of the layout in use.
     count: Option<u32>,
-    warned: BTreeSet<String>,
-    /// Object names (shards, own objects) the agents' Role was last set to.
-    agent_role_names: Option<(BTreeSet<String>, BTreeSet<String>)>,
+    /// Node -> problems already reported with an Event.
+    warned: BTreeMap<String, BTreeSet<String>>,
+    /// Object names the agents' Role was last set to.
+    agent_role_names: Option<RoleNames>,
     /// Setting the agents' Role or writing an object failed: the next pass comes on a timer too.
-    agent_role_retry: bool,
+    retry: bool,
     mesh_warned: bool,
     /// Invalid inputs already reported with an Event (forgotten once fixed, so a relapse is told).
     invalid: BTreeSet<String>,
@@ -232,22 +331,251 @@ struct State {
     condition_tried: Option<tokio::time::Instant>,
 }
 
+/// An Event to publish after the pass.
+type Note = (ObjectReference, EventType, &'static str, String);
+
 impl State {
-    /// Whether a Node event can change what is published: its facts (name, selected labels,
-    /// Calico annotations) or its presence differ from the last pass's.
-    fn node_changed(&self, stores: &Stores, n: &Node) -> bool {
-        let name = n.name_any();
-        let live = stores.nodes.get(&name);
-        match (live, self.facts.get(&name)) {
+    /// Adds a change to `pending`; whether it needs a pass.
+    fn absorb(&mut self, cx: &Ctx<'_>, pending: &mut Pending, t: Trigger) -> bool {
+        match t {
+            Trigger::Node(n) => {
+                let name = n.name_any();
+                let changed = self.node_changed(cx.stores, &name);
+                if changed {
+                    pending.nodes.insert(name);
+                }
+                changed
+            }
+            Trigger::Affinity(a) => pending.affinities.insert(a.name_any()),
+            Trigger::Published(name, hash) => {
+                // The watch caught up with a write.
+                if hash.is_some() && self.written.get(&name) == hash.as_ref() {
+                    self.written.remove(&name);
+                }
+                let differs = self.publisher.is_some() && !self.check(cx, [&name].into()).is_empty();
+                if differs {
+                    pending.objects.insert(name);
+                }
+                differs
+            }
+            Trigger::Secret(name) => {
+                pending.shared |= self.secrets.contains(&name);
+                pending.shared
+            }
+            Trigger::Other => {
+                pending.shared = true;
+                true
+            }
+            Trigger::Missed => {
+                *pending = Pending::everything();
+                true
+            }
+            Trigger::Retry => {
+                pending.check_all = true;
+                true
+            }
+        }
+    }
+
+    /// Whether Node `name` can change what is published: its facts (name, selected labels,
+    /// Calico annotations) or its presence differ from the published ones.
+    fn node_changed(&self, stores: &Stores, name: &str) -> bool {
+        let Some(p) = &self.publisher else {
+            return true;
+        };
+        match (stores.nodes.get(name), p.node(name)) {
             (None, None) => false,
-            (Some(live), Some(f)) => contract::node_facts(&live, &self.keys) != *f,
+            (Some(live), Some(n)) => contract::node_facts(&live, p.keys()) != n.facts,
             _ => true,
         }
     }
+
+    /// Takes a newly read snapshot.
+    fn set_snapshot(&mut self, snap: Snapshot) {
+        let default = snap
+            .bgp_configs
+            .iter()
+            .find(|c| c.metadata.name.as_deref() == Some("default"));
+        self.mesh_on = default.is_none_or(|c| c.spec.node_to_node_mesh_enabled != Some(false));
+        self.default_config = default.map(|c| ObjectReference {
+            api_version: c.types.as_ref().map(|t| t.api_version.clone()),
+            kind: Some("BGPConfiguration".into()),
+            name: c.metadata.name.clone(),
+            uid: c.metadata.uid.clone(),
+            ..Default::default()
+        });
+        self.secrets = snap.referenced_secrets().into_iter().collect();
+        self.secrets.extend(snap.secrets.keys().cloned());
+        self.snap = snap;
+    }
+
+    /// Everything published anew from the caches.
+    fn rebuild(&mut self, cx: &Ctx<'_>, notes: &mut Vec<Note>) {
+        let node_objs = cx.stores.nodes.all();
+        let nodes: Vec<&Node> = node_objs.iter().map(|n| &**n).collect();
+        let aff_objs = cx.stores.affinities.all();
+        let affinities: Vec<&Affinity> = aff_objs.iter().map(|a| &**a).collect();
+        // After a restart the stored layout is kept (no rewrite of every shard).
+        let current = self
+            .count
+            .or_else(|| stored_one(&cx.w.maps, cx.namespace, &shard_name(0)).and_then(|s| s.shards));
+        let selectors = CalicoSelectors::default();
+        self.publisher = Some(Publisher::new(
+            &self.snap,
+            &nodes,
+            &affinities,
+            &cx.config.render,
+            &selectors,
+            current,
+        ));
+        self.objects = nodes
+            .iter()
+            .map(|n| (object_name(&n.name_any()), n.name_any()))
+            .collect();
+        self.mesh.clear();
+        let live: BTreeSet<String> = nodes.iter().map(|n| n.name_any()).collect();
+        self.warned.retain(|n, _| live.contains(n));
+        for n in nodes {
+            self.node_notes(&n.name_any(), Some(n), notes);
+        }
+    }
+
+    /// The pending Node and BlockAffinity changes, applied to the published state.
+    fn apply_events(&mut self, cx: &Ctx<'_>, pending: &Pending, notes: &mut Vec<Note>) -> Changed {
+        let selectors = CalicoSelectors::default();
+        let mut ch = Changed::default();
+        for name in &pending.nodes {
+            let live = cx.stores.nodes.get(name);
+            let p = self.publisher.as_mut().expect("built before events");
+            ch.merge(p.set_node(&self.snap, name, live.as_deref(), &selectors));
+            match &live {
+                Some(_) => self.objects.insert(object_name(name), name.clone()),
+                None => self.objects.remove(&object_name(name)),
+            };
+            self.node_notes(name, live.as_deref(), notes);
+        }
+        for name in &pending.affinities {
+            let live = cx.stores.affinities.get(name);
+            let p = self.publisher.as_mut().expect("built before events");
+            ch.merge(p.set_affinity(&self.snap, name, live.as_deref(), &selectors));
+        }
+        ch
+    }
+
+    /// Mesh membership and the Event for a node that cannot have a BIRD config: what used to
+    /// fail a node's rendering here is checked without rendering (its agent renders, and
+    /// reports on its Node too).
+    fn node_notes(&mut self, name: &str, node: Option<&Node>, notes: &mut Vec<Note>) {
+        self.mesh.remove(name);
+        let Some(node) = node else {
+            self.warned.remove(name);
+            return;
+        };
+        match bgp::NodeBgp::from_node(node) {
+            Ok(b) => {
+                if !b.is_route_reflector() && (b.ipv4.is_some() || b.ipv6.is_some()) {
+                    self.mesh.insert(name.to_string());
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                if self
+                    .warned
+                    .entry(name.to_string())
+                    .or_default()
+                    .insert(msg.clone())
+                {
+                    warn!(node = %name, error = %msg, "node cannot have a BIRD config");
+                    notes.push((node.object_ref(&()), EventType::Warning, "BirdConfigInvalid", msg));
+                }
+            }
+        }
+    }
+
+    /// The published object that should be named `name`.
+    fn want_of(&self, p: &Publisher, name: &str) -> Option<Want> {
+        if let Some(i) = contract::shard_index(name) {
+            return (i < p.count()).then(|| Want::shard(p, i));
+        }
+        let node = self.objects.get(name)?;
+        p.node(node).map(|n| Want::own(node, n))
+    }
+
+    /// What the pass compares: every object (`all`), else the changed ones and `objects`.
+    fn observe(
+        &mut self,
+        cx: &Ctx<'_>,
+        all: bool,
+        changed: &Changed,
+        objects: &BTreeSet<String>,
+    ) -> Observed {
+        let p = self.publisher.as_ref().expect("built before observing");
+        let mut wants: BTreeMap<String, Want> = BTreeMap::new();
+        let mut add = |w: Want| {
+            wants.insert(w.name.clone(), w);
+        };
+        if all || changed.relayout {
+            (0..p.count()).for_each(|i| add(Want::shard(p, i)));
+            p.nodes().for_each(|(n, pn)| add(Want::own(n, pn)));
+        } else {
+            changed.shards.iter().for_each(|i| add(Want::shard(p, *i)));
+            changed
+                .nodes
+                .iter()
+                .filter_map(|n| Some(Want::own(n, p.node(n)?)))
+                .for_each(&mut add);
+            objects.iter().filter_map(|o| self.want_of(p, o)).for_each(add);
+        }
+        let seen = if all || changed.relayout {
+            stored(cx.w)
+        } else {
+            let first = shard_name(0);
+            stored_some(cx, wants.keys().chain(objects).chain([&first]))
+        };
+        let role = cx.config.agent_role.as_ref().and_then(|_| {
+            let again = all || changed.relayout || changed.membership || self.agent_role_names.is_none();
+            again.then(|| role_names(p))
+        });
+        // Forget what the watch has caught up with.
+        self.written
+            .retain(|name, hash| seen.hash_of(name).as_ref() != Some(hash));
+        let current = self
+            .count
+            .or_else(|| seen.maps.get(&shard_name(0)).and_then(|s| s.shards));
+        Observed {
+            count: p.count(),
+            current,
+            wants: wants.into_values().collect(),
+            seen,
+            role,
+            last_role: self.agent_role_names.clone(),
+        }
+    }
+
+    /// The writes object `names` need now (the published state as it is).
+    fn check(&self, cx: &Ctx<'_>, names: BTreeSet<&String>) -> Plan {
+        let Some(p) = &self.publisher else {
+            return Plan::default();
+        };
+        let seen = stored_some(cx, names.iter().copied());
+        let obs = Observed {
+            count: p.count(),
+            current: self.count,
+            wants: names.iter().filter_map(|n| self.want_of(p, n)).collect(),
+            seen,
+            role: None,
+            last_role: None,
+        };
+        decide(&obs, &self.written)
+    }
 }
 
-fn unwrap<K: Clone>(v: Vec<Arc<K>>) -> Vec<K> {
-    v.into_iter().map(|a| (*a).clone()).collect()
+/// Shard and own-object names of the published state.
+fn role_names(p: &Publisher) -> RoleNames {
+    (
+        (0..p.count()).map(shard_name).collect(),
+        p.nodes().map(|(n, _)| object_name(n)).collect(),
+    )
 }
 
 /// The renderer's input but Nodes and BlockAffinities (read from the caches in place), and the
@@ -284,16 +612,333 @@ fn snapshot(w: &BgpStores) -> (Snapshot, Vec<Invalid>) {
     (snap, undecodable)
 }
 
+fn unwrap<K: Clone>(v: Vec<Arc<K>>) -> Vec<K> {
+    v.into_iter().map(|a| (*a).clone()).collect()
+}
+
 /// A published object as the watch shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 struct Stored {
     hash: Option<String>,
     shards: Option<u32>,
 }
 
-/// Published ConfigMaps and Secrets by name.
+impl Stored {
+    fn of(m: &ObjectMeta) -> Stored {
+        let a = m.annotations.as_ref();
+        Stored {
+            hash: a.and_then(|a| a.get(ANN_HASH)).cloned(),
+            shards: a.and_then(|a| a.get(ANN_SHARDS)).and_then(|c| c.parse().ok()),
+        }
+    }
+}
+
+/// Published ConfigMaps and Secrets by name (all of them, or the ones a pass compares).
+#[derive(Clone, Debug, Default)]
 struct StoredAll {
     maps: HashMap<String, Stored>,
     secrets: HashMap<String, Stored>,
+}
+
+impl StoredAll {
+    fn hash_of(&self, name: &str) -> Option<String> {
+        self.maps
+            .get(name)
+            .or_else(|| self.secrets.get(name))
+            .and_then(|s| s.hash.clone())
+    }
+}
+
+fn stored(w: &BgpStores) -> StoredAll {
+    let read = |m: &ObjectMeta| (m.name.clone().unwrap_or_default(), Stored::of(m));
+    StoredAll {
+        maps: w.maps.all().iter().map(|c| read(&c.metadata)).collect(),
+        secrets: w.secret_maps.all().iter().map(|s| read(&s.metadata)).collect(),
+    }
+}
+
+/// One published object of the namespace as the watch shows it.
+fn stored_one<K>(w: &Watched<PartialObjectMeta<K>>, namespace: &str, name: &str) -> Option<Stored>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+{
+    let r = ObjectRef::new_with(name, ()).within(namespace);
+    w.store.get(&r).map(|o| Stored::of(&o.metadata))
+}
+
+/// The published objects named `names` as the watch shows them.
+fn stored_some<'a>(cx: &Ctx<'_>, names: impl IntoIterator<Item = &'a String>) -> StoredAll {
+    let mut out = StoredAll::default();
+    for n in names {
+        if let Some(s) = stored_one(&cx.w.maps, cx.namespace, n) {
+            out.maps.insert(n.clone(), s);
+        }
+        if let Some(s) = stored_one(&cx.w.secret_maps, cx.namespace, n) {
+            out.secrets.insert(n.clone(), s);
+        }
+    }
+    out
+}
+
+/// Which object a [`Want`] is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Target {
+    Shard(u32),
+    /// A node's own object; a Secret when it carries a password.
+    Own {
+        node: String,
+        secret: bool,
+    },
+}
+
+/// An object as it should be: its name, content hash and what it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Want {
+    name: String,
+    hash: String,
+    target: Target,
+}
+
+impl Want {
+    fn shard(p: &Publisher, i: u32) -> Want {
+        Want {
+            name: shard_name(i),
+            hash: p.shard_hash(i).to_string(),
+            target: Target::Shard(i),
+        }
+    }
+
+    fn own(node: &str, n: &contract::PublishedNode) -> Want {
+        Want {
+            name: object_name(node),
+            hash: n.hash.clone(),
+            target: Target::Own {
+                node: node.to_string(),
+                secret: !n.inputs.passwords.is_empty(),
+            },
+        }
+    }
+}
+
+/// What [`decide`] reads: the objects as they should be and as the watch shows them.
+#[derive(Clone, Debug, Default)]
+struct Observed {
+    /// Shard count of the published state, and of the layout in use (`None`: none yet).
+    count: u32,
+    current: Option<u32>,
+    wants: Vec<Want>,
+    seen: StoredAll,
+    /// The names the agents' Role should allow, when worked out this pass; as last set.
+    role: Option<RoleNames>,
+    last_role: Option<RoleNames>,
+}
+
+/// One write: the object, and whether an object of the other kind (ConfigMap or Secret) of the
+/// same name goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Planned {
+    want: Want,
+    other_exists: bool,
+}
+
+/// What a pass does.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Plan {
+    count: u32,
+    /// Set the agents' Role to these names first (a new node's name is allowed before its
+    /// object appears, so its agent's watch is allowed when it does).
+    role: Option<RoleNames>,
+    /// Writes, batch after batch: on a new layout every shard first, then the own objects that
+    /// point at it, so an agent never waits on a shard that is not there.
+    batches: Vec<Vec<Planned>>,
+    /// Shards beyond the count, deleted once everything else landed.
+    stale: Vec<String>,
+}
+
+impl Plan {
+    fn is_empty(&self) -> bool {
+        self.role.is_none() && self.batches.iter().all(Vec::is_empty) && self.stale.is_empty()
+    }
+}
+
+/// The pure step of a pass: which objects to write (content differs from the stored one and
+/// from what was `written` and not yet seen), in which order, which shards to delete, and
+/// whether the agents' Role changes.
+fn decide(o: &Observed, written: &HashMap<String, String>) -> Plan {
+    let mut shards = Vec::new();
+    let mut owns = Vec::new();
+    for w in &o.wants {
+        if written.get(&w.name) == Some(&w.hash) {
+            continue;
+        }
+        let same = |s: Option<&Stored>| s.is_some_and(|s| s.hash.as_ref() == Some(&w.hash));
+        match &w.target {
+            Target::Shard(_) => {
+                let s = o.seen.maps.get(&w.name);
+                if !(same(s) && s.is_some_and(|s| s.shards == Some(o.count))) {
+                    shards.push(Planned {
+                        want: w.clone(),
+                        other_exists: false,
+                    });
+                }
+            }
+            Target::Own { secret, .. } => {
+                let (mine, other) = if *secret {
+                    (&o.seen.secrets, &o.seen.maps)
+                } else {
+                    (&o.seen.maps, &o.seen.secrets)
+                };
+                let other_exists = other.contains_key(&w.name);
+                if !same(mine.get(&w.name)) || other_exists {
+                    owns.push(Planned {
+                        want: w.clone(),
+                        other_exists,
+                    });
+                }
+            }
+        }
+    }
+    let batches = if o.current != Some(o.count) {
+        vec![shards, owns]
+    } else {
+        shards.extend(owns);
+        vec![shards]
+    };
+    let mut stale: Vec<String> = o
+        .seen
+        .maps
+        .keys()
+        .filter(|n| contract::shard_index(n).is_some_and(|i| i >= o.count))
+        .cloned()
+        .collect();
+    stale.sort();
+    Plan {
+        count: o.count,
+        role: o.role.clone().filter(|r| o.last_role.as_ref() != Some(r)),
+        batches: batches.into_iter().filter(|b| !b.is_empty()).collect(),
+        stale,
+    }
+}
+
+/// One pass: observe (read the BGP objects again if they changed; apply the Node and
+/// BlockAffinity changes), decide, apply, then tell what needs telling.
+async fn pass(cx: &Ctx<'_>, state: &mut State, mut pending: Pending) {
+    let mut notes: Vec<Note> = Vec::new();
+    let mut rebuilt = false;
+    if pending.shared || pending.rebuild || state.publisher.is_none() {
+        let (mut snap, mut invalid) = snapshot(cx.w);
+        // Values BIRD would refuse are taken out first, so one bad object costs only itself.
+        invalid.extend(bgp::validate::sanitize(&mut snap));
+        report_invalid(cx, state, &invalid).await;
+        let keep = !pending.rebuild && state.publisher.as_ref().is_some_and(|p| p.same_shared(&snap));
+        state.set_snapshot(snap);
+        if !keep {
+            state.rebuild(cx, &mut notes);
+            pending.check_all = true;
+            rebuilt = true;
+        }
+    }
+    sync_condition(cx.client, state).await;
+    let changed = if rebuilt {
+        Changed::default()
+    } else {
+        state.apply_events(cx, &pending, &mut notes)
+    };
+    let observed = state.observe(cx, pending.check_all, &changed, &pending.objects);
+    let plan = decide(&observed, &state.written);
+    apply(cx, state, plan).await;
+    for (reference, type_, reason, note) in notes {
+        event(cx.client, cx.reporter, &reference, type_, reason, &note).await;
+    }
+    mesh_advisory(cx, state).await;
+}
+
+/// Carries out a [`Plan`]; a failure makes the next pass come on a timer too.
+async fn apply(cx: &Ctx<'_>, state: &mut State, plan: Plan) {
+    let mut retry = false;
+    if let (Some(role), Some(names)) = (&cx.config.agent_role, plan.role) {
+        match scope_agent_role(cx.client, cx.namespace, role, &names).await {
+            Ok(()) => {
+                info!(role = %role, nodes = names.1.len(), shards = names.0.len(), "agent Role scoped to the published objects");
+                state.agent_role_names = Some(names);
+            }
+            Err(e) => {
+                warn!(role = %role, error = %e, "cannot scope the agents' Role; retrying in 10s");
+                retry = true;
+            }
+        }
+    }
+    for batch in plan.batches {
+        retry |= write_batch(cx, state, batch).await;
+    }
+    if !retry {
+        state.count = Some(plan.count);
+        let cms: Api<ConfigMap> = Api::namespaced(cx.client.clone(), cx.namespace);
+        for name in &plan.stale {
+            if let Err(e) = delete_if_present(&cms, name).await {
+                warn!(object = %name, error = %e, "cannot delete a shard of the previous layout");
+                retry = true;
+            }
+            state.written.remove(name);
+        }
+    }
+    state.retry = retry;
+}
+
+/// Writes one batch at once; whether a write failed.
+async fn write_batch(cx: &Ctx<'_>, state: &mut State, batch: Vec<Planned>) -> bool {
+    let p = state.publisher.as_ref().expect("built before writing");
+    let writes: Vec<(String, Write)> = batch
+        .into_iter()
+        .filter_map(|planned| Some((planned.want.hash.clone(), write_of(cx, p, planned)?)))
+        .collect();
+    let results: Vec<_> = futures::stream::iter(writes)
+        .map(|(hash, write)| {
+            let name = write.name();
+            let span = info_span!("publish", object = %name);
+            async move {
+                let r = publish(cx.client, cx.namespace, write).await;
+                (name, hash, r)
+            }
+            .instrument(span)
+        })
+        .buffer_unordered(PUBLISH_CONCURRENCY)
+        .collect()
+        .await;
+    let mut failed = false;
+    for (name, hash, r) in results {
+        match r {
+            Ok(()) => {
+                info!(object = %name, hash = %&hash[..12], "published BGP inputs");
+                state.written.insert(name, hash);
+            }
+            Err(e) => {
+                warn!(object = %name, error = %e, "publish failed; retrying in 10s");
+                failed = true;
+            }
+        }
+    }
+    failed
+}
+
+/// The object a planned write puts.
+fn write_of(cx: &Ctx<'_>, p: &Publisher, planned: Planned) -> Option<Write> {
+    Some(match planned.want.target {
+        Target::Shard(i) => Write::Shard(contract::shard_object(
+            cx.namespace,
+            i,
+            p.count(),
+            &p.shard_body(i),
+        )),
+        Target::Own { node, .. } => {
+            let uid = cx.stores.nodes.get(&node).and_then(|n| n.metadata.uid.clone());
+            let obj = contract::node_object(cx.namespace, uid.as_deref(), &p.node(&node)?.inputs);
+            Write::Own {
+                obj,
+                other_exists: planned.other_exists,
+            }
+        }
+    })
 }
 
 /// One object to write.
@@ -311,240 +956,27 @@ impl Write {
     }
 }
 
-fn stored(w: &BgpStores) -> StoredAll {
-    fn read(m: &ObjectMeta) -> (String, Stored) {
-        let a = m.annotations.as_ref();
-        (
-            m.name.clone().unwrap_or_default(),
-            Stored {
-                hash: a.and_then(|a| a.get(ANN_HASH)).cloned(),
-                shards: a.and_then(|a| a.get(ANN_SHARDS)).and_then(|c| c.parse().ok()),
-            },
-        )
+/// A Warning Event when the full mesh grows past [`Config::mesh_advisory_nodes`].
+async fn mesh_advisory(cx: &Ctx<'_>, state: &mut State) {
+    if !state.mesh_on {
+        return;
     }
-    StoredAll {
-        maps: w.maps.all().iter().map(|c| read(&c.metadata)).collect(),
-        secrets: w.secret_maps.all().iter().map(|s| read(&s.metadata)).collect(),
-    }
-}
-
-// The pass's inputs are the controller's whole context; a struct for them would be used once.
-#[allow(clippy::too_many_arguments)]
-async fn pass(
-    client: &Client,
-    mode: CrdMode,
-    namespace: &str,
-    config: &Config,
-    stores: &Stores,
-    w: &BgpStores,
-    reporter: &Reporter,
-    state: &mut State,
-) {
-    let (mut snap, mut invalid) = snapshot(w);
-    // Values BIRD would refuse are taken out first, so one bad object costs only itself.
-    invalid.extend(bgp::validate::sanitize(&mut snap));
-    report_invalid(client, mode, w, reporter, state, &invalid).await;
-    let stored = stored(w);
-    // After a restart the stored layout is kept (no rewrite of every shard).
-    let current = state
-        .count
-        .or_else(|| stored.maps.get(&shard_name(0)).and_then(|s| s.shards));
-    let selectors = CalicoSelectors::default();
-    let node_objs = stores.nodes.all();
-    let nodes: Vec<&Node> = node_objs.iter().map(|n| &**n).collect();
-    let aff_objs = stores.affinities.all();
-    let affinities: Vec<&Affinity> = aff_objs.iter().map(|a| &**a).collect();
-    let inputs: Inputs =
-        contract::publish_from(&snap, &nodes, &affinities, &config.render, &selectors, current);
-    state.keys = contract::label_keys(&snap.peers);
-    state.facts = nodes
-        .iter()
-        .map(|n| (n.name_any(), contract::node_facts(n, &state.keys)))
-        .collect();
-    let count = inputs.shards.len() as u32;
-    let mut retry = false;
-    // The agents may read exactly the shards and the own objects of current nodes; a new node's
-    // name is added before its object is published, so its agent's watch is allowed when the
-    // object appears.
-    if let Some(role) = &config.agent_role {
-        let names = (
-            (0..count).map(shard_name).collect::<BTreeSet<_>>(),
-            inputs
-                .nodes
-                .keys()
-                .map(|n| object_name(n))
-                .collect::<BTreeSet<_>>(),
+    let n = state.mesh.len();
+    let too_big = n > cx.config.mesh_advisory_nodes;
+    if too_big && !state.mesh_warned {
+        let msg = format!(
+            "the node-to-node mesh has {n} nodes; above {} nodes use route reflectors (set nodeToNodeMeshEnabled: false and routeReflectorClusterID on a few nodes)",
+            cx.config.mesh_advisory_nodes
         );
-        if state.agent_role_names.as_ref() != Some(&names) {
-            match scope_agent_role(client, namespace, role, &names).await {
-                Ok(()) => {
-                    info!(role = %role, nodes = names.1.len(), shards = count, "agent Role scoped to the published objects");
-                    state.agent_role_names = Some(names);
-                }
-                Err(e) => {
-                    warn!(role = %role, error = %e, "cannot scope the agents' Role; retrying in 10s");
-                    retry = true;
-                }
-            }
-        }
-    }
-    let mut notes: Vec<(ObjectReference, EventType, &'static str, String)> = Vec::new();
-    let mut mesh_size = 0usize;
-    let mesh_on = snap
-        .bgp_configs
-        .iter()
-        .find(|c| c.metadata.name.as_deref() == Some("default"))
-        .is_none_or(|c| c.spec.node_to_node_mesh_enabled != Some(false));
-    let mut uids: HashMap<String, Option<String>> = HashMap::new();
-    for node in &nodes {
-        let name = node.name_any();
-        // What used to fail a node's rendering here is checked without rendering: its agent
-        // renders, and reports on its Node too.
-        match bgp::NodeBgp::from_node(node) {
-            Ok(b) => {
-                if !b.is_route_reflector() && (b.ipv4.is_some() || b.ipv6.is_some()) {
-                    mesh_size += 1;
-                }
-            }
-            Err(e) => {
-                let msg = e.to_string();
-                if state.warned.insert(format!("{name}: {msg}")) {
-                    warn!(node = %name, error = %msg, "node cannot have a BIRD config");
-                    notes.push((node.object_ref(&()), EventType::Warning, "BirdConfigInvalid", msg));
-                }
-            }
-        }
-        uids.insert(name, node.metadata.uid.clone());
-    }
-    // Forget what the watch has caught up with.
-    let hash_of = |name: &str| {
-        stored
-            .maps
-            .get(name)
-            .or_else(|| stored.secrets.get(name))
-            .and_then(|s| s.hash.clone())
-    };
-    state
-        .written
-        .retain(|name, hash| hash_of(name).as_ref() != Some(hash));
-    let mut shard_writes = Vec::new();
-    for (i, body) in inputs.shards.iter().enumerate() {
-        let name = shard_name(i as u32);
-        let hash = contract::text_hash(body);
-        let same = state.written.get(&name) == Some(&hash)
-            || stored
-                .maps
-                .get(&name)
-                .is_some_and(|s| s.hash.as_ref() == Some(&hash) && s.shards == Some(count));
-        if !same {
-            let obj = contract::shard_object(namespace, i as u32, count, body);
-            shard_writes.push((hash, Write::Shard(obj)));
-        }
-    }
-    let mut own_writes = Vec::new();
-    for (node, ni) in &inputs.nodes {
-        let name = object_name(node);
-        let json = ni.to_json();
-        let hash = contract::text_hash(&json);
-        let secret = !ni.passwords.is_empty();
-        let (mine, other) = if secret {
-            (&stored.secrets, &stored.maps)
-        } else {
-            (&stored.maps, &stored.secrets)
-        };
-        let other_exists = other.contains_key(&name);
-        let same = state.written.get(&name) == Some(&hash)
-            || (mine.get(&name).is_some_and(|s| s.hash.as_ref() == Some(&hash)) && !other_exists);
-        if same {
-            continue;
-        }
-        let uid = uids.get(node).cloned().flatten();
-        let obj = contract::node_object(namespace, uid.as_deref(), ni);
-        own_writes.push((hash, Write::Own { obj, other_exists }));
-    }
-    // A new layout: every shard first, then the own objects that point at it, so an agent never
-    // waits on a shard that is not there; a shard beyond the count goes last.
-    let relayout = current != Some(count);
-    let batches = if relayout {
-        vec![shard_writes, own_writes]
-    } else {
-        shard_writes.extend(own_writes);
-        vec![shard_writes]
-    };
-    for batch in batches {
-        let results: Vec<_> = futures::stream::iter(batch)
-            .map(|(hash, write)| {
-                let name = write.name();
-                let span = info_span!("publish", object = %name);
-                async move {
-                    let r = publish(client, namespace, write).await;
-                    (name, hash, r)
-                }
-                .instrument(span)
-            })
-            .buffer_unordered(PUBLISH_CONCURRENCY)
-            .collect()
-            .await;
-        for (name, hash, r) in results {
-            match r {
-                Ok(()) => {
-                    info!(object = %name, hash = %&hash[..12], "published BGP inputs");
-                    state.written.insert(name, hash);
-                }
-                Err(e) => {
-                    warn!(object = %name, error = %e, "publish failed; retrying in 10s");
-                    retry = true;
-                }
-            }
-        }
-    }
-    if !retry {
-        state.count = Some(count);
-        let cms: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
-        for name in stored.maps.keys() {
-            if contract::shard_index(name).is_some_and(|i| i >= count) {
-                if let Err(e) = delete_if_present(&cms, name).await {
-                    warn!(object = %name, error = %e, "cannot delete a shard of the previous layout");
-                    retry = true;
-                }
-                state.written.remove(name);
-            }
-        }
-    }
-    state.agent_role_retry = retry;
-    for (reference, type_, reason, note) in notes {
-        event(client, reporter, &reference, type_, reason, &note).await;
-    }
-    let live: BTreeSet<String> = nodes.iter().map(|n| n.name_any()).collect();
-    state
-        .warned
-        .retain(|w| w.split_once(": ").is_none_or(|(n, _)| live.contains(n)));
-    if mesh_on {
-        let n = mesh_size;
-        let too_big = n > config.mesh_advisory_nodes;
-        if too_big && !state.mesh_warned {
-            let msg = format!(
-                "the node-to-node mesh has {n} nodes; above {} nodes use route reflectors (set nodeToNodeMeshEnabled: false and routeReflectorClusterID on a few nodes)",
-                config.mesh_advisory_nodes
-            );
-            warn!("{msg}");
-            let target = snap
-                .bgp_configs
-                .iter()
-                .find(|c| c.metadata.name.as_deref() == Some("default"));
-            let reference = match target {
-                Some(c) => ObjectReference {
-                    api_version: c.types.as_ref().map(|t| t.api_version.clone()),
-                    kind: Some("BGPConfiguration".into()),
-                    name: c.metadata.name.clone(),
-                    uid: c.metadata.uid.clone(),
-                    ..Default::default()
-                },
-                None => nodes[0].object_ref(&()),
-            };
+        warn!("{msg}");
+        let reference = state.default_config.clone().or_else(|| {
+            let first = state.mesh.iter().next()?;
+            Some(cx.stores.nodes.get(first)?.object_ref(&()))
+        });
+        if let Some(reference) = reference {
             event(
-                client,
-                reporter,
+                cx.client,
+                cx.reporter,
                 &reference,
                 EventType::Warning,
                 "MeshTooLarge",
@@ -552,8 +984,8 @@ async fn pass(
             )
             .await;
         }
-        state.mesh_warned = too_big;
     }
+    state.mesh_warned = too_big;
 }
 
 /// Reference of the object an [`Invalid`] is about, for its Event.
@@ -596,22 +1028,16 @@ fn invalid_ref(mode: CrdMode, w: &BgpStores, e: &Invalid) -> ObjectReference {
 }
 
 /// A Warning Event on each newly invalid object, and the Installation's [`CONDITION_VALID`].
-async fn report_invalid(
-    client: &Client,
-    mode: CrdMode,
-    w: &BgpStores,
-    reporter: &Reporter,
-    state: &mut State,
-    invalid: &[Invalid],
-) {
+async fn report_invalid(cx: &Ctx<'_>, state: &mut State, invalid: &[Invalid]) {
+    let client = cx.client;
     let now: BTreeSet<String> = invalid.iter().map(invalid_note).collect();
     for (e, msg) in invalid.iter().map(|e| (e, invalid_note(e))) {
         if !state.invalid.contains(&msg) {
             warn!(object = %e.place(), "{msg}");
             event(
                 client,
-                reporter,
-                &invalid_ref(mode, w, e),
+                cx.reporter,
+                &invalid_ref(cx.mode, cx.w, e),
                 EventType::Warning,
                 REASON_INVALID,
                 &msg,
@@ -620,6 +1046,11 @@ async fn report_invalid(
         }
     }
     state.invalid = now;
+}
+
+/// Applies the Installation's [`CONDITION_VALID`] for the invalid inputs last reported, unless
+/// already applied (every pass: a missing Installation is looked for again).
+async fn sync_condition(client: &Client, state: &mut State) {
     let cond = valid_condition(&state.invalid);
     let message = cond.message.clone();
     if state.condition.as_deref() == Some(message.as_str()) {
@@ -782,6 +1213,131 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn shard(i: u32, hash: &str) -> Want {
+        Want {
+            name: shard_name(i),
+            hash: hash.into(),
+            target: Target::Shard(i),
+        }
+    }
+
+    fn own(node: &str, hash: &str, secret: bool) -> Want {
+        Want {
+            name: object_name(node),
+            hash: hash.into(),
+            target: Target::Own {
+                node: node.into(),
+                secret,
+            },
+        }
+    }
+
+    fn seen(hash: &str, shards: Option<u32>) -> Stored {
+        Stored {
+            hash: Some(hash.into()),
+            shards,
+        }
+    }
+
+    /// One shard, two nodes, everything stored as it should be.
+    fn steady() -> Observed {
+        let mut o = Observed {
+            count: 1,
+            current: Some(1),
+            wants: vec![shard(0, "s0"), own("a", "ha", false), own("b", "hb", true)],
+            ..Default::default()
+        };
+        o.seen.maps.insert(shard_name(0), seen("s0", Some(1)));
+        o.seen.maps.insert(object_name("a"), seen("ha", Some(1)));
+        o.seen.secrets.insert(object_name("b"), seen("hb", Some(1)));
+        o
+    }
+
+    fn names(p: &Plan) -> Vec<Vec<String>> {
+        p.batches
+            .iter()
+            .map(|b| b.iter().map(|w| w.want.name.clone()).collect())
+            .collect()
+    }
+
+    #[test]
+    fn decide_writes_nothing_that_is_stored_or_on_its_way() {
+        let o = steady();
+        assert!(decide(&o, &HashMap::new()).is_empty());
+        // Changed content: written; once written (the watch not caught up yet) not again.
+        let mut o = steady();
+        o.wants[1].hash = "ha2".into();
+        assert_eq!(names(&decide(&o, &HashMap::new())), [[object_name("a")]]);
+        let written = HashMap::from([(object_name("a"), "ha2".to_string())]);
+        assert!(decide(&o, &written).is_empty());
+        // A shard of the right content but another layout's count is rewritten.
+        let mut o = steady();
+        o.seen.maps.insert(shard_name(0), seen("s0", Some(2)));
+        assert_eq!(names(&decide(&o, &HashMap::new())), [[shard_name(0)]]);
+        // Missing objects are written.
+        let mut o = steady();
+        o.seen = StoredAll::default();
+        assert_eq!(
+            names(&decide(&o, &HashMap::new())),
+            [[shard_name(0), object_name("a"), object_name("b")]]
+        );
+    }
+
+    #[test]
+    fn decide_replaces_an_own_object_of_the_other_kind() {
+        // b gained a password: the Secret is written and the ConfigMap goes.
+        let mut o = steady();
+        o.seen.secrets.clear();
+        o.seen.maps.insert(object_name("b"), seen("hb", Some(1)));
+        let p = decide(&o, &HashMap::new());
+        assert_eq!(p.batches.len(), 1);
+        assert_eq!(
+            p.batches[0],
+            [Planned {
+                want: own("b", "hb", true),
+                other_exists: true
+            }]
+        );
+        // Same content, both kinds present: the other still goes.
+        o.seen.secrets.insert(object_name("b"), seen("hb", Some(1)));
+        assert!(decide(&o, &HashMap::new()).batches[0][0].other_exists);
+    }
+
+    #[test]
+    fn decide_writes_a_new_layout_shards_first_and_deletes_the_rest() {
+        let mut o = steady();
+        o.count = 2;
+        o.current = Some(4);
+        o.wants = vec![own("a", "ha2", false), shard(0, "x0"), shard(1, "x1")];
+        for i in 0..4 {
+            o.seen.maps.insert(shard_name(i), seen("old", Some(4)));
+        }
+        let p = decide(&o, &HashMap::new());
+        assert_eq!(
+            names(&p),
+            vec![vec![shard_name(0), shard_name(1)], vec![object_name("a")]]
+        );
+        assert_eq!(p.stale, [shard_name(2), shard_name(3)]);
+        assert_eq!(p.count, 2);
+        // Same layout: one batch.
+        o.current = Some(2);
+        assert_eq!(decide(&o, &HashMap::new()).batches.len(), 1);
+    }
+
+    #[test]
+    fn decide_sets_the_agent_role_only_when_its_names_change() {
+        let mut o = steady();
+        let n: RoleNames = ([shard_name(0)].into(), [object_name("a")].into());
+        o.role = Some(n.clone());
+        assert_eq!(decide(&o, &HashMap::new()).role, Some(n.clone()));
+        o.last_role = Some(n.clone());
+        assert!(decide(&o, &HashMap::new()).is_empty());
+        // Not worked out this pass: left as it is.
+        o.role = None;
+        o.last_role = None;
+        assert!(decide(&o, &HashMap::new()).role.is_none());
+    }
 
     #[test]
     fn agent_role_names_exactly_the_published_objects() {

@@ -159,14 +159,18 @@ where
 
     /// Changed (or deleted) objects from now on.
     pub fn changes(&self) -> impl Stream<Item = Arc<K>> + Send + 'static {
+        self.changes_or_missed().filter_map(futures::future::ready)
+    }
+
+    /// [`Watched::changes`], with a `None` where the subscriber lagged and changes were missed
+    /// (for a subscriber that acts on each change, not on the whole cache).
+    pub fn changes_or_missed(&self) -> impl Stream<Item = Option<Arc<K>>> + Send + 'static {
         let rx = self.changes.subscribe();
         futures::stream::unfold(rx, |mut rx| async move {
-            loop {
-                match rx.recv().await {
-                    Ok(o) => return Some((o, rx)),
-                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
-                    Err(broadcast::error::RecvError::Closed) => return None,
-                }
+            match rx.recv().await {
+                Ok(o) => Some((Some(o), rx)),
+                Err(broadcast::error::RecvError::Lagged(_)) => Some((None, rx)),
+                Err(broadcast::error::RecvError::Closed) => None,
             }
         })
     }

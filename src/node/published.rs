@@ -446,28 +446,31 @@ pub fn shard_bodies<'a>(records: impl IntoIterator<Item = &'a Record>, count: u3
         per[shard_of(&r.key, count) as usize].insert((r.list, &r.key), &r.json);
     }
     per.into_iter()
-        .map(|m| {
-            let mut s = String::from("{");
-            let mut list: Option<&str> = None;
-            for ((l, _), json) in m {
-                if list != Some(l) {
-                    if list.is_some() {
-                        s.push_str("],");
-                    }
-                    write!(s, "\"{l}\":[").expect("writing to a String");
-                    list = Some(l);
-                } else {
-                    s.push(',');
-                }
-                s.push_str(json);
-            }
-            if list.is_some() {
-                s.push(']');
-            }
-            s.push('}');
-            s
-        })
+        .map(|m| body_of(m.into_iter().map(|((l, _), json)| (l, json))))
         .collect()
+}
+
+/// A shard body from its records as (list, JSON), sorted by list then key.
+fn body_of<'a>(records: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    let mut s = String::from("{");
+    let mut list: Option<&str> = None;
+    for (l, json) in records {
+        if list != Some(l) {
+            if list.is_some() {
+                s.push_str("],");
+            }
+            write!(s, "\"{l}\":[").expect("writing to a String");
+            list = Some(l);
+        } else {
+            s.push(',');
+        }
+        s.push_str(json);
+    }
+    if list.is_some() {
+        s.push(']');
+    }
+    s.push('}');
+    s
 }
 
 /// Everything the operator publishes for a snapshot.
@@ -579,6 +582,351 @@ pub fn publish_from(
         })
         .collect();
     Inputs { shards, nodes }
+}
+
+// ---- Incremental publishing (operator) ----
+
+/// One node as published: its facts (its shard record) and its own object's content.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublishedNode {
+    pub facts: NodeFacts,
+    record: Record,
+    pub inputs: NodeInputs,
+    /// [`text_hash`] of the own object's data.
+    pub hash: String,
+}
+
+/// One shard's records ((list, key) -> JSON) and the hash of its body.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct ShardRecords {
+    records: BTreeMap<(&'static str, String), String>,
+    hash: String,
+}
+
+impl ShardRecords {
+    fn body(&self) -> String {
+        body_of(self.records.iter().map(|((l, _), j)| (*l, j.as_str())))
+    }
+
+    /// Recomputes the hash; whether it changed.
+    fn rehash(&mut self) -> bool {
+        let h = text_hash(&self.body());
+        std::mem::replace(&mut self.hash, h) != self.hash
+    }
+}
+
+/// What an update of a [`Publisher`] changed: the objects to check against the stored ones.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Changed {
+    /// Shards whose body changed.
+    pub shards: BTreeSet<u32>,
+    /// Nodes whose own object changed, appeared or went.
+    pub nodes: BTreeSet<String>,
+    /// The shard count changed: every shard and every own object is new.
+    pub relayout: bool,
+    /// A node appeared or went: the set of own objects changed.
+    pub membership: bool,
+}
+
+impl Changed {
+    pub fn merge(&mut self, o: Changed) {
+        self.shards.extend(o.shards);
+        self.nodes.extend(o.nodes);
+        self.relayout |= o.relayout;
+        self.membership |= o.membership;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Changed::default()
+    }
+}
+
+/// The published state kept between passes, so that a Node or BlockAffinity event costs its
+/// own record, its shard and its own object, not N: the same [`Inputs`] as [`publish_from`]
+/// with `current` the count before the event (the property `incremental == full` is tested).
+///
+/// Built from a snapshot ([`Publisher::new`]); [`Publisher::set_node`] and
+/// [`Publisher::set_affinity`] take the same snapshot. Anything else the snapshot holds
+/// (BGPConfigurations, BGPPeers, BGPFilters, IPPools, Secrets, Services) can change every
+/// object: [`Publisher::same_shared`] says whether a new snapshot needs a new `Publisher`.
+#[derive(Clone, Debug)]
+pub struct Publisher {
+    opts: RenderOptions,
+    keys: BTreeSet<String>,
+    routes: ServiceRoutes,
+    shared: Vec<Record>,
+    secrets: BTreeMap<String, BTreeMap<String, String>>,
+    count: u32,
+    /// Bytes of every record (as [`publish_from`] sizes them).
+    total: usize,
+    shards: Vec<ShardRecords>,
+    nodes: BTreeMap<String, PublishedNode>,
+    /// Node -> affinity name -> what its own object holds (host, live, not pending ones).
+    affinities: BTreeMap<String, BTreeMap<String, AffinityFacts>>,
+    /// Affinity name -> its node (every affinity seen, whether it counts or not).
+    affinity_node: BTreeMap<String, String>,
+}
+
+fn counts(a: &Affinity) -> bool {
+    let s = &a.spec;
+    s.affinity_type() == "host" && !s.is_deleted() && s.state != "pending"
+}
+
+impl Publisher {
+    /// Everything published for `snap` with `nodes` and `affinities` (`current`: the shard count
+    /// in use), as [`publish_from`] cuts it.
+    pub fn new(
+        snap: &Snapshot,
+        nodes: &[&Node],
+        affinities: &[&Affinity],
+        opts: &RenderOptions,
+        selectors: &dyn SelectorEngine,
+        current: Option<u32>,
+    ) -> Publisher {
+        let routes = service_routes_of(snap);
+        let shared = shared_records(snap, &routes.everywhere);
+        let mut p = Publisher {
+            opts: opts.clone(),
+            keys: label_keys(&snap.peers),
+            routes,
+            shared,
+            secrets: snap.secrets.clone(),
+            count: 0,
+            total: 0,
+            shards: Vec::new(),
+            nodes: BTreeMap::new(),
+            affinities: BTreeMap::new(),
+            affinity_node: BTreeMap::new(),
+        };
+        for a in affinities {
+            p.index_affinity(a.metadata.name.as_deref().unwrap_or(""), Some(a));
+        }
+        let facts: Vec<NodeFacts> = nodes.iter().map(|n| node_facts(n, &p.keys)).collect();
+        let records: Vec<Record> = facts.iter().map(Record::node).chain(p.shared.clone()).collect();
+        p.total = records.iter().map(|r| r.json.len() + 1).sum();
+        p.count = shard_count(p.total, current);
+        p.shards = vec![ShardRecords::default(); p.count as usize];
+        for r in records {
+            p.shards[shard_of(&r.key, p.count) as usize]
+                .records
+                .insert((r.list, r.key), r.json);
+        }
+        for s in &mut p.shards {
+            s.rehash();
+        }
+        for f in facts {
+            let inputs = p.node_inputs(snap, &f, selectors);
+            let hash = text_hash(&inputs.to_json());
+            let record = Record::node(&f);
+            p.nodes.insert(
+                f.name.clone(),
+                PublishedNode {
+                    facts: f,
+                    record,
+                    inputs,
+                    hash,
+                },
+            );
+        }
+        p
+    }
+
+    /// Whether `snap` publishes the same as the one this was built from, for every node (same
+    /// selected label keys, shared records, service routes and Secrets): if not, build anew.
+    pub fn same_shared(&self, snap: &Snapshot) -> bool {
+        let routes = service_routes_of(snap);
+        label_keys(&snap.peers) == self.keys
+            && snap.secrets == self.secrets
+            && shared_records(snap, &routes.everywhere) == self.shared
+            && routes == self.routes
+    }
+
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// Label keys a selector reads (a Node's other labels are not published).
+    pub fn keys(&self) -> &BTreeSet<String> {
+        &self.keys
+    }
+
+    pub fn node(&self, name: &str) -> Option<&PublishedNode> {
+        self.nodes.get(name)
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = (&String, &PublishedNode)> {
+        self.nodes.iter()
+    }
+
+    /// Body of shard `index` (< [`Publisher::count`]).
+    pub fn shard_body(&self, index: u32) -> String {
+        self.shards[index as usize].body()
+    }
+
+    /// [`text_hash`] of shard `index`'s body.
+    pub fn shard_hash(&self, index: u32) -> &str {
+        &self.shards[index as usize].hash
+    }
+
+    /// Everything published, as [`publish_from`] returns it.
+    pub fn inputs(&self) -> Inputs {
+        Inputs {
+            shards: self.shards.iter().map(ShardRecords::body).collect(),
+            nodes: self
+                .nodes
+                .iter()
+                .map(|(n, p)| (n.clone(), p.inputs.clone()))
+                .collect(),
+        }
+    }
+
+    fn node_inputs(&self, snap: &Snapshot, f: &NodeFacts, selectors: &dyn SelectorEngine) -> NodeInputs {
+        let affs = self
+            .affinities
+            .get(&f.name)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default();
+        node_inputs(snap, f, &self.routes, affs, &self.opts, self.count, selectors)
+    }
+
+    /// Node `name` is now `node` (`None`: gone).
+    pub fn set_node(
+        &mut self,
+        snap: &Snapshot,
+        name: &str,
+        node: Option<&Node>,
+        selectors: &dyn SelectorEngine,
+    ) -> Changed {
+        let facts = node.map(|n| node_facts(n, &self.keys));
+        let mut ch = Changed::default();
+        if self.nodes.get(name).map(|o| &o.facts) == facts.as_ref() {
+            return ch;
+        }
+        let old = self.nodes.remove(name);
+        let mut dirty = BTreeSet::new();
+        if let Some(o) = &old {
+            dirty.insert(self.put_record(&o.record, false));
+        }
+        ch.membership = old.is_some() != facts.is_some();
+        ch.nodes.insert(name.to_string());
+        if let Some(f) = facts {
+            let record = Record::node(&f);
+            dirty.insert(self.put_record(&record, true));
+            let inputs = self.node_inputs(snap, &f, selectors);
+            let hash = text_hash(&inputs.to_json());
+            if old.as_ref().is_some_and(|o| o.hash == hash) {
+                ch.nodes.remove(name);
+            }
+            let p = PublishedNode {
+                facts: f,
+                record,
+                inputs,
+                hash,
+            };
+            self.nodes.insert(name.to_string(), p);
+        }
+        self.settle(dirty, &mut ch);
+        ch
+    }
+
+    /// BlockAffinity `name` is now `affinity` (`None`: gone).
+    pub fn set_affinity(
+        &mut self,
+        snap: &Snapshot,
+        name: &str,
+        affinity: Option<&Affinity>,
+        selectors: &dyn SelectorEngine,
+    ) -> Changed {
+        let mut ch = Changed::default();
+        let before = self.affinity_node.get(name).cloned();
+        self.index_affinity(name, affinity);
+        let after = affinity.map(|a| a.spec.node.clone());
+        for node in before.into_iter().chain(after) {
+            let Some(p) = self.nodes.get(&node) else {
+                continue;
+            };
+            let inputs = self.node_inputs(snap, &p.facts, selectors);
+            if inputs != p.inputs {
+                let hash = text_hash(&inputs.to_json());
+                let p = self.nodes.get_mut(&node).expect("present");
+                (p.inputs, p.hash) = (inputs, hash);
+                ch.nodes.insert(node);
+            }
+        }
+        ch
+    }
+
+    fn index_affinity(&mut self, name: &str, affinity: Option<&Affinity>) {
+        if let Some(node) = self.affinity_node.remove(name)
+            && let Some(m) = self.affinities.get_mut(&node)
+        {
+            m.remove(name);
+            if m.is_empty() {
+                self.affinities.remove(&node);
+            }
+        }
+        let Some(a) = affinity else { return };
+        self.affinity_node.insert(name.to_string(), a.spec.node.clone());
+        if counts(a) {
+            let facts = AffinityFacts {
+                name: name.to_string(),
+                cidr: a.spec.cidr.clone(),
+                state: a.spec.state.clone(),
+            };
+            self.affinities
+                .entry(a.spec.node.clone())
+                .or_default()
+                .insert(name.to_string(), facts);
+        }
+    }
+
+    /// Adds (`add`) or removes a record; the shard it is in.
+    fn put_record(&mut self, r: &Record, add: bool) -> u32 {
+        let i = shard_of(&r.key, self.count);
+        let records = &mut self.shards[i as usize].records;
+        if add {
+            self.total += r.json.len() + 1;
+            records.insert((r.list, r.key.clone()), r.json.clone());
+        } else if records.remove(&(r.list, r.key.clone())).is_some() {
+            self.total -= r.json.len() + 1;
+        }
+        i
+    }
+
+    /// After records changed in `dirty` shards: the new count's layout if the total left the
+    /// band, else the dirty shards' hashes.
+    fn settle(&mut self, dirty: BTreeSet<u32>, ch: &mut Changed) {
+        let count = shard_count(self.total, Some(self.count));
+        if count != self.count {
+            self.relayout(count);
+            ch.relayout = true;
+            ch.shards = (0..count).collect();
+            ch.nodes = self.nodes.keys().cloned().collect();
+            return;
+        }
+        for i in dirty {
+            if self.shards[i as usize].rehash() {
+                ch.shards.insert(i);
+            }
+        }
+    }
+
+    fn relayout(&mut self, count: u32) {
+        let old = std::mem::replace(&mut self.shards, vec![ShardRecords::default(); count as usize]);
+        for ((list, key), json) in old.into_iter().flat_map(|s| s.records) {
+            self.shards[shard_of(&key, count) as usize]
+                .records
+                .insert((list, key), json);
+        }
+        for s in &mut self.shards {
+            s.rehash();
+        }
+        self.count = count;
+        for p in self.nodes.values_mut() {
+            p.inputs.shards = count;
+            p.hash = text_hash(&p.inputs.to_json());
+        }
+    }
 }
 
 /// Why published inputs cannot be assembled.
