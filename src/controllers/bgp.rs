@@ -27,7 +27,7 @@ use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::api::{Affinity, BgpConfig, BgpFilter, BgpPeer, CrdMode, Installation, Pool};
 use crate::bgp::validate::Invalid;
@@ -340,6 +340,8 @@ async fn pass(
     reporter: &Reporter,
     state: &mut State,
 ) {
+    let started = std::time::Instant::now();
+    debug!("BGP pass started");
     let (mut snap, mut invalid) = snapshot(w);
     // Values BIRD would refuse are taken out first, so one bad object costs only itself.
     invalid.extend(bgp::validate::sanitize(&mut snap));
@@ -465,6 +467,12 @@ async fn pass(
     // A new layout: every shard first, then the own objects that point at it, so an agent never
     // waits on a shard that is not there; a shard beyond the count goes last.
     let relayout = current != Some(count);
+    debug!(
+        shards = shard_writes.len(),
+        own = own_writes.len(),
+        compute_ms = %format!("{:.1}", started.elapsed().as_secs_f64() * 1000.0),
+        "BGP pass computed; writing"
+    );
     let batches = if relayout {
         vec![shard_writes, own_writes]
     } else {
