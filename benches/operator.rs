@@ -25,8 +25,9 @@
 //!   5,000 Nodes, 100,000 IPAMHandles and 2,000 IPAMBlocks, all created in the apiserver.
 //! - `node-events`: the operator's CPU per Node event at 5,000 Nodes: Node address and selected
 //!   label changes (each changes a BGP input), and label changes no selector reads.
-//! - `bgp-reload`: a BGPPeer change until every node's BIRD runs it (operator renders, agents install
-//!   and `birdc configure`), and an input change that leaves the output alone causes no reload.
+//! - `bgp-reload`: a BGPPeer change until every node's BIRD runs it (operator publishes, agents
+//!   render, install and send `configure` on BIRD's control socket), with where the time went, and
+//!   an input change that leaves the output alone causes no reload.
 //!
 //! Each section records its inputs so that another implementation can be run on the same.
 
@@ -867,9 +868,10 @@ impl Drop for Agents {
     }
 }
 
-/// Timestamps of the log lines of `log` that contain `needle` (tracing's fmt lines start with
-/// an RFC 3339 time, wrapped in ANSI colour codes when the writer thinks it is a terminal).
-fn log_times(log: &std::path::Path, needle: &str) -> Vec<jiff::Timestamp> {
+/// The log lines of `log` that contain `needle`: their time and their text without colour codes
+/// (tracing's fmt lines start with an RFC 3339 time, wrapped in ANSI colour codes when the writer
+/// thinks it is a terminal).
+fn log_lines(log: &std::path::Path, needle: &str) -> Vec<(jiff::Timestamp, String)> {
     std::fs::read_to_string(log)
         .unwrap_or_default()
         .lines()
@@ -884,9 +886,21 @@ fn log_times(log: &std::path::Path, needle: &str) -> Vec<jiff::Timestamp> {
                     plain.push(c);
                 }
             }
-            plain.split_whitespace().next()?.parse().ok()
+            let t = plain.split_whitespace().next()?.parse().ok()?;
+            Some((t, plain))
         })
         .collect()
+}
+
+/// Timestamps of the log lines of `log` that contain `needle`.
+fn log_times(log: &std::path::Path, needle: &str) -> Vec<jiff::Timestamp> {
+    log_lines(log, needle).into_iter().map(|(t, _)| t).collect()
+}
+
+/// The number logged as `key=<n>` in a log line.
+fn field_ms(line: &str, key: &str) -> Option<f64> {
+    let at = line.find(&format!(" {key}="))? + key.len() + 2;
+    line[at..].split_whitespace().next()?.parse().ok()
 }
 
 const RELOADED: &str = "installed and reloaded BIRD config";
@@ -966,6 +980,9 @@ async fn bgp_reload_bench(quick: bool) -> Value {
     let mut last_node: Vec<f64> = vec![];
     let mut round_max: Vec<f64> = vec![];
     let mut first_publish: Vec<f64> = vec![];
+    // Stage -> ms since the create call (or, "(ms taken)", the step's own duration), per round or
+    // per node and round.
+    let mut stages: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
     for r in 0..rounds {
         let peer_ip = format!("192.0.2.{}", 10 + r);
         let proto = format!("Global_{}", peer_ip.replace('.', "_"));
@@ -984,7 +1001,7 @@ async fn bgp_reload_bench(quick: bool) -> Value {
         let published_before = log_times(&op.log, "published BGP inputs").len();
         let t0 = jiff::Timestamp::now();
         peers_api.create(&PostParams::default(), &peer).await.unwrap();
-        // Each agent logs the moment `birdc configure` answered "Reconfigured" (BIRD runs the
+        // Each agent logs the moment BIRD answered `configure` with "Reconfigured" (BIRD runs the
         // new config from then on). Reading those times, rather than polling birdc, keeps the
         // measurement from taking CPU from the agents and BIRDs it measures (8 nodes share 2 cores).
         let ms_since = |t: jiff::Timestamp| t.duration_since(t0).as_secs_f64() * 1000.0;
@@ -1015,6 +1032,44 @@ async fn bgp_reload_bench(quick: bool) -> Value {
         });
         if let Some(t) = log_times(&op.log, "published BGP inputs").get(published_before) {
             first_publish.push(ms_since(*t));
+            stages
+                .entry("3 operator objects written")
+                .or_default()
+                .push(ms_since(*t));
+        }
+        // Where the time went: the operator's pass (started, computed, written) and each agent's
+        // arrival of the change and its steps (the reload line's fields).
+        let first_after = |needle: &str| {
+            log_times(&op.log, needle)
+                .into_iter()
+                .find(|t| *t >= t0)
+                .map(ms_since)
+        };
+        if let Some(v) = first_after("BGP pass started") {
+            stages.entry("1 operator pass starts").or_default().push(v);
+        }
+        if let Some(v) = first_after("BGP pass computed") {
+            stages.entry("2 operator pass computed").or_default().push(v);
+        }
+        for (n, before) in names.iter().zip(&done_before) {
+            let Some((t, line)) = log_lines(&log_of(n), RELOADED).into_iter().nth(*before) else {
+                continue;
+            };
+            let done = ms_since(t);
+            if let Some(e) = field_ms(&line, "since_event_ms") {
+                stages.entry("4 agent has the change").or_default().push(done - e);
+            }
+            for (k, label) in [
+                ("render_ms", "5 agent assemble + render (ms taken)"),
+                ("write_ms", "6 agent compare + write files (ms taken)"),
+                ("check_ms", "7 bird -p (ms taken)"),
+                ("swap_ms", "8 rename into place (ms taken)"),
+                ("reload_ms", "9 configure on the socket (ms taken)"),
+            ] {
+                if let Some(v) = field_ms(&line, k) {
+                    stages.entry(label).or_default().push(v);
+                }
+            }
         }
         latencies.extend(seen.values());
         last_node.push(seen.values().cloned().fold(0.0, f64::max));
@@ -1049,6 +1104,29 @@ async fn bgp_reload_bench(quick: bool) -> Value {
     latencies.sort_by(f64::total_cmp);
     last_node.sort_by(f64::total_cmp);
     let debounce_ms = tortie::controllers::bgp::Config::default().debounce.as_millis() as f64;
+    let breakdown: serde_json::Map<String, Value> = stages
+        .iter_mut()
+        .map(|(k, v)| {
+            v.sort_by(f64::total_cmp);
+            let label = if k.ends_with("(ms taken)") {
+                k.to_string()
+            } else {
+                format!("{k} (ms after the create call)")
+            };
+            (
+                label,
+                json!({"p50": format!("{:.1}", percentile(v, 0.5)), "p95": format!("{:.1}", percentile(v, 0.95))}),
+            )
+        })
+        .collect();
+    println!("bgp-reload breakdown (p50 / p95 ms):");
+    for (k, v) in &breakdown {
+        println!(
+            "  {k:<60} {:>8} {:>8}",
+            v["p50"].as_str().unwrap(),
+            v["p95"].as_str().unwrap()
+        );
+    }
     let p50 = percentile(&latencies, 0.5);
     let s = json!({
         "id": "bgp-reload", "order": 60, "title": "BGP change → reloaded BIRD (real daemons in network namespaces)",
@@ -1057,7 +1135,7 @@ async fn bgp_reload_bench(quick: bool) -> Value {
              `tortie run --controllers bgp` (at most one publish pass per {debounce_ms} ms; a change after a quiet spell \
              publishes at once: the shard holding the BGPPeer; each agent assembles and renders its own files). {rounds} rounds, 1 s apart: create a global BGPPeer \
              (192.0.2.x, AS 64999), time from the create call until each node's agent has reloaded BIRD onto it (the agent's log time \
-             of `birdc configure` answering; every BIRD is then checked to run the peer), then delete it. All {nodes} \
+             of BIRD answering `configure` on its control socket; every BIRD is then checked to run the peer), then delete it. All {nodes} \
              BIRDs, agents, the operator and the apiserver share this machine's 2 cores. 'objects published': \
              from the create call until the operator logged its pass's objects written. Then label a Node with a label no selector uses and count, 3 s later, \
              the nodes whose agent reloaded BIRD or rewrote a file of its config directory."
@@ -1075,6 +1153,7 @@ async fn bgp_reload_bench(quick: bool) -> Value {
             "min pass interval ms": debounce_ms,
             "reloads on unchanged output": unchanged_reloads,
         }],
+        "breakdown": breakdown,
         "targets": [
             target("reload-p50", "a BGP change reaches a reloaded BIRD in < 50 ms per node (p50 from the API call)", p50 < 50.0,
                    format!("{p50:.0} ms"), "170 ms (operator-rendered files)", "-"),

@@ -23,7 +23,8 @@ use tracing::{info, warn};
 
 use crate::api::CrdMode;
 pub use crate::node::bird::{
-    Applied, BirdError, DIR_MODE, FILE_MODE, Reload, apply, bird_check, birdc_configure, is_bird_file,
+    Applied, BirdError, DIR_MODE, FILE_MODE, Reload, Timings, apply, apply_timed, bird_check, configure,
+    is_bird_file,
 };
 pub use crate::node::published::{ANN_APPLIED_HASH, ANN_STATUS};
 use crate::node::report::{self, Sockets};

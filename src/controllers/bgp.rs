@@ -38,7 +38,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::api::{Affinity, BgpConfig, BgpFilter, BgpPeer, CrdMode, Installation, Pool};
 use crate::bgp::validate::Invalid;
@@ -823,6 +823,9 @@ fn decide(o: &Observed, written: &HashMap<String, String>) -> Plan {
 /// One pass: observe (read the BGP objects again if they changed; apply the Node and
 /// BlockAffinity changes), decide, apply, then tell what needs telling.
 async fn pass(cx: &Ctx<'_>, state: &mut State, mut pending: Pending) {
+    // Both lines are read by the bgp-reload bench's breakdown.
+    let started = std::time::Instant::now();
+    debug!("BGP pass started");
     let mut notes: Vec<Note> = Vec::new();
     let mut rebuilt = false;
     if pending.shared || pending.rebuild || state.publisher.is_none() {
@@ -846,6 +849,10 @@ async fn pass(cx: &Ctx<'_>, state: &mut State, mut pending: Pending) {
     };
     let observed = state.observe(cx, pending.check_all, &changed, &pending.objects);
     let plan = decide(&observed, &state.written);
+    debug!(
+        compute_ms = %format!("{:.1}", started.elapsed().as_secs_f64() * 1000.0),
+        "BGP pass computed; writing"
+    );
     apply(cx, state, plan).await;
     for (reference, type_, reason, note) in notes {
         event(cx.client, cx.reporter, &reference, type_, reason, &note).await;

@@ -18,7 +18,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
 use tracing::{Instrument, info, info_span, warn};
 
-use super::bird::{Applied, Reload, apply};
+use super::bird::{Applied, Reload, apply_timed};
 use super::outcome::{CONDITION, Source, decide};
 use super::published::{
     ANN_APPLIED_HASH, ANN_HASH, ANN_NODE, ANN_STATUS, Contents, Published, ShardSlot, assemble, contents_of,
@@ -113,20 +113,23 @@ pub async fn run(client: Client, args: Settings) -> anyhow::Result<()> {
     info!(node = %args.node, object = %name, namespace = %args.namespace, "agent watching");
     loop {
         let retry = tokio::time::sleep(retry_after);
+        // When the change arrived: the reload's log line says how long it took from here.
+        let got;
         tokio::select! {
             ev = changes.next() => {
                 match ev {
                     None => anyhow::bail!("watch ended"),
                     Some(Err(e)) => { warn!(error = %e, "watch error (retrying)"); continue; }
-                    Some(Ok(c)) => c.apply_to(&mut seen),
+                    Some(Ok(c)) => { got = Instant::now(); c.apply_to(&mut seen) }
                 }
             }
-            Some((i, ev)) = shard_rx.recv() => apply_shard(&mut slots, i, ev),
-            _ = retry, if failed => {}
+            Some((i, ev)) = shard_rx.recv() => { got = Instant::now(); apply_shard(&mut slots, i, ev) }
+            _ = retry, if failed => { got = Instant::now(); }
             _ = template_tick.tick(), if custom.is_some() => {
                 if !custom.as_ref().is_some_and(|c| c.changed()) {
                     continue;
                 }
+                got = Instant::now();
             }
         }
         if let Some(c) = custom.as_mut() {
@@ -158,6 +161,7 @@ pub async fn run(client: Client, args: Settings) -> anyhow::Result<()> {
             warn!(object = %name, "published object is for another node; ignored");
             continue;
         }
+        let mut render_time = Duration::ZERO;
         let rendered = match contents_of(&obj) {
             Err(e) => Err(e.to_string()),
             Ok(Contents::Files(files)) => {
@@ -178,6 +182,7 @@ pub async fn run(client: Client, args: Settings) -> anyhow::Result<()> {
                     None => Ok(None),
                     Some(Err(e)) => Err(e.to_string()),
                     Some(Ok(list)) => {
+                        let rendering = Instant::now();
                         let (snap, opts) = assemble(&ni, list);
                         super::template::render(custom.as_mut(), &snap, &args.node, &opts, &selectors)
                             .map(|r: Rendered| {
@@ -187,6 +192,7 @@ pub async fn run(client: Client, args: Settings) -> anyhow::Result<()> {
                                     }
                                 }
                                 let hash = r.content_hash();
+                                render_time = rendering.elapsed();
                                 Some((r.files, hash))
                             })
                             .map_err(|e| e.to_string())
@@ -231,11 +237,23 @@ pub async fn run(client: Client, args: Settings) -> anyhow::Result<()> {
         let span = info_span!("install", node = %args.node, hash = %hash.get(..12).unwrap_or(""));
         let pending = reload_pending;
         let to_install = files.clone();
-        let result = tokio::task::spawn_blocking(move || apply(&dir, &to_install, &reload, pending))
-            .instrument(span)
-            .await?;
+        let (result, t) =
+            tokio::task::spawn_blocking(move || apply_timed(&dir, &to_install, &reload, pending))
+                .instrument(span)
+                .await?;
+        let ms = |d: Duration| format!("{:.1}", d.as_secs_f64() * 1000.0);
         match &result {
-            Ok(Applied::Reloaded) => info!(hash = %hash, "installed and reloaded BIRD config"),
+            // The times: from the change's arrival (watch event) to BIRD's answer, and its parts.
+            Ok(Applied::Reloaded) => info!(
+                hash = %hash,
+                since_event_ms = %ms(got.elapsed()),
+                render_ms = %ms(render_time),
+                write_ms = %ms(t.write),
+                check_ms = %ms(t.check),
+                swap_ms = %ms(t.swap),
+                reload_ms = %ms(t.reload),
+                "installed and reloaded BIRD config"
+            ),
             Ok(Applied::Unchanged) => {}
             Err(e) => warn!(error = %e, "BIRD config not installed"),
         }

@@ -3,12 +3,14 @@
 //!
 //! One install ([`apply`]): compare with what is installed (nothing to do when equal), stage the
 //! files and have BIRD parse them (`bird -p`), swap each file in with a rename, then ask the running
-//! daemons to re-read them (`birdc configure`). A config BIRD rejects never replaces a good one.
+//! daemons to re-read them (`configure` on the control socket, as `birdc configure` does). A config
+//! BIRD rejects never replaces a good one. Only the daemons whose files changed are checked and
+//! reloaded: an IPv4-only change leaves bird6 alone, and the other way round.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Why BIRD refused a configuration, or could not be asked.
 #[derive(Debug, thiserror::Error)]
@@ -21,7 +23,7 @@ pub enum BirdError {
         file: String,
         message: String,
     },
-    #[error("{program} -s {socket} configure failed: {message}")]
+    #[error("reloading {program} (control socket {socket}): {message}")]
     Reload {
         program: String,
         socket: String,
@@ -41,11 +43,7 @@ impl BirdError {
     /// The new files are in place but a daemon was not reloaded onto them (BIRD not running,
     /// its socket gone): the next attempt must reload even though the files look current.
     pub fn installed_not_reloaded(&self) -> bool {
-        match self {
-            BirdError::Reload { .. } => true,
-            BirdError::Spawn { program, .. } => program.starts_with("birdc"),
-            _ => false,
-        }
+        matches!(self, BirdError::Reload { .. })
     }
 }
 
@@ -135,7 +133,8 @@ fn private_dir(dir: &Path) -> Result<(), BirdError> {
 
 /// Writes a new file that is [`FILE_MODE`] before its first byte, owned by `owner` (uid, gid):
 /// the config directory's owner, so a BIRD running as that user (not root) can still read it.
-fn write_private(path: &Path, body: &[u8], owner: (u32, u32)) -> Result<(), BirdError> {
+/// `durable`: on disk before this returns (fsync).
+fn write_private(path: &Path, body: &[u8], owner: (u32, u32), durable: bool) -> Result<(), BirdError> {
     use std::io::Write;
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
     let mut f = std::fs::OpenOptions::new()
@@ -144,15 +143,20 @@ fn write_private(path: &Path, body: &[u8], owner: (u32, u32)) -> Result<(), Bird
         .mode(FILE_MODE)
         .open(path)
         .map_err(io(path))?;
-    // The umask may have taken bits away from FILE_MODE; never add any to it.
-    f.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))
-        .map_err(io(path))?;
+    // The umask may have taken bits away from FILE_MODE (never added any): put them back.
     let meta = f.metadata().map_err(io(path))?;
+    if meta.permissions().mode() & 0o777 != FILE_MODE {
+        f.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))
+            .map_err(io(path))?;
+    }
     if (meta.uid(), meta.gid()) != owner {
         std::os::unix::fs::fchown(&f, Some(owner.0), Some(owner.1)).map_err(io(path))?;
     }
     f.write_all(body).map_err(io(path))?;
-    f.sync_all().map_err(io(path))
+    if durable {
+        f.sync_all().map_err(io(path))?;
+    }
+    Ok(())
 }
 
 /// The installed file has `body` and is private (a file written by an older agent, 0644, is not).
@@ -160,6 +164,24 @@ fn installed_as(path: &Path, body: &[u8]) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o777 == FILE_MODE)
         && std::fs::read(path).is_ok_and(|cur| cur == body)
+}
+
+/// Where one [`apply`] spent its time, for the agent's log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Timings {
+    /// Comparing with the installed files and writing the staged ones.
+    pub write: Duration,
+    /// `bird -p` (and `bird6 -p`) on the staged files.
+    pub check: Duration,
+    /// Renaming the staged files over the live ones.
+    pub swap: Duration,
+    /// `configure` on the control sockets, until BIRD answered.
+    pub reload: Duration,
+}
+
+/// The files of one daemon: `bird.cfg` and its includes, or `bird6.cfg` and its includes.
+fn is_v6_file(name: &str) -> bool {
+    name.starts_with("bird6")
 }
 
 /// Installs `files` into `dir` (BIRD's config directory) and reloads BIRD, unless unchanged.
@@ -174,24 +196,60 @@ pub fn apply(
     reload: &Reload,
     reload_pending: bool,
 ) -> Result<Applied, BirdError> {
+    apply_timed(dir, files, reload, reload_pending).0
+}
+
+/// [`apply`], and where its time went.
+pub fn apply_timed(
+    dir: &Path,
+    files: &BTreeMap<String, Vec<u8>>,
+    reload: &Reload,
+    reload_pending: bool,
+) -> (Result<Applied, BirdError>, Timings) {
+    let mut t = Timings::default();
+    let r = install(dir, files, reload, reload_pending, &mut t);
+    (r, t)
+}
+
+fn install(
+    dir: &Path,
+    files: &BTreeMap<String, Vec<u8>>,
+    reload: &Reload,
+    reload_pending: bool,
+    t: &mut Timings,
+) -> Result<Applied, BirdError> {
     use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let started = Instant::now();
     for name in files.keys() {
         if !is_bird_file(name) {
             return Err(BirdError::BadName(name.clone()));
         }
     }
     private_dir(dir)?;
-    let unchanged = files.iter().all(|(n, body)| installed_as(&dir.join(n), body));
-    if unchanged {
+    // The files that differ from the installed ones, and so which daemon's set changed. Installed
+    // files were all checked by BIRD before they went in, so an unchanged set needs neither a
+    // check nor a reload, and an unchanged file of a changed set is not replaced.
+    let changed: Vec<&String> = files
+        .iter()
+        .filter(|(n, body)| !installed_as(&dir.join(n), body))
+        .map(|(n, _)| n)
+        .collect();
+    let v6 = changed.iter().any(|n| is_v6_file(n));
+    let v4 = changed.iter().any(|n| !is_v6_file(n));
+    if changed.is_empty() {
+        t.write = started.elapsed();
         if !reload_pending {
             return Ok(Applied::Unchanged);
         }
-        reload_daemons(reload)?;
+        let r = Instant::now();
+        reload_daemons(reload, true, true)?;
+        t.reload = r.elapsed();
         return Ok(Applied::Reloaded);
     }
     let meta = std::fs::metadata(dir).map_err(io(dir))?;
     let owner = (meta.uid(), meta.gid());
-    // Stage next to the live files (same filesystem, so the renames below are atomic).
+    // Stage next to the live files (same filesystem, so the renames below are atomic): the whole
+    // set of each changed daemon, as BIRD resolves includes next to the main file.
     let stage = dir.join(format!(".tortie-stage-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&stage);
     std::fs::DirBuilder::new()
@@ -199,72 +257,114 @@ pub fn apply(
         .create(&stage)
         .map_err(io(&stage))?;
     let staged = (|| {
+        // A daemon's first set is made durable: BIRD's container starts on the main file's
+        // presence, so after a machine crash it must not find a main file whose includes were
+        // lost. Later sets replace files BIRD already runs, and only need to reach it (through
+        // the page cache); a set torn by a crash differs from the published one and the agent
+        // installs it again when it starts. An fsync per file cost tens of milliseconds per
+        // change on a busy disk, most of a reload.
+        let first_v4 = !dir.join("bird.cfg").exists();
+        let first_v6 = !dir.join("bird6.cfg").exists();
         for (n, body) in files {
-            write_private(&stage.join(n), body, owner)?;
-        }
-        for v6 in [false, true] {
-            if files.contains_key(if v6 { "bird6.cfg" } else { "bird.cfg" }) {
-                bird_check(&stage, v6)?;
+            let (changed, first) = if is_v6_file(n) {
+                (v6, first_v6)
+            } else {
+                (v4, first_v4)
+            };
+            if changed {
+                write_private(&stage.join(n), body, owner, first)?;
             }
         }
+        t.write = started.elapsed();
+        let c = Instant::now();
+        for (is_v6, set_changed) in [(false, v4), (true, v6)] {
+            if set_changed && files.contains_key(if is_v6 { "bird6.cfg" } else { "bird.cfg" }) {
+                bird_check(&stage, is_v6)?;
+            }
+        }
+        t.check = c.elapsed();
         Ok(())
     })();
     if let Err(e) = staged {
         let _ = std::fs::remove_dir_all(&stage);
         return Err(e);
     }
+    let s = Instant::now();
     // Included files first, main files last: a daemon reading mid-way sees old mains.
-    let mut order: Vec<&String> = files.keys().collect();
+    let mut order = changed;
     order.sort_by_key(|n| (n.as_str() == "bird.cfg" || n.as_str() == "bird6.cfg", n.as_str()));
     for n in order {
         let from = stage.join(n);
         let to = dir.join(n);
-        std::fs::rename(&from, &to).map_err(io(&to))?;
+        if let Err(e) = replace(&from, &to) {
+            let _ = std::fs::remove_dir_all(&stage);
+            return Err(io(&to)(e));
+        }
     }
+    t.swap = s.elapsed();
+    let r = Instant::now();
+    // A daemon whose reload failed earlier is reloaded whatever changed now.
+    let reloaded = reload_daemons(reload, v4 || reload_pending, v6 || reload_pending);
+    t.reload = r.elapsed();
+    // The staged copies of unchanged files go once BIRD runs the new config.
     let _ = std::fs::remove_dir_all(&stage);
-    reload_daemons(reload)?;
+    reloaded?;
     Ok(Applied::Reloaded)
 }
 
-fn reload_daemons(reload: &Reload) -> Result<(), BirdError> {
-    if let Some(s) = &reload.bird_socket {
-        birdc_configure("birdc", s)?;
+/// Puts `from` in place of `to` atomically. An existing `to` is exchanged with `from`
+/// (`renameat2(RENAME_EXCHANGE)`; the old file is left at `from`): ext4 writes out a file renamed
+/// over another one before the rename returns (`auto_da_alloc`), which on a busy disk was the
+/// slowest step of a reload, and it does not for an exchange. A new `to`, or a filesystem without
+/// exchange, gets a plain rename.
+fn replace(from: &Path, to: &Path) -> std::io::Result<()> {
+    use rustix::fs::{CWD, RenameFlags, renameat_with};
+    match renameat_with(CWD, from, CWD, to, RenameFlags::EXCHANGE) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::NOENT | rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {
+            std::fs::rename(from, to)
+        }
+        Err(e) => Err(e.into()),
     }
-    if let Some(s) = &reload.bird6_socket {
-        birdc_configure("birdc6", s)?;
+}
+
+/// Reloads the daemons asked for (`v4`: bird, `v6`: bird6) that have a control socket.
+fn reload_daemons(reload: &Reload, v4: bool, v6: bool) -> Result<(), BirdError> {
+    if let Some(s) = reload.bird_socket.as_ref().filter(|_| v4) {
+        configure("bird", s)?;
+    }
+    if let Some(s) = reload.bird6_socket.as_ref().filter(|_| v6) {
+        configure("bird6", s)?;
     }
     Ok(())
 }
 
-/// `birdc -s SOCKET configure`; BIRD answers `Reconfigured` (or `Reconfiguration in progress`).
-pub fn birdc_configure(program: &str, socket: &Path) -> Result<(), BirdError> {
-    let out = Command::new(program)
-        .arg("-s")
-        .arg(socket)
-        .arg("configure")
-        .output()
-        .map_err(|source| BirdError::Spawn {
-            program: program.into(),
-            source,
-        })?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let ok = out.status.success()
-        && (text.contains("Reconfigured")
-            || text.contains("Reconfiguration in progress")
-            || text.contains("Reconfiguration already in progress"));
-    if ok {
+/// Asks the daemon on `socket` to re-read its configuration file: `configure` on its control
+/// socket, as `birdc -s SOCKET configure` sends it, without spawning birdc. BIRD answers
+/// `0003 Reconfigured`, `0004 Reconfiguration in progress` or `0005 Reconfiguration already in
+/// progress, queueing new config`; anything else (a `8002` configuration error, a daemon shutting
+/// down, no daemon) is a failed reload naming `program` (`bird`, `bird6`) and the socket.
+pub fn configure(program: &str, socket: &Path) -> Result<(), BirdError> {
+    let failed = |message: String| BirdError::Reload {
+        program: program.into(),
+        socket: socket.display().to_string(),
+        message,
+    };
+    let replies = query(socket, &["configure"]).map_err(|e| failed(e.to_string()))?;
+    let reply = replies.first().map(String::as_str).unwrap_or_default();
+    if reload_accepted(reply) {
         Ok(())
     } else {
-        Err(BirdError::Reload {
-            program: program.into(),
-            socket: socket.display().to_string(),
-            message: text.trim().to_string(),
-        })
+        Err(failed(reply.trim().to_string()))
     }
+}
+
+/// Whether BIRD's answer to `configure` (raw, up to its final line) says it runs the new config.
+pub fn reload_accepted(reply: &str) -> bool {
+    reply
+        .lines()
+        .rfind(|l| crate::node::status::is_final_line(l))
+        .is_some_and(|l| matches!(&l[..4], "0003" | "0004" | "0005"))
 }
 
 /// How long one answer from BIRD may take (calicoctl waits 2 s per line; BIRD 1.6 answers
@@ -346,13 +446,18 @@ mod tests {
 
     /// A fake `bird` on PATH that accepts every config (the modes are what is under test).
     fn with_fake_bird<T>(f: impl FnOnce() -> T) -> T {
+        with_fake_birds("exit 0", "exit 0", f)
+    }
+
+    /// Fake `bird` and `bird6` on PATH running the given shell bodies.
+    fn with_fake_birds<T>(bird: &str, bird6: &str, f: impl FnOnce() -> T) -> T {
         use std::os::unix::fs::PermissionsExt;
         static PATH_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let _g = PATH_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let bin = tempfile::tempdir().unwrap();
-        for b in ["bird", "bird6"] {
+        for (b, body) in [("bird", bird), ("bird6", bird6)] {
             let p = bin.path().join(b);
-            std::fs::write(&p, "#!/bin/sh\nexit 0\n").unwrap();
+            std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
         }
         let old = std::env::var_os("PATH").unwrap_or_default();
@@ -414,5 +519,112 @@ mod tests {
         // And then nothing to do.
         let r = with_fake_bird(|| apply(&dir, &files, &Reload::default(), false));
         assert_eq!(r.unwrap(), Applied::Unchanged);
+    }
+
+    fn set(pairs: &[(&str, &str)]) -> BTreeMap<String, Vec<u8>> {
+        pairs
+            .iter()
+            .map(|(n, b)| (n.to_string(), b.as_bytes().to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn only_the_daemon_whose_files_changed_is_checked() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("bird");
+        let first = set(&[
+            ("bird.cfg", "# v4 1\n"),
+            ("bird_ipam.cfg", "# ipam 1\n"),
+            ("bird6.cfg", "# v6 1\n"),
+            ("bird6_ipam.cfg", "# ipam6 1\n"),
+        ]);
+        let r = with_fake_bird(|| apply(&dir, &first, &Reload::default(), false));
+        assert_eq!(r.unwrap(), Applied::Reloaded);
+        // An IPv4 change with a bird6 that refuses everything: bird6 is not asked.
+        let mut v4 = first.clone();
+        v4.insert("bird_ipam.cfg".into(), b"# ipam 2\n".to_vec());
+        let r = with_fake_birds("exit 0", "echo no >&2; exit 1", || {
+            apply(&dir, &v4, &Reload::default(), false)
+        });
+        assert_eq!(r.unwrap(), Applied::Reloaded);
+        assert_eq!(std::fs::read(dir.join("bird_ipam.cfg")).unwrap(), b"# ipam 2\n");
+        // An IPv6 change is checked by bird6 (and bird, refusing everything now, is not asked);
+        // refused, it leaves the installed files alone.
+        let mut v6 = v4.clone();
+        v6.insert("bird6.cfg".into(), b"# v6 2\n".to_vec());
+        let r = with_fake_birds("exit 1", "echo bad6 >&2; exit 1", || {
+            apply(&dir, &v6, &Reload::default(), false)
+        });
+        match r {
+            Err(BirdError::Rejected { program, message, .. }) => {
+                assert_eq!(program, "bird6");
+                assert_eq!(message, "bad6");
+            }
+            other => panic!("expected bird6's rejection, got {other:?}"),
+        }
+        assert_eq!(std::fs::read(dir.join("bird6.cfg")).unwrap(), b"# v6 1\n");
+        let r = with_fake_birds("exit 1", "exit 0", || apply(&dir, &v6, &Reload::default(), false));
+        assert_eq!(r.unwrap(), Applied::Reloaded);
+        assert_eq!(std::fs::read(dir.join("bird6.cfg")).unwrap(), b"# v6 2\n");
+    }
+
+    #[test]
+    fn a_reload_is_accepted_only_on_birds_success_codes() {
+        assert!(reload_accepted(
+            "0002-Reading configuration from /etc/bird/bird.cfg\n0003 Reconfigured\n"
+        ));
+        assert!(reload_accepted("0004 Reconfiguration in progress\n"));
+        assert!(reload_accepted(
+            "0005 Reconfiguration already in progress, queueing new config\n"
+        ));
+        assert!(!reload_accepted(
+            "0002-Reading configuration from /etc/bird/bird.cfg\n8002 /etc/bird/bird.cfg, line 3: syntax error\n"
+        ));
+        assert!(!reload_accepted("0006 Reconfiguration ignored, shutting down\n"));
+        assert!(!reload_accepted("9001 Parse error\n"));
+        assert!(!reload_accepted(""));
+        // A continuation line is not the answer.
+        assert!(!reload_accepted("0003-Reconfigured\n"));
+    }
+
+    /// A BIRD-speaking peer on a unix socket: greets, answers `configure` with `reply`.
+    fn fake_daemon(reply: &'static str) -> (tempfile::TempDir, PathBuf, std::thread::JoinHandle<String>) {
+        use std::io::{BufRead, BufReader, Write};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bird.ctl");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let h = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            s.write_all(b"0001 BIRD 1.6.8 ready.\n").unwrap();
+            let mut line = String::new();
+            BufReader::new(s.try_clone().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            s.write_all(reply.as_bytes()).unwrap();
+            line
+        });
+        (dir, path, h)
+    }
+
+    #[test]
+    fn configure_speaks_birds_control_protocol() {
+        let (_d, sock, h) = fake_daemon("0002-Reading configuration from /x/bird.cfg\n0003 Reconfigured\n");
+        configure("bird", &sock).unwrap();
+        assert_eq!(h.join().unwrap(), "configure\n");
+        let (_d, sock, h) = fake_daemon("8002 /x/bird.cfg, line 1: syntax error\n");
+        let e = configure("bird6", &sock).unwrap_err();
+        h.join().unwrap();
+        assert!(e.installed_not_reloaded(), "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains("bird6") && text.contains("syntax error") && text.contains("bird.ctl"),
+            "{text}"
+        );
+        // No daemon: a failed reload naming the socket, to be retried.
+        let e = configure("bird", &_d.path().join("none.ctl")).unwrap_err();
+        assert!(
+            e.installed_not_reloaded() && e.to_string().contains("none.ctl"),
+            "{e}"
+        );
     }
 }

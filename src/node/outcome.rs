@@ -274,9 +274,9 @@ mod tests {
     fn bird_not_running_is_not_a_rejection() {
         let now = jiff::Timestamp::from_second(1_800_000_000).unwrap();
         let e = Err(BirdError::Reload {
-            program: "birdc".into(),
+            program: "bird".into(),
             socket: "/run/bird/bird.ctl".into(),
-            message: "Unable to connect".into(),
+            message: "BIRD control socket /run/bird/bird.ctl: No such file or directory".into(),
         });
         let o = decide(&e, &src(), &files(), "h", None, now);
         assert_eq!(o.condition.status, "False");
