@@ -934,12 +934,7 @@ impl Ipam {
             let ours = match store.create_block(spec).await {
                 Ok(b) => {
                     self.remember_block(&b);
-                    // 3. the layout guard's second listing and the confirmation go side by side
-                    // (one round trip less on a node's first ADD): a block given back below is
-                    // released with its affinity in whatever state the confirmation left it.
-                    let (listed, confirmed) =
-                        tokio::join!(self.block_set(), confirm_affinity(store, host, cidr, aff));
-                    let mut now = listed?;
+                    let mut now = self.block_set().await?;
                     now.remove(cidr);
                     if let Some(other) = now.overlapping(cidr) {
                         let o = Overlap { block: *cidr, existing: other };
@@ -947,8 +942,7 @@ impl Ipam {
                         self.release_block_affinity(host, cidr, true).await?;
                         return Ok(Claim::Overlap(o));
                     }
-                    self.remember_affinity(host, *cidr, Some(confirmed?));
-                    return Ok(Claim::Ours);
+                    true
                 }
                 Err(StoreError::AlreadyExists { .. }) => match self.fresh_block(cidr).await? {
                     Some(b) => b.spec.host() == Some(host),
