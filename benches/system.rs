@@ -484,6 +484,7 @@ async fn burst_bench(quick: bool, one_node: bool, agents: bool) -> Value {
 }
 
 /// One round: ADD every pod (the figures), then DEL every pod.
+#[allow(clippy::too_many_arguments)]
 async fn burst_round(
     client: &kube::Client,
     agent_pids: &[u32],
