@@ -278,7 +278,11 @@ fn start_agents(nodes: &[String], dir: &Path, agents: &mut Agents) {
             .arg(dir.join(format!("{n}.sock")))
             .env("NODE_NAME", n)
             .env("KUBECONFIG", kubeconfig())
-            .env("TORTIE_LOG", "warn")
+            // TORTIE_BENCH_AGENT_LOG (e.g. `tortie::ipam=debug`) shows where an agent's time goes.
+            .env(
+                "TORTIE_LOG",
+                std::env::var("TORTIE_BENCH_AGENT_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -395,8 +399,10 @@ async fn burst_bench(quick: bool, one_node: bool, agents: bool) -> Value {
                 ),
             ));
         }
+        let agent_pids: Vec<u32> = running.0.iter().map(std::process::Child::id).collect();
         let r = burst_round(
             &client,
+            &agent_pids,
             &work,
             &node_names,
             per_node_conc,
@@ -537,8 +543,10 @@ async fn burst_bench(quick: bool, one_node: bool, agents: bool) -> Value {
 }
 
 /// One round: ADD every pod (the figures), then DEL every pod.
+#[allow(clippy::too_many_arguments)]
 async fn burst_round(
     client: &kube::Client,
+    agent_pids: &[u32],
     work: &[Vec<(String, String)>],
     node_names: &[String],
     per_node_conc: usize,
@@ -551,9 +559,11 @@ async fn burst_round(
     let nodes = node_names.len();
     let socket_of = move |node: &str| sockets.as_ref().map(|d| d.join(format!("{node}.sock")));
     let before = request_counts(client).await;
+    let cpu0 = Cpu::now(agent_pids);
     let t0 = Instant::now();
     let (latencies, failures) = drive("ADD", work, node_names, per_node_conc, ns, &socket_of).await;
     let elapsed = t0.elapsed();
+    let cpu = Cpu::now(agent_pids).minus(&cpu0);
     let after = request_counts(client).await;
     let calls = diff(&after, &before);
     let mut lat = latencies;
@@ -584,6 +594,7 @@ async fn burst_round(
         per(writes),
         per(reads),
     );
+    eprintln!("ADD CPU: {}", cpu.describe(elapsed.as_secs_f64(), ok));
     let net: ipnet::IpNet = pool_cidr.parse().unwrap();
     let blocks_api: Api<tortie::api::Block> = Api::all_with(
         client.clone(),
@@ -655,6 +666,7 @@ async fn burst_round(
         "watch (re)connects": calls.get("watch").copied().unwrap_or(0.0),
         "409 conflicts (retried)": calls.get(CONFLICTS).copied().unwrap_or(0.0),
         "calls": format!("{calls:?}"),
+        "CPU during the ADDs": cpu.describe(elapsed.as_secs_f64(), ok),
         "DEL/s": format!("{del_rate:.1}"),
         "DEL writes/release": format!("{del_writes:.2}"),
         "DEL reads/release": format!("{del_reads:.2}"),
@@ -694,6 +706,9 @@ async fn drive(
     let kc = kubeconfig();
     let latencies = Arc::new(std::sync::Mutex::new(Vec::<f64>::new()));
     let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    // (start after t0, latency, pod) of every request, for the slowest ones' timeline.
+    let timeline = Arc::new(std::sync::Mutex::new(Vec::<(f64, f64, String)>::new()));
+    let t0 = Instant::now();
     let mut tasks = vec![];
     for (node, items) in nodes.iter().zip(work.iter()) {
         let items = Arc::new(std::sync::Mutex::new(items.clone()));
@@ -707,7 +722,7 @@ async fn drive(
                 ns.to_string(),
                 socket.clone(),
             );
-            let (latencies, failures) = (latencies.clone(), failures.clone());
+            let (latencies, failures, timeline) = (latencies.clone(), failures.clone(), timeline.clone());
             tasks.push(tokio::task::spawn_blocking(move || {
                 loop {
                     let Some((pod, cid)) = items.lock().unwrap().pop() else {
@@ -716,6 +731,8 @@ async fn drive(
                     let t = Instant::now();
                     let out = cni(&plugin, &kc, socket.as_deref(), &node, &ns, &pod, &cid, cmd);
                     let dt = t.elapsed().as_secs_f64();
+                    let start = t.duration_since(t0).as_secs_f64();
+                    timeline.lock().unwrap().push((start, dt, pod.clone()));
                     match out {
                         Ok(_) => latencies.lock().unwrap().push(dt),
                         Err(e) => failures.lock().unwrap().push(format!("{pod}: {e}")),
@@ -729,6 +746,14 @@ async fn drive(
     }
     let l = latencies.lock().unwrap().clone();
     let f = failures.lock().unwrap().clone();
+    let mut tl = timeline.lock().unwrap().clone();
+    tl.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let slowest: Vec<String> = tl
+        .iter()
+        .take(3)
+        .map(|(s, d, p)| format!("{p} started at {:.0} ms took {:.0} ms", s * 1e3, d * 1e3))
+        .collect();
+    eprintln!("{cmd} slowest: {}", slowest.join("; "));
     (l, f)
 }
 
@@ -792,4 +817,106 @@ fn cni(
         return Ok(Value::Null);
     }
     serde_json::from_str(&stdout).map_err(|e| format!("{e}: {stdout}"))
+}
+
+/// CPU seconds (user + system) used so far: the cluster's kube-apiserver and etcd (their pid files
+/// beside the kubeconfig, as e2e/cluster.sh writes them), the agents, the `tortie-ipam` processes
+/// (this process's waited-for children), this process, and the whole machine (all cores).
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    apiserver: f64,
+    etcd: f64,
+    agents: f64,
+    plugins: f64,
+    bench: f64,
+    machine: f64,
+}
+
+impl Cpu {
+    fn now(agent_pids: &[u32]) -> Cpu {
+        let tick = 1.0 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        // (utime + stime, cutime + cstime) of a process, in seconds.
+        let stat = |pid: &str| -> (f64, f64) {
+            let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return (0.0, 0.0);
+            };
+            let f: Vec<f64> = s
+                .rsplit_once(')')
+                .map(|(_, rest)| {
+                    rest.split_whitespace()
+                        .map(|x| x.parse().unwrap_or(0.0))
+                        .collect()
+                })
+                .unwrap_or_default();
+            // Fields 14-17 of proc(5), counted from the state (field 3) here.
+            let at = |i: usize| f.get(i - 3).copied().unwrap_or(0.0);
+            ((at(14) + at(15)) * tick, (at(16) + at(17)) * tick)
+        };
+        let pids = kubeconfig().parent().map(|d| d.join("pids")).unwrap_or_default();
+        let component = |name: &str| {
+            std::fs::read_to_string(pids.join(format!("{name}.pid")))
+                .map(|p| stat(p.trim()).0)
+                .unwrap_or(0.0)
+        };
+        let (bench, plugins) = stat("self");
+        let machine = std::fs::read_to_string("/proc/stat")
+            .ok()
+            .and_then(|s| {
+                let v: Vec<f64> = s
+                    .lines()
+                    .next()?
+                    .split_whitespace()
+                    .skip(1)
+                    .map(|x| x.parse().unwrap_or(0.0))
+                    .collect();
+                // user nice system idle iowait irq softirq steal: busy = all but idle and iowait.
+                Some((v.iter().take(8).sum::<f64>() - v.get(3)? - v.get(4)?) * tick)
+            })
+            .unwrap_or(0.0);
+        Cpu {
+            apiserver: component("kube-apiserver"),
+            etcd: component("etcd"),
+            agents: agent_pids.iter().map(|p| stat(&p.to_string()).0).sum(),
+            plugins,
+            bench,
+            machine,
+        }
+    }
+
+    fn minus(&self, o: &Cpu) -> Cpu {
+        Cpu {
+            apiserver: self.apiserver - o.apiserver,
+            etcd: self.etcd - o.etcd,
+            agents: self.agents - o.agents,
+            plugins: self.plugins - o.plugins,
+            bench: self.bench - o.bench,
+            machine: self.machine - o.machine,
+        }
+    }
+
+    /// Core-seconds per part and per allocation, and what the rest of the machine used meanwhile.
+    fn describe(&self, wall: f64, n: usize) -> String {
+        let ours = self.apiserver + self.etcd + self.agents + self.plugins + self.bench;
+        let per = |x: f64| x * 1e3 / n.max(1) as f64;
+        format!(
+            "{wall:.2} s wall on {cores} cores; core-s (ms per allocation): kube-apiserver {:.2} ({:.1}), etcd {:.2} ({:.1}), agents {:.2} ({:.1}), tortie-ipam processes {:.2} ({:.1}), bench {:.2} ({:.1}); everything else on the machine {:.2} ({:.0}% of its capacity)",
+            self.apiserver,
+            per(self.apiserver),
+            self.etcd,
+            per(self.etcd),
+            self.agents,
+            per(self.agents),
+            self.plugins,
+            per(self.plugins),
+            self.bench,
+            per(self.bench),
+            (self.machine - ours).max(0.0),
+            100.0 * (self.machine - ours).max(0.0) / (wall * cores() as f64),
+            cores = cores(),
+        )
+    }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }

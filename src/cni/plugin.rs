@@ -295,10 +295,12 @@ impl Ctx<'_> {
         let (namespace, pod_name) = env.pod()?;
         let span = info_span!("pod", pod = %format!("{namespace}/{pod_name}"), handle = %self.handle);
         async move {
+            let t = std::time::Instant::now();
             let ipam = self.shared.ipam().await?;
             let mut pools = self.shared.pools(false).await?;
             let pod_ann = self.shared.pod_annotations(env, &self.node).await?;
             let ns = self.shared.namespace_meta(namespace).await?;
+            debug!(inputs = ?t.elapsed(), "request inputs read");
             let ns_ann = ns.as_ref().and_then(|n| n.annotations.as_ref());
             let ns_labels = ns.as_ref().and_then(|n| n.labels.clone());
             let plan = |pools: &[PoolInfo]| {

@@ -42,6 +42,8 @@ const HANDLE_CONCURRENCY: usize = 16;
 const MAX_PROBE: usize = 1 << 20;
 /// How long node labels are trusted (only read when a pool selector references labels).
 const NODE_LABEL_TTL: Duration = Duration::from_secs(30);
+/// How long the block listing of [`Ipam::warm_host`] may stand in for a first claim's own.
+const WARM_BLOCKS_TTL: Duration = Duration::from_secs(30);
 
 /// Handle to the IPAM engine; cheap to clone (clones share caches, watches and per-node locks).
 #[derive(Clone)]
@@ -169,6 +171,8 @@ struct Cache {
     listed_pools: Option<(Instant, Vec<Pool>)>,
     /// IPReservation entries already reported as unreadable (reported once per process).
     bad_reservations: HashSet<(String, String)>,
+    /// The block listing [`Ipam::warm_host`] made for a host without blocks, for its first claim.
+    warm_blocks: Option<(String, Instant, BlockSet)>,
 }
 
 fn spawn_reflector<K>(
@@ -309,6 +313,31 @@ impl GcReleased {
             .as_ref()
             .map_or(0, |s| blk::ordinals_of_handle(s, handle).len() as u64)
     }
+}
+
+/// Step 3 of a claim: the pending affinity confirmed (re-read on a conflict, re-created when it
+/// vanished meanwhile).
+async fn confirm_affinity(
+    store: &Store,
+    host: &str,
+    cidr: &IpNet,
+    mut aff: Affinity,
+) -> Result<Affinity, IpamError> {
+    for _ in 0..RETRIES {
+        if aff.spec.is_confirmed() && aff.spec.state == "confirmed" {
+            return Ok(aff);
+        }
+        aff.spec.state = "confirmed".into();
+        match store.update_affinity(&aff).await {
+            Ok(a) => return Ok(a),
+            Err(StoreError::Conflict { .. }) => match store.get_affinity(host, cidr).await? {
+                Some(a) => aff = a,
+                None => return Ok(store.create_affinity(host, cidr, "confirmed").await?),
+            },
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(aff)
 }
 
 enum BlockOutcome {
@@ -982,7 +1011,7 @@ impl Ipam {
                     Err(e) => return Err(e.into()),
                 }
             }
-            let Some(mut aff) = aff else {
+            let Some(aff) = aff else {
                 return Err(IpamError::Contention {
                     what: format!("BlockAffinity {}", names::affinity_name(host, cidr)),
                 });
@@ -1020,26 +1049,7 @@ impl Ipam {
                 return Ok(Claim::Lost);
             }
             // 3. confirm
-            for _ in 0..RETRIES {
-                if aff.spec.is_confirmed() && aff.spec.state == "confirmed" {
-                    break;
-                }
-                aff.spec.state = "confirmed".into();
-                match store.update_affinity(&aff).await {
-                    Ok(a) => {
-                        aff = a;
-                        break;
-                    }
-                    Err(StoreError::Conflict { .. }) => match store.get_affinity(host, cidr).await? {
-                        Some(a) => aff = a,
-                        None => {
-                            aff = store.create_affinity(host, cidr, "confirmed").await?;
-                            break;
-                        }
-                    },
-                    Err(e) => return Err(e.into()),
-                }
-            }
+            let aff = confirm_affinity(store, host, cidr, aff).await?;
             self.remember_affinity(host, *cidr, Some(aff));
             Ok(Claim::Ours)
         }
@@ -1260,8 +1270,14 @@ impl Ipam {
                     // block, so a block in the listing claimed for this host shows up among the
                     // affinities, and one created after the listing is where this claim goes too
                     // (the pick is deterministic), so both processes share one block.
-                    let existing = self.block_set().await?;
+                    let t = Instant::now();
+                    let existing = match self.take_warm_blocks(host) {
+                        Some(b) => b,
+                        None => self.block_set().await?,
+                    };
+                    let t_list = t.elapsed();
                     let fresh = self.host_affinities(host, true).await?;
+                    debug!(blocks_list = ?t_list, affinities_list = ?(t.elapsed() - t_list), "listed before claiming");
                     let found = allocator::owned_blocks(
                         &pools,
                         fresh.iter().map(|(c, a)| (c, a.spec.state.as_str())),
@@ -1886,12 +1902,30 @@ impl Ipam {
     /// Addresses held by a handle (empty when it does not exist).
     /// Loads a host's affinities and their blocks into the cache, so that a node-local server
     /// pays these reads once at start instead of on its first requests.
+    ///
+    /// A host without blocks will claim one on its first ADD: the blocks are listed here for that
+    /// claim (before the affinities, the order a claim lists them in), which also makes the
+    /// apiserver set up its IPAMBlock storage now, not on that ADD (a first LIST there took 1 s).
     pub async fn warm_host(&self, host: &str) -> Result<usize, IpamError> {
+        let listed = Instant::now();
+        let blocks = self.block_set().await?;
         let affs = self.host_affinities(host, false).await?;
+        if affs.is_empty() {
+            self.inner.cache.lock().unwrap().warm_blocks = Some((host.to_string(), listed, blocks));
+        }
         for cidr in affs.keys() {
             self.block(cidr).await?;
         }
         Ok(affs.len())
+    }
+
+    /// The blocks as [`Ipam::warm_host`] listed them for `host`, once and while recent; a stale
+    /// listing is safe (a block created since fails to be created again and the claim picks
+    /// anew, an overlap is caught by the listing after the creation) but costs a retry.
+    fn take_warm_blocks(&self, host: &str) -> Option<BlockSet> {
+        let mut c = self.inner.cache.lock().unwrap();
+        let (h, t, set) = c.warm_blocks.take()?;
+        (h == host && t.elapsed() < WARM_BLOCKS_TTL).then_some(set)
     }
 
     /// Whether any of the host's blocks holds an address of the handle, from the cache alone:
