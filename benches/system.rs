@@ -23,6 +23,9 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::{Value, json};
 use tortie::bgp::{self, CalicoSelectors, RenderOptions, Snapshot};
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 mod common;
 use common::*;
 
@@ -279,7 +282,7 @@ fn start_agents(nodes: &[String], dir: &Path, agents: &mut Agents) {
             .args(["agent", "--no-bgp", "--ipam-socket"])
             .arg(dir.join(format!("{n}.sock")))
             .env("NODE_NAME", n)
-            .env("KUBECONFIG", kubeconfig())
+            .env("KUBECONFIG", &support::cluster().kubeconfig)
             .env("TORTIE_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -322,8 +325,8 @@ async fn burst_bench(quick: bool, one_node: bool, agents: bool) -> Value {
     };
     // One node: consecutive rounds on one cluster, each on a fresh node with fresh pods.
     let rounds = if one_node && agents { 5 } else { 1 };
-    install_crds();
-    let client = client().await;
+    // The harness installs the CRDs with the cluster.
+    let client = support::client().await;
     let run = format!(
         "b{}{}{}",
         std::process::id(),
@@ -632,7 +635,7 @@ async fn drive(
     socket_of: &(impl Fn(&str) -> Option<PathBuf> + Sync),
 ) -> (Vec<f64>, Vec<String>) {
     let plugin = PathBuf::from(env!("CARGO_BIN_EXE_tortie-ipam"));
-    let kc = kubeconfig();
+    let kc = support::cluster().kubeconfig.clone();
     let latencies = Arc::new(std::sync::Mutex::new(Vec::<f64>::new()));
     let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let mut tasks = vec![];

@@ -1,35 +1,13 @@
-//! Shared harness for tortie's end-to-end tests against a real control plane
-//! (etcd + kube-apiserver + kube-controller-manager, see `e2e/README.md`).
-//!
-//! Use it from an integration test with `mod support;`. The first call to [`cluster`] (every
-//! helper calls it) does one of two things, once per test binary:
-//!
-//! * **attach** to a running cluster: the kubeconfig named by `TORTIE_E2E_KUBECONFIG`, or by
-//!   `KUBECONFIG` when that is a cluster made by `e2e/cluster.sh` (current context `tortie-e2e`) or
-//!   `TORTIE_E2E_ATTACH=1` is set. Any other `KUBECONFIG` is ignored, so tests never create Nodes in a
-//!   cluster you did not make for them.
-//! * otherwise **start** one with `e2e/cluster.sh up -d e2e/.run/test-<pid> --watch-pid <pid>`: a
-//!   detached watchdog takes it down when this test process exits, however it exits.
-//!
-//! It then installs the CRDs (`crds/v1/*.yaml` when present; `TORTIE_E2E_CRDS` names other
-//! directories, `:`-separated, or `none`). Objects made with the helpers get unique names
-//! ([`unique_name`]) so that tests can run in parallel in one cluster.
-#![allow(dead_code)]
-
-pub mod cni;
+//! The control plane of a test binary: attached or started once ([`cluster`]), CRDs installed,
+//! and the ways to talk to it (kubectl, a kube client).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{
-    Container, Namespace, Node, NodeAddress, NodeSpec, NodeStatus, Pod, PodSpec, ServiceAccount,
-};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
@@ -50,11 +28,23 @@ pub struct Cluster {
     /// Real nodes (`node-1`..`node-N`: kubelet, containerd, tortie agent, BIRD) this process
     /// started with the cluster ([`cluster_with_nodes`]); 0 otherwise.
     pub nodes: usize,
+    /// Started for this binary alone and without CRDs ([`cluster_of_its_own`]).
+    pub of_its_own: bool,
+}
+
+impl Cluster {
+    /// The state directory of a cluster this process started (logs in `logs/`): a place for the
+    /// files a test makes beside it. Panics for an attached cluster.
+    pub fn state_dir(&self) -> &Path {
+        self.dir
+            .as_deref()
+            .expect("the cluster was not started by this test process: it has no state directory")
+    }
 }
 
 static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
-static COUNTER: AtomicU64 = AtomicU64::new(0);
 static WANT_NODES: AtomicUsize = AtomicUsize::new(0);
+static OWN: AtomicBool = AtomicBool::new(false);
 
 /// The repository root (where `Cargo.toml` is).
 pub fn repo_dir() -> PathBuf {
@@ -68,6 +58,20 @@ pub fn cluster() -> &'static Cluster {
         Ok(c) => c,
         Err(e) => panic!("e2e cluster unavailable: {e}"),
     }
+}
+
+/// A cluster of this test binary's own, started without CRDs: never an attached one, for tests
+/// of what owns cluster-scoped singletons (the Helm chart owns the CRDs, the Installation
+/// `default` and kube-system/kubeadm-config, and refuses to adopt the harness's CRDs). Every test
+/// of the binary must ask for it this way (the first call starts it).
+pub fn cluster_of_its_own() -> &'static Cluster {
+    OWN.store(true, Ordering::SeqCst);
+    let c = cluster();
+    assert!(
+        c.of_its_own,
+        "this test binary's cluster was had another way: every test must ask for cluster_of_its_own()"
+    );
+    c
 }
 
 /// The cluster for this test binary, started with `n` real nodes (`e2e/cluster.sh up --nodes n`,
@@ -126,11 +130,16 @@ pub fn host_runs_containers() -> Result<(), String> {
 fn init_cluster() -> Result<Cluster, String> {
     let started = Instant::now();
     let nodes = WANT_NODES.load(Ordering::SeqCst);
-    let mut cluster = match attach_target().filter(|_| nodes == 0) {
+    let own = OWN.load(Ordering::SeqCst);
+    let mut cluster = match attach_target().filter(|_| nodes == 0 && !own) {
         Some(kubeconfig) => attach(kubeconfig)?,
         None => start(nodes)?,
     };
-    install_default_crds(&mut cluster);
+    if own {
+        cluster.of_its_own = true;
+    } else {
+        install_default_crds(&mut cluster);
+    }
     eprintln!(
         "e2e: cluster ready for tests in {:.1} s (kubeconfig {})",
         started.elapsed().as_secs_f64(),
@@ -167,20 +176,26 @@ fn attach_target() -> Option<PathBuf> {
     Some(p)
 }
 
-fn default_kubectl() -> PathBuf {
-    if let Some(k) = std::env::var_os("KUBECTL").filter(|k| !k.is_empty()) {
-        return PathBuf::from(k);
-    }
-    // What e2e/build.sh links (a kubectl within the skew of the pinned apiserver).
-    let cache = std::env::var_os("TORTIE_CACHE")
+/// Where `make deps` (e2e/build.sh) links the tools it builds: kubectl, helm, kube-apiserver...
+/// (`$TORTIE_CACHE/bin`, default `$XDG_CACHE_HOME/tortie/bin` or `~/.cache/tortie/bin`).
+pub fn tools_bin() -> PathBuf {
+    std::env::var_os("TORTIE_CACHE")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             std::env::var_os("XDG_CACHE_HOME")
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache"))
                 .join("tortie")
-        });
-    let linked = cache.join("bin/kubectl");
+        })
+        .join("bin")
+}
+
+fn default_kubectl() -> PathBuf {
+    if let Some(k) = std::env::var_os("KUBECTL").filter(|k| !k.is_empty()) {
+        return PathBuf::from(k);
+    }
+    // What e2e/build.sh links (a kubectl within the skew of the pinned apiserver).
+    let linked = tools_bin().join("kubectl");
     if linked.exists() {
         linked
     } else {
@@ -218,6 +233,7 @@ fn attach(kubeconfig: PathBuf) -> Result<Cluster, String> {
         dir: None,
         crd_errors: vec![],
         nodes: 0,
+        of_its_own: false,
     })
 }
 
@@ -288,6 +304,7 @@ fn start_in(dir: &Path, nodes: usize) -> Result<Cluster, String> {
         dir: Some(dir),
         crd_errors: vec![],
         nodes,
+        of_its_own: false,
     })
 }
 
@@ -447,56 +464,6 @@ pub async fn client() -> Client {
     Client::try_from(config).unwrap_or_else(|e| panic!("kube client: {e}"))
 }
 
-/// A DNS-1123 label `<prefix>-<unique>` that no other test (in this or another process) uses.
-pub fn unique_name(prefix: &str) -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u32(std::process::id());
-    h.write_u64(n);
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos(),
-    );
-    let suffix = format!("{:06x}{n}", h.finish() & 0xff_ffff);
-    let mut p: String = prefix
-        .to_ascii_lowercase()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    p.truncate(62 - suffix.len());
-    let p = p.trim_matches('-');
-    if p.is_empty() {
-        format!("t-{suffix}")
-    } else {
-        format!("{p}-{suffix}")
-    }
-}
-
-fn meta(name: &str, labels: &[(&str, &str)], annotations: &[(&str, &str)]) -> ObjectMeta {
-    let map = |kv: &[(&str, &str)]| {
-        (!kv.is_empty()).then(|| {
-            kv.iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect::<BTreeMap<_, _>>()
-        })
-    };
-    ObjectMeta {
-        name: Some(name.to_string()),
-        labels: map(labels),
-        annotations: map(annotations),
-        ..Default::default()
-    }
-}
-
 /// Polls `f` every 100 ms until it returns `Some`, or panics after `timeout` naming `what`.
 pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
 where
@@ -513,171 +480,6 @@ where
             "timed out after {timeout:?} waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Calico's per-node BGP annotations: `projectcalico.org/IPv4Address` (address with prefix
-/// length, e.g. `10.0.0.1/24`) and, if given, `projectcalico.org/ASNumber`.
-pub fn calico_bgp_annotations(ipv4_cidr: &str, asn: Option<u32>) -> Vec<(String, String)> {
-    let mut v = vec![("projectcalico.org/IPv4Address".to_string(), ipv4_cidr.to_string())];
-    if let Some(asn) = asn {
-        v.push(("projectcalico.org/ASNumber".to_string(), asn.to_string()));
-    }
-    v
-}
-
-/// Creates a Node object (there is no kubelet: nothing else touches it; the controllers that would
-/// mark it NotReady or taint it are off). `internal_ip` becomes a `status.addresses` InternalIP,
-/// `pod_cidrs` `spec.podCIDRs` (and `spec.podCIDR`). Use [`unique_name`] for `name`.
-pub async fn create_node(
-    client: &Client,
-    name: &str,
-    labels: &[(&str, &str)],
-    internal_ip: Option<&str>,
-    pod_cidrs: &[&str],
-    annotations: &[(&str, &str)],
-) -> Node {
-    let mut labels: Vec<(&str, &str)> = labels.to_vec();
-    if !labels.iter().any(|(k, _)| *k == "kubernetes.io/hostname") {
-        labels.push(("kubernetes.io/hostname", name));
-    }
-    let mut addresses = vec![NodeAddress {
-        type_: "Hostname".into(),
-        address: name.into(),
-    }];
-    if let Some(ip) = internal_ip {
-        addresses.push(NodeAddress {
-            type_: "InternalIP".into(),
-            address: ip.into(),
-        });
-    }
-    let node = Node {
-        metadata: meta(name, &labels, annotations),
-        spec: Some(NodeSpec {
-            pod_cidr: pod_cidrs.first().map(|c| c.to_string()),
-            pod_cidrs: (!pod_cidrs.is_empty()).then(|| pod_cidrs.iter().map(|c| c.to_string()).collect()),
-            ..Default::default()
-        }),
-        status: Some(NodeStatus {
-            addresses: Some(addresses.clone()),
-            ..Default::default()
-        }),
-    };
-    let api: Api<Node> = Api::all(client.clone());
-    let mut created = api
-        .create(&PostParams::default(), &node)
-        .await
-        .unwrap_or_else(|e| panic!("create Node {name}: {e}"));
-    // Status is kept on create today; make sure of it through the status subresource anyway.
-    let has_addrs = created
-        .status
-        .as_ref()
-        .and_then(|s| s.addresses.as_ref())
-        .is_some_and(|a| a.len() == addresses.len());
-    if !has_addrs {
-        let patch = serde_json::json!({ "status": { "addresses": addresses } });
-        created = api
-            .patch_status(
-                name,
-                &kube::api::PatchParams::default(),
-                &kube::api::Patch::Merge(&patch),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("set status of Node {name}: {e}"));
-    }
-    created
-}
-
-/// Deletes a Node (no error if it is gone).
-pub async fn delete_node(client: &Client, name: &str) {
-    let api: Api<Node> = Api::all(client.clone());
-    match api.delete(name, &DeleteParams::default()).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 404 => {}
-        Err(e) => panic!("delete Node {name}: {e}"),
-    }
-}
-
-/// Creates a namespace and waits until kube-controller-manager has made its `default`
-/// ServiceAccount (Pods cannot be created in it before that).
-pub async fn create_namespace(client: &Client, name: &str, annotations: &[(&str, &str)]) -> Namespace {
-    let api: Api<Namespace> = Api::all(client.clone());
-    let ns = Namespace {
-        metadata: meta(name, &[], annotations),
-        ..Default::default()
-    };
-    let created = api
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap_or_else(|e| panic!("create Namespace {name}: {e}"));
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), name);
-    wait_until(
-        &format!("ServiceAccount {name}/default"),
-        Duration::from_secs(60),
-        || async { sas.get_opt("default").await.ok().flatten() },
-    )
-    .await;
-    created
-}
-
-/// Deletes a namespace and waits (up to `timeout`) until it is gone, i.e. until
-/// kube-controller-manager's namespace controller has emptied and finalized it.
-pub async fn delete_namespace(client: &Client, name: &str, timeout: Duration) {
-    let api: Api<Namespace> = Api::all(client.clone());
-    match api.delete(name, &DeleteParams::default()).await {
-        Ok(_) => {}
-        Err(kube::Error::Api(s)) if s.code == 404 => {}
-        Err(e) => panic!("delete Namespace {name}: {e}"),
-    }
-    wait_until(&format!("Namespace {name} to be gone"), timeout, || async {
-        match api.get_opt(name).await {
-            Ok(None) => Some(()),
-            _ => None,
-        }
-    })
-    .await;
-}
-
-/// Creates a Pod bound to `node` (`spec.nodeName`; `None` leaves it unscheduled). No kubelet runs
-/// it: it stays Pending. Its `terminationGracePeriodSeconds` is 0, so deleting it (or its
-/// namespace) removes it at once instead of waiting for a kubelet.
-pub async fn create_pod(
-    client: &Client,
-    namespace: &str,
-    name: &str,
-    node: Option<&str>,
-    annotations: &[(&str, &str)],
-) -> Pod {
-    let pod = Pod {
-        metadata: meta(
-            name,
-            &[("app.kubernetes.io/created-by", "tortie-e2e")],
-            annotations,
-        ),
-        spec: Some(PodSpec {
-            node_name: node.map(str::to_string),
-            termination_grace_period_seconds: Some(0),
-            automount_service_account_token: Some(false),
-            containers: vec![Container {
-                name: "main".into(),
-                image: Some("tortie.invalid/never-pulled:e2e".into()),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        match api.create(&PostParams::default(), &pod).await {
-            Ok(p) => return p,
-            // A namespace made without create_namespace may not have its ServiceAccount yet.
-            Err(kube::Error::Api(s)) if s.message.contains("serviceaccount") && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => panic!("create Pod {namespace}/{name}: {e}"),
-        }
     }
 }
 
@@ -715,36 +517,88 @@ pub fn restart_apiserver(kill: bool) -> Duration {
     t.elapsed()
 }
 
-/// The BIRD files `node`'s agent would install from what the BGP controller published in `ns`
-/// (its own ConfigMap or Secret plus the shards, assembled and rendered as the agent does), with
-/// their content hash; `None` while something is missing.
-#[allow(dead_code)]
-pub async fn published_files(
-    client: &Client,
-    ns: &str,
-    node: &str,
-) -> Option<(std::collections::BTreeMap<String, String>, String)> {
-    use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-    use kube::api::{Api, ListParams};
-    use tortie::node::published::{self, Published};
-    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let name = published::object_name(node);
-    let own = match secrets.get_opt(&name).await.ok()? {
-        Some(s) => Published::Secret(s),
-        None => Published::ConfigMap(cms.get_opt(&name).await.ok()??),
-    };
-    let shards = cms
-        .list(&ListParams::default().labels(&format!("{}=true", published::LABEL_SHARD)))
+/// Runs the `tortie` this test binary was built with (`KUBECONFIG` set to the test cluster's,
+/// `TORTIE_CRD_MODE` removed so the CLI detects the mode) and returns its output, whatever its
+/// exit status.
+pub fn tortie(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tortie"))
+        .args(args)
+        .env("KUBECONFIG", &cluster().kubeconfig)
+        .env_remove("TORTIE_CRD_MODE")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run tortie")
+}
+
+/// A command's stdout followed by its stderr, as text.
+pub fn output_text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The requests a [`counting_client`] sent, as `METHOD path?query`.
+#[derive(Clone, Default)]
+pub struct RequestLog(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl RequestLog {
+    /// Every request since the last take, watches included.
+    pub fn take_all(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+
+    /// The requests since the last take, less the watch caches' upkeep: watches, and the paged
+    /// LIST (`limit=`) a watch makes when it reconnects (on a loaded machine one can land inside
+    /// a burst). Reads by name and unpaged LISTs stay counted.
+    pub fn take(&self) -> Vec<String> {
+        self.take_all()
+            .into_iter()
+            .filter(|r| {
+                let watch = r.contains("watch=");
+                let relist = r.starts_with("GET") && r.contains("limit=");
+                !watch && !relist
+            })
+            .collect()
+    }
+}
+
+/// A kube client for the test cluster that records every request it sends in `log`.
+pub async fn counting_client(log: RequestLog) -> Client {
+    let c = cluster();
+    let kubeconfig = Kubeconfig::read_from(&c.kubeconfig)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", c.kubeconfig.display()));
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
-        .ok()?
-        .items;
-    let r = published::render_published(&own, &shards, &tortie::bgp::CalicoSelectors::default()).ok()??;
-    let hash = r.content_hash();
-    let files = r
-        .files
-        .into_iter()
-        .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
-        .collect();
-    Some((files, hash))
+        .unwrap_or_else(|e| panic!("kube config from {}: {e}", c.kubeconfig.display()));
+    let layer = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
+        let q = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+        log.0
+            .lock()
+            .unwrap()
+            .push(format!("{} {}{q}", req.method(), req.uri().path()));
+        req
+    });
+    kube::client::ClientBuilder::try_from(config)
+        .unwrap_or_else(|e| panic!("kube client: {e}"))
+        .with_layer(&layer)
+        .build()
+}
+
+/// Writes (POST, PUT, PATCH, server-side APPLY, DELETE) the apiserver has served on any of
+/// `resources` (plural names: `ipamblocks`, `configmaps`, ...) so far, from its own
+/// `apiserver_request_total` in `metrics` (the text of its /metrics).
+pub fn apiserver_writes(metrics: &str, resources: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("apiserver_request_total{"))
+        .filter(|l| resources.iter().any(|r| l.contains(&format!("resource=\"{r}\""))))
+        .filter(|l| {
+            ["POST", "PUT", "PATCH", "APPLY", "DELETE"]
+                .iter()
+                .any(|v| l.contains(&format!("verb=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }

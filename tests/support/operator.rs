@@ -1,20 +1,9 @@
-//! Helpers for tests that run `tortie run` as a real process against the e2e control plane,
-//! and that write Calico IPAM objects the way Calico's CNI plugin leaves them.
-#![allow(dead_code)]
+//! `tortie run` as a real process against the test cluster, and its HTTP server (/metrics,
+//! /readyz).
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-
-use kube::Client;
-use kube::api::{Api, PostParams};
-use tortie::api::{
-    Affinity, AllocationAttribute, Block, BlockAffinitySpec, CalicoKind, CrdMode, Handle, IPAMBlockSpec,
-    IPAMHandleSpec,
-};
-
-use crate::support;
 
 /// A `tortie run` process; killed when dropped.
 pub struct Operator {
@@ -24,7 +13,8 @@ pub struct Operator {
     pub log: PathBuf,
 }
 
-fn free_port() -> u16 {
+/// A TCP port on 127.0.0.1 that nothing listened on a moment ago.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -35,7 +25,7 @@ fn free_port() -> u16 {
 impl Operator {
     /// Starts `tortie run --identity <identity> <args>` on a free metrics port, leases in `default`.
     pub fn start(identity: &str, args: &[&str]) -> Operator {
-        let c = support::cluster();
+        let c = super::cluster();
         let port = free_port();
         let log = std::env::temp_dir().join(format!("tortie-op-{identity}.log"));
         let out = std::fs::File::create(&log).unwrap();
@@ -105,7 +95,7 @@ impl Operator {
     }
 
     pub async fn wait_ready(&self) {
-        support::wait_until(
+        super::wait_until(
             &format!("operator {} ready", self.identity),
             Duration::from_secs(60),
             || async { matches!(self.get("/readyz").await, Some((200, _))).then_some(()) },
@@ -155,139 +145,4 @@ impl Drop for Operator {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-pub async fn mode(client: &Client) -> CrdMode {
-    CrdMode::detect(client).await.expect("detect CRD mode")
-}
-
-/// One pod allocation: (ordinal, pod name, node) in namespace `ns`.
-pub struct Alloc<'a> {
-    pub ordinal: usize,
-    pub handle: String,
-    pub secondary: Vec<(&'a str, String)>,
-}
-
-impl<'a> Alloc<'a> {
-    /// A pod's address, as Calico's CNI plugin records it.
-    pub fn pod(ordinal: usize, ns: &str, pod: &str, node: &str) -> Alloc<'a> {
-        Alloc {
-            ordinal,
-            handle: format!("k8s-pod-network.{ns}.{pod}-{ordinal}"),
-            secondary: vec![
-                ("namespace", ns.to_string()),
-                ("pod", pod.to_string()),
-                ("node", node.to_string()),
-                ("timestamp", tortie::ipam::go_timestamp_now()),
-            ],
-        }
-    }
-
-    /// A node's IPIP tunnel address.
-    pub fn tunnel(ordinal: usize, node: &str) -> Alloc<'a> {
-        Alloc {
-            ordinal,
-            handle: format!("ipip-tunnel-addr-{node}"),
-            secondary: vec![
-                ("node", node.to_string()),
-                ("type", "ipipTunnelAddress".to_string()),
-            ],
-        }
-    }
-}
-
-/// Writes an IPAMBlock (and the handles and the affinity) as Calico would have left them.
-pub async fn write_block(client: &Client, cidr: &str, host: Option<&str>, allocs: &[Alloc<'_>]) -> Block {
-    let mode = mode(client).await;
-    let net: ipnet::IpNet = cidr.parse().unwrap();
-    let size = 1usize << (net.max_prefix_len() - net.prefix_len());
-    let mut spec = IPAMBlockSpec {
-        cidr: cidr.into(),
-        affinity: host.map(|h| format!("host:{h}")),
-        allocations: vec![None; size],
-        sequence_number: Some(1_754_042_400_000_000_000),
-        sequence_number_for_allocation: Some(BTreeMap::new()),
-        deleted: Some(false),
-        strict_affinity: false,
-        ..Default::default()
-    };
-    for a in allocs {
-        spec.attributes.push(AllocationAttribute {
-            handle_id: Some(a.handle.clone()),
-            secondary: Some(
-                a.secondary
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.clone()))
-                    .collect(),
-            ),
-            ..Default::default()
-        });
-        spec.allocations[a.ordinal] = Some(spec.attributes.len() - 1);
-        spec.sequence_number_for_allocation.as_mut().unwrap().insert(
-            a.ordinal.to_string(),
-            1_754_042_400_000_000_000 + a.ordinal as u64,
-        );
-    }
-    spec.unallocated = (0..size).filter(|o| spec.allocations[*o].is_none()).collect();
-    let name = tortie::ipam::names::block_name(&net);
-    let api: Api<Block> = Api::all_with(client.clone(), &mode.resource(CalicoKind::IPAMBlock));
-    let block = Block::new(&name, &mode.resource(CalicoKind::IPAMBlock), spec);
-    let created = api
-        .create(&PostParams::default(), &block)
-        .await
-        .expect("create IPAMBlock");
-    let h_api: Api<Handle> = Api::all_with(client.clone(), &mode.resource(CalicoKind::IPAMHandle));
-    let mut per_handle: BTreeMap<String, u64> = BTreeMap::new();
-    for a in allocs {
-        *per_handle.entry(a.handle.clone()).or_default() += 1;
-    }
-    for (h, n) in per_handle {
-        let spec = IPAMHandleSpec {
-            handle_id: h.clone(),
-            block: [(cidr.to_string(), n)].into_iter().collect(),
-            deleted: Some(false),
-            ..Default::default()
-        };
-        let obj = Handle::new(
-            &tortie::ipam::names::handle_name(&h),
-            &mode.resource(CalicoKind::IPAMHandle),
-            spec,
-        );
-        h_api
-            .create(&PostParams::default(), &obj)
-            .await
-            .expect("create IPAMHandle");
-    }
-    if let Some(h) = host {
-        let a_api: Api<Affinity> = Api::all_with(client.clone(), &mode.resource(CalicoKind::BlockAffinity));
-        let spec = BlockAffinitySpec {
-            state: "confirmed".into(),
-            node: h.into(),
-            type_: Some("host".into()),
-            cidr: cidr.into(),
-            deleted: mode.affinity_flag(false),
-            ..Default::default()
-        };
-        let obj = Affinity::new(
-            &tortie::ipam::names::affinity_name(h, &net),
-            &mode.resource(CalicoKind::BlockAffinity),
-            spec,
-        );
-        a_api
-            .create(&PostParams::default(), &obj)
-            .await
-            .expect("create BlockAffinity");
-    }
-    created
-}
-
-/// Creates an IPPool labelled `tortie-test=<test>` (so a scoped operator sees it), allowed
-/// outside the pod CIDR (other tests may set a kubeadm podSubnet meanwhile).
-pub fn apply_pool(name: &str, test: &str, cidr: &str, block_size: u8, extra_spec: &str) {
-    let c = support::cluster();
-    let _ = c;
-    let manifest = format!(
-        "apiVersion: crd.projectcalico.org/v1\nkind: IPPool\nmetadata:\n  name: {name}\n  labels: {{tortie-test: {test}}}\n  annotations: {{tortie.io/allow-outside-pod-cidr: \"true\"}}\nspec:\n  cidr: {cidr}\n  blockSize: {block_size}\n{extra_spec}"
-    );
-    support::kubectl_stdin_ok(&["apply", "-f", "-"], &manifest);
 }
