@@ -20,12 +20,6 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-#[path = "../tests/op_support/mod.rs"]
-mod op_support;
-
-#[path = "../tests/bgp_lab/mod.rs"]
-mod bgp_lab;
-
 mod common;
 
 use std::collections::BTreeMap;
@@ -44,7 +38,7 @@ use tortie::api::{
 };
 
 use common::*;
-use op_support::Operator;
+use support::Operator;
 
 /// Concurrent creates while loading the apiserver with objects.
 const LOAD_CONCURRENCY: usize = 48;
@@ -320,7 +314,7 @@ async fn gc_bench(quick: bool) -> Value {
     let cidr: ipnet::Ipv4Net = format!("10.{}.0.0/16", 100 + std::process::id() % 40)
         .parse()
         .unwrap();
-    op_support::apply_pool(&pool, &run, &cidr.to_string(), 26, "  nodeSelector: all()\n");
+    support::apply_pool(&pool, &run, &cidr.to_string(), 26, "  nodeSelector: all()\n");
     let hosts: Vec<String> = (0..10).map(|i| format!("{run}-n{i}")).collect();
     o.nodes(&hosts, &[]).await;
     let ns = format!("bench-{run}");
@@ -527,7 +521,7 @@ async fn footprint_bench(quick: bool) -> Value {
     );
     let pool = format!("bench-fp-{run}");
     let cidr: ipnet::Ipv4Net = "172.16.0.0/14".parse().unwrap();
-    op_support::apply_pool(&pool, &run, &cidr.to_string(), 26, "  nodeSelector: all()\n");
+    support::apply_pool(&pool, &run, &cidr.to_string(), 26, "  nodeSelector: all()\n");
     let node = |i: usize| format!("{run}-n{i:05}");
     let all_nodes: Vec<String> = (0..5000 / scale).map(node).collect();
     let window = Duration::from_secs(if quick { 5 } else { 20 });
@@ -652,7 +646,7 @@ async fn footprint_bench(quick: bool) -> Value {
 // ---------------------------------------------------------------------------------------------
 // BGP: change → reloaded BIRD
 
-fn agent(node: &str, ns: &str, lab: &bgp_lab::Lab, log: &std::path::Path) -> Child {
+fn agent(node: &str, ns: &str, lab: &support::bgp_lab::Lab, log: &std::path::Path) -> Child {
     let c = support::cluster();
     Command::new(env!("CARGO_BIN_EXE_tortie"))
         .args(["agent", "--node", node, "--namespace", ns, "--retry-secs", "1"])
@@ -709,7 +703,7 @@ fn reloads(log: &std::path::Path) -> usize {
     log_times(log, RELOADED).len()
 }
 
-fn has_protocol(d: &bgp_lab::Daemon, name: &str) -> bool {
+fn has_protocol(d: &support::bgp_lab::Daemon, name: &str) -> bool {
     d.birdc(&["show", "protocols"])
         .lines()
         .any(|l| l.split_whitespace().next() == Some(name))
@@ -723,7 +717,7 @@ async fn bgp_reload_bench(quick: bool) -> Value {
     support::create_namespace(&client, &ns, &[]).await;
     let net = format!("100.67.{}", std::process::id() % 250);
     let names: Vec<String> = (1..=nodes).map(|i| format!("{run}-n{i}")).collect();
-    let mut lab = bgp_lab::Lab::new("r");
+    let mut lab = support::bgp_lab::Lab::new("r");
     for (i, n) in names.iter().enumerate() {
         let addr = format!("{net}.{}/24", i + 1);
         lab.add_host(n, &[&addr]);
@@ -746,7 +740,7 @@ async fn bgp_reload_bench(quick: bool) -> Value {
             &format!("bench-bgp-{run}"),
         ],
     );
-    // The operator publishes into its --namespace (`default` for op_support's operators).
+    // The operator publishes into its --namespace (`default` for support's operators).
     let publish_ns = "default";
     let _ = ns;
     op.wait_ready().await;

@@ -6,7 +6,6 @@
 //! A binary of its own: it owns the cluster's Installation singleton and kubeadm-config, which
 //! the cases change. The file format is described in `tests/bad-inputs/README.md`.
 
-mod op_support;
 mod support;
 
 use std::collections::BTreeMap;
@@ -14,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams};
-use op_support::*;
 use support::*;
 use tortie::api::{CalicoKind, Installation, Pool};
 

@@ -1,12 +1,11 @@
 //! BGP end to end with real BIRD 1.6 daemons in network namespaces this test creates, running the
 //! configuration tortie renders. Needs root, `ip netns` and the Debian `bird` package.
 
-mod bgp_lab;
 mod support;
 
 use std::time::Duration;
 
-use bgp_lab::Lab;
+use support::bgp_lab::Lab;
 use tortie::bgp::{self, CalicoSelectors, RenderOptions, Snapshot};
 use tortie::cli::agent::{self, Applied, Reload};
 

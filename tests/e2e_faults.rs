@@ -21,7 +21,6 @@
 //! cluster-wide `tortie ipam check`). `TORTIE_FAULTS_SCALE=AxN` (default `20x500`) changes the
 //! number of allocators and ADDs per allocator for local runs; CI runs the default.
 
-mod op_support;
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -34,7 +33,6 @@ use futures::StreamExt;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use op_support::Operator;
 use support::*;
 use tortie::api::{Affinity, Block, CalicoKind, CrdMode, Handle, IPAMConfigSpec, IPPoolSpec, Pool};
 use tortie::ipam::{Attrs, AutoAssignRequest, Ipam, IpamError, IpamOptions, block as blk, report};
@@ -705,7 +703,7 @@ async fn run(variant: Variant) {
         let subnets: Vec<IpNet> = s.storm_net.subnets(s.block_size).unwrap().collect();
         for (j, b) in subnets.iter().rev().take(taken).enumerate() {
             let nb = &s.neighbour_nodes[j % s.neighbour_nodes.len()];
-            op_support::write_block(&s.client, &b.to_string(), Some(nb), &[]).await;
+            support::write_block(&s.client, &b.to_string(), Some(nb), &[]).await;
         }
         own_capacity = free_blocks * block_addrs;
         assert!(own_capacity < total && n_blocks * block_addrs >= total);

@@ -3,7 +3,6 @@
 //! node's blocks and affinities released at once, Calico's metric names with correct values,
 //! and a deleted IPPool held by its finalizer until its last allocation is gone.
 
-mod op_support;
 mod support;
 
 use std::time::Duration;
@@ -11,7 +10,6 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, WatchEvent, WatchParams};
-use op_support::*;
 use support::*;
 use tortie::api::{Affinity, Block, CalicoKind, Handle, Pool};
 

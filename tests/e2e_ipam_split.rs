@@ -3,14 +3,12 @@
 //! finalizer does not hold the split, the children become allocatable once the parent is gone,
 //! and a new pod gets an address from the node's existing block, now a child's.
 
-mod op_support;
 mod support;
 
 use std::time::Duration;
 
 use ipnet::IpNet;
 use kube::api::{Api, PostParams};
-use op_support::Operator;
 use support::*;
 use tortie::api::{CalicoKind, CrdMode, IPAMConfigSpec, IPPoolSpec, Pool};
 use tortie::ipam::{Attrs, AutoAssignRequest, Ipam, IpamOptions};

@@ -3,14 +3,12 @@
 //! ADDs (one borrowed address included) and after the GC reclaimed a deleted pod's address; the
 //! replica without the Lease exports none of them.
 
-mod op_support;
 mod support;
 
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams};
-use op_support::*;
 use serde_json::{Value, json};
 use support::cni::{self, pod_args};
 use support::*;

@@ -3,7 +3,6 @@
 //! reserved ranges, selector syntax) with conditions, Events and printer columns, and two
 //! replicas where only the Lease holder writes and a killed leader is replaced.
 
-mod op_support;
 mod support;
 
 use std::time::{Duration, Instant};
@@ -11,7 +10,6 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams};
-use op_support::*;
 use support::*;
 use tortie::api::{CalicoKind, Installation, Pool};
 
