@@ -428,20 +428,15 @@ pub fn kubectl_stdin(args: &[&str], input: &str) -> Output {
 
 /// Runs kubectl, panics with its stderr unless it succeeds, returns its stdout.
 pub fn kubectl_ok(args: &[&str]) -> String {
-    let out = kubectl(args);
-    assert!(
-        out.status.success(),
-        "kubectl {} failed ({}): {}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    succeeded(args, kubectl(args))
 }
 
 /// Runs kubectl with `input` on stdin, panics with its stderr unless it succeeds, returns its stdout.
 pub fn kubectl_stdin_ok(args: &[&str], input: &str) -> String {
-    let out = kubectl_stdin(args, input);
+    succeeded(args, kubectl_stdin(args, input))
+}
+
+fn succeeded(args: &[&str], out: Output) -> String {
     assert!(
         out.status.success(),
         "kubectl {} failed ({}): {}",
