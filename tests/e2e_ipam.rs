@@ -195,19 +195,9 @@ impl Lab {
 
     /// Deletes every IPAM object in this test's address space, and its pools.
     async fn purge(&self) {
-        let dp = DeleteParams::default();
-        let ba: Api<Block> = Api::all_with(self.client.clone(), &MODE.resource(CalicoKind::IPAMBlock));
-        for b in self.blocks().await {
-            let _ = ba.delete(b.metadata.name.as_deref().unwrap(), &dp).await;
-        }
-        let aa: Api<Affinity> = Api::all_with(self.client.clone(), &MODE.resource(CalicoKind::BlockAffinity));
-        for a in self.affinities().await {
-            let _ = aa.delete(a.metadata.name.as_deref().unwrap(), &dp).await;
-        }
-        let ha: Api<Handle> = Api::all_with(self.client.clone(), &MODE.resource(CalicoKind::IPAMHandle));
-        for h in self.handles().await {
-            let _ = ha.delete(h.metadata.name.as_deref().unwrap(), &dp).await;
-        }
+        let (blocks, affinities, handles) =
+            (self.blocks().await, self.affinities().await, self.handles().await);
+        delete_ipam_objects(&self.client, MODE, &blocks, &affinities, &handles).await;
     }
 
     async fn cleanup(self) {
@@ -878,14 +868,6 @@ async fn ipam_config_is_read_from_the_cluster() {
     lab.cleanup().await;
 }
 
-fn tortie(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_tortie"))
-        .args(args)
-        .env("KUBECONFIG", &cluster().kubeconfig)
-        .output()
-        .expect("run tortie")
-}
-
 #[tokio::test]
 async fn cli_show_check_release() {
     let mut lab = Lab::new("ipam-cli", 1).await;
@@ -993,36 +975,6 @@ async fn cli_show_check_release() {
     lab.cleanup().await;
 }
 
-/// Requests a client sent, as "METHOD path?query".
-#[derive(Clone, Default)]
-struct RequestLog(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
-
-impl RequestLog {
-    fn take(&self) -> Vec<String> {
-        std::mem::take(&mut *self.0.lock().unwrap())
-    }
-}
-
-async fn counting_client(log: RequestLog) -> kube::Client {
-    use kube::config::{KubeConfigOptions, Kubeconfig};
-    let kc = Kubeconfig::read_from(&cluster().kubeconfig).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    let layer = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
-        let q = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
-        log.0
-            .lock()
-            .unwrap()
-            .push(format!("{} {}{q}", req.method(), req.uri().path()));
-        req
-    });
-    kube::client::ClientBuilder::try_from(config)
-        .unwrap()
-        .with_layer(&layer)
-        .build()
-}
-
 #[tokio::test]
 async fn steady_state_allocation_is_two_writes_and_no_reads() {
     let mut lab = Lab::new("ipam-perf", 1).await;
@@ -1047,7 +999,11 @@ async fn steady_state_allocation_is_two_writes_and_no_reads() {
         r
     };
     assert!(ipam.auto_assign(req(0)).await.unwrap().is_complete()); // claims the block
-    let claim: Vec<String> = log.take().into_iter().filter(|r| !r.contains("watch=")).collect();
+    let claim: Vec<String> = log
+        .take_all()
+        .into_iter()
+        .filter(|r| !r.contains("watch="))
+        .collect();
     eprintln!(
         "first allocation (block claim): {} requests: {claim:#?}",
         claim.len()
@@ -1059,7 +1015,11 @@ async fn steady_state_allocation_is_two_writes_and_no_reads() {
         assert!(ipam.auto_assign(req(i)).await.unwrap().is_complete());
     }
     let elapsed = t.elapsed();
-    let reqs: Vec<String> = log.take().into_iter().filter(|r| !r.contains("watch=")).collect();
+    let reqs: Vec<String> = log
+        .take_all()
+        .into_iter()
+        .filter(|r| !r.contains("watch="))
+        .collect();
     let writes = reqs
         .iter()
         .filter(|r| r.starts_with("POST") || r.starts_with("PUT"))
@@ -1083,7 +1043,11 @@ async fn steady_state_allocation_is_two_writes_and_no_reads() {
         .await
         .unwrap();
     assert_eq!(released.len(), 1);
-    let rel: Vec<String> = log.take().into_iter().filter(|r| !r.contains("watch=")).collect();
+    let rel: Vec<String> = log
+        .take_all()
+        .into_iter()
+        .filter(|r| !r.contains("watch="))
+        .collect();
     eprintln!("release_by_handle: {} requests: {rel:#?}", rel.len());
     lab.assert_check_clean().await;
     lab.cleanup().await;
@@ -1116,7 +1080,7 @@ async fn concurrent_allocations_on_one_node_share_one_block_write() {
         r
     };
     assert!(ipam.auto_assign(req(0)).await.unwrap().is_complete()); // claims the block
-    log.take();
+    log.take_all();
 
     const N: usize = 8;
     let got = futures::future::join_all((1..=N).map(|i| ipam.auto_assign(req(i)))).await;
@@ -1126,7 +1090,11 @@ async fn concurrent_allocations_on_one_node_share_one_block_write() {
         assert!(g.is_complete(), "{g:?}");
         assert!(ips.insert(g.v4.ips[0].addr()), "duplicate: {g:?}");
     }
-    let reqs: Vec<String> = log.take().into_iter().filter(|r| !r.contains("watch=")).collect();
+    let reqs: Vec<String> = log
+        .take_all()
+        .into_iter()
+        .filter(|r| !r.contains("watch="))
+        .collect();
     let handle_creates = reqs
         .iter()
         .filter(|r| r.starts_with("POST") && r.contains("/ipamhandles"))

@@ -30,15 +30,6 @@ fn unique_octet() -> u8 {
     (20 + (std::process::id().wrapping_mul(37).wrapping_add(n * 11)) % 230) as u8
 }
 
-fn tortie(args: &[&str]) -> Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_tortie"))
-        .args(args)
-        .env("KUBECONFIG", &cluster().kubeconfig)
-        .env_remove("TORTIE_CRD_MODE")
-        .output()
-        .expect("run tortie")
-}
-
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }

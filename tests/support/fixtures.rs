@@ -458,3 +458,28 @@ pub async fn live_handle(client: &Client, mode: CrdMode, handle_id: &str) -> Opt
 pub fn allocated(b: &Block) -> usize {
     b.spec.allocations.iter().filter(|a| a.is_some()).count()
 }
+
+/// Deletes these IPAM objects, ignoring errors (a test's clean-up: some may be gone already).
+pub async fn delete_ipam_objects(
+    client: &Client,
+    mode: CrdMode,
+    blocks: &[Block],
+    affinities: &[Affinity],
+    handles: &[Handle],
+) {
+    let dp = DeleteParams::default();
+    let name =
+        |m: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta| m.name.clone().unwrap_or_default();
+    let ba: Api<Block> = Api::all_with(client.clone(), &mode.resource(CalicoKind::IPAMBlock));
+    for b in blocks {
+        let _ = ba.delete(&name(&b.metadata), &dp).await;
+    }
+    let aa: Api<Affinity> = Api::all_with(client.clone(), &mode.resource(CalicoKind::BlockAffinity));
+    for a in affinities {
+        let _ = aa.delete(&name(&a.metadata), &dp).await;
+    }
+    let ha: Api<Handle> = Api::all_with(client.clone(), &mode.resource(CalicoKind::IPAMHandle));
+    for h in handles {
+        let _ = ha.delete(&name(&h.metadata), &dp).await;
+    }
+}
