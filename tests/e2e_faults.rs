@@ -287,19 +287,9 @@ impl Setup {
     }
 
     async fn purge(&self) {
-        let dp = DeleteParams::default();
-        let ba: Api<Block> = Api::all_with(self.client.clone(), &MODE.resource(CalicoKind::IPAMBlock));
-        for b in self.blocks().await {
-            let _ = ba.delete(b.metadata.name.as_deref().unwrap(), &dp).await;
-        }
-        let aa: Api<Affinity> = Api::all_with(self.client.clone(), &MODE.resource(CalicoKind::BlockAffinity));
-        for a in self.affinities().await {
-            let _ = aa.delete(a.metadata.name.as_deref().unwrap(), &dp).await;
-        }
-        let ha: Api<Handle> = Api::all_with(self.client.clone(), &MODE.resource(CalicoKind::IPAMHandle));
-        for h in self.handles().await {
-            let _ = ha.delete(h.metadata.name.as_deref().unwrap(), &dp).await;
-        }
+        let (blocks, affinities, handles) =
+            (self.blocks().await, self.affinities().await, self.handles().await);
+        delete_ipam_objects(&self.client, MODE, &blocks, &affinities, &handles).await;
     }
 
     async fn cleanup(self) {
@@ -509,10 +499,6 @@ async fn plant_gc_allocations(s: &Setup, variant: Variant) -> (Vec<(String, IpAd
         }
     }
     (live, leaks)
-}
-
-fn allocated(b: &Block) -> usize {
-    b.spec.allocations.iter().filter(|a| a.is_some()).count()
 }
 
 /// Starts the operator on the GC pool, SIGKILLs it right after its first block write (before

@@ -34,10 +34,6 @@ async fn apis(client: &kube::Client) -> (Api<Block>, Api<Handle>, Api<Affinity>,
     )
 }
 
-fn allocated(b: &Block) -> usize {
-    b.spec.allocations.iter().filter(|a| a.is_some()).count()
-}
-
 #[tokio::test]
 async fn leaked_addresses_of_deleted_pods_are_reclaimed_after_grace_and_metrics_match() {
     let client = client().await;
