@@ -13,24 +13,6 @@ use kube::api::{Api, DeleteParams, ListParams};
 use support::*;
 use tortie::api::{CalicoKind, Installation, Pool};
 
-fn kubeadm_config(pod_subnet: &str) -> String {
-    format!(
-        r#"apiVersion: v1
-kind: ConfigMap
-metadata: {{name: kubeadm-config, namespace: kube-system}}
-data:
-  ClusterConfiguration: |
-    apiVersion: kubeadm.k8s.io/v1beta4
-    kind: ClusterConfiguration
-    kubernetesVersion: v1.34.4
-    networking:
-      dnsDomain: cluster.local
-      podSubnet: {pod_subnet}
-      serviceSubnet: 10.96.0.0/12
-"#
-    )
-}
-
 fn condition(inst: &Installation, type_: &str) -> Option<(String, String, String)> {
     let c = inst
         .status
