@@ -86,15 +86,7 @@ fn main() {
 async fn block_writes(client: &Client) -> f64 {
     let req = http::Request::get("/metrics").body(vec![]).unwrap();
     let text = client.request_text(req).await.unwrap();
-    text.lines()
-        .filter(|l| l.starts_with("apiserver_request_total{") && l.contains("resource=\"ipamblocks\""))
-        .filter(|l| {
-            ["POST", "PUT", "PATCH", "APPLY", "DELETE"]
-                .iter()
-                .any(|v| l.contains(&format!("verb=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    support::apiserver_writes(&text, &["ipamblocks"])
 }
 
 fn writes(counts: &BTreeMap<String, f64>) -> f64 {

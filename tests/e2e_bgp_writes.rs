@@ -19,17 +19,8 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Writes (POST, PUT, PATCH, server-side APPLY, DELETE) of ConfigMaps and Secrets the apiserver has served.
 fn writes() -> f64 {
-    let text = support::kubectl_ok(&["get", "--raw", "/metrics"]);
-    text.lines()
-        .filter(|l| l.starts_with("apiserver_request_total{"))
-        .filter(|l| l.contains("resource=\"configmaps\"") || l.contains("resource=\"secrets\""))
-        .filter(|l| {
-            ["POST", "PUT", "PATCH", "APPLY", "DELETE"]
-                .iter()
-                .any(|v| l.contains(&format!("verb=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    let metrics = support::kubectl_ok(&["get", "--raw", "/metrics"]);
+    support::apiserver_writes(&metrics, &["configmaps", "secrets"])
 }
 
 /// resourceVersion of every published object in `ns`.
