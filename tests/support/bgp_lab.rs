@@ -363,3 +363,15 @@ pub async fn published_files(
         .collect();
     Some((files, hash))
 }
+
+/// A snapshot of the objects `docs` (JSON manifests, as `kubectl get -o json` gives them).
+pub fn snapshot_of(docs: &[serde_json::Value]) -> tortie::bgp::Snapshot {
+    let text = docs
+        .iter()
+        .map(|d| serde_json::to_string(d).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n---\n");
+    let mut snap = tortie::bgp::Snapshot::default();
+    snap.add_manifests("gen", &text).unwrap();
+    snap
+}
