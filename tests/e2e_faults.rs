@@ -35,7 +35,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use support::*;
 use tortie::api::{Affinity, Block, CalicoKind, CrdMode, Handle, IPAMConfigSpec, IPPoolSpec, Pool};
-use tortie::ipam::{Attrs, AutoAssignRequest, Ipam, IpamError, IpamOptions, block as blk, report};
+use tortie::ipam::{Attrs, AutoAssignRequest, Ipam, IpamError, block as blk, report};
 
 const MODE: CrdMode = CrdMode::V1;
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -317,16 +317,7 @@ impl Setup {
     }
 
     async fn ipam(&self, client: kube::Client, variant: Variant) -> Ipam {
-        Ipam::new_with(
-            client,
-            MODE,
-            IpamOptions {
-                config_override: Some(self.config(variant)),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap()
+        ipam_engine(client, MODE, self.config(variant)).await
     }
 }
 

@@ -19,8 +19,8 @@ use tortie::api::{
     Affinity, Block, CalicoKind, CrdMode, Flag, Handle, IPAMConfigSpec, IPPoolSpec, IpamConfig, Pool,
 };
 use tortie::ipam::{
-    AssignIpRequest, Attrs, AutoAssignRequest, Ipam, IpamError, IpamOptions, ReleaseOptions, Shortfall,
-    block as blk, names, report,
+    AssignIpRequest, Attrs, AutoAssignRequest, Ipam, IpamError, ReleaseOptions, Shortfall, block as blk,
+    names, report,
 };
 
 const MODE: CrdMode = CrdMode::V1;
@@ -117,16 +117,7 @@ impl Lab {
     }
 
     async fn ipam(&self, cfg: IPAMConfigSpec) -> Ipam {
-        Ipam::new_with(
-            self.client.clone(),
-            MODE,
-            IpamOptions {
-                config_override: Some(cfg),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap()
+        ipam_engine(self.client.clone(), MODE, cfg).await
     }
 
     fn in_scope(&self, cidr: &str) -> bool {
@@ -981,16 +972,7 @@ async fn steady_state_allocation_is_two_writes_and_no_reads() {
     lab.pool("p", "10.48.0.0/24", Some(26), |_| {}).await;
     let node = lab.nodes[0].clone();
     let log = RequestLog::default();
-    let ipam = Ipam::new_with(
-        counting_client(log.clone()).await,
-        MODE,
-        IpamOptions {
-            config_override: Some(defaults()),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let ipam = ipam_engine(counting_client(log.clone()).await, MODE, defaults()).await;
     let labels: std::collections::BTreeMap<String, String> =
         [("tortie-e2e-lab".to_string(), lab.prefix.clone())].into();
     let req = |i: usize| {
@@ -1061,16 +1043,7 @@ async fn concurrent_allocations_on_one_node_share_one_block_write() {
     lab.pool("p", "10.48.0.0/24", Some(26), |_| {}).await;
     let node = lab.nodes[0].clone();
     let log = RequestLog::default();
-    let ipam = Ipam::new_with(
-        counting_client(log.clone()).await,
-        MODE,
-        IpamOptions {
-            config_override: Some(defaults()),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let ipam = ipam_engine(counting_client(log.clone()).await, MODE, defaults()).await;
     let labels: std::collections::BTreeMap<String, String> =
         [("tortie-e2e-lab".to_string(), lab.prefix.clone())].into();
     let req = |i: usize| {
@@ -1182,16 +1155,7 @@ async fn v3_crd_mode_writes_native_shapes() {
         )
         .await
         .unwrap();
-    let ipam = Ipam::new_with(
-        client.clone(),
-        v3,
-        IpamOptions {
-            config_override: Some(defaults()),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let ipam = ipam_engine(client.clone(), v3, defaults()).await;
     let mut r = AutoAssignRequest::new(&format!("{prefix}-h"), &node);
     r.num_v4 = 2;
     let got = ipam.auto_assign(r).await.unwrap();

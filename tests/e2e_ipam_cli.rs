@@ -19,7 +19,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::Value;
 use support::*;
 use tortie::api::{Block, CalicoKind, CrdMode, IPAMConfigSpec, IPPoolSpec, IpamConfig, Pool};
-use tortie::ipam::{AssignIpRequest, Attrs, AutoAssignRequest, Ipam, IpamOptions, store::Store};
+use tortie::ipam::{AssignIpRequest, Attrs, AutoAssignRequest, Ipam, store::Store};
 
 const MODE: CrdMode = CrdMode::V1;
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -113,16 +113,7 @@ impl Lab {
         }
         create_namespace(&client, &prefix, &[]).await;
         // The lab's own configuration: the cluster-wide IPAMConfig is `configure`'s to change.
-        let ipam = Ipam::new_with(
-            client.clone(),
-            MODE,
-            IpamOptions {
-                config_override: Some(IPAMConfigSpec::calico_defaults()),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+        let ipam = ipam_engine(client.clone(), MODE, IPAMConfigSpec::calico_defaults()).await;
         Lab {
             client,
             k,

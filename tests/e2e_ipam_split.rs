@@ -11,7 +11,7 @@ use ipnet::IpNet;
 use kube::api::{Api, PostParams};
 use support::*;
 use tortie::api::{CalicoKind, CrdMode, IPAMConfigSpec, IPPoolSpec, Pool};
-use tortie::ipam::{Attrs, AutoAssignRequest, Ipam, IpamOptions};
+use tortie::ipam::{Attrs, AutoAssignRequest, Ipam};
 
 const MODE: CrdMode = CrdMode::V1;
 
@@ -26,16 +26,7 @@ fn allocatable(p: &Pool) -> Option<bool> {
 }
 
 async fn engine(client: &kube::Client) -> Ipam {
-    Ipam::new_with(
-        client.clone(),
-        MODE,
-        IpamOptions {
-            config_override: Some(IPAMConfigSpec::calico_defaults()),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap()
+    ipam_engine(client.clone(), MODE, IPAMConfigSpec::calico_defaults()).await
 }
 
 #[tokio::test]

@@ -483,3 +483,22 @@ pub async fn delete_ipam_objects(
         let _ = ha.delete(&name(&h.metadata), &dp).await;
     }
 }
+
+/// An IPAM engine on `client` that uses `cfg` instead of the cluster's IPAMConfig: tests sharing
+/// a cluster neither depend on nor change each other's configuration.
+pub async fn ipam_engine(
+    client: Client,
+    mode: CrdMode,
+    cfg: tortie::api::IPAMConfigSpec,
+) -> tortie::ipam::Ipam {
+    tortie::ipam::Ipam::new_with(
+        client,
+        mode,
+        tortie::ipam::IpamOptions {
+            config_override: Some(cfg),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("IPAM engine: {e}"))
+}
