@@ -375,3 +375,23 @@ pub fn snapshot_of(docs: &[serde_json::Value]) -> tortie::bgp::Snapshot {
     snap.add_manifests("gen", &text).unwrap();
     snap
 }
+
+/// The BGP controller publishing into `ns` on watch caches of its own, with a short debounce, as
+/// the BGP tests run it (abort the handle to stop it).
+pub fn spawn_bgp_controller(
+    client: &Client,
+    mode: tortie::api::CrdMode,
+    ns: &str,
+) -> tokio::task::JoinHandle<Result<(), tortie::controllers::bgp::Error>> {
+    use tortie::controllers::bgp as ctrl;
+    tokio::spawn(ctrl::run(
+        client.clone(),
+        mode,
+        ns.to_string(),
+        tortie::controllers::Stores::start(client, mode, None),
+        ctrl::Config {
+            debounce: Duration::from_millis(100),
+            ..Default::default()
+        },
+    ))
+}
