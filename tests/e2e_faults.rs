@@ -238,34 +238,24 @@ impl Setup {
     }
 
     async fn blocks(&self) -> Vec<Block> {
-        let api: Api<Block> = Api::all_with(self.client.clone(), &MODE.resource(CalicoKind::IPAMBlock));
-        api.list(&Default::default())
+        list_calico::<Block>(&self.client, MODE, CalicoKind::IPAMBlock)
             .await
-            .unwrap()
-            .items
             .into_iter()
             .filter(|b| self.in_scope(&b.spec.cidr) && !b.spec.is_deleted())
             .collect()
     }
 
     async fn affinities(&self) -> Vec<Affinity> {
-        let api: Api<Affinity> =
-            Api::all_with(self.client.clone(), &MODE.resource(CalicoKind::BlockAffinity));
-        api.list(&Default::default())
+        list_calico::<Affinity>(&self.client, MODE, CalicoKind::BlockAffinity)
             .await
-            .unwrap()
-            .items
             .into_iter()
             .filter(|a| self.in_scope(&a.spec.cidr))
             .collect()
     }
 
     async fn handles(&self) -> Vec<Handle> {
-        let api: Api<Handle> = Api::all_with(self.client.clone(), &MODE.resource(CalicoKind::IPAMHandle));
-        api.list(&Default::default())
+        list_calico::<Handle>(&self.client, MODE, CalicoKind::IPAMHandle)
             .await
-            .unwrap()
-            .items
             .into_iter()
             .filter(|h| {
                 h.spec.block.keys().any(|k| self.in_scope(k)) || h.spec.handle_id.contains(&self.prefix)

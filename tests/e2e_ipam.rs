@@ -127,12 +127,8 @@ impl Lab {
     }
 
     async fn blocks(&self) -> Vec<Block> {
-        let api: Api<Block> = Api::all_with(self.client.clone(), &MODE.resource(CalicoKind::IPAMBlock));
-        let mut v: Vec<Block> = api
-            .list(&Default::default())
+        let mut v: Vec<Block> = list_calico::<Block>(&self.client, MODE, CalicoKind::IPAMBlock)
             .await
-            .unwrap()
-            .items
             .into_iter()
             .filter(|b| self.in_scope(&b.spec.cidr))
             .collect();
@@ -141,23 +137,16 @@ impl Lab {
     }
 
     async fn affinities(&self) -> Vec<Affinity> {
-        let api: Api<Affinity> =
-            Api::all_with(self.client.clone(), &MODE.resource(CalicoKind::BlockAffinity));
-        api.list(&Default::default())
+        list_calico::<Affinity>(&self.client, MODE, CalicoKind::BlockAffinity)
             .await
-            .unwrap()
-            .items
             .into_iter()
             .filter(|a| self.in_scope(&a.spec.cidr))
             .collect()
     }
 
     async fn handles(&self) -> Vec<Handle> {
-        let api: Api<Handle> = Api::all_with(self.client.clone(), &MODE.resource(CalicoKind::IPAMHandle));
-        api.list(&Default::default())
+        list_calico::<Handle>(&self.client, MODE, CalicoKind::IPAMHandle)
             .await
-            .unwrap()
-            .items
             .into_iter()
             .filter(|h| {
                 h.spec.block.keys().any(|k| self.in_scope(k)) || h.spec.handle_id.starts_with(&self.prefix)

@@ -502,3 +502,18 @@ pub async fn ipam_engine(
     .await
     .unwrap_or_else(|e| panic!("IPAM engine: {e}"))
 }
+
+/// Every object of the Calico resource `kind` in the cluster.
+pub async fn list_calico<K>(client: &Client, mode: CrdMode, kind: CalicoKind) -> Vec<K>
+where
+    K: kube::Resource<DynamicType = kube::discovery::ApiResource>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::all_with(client.clone(), &mode.resource(kind));
+    api.list(&Default::default())
+        .await
+        .unwrap_or_else(|e| panic!("list {kind:?}: {e}"))
+        .items
+}
