@@ -449,9 +449,22 @@ async fn controller_and_agents_follow_the_apiserver() {
             (rvs, files)
         }
     };
-    // Settled: the agents' status patches and the controller's passes after them are done.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (cms_before, files_before) = observe(&lab).await;
+    // Settled: the agents' status patches and the controller's passes after them are done, seen
+    // as two observations 1.5 s apart that agree (on a loaded machine that can take longer than
+    // one fixed wait).
+    let settle_by = std::time::Instant::now() + TIMEOUT;
+    let (cms_before, files_before) = loop {
+        let first = observe(&lab).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let second = observe(&lab).await;
+        if first == second {
+            break second;
+        }
+        assert!(
+            std::time::Instant::now() < settle_by,
+            "the published objects and BIRD files never settled within {TIMEOUT:?}"
+        );
+    };
     support::kubectl_ok(&[
         "label",
         "node",

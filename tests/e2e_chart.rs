@@ -491,6 +491,20 @@ fn rbac_grants_each_component_only_what_it_uses() {
             );
         }
         assert!(has(&op, group, ipamcfg, "get"), "{mode}: operator {ipamcfg}");
+        // `tortie ipam check` under the operator's account names the cluster: get of the one
+        // ClusterInformation, never list or write.
+        let ci = find(&d, "ClusterRole", "tortie-operator")["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| {
+                r["resources"] == serde_json::json!(["clusterinformations"])
+                    && r["verbs"] == serde_json::json!(["get"])
+            })
+            .unwrap_or_else(|| panic!("{mode}: operator cannot get clusterinformations"));
+        assert_eq!(ci["resourceNames"], serde_json::json!(["default"]), "{mode}");
+        assert!(!has(&op, group, "clusterinformations", "list"), "{mode}");
+        assert!(!has(&op, group, "clusterinformations", "update"), "{mode}");
         assert!(has(&op, group, "ippools/status", "patch"));
         assert!(has(&op, "operator.tigera.io", "installations/status", "patch"));
         assert!(has(&op, "", "pods", "watch") && !has(&op, "", "pods", "delete"));
@@ -1149,6 +1163,24 @@ fn least_privilege_by_impersonation(ns: &str) {
         &format!("clusterinformations.{g}"),
         None,
     );
+    yes(
+        "tortie-operator",
+        "get",
+        &format!("clusterinformations.{g}/default"),
+        None,
+    );
+    no(
+        "tortie-operator",
+        "get",
+        &format!("clusterinformations.{g}/other"),
+        None,
+    );
+    no(
+        "tortie-operator",
+        "list",
+        &format!("clusterinformations.{g}"),
+        None,
+    );
     no(
         "tortie-operator",
         "delete",
@@ -1449,6 +1481,29 @@ fn least_privilege_in_operation(ns: &str) {
         ]),
         "2s",
         "the operator's GC grace period"
+    );
+
+    // `tortie ipam check` with the operator's account writes a report that names this cluster.
+    let report = c.state_dir().join("operator-check.json");
+    let out = run(
+        {
+            let mut cmd = Command::new(bin("tortie"));
+            cmd.args(["ipam", "check", "--crd-mode", "v1", "-o"])
+                .arg(&report)
+                .env("KUBECONFIG", &op_kc);
+            cmd
+        },
+        None,
+    );
+    assert!(
+        out.status.success() && !output_text(&out).contains("not allowed to read ClusterInformation"),
+        "tortie ipam check as the operator:\n{}",
+        output_text(&out)
+    );
+    let r: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(
+        r["clusterGUID"], ci["spec"]["clusterGUID"],
+        "the operator's report names this cluster"
     );
 
     // A pod on node-1 asking for pool2, allocated by tortie-ipam with the CNI account's token.
@@ -2058,7 +2113,7 @@ fn bird_containers_run_the_agents_config_and_keep_the_last_good_one() {
         Proc(cmd.spawn().expect("spawn tortie agent"))
     };
     // Read once setpriv has exec'd the agent (before that it is setpriv, still privileged).
-    wait_for("the agent to start", Duration::from_secs(10), || {
+    wait_for("the agent to start", Duration::from_secs(30), || {
         std::fs::read_link(format!("/proc/{}/exe", _agent.0.id())).is_ok_and(|p| p == bin("tortie"))
     });
     let agent_status = std::fs::read_to_string(format!("/proc/{}/status", _agent.0.id())).unwrap();

@@ -1115,6 +1115,41 @@ async fn requested_pool_ignores_selector_and_empty_block_is_given_back() {
 }
 
 #[tokio::test]
+async fn a_pool_is_used_the_moment_its_create_returns() {
+    // A CNI ADD right after `kubectl apply` of a pool: the engine's watch of pools may not have
+    // the new pool yet while it holds others. Each node gets its own pool, created just before
+    // the node's first allocation, so every allocation races the watch.
+    let mut lab = Lab::new("ipam-fresh-pool", 8).await;
+    lab.pool("none", "10.48.255.0/24", Some(26), |s| {
+        s.node_selector = Some("!all()".into())
+    })
+    .await;
+    let ipam = lab.ipam(defaults()).await;
+    for (i, node) in lab.nodes.clone().iter().enumerate() {
+        let pool = lab
+            .pool(&format!("p{i}"), &format!("10.48.{i}.0/24"), Some(26), |s| {
+                s.node_selector = Some(format!("kubernetes.io/hostname == '{node}'"))
+            })
+            .await;
+        // Labels given, as the agent gives them from its watch: no GET to wait on.
+        let mut r = lab.req(&format!("h{i}"), node, 1);
+        r.node_labels = Some([("kubernetes.io/hostname".to_string(), node.clone())].into());
+        let got = ipam
+            .auto_assign(r)
+            .await
+            .unwrap_or_else(|e| panic!("allocation on {node} right after creating {pool}: {e}"));
+        assert!(got.is_complete(), "{got:?}");
+        let ip = got.v4.ips[0].addr();
+        assert!(
+            lab.net(&format!("10.48.{i}.0/24")).contains(&ip),
+            "{ip} is not from {pool}"
+        );
+    }
+    lab.assert_check_clean().await;
+    lab.cleanup().await;
+}
+
+#[tokio::test]
 async fn v3_crd_mode_writes_native_shapes() {
     install_crds(repo_dir().join("crds/v3"));
     let client = client().await;
@@ -1398,6 +1433,34 @@ async fn block_size_changed_under_existing_blocks_never_overlaps() {
     lab.cleanup().await;
 }
 
+/// An explicit address in a pool created a moment ago, asked of an engine that was already
+/// running (its pool watch may not have the pool yet, as for a pod whose `ipAddrs` names an
+/// address of a pool just applied): assigned, not refused as in no pool.
+#[tokio::test]
+async fn an_explicit_address_in_a_pool_just_created_is_assigned() {
+    let mut lab = Lab::new("ipam-newpool", 1).await;
+    let ipam = lab.ipam(defaults()).await;
+    let node = lab.nodes[0].clone();
+    for i in 0..8 {
+        let cidr = format!("10.48.{i}.0/24");
+        lab.pool(&format!("new{i}"), &cidr, Some(26), |_| {}).await;
+        let ip = lab.net(&format!("10.48.{i}.7/32")).addr();
+        ipam.assign_ip(AssignIpRequest {
+            ip,
+            handle_id: format!("{}-new{i}", lab.prefix),
+            attrs: Attrs::default().with("node", &node),
+            hostname: node.clone(),
+            intended_use: tortie::ipam::AllowedUse::Workload,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{ip} in the pool created just before: {e}"));
+        ipam.release_by_handle(&format!("{}-new{i}", lab.prefix))
+            .await
+            .unwrap();
+    }
+    lab.cleanup().await;
+}
+
 /// IPReservations (Calico's semantics): reserved addresses are never auto-assigned, a block
 /// wholly inside them is never claimed, a reserved ordinal stays free in its block (nothing is
 /// written for it, so Calico's tools read the same block), and an explicit address is still
@@ -1454,12 +1517,16 @@ async fn ip_reservations_are_never_auto_assigned() {
     let out = tortie(&["ipam", "show"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let line = format!(
-        "IPS RESERVED in IP Pool {} ({}): 7,",
-        lab.pool_name("res"),
-        lab.net("10.48.0.0/28")
+    let row = text
+        .lines()
+        .find(|l| l.contains(&format!(" {} ", lab.pool_name("res"))))
+        .unwrap_or_else(|| panic!("no row for the pool in:\n{text}"));
+    // IN USE 9, RESERVED 7 (44%), FREE 0: the pool's 16 addresses are all taken or reserved.
+    assert!(
+        row.contains(" 9 (56%) | ") && row.contains(" 7 (44%) | "),
+        "{row}"
     );
-    assert!(text.contains(&line), "{line:?} not in:\n{text}");
+    assert!(row.contains(" 0 (0%) |"), "{row}");
     // An explicit address inside a reservation is still assigned, as in Calico.
     ipam.assign_ip(AssignIpRequest {
         ip: five,

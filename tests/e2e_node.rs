@@ -377,6 +377,279 @@ fn pods_on_two_nodes_talk_over_routes_learned_through_bird() {
     ]);
 }
 
+/// `tortie node diags` on a real node: everything the API has about node-1 (its published BGP
+/// inputs and their BIRD files, conditions, Events, IPAM, the logs of tortie's pods through
+/// pods/log) and, with --local, the agent's files and BIRD's status, in one archive in which
+/// the BGP password appears nowhere.
+#[test]
+fn node_diags_collects_a_real_nodes_state_and_no_password() {
+    let Some(c) = nodes() else { return };
+    let _operator = Operator::start(c);
+    let u = unique_name("diags");
+    let password = format!("pa55-{u}");
+    let ns = "tortie-system";
+    // A peer of node-1 with a password: node-1's published object becomes a Secret holding it.
+    kubectl_stdin_ok(
+        &["apply", "-f", "-"],
+        &format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: {u}\n  namespace: {ns}\nstringData:\n  password: {password}\n---\napiVersion: crd.projectcalico.org/v1\nkind: BGPPeer\nmetadata:\n  name: {u}\nspec:\n  node: node-1\n  peerIP: 10.255.0.99\n  asNumber: 64999\n  password:\n    secretKeyRef: {{name: {u}, key: password}}\n"
+        ),
+    );
+    let pool_name = unique_name("diags-pool");
+    pool(&pool_name, "10.51.0.0/24");
+    // A pod labelled as tortie's operator on node-1 that writes the password into its log.
+    kubectl_stdin_ok(
+        &["apply", "-f", "-"],
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: {u}
+  namespace: {ns}
+  labels: {{app.kubernetes.io/component: operator}}
+  annotations:
+    {POOLS_ANNOTATION}: '["{pool_name}"]'
+spec:
+  nodeSelector: {{kubernetes.io/hostname: node-1}}
+  automountServiceAccountToken: false
+  terminationGracePeriodSeconds: 1
+  restartPolicy: Never
+  containers:
+  - name: main
+    image: {IMAGE}
+    imagePullPolicy: Never
+    args: ["get", "-tries", "1", "http://127.0.0.1:9/{password}"]
+"#
+        ),
+    );
+    finished(ns, &u, Duration::from_secs(120));
+    wait(
+        "node-1's published object as a Secret",
+        Duration::from_secs(90),
+        || {
+            kubectl(&["get", "secret", "-n", ns, "tortie-bird-node-1"])
+                .status
+                .success()
+                .then_some(())
+        },
+    );
+    wait(
+        "node-1's installed BIRD config with the peer",
+        Duration::from_secs(90),
+        || {
+            std::fs::read_to_string(node_dir(c, 1).join("bird/bird.cfg"))
+                .ok()?
+                .contains("10.255.0.99")
+                .then_some(())
+        },
+    );
+
+    // A CalicoNodeStatus for node-1, filled by its agent.
+    kubectl_stdin_ok(
+        &["apply", "-f", "-"],
+        &format!(
+            "apiVersion: crd.projectcalico.org/v1\nkind: CalicoNodeStatus\nmetadata:\n  name: {u}\nspec:\n  node: node-1\n  classes: [Agent, BGP]\n  updatePeriodSeconds: 2\n"
+        ),
+    );
+    wait(
+        "node-1's CalicoNodeStatus filled by its agent",
+        Duration::from_secs(60),
+        || {
+            get_json(&["get", "caliconodestatuses.crd.projectcalico.org", &u])?["status"]["lastUpdated"]
+                .as_str()
+                .map(|_| ())
+        },
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("node-1.tar.gz");
+    let out = Command::new(env!("CARGO_BIN_EXE_tortie"))
+        .args(["node", "diags", "--node", "node-1", "--namespace", ns, "--local"])
+        .arg("--bird-dir")
+        .arg(node_dir(c, 1).join("bird"))
+        .arg("--bird-socket")
+        .arg(node_dir(c, 1).join("bird.ctl"))
+        .arg("-o")
+        .arg(&archive)
+        .env("KUBECONFIG", &c.kubeconfig)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "tortie node diags failed:\n{said}");
+    assert!(said.contains("- Events about the node"), "progress: {said}");
+    assert!(!said.contains(&password), "the password on the terminal:\n{said}");
+    run_ok(
+        Command::new("tar")
+            .arg("-xzf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(dir.path()),
+    );
+    let root = dir.path().join("node-1");
+    let mut files = std::collections::BTreeMap::new();
+    fn walk(
+        d: &std::path::Path,
+        base: &std::path::Path,
+        out: &mut std::collections::BTreeMap<String, String>,
+    ) {
+        for e in std::fs::read_dir(d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, base, out);
+            } else {
+                let rel = p.strip_prefix(base).unwrap().to_string_lossy().into_owned();
+                out.insert(
+                    rel,
+                    String::from_utf8_lossy(&std::fs::read(&p).unwrap()).into_owned(),
+                );
+            }
+        }
+    }
+    walk(&root, &root, &mut files);
+    let names: Vec<&String> = files.keys().collect();
+    for want in [
+        "summary.txt",
+        "node/node.yaml",
+        "node/conditions.txt",
+        "published/tortie-bird-node-1.yaml",
+        "published/rendered/bird.cfg",
+        "events.txt",
+        "ipam/summary.txt",
+        "ipam/affinities.yaml",
+        "local/bird-dir/bird.cfg",
+        "local/bird-status.txt",
+        "caliconodestatus/status.txt",
+        &format!("caliconodestatus/{u}.yaml"),
+    ] {
+        assert!(
+            files.contains_key(want),
+            "{want} not in the archive: {names:?}\n{}",
+            files.get("summary.txt").map_or("", |s| s.as_str())
+        );
+    }
+    for (name, text) in &files {
+        assert!(!text.contains(&password), "the password is in {name}:\n{text}");
+    }
+    assert!(
+        files["node/conditions.txt"].contains("Ready"),
+        "{}",
+        files["node/conditions.txt"]
+    );
+    for f in ["published/rendered/bird.cfg", "local/bird-dir/bird.cfg"] {
+        assert!(
+            files[f].contains("10.255.0.99") && files[f].contains("password \"<redacted>\";"),
+            "{f}:\n{}",
+            files[f]
+        );
+    }
+    assert!(
+        files["published/tortie-bird-node-1.yaml"].contains("<redacted>"),
+        "{}",
+        files["published/tortie-bird-node-1.yaml"]
+    );
+    // The pod's log through pods/log: scrubbed of the password it printed. This e2e control
+    // plane's API server cannot reach the kubelets (their names do not resolve and it holds no
+    // kubelet client certificate, as `kubectl logs` finds too): then the summary names the log
+    // and the API's answer, and the collection goes on.
+    match files.get(&format!("logs/{u}/main.log")) {
+        Some(log) => assert!(
+            log.contains("http://127.0.0.1:9/<redacted>"),
+            "the log, scrubbed: {log}"
+        ),
+        None => assert!(
+            files["summary.txt"].contains(&format!(
+                "log of {ns}/{u} container main: ApiError: Get \"https://node-1:"
+            )) && files["summary.txt"].contains("/containerLogs/tortie-system/"),
+            "neither the log nor why it is missing:\n{}",
+            files["summary.txt"]
+        ),
+    }
+    assert!(
+        files["summary.txt"].contains("agent pods in tortie-system: none on node node-1"),
+        "{}",
+        files["summary.txt"]
+    );
+    assert!(
+        files["ipam/summary.txt"].contains("host:node-1"),
+        "{}",
+        files["ipam/summary.txt"]
+    );
+    assert!(
+        files["local/bird-status.txt"].contains("BIRDv4"),
+        "{}",
+        files["local/bird-status.txt"]
+    );
+
+    // An account that may read nothing (as the agent's may not read Nodes or Events): the
+    // archive is still written, and its summary says what could not be read.
+    let sa = format!("{u}-none");
+    kubectl_ok(&["create", "serviceaccount", "-n", ns, &sa]);
+    let sa_kc = dir.path().join("none.kubeconfig");
+    run_ok(
+        Command::new("bash")
+            .arg(support::repo_dir().join("demo/sa-kubeconfig.sh"))
+            .args([ns, &sa])
+            .arg(&sa_kc)
+            .env("KUBECONFIG", &c.kubeconfig)
+            .env("KUBECTL", &c.kubectl),
+    );
+    let denied = dir.path().join("denied");
+    let out = Command::new(env!("CARGO_BIN_EXE_tortie"))
+        .args(["node", "diags", "--node", "node-1", "--crd-mode", "v1", "-o"])
+        .arg(&denied)
+        .env("KUBECONFIG", &sa_kc)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "diags with a powerless account: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = std::fs::read_to_string(denied.join("summary.txt")).unwrap();
+    for what in ["Node node-1: not allowed", "Events: not allowed", "IPAM blocks"] {
+        assert!(summary.contains(what), "{what:?} not in:\n{summary}");
+    }
+    let _ = kubectl(&["delete", "serviceaccount", "-n", ns, &sa]);
+
+    // A node that does not exist: a clear error, nothing written.
+    let out = Command::new(env!("CARGO_BIN_EXE_tortie"))
+        .args(["node", "diags", "--node", "no-such-node", "-o"])
+        .arg(dir.path().join("none.tar.gz"))
+        .env("KUBECONFIG", &c.kubeconfig)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("node \"no-such-node\" not found"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!dir.path().join("none.tar.gz").exists());
+
+    let _ = kubectl(&["delete", "pod", "-n", ns, &u, "--wait=false"]);
+    assert!(
+        files["caliconodestatus/status.txt"].contains("Node node-1"),
+        "{}",
+        files["caliconodestatus/status.txt"]
+    );
+    let _ = kubectl(&["delete", "caliconodestatuses.crd.projectcalico.org", &u]);
+    let _ = kubectl(&["delete", "bgppeer.crd.projectcalico.org", &u]);
+    let _ = kubectl(&["delete", "secret", "-n", ns, &u]);
+    let _ = kubectl(&[
+        "delete",
+        "ippool.crd.projectcalico.org",
+        &pool_name,
+        "--wait=false",
+    ]);
+}
+
 fn run_ok(cmd: &mut Command) -> String {
     let out = cmd
         .stdin(Stdio::null())

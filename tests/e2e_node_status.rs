@@ -51,7 +51,7 @@ impl Pair {
         }
         let p = Pair { dir, daemons };
         for s in [p.socket(1), p.socket(2)] {
-            let deadline = Instant::now() + Duration::from_secs(10);
+            let deadline = Instant::now() + Duration::from_secs(30);
             while !s.exists() {
                 assert!(Instant::now() < deadline, "bird did not open {}", s.display());
                 std::thread::sleep(Duration::from_millis(50));

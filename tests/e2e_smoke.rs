@@ -209,7 +209,7 @@ async fn fake_node_and_pending_pod() {
     // No kubelet: the pod is deleted at once because its grace period is 0.
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     pods.delete("p1", &DeleteParams::default()).await.unwrap();
-    wait_until("pod p1 to be gone", Duration::from_secs(10), || async {
+    wait_until("pod p1 to be gone", Duration::from_secs(60), || async {
         pods.get_opt("p1").await.unwrap().is_none().then_some(())
     })
     .await;

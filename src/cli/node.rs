@@ -1,6 +1,9 @@
 //! `tortie node status`: BGP session status as `calicoctl node status` prints it, from the
 //! CalicoNodeStatus objects the nodes' agents fill in, or (`--local`) straight from this node's
 //! BIRD sockets. A status whose agent stopped writing is printed as STALE, never as healthy.
+//! `tortie node diags`: see [`diags`].
+
+pub mod diags;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,6 +31,10 @@ pub enum NodeCommand {
     /// BGP session status of the nodes (calicoctl node status). Exit status 1 when a status is
     /// stale, missing, or BIRD cannot be asked.
     Status(StatusArgs),
+    /// Collect what support needs about one node into a .tar.gz (calicoctl node diags): the Node
+    /// and its conditions, its published BGP inputs and rendered BIRD files (passwords redacted),
+    /// CalicoNodeStatus, Events, IPAM blocks and affinities, operator and agent logs.
+    Diags(diags::DiagsArgs),
 }
 
 #[derive(Args, Debug)]
@@ -56,6 +63,7 @@ impl NodeArgs {
         match self.command {
             NodeCommand::Status(a) if a.local => Ok(a.local()),
             NodeCommand::Status(a) => a.cluster().await,
+            NodeCommand::Diags(a) => a.run().await,
         }
     }
 }

@@ -7,13 +7,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{SinkExt, StreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::Api;
 use kube::core::PartialObjectMeta;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
+use tokio_util::bytes::Bytes;
+use tokio_util::codec::Framed;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::env::{CniEnv, Command};
@@ -149,20 +150,19 @@ enum ConnError {
     Wire(#[from] WireError),
 }
 
-async fn connection(mut stream: UnixStream, shared: &Shared) -> Result<(), ConnError> {
-    let mut header = [0u8; 4];
-    match stream.read_exact(&mut header).await {
-        Ok(_) => {}
+async fn connection(stream: UnixStream, shared: &Shared) -> Result<(), ConnError> {
+    let mut framed = Framed::new(stream, wire::codec());
+    let body = match framed.next().await {
+        Some(body) => body?,
         // Connected and left without a word: a liveness probe.
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(()),
-        Err(e) => return Err(e.into()),
-    }
-    let mut body = vec![0u8; wire::frame_len(header)?];
-    stream.read_exact(&mut body).await?;
+        None => return Ok(()),
+    };
     let req: Request = wire::decode(&body)?;
     let resp = answer(shared, req).await;
-    stream.write_all(&wire::encode(&resp)).await?;
-    stream.shutdown().await?;
+    let body = Bytes::from(wire::body(&resp));
+    SinkExt::<Bytes>::send(&mut framed, body).await?;
+    // Flushed and shut down: the plugin reads to the end of its one answer.
+    SinkExt::<Bytes>::close(&mut framed).await?;
     Ok(())
 }
 

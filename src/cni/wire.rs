@@ -2,11 +2,17 @@
 //! socket connection, each message a 4-byte big-endian length and a JSON body. The plugin sends
 //! what a runtime gave it (the `CNI_*` environment and stdin) and prints the answer as is, so a
 //! runtime sees the same results and errors whichever side did the work. Pure: no I/O here.
+//!
+//! Two implementations of the one framing: the agent reads and writes with tokio-util's
+//! [`LengthDelimitedCodec`] ([`codec`]); `tortie-ipam`, a short blocking process, frames by hand
+//! ([`encode`], [`frame_len`]) so that it needs no async runtime to start. Both are checked
+//! against each other below, byte for byte.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
+use tokio_util::codec::LengthDelimitedCodec;
 
 use super::error::CniError;
 
@@ -72,9 +78,24 @@ pub fn error_version(stdin: &[u8]) -> String {
         .unwrap_or_else(|| "1.0.0".into())
 }
 
-/// One message on the wire: length header and body.
+/// The framing as a codec (the agent's side): 4-byte big-endian length, then at most
+/// [`MAX_FRAME`] bytes of body.
+pub fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .length_field_length(4)
+        .big_endian()
+        .max_frame_length(MAX_FRAME)
+        .new_codec()
+}
+
+/// A message's body, without its length (what [`codec`] frames).
+pub fn body<T: Serialize>(msg: &T) -> Vec<u8> {
+    serde_json::to_vec(msg).expect("wire messages serialise")
+}
+
+/// One message on the wire: length header and body (the plugin's side).
 pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
-    let body = serde_json::to_vec(msg).expect("wire messages serialise");
+    let body = body(msg);
     let mut out = Vec::with_capacity(4 + body.len());
     out.extend_from_slice(&(body.len() as u32).to_be_bytes());
     out.extend_from_slice(&body);
@@ -156,7 +177,46 @@ mod tests {
         assert_eq!(env.keys().collect::<Vec<_>>(), ["CNI_ARGS", "CNI_COMMAND"]);
     }
 
+    /// What the plugin writes, the agent's codec reads, and the other way round; the codec
+    /// refuses what the plugin refuses.
+    fn through_the_codec<T: Serialize + DeserializeOwned>(m: &T) -> T {
+        use tokio_util::bytes::BytesMut;
+        use tokio_util::codec::{Decoder, Encoder};
+        let mut buf = BytesMut::from(&encode(m)[..]);
+        let frame = codec().decode(&mut buf).unwrap().expect("one whole frame");
+        assert!(buf.is_empty());
+        let mut out = BytesMut::new();
+        codec().encode(frame.freeze(), &mut out).unwrap();
+        assert_eq!(&out[..], &encode(m)[..], "the codec frames as the plugin does");
+        decode(&out[4..]).unwrap()
+    }
+
+    #[test]
+    fn the_codec_is_the_plugins_framing() {
+        use tokio_util::bytes::BytesMut;
+        use tokio_util::codec::Decoder;
+        let r = Response::Refused { reason: "v3".into() };
+        assert_eq!(through_the_codec(&r), r);
+        // A header announcing more than MAX_FRAME is refused before any body is read.
+        let mut big = BytesMut::from(&((MAX_FRAME + 1) as u32).to_be_bytes()[..]);
+        assert!(codec().decode(&mut big).is_err());
+        // A partial frame waits for the rest.
+        let whole = encode(&r);
+        let mut part = BytesMut::from(&whole[..whole.len() - 1]);
+        assert!(codec().decode(&mut part).unwrap().is_none());
+    }
+
     proptest! {
+        #[test]
+        fn requests_round_trip_through_the_codec(
+            env in proptest::collection::btree_map("CNI_[A-Z]{1,8}", ".{0,40}", 0..6),
+            stdin in ".{0,200}",
+            node in "[a-z0-9.-]{1,30}",
+        ) {
+            let r = Request { env, stdin, node };
+            prop_assert_eq!(through_the_codec(&r), r);
+        }
+
         #[test]
         fn requests_round_trip(
             env in proptest::collection::btree_map("CNI_[A-Z]{1,8}", ".{0,40}", 0..6),

@@ -592,12 +592,12 @@ pub async fn release_empty_block(
     Ok(true)
 }
 
-/// Used by the IPPool finalizer: every empty block inside `net`, with its affinity, goes, and so
-/// does every host affinity inside `net` left without a block.
-pub async fn delete_empty_blocks_in(ctx: &Ctx, net: &IpNet) -> Result<(), Error> {
+/// Used by the IPPool finalizer: every empty block `owned` says is the deleted pool's, with its
+/// affinity, goes, and so does every host affinity of its CIDRs left without a block.
+pub async fn delete_empty_blocks_where(ctx: &Ctx, owned: impl Fn(&IpNet) -> bool) -> Result<(), Error> {
     let ipam = ctx.ipam().await?;
     for b in ctx.stores.blocks.all() {
-        let inside = b.spec.cidr.parse::<IpNet>().is_ok_and(|n| net.contains(&n));
+        let inside = b.spec.cidr.parse::<IpNet>().is_ok_and(|n| owned(&n));
         if inside && !b.spec.is_deleted() && gc_plan::is_empty(&b.spec) {
             release_empty_block(ctx, ipam, &b.spec.cidr, b.spec.host()).await?;
         }
@@ -612,7 +612,7 @@ pub async fn delete_empty_blocks_in(ctx: &Ctx, net: &IpNet) -> Result<(), Error>
             .all()
             .iter()
             .any(|b| b.spec.cidr == a.spec.cidr && !b.spec.is_deleted());
-        if net.contains(&cidr) && !block_left && !a.spec.is_deleted() && a.spec.affinity_type() == "host" {
+        if owned(&cidr) && !block_left && !a.spec.is_deleted() && a.spec.affinity_type() == "host" {
             ipam.release_block_affinity(&a.spec.node, &cidr, true).await?;
         }
     }

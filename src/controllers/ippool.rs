@@ -24,7 +24,7 @@ use super::podcidr::PodCidrs;
 use super::pools::{self, ALLOW_OUTSIDE_POD_CIDR, PoolView, Problem};
 use super::{Ctx, Error, gc, tick};
 use crate::api::{CalicoKind, IPAMBlockSpec, Pool};
-use crate::ipam::usage::{self as ipam_usage, PoolRef};
+use crate::ipam::usage::{self as ipam_usage, PoolRef, PoolUsage};
 use tokio_util::sync::CancellationToken;
 
 const NAME: &str = "ippool";
@@ -43,8 +43,8 @@ pub async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
         st.kubeadm.changes().map(|_| ()).boxed(),
         tick(Duration::from_secs(30)).boxed(),
     ]);
-    // A block change refreshes the counts of the pool owning it (a wider pool draining around
-    // it is re-checked by the periodic resync).
+    // A block change refreshes the counts of the pool owning it (the only pool whose status
+    // and drain it changes).
     let pools_store = st.pools.store.clone();
     let ar2 = ar.clone();
     let by_block = st.blocks.changes().filter_map(move |b| {
@@ -98,9 +98,11 @@ async fn apply(pool: &Pool, ctx: &Ctx) -> Result<Action, Error> {
     match decide(pool, &all, pod.as_ref(), &blocks, Time(jiff::Timestamp::now())) {
         Decision::Release { finalizer, net } => {
             if finalizer {
-                // Empty blocks and their affinities go with the pool, so nothing dangles.
-                if let Some(n) = net {
-                    gc::delete_empty_blocks_in(ctx, &n).await?;
+                // Its empty blocks and their affinities go with the pool, so nothing dangles; a
+                // nested pool's blocks inside its CIDR are that pool's and stay.
+                if net.is_some() {
+                    let refs: Vec<PoolRef> = all.iter().filter_map(|p| PoolRef::from_pool(p)).collect();
+                    gc::delete_empty_blocks_where(ctx, |b| owns(&refs, &name, b)).await?;
                 }
                 set_finalizers(&api, pool, false).await?;
                 info!("IPPool drained; finalizer removed");
@@ -205,11 +207,9 @@ pub fn decide(
         .position(|v| v.name == name)
         .and_then(|i| verdicts[i].clone());
     let net = pool.spec.net();
-    // Draining looks at every block inside the CIDR (as Calico's finalizer does); the counts in
-    // status are what this pool owns, attributed as in `ipam show` and the metrics.
-    let usage = net
-        .map(|n| pools::usage(&n, blocks.iter().copied()))
-        .unwrap_or_default();
+    // Draining waits for the allocations this pool owns, and the counts in status are the same,
+    // attributed as in `ipam show` and the metrics: a nested (or overlapping, narrower) pool's
+    // blocks are that pool's, and deleting the wider one does not wait for them.
     let refs: Vec<PoolRef> = all.iter().filter_map(|p| PoolRef::from_pool(p)).collect();
     let owned = ipam_usage::by_pool(&refs, blocks.iter().copied())
         .remove(&Some(name.clone()))
@@ -217,14 +217,14 @@ pub fn decide(
     let deleting = pool.meta().deletion_timestamp.is_some();
     let has_finalizer = pool.finalizers().iter().any(|f| f == FINALIZER);
 
-    if deleting && usage.allocations == 0 {
+    if deleting && owned.allocations == 0 {
         return Decision::Release {
             finalizer: has_finalizer,
             net,
         };
     }
 
-    let ready = ready_condition(&name, problem.as_ref(), deleting, &usage);
+    let ready = ready_condition(&name, problem.as_ref(), deleting, &owned);
     let allocatable = allocatable_condition(problem.as_ref(), deleting, pool.spec.is_disabled());
     let old = pool
         .status
@@ -243,6 +243,12 @@ pub fn decide(
         event: ready_event(&name, was_ready.as_ref(), &ready, problem.as_ref(), deleting),
         deleting,
     }
+}
+
+/// Whether `block` (a block's or an affinity's CIDR) belongs to pool `name`: the one pool that
+/// owns it by [`ipam_usage::owning_pool`].
+pub fn owns(pools: &[PoolRef], name: &str, block: &IpNet) -> bool {
+    ipam_usage::owning_pool(pools, block).is_some_and(|p| p.name == name)
 }
 
 /// What the overlap and containment checks need of every live pool.
@@ -266,7 +272,7 @@ fn pool_views<'a>(all: &[&'a Pool]) -> Vec<PoolView<'a>> {
 }
 
 /// `Ready`: terminating (with what it waits for), refused (naming the field), or valid.
-fn ready_condition(name: &str, problem: Option<&Problem>, deleting: bool, usage: &pools::Usage) -> Cond {
+fn ready_condition(name: &str, problem: Option<&Problem>, deleting: bool, usage: &PoolUsage) -> Cond {
     match (problem, deleting) {
         (_, true) => Cond::new(
             "Ready",
@@ -610,7 +616,7 @@ mod tests {
     }
 
     #[test]
-    fn counts_are_what_the_pool_owns_but_draining_waits_for_nested_blocks() {
+    fn counts_and_draining_are_what_the_pool_owns_not_nested_pools_blocks() {
         let mut outer = pool("outer", "10.48.0.0/16", "2026-01-01T00:00:00Z");
         outer.spec.disabled = Some(true);
         let inner = pool("inner", "10.48.1.0/24", "2026-01-01T00:01:00Z");
@@ -627,8 +633,60 @@ mod tests {
         let mut outer = outer;
         outer.metadata.deletion_timestamp = Some(t0());
         let all = [&outer, &inner];
-        let (_, s, _, _) = keep(decide(&outer, &all, None, &[&in_inner], t0()));
-        assert!(cond(&s.unwrap(), "Ready").2.contains("4 allocation(s)"));
+        // Its own allocation holds it, and the message counts only that one.
+        let (_, s, _, _) = keep(decide(&outer, &all, None, &[&in_inner, &in_outer], t0()));
+        assert_eq!(
+            cond(&s.unwrap(), "Ready").2,
+            "IPPool outer is being deleted: waiting for 1 allocation(s) in 1 block(s) to be released"
+        );
+        // The nested pool's 4 allocations do not: they stay in the nested pool.
+        let empty_own = block("10.48.2.0/26", 0);
+        assert_eq!(
+            decide(&outer, &all, None, &[&in_inner, &empty_own], t0()),
+            Decision::Release {
+                finalizer: true,
+                net: Some("10.48.0.0/16".parse().unwrap())
+            }
+        );
+        // The nested pool, deleted, waits for its own.
+        let mut inner = inner;
+        inner.metadata.deletion_timestamp = Some(t0());
+        let all = [&outer, &inner];
+        let (_, s, _, _) = keep(decide(&inner, &all, None, &[&in_inner, &empty_own], t0()));
+        assert!(
+            cond(&s.unwrap(), "Ready")
+                .2
+                .contains("4 allocation(s) in 1 block(s)")
+        );
+    }
+
+    #[test]
+    fn a_deleted_pool_clears_only_the_blocks_it_owns() {
+        let refs = [
+            PoolRef {
+                name: "outer".into(),
+                cidr: "10.48.0.0/16".parse().unwrap(),
+                block_size: 26,
+            },
+            PoolRef {
+                name: "inner".into(),
+                cidr: "10.48.1.0/24".parse().unwrap(),
+                block_size: 26,
+            },
+            // Same CIDR as `inner`'s first half, carving /28 blocks.
+            PoolRef {
+                name: "small".into(),
+                cidr: "10.48.1.0/25".parse().unwrap(),
+                block_size: 28,
+            },
+        ];
+        let n = |s: &str| s.parse::<IpNet>().unwrap();
+        assert!(owns(&refs, "outer", &n("10.48.2.0/26")));
+        assert!(!owns(&refs, "outer", &n("10.48.1.64/26")));
+        assert!(owns(&refs, "inner", &n("10.48.1.64/26")));
+        assert!(owns(&refs, "small", &n("10.48.1.16/28")));
+        assert!(!owns(&refs, "inner", &n("10.48.1.16/28")));
+        assert!(!owns(&refs, "outer", &n("10.49.0.0/26")));
     }
 
     fn refused() -> Problem {
@@ -642,7 +700,7 @@ mod tests {
 
     #[test]
     fn conditions_name_the_state_of_the_pool() {
-        let usage = pools::Usage {
+        let usage = PoolUsage {
             allocations: 2,
             blocks: 1,
         };
@@ -674,8 +732,8 @@ mod tests {
 
     #[test]
     fn an_event_only_when_the_ready_verdict_changes() {
-        let valid = ready_condition("p", None, false, &pools::Usage::default());
-        let bad = ready_condition("p", Some(&refused()), false, &pools::Usage::default());
+        let valid = ready_condition("p", None, false, &PoolUsage::default());
+        let bad = ready_condition("p", Some(&refused()), false, &PoolUsage::default());
         let was = |c: &Cond| {
             (
                 if c.status { "True" } else { "False" }.to_string(),
@@ -694,7 +752,7 @@ mod tests {
         // Fixed: "valid again", but not while the pool is being deleted.
         let ev = ready_event("p", Some(&was(&bad)), &valid, None, false).unwrap();
         assert!(!ev.warning && ev.note == "IPPool p is valid again");
-        let gone = ready_condition("p", None, true, &pools::Usage::default());
+        let gone = ready_condition("p", None, true, &PoolUsage::default());
         assert_eq!(ready_event("p", Some(&was(&valid)), &gone, None, true), None);
     }
 
@@ -707,7 +765,7 @@ mod tests {
         };
         let conds = conditions::merge(
             &[],
-            &[ready_condition("a", None, false, &pools::Usage::default())],
+            &[ready_condition("a", None, false, &PoolUsage::default())],
             None,
             t0(),
         );

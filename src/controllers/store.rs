@@ -66,6 +66,30 @@ where
         name: &'static str,
         slim: fn(&mut K),
     ) -> Self {
+        Self::start_with(api, cfg, dyntype, name, slim, false)
+    }
+
+    /// As [`Watched::start`], for a kind an older CRD set lacks (BGPFilter): while the API does
+    /// not serve it (404), it counts as synced with no objects, told once in a warning; the watch
+    /// keeps retrying, so objects come in once the CRD is installed.
+    fn start_optional(
+        api: Api<K>,
+        cfg: watcher::Config,
+        dyntype: K::DynamicType,
+        name: &'static str,
+        slim: fn(&mut K),
+    ) -> Self {
+        Self::start_with(api, cfg, dyntype, name, slim, true)
+    }
+
+    fn start_with(
+        api: Api<K>,
+        cfg: watcher::Config,
+        dyntype: K::DynamicType,
+        name: &'static str,
+        slim: fn(&mut K),
+        optional: bool,
+    ) -> Self {
         let writer = reflector::store::Writer::new(dyntype.clone());
         let store = writer.as_reader();
         let (changes, _) = broadcast::channel(1024);
@@ -85,6 +109,7 @@ where
             .reflect(writer);
         tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
+            let mut absent_told = false;
             while let Some(ev) = stream.next().await {
                 match ev {
                     Ok(Event::Apply(o)) | Ok(Event::Delete(o)) => {
@@ -92,9 +117,26 @@ where
                     }
                     Ok(Event::InitDone) => {
                         synced.store(true, Ordering::Release);
+                        if absent_told {
+                            tracing::info!(kind = name, "the kind is served now: its objects are read");
+                            absent_told = false;
+                        }
                         tracing::debug!(kind = name, "watch cache synced");
                     }
                     Ok(_) => {}
+                    Err(e) if optional && not_served(&e) => {
+                        synced.store(true, Ordering::Release);
+                        if !absent_told {
+                            tracing::warn!(
+                                kind = name,
+                                error = %e,
+                                "{name} is not served by the API (its CRD is not installed): running without {name} objects until it is"
+                            );
+                            absent_told = true;
+                        } else {
+                            tracing::debug!(kind = name, error = %e, "still not served");
+                        }
+                    }
                     Err(e) => tracing::warn!(kind = name, error = %e, "watch error (retrying)"),
                 }
             }
@@ -129,6 +171,16 @@ where
     pub fn get(&self, name: &str) -> Option<Arc<K>> {
         self.store
             .get(&reflector::ObjectRef::new_with(name, self.dyntype.clone()))
+    }
+}
+
+/// The API does not serve the kind (its CRD is not installed): a 404 on the list or watch.
+pub fn not_served(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.code == 404,
+        _ => false,
     }
 }
 
@@ -185,10 +237,11 @@ impl BgpStores {
                 "BGPPeer",
                 |_| {},
             ),
-            filters: dynamic(
-                client,
-                mode.resource(CalicoKind::BGPFilter),
+            // Older Calico CRD sets have no BGPFilter: BGP runs without filters then.
+            filters: Watched::start_optional(
+                Api::all_with(client.clone(), &mode.resource(CalicoKind::BGPFilter)),
                 any(),
+                mode.resource(CalicoKind::BGPFilter),
                 "BGPFilter",
                 |_| {},
             ),

@@ -179,18 +179,80 @@ where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
     K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
 {
+    let (reader, task, _) = spawn_reflector_with(api, dyntype, None);
+    (reader, task)
+}
+
+/// As [`spawn_reflector`], for a kind an older CRD set lacks: the receiver turns `true` when the
+/// API does not serve `kind` (404), warned once; the watch keeps retrying and fills the store
+/// once the CRD is installed.
+fn spawn_optional_reflector<K>(
+    api: kube::Api<K>,
+    dyntype: K::DynamicType,
+    kind: &'static str,
+) -> (
+    reflector::Store<K>,
+    tokio::task::JoinHandle<()>,
+    tokio::sync::watch::Receiver<bool>,
+)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    spawn_reflector_with(api, dyntype, Some(kind))
+}
+
+fn spawn_reflector_with<K>(
+    api: kube::Api<K>,
+    dyntype: K::DynamicType,
+    optional: Option<&'static str>,
+) -> (
+    reflector::Store<K>,
+    tokio::task::JoinHandle<()>,
+    tokio::sync::watch::Receiver<bool>,
+)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+{
     let writer = reflector::store::Writer::new(dyntype);
     let reader = writer.as_reader();
+    let (absent_tx, absent) = tokio::sync::watch::channel(false);
     let stream = watcher(api, watcher::Config::default()).default_backoff();
     let task = tokio::spawn(async move {
         let mut s = std::pin::pin!(reflector(writer, stream));
         while let Some(ev) = s.next().await {
-            if let Err(e) = ev {
-                debug!(error = %e, "ipam watch error (retrying)");
+            match ev {
+                Err(e) if optional.is_some() && not_served(&e) => {
+                    let kind = optional.unwrap_or_default();
+                    if !*absent_tx.borrow() {
+                        warn!(
+                            kind,
+                            error = %e,
+                            "{kind} is not served by the API (its CRD is not installed): running as if there were none until it is"
+                        );
+                    }
+                    absent_tx.send_replace(true);
+                }
+                Err(e) => debug!(error = %e, "ipam watch error (retrying)"),
+                Ok(watcher::Event::InitDone) => {
+                    absent_tx.send_replace(false);
+                }
+                Ok(_) => {}
             }
         }
     });
-    (reader, task)
+    (reader, task, absent)
+}
+
+/// The API does not serve the kind (its CRD is not installed): a 404 on the list or watch.
+fn not_served(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(kube::Error::Api(s))
+        | watcher::Error::WatchFailed(kube::Error::Api(s)) => s.code == 404,
+        _ => false,
+    }
 }
 
 fn jitter() -> Duration {
@@ -266,7 +328,12 @@ impl Ipam {
         let (pools, t1) = spawn_reflector(store.pools_api(), mode.resource(CalicoKind::IPPool));
         let (config, t2) = spawn_reflector(store.config_api(), mode.resource(CalicoKind::IPAMConfig));
         let ar = mode.resource(CalicoKind::IPReservation);
-        let (reservations, t3) = spawn_reflector(kube::Api::all_with(store.client().clone(), &ar), ar);
+        // Older Calico CRD sets have no IPReservation: then nothing is reserved.
+        let (reservations, t3, mut no_reservations) = spawn_optional_reflector(
+            kube::Api::all_with(store.client().clone(), &ar),
+            ar,
+            "IPReservation",
+        );
         let inner = Inner {
             store,
             opts,
@@ -282,8 +349,12 @@ impl Ipam {
         let ready = async {
             let _ = inner.pools.wait_until_ready().await;
             let _ = inner.config.wait_until_ready().await;
-            // As in Calico, no automatic assignment without knowing the reservations.
-            let _ = inner.reservations.wait_until_ready().await;
+            // As in Calico, no automatic assignment without knowing the reservations (none when
+            // the kind is not served).
+            tokio::select! {
+                _ = inner.reservations.wait_until_ready() => {}
+                _ = no_reservations.wait_for(|absent| *absent) => {}
+            }
         };
         if tokio::time::timeout(Duration::from_secs(30), ready)
             .await
@@ -357,13 +428,19 @@ impl Ipam {
 
     /// Pools from the cache; on a miss (a requested pool unknown, or no pool at all) one LIST.
     async fn pool_infos(&self, requested: &[String]) -> Result<Vec<PoolInfo>, IpamError> {
+        self.pool_infos_from(requested, false).await
+    }
+
+    /// `listed`: skip the watch cache and LIST (memoised for a second), for a selection that
+    /// found no pool in the cache; a pool created a moment ago may not have reached the watch.
+    async fn pool_infos_from(&self, requested: &[String], listed: bool) -> Result<Vec<PoolInfo>, IpamError> {
         let mut pools = self.pools();
         let known = |pools: &[Pool], r: &String| {
             pools
                 .iter()
                 .any(|p| p.metadata.name.as_ref() == Some(r) || p.spec.cidr == *r)
         };
-        if pools.is_empty() || requested.iter().any(|r| !known(&pools, r)) {
+        if listed || pools.is_empty() || requested.iter().any(|r| !known(&pools, r)) {
             let fresh = self.inner.cache.lock().unwrap().listed_pools.clone();
             let fresh = match fresh {
                 Some((t, v)) if t.elapsed() < Duration::from_secs(1) => v,
@@ -1021,26 +1098,34 @@ impl Ipam {
         fam: Family,
         requested: &[String],
     ) -> Result<Vec<PoolInfo>, IpamError> {
-        let infos = self.pool_infos(requested).await?;
-        let empty = BTreeMap::new();
-        let ns = req.namespace_labels.as_ref().unwrap_or(&empty);
-        let needs_labels = requested.is_empty() && infos.iter().any(|p| p.family() == fam && p.uses_labels());
-        let node_labels = match (&req.node_labels, needs_labels) {
-            (Some(l), _) => l.clone(),
-            (None, true) => self.node_labels(&req.hostname).await?,
-            (None, false) => BTreeMap::new(),
-        };
-        allocator::select_pools(
-            &infos,
-            &PoolQuery {
-                family: fam,
-                hostname: &req.hostname,
-                requested,
-                node_labels: &node_labels,
-                namespace_labels: ns,
-                intended_use: req.intended_use,
-            },
-        )
+        let mut listed = false;
+        loop {
+            let infos = self.pool_infos_from(requested, listed).await?;
+            let empty = BTreeMap::new();
+            let ns = req.namespace_labels.as_ref().unwrap_or(&empty);
+            let needs_labels =
+                requested.is_empty() && infos.iter().any(|p| p.family() == fam && p.uses_labels());
+            let node_labels = match (&req.node_labels, needs_labels) {
+                (Some(l), _) => l.clone(),
+                (None, true) => self.node_labels(&req.hostname).await?,
+                (None, false) => BTreeMap::new(),
+            };
+            let chosen = allocator::select_pools(
+                &infos,
+                &PoolQuery {
+                    family: fam,
+                    hostname: &req.hostname,
+                    requested,
+                    node_labels: &node_labels,
+                    namespace_labels: ns,
+                    intended_use: req.intended_use,
+                },
+            );
+            match chosen {
+                Err(IpamError::NoPools(_)) if !listed => listed = true,
+                other => return other,
+            }
+        }
     }
 
     async fn assign_family(
@@ -1227,6 +1312,27 @@ impl Ipam {
 
     /// Calico's AssignIP: one specific address (`ipAddrs`). Claims the block for the host when
     /// it does not exist; with strictAffinity an address in another host's block is refused.
+    /// Every valid pool as the API has it now (a LIST, bypassing the watch cache and its memo):
+    /// for an address no cached pool holds, before it is refused.
+    async fn listed_pool_infos(&self) -> Result<Vec<PoolInfo>, IpamError> {
+        let list = self
+            .inner
+            .store
+            .pools_api()
+            .list(&Default::default())
+            .await
+            .map_err(|e| StoreError::Api {
+                kind: "IPPool",
+                name: "(list)".into(),
+                source: e,
+            })?;
+        Ok(list
+            .items
+            .iter()
+            .filter_map(|p| PoolInfo::from_pool(p).ok())
+            .collect())
+    }
+
     pub async fn assign_ip(&self, req: AssignIpRequest) -> Result<(), IpamError> {
         self.assign_ip_with(req, false).await
     }
@@ -1235,7 +1341,11 @@ impl Ipam {
     pub async fn assign_ip_with(&self, req: AssignIpRequest, new_handle: bool) -> Result<(), IpamError> {
         let span = info_span!("ipamhandle", name = %names::handle_name(&req.handle_id), node = %req.hostname, ip = %req.ip);
         async {
-            let infos = self.pool_infos(&[]).await?;
+            let mut infos = self.pool_infos(&[]).await?;
+            if !infos.iter().any(|p| p.is_enabled() && p.cidr.contains(&req.ip)) {
+                // A pool created a moment ago may not have reached the watch yet: ask the API.
+                infos = self.listed_pool_infos().await?;
+            }
             let pool = infos
                 .iter()
                 .find(|p| p.is_enabled() && p.cidr.contains(&req.ip))

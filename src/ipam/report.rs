@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use super::block as blk;
 use super::cidr;
+use super::reserved::Reserved;
 use super::usage::{self, PoolRef};
 use crate::api::{Affinity, AllocationAttribute, Block, Handle, Pool};
 
@@ -529,6 +530,10 @@ pub struct UsageRow {
     pub owner: String,
     pub total: u128,
     pub in_use: u128,
+    /// Addresses IPReservations cover (calicoctl's IPS RESERVED). An address allocated before it
+    /// was reserved counts here and in `in_use`, so the three need not add up to `total`.
+    pub reserved: u128,
+    /// Neither in use nor reserved.
     pub free: u128,
     /// Of `in_use`: released addresses still cooling down before reuse (IPAMConfig
     /// `ipCooldownSeconds`), as calicoctl's IPS COOLING.
@@ -574,11 +579,12 @@ fn affinity_owner(affinity: Option<&str>) -> String {
         .unwrap_or_default()
 }
 
-/// calicoctl's `ipam show` numbers: IN USE = block size − len(unallocated); pool FREE includes
-/// space not yet carved into blocks; blocks outside every pool are listed under a pseudo-pool.
-/// Each block counts for the one pool that owns it ([`usage::owning_pool`]), as in the metrics
-/// and IPPool status: a wider pool does not count a narrower pool's addresses.
-pub fn usage(pools: &[Pool], blocks: &[Block], show_blocks: bool) -> Usage {
+/// calicoctl's `ipam show` numbers: IN USE = block size − len(unallocated); RESERVED = addresses
+/// `reserved` (every IPReservation) covers in the row's CIDR; FREE = neither, and for a pool
+/// includes space not yet carved into blocks; blocks outside every pool are listed under a
+/// pseudo-pool. Each block counts for the one pool that owns it ([`usage::owning_pool`]), as in
+/// the metrics and IPPool status: a wider pool does not count a narrower pool's addresses.
+pub fn usage(pools: &[Pool], blocks: &[Block], reserved: &Reserved, show_blocks: bool) -> Usage {
     let mut out = Usage::default();
     let refs: Vec<PoolRef> = pools.iter().filter_map(PoolRef::from_pool).collect();
     let live: Vec<&Block> = blocks.iter().filter(|b| !b.spec.is_deleted()).collect();
@@ -597,18 +603,22 @@ pub fn usage(pools: &[Pool], blocks: &[Block], show_blocks: bool) -> Usage {
             .iter()
             .zip(&owner)
             .filter(|(_, o)| **o == Some(p.name.as_str()))
-            .filter_map(|(b, _)| block_row(b))
+            .filter_map(|(b, _)| block_row(b, reserved))
             .collect();
         let sum = |f: fn(&UsageRow) -> u128| inside.iter().map(f).sum::<u128>();
         let in_use = sum(|r| r.in_use);
         let total = cidr::size(&p.cidr);
+        let held = reserved.count_in(&p.cidr);
+        // Reserved and in use: counted in IN USE already (FREE must not lose them twice).
+        let held_in_use = sum(|r| r.reserved.saturating_sub(r.total - r.in_use - r.free));
         out.rows.push(UsageRow {
             grouping: "IP Pool".into(),
             cidr: p.cidr.to_string(),
             owner: p.name.clone(),
             total,
             in_use,
-            free: total.saturating_sub(in_use),
+            reserved: held,
+            free: total.saturating_sub(in_use + held.saturating_sub(held_in_use)),
             cooling: sum(|r| r.cooling),
             borrowed: sum(|r| r.borrowed),
             blocks: Some(inside.len() as u64),
@@ -625,7 +635,7 @@ pub fn usage(pools: &[Pool], blocks: &[Block], show_blocks: bool) -> Usage {
             .filter(|(_, o)| o.is_none())
             .map(|(b, _)| b);
         for b in orphans {
-            if let Some(mut r) = block_row(b) {
+            if let Some(mut r) = block_row(b, reserved) {
                 r.grouping = "Block (orphaned allocation block)".into();
                 out.rows.push(r);
             }
@@ -638,10 +648,22 @@ pub fn usage(pools: &[Pool], blocks: &[Block], show_blocks: bool) -> Usage {
 }
 
 /// A block's row of `ipam show --show-blocks`.
-fn block_row(b: &Block) -> Option<UsageRow> {
+fn block_row(b: &Block, reserved: &Reserved) -> Option<UsageRow> {
     let net = blk::block_cidr(&b.spec).ok()?;
     let total = cidr::size(&net);
-    let free = b.spec.unallocated.len() as u128;
+    let unallocated = b.spec.unallocated.len() as u128;
+    let in_use = total.saturating_sub(unallocated);
+    let held = reserved.count_in(&net);
+    // Reserved addresses that are free (not in use): those FREE leaves out.
+    let held_free = if held == 0 {
+        0
+    } else {
+        b.spec
+            .unallocated
+            .iter()
+            .filter(|&&o| (o as u128) < total && reserved.contains(cidr::address_of(&net, o)))
+            .count() as u128
+    };
     let host = affinity_owner(b.spec.affinity.as_deref());
     let (mut cooling, mut borrowed) = (0, 0);
     for (o, _) in blk::allocated(&b.spec, &net) {
@@ -657,8 +679,9 @@ fn block_row(b: &Block) -> Option<UsageRow> {
         cidr: b.spec.cidr.clone(),
         owner: b.spec.affinity.clone().unwrap_or_else(|| "-".into()),
         total,
-        in_use: total.saturating_sub(free),
-        free,
+        in_use,
+        reserved: held,
+        free: unallocated.saturating_sub(held_free),
         cooling,
         borrowed,
         blocks: None,
@@ -1122,6 +1145,7 @@ mod tests {
         let u = usage(
             &[pool("outer", "10.0.0.0/16"), pool("inner", "10.0.1.0/24")],
             &[outer_b, inner_b],
+            &Reserved::default(),
             true,
         );
         let row = |cidr: &str| {
@@ -1139,6 +1163,31 @@ mod tests {
     }
 
     #[test]
+    fn reserved_addresses_count_apart_from_free() {
+        let pool = Pool::new(
+            "default",
+            &CrdMode::V1.resource(CalicoKind::IPPool),
+            IPPoolSpec {
+                cidr: "10.0.0.0/24".into(),
+                ..Default::default()
+            },
+        );
+        let mut b = block("10.0.0.0/26", "a");
+        blk::allocate(&mut b.spec, 3, Some("h1"), &pod_attrs("p1"), |_| false);
+        // .2 was allocated before it was reserved (in use and reserved), .3 is reserved and free,
+        // and 16 reserved addresses lie outside every block.
+        let entries = vec!["10.0.0.2/31".to_string(), "10.0.0.128/28".to_string()];
+        let (reserved, bad) = Reserved::new([("r", entries.as_slice())]);
+        assert!(bad.is_empty());
+        let u = usage(&[pool], &[b], &reserved, true);
+        let (p, b) = (&u.rows[0], &u.rows[1]);
+        assert_eq!((b.total, b.in_use, b.reserved, b.free), (64, 3, 2, 60));
+        assert_eq!((p.total, p.in_use, p.reserved, p.free), (256, 3, 18, 236));
+        let none = usage(&[], &[], &Reserved::default(), true);
+        assert!(none.rows.is_empty());
+    }
+
+    #[test]
     fn usage_counts_like_calicoctl() {
         let pool = Pool::new(
             "default",
@@ -1152,7 +1201,12 @@ mod tests {
         let mut attrs = pod_attrs("p1");
         attrs.insert("node".into(), "b".into());
         blk::allocate(&mut b.spec, 3, Some("h1"), &attrs, |_| false);
-        let u = usage(&[pool], &[b, block("10.9.0.0/26", "z")], true);
+        let u = usage(
+            &[pool],
+            &[b, block("10.9.0.0/26", "z")],
+            &Reserved::default(),
+            true,
+        );
         assert_eq!(u.rows[0].total, 256);
         assert_eq!(u.rows[0].in_use, 3);
         assert_eq!(u.rows[0].free, 253);

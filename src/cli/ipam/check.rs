@@ -78,7 +78,7 @@ fn version() -> String {
 enum ClusterInfo {
     Found(ClusterInformationSpec, String),
     Absent,
-    /// The kubeconfig may not read it (e.g. the operator's service account, which only creates it).
+    /// The kubeconfig may not read it (an account without `get` on `clusterinformations/default`).
     Forbidden,
 }
 

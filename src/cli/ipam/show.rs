@@ -13,7 +13,6 @@ use super::super::output::Format;
 use super::{CliError, Conn, print, render};
 use crate::api::{CrdMode, IPAMConfigSpec};
 use crate::ipam::report::{self, IpInfo, IpState, Usage};
-use crate::ipam::usage::PoolRef;
 use crate::table::TextTable;
 
 #[derive(Args, Debug)]
@@ -71,27 +70,13 @@ impl ShowArgs {
             render(&shown, self.output, || render_config(&shown))?
         } else {
             let blocks = c.ipam.list_blocks().await?;
-            let mut u = report::usage(&c.ipam.pools(), &blocks, self.show_blocks);
+            let mut u = report::usage(&c.ipam.pools(), &blocks, &c.ipam.reserved(), self.show_blocks);
             if !self.show_borrowed {
                 u.borrowed.clear();
             }
-            let mut text = render(&u, self.output, || {
+            render(&u, self.output, || {
                 render_usage(&u, self.output == Format::Wide, self.show_borrowed)
-            })?;
-            // Addresses IPReservations keep from allocation (counted as free above).
-            if matches!(self.output, Format::Table | Format::Wide) {
-                let reserved = c.ipam.reserved();
-                for p in c.ipam.pools().iter().filter_map(PoolRef::from_pool) {
-                    let n = reserved.count_in(&p.cidr);
-                    if n > 0 {
-                        text.push_str(&format!(
-                            "IPS RESERVED in IP Pool {} ({}): {n}, never allocated (IPReservation)\n",
-                            p.name, p.cidr
-                        ));
-                    }
-                }
-            }
-            text
+            })?
         };
         print(&text);
         Ok(ExitCode::SUCCESS)
@@ -290,11 +275,19 @@ fn pct(part: u128, total: u128) -> String {
 
 /// calicoctl's usage table (wide: more columns), then the borrowed addresses if asked.
 pub(super) fn render_usage(u: &Usage, wide: bool, borrowed: bool) -> String {
-    let mut header = vec!["GROUPING", "CIDR", "OWNER", "IPS TOTAL", "IPS IN USE", "IPS FREE"];
+    let mut header = vec![
+        "GROUPING",
+        "CIDR",
+        "OWNER",
+        "IPS TOTAL",
+        "IPS IN USE",
+        "IPS RESERVED",
+        "IPS FREE",
+    ];
     if wide {
         header.extend(["IPS COOLING", "BORROWED", "BLOCKS", "DISABLED"]);
     }
-    let mut t = TextTable::new(&header).right_align(&[3, 4, 5, 6, 7, 8]);
+    let mut t = TextTable::new(&header).right_align(&[3, 4, 5, 6, 7, 8, 9]);
     for r in &u.rows {
         let mut row = vec![
             r.grouping.clone(),
@@ -302,6 +295,7 @@ pub(super) fn render_usage(u: &Usage, wide: bool, borrowed: bool) -> String {
             r.owner.clone(),
             r.total.to_string(),
             format!("{} ({})", r.in_use, pct(r.in_use, r.total)),
+            format!("{} ({})", r.reserved, pct(r.reserved, r.total)),
             format!("{} ({})", r.free, pct(r.free, r.total)),
         ];
         if wide {
@@ -360,7 +354,8 @@ mod tests {
                 owner: "default".into(),
                 total: 256,
                 in_use: 3,
-                free: 253,
+                reserved: 8,
+                free: 245,
                 cooling: 1,
                 borrowed: 2,
                 blocks: Some(1),
@@ -382,7 +377,9 @@ mod tests {
     fn usage_table_wide_and_borrowed() {
         let t = render_usage(&usage(), false, false);
         assert!(
-            t.contains("| IP Pool  | 10.0.0.0/24 | default |       256 |     3 (1%) |"),
+            t.contains(
+                "| IP Pool  | 10.0.0.0/24 | default |       256 |     3 (1%) |       8 (3%) | 245 (96%) |"
+            ),
             "{t}"
         );
         assert!(!t.contains("COOLING") && !t.contains("BORROWING-NODE"), "{t}");
