@@ -1150,6 +1150,38 @@ async fn a_pool_is_used_the_moment_its_create_returns() {
 }
 
 #[tokio::test]
+async fn a_node_labelled_a_moment_ago_gets_the_pool_that_selects_it() {
+    // The engine caches node labels; a node that failed for want of a label and is then labelled
+    // must not wait for that cache to expire.
+    let mut lab = Lab::new("ipam-relabel", 1).await;
+    let node = lab.nodes[0].clone();
+    lab.pool("rack", "10.48.0.0/24", Some(26), |s| {
+        s.node_selector = Some("rack == 'r1'".into())
+    })
+    .await;
+    let ipam = lab.ipam(defaults()).await;
+    let e = ipam.auto_assign(lab.req("before", &node, 1)).await.unwrap_err();
+    assert!(matches!(e, IpamError::NoPools(_)), "{e}");
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(lab.client.clone());
+    nodes
+        .patch(
+            &node,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"labels": {"rack": "r1"}}})),
+        )
+        .await
+        .unwrap();
+    let got = ipam
+        .auto_assign(lab.req("after", &node, 1))
+        .await
+        .unwrap_or_else(|e| panic!("allocation on {node} right after it was labelled: {e}"));
+    assert!(got.is_complete(), "{got:?}");
+    assert!(lab.net("10.48.0.0/24").contains(&got.v4.ips[0].addr()));
+    lab.assert_check_clean().await;
+    lab.cleanup().await;
+}
+
+#[tokio::test]
 async fn v3_crd_mode_writes_native_shapes() {
     install_crds(repo_dir().join("crds/v3"));
     let client = client().await;

@@ -426,14 +426,21 @@ impl Ipam {
         v
     }
 
-    /// Pools from the cache; on a miss (a requested pool unknown, or no pool at all) one LIST.
+    /// Pools from the cache; on a miss (a requested pool unknown, or no pool at all) a LIST.
     async fn pool_infos(&self, requested: &[String]) -> Result<Vec<PoolInfo>, IpamError> {
-        self.pool_infos_from(requested, false).await
+        self.pool_infos_from(requested, Instant::now(), false).await
     }
 
-    /// `listed`: skip the watch cache and LIST (memoised for a second), for a selection that
-    /// found no pool in the cache; a pool created a moment ago may not have reached the watch.
-    async fn pool_infos_from(&self, requested: &[String], listed: bool) -> Result<Vec<PoolInfo>, IpamError> {
+    /// Pools as [`pool_infos`](Self::pool_infos) gives them, except that on a miss, or always
+    /// with `listed`, they come from a LIST issued after `since` (the request's start): a pool
+    /// created a moment before the request may not have reached the watch. Concurrent misses
+    /// share one LIST.
+    async fn pool_infos_from(
+        &self,
+        requested: &[String],
+        since: Instant,
+        listed: bool,
+    ) -> Result<Vec<PoolInfo>, IpamError> {
         let mut pools = self.pools();
         let known = |pools: &[Pool], r: &String| {
             pools
@@ -441,10 +448,11 @@ impl Ipam {
                 .any(|p| p.metadata.name.as_ref() == Some(r) || p.spec.cidr == *r)
         };
         if listed || pools.is_empty() || requested.iter().any(|r| !known(&pools, r)) {
-            let fresh = self.inner.cache.lock().unwrap().listed_pools.clone();
-            let fresh = match fresh {
-                Some((t, v)) if t.elapsed() < Duration::from_secs(1) => v,
+            let memo = self.inner.cache.lock().unwrap().listed_pools.clone();
+            pools = match memo {
+                Some((issued, v)) if issued >= since => v,
                 _ => {
+                    let issued = Instant::now();
                     let list = self
                         .inner
                         .store
@@ -456,12 +464,13 @@ impl Ipam {
                             name: "(list)".into(),
                             source: e,
                         })?;
-                    self.inner.cache.lock().unwrap().listed_pools =
-                        Some((Instant::now(), list.items.clone()));
+                    let mut cache = self.inner.cache.lock().unwrap();
+                    if cache.listed_pools.as_ref().is_none_or(|(t, _)| *t < issued) {
+                        cache.listed_pools = Some((issued, list.items.clone()));
+                    }
                     list.items
                 }
             };
-            pools = fresh;
         }
         let mut infos = Vec::with_capacity(pools.len());
         for p in &pools {
@@ -479,8 +488,10 @@ impl Ipam {
         Ok(infos)
     }
 
-    async fn node_labels(&self, host: &str) -> Result<BTreeMap<String, String>, IpamError> {
-        if let Some((t, l)) = self.inner.cache.lock().unwrap().node_labels.get(host)
+    /// The node's labels, cached for `NODE_LABEL_TTL`; `fresh` reads them from the API.
+    async fn node_labels(&self, host: &str, fresh: bool) -> Result<BTreeMap<String, String>, IpamError> {
+        if !fresh
+            && let Some((t, l)) = self.inner.cache.lock().unwrap().node_labels.get(host)
             && t.elapsed() < NODE_LABEL_TTL
         {
             return Ok(l.clone());
@@ -1098,16 +1109,17 @@ impl Ipam {
         fam: Family,
         requested: &[String],
     ) -> Result<Vec<PoolInfo>, IpamError> {
+        let since = Instant::now();
         let mut listed = false;
         loop {
-            let infos = self.pool_infos_from(requested, listed).await?;
+            let infos = self.pool_infos_from(requested, since, listed).await?;
             let empty = BTreeMap::new();
             let ns = req.namespace_labels.as_ref().unwrap_or(&empty);
             let needs_labels =
                 requested.is_empty() && infos.iter().any(|p| p.family() == fam && p.uses_labels());
             let node_labels = match (&req.node_labels, needs_labels) {
                 (Some(l), _) => l.clone(),
-                (None, true) => self.node_labels(&req.hostname).await?,
+                (None, true) => self.node_labels(&req.hostname, listed).await?,
                 (None, false) => BTreeMap::new(),
             };
             let chosen = allocator::select_pools(
@@ -1121,8 +1133,11 @@ impl Ipam {
                     intended_use: req.intended_use,
                 },
             );
+            // The second look reads pools and the node's labels from the API: either may be
+            // newer than the caches (a pool just created, a node just labelled).
             match chosen {
                 Err(IpamError::NoPools(_)) if !listed => listed = true,
+                Err(IpamError::BadRequest(_)) if !listed && !requested.is_empty() => listed = true,
                 other => return other,
             }
         }
@@ -1312,27 +1327,6 @@ impl Ipam {
 
     /// Calico's AssignIP: one specific address (`ipAddrs`). Claims the block for the host when
     /// it does not exist; with strictAffinity an address in another host's block is refused.
-    /// Every valid pool as the API has it now (a LIST, bypassing the watch cache and its memo):
-    /// for an address no cached pool holds, before it is refused.
-    async fn listed_pool_infos(&self) -> Result<Vec<PoolInfo>, IpamError> {
-        let list = self
-            .inner
-            .store
-            .pools_api()
-            .list(&Default::default())
-            .await
-            .map_err(|e| StoreError::Api {
-                kind: "IPPool",
-                name: "(list)".into(),
-                source: e,
-            })?;
-        Ok(list
-            .items
-            .iter()
-            .filter_map(|p| PoolInfo::from_pool(p).ok())
-            .collect())
-    }
-
     pub async fn assign_ip(&self, req: AssignIpRequest) -> Result<(), IpamError> {
         self.assign_ip_with(req, false).await
     }
@@ -1341,10 +1335,11 @@ impl Ipam {
     pub async fn assign_ip_with(&self, req: AssignIpRequest, new_handle: bool) -> Result<(), IpamError> {
         let span = info_span!("ipamhandle", name = %names::handle_name(&req.handle_id), node = %req.hostname, ip = %req.ip);
         async {
+            let since = Instant::now();
             let mut infos = self.pool_infos(&[]).await?;
             if !infos.iter().any(|p| p.is_enabled() && p.cidr.contains(&req.ip)) {
                 // A pool created a moment ago may not have reached the watch yet: ask the API.
-                infos = self.listed_pool_infos().await?;
+                infos = self.pool_infos_from(&[], since, true).await?;
             }
             let pool = infos
                 .iter()
