@@ -447,16 +447,20 @@ fn succeeded(args: &[&str], out: Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// A new kube client for the test cluster. Make one per test (per tokio runtime): a client
-/// must not outlive the runtime it was made in.
-pub async fn client() -> Client {
+/// The kube client configuration of the test cluster's admin kubeconfig.
+async fn config() -> Config {
     let c = cluster();
     let kubeconfig = Kubeconfig::read_from(&c.kubeconfig)
         .unwrap_or_else(|e| panic!("reading {}: {e}", c.kubeconfig.display()));
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+    Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
-        .unwrap_or_else(|e| panic!("kube config from {}: {e}", c.kubeconfig.display()));
-    Client::try_from(config).unwrap_or_else(|e| panic!("kube client: {e}"))
+        .unwrap_or_else(|e| panic!("kube config from {}: {e}", c.kubeconfig.display()))
+}
+
+/// A new kube client for the test cluster. Make one per test (per tokio runtime): a client
+/// must not outlive the runtime it was made in.
+pub async fn client() -> Client {
+    Client::try_from(config().await).unwrap_or_else(|e| panic!("kube client: {e}"))
 }
 
 /// Polls `f` every 100 ms until it returns `Some`, or panics after `timeout` naming `what`.
@@ -561,12 +565,6 @@ impl RequestLog {
 
 /// A kube client for the test cluster that records every request it sends in `log`.
 pub async fn counting_client(log: RequestLog) -> Client {
-    let c = cluster();
-    let kubeconfig = Kubeconfig::read_from(&c.kubeconfig)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", c.kubeconfig.display()));
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .unwrap_or_else(|e| panic!("kube config from {}: {e}", c.kubeconfig.display()));
     let layer = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
         let q = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
         log.0
@@ -575,7 +573,7 @@ pub async fn counting_client(log: RequestLog) -> Client {
             .push(format!("{} {}{q}", req.method(), req.uri().path()));
         req
     });
-    kube::client::ClientBuilder::try_from(config)
+    kube::client::ClientBuilder::try_from(config().await)
         .unwrap_or_else(|e| panic!("kube client: {e}"))
         .with_layer(&layer)
         .build()
