@@ -4,12 +4,23 @@
 //!
 //! ```sh
 //! bash e2e/with-cluster.sh cargo bench --bench operator -- all [--quick]
-//! bash e2e/with-cluster.sh cargo bench --bench operator -- gc | footprint | bgp-reload
+//! bash e2e/with-cluster.sh cargo bench --bench operator -- gc | gc-node-deleted | gc-restart \
+//!     | published-bytes | reflector | publish-writes | bgp-reload | footprint [--out FILE]
 //! ```
 //!
 //! - `gc`: 10,000 leaked pod addresses over 200 blocks (pods gone, nodes alive): time from the end
 //!   of the grace period until the GC has reclaimed every one (block writes landed), until their
 //!   IPAMHandles are gone, and the API writes it used (IPAMBlock writes per block apart).
+//! - `gc-node-deleted`: Nodes with a leaked address and an empty block each are deleted: time
+//!   until their blocks, affinities and handles are gone (the default GC interval is minutes).
+//! - `gc-restart`: the operator is killed inside the grace period of a leak and of empty blocks
+//!   and another starts: the releases follow the first sighting, not the restart.
+//! - `published-bytes`: bytes of what the operator publishes for a 1,000-node mesh and 5,000 nodes
+//!   with route reflectors (pure, the inputs of `benches/bgp_render.rs`).
+//! - `reflector`: a reflector with 5,000 clients: its config assembled from the published objects,
+//!   `bird -p`, then a real BIRD started on it in a network namespace.
+//! - `publish-writes`: `tortie run --controllers bgp` on 1,000 Nodes: API writes at start-up (each
+//!   object once) and for Node changes no BIRD file reads (none).
 //! - `footprint`: the operator's RSS and CPU at 10 Nodes; at 1,000 Nodes with 50,000 Pods; at
 //!   5,000 Nodes, 100,000 IPAMHandles and 2,000 IPAMBlocks, all created in the apiserver.
 //! - `bgp-reload`: a BGPPeer change until every node's BIRD runs it (operator renders, agents install
@@ -30,12 +41,14 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, stream};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::Client;
-use kube::api::{Api, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 use serde_json::{Value, json};
 use tortie::api::{
     Affinity, AllocationAttribute, Block, BlockAffinitySpec, CalicoKind, CrdMode, Handle, IPAMBlockSpec,
     IPAMHandleSpec,
 };
+use tortie::bgp::{CalicoSelectors, RenderOptions};
+use tortie::node::published;
 
 use common::*;
 use support::Operator;
@@ -62,23 +75,36 @@ fn main() {
     }
     if what.is_empty() || what.iter().any(|w| w == "all") {
         // footprint last: it leaves 5,000 Nodes behind until its clean-up has run.
-        what = vec!["gc".into(), "bgp-reload".into(), "footprint".into()];
+        what = vec![
+            "gc".into(),
+            "gc-node-deleted".into(),
+            "gc-restart".into(),
+            "published-bytes".into(),
+            "reflector".into(),
+            "publish-writes".into(),
+            "bgp-reload".into(),
+            "footprint".into(),
+        ];
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    let mut sections = earlier_sections(&out, &what);
-    for w in &what {
-        let s = match w.as_str() {
-            "gc" => rt.block_on(gc_bench(quick)),
-            "footprint" => rt.block_on(footprint_bench(quick)),
-            "bgp-reload" => rt.block_on(bgp_reload_bench(quick)),
-            other => panic!("unknown benchmark {other:?} (gc, footprint, bgp-reload, all)"),
-        };
-        println!("{}", serde_json::to_string_pretty(&s).unwrap());
-        sections.push(s);
-        write_results(&out, &mut sections);
+    let ok = run_sections(&out, &what, |w| match w {
+        "gc" => rt.block_on(gc_bench(quick)),
+        "gc-node-deleted" => rt.block_on(gc_node_deleted_bench(quick)),
+        "gc-restart" => rt.block_on(gc_restart_bench(quick)),
+        "published-bytes" => published_bytes_bench(),
+        "reflector" => reflector_bench(),
+        "publish-writes" => rt.block_on(publish_writes_bench(quick)),
+        "footprint" => rt.block_on(footprint_bench(quick)),
+        "bgp-reload" => rt.block_on(bgp_reload_bench(quick)),
+        other => panic!(
+            "unknown benchmark {other:?} (gc, gc-node-deleted, gc-restart, published-bytes, reflector, publish-writes, bgp-reload, footprint, all)"
+        ),
+    });
+    if !ok {
+        std::process::exit(1);
     }
 }
 
@@ -428,15 +454,13 @@ async fn gc_bench(quick: bool) -> Value {
             "API writes": w, "IPAMBlock writes per block": format!("{per_block:.1}"),
             "API reads": counts.get("get").copied().unwrap_or(0.0) + counts.get("list").copied().unwrap_or(0.0),
         }],
-        "targets": [{
-            "what": "10,000 leaked addresses reclaimed within the grace period + 15 s",
-            "met": met, "value": format!("{after_grace:.1} s after the grace period"),
-            "anchor": "Calico: 15-22.5 min on a live node with default settings",
-        }, {
-            "what": "≤ 2 IPAMBlock writes per block (the leak stamp, the release)",
-            "met": per_block <= 2.0, "value": format!("{per_block:.1}"),
-            "anchor": "one write per released address before: 101 per block",
-        }],
+        "targets": [
+            target("gc-reclaim", &format!("{leaks} leaked addresses reclaimed within the grace period + 15 s"), met,
+                   format!("{after_grace:.1} s after the grace period"), "56.0 s after the grace period",
+                   "Calico: 15-22.5 min on a live node with default settings"),
+            target("gc-block-writes", "≤ 2 IPAMBlock writes per block (the leak stamp, the release)", per_block <= 2.0,
+                   format!("{per_block:.1}"), "101 (one write per released address)", "-"),
+        ],
         "plot": {"file": "gc.png", "x": "seconds since the operator started", "y": "addresses reclaimed",
                  "series": [{"label": format!("{leaks} leaks, grace {grace_s} s"), "x": curve.0, "y": curve.1}]},
         "notes": [format!("API requests by verb during the run (operator + this bench's final check): {counts:?}")],
@@ -607,12 +631,12 @@ async fn footprint_bench(quick: bool) -> Value {
         ),
         "rows": rows,
         "targets": [
-            {"what": "RSS ≤ 32 MiB at 10 nodes", "met": rss(&p1) <= 32.0,
-             "value": format!("{:.1} MiB", rss(&p1)), "anchor": "Calico kube-controllers at ~10 nodes: 24-73 MiB"},
-            {"what": "RSS ≤ 64 MiB at 1,000 nodes with 50k pods", "met": rss(&p2) <= 64.0,
-             "value": format!("{:.1} MiB", rss(&p2)), "anchor": "tortie before: 105.8 MiB"},
-            {"what": "RSS ≤ 128 MiB at 5,000 nodes with 100k handles", "met": rss(&p3) <= 128.0,
-             "value": format!("{:.1} MiB", rss(&p3)), "anchor": "tortie before: 236.3 MiB"},
+            target("footprint-10", "RSS ≤ 32 MiB at 10 nodes", rss(&p1) <= 32.0, format!("{:.1} MiB", rss(&p1)),
+                   "20.2 MiB", "Calico kube-controllers at ~10 nodes: 24-73 MiB"),
+            target("footprint-1000", "RSS ≤ 64 MiB at 1,000 nodes with 50k pods", rss(&p2) <= 64.0,
+                   format!("{:.1} MiB", rss(&p2)), "105.8 MiB", "-"),
+            target("footprint-5000", "RSS ≤ 128 MiB at 5,000 nodes with 100k handles", rss(&p3) <= 128.0,
+                   format!("{:.1} MiB", rss(&p3)), "236.3 MiB", "-"),
         ],
         "plot": {"file": "footprint.png", "x": "objects watched (Nodes + Pods + IPAM objects)", "y": "MiB",
                  "series": [
@@ -875,10 +899,10 @@ async fn bgp_reload_bench(quick: bool) -> Value {
             "reloads on unchanged output": unchanged_reloads,
         }],
         "targets": [
-            {"what": "a BGP change reaches a reloaded BIRD in < 50 ms per node (p50 from the API call)",
-             "met": p50 < 50.0, "value": format!("{p50:.0} ms"), "anchor": "tortie with operator-rendered files: 170 ms"},
-            {"what": "unchanged output causes no reload", "met": unchanged_reloads == 0,
-             "value": format!("{unchanged_reloads} reloads"), "anchor": "-"},
+            target("reload-p50", "a BGP change reaches a reloaded BIRD in < 50 ms per node (p50 from the API call)", p50 < 50.0,
+                   format!("{p50:.0} ms"), "170 ms (operator-rendered files)", "-"),
+            target("reload-unchanged", "unchanged output causes 0 reloads and 0 config file writes", unchanged_reloads == 0,
+                   format!("{unchanged_reloads} nodes reloaded or rewrote a file"), "0 reloads", "-"),
         ],
         "plot": {"file": "bgp-reload.png", "x": "round", "y": "ms until the last node's BIRD runs the change",
                  "series": [{"label": format!("{nodes} nodes"), "x": (1..=rounds).collect::<Vec<_>>(), "y": round_max}]},
@@ -890,4 +914,653 @@ async fn bgp_reload_bench(quick: bool) -> Value {
         support::kubectl(&["delete", "node", n, "--ignore-not-found", "--wait=false"]);
     }
     s
+}
+
+// ---------------------------------------------------------------------------------------------
+// GC: a deleted Node's blocks and affinities; the grace clock across an operator restart
+
+fn pool_blocks(blocks: &[Block], cidr: ipnet::Ipv4Net) -> Vec<&Block> {
+    blocks
+        .iter()
+        .filter(|b| {
+            b.spec
+                .cidr
+                .parse::<ipnet::IpNet>()
+                .is_ok_and(|c| ipnet::IpNet::V4(cidr).contains(&c.addr()))
+        })
+        .collect()
+}
+
+async fn gc_node_deleted_bench(quick: bool) -> Value {
+    let n = if quick { 5 } else { 20 };
+    let o = objects().await;
+    let run = format!("d{}", std::process::id());
+    let pool = format!("bench-gcd-{run}");
+    let cidr: ipnet::Ipv4Net = format!("10.{}.0.0/16", 64 + std::process::id() % 30)
+        .parse()
+        .unwrap();
+    op_support::apply_pool(&pool, &run, &cidr.to_string(), 26, "  nodeSelector: all()\n");
+    let hosts: Vec<String> = (0..n).map(|i| format!("{run}-n{i}")).collect();
+    o.nodes(&hosts, &[]).await;
+    let ns = format!("bench-{run}");
+    // Per node: one block holding the address of a pod that is gone (a leak, inside the 15 min
+    // grace while the node lives) and one empty block, each with its affinity.
+    let (h1, h2, nsc) = (hosts.clone(), hosts.clone(), ns.clone());
+    o.ipam(cidr, 0, n, 1, &ns, &move |b| h1[b % n].clone(), &move |b, _| {
+        format!("{nsc}/gone-{b}")
+    })
+    .await;
+    o.ipam(cidr, n, n, 0, &ns, &move |b| h2[b % n].clone(), &|_, _| {
+        String::new()
+    })
+    .await;
+    let op = Operator::start(
+        &format!("bench-gcd-{run}"),
+        &[
+            "--controllers",
+            "gc",
+            "--pool-selector",
+            &format!("tortie-test={run}"),
+            "--lease-name",
+            &format!("bench-gcd-{run}"),
+        ],
+    );
+    op.wait_ready().await;
+    support::wait_until("operator leads", Duration::from_secs(60), || async {
+        op.is_leader().await.then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let b_api: Api<Block> = Api::all_with(o.client.clone(), &o.mode.resource(CalicoKind::IPAMBlock));
+    let a_api: Api<Affinity> = Api::all_with(o.client.clone(), &o.mode.resource(CalicoKind::BlockAffinity));
+    let h_api: Api<Handle> = Api::all_with(o.client.clone(), &o.mode.resource(CalicoKind::IPAMHandle));
+    let count = || async {
+        let blocks = b_api.list(&Default::default()).await.unwrap().items;
+        let blocks = pool_blocks(&blocks, cidr).len();
+        let affs = a_api
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .filter(|a| hosts.contains(&a.spec.node))
+            .count();
+        let handles = h_api
+            .list_metadata(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .filter(|h| h.metadata.name.as_deref().is_some_and(|x| x.contains(&ns)))
+            .count();
+        (blocks, affs, handles)
+    };
+    let alive = count().await;
+    assert_eq!(
+        alive,
+        (2 * n, 2 * n, n),
+        "blocks, affinities and handles released while their nodes live (grace 15 min)"
+    );
+    let node_api: Api<Node> = Api::all(o.client.clone());
+    let t0 = Instant::now();
+    load("Node deletions", n, |i| {
+        let (api, name) = (node_api.clone(), hosts[i].clone());
+        async move {
+            api.delete(&name, &Default::default()).await.unwrap();
+        }
+    })
+    .await;
+    let (mut blocks_s, mut affs_s, mut handles_s) = (None, None, None);
+    loop {
+        let (b, a, h) = count().await;
+        let t = t0.elapsed().as_secs_f64();
+        for (left, at) in [(b, &mut blocks_s), (a, &mut affs_s), (h, &mut handles_s)] {
+            if left == 0 && at.is_none() {
+                *at = Some(t);
+            }
+        }
+        if blocks_s.is_some() && affs_s.is_some() && handles_s.is_some() {
+            break;
+        }
+        assert!(
+            t < 300.0,
+            "{b} blocks, {a} affinities, {h} handles of deleted nodes left after {t:.0} s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(op);
+    let (b, a, h) = (blocks_s.unwrap(), affs_s.unwrap(), handles_s.unwrap());
+    let worst = b.max(a);
+    json!({
+        "id": "gc-node-deleted", "order": 42,
+        "title": "IPAM GC: a deleted Node's blocks and affinities",
+        "inputs": format!(
+            "{n} live Nodes, each with two /26 IPAMBlocks of one IPPool and their BlockAffinities: one block holding one \
+             address of a pod that never existed (with its IPAMHandle), one empty. `tortie run --controllers gc` with its \
+             defaults (grace period 15 min, GC interval minutes): nothing may go while the nodes live (checked). Then every \
+             Node is deleted at once; time from the first deletion until none of their blocks, affinities and handles is left."
+        ),
+        "rows": [{
+            "nodes deleted": n, "blocks": 2 * n, "leaked addresses": n,
+            "blocks gone s": format!("{b:.1}"), "affinities gone s": format!("{a:.1}"),
+            "handles gone s": format!("{h:.1}"),
+        }],
+        "targets": [
+            target("gc-node-deleted", "a deleted Node's blocks (empty or leaked) and affinities go within 10 s, without waiting for a GC tick",
+                   worst <= 10.0, format!("{worst:.1} s for {n} nodes ({} blocks)", 2 * n), "not measured", "-"),
+        ],
+    })
+}
+
+/// The time the GC first saw a leak, as it stamped it in the allocation's attributes.
+fn leak_stamp(b: &Block, ordinal: usize) -> Option<jiff::Timestamp> {
+    let ai = b.spec.allocations.get(ordinal).copied().flatten()?;
+    b.spec.attributes[ai]
+        .secondary
+        .as_ref()?
+        .get(tortie::ipam::block::LEAK_SEEN_KEY)?
+        .parse()
+        .ok()
+}
+
+async fn gc_restart_bench(quick: bool) -> Value {
+    let grace_s: i64 = if quick { 12 } else { 20 };
+    let grace = jiff::SignedDuration::from_secs(grace_s);
+    let client = support::client().await;
+    let run = format!("k{}", std::process::id());
+    let x = 94 + std::process::id() % 5;
+    let node = format!("{run}-n");
+    support::create_node(&client, &node, &[], None, &[], &[]).await;
+    let ns = format!("bench-{run}");
+    op_support::apply_pool(
+        &format!("bench-gck-{run}"),
+        &run,
+        &format!("10.{x}.0.0/24"),
+        26,
+        "",
+    );
+    let leak = op_support::write_block(
+        &client,
+        &format!("10.{x}.0.0/26"),
+        Some(&node),
+        &[op_support::Alloc::pod(7, &ns, "gone", &node)],
+    )
+    .await
+    .metadata
+    .name
+    .unwrap();
+    // Two empty blocks of the same live node (it keeps the leak's block): released once their
+    // own grace period has run, their clock stamped on them as well.
+    let mut empties = vec![];
+    for c in [format!("10.{x}.0.64/26"), format!("10.{x}.0.128/26")] {
+        let b = op_support::write_block(&client, &c, Some(&node), &[]).await;
+        empties.push(b.metadata.name.unwrap());
+    }
+    let args = |lease: String| -> Vec<String> {
+        [
+            "--controllers",
+            "gc",
+            "--pool-selector",
+            &format!("tortie-test={run}"),
+            "--lease-name",
+            &lease,
+            "--gc-grace-period",
+            &format!("{grace_s}s"),
+            "--gc-interval",
+            "1s",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let start = |id: String| {
+        let a = args(id.clone());
+        Operator::start(&id, &a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let mut first = start(format!("bench-gck-{run}-a"));
+    let blocks: Api<Block> = Api::all_with(
+        client.clone(),
+        &op_support::mode(&client).await.resource(CalicoKind::IPAMBlock),
+    );
+    let stamp = support::wait_until("leak stamped", Duration::from_secs(60), || async {
+        leak_stamp(&blocks.get(&leak).await.ok()?, 7)
+    })
+    .await;
+    let mut empty_stamps = vec![];
+    for name in &empties {
+        let t = support::wait_until("empty block stamped", Duration::from_secs(60), || async {
+            let b = blocks.get(name).await.ok()?;
+            let v = b
+                .metadata
+                .annotations
+                .as_ref()?
+                .get(tortie::controllers::gc_plan::EMPTY_SINCE_ANNOTATION)?
+                .clone();
+            tortie::controllers::gc_plan::empty_since(&v, &b.spec)
+        })
+        .await;
+        empty_stamps.push(t);
+    }
+    // Well inside the grace period: the first operator dies (SIGKILL), another takes over
+    // (another process and Lease: a restart or a leader change).
+    tokio::time::sleep(Duration::from_secs((grace_s / 2) as u64)).await;
+    first.kill();
+    let restarted = jiff::Timestamp::now();
+    let second = start(format!("bench-gck-{run}-b"));
+    let released = support::wait_until("leak released", Duration::from_secs(120), || async {
+        let b = blocks.get(&leak).await.ok()?;
+        b.spec
+            .allocations
+            .iter()
+            .all(|a| a.is_none())
+            .then(jiff::Timestamp::now)
+    })
+    .await;
+    let mut empty_gone = vec![];
+    for name in &empties {
+        let t = support::wait_until("empty block released", Duration::from_secs(120), || async {
+            blocks
+                .get_opt(name)
+                .await
+                .ok()?
+                .is_none()
+                .then(jiff::Timestamp::now)
+        })
+        .await;
+        empty_gone.push(t);
+    }
+    drop(second);
+    let _ = Api::<Node>::all(client.clone())
+        .delete(&node, &Default::default())
+        .await;
+    let secs = |d: jiff::SignedDuration| d.as_secs_f64();
+    // Released once the grace has run from the first sighting (not before), and well before a
+    // clock restarted by the new operator would have let it (restart + grace).
+    let restart_due = restarted + grace;
+    let margin = jiff::SignedDuration::from_secs(grace_s / 5);
+    let leak_ok = released >= stamp + grace && released < restart_due - margin;
+    let empties_ok = empty_stamps
+        .iter()
+        .zip(&empty_gone)
+        .all(|(t, g)| *g >= *t + grace && *g < restart_due - margin);
+    let after_stamp = secs(released.duration_since(stamp));
+    let after_restart = secs(released.duration_since(restarted));
+    let empties_after: Vec<String> = empty_stamps
+        .iter()
+        .zip(&empty_gone)
+        .map(|(t, g)| format!("{:.1}", secs(g.duration_since(*t))))
+        .collect();
+    json!({
+        "id": "gc-restart", "order": 44,
+        "title": "IPAM GC: the grace clock across an operator restart",
+        "inputs": format!(
+            "One live Node with three /26 IPAMBlocks: one holding the address of a pod that never existed, two empty. \
+             `tortie run --controllers gc --gc-grace-period {grace_s}s --gc-interval 1s` stamps the leak's and the empty \
+             blocks' first sighting in the blocks; {} s later it is killed (SIGKILL) and another operator (own process and \
+             Lease) starts. The clock must run from the first sighting: released no earlier than sighting + grace and before \
+             restart + grace - {} s.", grace_s / 2, grace_s / 5
+        ),
+        "rows": [{
+            "grace s": grace_s,
+            "sighting to restart s": format!("{:.1}", secs(restarted.duration_since(stamp))),
+            "leak released after sighting s": format!("{after_stamp:.1}"),
+            "leak released after restart s": format!("{after_restart:.1}"),
+            "empty blocks released after their sighting s": empties_after.join(", "),
+        }],
+        "targets": [
+            target("gc-restart", "the grace clock survives an operator restart (release at first sighting + grace, not restart + grace)",
+                   leak_ok && empties_ok,
+                   format!("leak released {after_stamp:.1} s after its first sighting, {after_restart:.1} s after the restart (grace {grace_s} s); empty blocks {} s after theirs", empties_after.join(", ")),
+                   "not measured", "-"),
+        ],
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Published BGP inputs: bytes, a 5,000-client reflector under BIRD, writes at start-up and for
+// changes that leave the output alone
+
+fn json_len(p: &published::Published) -> usize {
+    match p {
+        published::Published::ConfigMap(c) => serde_json::to_vec(c).unwrap().len(),
+        published::Published::Secret(x) => serde_json::to_vec(x).unwrap().len(),
+    }
+}
+
+fn published_bytes_bench() -> Value {
+    let (sel, opts) = (CalicoSelectors::default(), RenderOptions::default());
+    let mut rows = vec![];
+    let mut total = BTreeMap::new();
+    for (layout, n) in [("mesh", 1000usize), ("rr", 5000)] {
+        let snap = bgp_inputs::cluster(n, layout == "mesh");
+        let t = Instant::now();
+        let inputs = published::publish(&snap, &opts, &sel, None);
+        let (shards, own) = published::objects("tortie-system", &inputs);
+        let took = t.elapsed().as_secs_f64();
+        let shard_bytes: Vec<usize> = shards
+            .iter()
+            .map(|o| serde_json::to_vec(o).unwrap().len())
+            .collect();
+        let own_bytes: Vec<usize> = own.iter().map(json_len).collect();
+        let sum = shard_bytes.iter().sum::<usize>() + own_bytes.iter().sum::<usize>();
+        let largest = shard_bytes.iter().chain(&own_bytes).max().copied().unwrap_or(0);
+        eprintln!(
+            "published bytes: {layout} {n} nodes: {:.2} MB in {} shards + {} own objects (largest {:.0} KiB)",
+            sum as f64 / 1e6,
+            shards.len(),
+            own.len(),
+            largest as f64 / 1024.0
+        );
+        total.insert(layout, sum as f64 / 1e6);
+        rows.push(json!({
+            "layout": layout, "nodes": n, "shards": shards.len(), "own objects": own.len(),
+            "shards MB": format!("{:.2}", shard_bytes.iter().sum::<usize>() as f64 / 1e6),
+            "own objects MB": format!("{:.2}", own_bytes.iter().sum::<usize>() as f64 / 1e6),
+            "total MB": format!("{:.2}", sum as f64 / 1e6),
+            "largest object KiB": format!("{:.0}", largest as f64 / 1024.0),
+            "publish step s": format!("{took:.2}"),
+        }));
+    }
+    json!({
+        "id": "published-bytes", "order": 55,
+        "title": "Published BGP inputs: bytes in the apiserver",
+        "inputs": format!(
+            "What the operator publishes for the inputs of `benches/bgp_render.rs` (`mesh`: 1,000 nodes in a full mesh; \
+             `rr`: 5,000 nodes, 3 route reflectors): the shards every node reads and one object per node, as JSON the \
+             apiserver stores (tortie::node::published, the operator's own code; no cluster needed). {}",
+            "Nodes, blocks and peers as described there."
+        ),
+        "rows": rows,
+        "targets": [
+            target("published-mesh-1000", "published bytes for a 1,000-node full mesh ≤ 2 MB in total", total["mesh"] <= 2.0,
+                   format!("{:.2} MB", total["mesh"]), "714 MB (every node's rendered files)", "-"),
+            target("published-rr-5000", "published bytes for 5,000 nodes with route reflectors ≤ 10 MB in total", total["rr"] <= 10.0,
+                   format!("{:.2} MB", total["rr"]), "57.3 MB (every node's rendered files)", "-"),
+        ],
+    })
+}
+
+/// A reflector with 5,000 clients: its config assembled from the published objects as its agent
+/// assembles it, parsed by `bird -p`, then loaded by a real BIRD in a network namespace.
+fn reflector_bench() -> Value {
+    let clients = 5000;
+    let (sel, opts) = (CalicoSelectors::default(), RenderOptions::default());
+    let snap = bgp_inputs::cluster(clients + 3, false);
+    let inputs = published::publish(&snap, &opts, &sel, None);
+    let (shards, own) = published::objects("tortie-system", &inputs);
+    let largest = shards
+        .iter()
+        .map(|o| serde_json::to_vec(o).unwrap().len())
+        .chain(own.iter().map(json_len))
+        .max()
+        .unwrap_or(0);
+    let n0 = own
+        .iter()
+        .find(|p| p.metadata().name.as_deref() == Some(published::object_name("n0").as_str()))
+        .expect("the reflector's own object");
+    let t = Instant::now();
+    let r = published::render_published(n0, &shards, &sel)
+        .expect("assemble the reflector's inputs")
+        .expect("the reflector's files");
+    let assembled_ms = t.elapsed().as_secs_f64() * 1e3;
+    let cfg = String::from_utf8_lossy(&r.files["bird.cfg"]).to_string();
+    let sessions = cfg.matches("protocol bgp ").count();
+    let cfg_bytes: usize = r.files.values().map(Vec::len).sum();
+    let mut lab = bgp_lab::Lab::new("p");
+    lab.add_host("rr", &["10.0.0.1/16"]);
+    let dir = lab.config_dir("rr");
+    bgp_lab::write_files(&dir, &r.files);
+    let t = Instant::now();
+    let parse = Command::new("bird")
+        .arg("-p")
+        .arg("-c")
+        .arg(dir.join("bird.cfg"))
+        .output()
+        .expect("bird runs (make deps installs it)");
+    let parse_ms = t.elapsed().as_secs_f64() * 1e3;
+    let parsed = parse.status.success();
+    let parse_err = String::from_utf8_lossy(&parse.stderr).trim().to_string();
+    let (mut loaded, mut load_s, mut up) = (0, 0.0, false);
+    if parsed {
+        let t = Instant::now();
+        lab.start_bird("rr");
+        // BIRD reads the whole config before it reports itself up; `show status` is cheap where
+        // `show protocols` lists 5,000 lines (polling that would take CPU from the BIRD measured).
+        up = lab.wait_for("BIRD up and running", Duration::from_secs(300), |lab| {
+            lab.daemon("rr")
+                .birdc(&["show", "status"])
+                .contains("Daemon is up and running")
+                .then_some(true)
+        });
+        load_s = t.elapsed().as_secs_f64();
+        loaded = lab.daemon("rr").bgp_sessions().len();
+    }
+    let t = Instant::now();
+    // A BIRD busy with 5,000 starting sessions answers `birdc down` only after a minute or more:
+    // stop it by pid (the processes of its network namespace, all started here).
+    if let Ok(o) = Command::new("ip").args(["netns", "pids", &lab.ns("rr")]).output() {
+        for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+            let _ = Command::new("kill").args(["-KILL", pid]).status();
+        }
+    }
+    drop(lab);
+    eprintln!(
+        "reflector: BIRD stopped and lab removed in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    eprintln!(
+        "reflector: {sessions} BGP sessions, files {cfg_bytes} bytes, assembled in {assembled_ms:.0} ms; bird -p {}; \
+         BIRD up: {up} with {loaded} BGP protocols after {load_s:.1} s",
+        if parsed { "ok" } else { &parse_err }
+    );
+    let fits = largest <= published::MAX_PUBLISHED_BYTES;
+    let met = fits && parsed && up && loaded == sessions && sessions > clients;
+    json!({
+        "id": "reflector", "order": 56,
+        "title": "A route reflector with 5,000 clients under BIRD",
+        "inputs": format!(
+            "The inputs of `benches/bgp_render.rs` with {} nodes, mesh off: reflectors n0..n2, {clients} clients. The \
+             operator's published objects for them (largest must stay under the {} KiB object limit); reflector n0's \
+             bird.cfg assembled and rendered from its own object and the shards as its agent does it; `bird -p` parses \
+             it; a real BIRD 1.6 started on it in a network namespace (address 10.0.0.1/16) must run every BGP \
+             session of it ('loaded': BGP protocols in `birdc show protocols`, BIRD reporting 'up and running').",
+            clients + 3, published::MAX_PUBLISHED_BYTES / 1024
+        ),
+        "rows": [{
+            "clients": clients, "BGP sessions in bird.cfg": sessions,
+            "config KiB": format!("{:.0}", cfg_bytes as f64 / 1024.0),
+            "largest published object KiB": format!("{:.0}", largest as f64 / 1024.0),
+            "assemble + render ms": format!("{assembled_ms:.0}"),
+            "bird -p": if parsed { format!("ok ({parse_ms:.0} ms)") } else { format!("refused: {parse_err}") },
+            "BIRD loaded s": format!("{load_s:.1}"), "BGP protocols running": loaded,
+        }],
+        "targets": [
+            target("reflector-5000", "a reflector with 5,000 clients gets its config, `bird -p` parses it and BIRD loads it", met,
+                   format!("{sessions} sessions; bird -p {}; BIRD up with {loaded} BGP protocols in {load_s:.1} s; largest object {:.0} KiB",
+                           if parsed { "ok" } else { "refused" }, largest as f64 / 1024.0),
+                   "config object over the 1 MiB limit from ~1,400 sessions", "-"),
+        ],
+    })
+}
+
+/// Counts the writes (ADDED, MODIFIED, DELETED events) of the objects labelled `labels` in
+/// `ns` from `rv` on, until `stop`.
+fn count_writes<K>(
+    api: Api<K>,
+    labels: &str,
+    rv: String,
+    n: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    use kube::api::{WatchEvent, WatchParams};
+    let wp = WatchParams::default().labels(labels).timeout(290);
+    let mut stop = stop;
+    tokio::spawn(async move {
+        let mut stream = api.watch(&wp, &rv).await.unwrap().boxed();
+        loop {
+            tokio::select! {
+                ev = stream.next() => match ev {
+                    Some(Ok(WatchEvent::Added(_) | WatchEvent::Modified(_) | WatchEvent::Deleted(_))) => {
+                        n.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
+                    Some(Ok(WatchEvent::Error(e))) => panic!("watch of published objects: {e:?}"),
+                    Some(_) => {}
+                    None => panic!("watch of published objects ended"),
+                },
+                _ = stop.changed() => return,
+            }
+        }
+    })
+}
+
+async fn publish_writes_bench(quick: bool) -> Value {
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let n = if quick { 100 } else { 1000 };
+    let o = objects().await;
+    let run = format!("w{}", std::process::id());
+    let ns = "default"; // op_support's operators publish into `default`
+    let label = "app.kubernetes.io/managed-by=tortie";
+    // Objects of earlier operators go first: the count is of this operator's writes.
+    support::kubectl(&[
+        "delete",
+        "configmaps,secrets",
+        "-n",
+        ns,
+        "-l",
+        label,
+        "--ignore-not-found",
+    ]);
+    let names: Vec<String> = (0..n).map(|i| format!("{run}-n{i:04}")).collect();
+    o.nodes(&names, &[]).await;
+    let cms: Api<ConfigMap> = Api::namespaced(o.client.clone(), ns);
+    let secrets: Api<Secret> = Api::namespaced(o.client.clone(), ns);
+    let lp = ListParams::default().labels(label);
+    let rv = cms
+        .list_metadata(&lp)
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let rv2 = secrets
+        .list_metadata(&lp)
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let writes = Arc::new(AtomicUsize::new(0));
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let w1 = count_writes(cms.clone(), label, rv, writes.clone(), stop.clone());
+    let w2 = count_writes(secrets.clone(), label, rv2, writes.clone(), stop);
+    let t0 = Instant::now();
+    let op = Operator::start(
+        &format!("bench-pub-{run}"),
+        &[
+            "--controllers",
+            "bgp",
+            "--lease-name",
+            &format!("bench-pub-{run}"),
+        ],
+    );
+    op.wait_ready().await;
+    let objects_now = || async {
+        let c = cms.list_metadata(&lp).await.unwrap().items;
+        let s = secrets.list_metadata(&lp).await.unwrap().items;
+        c.into_iter()
+            .filter_map(|m| m.metadata.name)
+            .chain(s.into_iter().filter_map(|m| m.metadata.name))
+            .collect::<std::collections::BTreeSet<String>>()
+    };
+    support::wait_until(
+        "every node's published object",
+        Duration::from_secs(300),
+        || async {
+            let have = objects_now().await;
+            names
+                .iter()
+                .all(|x| have.contains(&published::object_name(x)))
+                .then_some(())
+        },
+    )
+    .await;
+    let published_s = t0.elapsed().as_secs_f64();
+    // Settled: no write for 3 s.
+    let settled = || async {
+        let mut last = writes.load(Ordering::SeqCst);
+        loop {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let now = writes.load(Ordering::SeqCst);
+            if now == last {
+                return now;
+            }
+            last = now;
+        }
+    };
+    let startup = settled().await;
+    let objs = objects_now().await;
+    let shards = objs
+        .iter()
+        .filter(|k| published::shard_index(k).is_some())
+        .count();
+    // Changes no BIRD file reads: a Node label no selector uses, an annotation the renderer ignores.
+    support::kubectl_ok(&["label", "node", &names[0], "bench-unrelated=yes"]);
+    support::kubectl_ok(&["annotate", "node", &names[1], "example.com/note=hello"]);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let unchanged = settled().await - startup;
+    let _ = stop_tx.send(true);
+    // A watch that ended early would undercount: its task panicked, and so does this section.
+    w1.await.unwrap();
+    w2.await.unwrap();
+    drop(op);
+    let node_api: Api<Node> = Api::all(o.client.clone());
+    load("Node deletions", names.len(), |i| {
+        let (api, name) = (node_api.clone(), names[i].clone());
+        async move {
+            let _ = api.delete(&name, &Default::default()).await;
+        }
+    })
+    .await;
+    // The next operator in this cluster must not start by deleting {n} stale objects.
+    support::kubectl(&[
+        "delete",
+        "configmaps,secrets",
+        "-n",
+        ns,
+        "-l",
+        label,
+        "--wait=false",
+    ]);
+    eprintln!(
+        "publish writes: start-up {startup} writes for {} objects ({shards} shards), unchanged-output changes {unchanged} writes",
+        objs.len()
+    );
+    json!({
+        "id": "publish-writes", "order": 57,
+        "title": "Published BGP inputs: API writes at start-up and for changes that leave the output alone",
+        "inputs": format!(
+            "{n} Nodes (each with projectcalico.org/IPv4Address), no BGPConfiguration (full mesh by default); \
+             `tortie run --controllers bgp` started with no published object in its namespace. Writes counted by a watch \
+             on its ConfigMaps and Secrets (every create, update and delete is an event) from just before its start until \
+             no write came for 3 s. Then one Node gets a label no selector uses and another an annotation the renderer \
+             ignores; writes counted again until 3 s pass without one."
+        ),
+        "rows": [{
+            "nodes": n, "objects published": objs.len(), "shards": shards,
+            "start-up writes": startup, "all published after s": format!("{published_s:.1}"),
+            "writes for unchanged output": unchanged,
+        }],
+        "targets": [
+            target("publish-startup-once", "start-up publishes each object once", startup == objs.len(),
+                   format!("{startup} writes for {} objects ({shards} shards, {} own)", objs.len(), objs.len() - shards),
+                   "not measured", "-"),
+            target("publish-unchanged", "0 API writes when an input change leaves every node's output alone", unchanged == 0,
+                   format!("{unchanged} writes"), "not measured", "-"),
+        ],
+    })
 }

@@ -310,6 +310,7 @@ async fn controller_and_agents_follow_the_apiserver() {
             status_interval: Duration::from_secs(10),
             no_status: true,
             crd_mode: tortie::cli::run::ModeArg::Auto,
+            bird_template_dir: None,
         };
         tokio::spawn(agent::run_agent(client.clone(), args))
     };

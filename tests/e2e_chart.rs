@@ -165,6 +165,7 @@ fn values_schema_rejects_bad_values_naming_the_field() {
         ("cni.tokenSeconds=300", "tokenSeconds"),
         ("cni.tokenRefreshSeconds=90000", "tokenRefreshSeconds"),
         ("cni.confName=tortie.conf", "confName"),
+        ("agent.birdTemplates=Bird_Templates", "birdTemplates"),
     ] {
         let out = template(&[set]);
         assert!(!out.status.success(), "helm template --set {set} was accepted");
@@ -321,6 +322,67 @@ fn agent_daemonset_is_optional_and_on_the_host_network() {
         !none.iter().any(|o| o["metadata"]["name"] == "tortie-agent"),
         "agent objects rendered with nothing to run"
     );
+}
+
+#[test]
+fn bird_templates_configmap_is_mounted_read_only_into_the_agent() {
+    let agent_of = |d: &[Value]| -> (Value, Value) {
+        let pod = find(d, "DaemonSet", "tortie-agent")["spec"]["template"]["spec"].clone();
+        let agent = containers_of(&pod)["agent"].clone();
+        (pod, agent)
+    };
+    // Default: no templates, no flag, no volume.
+    let (pod, agent) = agent_of(&docs(&[]));
+    assert!(
+        !strings(&agent["args"])
+            .iter()
+            .any(|a| a.starts_with("--bird-template-dir"))
+    );
+    assert!(
+        !pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v["name"] == "bird-templates")
+    );
+    // Set: the ConfigMap (optional) is mounted read-only where the flag points.
+    let (pod, agent) = agent_of(&docs(&["agent.birdTemplates=site-bird"]));
+    assert!(
+        strings(&agent["args"]).contains(&"--bird-template-dir=/etc/tortie/bird-templates".to_string()),
+        "{}",
+        agent["args"]
+    );
+    let vol = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "bird-templates")
+        .cloned()
+        .expect("a bird-templates volume");
+    assert_eq!(vol["configMap"]["name"], "site-bird");
+    assert_eq!(vol["configMap"]["optional"], true);
+    let mount = agent["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "bird-templates")
+        .cloned()
+        .expect("mounted into the agent");
+    assert_eq!(mount["mountPath"], "/etc/tortie/bird-templates");
+    assert_eq!(mount["readOnly"], true);
+    // Only the agent reads them: BIRD's containers never see the templates.
+    for (name, c) in containers_of(&pod) {
+        if name != "agent" {
+            assert!(
+                !c["volumeMounts"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|m| m["name"] == "bird-templates"),
+                "{name}"
+            );
+        }
+    }
 }
 
 /// The pod's containers by name.

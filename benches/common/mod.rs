@@ -7,6 +7,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use kube::Client;
+
+pub mod bgp_inputs;
 use serde_json::{Value, json};
 
 /// Sections of an earlier run kept in `out` that this run does not redo (each bench binary owns
@@ -24,6 +26,56 @@ pub fn earlier_sections(out: &Path, redo: &[String]) -> Vec<Value> {
         }
     }
     sections
+}
+
+/// One target of a section, as `bench/report.py` reads it: `id` is stable (the report lists the
+/// targets it expects by id and flags any a run did not measure), `what` the target in words,
+/// `value` this run's figure, `previous` the previous run's figure (shown beside it), `anchor` what
+/// else it compares with (Calico's figure, or "-").
+pub fn target(
+    id: &str,
+    what: &str,
+    met: bool,
+    value: impl Into<String>,
+    previous: &str,
+    anchor: &str,
+) -> Value {
+    json!({"id": id, "what": what, "met": met, "value": value.into(), "previous": previous, "anchor": anchor})
+}
+
+/// Runs the sections `what` one by one (`run(id)` measures one), writing `out` after each, so a
+/// later failure keeps what was measured; sections of `out` not in `what` are kept. Each records
+/// how long it took (`seconds`). A section that panics is recorded as failed (the panic message
+/// in its notes, no figures: the report shows its targets as not measured) and the others still
+/// run. Returns whether every section succeeded.
+pub fn run_sections(out: &Path, what: &[String], mut run: impl FnMut(&str) -> Value) -> bool {
+    let mut sections = earlier_sections(out, what);
+    let mut ok = true;
+    for w in what {
+        let t = std::time::Instant::now();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(w)));
+        let mut s = match result {
+            Ok(s) => {
+                println!("{}", serde_json::to_string_pretty(&s).unwrap());
+                s
+            }
+            Err(e) => {
+                ok = false;
+                let msg = e
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_else(|| "panicked".into());
+                eprintln!("section {w} FAILED: {msg}");
+                json!({"id": w, "order": 99, "title": format!("{w} (failed in this run)"),
+                       "inputs": "This section failed; its figures are missing.", "notes": [msg]})
+            }
+        };
+        s["seconds"] = json!((t.elapsed().as_secs_f64() * 10.0).round() / 10.0);
+        sections.push(s);
+        write_results(out, &mut sections);
+    }
+    ok
 }
 
 pub fn write_results(out: &Path, sections: &mut [Value]) {

@@ -1,16 +1,18 @@
 //! BGP: renders one node's BIRD 1.6 configuration from Calico's resources. Pure: no I/O here.
 //!
-//! The output follows Calico's newest template generation ("G3", `spec/bgp.md`): the files
+//! The pure logic decides a render model ([`model`]); minijinja templates ([`template`]) turn it
+//! into text. The built-in templates follow Calico's newest template generation (G3): the files
 //! `bird.cfg`, `bird_ipam.cfg`, `bird_aggr.cfg` and their `bird6*` twins, byte-for-byte
 //! deterministic for a given [`Snapshot`]. Fork-only BIRD syntax (`krt_tunnel`) is only written
 //! when [`RenderOptions::bird_fork`] is set, so stock Debian `bird` accepts the default output.
 
 pub mod filter;
+pub mod model;
 pub mod peers;
 pub mod selector;
 pub mod services;
 pub mod snapshot;
-mod text;
+pub mod template;
 pub mod validate;
 
 use std::collections::BTreeMap;
@@ -20,6 +22,7 @@ use sha2::{Digest, Sha256};
 pub use peers::{BirdPeer, PeerKind};
 pub use selector::{CalicoSelectors, SelectorEngine};
 pub use snapshot::{NodeBgp, Snapshot};
+pub use template::{TemplateError, Templates};
 
 /// Calico's AS number when the default BGPConfiguration sets none.
 pub const DEFAULT_AS: u64 = 64512;
@@ -40,6 +43,8 @@ pub enum RenderError {
     },
     #[error("{origin}: {message}")]
     Manifest { origin: String, message: String },
+    #[error(transparent)]
+    Template(#[from] TemplateError),
 }
 
 /// Choices that are not in the Calico resources.
@@ -83,15 +88,36 @@ impl Rendered {
     }
 }
 
-/// Renders `node`'s BIRD files from `snap`.
+/// Renders `node`'s BIRD files from `snap` with the built-in templates.
 pub fn render(
     snap: &Snapshot,
     node: &str,
     opts: &RenderOptions,
     selectors: &dyn SelectorEngine,
 ) -> Result<Rendered, RenderError> {
+    render_with(snap, node, opts, selectors, &Templates::builtin())
+}
+
+/// Renders `node`'s BIRD files from `snap` with `templates` (built-in or a cluster's own).
+pub fn render_with(
+    snap: &Snapshot,
+    node: &str,
+    opts: &RenderOptions,
+    selectors: &dyn SelectorEngine,
+    templates: &Templates,
+) -> Result<Rendered, RenderError> {
     let cluster = peers::Cluster::new(snap, node, selectors)?;
-    text::render(&cluster, opts)
+    let m = model::build(&cluster, opts)?;
+    let mut files = BTreeMap::new();
+    for fam in &m.families {
+        templates.render_family(fam, &mut files)?;
+    }
+    Ok(Rendered {
+        files,
+        warnings: m.warnings,
+        has_password: m.has_password,
+        mesh_size: m.mesh_size,
+    })
 }
 
 /// Calico's `CALICO_ROUTER_ID=hash`: the first four bytes of SHA-256(node name), with 32 taken off

@@ -66,6 +66,12 @@ pub struct AgentArgs {
     /// Do not write CalicoNodeStatus status.
     #[arg(long, env = "TORTIE_NO_STATUS")]
     pub no_status: bool,
+    /// A folder of custom BIRD templates (`bird.cfg.j2`, `bird_ipam.cfg.j2`, `bird_aggr.cfg.j2`,
+    /// ...; the chart mounts a ConfigMap here). Checked with `bird -p` on built-in samples and on
+    /// this node's inputs before use; refused ones are reported (Node condition
+    /// `BirdTemplateRejected`) and the built-in templates stay in use.
+    #[arg(long, env = "TORTIE_BIRD_TEMPLATE_DIR")]
+    pub bird_template_dir: Option<PathBuf>,
     /// Calico CRD mode (for CalicoNodeStatus): auto (detect from the API groups), v1 or v3.
     #[arg(long, value_enum, default_value_t = super::run::ModeArg::Auto, env = "TORTIE_CRD_MODE")]
     pub crd_mode: super::run::ModeArg,
@@ -191,6 +197,7 @@ pub async fn run_agent(client: Client, args: AgentArgs) -> anyhow::Result<()> {
             config_dir: args.config_dir,
             reload,
             retry_secs: args.retry_secs,
+            template_dir: args.bird_template_dir,
         },
     )
     .await

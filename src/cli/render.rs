@@ -25,9 +25,14 @@ pub struct RenderArgs {
     /// The BIRD in use is Calico's fork: allow `krt_tunnel` (BIRD programs IPIP routes).
     #[arg(long, env = "TORTIE_BIRD_FORK")]
     pub bird_fork: bool,
-    /// Also check the result with `bird -p -c` / `bird6 -p -c` (needs --out).
+    /// Also check the result with `bird -p -c` / `bird6 -p -c` (needs --out); with
+    /// --template-dir, the templates are first checked on the built-in samples too.
     #[arg(long, requires = "out")]
     pub check: bool,
+    /// Render with the custom BIRD templates in this folder (`bird.cfg.j2`, `bird_ipam.cfg.j2`,
+    /// `bird_aggr.cfg.j2`, and `bird6*.cfg.j2` for IPv6 only; a missing one is the built-in).
+    #[arg(long)]
+    pub template_dir: Option<PathBuf>,
 }
 
 impl RenderArgs {
@@ -50,7 +55,21 @@ impl RenderArgs {
         for e in bgp::validate::sanitize(&mut snap) {
             eprintln!("warning: {e}; left out");
         }
-        let out = bgp::render(&snap, &self.node, &opts, &CalicoSelectors::default())?;
+        let templates = match &self.template_dir {
+            None => bgp::Templates::builtin(),
+            Some(dir) => {
+                let t = bgp::Templates::from_dir(dir)?;
+                if self.check {
+                    crate::node::template::vet(&t)?;
+                    eprintln!(
+                        "the templates in {} pass bird -p on the built-in samples",
+                        dir.display()
+                    );
+                }
+                std::sync::Arc::new(t)
+            }
+        };
+        let out = bgp::render_with(&snap, &self.node, &opts, &CalicoSelectors::default(), &templates)?;
         for w in &out.warnings {
             eprintln!("warning: {w}");
         }
@@ -171,6 +190,7 @@ mod tests {
             router_id: None,
             bird_fork: false,
             check: false,
+            template_dir: None,
         };
         args.run().unwrap();
         let cfg = std::fs::read_to_string(out.join("bird.cfg")).unwrap();
@@ -190,6 +210,7 @@ mod tests {
             router_id: None,
             bird_fork: false,
             check: false,
+            template_dir: None,
         }
         .run()
         .unwrap();

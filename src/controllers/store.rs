@@ -107,12 +107,21 @@ where
                 slim(o);
             })
             .reflect(writer);
+        let (reader, dt) = (w.store.clone(), w.dyntype.clone());
         tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
             let mut absent_told = false;
             while let Some(ev) = stream.next().await {
                 match ev {
-                    Ok(Event::Apply(o)) | Ok(Event::Delete(o)) => {
+                    // Nobody subscribed (a replica that does not lead): nothing to send.
+                    Ok(Event::Apply(_) | Event::Delete(_)) if changes.receiver_count() == 0 => {}
+                    // The cache's own copy, not a second one: a subscriber that lags keeps
+                    // up to the channel's capacity of them alive.
+                    Ok(Event::Apply(o)) => {
+                        let cached = reader.get(&reflector::ObjectRef::from_obj_with(&o, dt.clone()));
+                        let _ = changes.send(cached.unwrap_or_else(|| Arc::new(o)));
+                    }
+                    Ok(Event::Delete(o)) => {
                         let _ = changes.send(Arc::new(o));
                     }
                     Ok(Event::InitDone) => {

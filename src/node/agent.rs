@@ -60,6 +60,8 @@ pub struct Settings {
     pub reload: Reload,
     /// Seconds between retries after a failed install or reload.
     pub retry_secs: u64,
+    /// A folder of custom BIRD templates ([`super::template`]), re-read when it changes.
+    pub template_dir: Option<PathBuf>,
 }
 
 /// Watches the node's published config and installs each new version; runs until an error
@@ -105,6 +107,9 @@ pub async fn run(client: Client, args: Settings) -> anyhow::Result<()> {
     // Since when BIRD's control socket has been missing after an install (BIRD not started yet).
     let mut socket_missing_since: Option<Instant> = None;
     let mut retry_after = Duration::from_secs(args.retry_secs.max(1));
+    let mut custom = args.template_dir.clone().map(super::template::Custom::new);
+    // A mounted ConfigMap changes under the agent: looked at every few seconds.
+    let mut template_tick = tokio::time::interval(Duration::from_secs(5));
     info!(node = %args.node, object = %name, namespace = %args.namespace, "agent watching");
     loop {
         let retry = tokio::time::sleep(retry_after);
@@ -118,6 +123,15 @@ pub async fn run(client: Client, args: Settings) -> anyhow::Result<()> {
             }
             Some((i, ev)) = shard_rx.recv() => apply_shard(&mut slots, i, ev),
             _ = retry, if failed => {}
+            _ = template_tick.tick(), if custom.is_some() => {
+                if !custom.as_ref().is_some_and(|c| c.changed()) {
+                    continue;
+                }
+            }
+        }
+        if let Some(c) = custom.as_mut() {
+            super::template::blocking(|| c.refresh());
+            super::template::report(c, &nodes, &recorder, &args.node).await;
         }
         // Whatever else has arrived meanwhile (a new layout writes several shards) goes into the
         // same render.
@@ -165,7 +179,7 @@ pub async fn run(client: Client, args: Settings) -> anyhow::Result<()> {
                     Some(Err(e)) => Err(e.to_string()),
                     Some(Ok(list)) => {
                         let (snap, opts) = assemble(&ni, list);
-                        crate::bgp::render(&snap, &args.node, &opts, &selectors)
+                        super::template::render(custom.as_mut(), &snap, &args.node, &opts, &selectors)
                             .map(|r: Rendered| {
                                 for w in &r.warnings {
                                     if render_reported.insert(w.clone()) {
@@ -180,6 +194,9 @@ pub async fn run(client: Client, args: Settings) -> anyhow::Result<()> {
                 }
             }
         };
+        if let Some(c) = custom.as_mut() {
+            super::template::report(c, &nodes, &recorder, &args.node).await;
+        }
         let (files, hash) = match rendered {
             Ok(Some(x)) => x,
             Ok(None) => continue,

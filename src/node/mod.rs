@@ -2,7 +2,8 @@
 //! controllers. It holds the published-object contract ([`published`]: the names and annotations
 //! the BGP controller writes and the agent reads), the agent's BIRD loop ([`agent`]), BIRD supervision ([`bird`]: install a
 //! configuration, reload, talk to the control socket), and the BGP session status ([`status`]:
-//! pure parsing and decisions; [`report`]: the CalicoNodeStatus writer). Nothing here imports
+//! pure parsing and decisions; [`report`]: the CalicoNodeStatus writer), and a cluster's own BIRD
+//! templates ([`template`]: vetted with `bird -p` before use). Nothing here imports
 //! `crate::controllers`: the operator and the agent meet only in the objects they exchange (the
 //! controller imports the contract from here, never the reverse).
 
@@ -12,6 +13,7 @@ pub mod outcome;
 pub mod published;
 pub mod report;
 pub mod status;
+pub mod template;
 
 #[cfg(test)]
 mod tests {
@@ -25,6 +27,7 @@ mod tests {
             ("node/published.rs", include_str!("published.rs")),
             ("node/report.rs", include_str!("report.rs")),
             ("node/status.rs", include_str!("status.rs")),
+            ("node/template.rs", include_str!("template.rs")),
             ("cli/agent.rs", include_str!("../cli/agent.rs")),
             ("cli/node.rs", include_str!("../cli/node.rs")),
         ] {
