@@ -939,7 +939,7 @@ async fn gc_node_deleted_bench(quick: bool) -> Value {
     let cidr: ipnet::Ipv4Net = format!("10.{}.0.0/16", 64 + std::process::id() % 30)
         .parse()
         .unwrap();
-    op_support::apply_pool(&pool, &run, &cidr.to_string(), 26, "  nodeSelector: all()\n");
+    support::apply_pool(&pool, &run, &cidr.to_string(), 26, "  nodeSelector: all()\n");
     let hosts: Vec<String> = (0..n).map(|i| format!("{run}-n{i}")).collect();
     o.nodes(&hosts, &[]).await;
     let ns = format!("bench-{run}");
@@ -1072,18 +1072,18 @@ async fn gc_restart_bench(quick: bool) -> Value {
     let node = format!("{run}-n");
     support::create_node(&client, &node, &[], None, &[], &[]).await;
     let ns = format!("bench-{run}");
-    op_support::apply_pool(
+    support::apply_pool(
         &format!("bench-gck-{run}"),
         &run,
         &format!("10.{x}.0.0/24"),
         26,
         "",
     );
-    let leak = op_support::write_block(
+    let leak = support::write_block(
         &client,
         &format!("10.{x}.0.0/26"),
         Some(&node),
-        &[op_support::Alloc::pod(7, &ns, "gone", &node)],
+        &[support::Alloc::pod(7, &ns, "gone", &node)],
     )
     .await
     .metadata
@@ -1093,7 +1093,7 @@ async fn gc_restart_bench(quick: bool) -> Value {
     // own grace period has run, their clock stamped on them as well.
     let mut empties = vec![];
     for c in [format!("10.{x}.0.64/26"), format!("10.{x}.0.128/26")] {
-        let b = op_support::write_block(&client, &c, Some(&node), &[]).await;
+        let b = support::write_block(&client, &c, Some(&node), &[]).await;
         empties.push(b.metadata.name.unwrap());
     }
     let args = |lease: String| -> Vec<String> {
@@ -1120,7 +1120,7 @@ async fn gc_restart_bench(quick: bool) -> Value {
     let mut first = start(format!("bench-gck-{run}-a"));
     let blocks: Api<Block> = Api::all_with(
         client.clone(),
-        &op_support::mode(&client).await.resource(CalicoKind::IPAMBlock),
+        &support::mode(&client).await.resource(CalicoKind::IPAMBlock),
     );
     let stamp = support::wait_until("leak stamped", Duration::from_secs(60), || async {
         leak_stamp(&blocks.get(&leak).await.ok()?, 7)
@@ -1306,10 +1306,10 @@ fn reflector_bench() -> Value {
     let cfg = String::from_utf8_lossy(&r.files["bird.cfg"]).to_string();
     let sessions = cfg.matches("protocol bgp ").count();
     let cfg_bytes: usize = r.files.values().map(Vec::len).sum();
-    let mut lab = bgp_lab::Lab::new("p");
+    let mut lab = support::bgp_lab::Lab::new("p");
     lab.add_host("rr", &["10.0.0.1/16"]);
     let dir = lab.config_dir("rr");
-    bgp_lab::write_files(&dir, &r.files);
+    support::bgp_lab::write_files(&dir, &r.files);
     let t = Instant::now();
     let parse = Command::new("bird")
         .arg("-p")
@@ -1423,7 +1423,7 @@ async fn publish_writes_bench(quick: bool) -> Value {
     let n = if quick { 100 } else { 1000 };
     let o = objects().await;
     let run = format!("w{}", std::process::id());
-    let ns = "default"; // op_support's operators publish into `default`
+    let ns = "default"; // support's operators publish into `default`
     let label = "app.kubernetes.io/managed-by=tortie";
     // Objects of earlier operators go first: the count is of this operator's writes.
     support::kubectl(&[
