@@ -34,12 +34,6 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-#[path = "../tests/op_support/mod.rs"]
-mod op_support;
-
-#[path = "../tests/bgp_lab/mod.rs"]
-mod bgp_lab;
-
 mod common;
 
 use std::collections::BTreeMap;
@@ -60,7 +54,7 @@ use tortie::bgp::{CalicoSelectors, RenderOptions};
 use tortie::node::published;
 
 use common::*;
-use op_support::Operator;
+use support::Operator;
 
 /// Concurrent creates while loading the apiserver with objects.
 const LOAD_CONCURRENCY: usize = 48;
@@ -128,16 +122,7 @@ async fn block_writes(client: &Client) -> f64 {
 async fn resource_writes(client: &Client, resource: &str) -> f64 {
     let req = http::Request::get("/metrics").body(vec![]).unwrap();
     let text = client.request_text(req).await.unwrap();
-    let res = format!("resource=\"{resource}\"");
-    text.lines()
-        .filter(|l| l.starts_with("apiserver_request_total{") && l.contains(&res))
-        .filter(|l| {
-            ["POST", "PUT", "PATCH", "APPLY", "DELETE"]
-                .iter()
-                .any(|v| l.contains(&format!("verb=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    support::apiserver_writes(&text, &[resource])
 }
 
 fn writes(counts: &BTreeMap<String, f64>) -> f64 {
@@ -357,7 +342,7 @@ async fn gc_bench(quick: bool) -> Value {
     let cidr: ipnet::Ipv4Net = format!("10.{}.0.0/16", 100 + std::process::id() % 40)
         .parse()
         .unwrap();
-    op_support::apply_pool(&pool, &run, &cidr.to_string(), 26, "  nodeSelector: all()\n");
+    support::apply_pool(&pool, &run, &cidr.to_string(), 26, "  nodeSelector: all()\n");
     let hosts: Vec<String> = (0..10).map(|i| format!("{run}-n{i}")).collect();
     o.nodes(&hosts, &[]).await;
     let ns = format!("bench-{run}");
@@ -562,7 +547,7 @@ async fn footprint_bench(quick: bool) -> Value {
     );
     let pool = format!("bench-fp-{run}");
     let cidr: ipnet::Ipv4Net = "172.16.0.0/14".parse().unwrap();
-    op_support::apply_pool(&pool, &run, &cidr.to_string(), 26, "  nodeSelector: all()\n");
+    support::apply_pool(&pool, &run, &cidr.to_string(), 26, "  nodeSelector: all()\n");
     let node = |i: usize| format!("{run}-n{i:05}");
     let all_nodes: Vec<String> = (0..5000 / scale).map(node).collect();
     let window = Duration::from_secs(if quick { 5 } else { 20 });
@@ -840,7 +825,7 @@ async fn node_events_bench(quick: bool) -> Value {
 // ---------------------------------------------------------------------------------------------
 // BGP: change → reloaded BIRD
 
-fn agent(node: &str, ns: &str, lab: &bgp_lab::Lab, log: &std::path::Path) -> Child {
+fn agent(node: &str, ns: &str, lab: &support::bgp_lab::Lab, log: &std::path::Path) -> Child {
     let c = support::cluster();
     Command::new(env!("CARGO_BIN_EXE_tortie"))
         .args(["agent", "--node", node, "--namespace", ns, "--retry-secs", "1"])
@@ -910,7 +895,7 @@ fn reloads(log: &std::path::Path) -> usize {
     log_times(log, RELOADED).len()
 }
 
-fn has_protocol(d: &bgp_lab::Daemon, name: &str) -> bool {
+fn has_protocol(d: &support::bgp_lab::Daemon, name: &str) -> bool {
     d.birdc(&["show", "protocols"])
         .lines()
         .any(|l| l.split_whitespace().next() == Some(name))
@@ -924,7 +909,7 @@ async fn bgp_reload_bench(quick: bool) -> Value {
     support::create_namespace(&client, &ns, &[]).await;
     let net = format!("100.67.{}", std::process::id() % 250);
     let names: Vec<String> = (1..=nodes).map(|i| format!("{run}-n{i}")).collect();
-    let mut lab = bgp_lab::Lab::new("r");
+    let mut lab = support::bgp_lab::Lab::new("r");
     for (i, n) in names.iter().enumerate() {
         let addr = format!("{net}.{}/24", i + 1);
         lab.add_host(n, &[&addr]);
@@ -947,7 +932,7 @@ async fn bgp_reload_bench(quick: bool) -> Value {
             &format!("bench-bgp-{run}"),
         ],
     );
-    // The operator publishes into its --namespace (`default` for op_support's operators).
+    // The operator publishes into its --namespace (`default` for support's operators).
     let publish_ns = "default";
     let _ = ns;
     op.wait_ready().await;
@@ -1195,7 +1180,7 @@ async fn gc_node_deleted_bench(quick: bool) -> Value {
     let cidr: ipnet::Ipv4Net = format!("10.{}.0.0/16", 64 + std::process::id() % 30)
         .parse()
         .unwrap();
-    op_support::apply_pool(&pool, &run, &cidr.to_string(), 26, "  nodeSelector: all()\n");
+    support::apply_pool(&pool, &run, &cidr.to_string(), 26, "  nodeSelector: all()\n");
     let hosts: Vec<String> = (0..n).map(|i| format!("{run}-n{i}")).collect();
     o.nodes(&hosts, &[]).await;
     let ns = format!("bench-{run}");
@@ -1328,18 +1313,18 @@ async fn gc_restart_bench(quick: bool) -> Value {
     let node = format!("{run}-n");
     support::create_node(&client, &node, &[], None, &[], &[]).await;
     let ns = format!("bench-{run}");
-    op_support::apply_pool(
+    support::apply_pool(
         &format!("bench-gck-{run}"),
         &run,
         &format!("10.{x}.0.0/24"),
         26,
         "",
     );
-    let leak = op_support::write_block(
+    let leak = support::write_block(
         &client,
         &format!("10.{x}.0.0/26"),
         Some(&node),
-        &[op_support::Alloc::pod(7, &ns, "gone", &node)],
+        &[support::Alloc::pod(7, &ns, "gone", &node)],
     )
     .await
     .metadata
@@ -1349,7 +1334,7 @@ async fn gc_restart_bench(quick: bool) -> Value {
     // own grace period has run, their clock stamped on them as well.
     let mut empties = vec![];
     for c in [format!("10.{x}.0.64/26"), format!("10.{x}.0.128/26")] {
-        let b = op_support::write_block(&client, &c, Some(&node), &[]).await;
+        let b = support::write_block(&client, &c, Some(&node), &[]).await;
         empties.push(b.metadata.name.unwrap());
     }
     let args = |lease: String| -> Vec<String> {
@@ -1376,7 +1361,7 @@ async fn gc_restart_bench(quick: bool) -> Value {
     let mut first = start(format!("bench-gck-{run}-a"));
     let blocks: Api<Block> = Api::all_with(
         client.clone(),
-        &op_support::mode(&client).await.resource(CalicoKind::IPAMBlock),
+        &support::mode(&client).await.resource(CalicoKind::IPAMBlock),
     );
     let stamp = support::wait_until("leak stamped", Duration::from_secs(60), || async {
         leak_stamp(&blocks.get(&leak).await.ok()?, 7)
@@ -1562,10 +1547,10 @@ fn reflector_bench() -> Value {
     let cfg = String::from_utf8_lossy(&r.files["bird.cfg"]).to_string();
     let sessions = cfg.matches("protocol bgp ").count();
     let cfg_bytes: usize = r.files.values().map(Vec::len).sum();
-    let mut lab = bgp_lab::Lab::new("p");
+    let mut lab = support::bgp_lab::Lab::new("p");
     lab.add_host("rr", &["10.0.0.1/16"]);
     let dir = lab.config_dir("rr");
-    bgp_lab::write_files(&dir, &r.files);
+    support::bgp_lab::write_files(&dir, &r.files);
     let t = Instant::now();
     let parse = Command::new("bird")
         .arg("-p")
@@ -1679,7 +1664,7 @@ async fn publish_writes_bench(quick: bool) -> Value {
     let n = if quick { 100 } else { 1000 };
     let o = objects().await;
     let run = format!("w{}", std::process::id());
-    let ns = "default"; // op_support's operators publish into `default`
+    let ns = "default"; // support's operators publish into `default`
     let label = "app.kubernetes.io/managed-by=tortie";
     // Objects of earlier operators go first: the count is of this operator's writes.
     support::kubectl(&[

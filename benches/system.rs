@@ -23,6 +23,9 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use serde_json::{Value, json};
 use tortie::bgp::{self, CalicoSelectors, RenderOptions, Snapshot};
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 mod common;
 use common::*;
 
@@ -277,7 +280,7 @@ fn start_agents(nodes: &[String], dir: &Path, agents: &mut Agents) {
             .args(["agent", "--no-bgp", "--ipam-socket"])
             .arg(dir.join(format!("{n}.sock")))
             .env("NODE_NAME", n)
-            .env("KUBECONFIG", kubeconfig())
+            .env("KUBECONFIG", &support::cluster().kubeconfig)
             // TORTIE_BENCH_AGENT_LOG (e.g. `tortie::ipam=debug`) shows where an agent's time goes.
             .env(
                 "TORTIE_LOG",
@@ -324,8 +327,8 @@ async fn burst_bench(quick: bool, one_node: bool, agents: bool) -> Value {
     };
     // One node: consecutive rounds on one cluster, each on a fresh node with fresh pods.
     let rounds = if one_node && agents { 5 } else { 1 };
-    install_crds();
-    let client = client().await;
+    // The harness installs the CRDs with the cluster.
+    let client = support::client().await;
     let run = format!(
         "b{}{}{}",
         std::process::id(),
@@ -703,7 +706,7 @@ async fn drive(
     socket_of: &(impl Fn(&str) -> Option<PathBuf> + Sync),
 ) -> (Vec<f64>, Vec<String>) {
     let plugin = PathBuf::from(env!("CARGO_BIN_EXE_tortie-ipam"));
-    let kc = kubeconfig();
+    let kc = support::cluster().kubeconfig.clone();
     let latencies = Arc::new(std::sync::Mutex::new(Vec::<f64>::new()));
     let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     // (start after t0, latency, pod) of every request, for the slowest ones' timeline.
@@ -852,7 +855,11 @@ impl Cpu {
             let at = |i: usize| f.get(i - 3).copied().unwrap_or(0.0);
             ((at(14) + at(15)) * tick, (at(16) + at(17)) * tick)
         };
-        let pids = kubeconfig().parent().map(|d| d.join("pids")).unwrap_or_default();
+        let pids = support::cluster()
+            .kubeconfig
+            .parent()
+            .map(|d| d.join("pids"))
+            .unwrap_or_default();
         let component = |name: &str| {
             std::fs::read_to_string(pids.join(format!("{name}.pid")))
                 .map(|p| stat(p.trim()).0)

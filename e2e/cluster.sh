@@ -19,7 +19,7 @@
 #   -d DIR | --dir DIR     the cluster's state directory (default $TORTIE_E2E_DIR, else e2e/.run/default).
 #                          Clusters in different directories coexist: each gets its own ports.
 #   --watch-pid PID        (up) also start a watchdog that runs `down` once PID has exited
-#                          (used by the Rust test harness, tests/support/mod.rs).
+#                          (used by the Rust test harness, tests/support/cluster.rs).
 #   --nodes N | --node     (up) also start kube-scheduler and N real nodes (node-1..node-N; --node: 1).
 #                          `down` removes everything they made on the host, also after a crash.
 # Environment:

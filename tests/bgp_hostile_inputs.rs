@@ -3,6 +3,8 @@
 //! render` do, and also without it (the renderer's own guards), real BIRD 1.6 accepts every file
 //! of every node that renders; sanitizing twice finds nothing more.
 
+mod support;
+
 use std::process::Command;
 
 use proptest::prelude::*;
@@ -226,14 +228,7 @@ fn build(g: &ConfigGen) -> Snapshot {
             "metadata": {"name": format!("p{i}")}, "spec": s}),
         );
     }
-    let text = docs
-        .iter()
-        .map(|d| serde_json::to_string(d).unwrap())
-        .collect::<Vec<_>>()
-        .join("\n---\n");
-    let mut snap = Snapshot::default();
-    snap.add_manifests("gen", &text).unwrap();
-    snap
+    support::bgp_lab::snapshot_of(&docs)
 }
 
 /// Renders every node (a node whose own annotation is bad is refused, naming it) and asks BIRD.

@@ -2,6 +2,8 @@
 //! its output does not depend on input order, protocol names are unique, the mesh is symmetric
 //! with exactly one passive end per pair, and real BIRD 1.6 accepts every file it writes.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::process::Command;
 
@@ -240,14 +242,7 @@ fn build(g: &ClusterGen) -> Snapshot {
         json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "bgp"},
         "stringData": {"pw": "secret"}}),
     );
-    let text = docs
-        .iter()
-        .map(|d| serde_json::to_string(d).unwrap())
-        .collect::<Vec<_>>()
-        .join("\n---\n");
-    let mut snap = Snapshot::default();
-    snap.add_manifests("gen", &text).unwrap();
-    snap
+    support::bgp_lab::snapshot_of(&docs)
 }
 
 fn render_all(snap: &Snapshot) -> BTreeMap<String, bgp::Rendered> {

@@ -4,6 +4,8 @@
 //! same files byte for byte, the same password flag, mesh size and warnings, or the same error.
 //! The objects also go through their Kubernetes form (ConfigMap/Secret data) on the way.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
@@ -437,14 +439,7 @@ fn build(g: &ClusterGen) -> Snapshot {
         json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "other"},
         "stringData": {"pw": "other-secret"}}),
     );
-    let text = docs
-        .iter()
-        .map(|d| serde_json::to_string(d).unwrap())
-        .collect::<Vec<_>>()
-        .join("\n---\n");
-    let mut snap = Snapshot::default();
-    snap.add_manifests("gen", &text).unwrap();
-    snap
+    support::bgp_lab::snapshot_of(&docs)
 }
 
 proptest! {

@@ -12,17 +12,15 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
 use kube::Api;
-use kube::api::PostParams;
-use kube::core::Object;
 use serde_json::{Value, json};
 use support::cni::{self, Out, handle, pod_args};
 use support::*;
-use tortie::api::{Block, CalicoKind, CrdMode, Handle, IPPoolSpec, Pool};
+use tortie::api::{CalicoKind, CrdMode, Pool};
 
 const ANN_V4: &str = "cni.projectcalico.org/ipv4pools";
 const ANN_ADDRS: &str = "cni.projectcalico.org/ipAddrs";
@@ -76,48 +74,23 @@ impl Lab {
     }
 
     async fn pool(&mut self, prefix: &str, block_size: i32) -> (String, IpNet) {
-        let name = unique_name(prefix);
         let cidr = unique_cidr(24);
-        let spec: IPPoolSpec = serde_json::from_value(json!({
-            "cidr": cidr, "blockSize": block_size, "assignmentMode": "Manual",
-            "ipipMode": "Never", "vxlanMode": "Never", "natOutgoing": false}))
-        .unwrap();
-        let obj = Object::new(&name, &self.mode.resource(CalicoKind::IPPool), spec);
-        self.pool_api()
-            .create(&PostParams::default(), &obj)
-            .await
-            .unwrap();
+        let name = manual_pool(&self.client, self.mode, prefix, &cidr, block_size, &json!({})).await;
         self.pools.push(name.clone());
         (name, cidr.parse().unwrap())
     }
 
     /// Every allocation in the cluster: ip → handle.
     async fn allocations(&self) -> BTreeMap<IpAddr, Option<String>> {
-        let blocks: Api<Block> =
-            Api::all_with(self.client.clone(), &self.mode.resource(CalicoKind::IPAMBlock));
-        let mut out = BTreeMap::new();
-        for b in blocks.list(&Default::default()).await.unwrap().items {
-            if b.spec.deleted == Some(true) {
-                continue;
-            }
-            let cidr: IpNet = b.spec.cidr.parse().unwrap();
-            for (ord, a) in b.spec.allocations.iter().enumerate() {
-                let Some(idx) = a else { continue };
-                let attr = b.spec.attributes.get(*idx).cloned().unwrap_or_default();
-                out.insert(tortie::cni::gateway::nth(cidr, ord).unwrap(), attr.handle_id);
-            }
-        }
-        out
+        allocations(&self.client, self.mode)
+            .await
+            .into_iter()
+            .map(|a| (a.ip, a.handle))
+            .collect()
     }
 
     async fn handle_exists(&self, cid: &str) -> bool {
-        let handles: Api<Handle> =
-            Api::all_with(self.client.clone(), &self.mode.resource(CalicoKind::IPAMHandle));
-        handles
-            .get_opt(&tortie::ipam::names::handle_name(&handle(cid)))
-            .await
-            .unwrap()
-            .is_some_and(|h| h.spec.deleted != Some(true))
+        live_handle(&self.client, self.mode, &handle(cid)).await.is_some()
     }
 
     async fn held(&self, cid: &str) -> Vec<IpAddr> {
@@ -153,16 +126,7 @@ fn cid(tag: &str) -> String {
 
 /// The network config a runtime hands the plugin; `socket` is `ipam.socket`.
 fn conf(node: &str, socket: &str) -> Value {
-    json!({
-        "cniVersion": "1.0.0",
-        "name": "k8s-pod-network",
-        "type": "calico",
-        "nodename": node,
-        "log_level": "debug",
-        "kubernetes": {"kubeconfig": cluster().kubeconfig},
-        "ipam": {"type": "tortie-ipam", "assign_ipv4": "true", "assign_ipv6": "false",
-                 "socket": socket, "timeout_seconds": 30},
-    })
+    cni::conf(node, &json!({"socket": socket, "timeout_seconds": 30}))
 }
 
 async fn exec(command: &str, cid: &str, ns: &str, pod: &str, conf: &Value) -> Out {
@@ -331,47 +295,6 @@ async fn agent_serves_adds_and_dels_and_the_plugin_falls_back_when_it_is_down() 
     assert!(left.is_empty(), "left allocated: {left:?}");
     agent.kill().await;
     lab.cleanup().await;
-}
-
-/// Requests a client sent, as "METHOD path?query".
-#[derive(Clone, Default)]
-struct RequestLog(Arc<Mutex<Vec<String>>>);
-
-impl RequestLog {
-    /// Everything but watches (long-running, not per request).
-    /// The requests since the last call, less the caches' upkeep: watches, and the paged LIST
-    /// (`limit=`) a watch makes when it reconnects (on a loaded machine one can land inside a
-    /// burst). An ADD's or DEL's own reads are GETs by name or unpaged LISTs, and stay counted.
-    fn take(&self) -> Vec<String> {
-        std::mem::take(&mut *self.0.lock().unwrap())
-            .into_iter()
-            .filter(|r| {
-                let watch = r.contains("watch=");
-                let relist = r.starts_with("GET") && r.contains("limit=");
-                !watch && !relist
-            })
-            .collect()
-    }
-}
-
-async fn counting_client(log: RequestLog) -> kube::Client {
-    use kube::config::{KubeConfigOptions, Kubeconfig};
-    let kc = Kubeconfig::read_from(&cluster().kubeconfig).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    let layer = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
-        let q = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
-        log.0
-            .lock()
-            .unwrap()
-            .push(format!("{} {}{q}", req.method(), req.uri().path()));
-        req
-    });
-    kube::client::ClientBuilder::try_from(config)
-        .unwrap()
-        .with_layer(&layer)
-        .build()
 }
 
 /// The agent's server code, in this process with a client that records every request: a

@@ -12,16 +12,14 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::PathBuf;
 
 use ipnet::IpNet;
 use kube::Api;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::core::Object;
+use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::{Value, json};
-use support::cni::{self, Out, handle, plugin, pod_args};
+use support::cni::{self, Out, handle, plugin, pod_args, unique_cidr};
 use support::*;
-use tortie::api::{Block, CalicoKind, CrdMode, Handle, IPPoolSpec, Pool};
+use tortie::api::{CalicoKind, CrdMode, Pool};
 
 /// Runs the plugin with the CNI environment and `stdin`, the way a runtime does.
 async fn exec(command: &str, container: &str, args: &str, stdin: &[u8]) -> Out {
@@ -34,11 +32,6 @@ async fn exec(command: &str, container: &str, args: &str, stdin: &[u8]) -> Out {
         &[],
     )
     .await
-}
-
-/// A CIDR of `prefix_len` unique to this process, in 172.16.0.0/12 like the other CNI tests.
-fn unique_v4(prefix_len: u8) -> String {
-    cni::unique_cidr_in("172.16.0.0/12", prefix_len)
 }
 
 /// An IPv6 /120 unique to this process, in fd74::/16.
@@ -56,18 +49,6 @@ fn nth(cidr: &str, n: usize) -> String {
     tortie::cni::gateway::nth(net, n).unwrap().to_string()
 }
 
-/// The header of a corpus file: `# key: value` lines (repeatable keys keep every value).
-fn header(text: &str) -> BTreeMap<String, Vec<String>> {
-    let mut h: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for l in text.lines() {
-        let Some(l) = l.strip_prefix("# ") else { continue };
-        if let Some((k, v)) = l.split_once(": ") {
-            h.entry(k.to_string()).or_default().push(v.to_string());
-        }
-    }
-    h
-}
-
 /// Replaces `$NAME` placeholders, longest names first (`$OK_CIDR` before `$OK`).
 fn substitute(text: &str, vars: &BTreeMap<&str, String>) -> String {
     let mut keys: Vec<&&str> = vars.keys().collect();
@@ -77,23 +58,6 @@ fn substitute(text: &str, vars: &BTreeMap<&str, String>) -> String {
         out = out.replace(&format!("${k}"), &vars[*k]);
     }
     out
-}
-
-fn corpus(dir: &str, ext: &str, min: usize) -> Vec<PathBuf> {
-    let dir = repo_dir().join("tests/bad-inputs").join(dir);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == ext))
-        .collect();
-    files.sort();
-    assert!(
-        files.len() >= min,
-        "{} shrank to {} cases",
-        dir.display(),
-        files.len()
-    );
-    files
 }
 
 struct Ctx {
@@ -119,39 +83,18 @@ impl Ctx {
 
     /// A Manual pool with a unique name; `extra` holds more spec fields.
     async fn pool(&mut self, prefix: &str, cidr: &str, block_size: i32, extra: Value) -> String {
-        let name = unique_name(prefix);
-        let mut s = json!({"cidr": cidr, "blockSize": block_size, "assignmentMode": "Manual",
-                           "ipipMode": "Never", "vxlanMode": "Never", "natOutgoing": false});
-        for (k, v) in extra.as_object().unwrap() {
-            s[k] = v.clone();
-        }
-        let spec: IPPoolSpec = serde_json::from_value(s).unwrap();
-        let obj = Object::new(&name, &self.mode.resource(CalicoKind::IPPool), spec);
-        self.pools()
-            .create(&PostParams::default(), &obj)
-            .await
-            .unwrap_or_else(|e| panic!("create IPPool {name}: {e}"));
+        let name = manual_pool(&self.client, self.mode, prefix, cidr, block_size, &extra).await;
         self.made.push(name.clone());
         name
     }
 
     /// Every (address, handle) allocated in the cluster.
     async fn allocations(&self) -> Vec<(IpAddr, Option<String>)> {
-        let blocks: Api<Block> =
-            Api::all_with(self.client.clone(), &self.mode.resource(CalicoKind::IPAMBlock));
-        let mut out = vec![];
-        for b in blocks.list(&Default::default()).await.unwrap().items {
-            if b.spec.deleted == Some(true) {
-                continue;
-            }
-            let cidr: IpNet = b.spec.cidr.parse().unwrap();
-            for (ord, a) in b.spec.allocations.iter().enumerate() {
-                let Some(idx) = a else { continue };
-                let h = b.spec.attributes.get(*idx).and_then(|a| a.handle_id.clone());
-                out.push((tortie::cni::gateway::nth(cidr, ord).unwrap(), h));
-            }
-        }
-        out
+        allocations(&self.client, self.mode)
+            .await
+            .into_iter()
+            .map(|a| (a.ip, a.handle))
+            .collect()
     }
 
     /// Panics unless `handle` holds no address and has no IPAMHandle.
@@ -163,13 +106,7 @@ impl Ctx {
             .filter(|(_, h)| h.as_deref() == Some(handle))
             .map(|(ip, _)| ip)
             .collect();
-        let handles: Api<Handle> =
-            Api::all_with(self.client.clone(), &self.mode.resource(CalicoKind::IPAMHandle));
-        let exists = handles
-            .get_opt(&tortie::ipam::names::handle_name(handle))
-            .await
-            .unwrap()
-            .is_some_and(|h| h.spec.deleted != Some(true));
+        let exists = live_handle(&self.client, self.mode, handle).await.is_some();
         assert!(
             ips.is_empty() && !exists,
             "{what}: handle {handle} holds {ips:?} (IPAMHandle exists: {exists})"
@@ -196,22 +133,6 @@ impl Ctx {
     }
 }
 
-/// The network config Calico's main plugin hands its IPAM, with `ipam` extra keys.
-fn conf(node: &str, ipam: &Value) -> Value {
-    let mut i = json!({"type": "tortie-ipam", "assign_ipv4": "true", "assign_ipv6": "false"});
-    for (k, v) in ipam.as_object().into_iter().flatten() {
-        i[k] = v.clone();
-    }
-    json!({
-        "cniVersion": "1.0.0",
-        "name": "k8s-pod-network",
-        "type": "calico",
-        "nodename": node,
-        "kubernetes": {"kubeconfig": cluster().kubeconfig},
-        "ipam": i,
-    })
-}
-
 /// One annotation case (YAML after the `#` header).
 #[derive(serde::Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
@@ -230,17 +151,17 @@ async fn annotation_corpus_fails_naming_the_annotation_and_allocates_nothing() {
     create_node(&ctx.client, &node, &[], None, &[], &[]).await;
 
     // Fixtures the cases name with `$PLACEHOLDERS`.
-    let ok_cidr = unique_v4(24);
+    let ok_cidr = unique_cidr(24);
     let ok = ctx.pool("bad-ok", &ok_cidr, 26, json!({})).await;
-    let off_cidr = unique_v4(24);
+    let off_cidr = unique_cidr(24);
     let off = ctx
         .pool("bad-off", &off_cidr, 26, json!({"disabled": true}))
         .await;
-    let del_cidr = unique_v4(24);
+    let del_cidr = unique_cidr(24);
     let del = ctx.pool("bad-del", &del_cidr, 26, json!({})).await;
-    let tiny_cidr = unique_v4(30);
+    let tiny_cidr = unique_cidr(30);
     let tiny = ctx.pool("bad-tiny", &tiny_cidr, 30, json!({})).await;
-    let lb_cidr = unique_v4(24);
+    let lb_cidr = unique_cidr(24);
     let lb = ctx
         .pool("bad-lb", &lb_cidr, 26, json!({"allowedUses": ["LoadBalancer"]}))
         .await;
@@ -290,7 +211,7 @@ async fn annotation_corpus_fails_naming_the_annotation_and_allocates_nothing() {
     }
     let mut fixture_ips = vec![];
     for (pod, cid) in &fixture_cids {
-        let stdin = serde_json::to_vec(&conf(&node, &json!({}))).unwrap();
+        let stdin = serde_json::to_vec(&cni::conf(&node, &json!({}))).unwrap();
         let out = exec("ADD", cid, &pod_args(&fix_ns, pod), &stdin).await;
         assert!(out.ok, "fixture {pod}: {} {}", out.stdout, out.stderr);
         fixture_ips.push(out.json["ips"][0]["address"].as_str().unwrap().to_string());
@@ -326,13 +247,13 @@ async fn annotation_corpus_fails_naming_the_annotation_and_allocates_nothing() {
     .into_iter()
     .collect();
 
-    let files = corpus("annotations", "yaml", 50);
+    let files = corpus::files("annotations", Some("yaml"), 50);
     let mut failures = vec![];
     let mut namespaces = vec![];
     for f in &files {
         let name = f.file_stem().unwrap().to_string_lossy().into_owned();
         let text = substitute(&std::fs::read_to_string(f).unwrap(), &vars);
-        let h = header(&text);
+        let h = corpus::header(&text);
         let code: u64 = h["code"][0].parse().unwrap();
         let expects = h.get("expect").cloned().unwrap_or_default();
         assert!(!expects.is_empty(), "{name}: no `# expect:` line");
@@ -348,7 +269,7 @@ async fn annotation_corpus_fails_naming_the_annotation_and_allocates_nothing() {
         let pod_ann: Vec<(&str, &str)> = case.pod.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         create_pod(&ctx.client, &ns, "pod", Some(&node), &pod_ann).await;
         let ipam = serde_json::to_value(&case.ipam).unwrap();
-        let stdin = serde_json::to_vec(&conf(&node, &ipam)).unwrap();
+        let stdin = serde_json::to_vec(&cni::conf(&node, &ipam)).unwrap();
         let mut args = pod_args(&ns, "pod");
         if let Some(a) = &case.args {
             args = format!("{args};{a}");
@@ -370,7 +291,7 @@ async fn annotation_corpus_fails_naming_the_annotation_and_allocates_nothing() {
         }
         ctx.assert_nothing_held(&handle(&cid), &name).await;
         // The runtime's DEL after a failed ADD succeeds.
-        let del_stdin = serde_json::to_vec(&conf(&node, &json!({}))).unwrap();
+        let del_stdin = serde_json::to_vec(&cni::conf(&node, &json!({}))).unwrap();
         let d = exec("DEL", &cid, &pod_args(&ns, "pod"), &del_stdin).await;
         if !d.ok {
             failures.push(format!("{name}: DEL after the failed ADD failed: {}", d.stdout));
@@ -389,7 +310,7 @@ async fn annotation_corpus_fails_naming_the_annotation_and_allocates_nothing() {
         assert_eq!(held, vec![ip.addr()], "fixture {pod}");
     }
     for (pod, cid) in &fixture_cids {
-        let stdin = serde_json::to_vec(&conf(&node, &json!({}))).unwrap();
+        let stdin = serde_json::to_vec(&cni::conf(&node, &json!({}))).unwrap();
         assert!(exec("DEL", cid, &pod_args(&fix_ns, pod), &stdin).await.ok);
         ctx.assert_nothing_held(&handle(cid), pod).await;
     }
@@ -428,12 +349,12 @@ async fn cni_config_corpus_is_refused_naming_the_key() {
     .into_iter()
     .collect();
 
-    let files = corpus("cni", "conf", 45);
+    let files = corpus::files("cni", Some("conf"), 45);
     let mut failures = vec![];
     for f in &files {
         let name = f.file_stem().unwrap().to_string_lossy().into_owned();
         let text = substitute(&std::fs::read_to_string(f).unwrap(), &vars);
-        let h = header(&text);
+        let h = corpus::header(&text);
         let code: u64 = h["code"][0].parse().unwrap();
         let command = h
             .get("command")

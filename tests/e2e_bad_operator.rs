@@ -6,39 +6,19 @@
 //! A binary of its own: it owns the cluster's Installation singleton and kubeadm-config, which
 //! the cases change. The file format is described in `tests/bad-inputs/README.md`.
 
-mod op_support;
 mod support;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams};
-use op_support::*;
 use support::*;
 use tortie::api::{CalicoKind, Installation, Pool};
 
 const POD_SUBNET: &str = "10.32.0.0/12,fd00:32::/48";
 const WAIT: Duration = Duration::from_secs(45);
 
-fn kubeadm_config(pod_subnet: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: kubeadm-config, namespace: kube-system}}\ndata:\n  ClusterConfiguration: |\n    apiVersion: kubeadm.k8s.io/v1beta4\n    kind: ClusterConfiguration\n    networking:\n      podSubnet: {pod_subnet}\n"
-    )
-}
-
 const BASE_INSTALLATION: &str = "apiVersion: operator.tigera.io/v1\nkind: Installation\nmetadata:\n  name: default\nspec:\n  cni: {type: Calico}\n  calicoNetwork:\n    ipPools:\n    - {name: base-ipv4, cidr: 10.32.0.0/16, encapsulation: None, natOutgoing: Disabled}\n";
-
-fn header(text: &str) -> BTreeMap<String, Vec<String>> {
-    let mut h: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for l in text.lines() {
-        let Some(l) = l.strip_prefix("# ") else { continue };
-        if let Some((k, v)) = l.split_once(": ") {
-            h.entry(k.to_string()).or_default().push(v.to_string());
-        }
-    }
-    h
-}
 
 /// A condition of an object's status: (status, reason, message).
 fn condition(
@@ -135,18 +115,7 @@ async fn operator_corpus_is_reported_with_a_condition_and_an_event_and_the_opera
     op.wait_ready().await;
     env.reset_installation().await;
 
-    let dir = repo_dir().join("tests/bad-inputs/operator");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
-        .collect();
-    files.sort();
-    assert!(
-        files.len() >= 30,
-        "the operator corpus shrank to {} cases",
-        files.len()
-    );
+    let files = corpus::files("operator", Some("yaml"), 30);
     let mut failures = vec![];
     let started = Instant::now();
     for (n, f) in files.iter().enumerate() {
@@ -154,7 +123,7 @@ async fn operator_corpus_is_reported_with_a_condition_and_an_event_and_the_opera
         let name = f.file_stem().unwrap().to_string_lossy().into_owned();
         let case_id = format!("{}-c{n}", &id[..id.len().min(40)]);
         let text = std::fs::read_to_string(f).unwrap().replace("__ID__", &case_id);
-        let h = header(&text);
+        let h = corpus::header(&text);
         let object = h["object"][0].clone();
         let reason = h["reason"][0].clone();
         let expects = h.get("expect").cloned().unwrap_or_default();

@@ -1,12 +1,11 @@
 //! BGP end to end with real BIRD 1.6 daemons in network namespaces this test creates, running the
 //! configuration tortie renders. Needs root, `ip netns` and the Debian `bird` package.
 
-mod bgp_lab;
 mod support;
 
 use std::time::Duration;
 
-use bgp_lab::Lab;
+use support::bgp_lab::Lab;
 use tortie::bgp::{self, CalicoSelectors, RenderOptions, Snapshot};
 use tortie::cli::agent::{self, Applied, Reload};
 
@@ -295,16 +294,7 @@ async fn controller_and_agents_follow_the_apiserver() {
         lab.add_host(&names[i - 1], &[&format!("{net}.{i}/24")]);
         add_node(i).await;
     }
-    let controller = tokio::spawn(ctrl::run(
-        client.clone(),
-        mode,
-        ns.clone(),
-        tortie::controllers::Stores::start(&client, mode, None),
-        ctrl::Config {
-            debounce: Duration::from_millis(100),
-            ..Default::default()
-        },
-    ));
+    let controller = support::bgp_lab::spawn_bgp_controller(&client, mode, &ns);
     let mut agents = Vec::new();
     let spawn_agent = |lab: &Lab, node: &str| {
         let args = agent::AgentArgs {

@@ -179,16 +179,7 @@ async fn a_bad_object_is_left_out_and_reported_while_the_rest_keeps_updating() {
         ),
     );
 
-    let controller = tokio::spawn(ctrl::run(
-        client.clone(),
-        mode,
-        ns.clone(),
-        tortie::controllers::Stores::start(&client, mode, None),
-        ctrl::Config {
-            debounce: Duration::from_millis(100),
-            ..Default::default()
-        },
-    ));
+    let controller = support::bgp_lab::spawn_bgp_controller(&client, mode, &ns);
     let published = |want: &'static [&'static str]| {
         let (client, ns) = (client.clone(), ns.clone());
         let nodes = nodes.clone();

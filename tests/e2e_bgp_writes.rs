@@ -12,24 +12,14 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, ListParams};
 use tortie::api::CrdMode;
-use tortie::controllers::bgp as ctrl;
 use tortie::node::published;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Writes (POST, PUT, PATCH, server-side APPLY, DELETE) of ConfigMaps and Secrets the apiserver has served.
 fn writes() -> f64 {
-    let text = support::kubectl_ok(&["get", "--raw", "/metrics"]);
-    text.lines()
-        .filter(|l| l.starts_with("apiserver_request_total{"))
-        .filter(|l| l.contains("resource=\"configmaps\"") || l.contains("resource=\"secrets\""))
-        .filter(|l| {
-            ["POST", "PUT", "PATCH", "APPLY", "DELETE"]
-                .iter()
-                .any(|v| l.contains(&format!("verb=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    let metrics = support::kubectl_ok(&["get", "--raw", "/metrics"]);
+    support::apiserver_writes(&metrics, &["configmaps", "secrets"])
 }
 
 /// resourceVersion of every published object in `ns`.
@@ -79,17 +69,7 @@ async fn writes_follow_what_changed() {
     }
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let before = settled(Duration::from_secs(2)).await;
-    let stores = tortie::controllers::Stores::start(&client, mode, None);
-    let controller = tokio::spawn(ctrl::run(
-        client.clone(),
-        mode,
-        ns.clone(),
-        stores,
-        ctrl::Config {
-            debounce: Duration::from_millis(100),
-            ..Default::default()
-        },
-    ));
+    let controller = support::bgp_lab::spawn_bgp_controller(&client, mode, &ns);
 
     // Start-up: every object once.
     support::wait_until("every node's object and the shards", TIMEOUT, || {

@@ -9,37 +9,23 @@
 //!   of the chart's ServiceAccount while tortie-ipam uses its own narrower one, through the IPAM, GC
 //!   and BGP scenarios.
 //!
-//! The cluster is this binary's own (`e2e/cluster.sh up` in `e2e/.run/chart-<pid>`), not the shared
-//! harness one: the chart owns cluster-scoped singletons (the CRDs, the Installation `default`,
-//! kube-system/kubeadm-config) that Helm refuses to adopt from the harness's CRD install.
+//! The cluster is this binary's own (`support::cluster_of_its_own`: never an attached one, no CRDs
+//! from the harness): the chart owns cluster-scoped singletons (the CRDs, the Installation
+//! `default`, kube-system/kubeadm-config) that Helm refuses to adopt from the harness's CRD install.
+
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
+use support::{Cluster, free_port, output_text, repo_dir, tools_bin};
 
 fn chart() -> PathBuf {
-    repo().join("charts/tortie")
-}
-
-fn tools_bin() -> PathBuf {
-    let cache = std::env::var_os("TORTIE_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::var_os("XDG_CACHE_HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache"))
-                .join("tortie")
-        });
-    cache.join("bin")
+    repo_dir().join("charts/tortie")
 }
 
 fn helm_bin() -> PathBuf {
@@ -48,14 +34,6 @@ fn helm_bin() -> PathBuf {
         .unwrap_or_else(|| tools_bin().join("helm"));
     assert!(p.exists(), "helm not found at {} (run `make deps`)", p.display());
     p
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn run(mut cmd: Command, stdin: Option<&str>) -> Output {
@@ -79,7 +57,12 @@ fn run(mut cmd: Command, stdin: Option<&str>) -> Output {
 }
 
 fn ok(o: Output, what: &str) -> String {
-    assert!(o.status.success(), "{what} failed ({}):\n{}", o.status, text(&o));
+    assert!(
+        o.status.success(),
+        "{what} failed ({}):\n{}",
+        o.status,
+        output_text(&o)
+    );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
@@ -187,9 +170,9 @@ fn values_schema_rejects_bad_values_naming_the_field() {
         let out = template(&[set]);
         assert!(!out.status.success(), "helm template --set {set} was accepted");
         assert!(
-            text(&out).contains(field),
+            output_text(&out).contains(field),
             "the error for --set {set} does not name {field}:\n{}",
-            text(&out)
+            output_text(&out)
         );
     }
 }
@@ -871,23 +854,15 @@ fn crds_are_kept_and_optional_and_extras_follow_values() {
     );
     let bad = template(&["metrics.serviceMonitor.enabled=true", "metrics.service=false"]);
     assert!(
-        !bad.status.success() && text(&bad).contains("metrics.service"),
+        !bad.status.success() && output_text(&bad).contains("metrics.service"),
         "{}",
-        text(&bad)
+        output_text(&bad)
     );
 }
 
 // ------------------------------------------------------------------------------------------------
 // with a cluster
 
-struct Cluster {
-    kubeconfig: PathBuf,
-    kubectl: PathBuf,
-    helm: PathBuf,
-    dir: PathBuf,
-}
-
-static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
 /// The cluster tests touch the same cluster-scoped objects (CRDs): one at a time.
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -895,51 +870,9 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// This binary's own cluster (`e2e/cluster.sh up`, no CRDs from the harness).
 fn cluster() -> &'static Cluster {
-    match CLUSTER.get_or_init(start_cluster) {
-        Ok(c) => c,
-        Err(e) => panic!("chart e2e cluster unavailable: {e}"),
-    }
-}
-
-fn start_cluster() -> Result<Cluster, String> {
-    let dir = repo()
-        .join("e2e/.run")
-        .join(format!("chart-{}", std::process::id()));
-    let script = repo().join("e2e/cluster.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .args(["up", "-d"])
-        .arg(&dir)
-        .arg("--watch-pid")
-        .arg(std::process::id().to_string())
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
-    if !out.status.success() {
-        return Err(format!(
-            "{} up failed; logs in {}",
-            script.display(),
-            dir.join("logs").display()
-        ));
-    }
-    let exports = String::from_utf8_lossy(&out.stdout).into_owned();
-    let get = |k: &str| {
-        exports
-            .lines()
-            .filter_map(|l| l.strip_prefix("export "))
-            .filter_map(|l| l.split_once('='))
-            .find(|(n, _)| *n == k)
-            .map(|(_, v)| PathBuf::from(v))
-            .ok_or_else(|| format!("cluster.sh up printed no {k}"))
-    };
-    Ok(Cluster {
-        kubeconfig: get("KUBECONFIG")?,
-        kubectl: get("KUBECTL")?,
-        helm: get("HELM")?,
-        dir,
-    })
+    support::cluster_of_its_own()
 }
 
 fn kubectl_as(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output {
@@ -968,9 +901,9 @@ fn helm(args: &[&str]) -> Output {
     let mut cmd = Command::new(&c.helm);
     cmd.arg("--kubeconfig").arg(&c.kubeconfig).args(args);
     // helm keeps caches and repositories under HOME; a scratch one keeps the user's untouched.
-    cmd.env("HELM_CACHE_HOME", c.dir.join("helm/cache"))
-        .env("HELM_CONFIG_HOME", c.dir.join("helm/config"))
-        .env("HELM_DATA_HOME", c.dir.join("helm/data"));
+    cmd.env("HELM_CACHE_HOME", c.state_dir().join("helm/cache"))
+        .env("HELM_CONFIG_HOME", c.state_dir().join("helm/config"))
+        .env("HELM_DATA_HOME", c.state_dir().join("helm/data"));
     run(cmd, None)
 }
 
@@ -1044,7 +977,7 @@ fn install_least_privilege_upgrade_uninstall() {
     let _serial = serial();
     let c = cluster();
     let ns = "tortie-system";
-    let values = c.dir.join("values-install.yaml");
+    let values = c.state_dir().join("values-install.yaml");
     std::fs::write(
         &values,
         "installation:\n  enabled: true\n  spec:\n    cni: {type: Calico, ipam: {type: Calico}}\n    calicoNetwork:\n      bgp: Enabled\n      ipPools:\n      - {name: default-ipv4-ippool, cidr: 10.48.0.0/24, blockSize: 26, encapsulation: None, natOutgoing: Enabled, nodeSelector: all()}\n",
@@ -1076,9 +1009,9 @@ fn install_least_privilege_upgrade_uninstall() {
             break;
         }
         assert!(
-            attempt < 10 && text(&o).contains("accessor error"),
+            attempt < 10 && output_text(&o).contains("accessor error"),
             "kubectl wait for the CRDs failed:\n{}",
-            text(&o)
+            output_text(&o)
         );
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
@@ -1395,11 +1328,11 @@ fn bin(name: &str) -> PathBuf {
 
 fn sa_kubeconfig(ns: &str, sa: &str) -> PathBuf {
     let c = cluster();
-    let out = c.dir.join(format!("{sa}.kubeconfig"));
+    let out = c.state_dir().join(format!("{sa}.kubeconfig"));
     let o = run(
         {
             let mut cmd = Command::new("bash");
-            cmd.arg(repo().join("demo/sa-kubeconfig.sh"))
+            cmd.arg(repo_dir().join("demo/sa-kubeconfig.sh"))
                 .args([ns, sa])
                 .arg(&out)
                 .args(["1h"]);
@@ -1433,14 +1366,6 @@ impl Drop for Operator {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn cni(
@@ -1485,23 +1410,23 @@ fn least_privilege_in_operation(ns: &str) {
     kubectl(&[
         "apply",
         "-f",
-        &repo()
+        &repo_dir()
             .join("examples/v1/00-kubeadm-config.yaml")
             .to_string_lossy(),
     ]);
     kubectl(&[
         "apply",
         "-f",
-        &repo().join("examples/lab-nodes.yaml").to_string_lossy(),
+        &repo_dir().join("examples/lab-nodes.yaml").to_string_lossy(),
     ]);
     kubectl(&[
         "apply",
         "-f",
-        &repo().join("examples/v1/04-bgp.yaml").to_string_lossy(),
+        &repo_dir().join("examples/v1/04-bgp.yaml").to_string_lossy(),
     ]);
 
     let port = free_port();
-    let log = c.dir.join("logs/operator-sa.log");
+    let log = c.state_dir().join("logs/operator-sa.log");
     let child = Command::new(bin("tortie"))
         .args([
             "run",
@@ -1519,7 +1444,7 @@ fn least_privilege_in_operation(ns: &str) {
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::fs::File::create(c.dir.join("logs/operator-sa.stderr")).unwrap())
+        .stderr(std::fs::File::create(c.state_dir().join("logs/operator-sa.stderr")).unwrap())
         .spawn()
         .expect("spawn tortie run");
     let _op = Operator(child);
@@ -1527,7 +1452,7 @@ fn least_privilege_in_operation(ns: &str) {
         format!(
             "{}{}",
             std::fs::read_to_string(&log).unwrap_or_default(),
-            std::fs::read_to_string(c.dir.join("logs/operator-sa.stderr")).unwrap_or_default()
+            std::fs::read_to_string(c.state_dir().join("logs/operator-sa.stderr")).unwrap_or_default()
         )
     };
     let ready = || {
@@ -1571,7 +1496,7 @@ fn least_privilege_in_operation(ns: &str) {
     kubectl(&[
         "apply",
         "-f",
-        &repo().join("examples/v1/02-ippools.yaml").to_string_lossy(),
+        &repo_dir().join("examples/v1/02-ippools.yaml").to_string_lossy(),
     ]);
     // Calico's tools need these two singletons; the operator creates them, with its own token.
     wait_for(
@@ -1621,7 +1546,7 @@ fn least_privilege_in_operation(ns: &str) {
     );
 
     // `tortie ipam check` with the operator's account writes a report that names this cluster.
-    let report = c.dir.join("operator-check.json");
+    let report = c.state_dir().join("operator-check.json");
     let out = run(
         {
             let mut cmd = Command::new(bin("tortie"));
@@ -1633,9 +1558,9 @@ fn least_privilege_in_operation(ns: &str) {
         None,
     );
     assert!(
-        out.status.success() && !text(&out).contains("not allowed to read ClusterInformation"),
+        out.status.success() && !output_text(&out).contains("not allowed to read ClusterInformation"),
         "tortie ipam check as the operator:\n{}",
-        text(&out)
+        output_text(&out)
     );
     let r: Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     assert_eq!(
@@ -1673,10 +1598,10 @@ fn least_privilege_in_operation(ns: &str) {
     let mut ips = vec![];
     for (name, cid) in [("keep", "c0ffee01"), ("gone", "c0ffee02")] {
         let out = cni(&cni_kc, "ADD", cid, &app, name, "node-1", &conf);
-        if !out.status.success() && text(&out).contains("not implemented yet") {
+        if !out.status.success() && output_text(&out).contains("not implemented yet") {
             eprintln!(
                 "e2e_chart: NOT RUN: CNI ADD/GC/BGP under the ServiceAccounts: the IPAM engine has not landed ({})",
-                text(&out).trim()
+                output_text(&out).trim()
             );
             no_denials();
             return;
@@ -1685,7 +1610,7 @@ fn least_privilege_in_operation(ns: &str) {
         assert!(
             out.status.success(),
             "tortie-ipam ADD {name} with the CNI account failed:\n{}",
-            text(&out)
+            output_text(&out)
         );
         let ip = res["ips"][0]["address"].as_str().unwrap_or_default().to_string();
         assert!(
@@ -1743,7 +1668,7 @@ fn least_privilege_in_operation(ns: &str) {
     assert!(
         out.status.success(),
         "tortie-ipam DEL with the CNI account failed:\n{}",
-        text(&out)
+        output_text(&out)
     );
 
     no_denials();
@@ -1780,7 +1705,7 @@ fn agent_reads_only_published_configs(ns: &str) {
     assert!(
         shard.status.success(),
         "the agent cannot read the shard:\n{}",
-        text(&shard)
+        output_text(&shard)
     );
     assert!(!can_i(
         ns,
@@ -1803,13 +1728,13 @@ fn agent_reads_only_published_configs(ns: &str) {
         assert!(
             own.status.success(),
             "the agent cannot list its node's {kind}:\n{}",
-            text(&own)
+            output_text(&own)
         );
         let all = as_agent(&["get", kind, "-n", ns]);
         assert!(
-            !all.status.success() && text(&all).contains("forbidden"),
+            !all.status.success() && output_text(&all).contains("forbidden"),
             "the agent lists every {kind} of the namespace:\n{}",
-            text(&all)
+            output_text(&all)
         );
     }
     kubectl(&[
@@ -1823,9 +1748,9 @@ fn agent_reads_only_published_configs(ns: &str) {
     ]);
     let other = as_agent(&["get", "secret", "-n", ns, "unrelated"]);
     assert!(
-        !other.status.success() && text(&other).contains("forbidden"),
+        !other.status.success() && output_text(&other).contains("forbidden"),
         "the agent reads an unrelated Secret:\n{}",
-        text(&other)
+        output_text(&other)
     );
     assert!(!can_i(
         ns,
@@ -1839,9 +1764,9 @@ fn agent_reads_only_published_configs(ns: &str) {
     // `tortie agent` itself, with the agent's token: its list+watch by name of both kinds is
     // allowed, and it installs node-1's files (checked by the real `bird -p`) owner-only.
     let c = cluster();
-    let dir = c.dir.join("node-1-bird");
+    let dir = c.state_dir().join("node-1-bird");
     let _ = std::fs::remove_dir_all(&dir);
-    let log = c.dir.join("logs/agent-sa.log");
+    let log = c.state_dir().join("logs/agent-sa.log");
     let child = Command::new(bin("tortie"))
         .args([
             "agent",
@@ -1858,7 +1783,7 @@ fn agent_reads_only_published_configs(ns: &str) {
         .env("KUBECONFIG", &agent_kc)
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(std::fs::File::create(c.dir.join("logs/agent-sa.stderr")).unwrap())
+        .stderr(std::fs::File::create(c.state_dir().join("logs/agent-sa.stderr")).unwrap())
         .spawn()
         .expect("spawn tortie agent");
     let _agent = Operator(child);
@@ -1866,7 +1791,7 @@ fn agent_reads_only_published_configs(ns: &str) {
         format!(
             "{}{}",
             std::fs::read_to_string(&log).unwrap_or_default(),
-            std::fs::read_to_string(c.dir.join("logs/agent-sa.stderr")).unwrap_or_default()
+            std::fs::read_to_string(c.state_dir().join("logs/agent-sa.stderr")).unwrap_or_default()
         )
     };
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -1948,9 +1873,9 @@ fn published_bird_lines(ns: &str, node: &str) -> Vec<String> {
 /// agent's account may mint tokens of the CNI account only.
 fn install_cni_uses_the_cni_account(ns: &str) {
     let c = cluster();
-    let root = c.dir.join("node-root");
+    let root = c.state_dir().join("node-root");
     let agent_kc = sa_kubeconfig(ns, "tortie-agent");
-    let conf = c.dir.join("cni-config");
+    let conf = c.state_dir().join("cni-config");
     std::fs::write(
         &conf,
         kubectl(&[
@@ -1977,7 +1902,11 @@ fn install_cni_uses_the_cni_account(ns: &str) {
     };
     // The plugin comes from beside the `tortie` executable, as in the image.
     let out = run(install_cni(&root, "install", "tortie-cni"), None);
-    assert!(out.status.success(), "tortie install-cni failed:\n{}", text(&out));
+    assert!(
+        out.status.success(),
+        "tortie install-cni failed:\n{}",
+        output_text(&out)
+    );
     assert_eq!(
         std::fs::read(root.join("opt/cni/bin/tortie-ipam")).unwrap(),
         std::fs::read(bin("tortie-ipam")).unwrap()
@@ -2042,9 +1971,9 @@ fn install_cni_uses_the_cni_account(ns: &str) {
     assert!(status.success(), "refresh exited with {status}");
 
     // The agent's account may mint tokens of the CNI account only: nothing is written.
-    let other = c.dir.join("node-root-forbidden");
+    let other = c.state_dir().join("node-root-forbidden");
     let out = run(install_cni(&other, "install", "tortie-operator"), None);
-    let said = text(&out);
+    let said = output_text(&out);
     assert!(
         !out.status.success() && said.contains("forbidden"),
         "the agent minted an operator token:\n{said}"
@@ -2114,7 +2043,7 @@ fn bird_containers_run_the_agents_config_and_keep_the_last_good_one() {
     let d = docs(&["bird.ipv6=true"]);
     let pod = &find(&d, "DaemonSet", "tortie-agent")["spec"]["template"]["spec"];
     let cs = containers_of(pod);
-    let root = c.dir.join(unique("bird-pod"));
+    let root = c.state_dir().join(unique("bird-pod"));
     let (cfg, run_dir) = (root.join("etc-bird"), root.join("run-bird"));
     std::fs::create_dir_all(&cfg).unwrap();
     std::fs::create_dir_all(&run_dir).unwrap();
@@ -2125,7 +2054,7 @@ fn bird_containers_run_the_agents_config_and_keep_the_last_good_one() {
             .replace("$(POD_NAMESPACE)", &ns)
     };
     let mapped = |v: &Value| strings(v).iter().map(|s| map(s)).collect::<Vec<_>>();
-    let logs = c.dir.join("logs");
+    let logs = c.state_dir().join("logs");
     std::fs::create_dir_all(&logs).unwrap();
     let spawn = |argv: Vec<String>, log: &str, netns: bool| {
         let mut cmd = if netns {
@@ -2191,7 +2120,7 @@ fn bird_containers_run_the_agents_config_and_keep_the_last_good_one() {
 
     // A published object of the previous format (the operator's rendered files), which agents
     // still install so they can be upgraded before the operator.
-    let golden = repo().join("tests/golden/bgp/global-peer/expected");
+    let golden = repo_dir().join("tests/golden/bgp/global-peer/expected");
     let mut files: BTreeMap<String, String> = [
         "bird.cfg",
         "bird_aggr.cfg",
@@ -2271,7 +2200,7 @@ fn bird_containers_run_the_agents_config_and_keep_the_last_good_one() {
             .args(args)
             .output()
             .unwrap();
-        text(&o)
+        output_text(&o)
     };
     let protocols = || birdc("birdc", "bird.ctl", &["show", "protocols"]);
     wait_for(
@@ -2297,7 +2226,7 @@ fn bird_containers_run_the_agents_config_and_keep_the_last_good_one() {
             .args(args)
             .output()
             .unwrap();
-        text(&o)
+        output_text(&o)
     };
     let status = std::fs::read_to_string(format!("/proc/{}/status", birds[0].1.0.id())).unwrap();
     assert!(

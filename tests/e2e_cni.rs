@@ -19,9 +19,9 @@ use kube::Api;
 use kube::api::PostParams;
 use kube::core::Object;
 use serde_json::{Value, json};
-use support::cni::{self, Out, handle, plugin, pod_args};
+use support::cni::{self, Out, handle, plugin, pod_args, unique_cidr};
 use support::*;
-use tortie::api::{Block, CalicoKind, CrdMode, Handle, IPPoolSpec, Pool};
+use tortie::api::{CalicoKind, CrdMode, Handle, IPPoolSpec, Pool};
 
 // ------------------------------------------------------------------------------------------------
 // harness
@@ -62,43 +62,18 @@ impl Ctx {
 
     /// A Manual pool with a unique name; `spec` holds extra fields (`disabled`, ...).
     async fn pool(&self, prefix: &str, cidr: &str, block_size: i32, spec: Value) -> String {
-        let name = unique_name(prefix);
-        let mut s = json!({"cidr": cidr, "blockSize": block_size, "assignmentMode": "Manual",
-                           "ipipMode": "Never", "vxlanMode": "Never", "natOutgoing": false});
-        for (k, v) in spec.as_object().unwrap() {
-            s[k] = v.clone();
-        }
-        let spec: IPPoolSpec = serde_json::from_value(s).unwrap();
-        let obj = Object::new(&name, &self.mode.resource(CalicoKind::IPPool), spec);
-        self.pools()
-            .create(&PostParams::default(), &obj)
-            .await
-            .unwrap_or_else(|e| panic!("create IPPool {name}: {e}"));
+        let name = manual_pool(&self.client, self.mode, prefix, cidr, block_size, &spec).await;
         self.made.lock().unwrap().push(name.clone());
         name
     }
 
     /// Every allocated address in the cluster: (ip, handle, attributes).
     async fn allocations(&self) -> Vec<(IpAddr, Option<String>, BTreeMap<String, String>)> {
-        let blocks: Api<Block> =
-            Api::all_with(self.client.clone(), &self.mode.resource(CalicoKind::IPAMBlock));
-        let mut out = vec![];
-        for b in blocks.list(&Default::default()).await.unwrap().items {
-            if b.spec.deleted == Some(true) {
-                continue;
-            }
-            let cidr: IpNet = b.spec.cidr.parse().unwrap();
-            for (ord, a) in b.spec.allocations.iter().enumerate() {
-                let Some(idx) = a else { continue };
-                let attr = b.spec.attributes.get(*idx).cloned().unwrap_or_default();
-                out.push((
-                    tortie::cni::gateway::nth(cidr, ord).unwrap(),
-                    attr.handle_id.clone(),
-                    attr.secondary.clone().unwrap_or_default().into_iter().collect(),
-                ));
-            }
-        }
-        out
+        allocations(&self.client, self.mode)
+            .await
+            .into_iter()
+            .map(|a| (a.ip, a.handle, a.attrs))
+            .collect()
     }
 
     /// Addresses held under `handle` (from the blocks) and whether its IPAMHandle exists.
@@ -110,13 +85,9 @@ impl Ctx {
             .filter(|(_, h, _)| h.as_deref() == Some(handle))
             .map(|(ip, _, _)| ip)
             .collect();
-        let handles: Api<Handle> =
-            Api::all_with(self.client.clone(), &self.mode.resource(CalicoKind::IPAMHandle));
-        let exists = handles
-            .get_opt(&tortie::ipam::names::handle_name(handle))
+        let exists = live_handle(&self.client, self.mode, handle)
             .await
-            .unwrap()
-            .is_some_and(|h| h.spec.deleted != Some(true) && h.spec.handle_id == handle);
+            .is_some_and(|h| h.spec.handle_id == handle);
         (ips, exists)
     }
 
@@ -127,12 +98,6 @@ impl Ctx {
             "{what}: handle {handle} still holds {ips:?} (IPAMHandle exists: {exists})"
         );
     }
-}
-
-/// A CIDR of `prefix_len` unique to one pool of one test, in 172.16.0.0/12, which no other test
-/// of this repository uses (pod routes stay inside the tests' network namespaces).
-fn unique_cidr(prefix_len: u8) -> String {
-    cni::unique_cidr_in("172.16.0.0/12", prefix_len)
 }
 
 /// Runs `program` with the CNI environment and `conf` on stdin, the way a runtime does.
@@ -155,30 +120,12 @@ async fn exec(
     .await
 }
 
-/// The network config as Calico's main plugin would hand it to its IPAM.
-fn conf(node: &str, ipam: Value) -> Value {
-    let mut i = json!({"type": "tortie-ipam", "assign_ipv4": "true", "assign_ipv6": "false"});
-    for (k, v) in ipam.as_object().unwrap() {
-        i[k] = v.clone();
-    }
-    json!({
-        "cniVersion": "1.0.0",
-        "name": "k8s-pod-network",
-        "type": "calico",
-        "nodename": node,
-        "log_level": "debug",
-        "kubernetes": {"kubeconfig": cluster().kubeconfig},
-        "policy": {"type": "k8s"},
-        "ipam": i,
-    })
-}
-
 async fn add(node: &str, ns: &str, pod: &str, cid: &str, ipam: Value) -> Out {
-    cni::ipam("ADD", cid, &pod_args(ns, pod), &conf(node, ipam)).await
+    cni::ipam("ADD", cid, &pod_args(ns, pod), &cni::conf(node, &ipam)).await
 }
 
 async fn del(node: &str, ns: &str, pod: &str, cid: &str) -> Out {
-    cni::ipam("DEL", cid, &pod_args(ns, pod), &conf(node, json!({}))).await
+    cni::ipam("DEL", cid, &pod_args(ns, pod), &cni::conf(node, &json!({}))).await
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -285,7 +232,7 @@ async fn yaobank_pods_get_their_annotated_pools() {
     assert_eq!(ctx.held(&handle(cid)).await.0, vec![ip.addr()]);
 
     // An older runtime (cniVersion 0.3.1) gets the 0.3.x shape.
-    let mut old = conf(&node, json!({}));
+    let mut old = cni::conf(&node, &json!({}));
     old["cniVersion"] = json!("0.3.1");
     let p = plugin().to_str().unwrap();
     let out = exec(&[p], "ADD", cid, &pod_args(&ns, "database-0"), &old, &[]).await;
@@ -293,7 +240,7 @@ async fn yaobank_pods_get_their_annotated_pools() {
     assert_eq!(out.json["ips"][0]["version"], "4");
 
     // CHECK passes while the address is held.
-    let mut check = conf(&node, json!({}));
+    let mut check = cni::conf(&node, &json!({}));
     check["prevResult"] = again.json.clone();
     let out = exec(&[p], "CHECK", cid, &pod_args(&ns, "database-0"), &check, &[]).await;
     assert!(out.ok, "CHECK: {} {}", out.json, out.stderr);
@@ -497,7 +444,7 @@ async fn bad_input_fails_cleanly_and_allocates_nothing() {
         "ADD",
         &cid,
         &format!("K8S_POD_NAMESPACE={ns}"),
-        &conf(&node, json!({})),
+        &cni::conf(&node, &json!({})),
         &[],
     )
     .await;
@@ -570,7 +517,7 @@ async fn unreachable_apiserver_is_a_bounded_error_not_a_hang() {
     };
     let p = plugin().to_str().unwrap();
     for (what, port) in [("silent", port), ("refused", refused)] {
-        let mut c = conf("node-x", json!({"timeout_seconds": 3}));
+        let mut c = cni::conf("node-x", &json!({"timeout_seconds": 3}));
         c["kubernetes"]["k8s_api_root"] = json!(format!("https://127.0.0.1:{port}"));
         for cmd in ["ADD", "DEL"] {
             let out = exec(&[p], cmd, "c1", &pod_args("ns", "pod"), &c, &[]).await;
@@ -923,7 +870,7 @@ async fn gc_releases_only_this_nodes_unknown_containers() {
         cids.push(cid);
     }
     // The runtime on n1 knows only the first container; n2's is not its business.
-    let mut c = conf(&n1, json!({}));
+    let mut c = cni::conf(&n1, &json!({}));
     c["cniVersion"] = json!("1.1.0");
     c["cni.dev/valid-attachments"] = json!([{"containerID": cids[0], "ifname": "eth0"}]);
     let p = plugin().to_str().unwrap();

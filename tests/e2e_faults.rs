@@ -21,7 +21,6 @@
 //! cluster-wide `tortie ipam check`). `TORTIE_FAULTS_SCALE=AxN` (default `20x500`) changes the
 //! number of allocators and ADDs per allocator for local runs; CI runs the default.
 
-mod op_support;
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -34,10 +33,9 @@ use futures::StreamExt;
 use ipnet::IpNet;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use op_support::Operator;
 use support::*;
 use tortie::api::{Affinity, Block, CalicoKind, CrdMode, Handle, IPAMConfigSpec, IPPoolSpec, Pool};
-use tortie::ipam::{Attrs, AutoAssignRequest, Ipam, IpamError, IpamOptions, block as blk, report};
+use tortie::ipam::{Attrs, AutoAssignRequest, Ipam, IpamError, block as blk, report};
 
 const MODE: CrdMode = CrdMode::V1;
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -240,34 +238,24 @@ impl Setup {
     }
 
     async fn blocks(&self) -> Vec<Block> {
-        let api: Api<Block> = Api::all_with(self.client.clone(), &MODE.resource(CalicoKind::IPAMBlock));
-        api.list(&Default::default())
+        list_calico::<Block>(&self.client, MODE, CalicoKind::IPAMBlock)
             .await
-            .unwrap()
-            .items
             .into_iter()
             .filter(|b| self.in_scope(&b.spec.cidr) && !b.spec.is_deleted())
             .collect()
     }
 
     async fn affinities(&self) -> Vec<Affinity> {
-        let api: Api<Affinity> =
-            Api::all_with(self.client.clone(), &MODE.resource(CalicoKind::BlockAffinity));
-        api.list(&Default::default())
+        list_calico::<Affinity>(&self.client, MODE, CalicoKind::BlockAffinity)
             .await
-            .unwrap()
-            .items
             .into_iter()
             .filter(|a| self.in_scope(&a.spec.cidr))
             .collect()
     }
 
     async fn handles(&self) -> Vec<Handle> {
-        let api: Api<Handle> = Api::all_with(self.client.clone(), &MODE.resource(CalicoKind::IPAMHandle));
-        api.list(&Default::default())
+        list_calico::<Handle>(&self.client, MODE, CalicoKind::IPAMHandle)
             .await
-            .unwrap()
-            .items
             .into_iter()
             .filter(|h| {
                 h.spec.block.keys().any(|k| self.in_scope(k)) || h.spec.handle_id.contains(&self.prefix)
@@ -289,19 +277,9 @@ impl Setup {
     }
 
     async fn purge(&self) {
-        let dp = DeleteParams::default();
-        let ba: Api<Block> = Api::all_with(self.client.clone(), &MODE.resource(CalicoKind::IPAMBlock));
-        for b in self.blocks().await {
-            let _ = ba.delete(b.metadata.name.as_deref().unwrap(), &dp).await;
-        }
-        let aa: Api<Affinity> = Api::all_with(self.client.clone(), &MODE.resource(CalicoKind::BlockAffinity));
-        for a in self.affinities().await {
-            let _ = aa.delete(a.metadata.name.as_deref().unwrap(), &dp).await;
-        }
-        let ha: Api<Handle> = Api::all_with(self.client.clone(), &MODE.resource(CalicoKind::IPAMHandle));
-        for h in self.handles().await {
-            let _ = ha.delete(h.metadata.name.as_deref().unwrap(), &dp).await;
-        }
+        let (blocks, affinities, handles) =
+            (self.blocks().await, self.affinities().await, self.handles().await);
+        delete_ipam_objects(&self.client, MODE, &blocks, &affinities, &handles).await;
     }
 
     async fn cleanup(self) {
@@ -329,16 +307,7 @@ impl Setup {
     }
 
     async fn ipam(&self, client: kube::Client, variant: Variant) -> Ipam {
-        Ipam::new_with(
-            client,
-            MODE,
-            IpamOptions {
-                config_override: Some(self.config(variant)),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap()
+        ipam_engine(client, MODE, self.config(variant)).await
     }
 }
 
@@ -511,10 +480,6 @@ async fn plant_gc_allocations(s: &Setup, variant: Variant) -> (Vec<(String, IpAd
         }
     }
     (live, leaks)
-}
-
-fn allocated(b: &Block) -> usize {
-    b.spec.allocations.iter().filter(|a| a.is_some()).count()
 }
 
 /// Starts the operator on the GC pool, SIGKILLs it right after its first block write (before
@@ -705,7 +670,7 @@ async fn run(variant: Variant) {
         let subnets: Vec<IpNet> = s.storm_net.subnets(s.block_size).unwrap().collect();
         for (j, b) in subnets.iter().rev().take(taken).enumerate() {
             let nb = &s.neighbour_nodes[j % s.neighbour_nodes.len()];
-            op_support::write_block(&s.client, &b.to_string(), Some(nb), &[]).await;
+            support::write_block(&s.client, &b.to_string(), Some(nb), &[]).await;
         }
         own_capacity = free_blocks * block_addrs;
         assert!(own_capacity < total && n_blocks * block_addrs >= total);

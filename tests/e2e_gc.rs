@@ -3,7 +3,6 @@
 //! node's blocks and affinities released at once, Calico's metric names with correct values,
 //! and a deleted IPPool held by its finalizer until its last allocation is gone.
 
-mod op_support;
 mod support;
 
 use std::time::Duration;
@@ -11,7 +10,6 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, WatchEvent, WatchParams};
-use op_support::*;
 use support::*;
 use tortie::api::{Affinity, Block, CalicoKind, Handle, Pool};
 
@@ -39,10 +37,6 @@ async fn apis(client: &kube::Client) -> (Api<Block>, Api<Handle>, Api<Affinity>,
 /// "Within seconds, not at the next GC tick" (minutes): the bound the event-driven passes are
 /// held to, with room for a loaded CI machine.
 const SECONDS: Duration = Duration::from_secs(30);
-
-fn allocated(b: &Block) -> usize {
-    b.spec.allocations.iter().filter(|a| a.is_some()).count()
-}
 
 #[tokio::test]
 async fn leaked_addresses_of_deleted_pods_are_reclaimed_after_grace_and_metrics_match() {

@@ -19,8 +19,8 @@ use tortie::api::{
     Affinity, Block, CalicoKind, CrdMode, Flag, Handle, IPAMConfigSpec, IPPoolSpec, IpamConfig, Pool,
 };
 use tortie::ipam::{
-    AssignIpRequest, Attrs, AutoAssignRequest, Ipam, IpamError, IpamOptions, ReleaseOptions, Shortfall,
-    block as blk, names, report,
+    AssignIpRequest, Attrs, AutoAssignRequest, Ipam, IpamError, ReleaseOptions, Shortfall, block as blk,
+    names, report,
 };
 
 const MODE: CrdMode = CrdMode::V1;
@@ -117,16 +117,7 @@ impl Lab {
     }
 
     async fn ipam(&self, cfg: IPAMConfigSpec) -> Ipam {
-        Ipam::new_with(
-            self.client.clone(),
-            MODE,
-            IpamOptions {
-                config_override: Some(cfg),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap()
+        ipam_engine(self.client.clone(), MODE, cfg).await
     }
 
     fn in_scope(&self, cidr: &str) -> bool {
@@ -136,12 +127,8 @@ impl Lab {
     }
 
     async fn blocks(&self) -> Vec<Block> {
-        let api: Api<Block> = Api::all_with(self.client.clone(), &MODE.resource(CalicoKind::IPAMBlock));
-        let mut v: Vec<Block> = api
-            .list(&Default::default())
+        let mut v: Vec<Block> = list_calico::<Block>(&self.client, MODE, CalicoKind::IPAMBlock)
             .await
-            .unwrap()
-            .items
             .into_iter()
             .filter(|b| self.in_scope(&b.spec.cidr))
             .collect();
@@ -150,23 +137,16 @@ impl Lab {
     }
 
     async fn affinities(&self) -> Vec<Affinity> {
-        let api: Api<Affinity> =
-            Api::all_with(self.client.clone(), &MODE.resource(CalicoKind::BlockAffinity));
-        api.list(&Default::default())
+        list_calico::<Affinity>(&self.client, MODE, CalicoKind::BlockAffinity)
             .await
-            .unwrap()
-            .items
             .into_iter()
             .filter(|a| self.in_scope(&a.spec.cidr))
             .collect()
     }
 
     async fn handles(&self) -> Vec<Handle> {
-        let api: Api<Handle> = Api::all_with(self.client.clone(), &MODE.resource(CalicoKind::IPAMHandle));
-        api.list(&Default::default())
+        list_calico::<Handle>(&self.client, MODE, CalicoKind::IPAMHandle)
             .await
-            .unwrap()
-            .items
             .into_iter()
             .filter(|h| {
                 h.spec.block.keys().any(|k| self.in_scope(k)) || h.spec.handle_id.starts_with(&self.prefix)
@@ -195,19 +175,9 @@ impl Lab {
 
     /// Deletes every IPAM object in this test's address space, and its pools.
     async fn purge(&self) {
-        let dp = DeleteParams::default();
-        let ba: Api<Block> = Api::all_with(self.client.clone(), &MODE.resource(CalicoKind::IPAMBlock));
-        for b in self.blocks().await {
-            let _ = ba.delete(b.metadata.name.as_deref().unwrap(), &dp).await;
-        }
-        let aa: Api<Affinity> = Api::all_with(self.client.clone(), &MODE.resource(CalicoKind::BlockAffinity));
-        for a in self.affinities().await {
-            let _ = aa.delete(a.metadata.name.as_deref().unwrap(), &dp).await;
-        }
-        let ha: Api<Handle> = Api::all_with(self.client.clone(), &MODE.resource(CalicoKind::IPAMHandle));
-        for h in self.handles().await {
-            let _ = ha.delete(h.metadata.name.as_deref().unwrap(), &dp).await;
-        }
+        let (blocks, affinities, handles) =
+            (self.blocks().await, self.affinities().await, self.handles().await);
+        delete_ipam_objects(&self.client, MODE, &blocks, &affinities, &handles).await;
     }
 
     async fn cleanup(self) {
@@ -878,14 +848,6 @@ async fn ipam_config_is_read_from_the_cluster() {
     lab.cleanup().await;
 }
 
-fn tortie(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_tortie"))
-        .args(args)
-        .env("KUBECONFIG", &cluster().kubeconfig)
-        .output()
-        .expect("run tortie")
-}
-
 #[tokio::test]
 async fn cli_show_check_release() {
     let mut lab = Lab::new("ipam-cli", 1).await;
@@ -993,52 +955,13 @@ async fn cli_show_check_release() {
     lab.cleanup().await;
 }
 
-/// Requests a client sent, as "METHOD path?query".
-#[derive(Clone, Default)]
-struct RequestLog(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
-
-impl RequestLog {
-    fn take(&self) -> Vec<String> {
-        std::mem::take(&mut *self.0.lock().unwrap())
-    }
-}
-
-async fn counting_client(log: RequestLog) -> kube::Client {
-    use kube::config::{KubeConfigOptions, Kubeconfig};
-    let kc = Kubeconfig::read_from(&cluster().kubeconfig).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    let layer = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
-        let q = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
-        log.0
-            .lock()
-            .unwrap()
-            .push(format!("{} {}{q}", req.method(), req.uri().path()));
-        req
-    });
-    kube::client::ClientBuilder::try_from(config)
-        .unwrap()
-        .with_layer(&layer)
-        .build()
-}
-
 #[tokio::test]
 async fn steady_state_allocation_is_two_writes_and_no_reads() {
     let mut lab = Lab::new("ipam-perf", 1).await;
     lab.pool("p", "10.48.0.0/24", Some(26), |_| {}).await;
     let node = lab.nodes[0].clone();
     let log = RequestLog::default();
-    let ipam = Ipam::new_with(
-        counting_client(log.clone()).await,
-        MODE,
-        IpamOptions {
-            config_override: Some(defaults()),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let ipam = ipam_engine(counting_client(log.clone()).await, MODE, defaults()).await;
     let labels: std::collections::BTreeMap<String, String> =
         [("tortie-e2e-lab".to_string(), lab.prefix.clone())].into();
     let req = |i: usize| {
@@ -1047,7 +970,11 @@ async fn steady_state_allocation_is_two_writes_and_no_reads() {
         r
     };
     assert!(ipam.auto_assign(req(0)).await.unwrap().is_complete()); // claims the block
-    let claim: Vec<String> = log.take().into_iter().filter(|r| !r.contains("watch=")).collect();
+    let claim: Vec<String> = log
+        .take_all()
+        .into_iter()
+        .filter(|r| !r.contains("watch="))
+        .collect();
     eprintln!(
         "first allocation (block claim): {} requests: {claim:#?}",
         claim.len()
@@ -1059,7 +986,11 @@ async fn steady_state_allocation_is_two_writes_and_no_reads() {
         assert!(ipam.auto_assign(req(i)).await.unwrap().is_complete());
     }
     let elapsed = t.elapsed();
-    let reqs: Vec<String> = log.take().into_iter().filter(|r| !r.contains("watch=")).collect();
+    let reqs: Vec<String> = log
+        .take_all()
+        .into_iter()
+        .filter(|r| !r.contains("watch="))
+        .collect();
     let writes = reqs
         .iter()
         .filter(|r| r.starts_with("POST") || r.starts_with("PUT"))
@@ -1083,7 +1014,11 @@ async fn steady_state_allocation_is_two_writes_and_no_reads() {
         .await
         .unwrap();
     assert_eq!(released.len(), 1);
-    let rel: Vec<String> = log.take().into_iter().filter(|r| !r.contains("watch=")).collect();
+    let rel: Vec<String> = log
+        .take_all()
+        .into_iter()
+        .filter(|r| !r.contains("watch="))
+        .collect();
     eprintln!("release_by_handle: {} requests: {rel:#?}", rel.len());
     lab.assert_check_clean().await;
     lab.cleanup().await;
@@ -1097,16 +1032,7 @@ async fn concurrent_allocations_on_one_node_share_one_block_write() {
     lab.pool("p", "10.48.0.0/24", Some(26), |_| {}).await;
     let node = lab.nodes[0].clone();
     let log = RequestLog::default();
-    let ipam = Ipam::new_with(
-        counting_client(log.clone()).await,
-        MODE,
-        IpamOptions {
-            config_override: Some(defaults()),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let ipam = ipam_engine(counting_client(log.clone()).await, MODE, defaults()).await;
     let labels: std::collections::BTreeMap<String, String> =
         [("tortie-e2e-lab".to_string(), lab.prefix.clone())].into();
     let req = |i: usize| {
@@ -1116,7 +1042,7 @@ async fn concurrent_allocations_on_one_node_share_one_block_write() {
         r
     };
     assert!(ipam.auto_assign(req(0)).await.unwrap().is_complete()); // claims the block
-    log.take();
+    log.take_all();
 
     const N: usize = 8;
     let got = futures::future::join_all((1..=N).map(|i| ipam.auto_assign(req(i)))).await;
@@ -1126,7 +1052,11 @@ async fn concurrent_allocations_on_one_node_share_one_block_write() {
         assert!(g.is_complete(), "{g:?}");
         assert!(ips.insert(g.v4.ips[0].addr()), "duplicate: {g:?}");
     }
-    let reqs: Vec<String> = log.take().into_iter().filter(|r| !r.contains("watch=")).collect();
+    let reqs: Vec<String> = log
+        .take_all()
+        .into_iter()
+        .filter(|r| !r.contains("watch="))
+        .collect();
     let handle_creates = reqs
         .iter()
         .filter(|r| r.starts_with("POST") && r.contains("/ipamhandles"))
@@ -1281,16 +1211,7 @@ async fn v3_crd_mode_writes_native_shapes() {
         )
         .await
         .unwrap();
-    let ipam = Ipam::new_with(
-        client.clone(),
-        v3,
-        IpamOptions {
-            config_override: Some(defaults()),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let ipam = ipam_engine(client.clone(), v3, defaults()).await;
     let mut r = AutoAssignRequest::new(&format!("{prefix}-h"), &node);
     r.num_v4 = 2;
     let got = ipam.auto_assign(r).await.unwrap();

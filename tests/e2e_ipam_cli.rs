@@ -19,7 +19,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::Value;
 use support::*;
 use tortie::api::{Block, CalicoKind, CrdMode, IPAMConfigSpec, IPPoolSpec, IpamConfig, Pool};
-use tortie::ipam::{AssignIpRequest, Attrs, AutoAssignRequest, Ipam, IpamOptions, store::Store};
+use tortie::ipam::{AssignIpRequest, Attrs, AutoAssignRequest, Ipam, store::Store};
 
 const MODE: CrdMode = CrdMode::V1;
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -28,15 +28,6 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 fn unique_octet() -> u8 {
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     (20 + (std::process::id().wrapping_mul(37).wrapping_add(n * 11)) % 230) as u8
-}
-
-fn tortie(args: &[&str]) -> Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_tortie"))
-        .args(args)
-        .env("KUBECONFIG", &cluster().kubeconfig)
-        .env_remove("TORTIE_CRD_MODE")
-        .output()
-        .expect("run tortie")
 }
 
 fn stdout(o: &Output) -> String {
@@ -122,16 +113,7 @@ impl Lab {
         }
         create_namespace(&client, &prefix, &[]).await;
         // The lab's own configuration: the cluster-wide IPAMConfig is `configure`'s to change.
-        let ipam = Ipam::new_with(
-            client.clone(),
-            MODE,
-            IpamOptions {
-                config_override: Some(IPAMConfigSpec::calico_defaults()),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+        let ipam = ipam_engine(client.clone(), MODE, IPAMConfigSpec::calico_defaults()).await;
         Lab {
             client,
             k,

@@ -3,17 +3,15 @@
 //! finalizer does not hold the split, the children become allocatable once the parent is gone,
 //! and a new pod gets an address from the node's existing block, now a child's.
 
-mod op_support;
 mod support;
 
 use std::time::Duration;
 
 use ipnet::IpNet;
 use kube::api::{Api, PostParams};
-use op_support::Operator;
 use support::*;
 use tortie::api::{CalicoKind, CrdMode, IPAMConfigSpec, IPPoolSpec, Pool};
-use tortie::ipam::{Attrs, AutoAssignRequest, Ipam, IpamOptions};
+use tortie::ipam::{Attrs, AutoAssignRequest, Ipam};
 
 const MODE: CrdMode = CrdMode::V1;
 
@@ -28,16 +26,7 @@ fn allocatable(p: &Pool) -> Option<bool> {
 }
 
 async fn engine(client: &kube::Client) -> Ipam {
-    Ipam::new_with(
-        client.clone(),
-        MODE,
-        IpamOptions {
-            config_override: Some(IPAMConfigSpec::calico_defaults()),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap()
+    ipam_engine(client.clone(), MODE, IPAMConfigSpec::calico_defaults()).await
 }
 
 #[tokio::test]

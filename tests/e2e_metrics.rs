@@ -3,31 +3,16 @@
 //! ADDs (one borrowed address included) and after the GC reclaimed a deleted pod's address; the
 //! replica without the Lease exports none of them.
 
-mod op_support;
 mod support;
 
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams};
-use op_support::*;
-use serde_json::{Value, json};
+use serde_json::json;
 use support::cni::{self, pod_args};
 use support::*;
 use tortie::metrics::CALICO_IPAM_METRICS;
-
-/// The network config Calico's main plugin hands its IPAM, restricted to the test's pool.
-fn conf(node: &str, pool: &str) -> Value {
-    json!({
-        "cniVersion": "1.0.0",
-        "name": "k8s-pod-network",
-        "type": "calico",
-        "nodename": node,
-        "kubernetes": {"kubeconfig": cluster().kubeconfig},
-        "ipam": {"type": "tortie-ipam", "assign_ipv4": "true", "assign_ipv6": "false",
-                 "ipv4_pools": [pool]},
-    })
-}
 
 /// Every sample of `/metrics` as `name{labels}` → value.
 async fn samples(op: &Operator) -> std::collections::BTreeMap<String, f64> {
@@ -141,7 +126,7 @@ async fn calicos_ipam_metrics_from_zero_through_allocations_and_a_reclamation() 
             "ADD",
             &format!("{id}-c{i}"),
             &pod_args(&ns, &pod),
-            &conf(node, &cidr),
+            &cni::conf(node, &json!({"ipv4_pools": [&cidr]})),
         )
         .await;
         out.ip();

@@ -6,7 +6,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -15,14 +15,6 @@ use tortie::node::report::observe_one;
 use tortie::node::status::{Family, Observed, PeerKind};
 
 const TIMEOUT: Duration = Duration::from_secs(40);
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Two BIRDs, 127.0.0.1 and 127.0.0.2, in one iBGP session named as Calico names a mesh peering;
 /// each announces one static blackhole route. Stopped on drop.
@@ -103,22 +95,6 @@ impl Drop for Pair {
     }
 }
 
-fn tortie(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tortie"))
-        .args(args)
-        .env("KUBECONFIG", &cluster().kubeconfig)
-        .output()
-        .unwrap()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 #[test]
 fn a_real_bird_is_read_as_calicoctl_reads_it() {
     let mut pair = Pair::start();
@@ -153,7 +129,7 @@ fn a_real_bird_is_read_as_calicoctl_reads_it() {
             .arg(&missing6)
             .output()
             .unwrap();
-        (out.status.success(), text(&out))
+        (out.status.success(), output_text(&out))
     };
     let (ok, out) = local(&pair);
     assert!(ok, "{out}");
@@ -302,7 +278,7 @@ fn the_agent_fills_calico_node_status_and_node_status_marks_it_stale_when_the_ag
         assert_eq!(status_of(mode, &other), Value::Null, "[{mode}]");
 
         let out = tortie(&["node", "status", "--node", &node, "--crd-mode", mode]);
-        let t = text(&out);
+        let t = output_text(&out);
         assert!(out.status.success(), "[{mode}] {t}");
         assert!(t.contains("BIRDv4: Ready"), "[{mode}] {t}");
         assert!(
@@ -319,7 +295,7 @@ fn the_agent_fills_calico_node_status_and_node_status_marks_it_stale_when_the_ag
         let _ = a.wait();
         std::thread::sleep(Duration::from_secs(7));
         let out = tortie(&["node", "status", "--node", &node, "--crd-mode", mode]);
-        let t = text(&out);
+        let t = output_text(&out);
         assert!(!out.status.success(), "[{mode}] {t}");
         assert!(t.contains("STALE: not updated for"), "[{mode}] {t}");
         assert!(!t.contains("| up "), "[{mode}] {t}");
@@ -327,7 +303,7 @@ fn the_agent_fills_calico_node_status_and_node_status_marks_it_stale_when_the_ag
 
         // The other object has no report at all: said so, not printed as an empty table.
         let out = tortie(&["node", "status", "--node", &other, "--crd-mode", mode]);
-        let t = text(&out);
+        let t = output_text(&out);
         assert!(!out.status.success(), "[{mode}] {t}");
         assert!(t.contains("No status yet"), "[{mode}] {t}");
         kubectl_stdin_ok(

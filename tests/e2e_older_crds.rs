@@ -11,7 +11,6 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use tortie::api::CrdMode;
-use tortie::controllers::bgp as ctrl;
 use tortie::ipam::{Attrs, AutoAssignRequest, Ipam};
 
 const TIMEOUT: Duration = Duration::from_secs(90);
@@ -104,17 +103,7 @@ async fn bgp_publishes_and_ipam_allocates_without_bgpfilters_and_ipreservations(
     // BGP: the controller publishes the node's configuration, with its block's route.
     let ns = support::unique_name("older-bgp");
     support::create_namespace(&client, &ns, &[]).await;
-    let stores = tortie::controllers::Stores::start(&client, CrdMode::V1, None);
-    let controller = tokio::spawn(ctrl::run(
-        client.clone(),
-        CrdMode::V1,
-        ns.clone(),
-        stores,
-        ctrl::Config {
-            debounce: Duration::from_millis(100),
-            ..Default::default()
-        },
-    ));
+    let controller = support::bgp_lab::spawn_bgp_controller(&client, CrdMode::V1, &ns);
     let files = support::wait_until("the node's published BIRD files", TIMEOUT, || {
         let (client, ns, node, block) = (client.clone(), ns.clone(), node.clone(), block.clone());
         async move {

@@ -3,7 +3,6 @@
 //! reserved ranges, selector syntax) with conditions, Events and printer columns, and two
 //! replicas where only the Lease holder writes and a killed leader is replaced.
 
-mod op_support;
 mod support;
 
 use std::time::{Duration, Instant};
@@ -11,27 +10,8 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Event;
 use kube::api::{Api, DeleteParams, ListParams};
-use op_support::*;
 use support::*;
 use tortie::api::{CalicoKind, Installation, Pool};
-
-fn kubeadm_config(pod_subnet: &str) -> String {
-    format!(
-        r#"apiVersion: v1
-kind: ConfigMap
-metadata: {{name: kubeadm-config, namespace: kube-system}}
-data:
-  ClusterConfiguration: |
-    apiVersion: kubeadm.k8s.io/v1beta4
-    kind: ClusterConfiguration
-    kubernetesVersion: v1.34.4
-    networking:
-      dnsDomain: cluster.local
-      podSubnet: {pod_subnet}
-      serviceSubnet: 10.96.0.0/12
-"#
-    )
-}
 
 fn condition(inst: &Installation, type_: &str) -> Option<(String, String, String)> {
     let c = inst

@@ -4,19 +4,13 @@
 //! refuse it with an error naming the source and containing every `# expect:` text, so nothing
 //! that the runtime would reject (or silently skip) lands in the host's network config directory.
 
-use std::path::Path;
+mod support;
 
 use tortie::cni::install;
 
 #[test]
 fn bad_network_configs_are_refused_naming_source_and_field() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bad-inputs/install-cni");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    assert!(files.len() >= 10, "{}: too few cases", dir.display());
+    let files = support::corpus::files("install-cni", None, 10);
     for f in files {
         let text = std::fs::read_to_string(&f).unwrap();
         let expect: Vec<&str> = text

@@ -1,10 +1,10 @@
-//! What the system benchmarks (`benches/system.rs`, `benches/operator.rs`) share: the cluster they
-//! run against, apiserver request counts, percentiles and the results file both write into.
+//! What the system benchmarks (`benches/system.rs`, `benches/operator.rs`) share beyond the test
+//! harness (`tests/support`, which gives them the cluster, kubectl and clients): apiserver request
+//! counts, percentiles and the results file both write into.
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 
 use kube::Client;
 
@@ -105,52 +105,6 @@ pub fn machine() -> String {
         .map(|kb| kb / 1024 / 1024)
         .unwrap_or(0);
     format!("{cpus} CPUs, {mem} GiB RAM, debug assertions off (release build)")
-}
-
-pub fn kubeconfig() -> PathBuf {
-    std::env::var_os("TORTIE_E2E_KUBECONFIG")
-        .or_else(|| std::env::var_os("KUBECONFIG"))
-        .map(PathBuf::from)
-        .expect("no TORTIE_E2E_KUBECONFIG: run under e2e/with-cluster.sh (make bench does)")
-}
-
-pub async fn client() -> Client {
-    let kc = kube::config::Kubeconfig::read_from(kubeconfig()).unwrap();
-    let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
-        .await
-        .unwrap();
-    Client::try_from(config).unwrap()
-}
-
-pub fn kubectl() -> String {
-    std::env::var("KUBECTL").unwrap_or_else(|_| "kubectl".into())
-}
-
-pub fn install_crds() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds/v1");
-    let ok = Command::new(kubectl())
-        .arg("--kubeconfig")
-        .arg(kubeconfig())
-        .args(["apply", "--server-side", "--force-conflicts", "-f"])
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "installing CRDs failed");
-    Command::new(kubectl())
-        .arg("--kubeconfig")
-        .arg(kubeconfig())
-        .args([
-            "wait",
-            "--for=condition=Established",
-            "crd",
-            "--all",
-            "--timeout=60s",
-        ])
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
 }
 
 /// Key of [`request_counts`] that counts 409 Conflict answers (also counted under their verb).

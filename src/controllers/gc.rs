@@ -22,7 +22,7 @@ use crate::ipam::{Ipam, block as blk};
 use serde::de::DeserializeOwned;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use super::gc_plan::{self, AffinityIn, BlockIn, Guard, HandleIn, PodInfo, World};
+use super::gc_plan::{self, AffinityIn, BlockIn, Guard, HandleIn, PodInfo, Scope, World};
 use super::pod::{SlimPod, pod_info};
 use super::{Ctx, Error};
 use crate::api::{Block, CalicoKind};
@@ -112,101 +112,129 @@ fn node_gone(ctx: &Ctx, n: &k8s_openapi::api::core::v1::Node) -> bool {
 }
 
 /// Pools this instance manages; with a pool selector, GC stays inside them.
-fn scope(ctx: &Ctx) -> (Vec<PoolRef>, bool) {
-    let pools = ctx
-        .stores
-        .pools
-        .all()
-        .iter()
-        .filter_map(|p| PoolRef::from_pool(p))
-        .collect();
-    (pools, ctx.config.pool_selector.is_some())
+fn scope(ctx: &Ctx) -> Scope {
+    Scope {
+        pools: ctx
+            .stores
+            .pools
+            .all()
+            .iter()
+            .filter_map(|p| PoolRef::from_pool(p))
+            .collect(),
+        scoped: ctx.config.pool_selector.is_some(),
+    }
 }
 
+/// One pass: observe the watch caches, decide ([`gc_plan::plan`], pure), apply through the
+/// engine. Every step of the apply runs even when an earlier one failed; the first error is
+/// returned.
 async fn pass(ctx: &Ctx) -> Result<(), Error> {
     let ipam = ctx.ipam().await?;
-    let st = &ctx.stores;
-    let (pools, scoped) = scope(ctx);
-    let in_scope_net = |n: &IpNet| !scoped || pools.iter().any(|p| p.cidr.contains(n));
-    let in_scope = |cidr: &str| !scoped || cidr.parse::<IpNet>().is_ok_and(|n| in_scope_net(&n));
-    let blocks = st.blocks.all();
-    let affinities = st.affinities.all();
-    let nodes = st.nodes.all();
-    let grace = jiff::SignedDuration::try_from(ctx.config.gc_grace).unwrap_or(jiff::SignedDuration::MAX);
-    let mut state = ctx.gc_state.lock().await;
     let now = jiff::Timestamp::now();
-    // The pod and handle indexes are read in place (no copy of 50k entries per pass); their
-    // locks are let go before the first write.
-    let (plan, marked_handles) = {
-        let pods = st.pods.read();
-        let handles = st.handles.read();
-        let world = World {
-            blocks: blocks
-                .iter()
-                .filter(|b| in_scope(&b.spec.cidr))
-                .map(|b| BlockIn {
-                    name: b.metadata.name.as_deref().unwrap_or(""),
-                    spec: &b.spec,
-                    empty_since: b
-                        .metadata
-                        .annotations
-                        .as_ref()
-                        .and_then(|a| a.get(gc_plan::EMPTY_SINCE_ANNOTATION))
-                        .map(String::as_str),
-                })
-                .collect(),
-            affinities: affinities
-                .iter()
-                .filter(|a| !a.spec.is_deleted() && in_scope(&a.spec.cidr))
-                .map(|a| AffinityIn {
-                    name: a.metadata.name.as_deref().unwrap_or(""),
-                    node: &a.spec.node,
-                    cidr: &a.spec.cidr,
-                    host_type: a.spec.affinity_type() == "host",
-                })
-                .collect(),
-            handles: handles
-                .iter()
-                .filter(|(_, h)| {
-                    !h.is_deleted()
-                        && (!scoped || (h.blocks().next().is_some() && h.blocks().all(in_scope_net)))
-                })
-                .map(|(name, h)| HandleIn {
-                    name,
-                    handle_id: h.handle_id(name),
-                })
-                .collect(),
-            nodes: nodes
-                .iter()
-                .map(|n| (n.name_any(), n.metadata.creation_timestamp.as_ref().map(|t| t.0)))
-                .collect(),
-            pods: std::borrow::Cow::Borrowed(&*pods),
-            pools: pools.clone(),
-        };
-        let plan = gc_plan::plan(&world, &mut state, now, grace);
-        let marked: Vec<String> = handles
-            .iter()
-            .filter(|(_, h)| h.is_deleted())
-            .map(|(name, _)| name.to_string())
-            .collect();
-        (plan, marked)
-    };
-    drop(state);
+    let plan = observe_and_decide(ctx, now).await;
     ctx.metrics.set_gc_candidates(&plan.candidates);
     debug!(
         releases = plan.releases.len(),
         empty_blocks = plan.empty_blocks.len(),
         stale_affinities = plan.stale_affinities.len(),
         orphan_handles = plan.orphan_handles.len(),
+        finish_deletes = plan.finish_deletes.len(),
         "GC plan"
     );
-    let mut first_err: Option<Error> = None;
-    prime_handles(ctx, ipam, &plan.releases);
+    let mut failed = Failures::default();
+    release_leaks(ctx, ipam, &plan.releases, now, &mut failed).await;
+    stamp_empty_blocks(ipam, &plan.stamp_empty, now, &mut failed).await;
+    release_empty_blocks(ctx, ipam, &plan.empty_blocks, &mut failed).await;
+    remove_stale_affinities(ipam, &plan.stale_affinities, &mut failed).await;
+    remove_orphan_handles(ctx, ipam, &plan.orphan_handles, &mut failed).await;
+    finish_deletes(ipam, &plan.finish_deletes, &mut failed).await;
+    failed.into_result()
+}
+
+/// The first error of a pass whose steps go on after a failure.
+#[derive(Default)]
+struct Failures(Option<Error>);
+
+impl Failures {
+    fn note(&mut self, e: impl Into<Error>) {
+        self.0.get_or_insert(e.into());
+    }
+
+    fn into_result(self) -> Result<(), Error> {
+        self.0.map_or(Ok(()), Err)
+    }
+}
+
+/// Observe (the watch caches, inside this instance's scope) and decide. The pod and handle
+/// indexes are read in place (no copy of 50k entries per pass); their locks are let go before
+/// the first write.
+async fn observe_and_decide(ctx: &Ctx, now: jiff::Timestamp) -> gc_plan::GcPlan {
+    let st = &ctx.stores;
+    let scope = scope(ctx);
+    let (blocks, affinities, nodes) = (st.blocks.all(), st.affinities.all(), st.nodes.all());
+    let grace = jiff::SignedDuration::try_from(ctx.config.gc_grace).unwrap_or(jiff::SignedDuration::MAX);
+    let mut state = ctx.gc_state.lock().await;
+    let pods = st.pods.read();
+    let handles = st.handles.read();
+    let world = World {
+        blocks: blocks
+            .iter()
+            .filter(|b| scope.contains_cidr(&b.spec.cidr))
+            .map(|b| BlockIn {
+                name: b.metadata.name.as_deref().unwrap_or(""),
+                spec: &b.spec,
+                empty_since: b
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(gc_plan::EMPTY_SINCE_ANNOTATION))
+                    .map(String::as_str),
+            })
+            .collect(),
+        affinities: affinities
+            .iter()
+            .filter(|a| scope.contains_cidr(&a.spec.cidr))
+            .map(|a| AffinityIn {
+                name: a.metadata.name.as_deref().unwrap_or(""),
+                node: &a.spec.node,
+                cidr: &a.spec.cidr,
+                host_type: a.spec.affinity_type() == "host",
+                deleted: a.spec.is_deleted(),
+            })
+            .collect(),
+        handles: handles
+            .iter()
+            .filter(|(_, h)| scope.contains_handle(h.is_deleted(), h.blocks()))
+            .map(|(name, h)| HandleIn {
+                name,
+                handle_id: h.handle_id(name),
+                deleted: h.is_deleted(),
+            })
+            .collect(),
+        nodes: nodes
+            .iter()
+            .map(|n| (n.name_any(), n.metadata.creation_timestamp.as_ref().map(|t| t.0)))
+            .collect(),
+        pods: std::borrow::Cow::Borrowed(&*pods),
+        pools: scope.pools.clone(),
+    };
+    gc_plan::plan(&world, &mut state, now, grace)
+}
+
+/// Frees the planned leaks: every block first (the addresses are free once its write lands; a
+/// few blocks at once, they are independent objects), then every freed handle's count side by
+/// side, so that no block waits for another block's handles.
+async fn release_leaks(
+    ctx: &Ctx,
+    ipam: &Ipam,
+    plan: &[gc_plan::BlockRelease],
+    now: jiff::Timestamp,
+    failed: &mut Failures,
+) {
+    prime_handles(ctx, ipam, plan);
     let stamp = now.to_string();
-    let pod_cache = tokio::sync::Mutex::new(LivePods::for_releases(&plan.releases));
-    // Blocks are independent objects: release a few at once.
+    let pod_cache = tokio::sync::Mutex::new(LivePods::for_releases(plan));
     let releases: Vec<_> = plan
-        .releases
         .iter()
         .map(|r| {
             let (pod_cache, stamp) = (&pod_cache, &stamp);
@@ -219,15 +247,13 @@ async fn pass(ctx: &Ctx) -> Result<(), Error> {
         })
         .collect();
     let mut releases = futures::stream::iter(releases).buffer_unordered(BLOCK_CONCURRENCY);
-    // Every block first (the addresses are free once its write lands), then every freed
-    // handle's count side by side: no block waits for another block's handles.
     let mut handle_sets: Vec<(IpNet, String, u64)> = Vec::new();
     while let Some((r, res)) = releases.next().await {
         match res {
             Ok(sets) => handle_sets.extend(sets),
             Err(e) => {
                 warn!(block = %r.block, error = %e, "release failed; retrying next pass");
-                first_err.get_or_insert(e);
+                failed.note(e);
             }
         }
     }
@@ -242,16 +268,19 @@ async fn pass(ctx: &Ctx) -> Result<(), Error> {
     while let Some(r) = sets.next().await {
         over_counted += usize::from(r.is_err());
     }
-    drop(sets);
     if over_counted > 0 {
         debug!(
             over_counted,
             "handles left over-counted (the orphan-handle GC takes them)"
         );
     }
-    for cidr in &plan.stamp_empty {
+}
+
+/// Stamps empty blocks seen empty for the first time with that time, while still empty (the
+/// value names the sequence number the stamp leaves).
+async fn stamp_empty_blocks(ipam: &Ipam, cidrs: &[String], now: jiff::Timestamp, failed: &mut Failures) {
+    for cidr in cidrs {
         let Ok(net) = cidr.parse::<IpNet>() else { continue };
-        // Stamped only while still empty: the value names the sequence number it leaves.
         let stamp = |spec: &crate::api::IPAMBlockSpec| {
             blk::is_empty(spec).then(|| gc_plan::empty_since_value(now, spec))
         };
@@ -260,10 +289,13 @@ async fn pass(ctx: &Ctx) -> Result<(), Error> {
             .await
         {
             warn!(block = %cidr, error = %e, "could not stamp an empty block's first sighting");
-            first_err.get_or_insert(e.into());
+            failed.note(e);
         }
     }
-    for e in &plan.empty_blocks {
+}
+
+async fn release_empty_blocks(ctx: &Ctx, ipam: &Ipam, empty: &[gc_plan::EmptyBlock], failed: &mut Failures) {
+    for e in empty {
         let res = release_empty_block(ctx, ipam, &e.cidr, Some(&e.node))
             .instrument(info_span!("release_empty", ipamblock = %e.block))
             .await;
@@ -272,22 +304,29 @@ async fn pass(ctx: &Ctx) -> Result<(), Error> {
             Ok(false) => {}
             Err(err) => {
                 warn!(block = %e.block, error = %err, "empty block release failed");
-                first_err.get_or_insert(err);
+                failed.note(err);
             }
         }
     }
-    for a in &plan.stale_affinities {
+}
+
+async fn remove_stale_affinities(ipam: &Ipam, stale: &[gc_plan::StaleAffinity], failed: &mut Failures) {
+    for a in stale {
         let Ok(net) = a.cidr.parse::<IpNet>() else {
             continue;
         };
         match ipam.release_block_affinity(&a.node, &net, true).await {
             Ok(_) => info!(affinity = %a.name, "stale affinity of a deleted node removed"),
-            Err(e) => {
-                first_err.get_or_insert(e.into());
-            }
+            Err(e) => failed.note(e),
         }
     }
-    for name in &plan.orphan_handles {
+}
+
+/// Deletes the planned orphan handles that are still unreferenced by the blocks the watch has
+/// now (a block written since the plan may name one again).
+async fn remove_orphan_handles(ctx: &Ctx, ipam: &Ipam, orphans: &[String], failed: &mut Failures) {
+    let st = &ctx.stores;
+    for name in orphans {
         // The handle's ID from the index (the object name may be Calico's legacy form).
         let Some(entry) = st.handles.get(name) else {
             continue;
@@ -309,35 +348,19 @@ async fn pass(ctx: &Ctx) -> Result<(), Error> {
         match ipam.delete_unreferenced_handle(&id).await {
             Ok(true) => info!(handle = %name, "IPAMHandle no block references removed"),
             Ok(false) => {}
-            Err(e) => {
-                first_err.get_or_insert(e.into());
-            }
+            Err(e) => failed.note(e),
         }
     }
-    // Two-step deletes interrupted between the mark and the DELETE (a process killed there, this
-    // operator included): the objects are already absent to every reader; finish them, or they
-    // stay in etcd for good since nothing reads a marked handle by name again.
+}
+
+/// Finishes the two-step deletes the plan found interrupted ([`gc_plan::GcPlan::finish_deletes`]).
+async fn finish_deletes(ipam: &Ipam, marked: &[(CalicoKind, String)], failed: &mut Failures) {
     let store = ipam.store();
-    let marked_blocks = blocks
-        .iter()
-        .filter(|b| b.spec.is_deleted() && in_scope(&b.spec.cidr))
-        .map(|b| (CalicoKind::IPAMBlock, b.name_any()));
-    let marked_affinities = affinities
-        .iter()
-        .filter(|a| a.spec.is_deleted() && in_scope(&a.spec.cidr))
-        .map(|a| (CalicoKind::BlockAffinity, a.name_any()));
-    let marked_handles = marked_handles.into_iter().map(|n| (CalicoKind::IPAMHandle, n));
-    for (kind, name) in marked_handles.chain(marked_blocks).chain(marked_affinities) {
-        match store.finish_delete(kind, &name).await {
+    for (kind, name) in marked {
+        match store.finish_delete(*kind, name).await {
             Ok(()) => info!(object = %name, "finished an interrupted delete"),
-            Err(e) => {
-                first_err.get_or_insert(Error::Ipam(e.into()));
-            }
+            Err(e) => failed.note(Error::Ipam(e.into())),
         }
-    }
-    match first_err {
-        Some(e) => Err(e),
-        None => Ok(()),
     }
 }
 
@@ -442,22 +465,7 @@ async fn release_block(
     stamp: &str,
     pods: &tokio::sync::Mutex<LivePods>,
 ) -> Result<Vec<(IpNet, String, u64)>, Error> {
-    // Re-validate each leak's pod live: never free what a pod shows it holds.
-    let mut guards: Vec<Guard> = Vec::new();
-    for g in &r.guards {
-        if let Some((ns, name)) = &g.pod
-            && pods
-                .lock()
-                .await
-                .get(ctx, ns, name)
-                .await?
-                .is_some_and(|p| p.ips.contains(&g.ip))
-        {
-            info!(ip = %g.ip, pod = %format!("{ns}/{name}"), "pod holds the address now; not released");
-            continue;
-        }
-        guards.push(g.clone());
-    }
+    let guards = still_leaked(ctx, &r.guards, pods).await?;
     let edit = r.edit(&guards, stamp);
     if edit.is_empty() {
         return Ok(vec![]);
@@ -481,17 +489,47 @@ async fn release_block(
     if done.freed.is_empty() {
         return Ok(vec![]);
     }
-    let handles: std::collections::BTreeSet<&str> = done.freed.iter().map(|(_, h)| h.as_str()).collect();
-    let sets = handles
-        .into_iter()
-        .map(|h| (cidr, h.to_string(), done.left_for(h)))
-        .collect();
     let freed: Vec<&Guard> = guards
         .iter()
         .filter(|g| done.freed.iter().any(|(o, _)| *o == g.ordinal))
         .collect();
+    report_freed(ctx, r, &freed).await;
+    let handles: std::collections::BTreeSet<&str> = done.freed.iter().map(|(_, h)| h.as_str()).collect();
+    Ok(handles
+        .into_iter()
+        .map(|h| (cidr, h.to_string(), done.left_for(h)))
+        .collect())
+}
+
+/// The planned frees whose pod, looked at live, does not show the address: never free what a
+/// pod shows it holds.
+async fn still_leaked(
+    ctx: &Ctx,
+    planned: &[Guard],
+    pods: &tokio::sync::Mutex<LivePods>,
+) -> Result<Vec<Guard>, Error> {
+    let mut guards = Vec::new();
+    for g in planned {
+        if let Some((ns, name)) = &g.pod
+            && pods
+                .lock()
+                .await
+                .get(ctx, ns, name)
+                .await?
+                .is_some_and(|p| p.ips.contains(&g.ip))
+        {
+            info!(ip = %g.ip, pod = %format!("{ns}/{name}"), "pod holds the address now; not released");
+            continue;
+        }
+        guards.push(g.clone());
+    }
+    Ok(guards)
+}
+
+/// Reclamation metrics per node, a log line and an Event on the block for the freed addresses.
+async fn report_freed(ctx: &Ctx, r: &gc_plan::BlockRelease, freed: &[&Guard]) {
     let mut per_node: BTreeMap<&str, u64> = BTreeMap::new();
-    for g in &freed {
+    for g in freed {
         *per_node.entry(&g.node).or_default() += 1;
     }
     for (node, n) in per_node {
@@ -514,7 +552,6 @@ async fn release_block(
         format!("Released {} leaked address(es): {}", freed.len(), list.join(", ")),
     )
     .await;
-    Ok(sets)
 }
 
 /// The block an Event is about, as the watch last saw it (its UID lets `kubectl describe` find

@@ -19,10 +19,10 @@ use ipnet::IpNet;
 use jiff::{SignedDuration, Timestamp};
 
 use crate::api::StrMap;
-use crate::api::{AllocationAttribute, IPAMBlockSpec};
+use crate::api::{AllocationAttribute, CalicoKind, IPAMBlockSpec};
 use crate::ipam::block::{AllocRef, GcEdit, LEAK_SEEN_KEY};
 use crate::ipam::names::sanitize_handle_id;
-use crate::ipam::usage::pool_of;
+use crate::ipam::usage::{PoolRef, pool_of};
 
 pub const WINDOWS_RESERVED: &str = "windows-reserved-ipam-handle";
 const TUNNEL_TYPES: &[&str] = &[
@@ -157,15 +157,52 @@ pub struct AffinityIn<'a> {
     pub node: &'a str,
     pub cidr: &'a str,
     pub host_type: bool,
+    /// Marked deleted by a two-step delete that did not finish.
+    pub deleted: bool,
 }
 
 /// An IPAMHandle from the store.
 pub struct HandleIn<'a> {
     pub name: &'a str,
     pub handle_id: &'a str,
+    /// Marked deleted by a two-step delete that did not finish.
+    pub deleted: bool,
 }
 
-/// Everything one pass looks at.
+/// The pools a pass may touch: all of them, or with a pool selector only the selected ones
+/// (GC then stays inside them).
+#[derive(Clone, Debug, Default)]
+pub struct Scope {
+    pub pools: Vec<PoolRef>,
+    pub scoped: bool,
+}
+
+impl Scope {
+    pub fn contains(&self, net: &IpNet) -> bool {
+        !self.scoped || self.pools.iter().any(|p| p.cidr.contains(net))
+    }
+
+    /// An unparsable CIDR is inside only when the pass is not scoped.
+    pub fn contains_cidr(&self, cidr: &str) -> bool {
+        !self.scoped || cidr.parse::<IpNet>().is_ok_and(|n| self.contains(&n))
+    }
+
+    /// A handle is inside when every block it counts addresses in is (and it counts some); a
+    /// marked one always is, so that its interrupted delete is finished.
+    pub fn contains_handle<'b>(&self, deleted: bool, mut blocks: impl Iterator<Item = &'b IpNet>) -> bool {
+        if deleted || !self.scoped {
+            return true;
+        }
+        let mut any = false;
+        let all = blocks.all(|n| {
+            any = true;
+            self.contains(n)
+        });
+        any && all
+    }
+}
+
+/// Everything one pass looks at (inside its [`Scope`]; marked objects included).
 pub struct World<'a> {
     pub blocks: Vec<BlockIn<'a>>,
     pub affinities: Vec<AffinityIn<'a>>,
@@ -175,7 +212,7 @@ pub struct World<'a> {
     /// Live pods (borrowed from the operator's pod index).
     pub pods: std::borrow::Cow<'a, PodMap>,
     /// Pools (name, cidr) for metric labels.
-    pub pools: Vec<crate::ipam::usage::PoolRef>,
+    pub pools: Vec<PoolRef>,
 }
 
 /// Timers kept between passes (rebuilt each pass, so nothing accumulates). The durable stamps
@@ -303,6 +340,11 @@ pub struct GcPlan {
     pub stamp_empty: Vec<String>,
     /// (pool, node) → leak candidates not yet released (Calico's `ipam_allocations_gc_candidates`).
     pub candidates: BTreeMap<(String, String), u64>,
+    /// Objects marked deleted whose two-step delete was interrupted between the mark and the
+    /// DELETE (a process killed there): absent to every reader already, but they stay in etcd
+    /// for good unless finished, since nothing reads a marked object by name again. Handles
+    /// first, then blocks, then affinities.
+    pub finish_deletes: Vec<(CalicoKind, String)>,
 }
 
 /// Calico's `timestamp` attribute: Go's time text `2026-08-01 10:00:05.123456789 +0000 UTC`.
@@ -428,9 +470,34 @@ pub fn plan<'a>(world: &'a World<'a>, state: &mut GcState, now: Timestamp, grace
         pass.empty_blocks(&live, &scan.empty, &scan.blocks_of_node, &mut next);
     out.stale_affinities = stale_affinities(world, &live);
     out.orphan_handles = pass.orphan_handles(&scan.referenced, &mut next);
+    out.finish_deletes = finish_deletes(world);
     next.planned_at = Some(now);
     *state = next;
     out
+}
+
+/// The marked objects of [`GcPlan::finish_deletes`].
+fn finish_deletes(world: &World<'_>) -> Vec<(CalicoKind, String)> {
+    let handles = world
+        .handles
+        .iter()
+        .filter(|h| h.deleted)
+        .map(|h| (CalicoKind::IPAMHandle, h.name));
+    let blocks = world
+        .blocks
+        .iter()
+        .filter(|b| b.spec.is_deleted())
+        .map(|b| (CalicoKind::IPAMBlock, b.name));
+    let affinities = world
+        .affinities
+        .iter()
+        .filter(|a| a.deleted)
+        .map(|a| (CalicoKind::BlockAffinity, a.name));
+    handles
+        .chain(blocks)
+        .chain(affinities)
+        .map(|(k, n)| (k, n.to_string()))
+        .collect()
 }
 
 /// One pass: what it sees, the state the previous pass left, and its clock.
@@ -724,7 +791,7 @@ impl<'a> Pass<'a, '_> {
     /// increments a handle before it writes the block, so a young orphan may be in flight.
     fn orphan_handles(&self, referenced: &HashSet<&str>, next: &mut GcState) -> Vec<String> {
         let mut out = Vec::new();
-        for h in &self.world.handles {
+        for h in self.world.handles.iter().filter(|h| !h.deleted) {
             if referenced.contains(sanitize_handle_id(h.handle_id)) {
                 continue;
             }
@@ -775,7 +842,7 @@ fn stale_affinities(world: &World<'_>, live: &[&BlockIn<'_>]) -> Vec<StaleAffini
     world
         .affinities
         .iter()
-        .filter(|a| a.host_type && !world.nodes.contains_key(a.node))
+        .filter(|a| !a.deleted && a.host_type && !world.nodes.contains_key(a.node))
         .filter(|a| !matches!(block_host.get(a.cidr), Some(Some(h)) if *h == a.node))
         .map(|a| StaleAffinity {
             name: a.name.to_string(),

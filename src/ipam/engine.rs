@@ -754,6 +754,16 @@ impl Ipam {
 
     // ------------------------------------------------------------------ block writes
 
+    /// Addresses `handle` holds in the cached copy of the block at `cidr` (0 when none is
+    /// cached): the base of the count a handle is preset to before an allocation's block write.
+    fn cached_held(&self, cidr: &IpNet, handle: &str) -> u64 {
+        let cache = self.inner.cache.lock().unwrap();
+        cache
+            .blocks
+            .get(cidr)
+            .map_or(0, |b| blk::ordinals_of_handle(&b.spec, handle).len() as u64)
+    }
+
     /// Allocates up to `n` addresses from one block for one request, in the block's next shared
     /// write ([`batch`]). With `owner` set, only while the block is affine to that host. The
     /// handle's count for the block is set first (to what the block will hold for it) and set to
@@ -766,14 +776,7 @@ impl Ipam {
         owner: Option<&str>,
     ) -> Result<BlockOutcome, IpamError> {
         let handle = req.handle_id.as_str();
-        let held_before = self
-            .inner
-            .cache
-            .lock()
-            .unwrap()
-            .blocks
-            .get(cidr)
-            .map_or(0, |b| blk::ordinals_of_handle(&b.spec, handle).len() as u64);
+        let held_before = self.cached_held(cidr, handle);
         let preset = held_before + n as u64;
         let mut seat = self.seat(cidr);
         self.handle_set(handle, cidr, preset, req.new_handle).await?;
@@ -1398,14 +1401,7 @@ impl Ipam {
             }
             // As in allocate_batched: the handle first, counting what the block will hold for it.
             let handle = req.handle_id.as_str();
-            let held_before = self
-                .inner
-                .cache
-                .lock()
-                .unwrap()
-                .blocks
-                .get(&cidr)
-                .map_or(0, |b| blk::ordinals_of_handle(&b.spec, handle).len() as u64);
+            let held_before = self.cached_held(&cidr, handle);
             let preset = held_before + 1;
             self.handle_set(handle, &cidr, preset, new_handle).await?;
             let mut refused = None;

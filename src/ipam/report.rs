@@ -12,7 +12,7 @@ use super::block as blk;
 use super::cidr;
 use super::reserved::Reserved;
 use super::usage::{self, PoolRef};
-use crate::api::{Affinity, Block, Handle, Pool};
+use crate::api::{Affinity, AllocationAttribute, Block, Handle, Pool};
 
 /// What `check` looks at.
 #[derive(Default)]
@@ -207,6 +207,29 @@ pub fn check(input: &CheckInput) -> Vec<Problem> {
         // Exact IDs: IDs differing in case are distinct handles (Calico compares them so too).
         .map(|h| (super::names::sanitize_handle_id(&h.spec.handle_id).to_string(), h))
         .collect();
+    let held = check_allocations(input, &blocks, &handles, &mut problems);
+    check_in_use(input, &blocks, held.holders, &mut problems);
+    check_layout(input, &blocks, &mut problems);
+    check_handles(input, &handles, &held.actual, &mut problems);
+    check_affinities(input, &blocks, &mut problems);
+    problems
+}
+
+/// What the blocks' allocations hold.
+struct Held {
+    /// actual[handle][block] = count
+    actual: BTreeMap<String, BTreeMap<String, u64>>,
+    /// The blocks that allocate each address.
+    holders: BTreeMap<IpAddr, Vec<String>>,
+}
+
+/// Each block's own consistency and each allocation's handle and pod.
+fn check_allocations(
+    input: &CheckInput,
+    blocks: &[&Block],
+    handles: &HashMap<String, &Handle>,
+    problems: &mut Vec<Problem>,
+) -> Held {
     // Addresses each live pod uses, for the allocations that name it.
     let mut uses: BTreeMap<(&str, &str), Vec<IpAddr>> = BTreeMap::new();
     for u in input.in_use.iter().flatten() {
@@ -217,7 +240,7 @@ pub fn check(input: &CheckInput) -> Vec<Problem> {
     // actual[handle][block] = count
     let mut actual: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
     let mut holders: BTreeMap<IpAddr, Vec<String>> = BTreeMap::new();
-    for b in &blocks {
+    for b in blocks {
         let name = b.metadata.name.clone().unwrap_or_default();
         for p in blk::check(&b.spec) {
             problems.push(Problem::InvalidBlock {
@@ -261,36 +284,57 @@ pub fn check(input: &CheckInput) -> Vec<Problem> {
                     }
                 }
             }
-            let owner = attr
-                .secondary
-                .as_ref()
-                .and_then(|sec| Some((sec.get("namespace")?, sec.get("pod")?)));
-            if let (Some(pods), Some((ns, pod))) = (&input.pods, owner)
-                && !pods.contains(&(ns.to_string(), pod.to_string()))
-            {
-                problems.push(Problem::PodGone {
-                    ip,
-                    namespace: ns.to_string(),
-                    pod: pod.to_string(),
-                    handle: attr.handle_id.clone(),
-                });
-            } else if let Some((ns, pod)) = owner
-                && let Some(used) = uses.get(&(ns, pod))
-                && used.iter().any(|u| u.is_ipv4() == ip.is_ipv4())
-                && !used.contains(&ip)
-            {
-                // The pod shows an address of this family, and not this one: a sandbox's
-                // allocation that outlived it (a pod still settling shows none yet).
-                problems.push(Problem::AllocationNotUsedByPod {
-                    ip,
-                    namespace: ns.to_string(),
-                    pod: pod.to_string(),
-                    uses: used.clone(),
-                });
-            }
+            check_owner(input, &uses, attr, ip, problems);
         }
     }
-    // Addresses in use: allocated, inside a pool, used once.
+    Held { actual, holders }
+}
+
+/// The pod an allocation names: gone (when the live pods are known), or showing another
+/// address of the family instead of this one.
+fn check_owner(
+    input: &CheckInput,
+    uses: &BTreeMap<(&str, &str), Vec<IpAddr>>,
+    attr: &AllocationAttribute,
+    ip: IpAddr,
+    problems: &mut Vec<Problem>,
+) {
+    let owner = attr
+        .secondary
+        .as_ref()
+        .and_then(|sec| Some((sec.get("namespace")?, sec.get("pod")?)));
+    if let (Some(pods), Some((ns, pod))) = (&input.pods, owner)
+        && !pods.contains(&(ns.to_string(), pod.to_string()))
+    {
+        problems.push(Problem::PodGone {
+            ip,
+            namespace: ns.to_string(),
+            pod: pod.to_string(),
+            handle: attr.handle_id.clone(),
+        });
+    } else if let Some((ns, pod)) = owner
+        && let Some(used) = uses.get(&(ns, pod))
+        && used.iter().any(|u| u.is_ipv4() == ip.is_ipv4())
+        && !used.contains(&ip)
+    {
+        // The pod shows an address of this family, and not this one: a sandbox's
+        // allocation that outlived it (a pod still settling shows none yet).
+        problems.push(Problem::AllocationNotUsedByPod {
+            ip,
+            namespace: ns.to_string(),
+            pod: pod.to_string(),
+            uses: used.clone(),
+        });
+    }
+}
+
+/// Addresses live pods use: allocated, inside a pool, used once; and allocated once.
+fn check_in_use(
+    input: &CheckInput,
+    blocks: &[&Block],
+    holders: BTreeMap<IpAddr, Vec<String>>,
+    problems: &mut Vec<Problem>,
+) {
     let mut users: BTreeMap<IpAddr, BTreeSet<String>> = BTreeMap::new();
     for u in input.in_use.iter().flatten() {
         if !ip_in_scope(&input.scope, &u.ip) {
@@ -330,8 +374,11 @@ pub fn check(input: &CheckInput) -> Vec<Problem> {
             problems.push(Problem::AddressHeldTwice { ip, blocks: bs });
         }
     }
-    // Block layout: no overlaps (sorted by start, each compared with the widest reach so far),
-    // each inside a pool.
+}
+
+/// Block layout: no overlaps (sorted by start, each compared with the widest reach so far),
+/// each inside a pool.
+fn check_layout(input: &CheckInput, blocks: &[&Block], problems: &mut Vec<Problem>) {
     let mut nets: Vec<(IpNet, String)> = blocks
         .iter()
         .filter_map(|b| {
@@ -370,8 +417,16 @@ pub fn check(input: &CheckInput) -> Vec<Problem> {
             }
         }
     }
-    let block_cidrs: BTreeSet<&str> = blocks.iter().map(|b| b.spec.cidr.as_str()).collect();
-    for (key, h) in &handles {
+}
+
+/// Each handle's recorded counts against what the blocks hold for it.
+fn check_handles(
+    input: &CheckInput,
+    handles: &HashMap<String, &Handle>,
+    actual: &BTreeMap<String, BTreeMap<String, u64>>,
+    problems: &mut Vec<Problem>,
+) {
+    for (key, h) in handles {
         let relevant: Vec<(&String, &u64)> = h
             .spec
             .block
@@ -406,7 +461,11 @@ pub fn check(input: &CheckInput) -> Vec<Problem> {
             }
         }
     }
-    // Affinities ↔ blocks.
+}
+
+/// Affinities ↔ blocks.
+fn check_affinities(input: &CheckInput, blocks: &[&Block], problems: &mut Vec<Problem>) {
+    let block_cidrs: BTreeSet<&str> = blocks.iter().map(|b| b.spec.cidr.as_str()).collect();
     let mut affine_rows: BTreeSet<(String, String)> = BTreeSet::new();
     for a in input
         .affinities
@@ -439,7 +498,7 @@ pub fn check(input: &CheckInput) -> Vec<Problem> {
             _ => {}
         }
     }
-    for b in &blocks {
+    for b in blocks {
         if let Some(host) = b.spec.host()
             && !affine_rows.contains(&(host.to_string(), b.spec.cidr.clone()))
         {
@@ -449,7 +508,6 @@ pub fn check(input: &CheckInput) -> Vec<Problem> {
             });
         }
     }
-    problems
 }
 
 pub fn render_problems(problems: &[Problem]) -> String {
@@ -537,46 +595,6 @@ pub fn usage(pools: &[Pool], blocks: &[Block], reserved: &Reserved, show_blocks:
             usage::owning_pool(&refs, &n).map(|p| p.name.as_str())
         })
         .collect();
-    let block_row = |b: &Block| -> Option<UsageRow> {
-        let net = blk::block_cidr(&b.spec).ok()?;
-        let total = cidr::size(&net);
-        let unallocated = b.spec.unallocated.len() as u128;
-        let in_use = total.saturating_sub(unallocated);
-        let held = reserved.count_in(&net);
-        // Reserved addresses that are free (not in use): those FREE leaves out.
-        let held_free = if held == 0 {
-            0
-        } else {
-            b.spec
-                .unallocated
-                .iter()
-                .filter(|&&o| (o as u128) < total && reserved.contains(cidr::address_of(&net, o)))
-                .count() as u128
-        };
-        let host = affinity_owner(b.spec.affinity.as_deref());
-        let (mut cooling, mut borrowed) = (0, 0);
-        for (o, _) in blk::allocated(&b.spec, &net) {
-            let Some(a) = blk::attribute_of(&b.spec, o) else {
-                continue;
-            };
-            cooling += u128::from(a.released_at.is_some());
-            let node = a.secondary.as_ref().and_then(|s| s.get("node"));
-            borrowed += u128::from(node.is_some_and(|n| *n != host));
-        }
-        Some(UsageRow {
-            grouping: "Block".into(),
-            cidr: b.spec.cidr.clone(),
-            owner: b.spec.affinity.clone().unwrap_or_else(|| "-".into()),
-            total,
-            in_use,
-            reserved: held,
-            free: unallocated.saturating_sub(held_free),
-            cooling,
-            borrowed,
-            blocks: None,
-            disabled: None,
-        })
-    };
     for (p, pool) in refs
         .iter()
         .zip(pools.iter().filter(|p| PoolRef::from_pool(p).is_some()))
@@ -585,7 +603,7 @@ pub fn usage(pools: &[Pool], blocks: &[Block], reserved: &Reserved, show_blocks:
             .iter()
             .zip(&owner)
             .filter(|(_, o)| **o == Some(p.name.as_str()))
-            .filter_map(|(b, _)| block_row(b))
+            .filter_map(|(b, _)| block_row(b, reserved))
             .collect();
         let sum = |f: fn(&UsageRow) -> u128| inside.iter().map(f).sum::<u128>();
         let in_use = sum(|r| r.in_use);
@@ -617,51 +635,99 @@ pub fn usage(pools: &[Pool], blocks: &[Block], reserved: &Reserved, show_blocks:
             .filter(|(_, o)| o.is_none())
             .map(|(b, _)| b);
         for b in orphans {
-            if let Some(mut r) = block_row(b) {
+            if let Some(mut r) = block_row(b, reserved) {
                 r.grouping = "Block (orphaned allocation block)".into();
                 out.rows.push(r);
             }
         }
     }
     for b in &live {
-        let Ok(net) = blk::block_cidr(&b.spec) else {
-            continue;
-        };
-        let block_owner = affinity_owner(b.spec.affinity.as_deref());
-        for (o, ip) in blk::allocated(&b.spec, &net) {
-            let Some(attr) = blk::attribute_of(&b.spec, o) else {
-                continue;
-            };
-            let sec = attr.secondary.clone().unwrap_or_default();
-            let Some(node) = sec.get("node") else {
-                out.unclassified += 1;
-                continue;
-            };
-            if *node == block_owner {
-                continue;
-            }
-            let ns = sec.get("namespace").unwrap_or("");
-            let (type_, allocated_to) = if let Some(vmi) = sec.get("vmi") {
-                ("vmi".to_string(), format!("{ns}/{vmi}"))
-            } else if let Some(pod) = sec.get("pod") {
-                ("pod".to_string(), format!("{ns}/{pod}"))
-            } else {
-                (
-                    sec.get("type").unwrap_or_default().to_string(),
-                    attr.handle_id.clone().unwrap_or_default(),
-                )
-            };
-            out.borrowed.push(Borrowed {
-                ip,
-                borrowing_node: node.to_string(),
-                block: net.to_string(),
-                block_owner: block_owner.clone(),
-                type_,
-                allocated_to,
-            });
-        }
+        borrowed_in(b, &mut out);
     }
     out
+}
+
+/// A block's row of `ipam show --show-blocks`.
+fn block_row(b: &Block, reserved: &Reserved) -> Option<UsageRow> {
+    let net = blk::block_cidr(&b.spec).ok()?;
+    let total = cidr::size(&net);
+    let unallocated = b.spec.unallocated.len() as u128;
+    let in_use = total.saturating_sub(unallocated);
+    let held = reserved.count_in(&net);
+    // Reserved addresses that are free (not in use): those FREE leaves out.
+    let held_free = if held == 0 {
+        0
+    } else {
+        b.spec
+            .unallocated
+            .iter()
+            .filter(|&&o| (o as u128) < total && reserved.contains(cidr::address_of(&net, o)))
+            .count() as u128
+    };
+    let host = affinity_owner(b.spec.affinity.as_deref());
+    let (mut cooling, mut borrowed) = (0, 0);
+    for (o, _) in blk::allocated(&b.spec, &net) {
+        let Some(a) = blk::attribute_of(&b.spec, o) else {
+            continue;
+        };
+        cooling += u128::from(a.released_at.is_some());
+        let node = a.secondary.as_ref().and_then(|s| s.get("node"));
+        borrowed += u128::from(node.is_some_and(|n| *n != host));
+    }
+    Some(UsageRow {
+        grouping: "Block".into(),
+        cidr: b.spec.cidr.clone(),
+        owner: b.spec.affinity.clone().unwrap_or_else(|| "-".into()),
+        total,
+        in_use,
+        reserved: held,
+        free: unallocated.saturating_sub(held_free),
+        cooling,
+        borrowed,
+        blocks: None,
+        disabled: None,
+    })
+}
+
+/// The addresses of `b` that a node other than its owner holds (`ipam show --show-borrowed`);
+/// the ones that name no node are counted as unclassified.
+fn borrowed_in(b: &Block, out: &mut Usage) {
+    let Ok(net) = blk::block_cidr(&b.spec) else {
+        return;
+    };
+    let block_owner = affinity_owner(b.spec.affinity.as_deref());
+    for (o, ip) in blk::allocated(&b.spec, &net) {
+        let Some(attr) = blk::attribute_of(&b.spec, o) else {
+            continue;
+        };
+        let sec = attr.secondary.clone().unwrap_or_default();
+        let Some(node) = sec.get("node") else {
+            out.unclassified += 1;
+            continue;
+        };
+        if *node == block_owner {
+            continue;
+        }
+        let ns = sec.get("namespace").unwrap_or("");
+        let (type_, allocated_to) = if let Some(vmi) = sec.get("vmi") {
+            ("vmi".to_string(), format!("{ns}/{vmi}"))
+        } else if let Some(pod) = sec.get("pod") {
+            ("pod".to_string(), format!("{ns}/{pod}"))
+        } else {
+            (
+                sec.get("type").unwrap_or_default().to_string(),
+                attr.handle_id.clone().unwrap_or_default(),
+            )
+        };
+        out.borrowed.push(Borrowed {
+            ip,
+            borrowing_node: node.to_string(),
+            block: net.to_string(),
+            block_owner: block_owner.clone(),
+            type_,
+            allocated_to,
+        });
+    }
 }
 
 /// What one address is, for `ipam show --ip`.

@@ -165,3 +165,29 @@ pub fn unique_cidr_in(range: &str, prefix_len: u8) -> String {
     let base = u32::from(range.network()) + (slot << (32 - u32::from(SLOT_LEN)));
     format!("{}/{prefix_len}", std::net::Ipv4Addr::from(base))
 }
+
+/// A CIDR of `prefix_len` unique to one pool of one test, in 172.16.0.0/12, which only the CNI
+/// tests use (pod routes stay inside the tests' network namespaces).
+pub fn unique_cidr(prefix_len: u8) -> String {
+    unique_cidr_in("172.16.0.0/12", prefix_len)
+}
+
+/// The network config as Calico's main plugin hands it to its IPAM (`k8s-pod-network`, debug
+/// logs, the test cluster's kubeconfig, Kubernetes policy); `ipam` (a JSON object) adds to or overrides the IPAM
+/// section `{"type": "tortie-ipam", "assign_ipv4": "true", "assign_ipv6": "false"}`.
+pub fn conf(node: &str, ipam: &Value) -> Value {
+    let mut i = serde_json::json!({"type": "tortie-ipam", "assign_ipv4": "true", "assign_ipv6": "false"});
+    for (k, v) in ipam.as_object().into_iter().flatten() {
+        i[k] = v.clone();
+    }
+    serde_json::json!({
+        "cniVersion": "1.0.0",
+        "name": "k8s-pod-network",
+        "type": "calico",
+        "nodename": node,
+        "log_level": "debug",
+        "kubernetes": {"kubeconfig": super::cluster().kubeconfig},
+        "policy": {"type": "k8s"},
+        "ipam": i,
+    })
+}

@@ -169,12 +169,14 @@ fn deleted_node_is_immediate_and_its_empty_blocks_go() {
             node: "n1",
             cidr: "10.0.0.8/29",
             host_type: true,
+            deleted: false,
         },
         AffinityIn {
             name: "n1-10-0-0-16-29",
             node: "n1",
             cidr: "10.0.0.16/29",
             host_type: true,
+            deleted: false,
         },
     ];
     let p = plan(&w, &mut GcState::default(), t("2026-01-01T01:00:00Z"), GRACE);
@@ -318,15 +320,18 @@ fn orphan_handles_after_grace() {
         HandleIn {
             name: "k8s-pod-network.p",
             handle_id: "k8s-pod-network.p",
+            deleted: false,
         },
         HandleIn {
             name: "k8s-pod-network.x",
             handle_id: "k8s-pod-network.X",
+            deleted: false,
         },
         // A case variant of a referenced ID is another handle (issue 15): orphaned too.
         HandleIn {
             name: "k8s-pod-network.p-0123456789abcdef",
             handle_id: "k8s-pod-network.P",
+            deleted: false,
         },
     ];
     let mut st = GcState::default();
@@ -683,6 +688,7 @@ fn stale_affinities_are_a_deleted_nodes_whose_block_is_gone_or_elsewhere() {
         node,
         cidr,
         host_type,
+        deleted: false,
     };
     w.affinities = vec![
         // The deleted node's own block still exists: it goes with the block, not here.
@@ -705,4 +711,103 @@ fn a_leak_stamp_is_absent_readable_or_unreadable() {
     let ok = attr("h", &[(LEAK_SEEN_KEY, "2026-01-01T00:00:00Z")]);
     assert_eq!(leak_stamp(&ok), Some(Some(t("2026-01-01T00:00:00Z"))));
     assert_eq!(leak_stamp(&attr("h", &[(LEAK_SEEN_KEY, "soon")])), Some(None));
+}
+
+#[test]
+fn interrupted_deletes_are_finished_and_marked_objects_are_nothing_else() {
+    let mut marked_block = block(Some("gone"), &[]);
+    marked_block.deleted = Some(true);
+    let blocks = [
+        ("live".to_string(), block(Some("n1"), &[(0, "p", "n1")])),
+        ("marked".to_string(), marked_block),
+    ];
+    let mut w = world(&blocks, &["n1"], &[]);
+    w.affinities = vec![
+        AffinityIn {
+            name: "gone-marked",
+            node: "gone",
+            cidr: "10.0.0.8/29",
+            host_type: true,
+            deleted: true,
+        },
+        AffinityIn {
+            name: "gone-live",
+            node: "gone",
+            cidr: "10.0.0.16/29",
+            host_type: true,
+            deleted: false,
+        },
+    ];
+    w.handles = vec![
+        HandleIn {
+            name: "orphan-marked",
+            handle_id: "orphan-marked",
+            deleted: true,
+        },
+        HandleIn {
+            name: "orphan",
+            handle_id: "orphan",
+            deleted: false,
+        },
+    ];
+    let mut st = GcState::default();
+    plan(&w, &mut st, t("2026-01-01T01:00:00Z"), GRACE);
+    let p = plan(&w, &mut st, t("2026-01-01T01:30:00Z"), GRACE);
+    // Handles first, then blocks, then affinities.
+    assert_eq!(
+        p.finish_deletes,
+        vec![
+            (CalicoKind::IPAMHandle, "orphan-marked".to_string()),
+            (CalicoKind::IPAMBlock, "marked".to_string()),
+            (CalicoKind::BlockAffinity, "gone-marked".to_string()),
+        ]
+    );
+    // A marked object is finished, never also released, deleted as an orphan or as stale.
+    assert_eq!(p.orphan_handles, vec!["orphan".to_string()]);
+    let stale: Vec<&str> = p.stale_affinities.iter().map(|a| a.name.as_str()).collect();
+    assert_eq!(stale, vec!["gone-live"]);
+    assert!(p.releases.iter().all(|r| r.block != "marked"));
+    assert!(p.empty_blocks.iter().all(|e| e.block != "marked"));
+}
+
+#[test]
+fn a_pass_with_nothing_marked_finishes_nothing() {
+    let blocks = [("b".to_string(), block(Some("n1"), &[(0, "p", "n1")]))];
+    let w = world(&blocks, &["n1"], &[]);
+    let p = plan(&w, &mut GcState::default(), t("2026-01-01T01:00:00Z"), GRACE);
+    assert!(p.finish_deletes.is_empty());
+}
+
+#[test]
+fn the_scope_holds_what_lies_inside_the_selected_pools() {
+    let net = |s: &str| s.parse::<IpNet>().unwrap();
+    let pools = vec![crate::ipam::usage::PoolRef {
+        name: "mine".into(),
+        cidr: net("10.0.0.0/24"),
+        block_size: 26,
+    }];
+    let all = Scope {
+        pools: pools.clone(),
+        scoped: false,
+    };
+    let mine = Scope { pools, scoped: true };
+    // Unscoped: everything, unparsable CIDRs and handles without blocks included.
+    assert!(all.contains(&net("192.168.0.0/26")));
+    assert!(all.contains_cidr("not a cidr"));
+    assert!(all.contains_handle(false, std::iter::empty()));
+    // Scoped: inside a selected pool only.
+    assert!(mine.contains(&net("10.0.0.64/26")));
+    assert!(!mine.contains(&net("10.0.1.0/26")));
+    assert!(!mine.contains(&net("10.0.0.0/16")));
+    assert!(mine.contains_cidr("10.0.0.0/26"));
+    assert!(!mine.contains_cidr("10.0.1.0/26"));
+    assert!(!mine.contains_cidr("not a cidr"));
+    // A handle: every block it counts inside, and at least one.
+    let (a, b) = (net("10.0.0.0/26"), net("10.0.1.0/26"));
+    assert!(mine.contains_handle(false, [&a].into_iter()));
+    assert!(!mine.contains_handle(false, [&a, &b].into_iter()));
+    assert!(!mine.contains_handle(false, std::iter::empty()));
+    // A marked handle is always inside (its interrupted delete is finished).
+    assert!(mine.contains_handle(true, [&b].into_iter()));
+    assert!(mine.contains_handle(true, std::iter::empty()));
 }

@@ -1,14 +1,15 @@
-//! A BGP lab in network namespaces: one hub namespace with a bridge, one namespace per node, a
+//! BGP: what the controller published for a node ([`published_files`]), and a lab in network
+//! namespaces: one hub namespace with a bridge, one namespace per node, a
 //! real BIRD 1.6 daemon in each. Everything lives in namespaces the lab creates (unique prefix)
 //! and is torn down by `Drop`, also when a test fails. Needs root and `ip netns`.
-
-#![allow(dead_code)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+use kube::Client;
 
 fn run(cmd: &[&str]) -> String {
     let out = Command::new(cmd[0])
@@ -328,4 +329,69 @@ pub fn write_files(dir: &Path, files: &BTreeMap<String, Vec<u8>>) {
     for (n, b) in files {
         std::fs::write(dir.join(n), b).unwrap();
     }
+}
+
+/// The BIRD files `node`'s agent would install from what the BGP controller published in `ns`
+/// (its own ConfigMap or Secret plus the shards, assembled and rendered as the agent does), with
+/// their content hash; `None` while something is missing.
+pub async fn published_files(
+    client: &Client,
+    ns: &str,
+    node: &str,
+) -> Option<(std::collections::BTreeMap<String, String>, String)> {
+    use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+    use kube::api::{Api, ListParams};
+    use tortie::node::published::{self, Published};
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let name = published::object_name(node);
+    let own = match secrets.get_opt(&name).await.ok()? {
+        Some(s) => Published::Secret(s),
+        None => Published::ConfigMap(cms.get_opt(&name).await.ok()??),
+    };
+    let shards = cms
+        .list(&ListParams::default().labels(&format!("{}=true", published::LABEL_SHARD)))
+        .await
+        .ok()?
+        .items;
+    let r = published::render_published(&own, &shards, &tortie::bgp::CalicoSelectors::default()).ok()??;
+    let hash = r.content_hash();
+    let files = r
+        .files
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
+        .collect();
+    Some((files, hash))
+}
+
+/// A snapshot of the objects `docs` (JSON manifests, as `kubectl get -o json` gives them).
+pub fn snapshot_of(docs: &[serde_json::Value]) -> tortie::bgp::Snapshot {
+    let text = docs
+        .iter()
+        .map(|d| serde_json::to_string(d).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n---\n");
+    let mut snap = tortie::bgp::Snapshot::default();
+    snap.add_manifests("gen", &text).unwrap();
+    snap
+}
+
+/// The BGP controller publishing into `ns` on watch caches of its own, with a short debounce, as
+/// the BGP tests run it (abort the handle to stop it).
+pub fn spawn_bgp_controller(
+    client: &Client,
+    mode: tortie::api::CrdMode,
+    ns: &str,
+) -> tokio::task::JoinHandle<Result<(), tortie::controllers::bgp::Error>> {
+    use tortie::controllers::bgp as ctrl;
+    tokio::spawn(ctrl::run(
+        client.clone(),
+        mode,
+        ns.to_string(),
+        tortie::controllers::Stores::start(client, mode, None),
+        ctrl::Config {
+            debounce: Duration::from_millis(100),
+            ..Default::default()
+        },
+    ))
 }
