@@ -449,13 +449,16 @@ async fn burst_bench(quick: bool, one_node: bool, agents: bool) -> Value {
     // node's first address are shown beside them, not hidden.
     // `previous`: the figures of the previous run (before batching and the agent's warm path).
     let k = if one_node { "one-node" } else { "burst" };
+    // 1.2 at 8 concurrent ADDs (the floor is a handle per pod plus one block write per batch:
+    // 1 + 1/8); at 4 concurrent ADDs the floor is 1.25, so the same margin over it.
+    let max_writes = 1.075 + 1.0 / per_node_conc as f64;
     let mut targets = vec![
         target(
             &format!("{k}-writes"),
             &format!(
-                "at most 1.2 API writes per allocation in the steady state at {per_node_conc} concurrent ADDs per node (a handle per pod, block writes shared)"
+                "at most {max_writes:.2} API writes per allocation in the steady state at {per_node_conc} concurrent ADDs per node (a handle per pod, block writes shared: floor 1 + 1/{per_node_conc})"
             ),
-            every(&|r| r.steady_writes <= 1.2),
+            every(&|r| r.steady_writes <= max_writes + 1e-9),
             list(&|r| {
                 format!(
                     "{:.2} ({:.2} counting {} block-claim writes)",
