@@ -280,14 +280,14 @@ impl BgpStores {
                 owned(),
                 (),
                 "ConfigMap(published)",
-                |_| {},
+                slim_published,
             ),
             secret_maps: Watched::start(
                 Api::namespaced(client.clone(), namespace),
                 owned(),
                 (),
                 "Secret(published)",
-                |_| {},
+                slim_published,
             ),
         }
     }
@@ -436,6 +436,27 @@ impl crate::ipam::usage::BlockCounts for CachedBlock {
 fn block_entry(b: &Block) -> (Box<str>, Option<Arc<CachedBlock>>) {
     let name = b.metadata.name.as_deref().unwrap_or_default();
     (name.into(), Some(Arc::new(CachedBlock::new(b))))
+}
+
+/// A published object as the BGP controller reads it: its name and its content hash and shard
+/// count annotations. There is one per node; labels, owner references and the rest go.
+pub fn slim_published<K>(o: &mut PartialObjectMeta<K>) {
+    use crate::node::published::{ANN_HASH, ANN_SHARDS};
+    let m = &mut o.metadata;
+    *m = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        name: m.name.take(),
+        namespace: m.namespace.take(),
+        annotations: m
+            .annotations
+            .take()
+            .map(|a| {
+                a.into_iter()
+                    .filter(|(k, _)| k == ANN_HASH || k == ANN_SHARDS)
+                    .collect::<std::collections::BTreeMap<_, _>>()
+            })
+            .filter(|a| !a.is_empty()),
+        ..Default::default()
+    };
 }
 
 /// Managed fields are often the largest part of an object, and no controller reads them.
@@ -641,8 +662,9 @@ fn pod_entry(p: &SlimPod) -> (PodKey, Option<PodInfo>) {
 pub struct HandleEntry {
     /// `spec.handleID` where it differs from the object name (Calico's legacy names).
     id: Option<Box<str>>,
-    /// The object's UID and resourceVersion, when [`Self::plain`].
-    uid: Option<u128>,
+    /// The object's UID (as two halves: a `u128` would align the entry, and every slot of
+    /// the index's table, to 16 bytes) and resourceVersion, when [`Self::plain`].
+    uid: [u64; 2],
     resource_version: u64,
     /// Block CIDR → addresses held there.
     blocks: Box<[(IpNet, u64)]>,
@@ -704,7 +726,7 @@ fn handle_entry(h: &Handle) -> (Box<str>, Option<HandleEntry>) {
         && h.spec.extra.is_empty();
     let entry = HandleEntry {
         id: (h.spec.handle_id != name).then(|| h.spec.handle_id.as_str().into()),
-        uid: uid.flatten(),
+        uid: uid.flatten().map_or([0; 2], |u| [(u >> 64) as u64, u as u64]),
         resource_version: rv.unwrap_or_default(),
         blocks: blocks.into(),
         deleted: h.spec.deleted,
@@ -741,7 +763,9 @@ impl HandleEntry {
             extra: Default::default(),
         };
         let mut h = Handle::new(name, ar, spec);
-        h.metadata.uid = self.uid.map(format_uid);
+        h.metadata.uid = Some(format_uid(
+            (u128::from(self.uid[0]) << 64) | u128::from(self.uid[1]),
+        ));
         h.metadata.resource_version = Some(self.resource_version.to_string());
         Some(h)
     }
@@ -899,6 +923,29 @@ mod tests {
     }
 
     #[test]
+    fn a_published_object_keeps_its_name_and_the_annotations_the_bgp_controller_reads() {
+        use crate::node::published::{ANN_HASH, ANN_SHARDS};
+        let mut o: PartialObjectMeta<ConfigMap> = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "bgp-node-a", "namespace": "tortie-system", "uid": "u", "resourceVersion": "9",
+                         "labels": {"app.kubernetes.io/managed-by": "tortie"},
+                         "annotations": {ANN_HASH: "h1", ANN_SHARDS: "4", "other": "x"},
+                         "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": "a", "uid": "n"}]}
+        }))
+        .unwrap();
+        slim_published(&mut o);
+        let m = &o.metadata;
+        assert_eq!(
+            (m.name.as_deref(), m.namespace.as_deref()),
+            (Some("bgp-node-a"), Some("tortie-system"))
+        );
+        let a = m.annotations.as_ref().unwrap();
+        assert_eq!(a.len(), 2);
+        assert_eq!((a[ANN_HASH].as_str(), a[ANN_SHARDS].as_str()), ("h1", "4"));
+        assert!(m.labels.is_none() && m.owner_references.is_none() && m.uid.is_none());
+    }
+
+    #[test]
     fn a_cached_block_decodes_to_the_block_and_answers_the_frequent_readers() {
         let stored = serde_json::json!({
             "apiVersion": "crd.projectcalico.org/v1", "kind": "IPAMBlock",
@@ -959,6 +1006,8 @@ mod tests {
 
     #[test]
     fn a_plain_handle_is_rebuilt_as_stored_and_others_are_not() {
+        // 100,000 handles: every byte of an entry counts (no 16-byte alignment).
+        assert!(std::mem::size_of::<HandleEntry>() <= 64);
         let ar = CrdMode::V1.resource(CalicoKind::IPAMHandle);
         let stored = serde_json::json!({
             "apiVersion": "crd.projectcalico.org/v1", "kind": "IPAMHandle",
