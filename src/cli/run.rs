@@ -364,19 +364,23 @@ fn ipam_usage(ctx: &Ctx) -> Usage {
         .iter()
         .filter_map(|p| PoolRef::from_pool(p))
         .collect();
-    let blocks = ctx.stores.blocks.all();
     let nodes = ctx.stores.nodes.all();
     // IPReservations come from the IPAM engine's watch (up once a controller has used it).
     let reserved = ctx
         .ipam_if_started()
         .map(|i| i.reserved().nets())
         .unwrap_or_default();
-    Usage::compute(
+    let mut u = Usage::start(
         &pools,
-        blocks.iter().map(|b| &b.spec),
         nodes.iter().filter_map(|n| n.metadata.name.as_deref()),
         &reserved,
-    )
+    );
+    // The per-node counts read each allocation's attributes: every block is decoded from the
+    // compact cache, one at a time.
+    for b in ctx.stores.blocks.all() {
+        u.add(&pools, &b.block().spec);
+    }
+    u.finish(&pools)
 }
 
 fn init_tracing(format: LogFormat) {

@@ -171,7 +171,15 @@ impl Failures {
 async fn observe_and_decide(ctx: &Ctx, now: jiff::Timestamp) -> gc_plan::GcPlan {
     let st = &ctx.stores;
     let scope = scope(ctx);
-    let (blocks, affinities, nodes) = (st.blocks.all(), st.affinities.all(), st.nodes.all());
+    // The pass reads whole blocks: decoded from the compact cache for this pass only.
+    let blocks: Vec<Block> = st
+        .blocks
+        .all()
+        .iter()
+        .filter(|b| scope.contains_cidr(b.cidr()))
+        .map(|b| b.block())
+        .collect();
+    let (affinities, nodes) = (st.affinities.all(), st.nodes.all());
     let grace = jiff::SignedDuration::try_from(ctx.config.gc_grace).unwrap_or(jiff::SignedDuration::MAX);
     let mut state = ctx.gc_state.lock().await;
     let pods = st.pods.read();
@@ -179,7 +187,6 @@ async fn observe_and_decide(ctx: &Ctx, now: jiff::Timestamp) -> gc_plan::GcPlan 
     let world = World {
         blocks: blocks
             .iter()
-            .filter(|b| scope.contains_cidr(&b.spec.cidr))
             .map(|b| BlockIn {
                 name: b.metadata.name.as_deref().unwrap_or(""),
                 spec: &b.spec,
@@ -335,13 +342,7 @@ async fn remove_orphan_handles(ctx: &Ctx, ipam: &Ipam, orphans: &[String], faile
             continue;
         }
         let id = entry.handle_id(name).to_string();
-        let referenced = st.blocks.all().iter().any(|b| {
-            b.spec.attributes.iter().any(|a| {
-                a.handle_id
-                    .as_deref()
-                    .is_some_and(|h| names::handle_owned_by(&id, h))
-            })
-        });
+        let referenced = st.blocks.all().iter().any(|b| b.references_handle(&id));
         if referenced {
             continue;
         }
@@ -474,7 +475,7 @@ async fn release_block(
         return Ok(vec![]);
     };
     if let Some(b) = ctx.stores.blocks.get(&r.block) {
-        ipam.prime_block(&b);
+        ipam.prime_block(&b.block());
     }
     let done = ipam.release_guarded_block(&cidr, &edit).await?;
     if !r.marks.is_empty() {
@@ -558,7 +559,7 @@ async fn report_freed(ctx: &Ctx, r: &gc_plan::BlockRelease, freed: &[&Guard]) {
 /// the Event); a bare reference by name when the watch has not seen it.
 fn event_target(ctx: &Ctx, name: &str) -> Block {
     match ctx.stores.blocks.get(name) {
-        Some(b) => (*b).clone(),
+        Some(b) => b.block(),
         None => Block::new(name, &ctx.resource(CalicoKind::IPAMBlock), Default::default()),
     }
 }
@@ -574,7 +575,7 @@ pub async fn release_empty_block(
     let Ok(net) = cidr.parse::<IpNet>() else {
         return Ok(false);
     };
-    let existed = ctx.stores.blocks.all().iter().any(|b| b.spec.cidr == cidr);
+    let existed = ctx.stores.blocks.all().iter().any(|b| b.cidr() == cidr);
     if !ipam.release_empty_block(&net, host).await? || !existed {
         return Ok(false);
     }
@@ -597,9 +598,9 @@ pub async fn release_empty_block(
 pub async fn delete_empty_blocks_where(ctx: &Ctx, owned: impl Fn(&IpNet) -> bool) -> Result<(), Error> {
     let ipam = ctx.ipam().await?;
     for b in ctx.stores.blocks.all() {
-        let inside = b.spec.cidr.parse::<IpNet>().is_ok_and(|n| owned(&n));
-        if inside && !b.spec.is_deleted() && gc_plan::is_empty(&b.spec) {
-            release_empty_block(ctx, ipam, &b.spec.cidr, b.spec.host()).await?;
+        let inside = b.cidr().parse::<IpNet>().is_ok_and(|n| owned(&n));
+        if inside && !b.is_deleted() && b.is_empty() {
+            release_empty_block(ctx, ipam, b.cidr(), b.host()).await?;
         }
     }
     for a in ctx.stores.affinities.all() {
@@ -611,7 +612,7 @@ pub async fn delete_empty_blocks_where(ctx: &Ctx, owned: impl Fn(&IpNet) -> bool
             .blocks
             .all()
             .iter()
-            .any(|b| b.spec.cidr == a.spec.cidr && !b.spec.is_deleted());
+            .any(|b| b.cidr() == a.spec.cidr && !b.is_deleted());
         if owned(&cidr) && !block_left && !a.spec.is_deleted() && a.spec.affinity_type() == "host" {
             ipam.release_block_affinity(&a.spec.node, &cidr, true).await?;
         }

@@ -23,8 +23,8 @@ use super::conditions::{self, Cond};
 use super::podcidr::PodCidrs;
 use super::pools::{self, ALLOW_OUTSIDE_POD_CIDR, PoolView, Problem};
 use super::{Ctx, Error, gc, tick};
-use crate::api::{CalicoKind, IPAMBlockSpec, Pool};
-use crate::ipam::usage::{self as ipam_usage, PoolRef, PoolUsage};
+use crate::api::{CalicoKind, Pool};
+use crate::ipam::usage::{self as ipam_usage, BlockCounts, PoolRef, PoolUsage};
 use tokio_util::sync::CancellationToken;
 
 const NAME: &str = "ippool";
@@ -48,7 +48,7 @@ pub async fn run(ctx: Arc<Ctx>, stop: CancellationToken) {
     let pools_store = st.pools.store.clone();
     let ar2 = ar.clone();
     let by_block = st.blocks.changes().filter_map(move |b| {
-        let net = b.spec.cidr.parse::<ipnet::IpNet>().ok();
+        let net = b.cidr().parse::<ipnet::IpNet>().ok();
         let hit = net.and_then(|n| {
             let refs: Vec<PoolRef> = pools_store
                 .state()
@@ -93,7 +93,7 @@ async fn apply(pool: &Pool, ctx: &Ctx) -> Result<Action, Error> {
     let all: Vec<&Pool> = all.iter().map(|p| &**p).collect();
     let pod = ctx.stores.pod_cidrs().ok().flatten();
     let blocks = ctx.stores.blocks.all();
-    let blocks: Vec<&IPAMBlockSpec> = blocks.iter().map(|b| &b.spec).collect();
+    let blocks: Vec<&dyn BlockCounts> = blocks.iter().map(|b| &**b as &dyn BlockCounts).collect();
 
     match decide(pool, &all, pod.as_ref(), &blocks, Time(jiff::Timestamp::now())) {
         Decision::Release { finalizer, net } => {
@@ -196,7 +196,7 @@ pub fn decide(
     pool: &Pool,
     all: &[&Pool],
     pod: Option<&PodCidrs>,
-    blocks: &[&IPAMBlockSpec],
+    blocks: &[&dyn BlockCounts],
     now: Time,
 ) -> Decision {
     let name = pool.name_any();
@@ -402,7 +402,7 @@ async fn set_finalizers(api: &Api<Pool>, pool: &Pool, add: bool) -> Result<(), E
 mod tests {
     use super::*;
     use crate::api::CrdMode;
-    use crate::api::IPPoolSpec;
+    use crate::api::{IPAMBlockSpec, IPPoolSpec};
     use crate::controllers::podcidr::Source;
     use crate::ipam::block as blk;
 

@@ -26,7 +26,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Client, Resource};
 use tokio_util::sync::CancellationToken;
 
-pub use store::{BgpStores, Stores, Watched};
+pub use store::{BgpStores, Blocks, CachedBlock, Stores, Watched};
 
 use crate::api::{CalicoKind, CrdMode};
 use crate::metrics::Metrics;

@@ -201,7 +201,8 @@ pub fn not_served(e: &watcher::Error) -> bool {
 #[derive(Clone)]
 pub struct Stores {
     pub pools: Watched<Pool>,
-    pub blocks: Watched<Block>,
+    /// IPAMBlocks, compact ([`CachedBlock`]): the largest objects the operator watches.
+    pub blocks: Blocks,
     pub affinities: Watched<Affinity>,
     pub installations: Watched<Installation>,
     pub kubeadm: Watched<ConfigMap>,
@@ -279,14 +280,14 @@ impl BgpStores {
                 owned(),
                 (),
                 "ConfigMap(published)",
-                |_| {},
+                slim_published,
             ),
             secret_maps: Watched::start(
                 Api::namespaced(client.clone(), namespace),
                 owned(),
                 (),
                 "Secret(published)",
-                |_| {},
+                slim_published,
             ),
         }
     }
@@ -317,13 +318,145 @@ where
     Watched::start(Api::all_with(client.clone(), &ar), cfg, ar, name, slim)
 }
 
-/// A block as read: vectors grown while decoding (up to twice their length) are cut to size.
-/// Every field is kept: the GC writes blocks from this copy.
-pub fn slim_block(b: &mut Block) {
-    let s = &mut b.spec;
-    s.allocations.shrink_to_fit();
-    s.unallocated.shrink_to_fit();
-    s.attributes.shrink_to_fit();
+/// The IPAMBlock cache: one compact entry per block, by object name.
+pub type Blocks = Index<HashMap<Box<str>, Arc<CachedBlock>>>;
+
+impl Blocks {
+    /// Every cached block (shared entries: cheap).
+    pub fn all(&self) -> Vec<Arc<CachedBlock>> {
+        self.read().values().cloned().collect()
+    }
+}
+
+/// An IPAMBlock as the operator caches it. Decoded, a block of 50 pod addresses takes ~20 KB
+/// (every allocation's attributes are a few separate strings), and the watch holds every block
+/// of the cluster; readers of the whole object are rare (a GC pass, a block write, a metrics
+/// scrape), so the object is kept as its JSON, LZ4-compressed (~2-4 KB), and decoded on demand
+/// ([`Self::block`]). What the frequent readers use is kept decoded beside it: the IPPool
+/// counts, the GC's empty-block and handle-reference checks.
+#[derive(Debug, PartialEq)]
+pub struct CachedBlock {
+    cidr: Box<str>,
+    affinity: Option<Box<str>>,
+    deleted: bool,
+    /// Allocated ordinals.
+    allocated: u64,
+    /// No allocation but Windows' reserved ones ([`crate::ipam::block::is_empty`]).
+    empty: bool,
+    /// Hashes of the (sanitized) handle IDs the attributes name, sorted: a block that names a
+    /// handle has its hash here (a match is confirmed on the decoded block).
+    handles: Box<[u64]>,
+    /// The whole object (managed fields aside), as JSON, LZ4-compressed with its length first.
+    packed: Box<[u8]>,
+}
+
+fn handle_hash(handle_id: &str) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+        .hash_one(crate::ipam::names::sanitize_handle_id(handle_id))
+}
+
+impl CachedBlock {
+    pub fn new(b: &Block) -> CachedBlock {
+        let s = &b.spec;
+        let mut handles: Vec<u64> = s
+            .attributes
+            .iter()
+            .filter_map(|a| a.handle_id.as_deref().map(handle_hash))
+            .collect();
+        handles.sort_unstable();
+        handles.dedup();
+        // Serializing a typed object to JSON cannot fail (string keys only).
+        let json = serde_json::to_vec(b).unwrap_or_default();
+        CachedBlock {
+            cidr: s.cidr.as_str().into(),
+            affinity: s.affinity.as_deref().map(Into::into),
+            deleted: s.is_deleted(),
+            allocated: s.allocations.iter().filter(|a| a.is_some()).count() as u64,
+            empty: crate::ipam::block::is_empty(s),
+            handles: handles.into(),
+            packed: lz4_flex::compress_prepend_size(&json).into(),
+        }
+    }
+
+    /// The block as the watch delivered it (managed fields aside).
+    pub fn block(&self) -> Block {
+        let json = lz4_flex::decompress_size_prepended(&self.packed)
+            .expect("a cached block decompresses: it was compressed here");
+        serde_json::from_slice(&json).expect("a cached block decodes: it was encoded from the same type")
+    }
+
+    pub fn cidr(&self) -> &str {
+        &self.cidr
+    }
+
+    /// The node the block is affine to, if its affinity is `host:<node>`.
+    pub fn host(&self) -> Option<&str> {
+        self.affinity.as_deref().and_then(|a| a.strip_prefix("host:"))
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.deleted
+    }
+
+    /// Allocated addresses (every allocation, with or without a handle).
+    pub fn allocated(&self) -> u64 {
+        self.allocated
+    }
+
+    /// No allocation but Windows' reserved ones.
+    pub fn is_empty(&self) -> bool {
+        self.empty
+    }
+
+    /// Whether an allocation's attributes name `handle_id` (compared as
+    /// [`crate::ipam::names::handle_owned_by`] does).
+    pub fn references_handle(&self, handle_id: &str) -> bool {
+        self.handles.binary_search(&handle_hash(handle_id)).is_ok()
+            && self.block().spec.attributes.iter().any(|a| {
+                a.handle_id
+                    .as_deref()
+                    .is_some_and(|h| crate::ipam::names::handle_owned_by(handle_id, h))
+            })
+    }
+}
+
+impl crate::ipam::usage::BlockCounts for CachedBlock {
+    fn cidr(&self) -> &str {
+        &self.cidr
+    }
+    fn is_deleted(&self) -> bool {
+        self.deleted
+    }
+    fn allocated(&self) -> u64 {
+        self.allocated
+    }
+}
+
+fn block_entry(b: &Block) -> (Box<str>, Option<Arc<CachedBlock>>) {
+    let name = b.metadata.name.as_deref().unwrap_or_default();
+    (name.into(), Some(Arc::new(CachedBlock::new(b))))
+}
+
+/// A published object as the BGP controller reads it: its name and its content hash and shard
+/// count annotations. There is one per node; labels, owner references and the rest go.
+pub fn slim_published<K>(o: &mut PartialObjectMeta<K>) {
+    use crate::node::published::{ANN_HASH, ANN_SHARDS};
+    let m = &mut o.metadata;
+    *m = k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        name: m.name.take(),
+        namespace: m.namespace.take(),
+        annotations: m
+            .annotations
+            .take()
+            .map(|a| {
+                a.into_iter()
+                    .filter(|(k, _)| k == ANN_HASH || k == ANN_SHARDS)
+                    .collect::<std::collections::BTreeMap<_, _>>()
+            })
+            .filter(|a| !a.is_empty()),
+        ..Default::default()
+    };
 }
 
 /// Managed fields are often the largest part of an object, and no controller reads them.
@@ -371,6 +504,9 @@ pub struct Index<T: Table> {
     synced: Arc<AtomicBool>,
     /// Entries of objects deleted (watch DELETE events), for readers that act on a deletion.
     removed: broadcast::Sender<T::Value>,
+    /// Entries of objects changed or deleted (watch events after the first list), for readers
+    /// triggered by a change; sent only while someone listens.
+    changed: broadcast::Sender<T::Value>,
 }
 
 impl<T: Table> Clone for Index<T> {
@@ -379,6 +515,7 @@ impl<T: Table> Clone for Index<T> {
             map: self.map.clone(),
             synced: self.synced.clone(),
             removed: self.removed.clone(),
+            changed: self.changed.clone(),
         }
     }
 }
@@ -389,6 +526,7 @@ impl<T: Table> Default for Index<T> {
             map: Default::default(),
             synced: Default::default(),
             removed: broadcast::channel(1024).0,
+            changed: broadcast::channel(1024).0,
         }
     }
 }
@@ -403,7 +541,9 @@ impl<T: Table> Index<T> {
     {
         let index = Self::default();
         let writer = index.clone();
-        let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+        let stream = watcher::watcher(api, watcher::Config::default())
+            .default_backoff()
+            .modify(drop_managed_fields);
         tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
             let mut relist = None;
@@ -425,7 +565,12 @@ impl<T: Table> Index<T> {
                 let (key, v) = extract(&o);
                 let mut map = self.map.write().unwrap();
                 match v {
-                    Some(v) => map.put(key, v),
+                    Some(v) => {
+                        if self.changed.receiver_count() > 0 {
+                            let _ = self.changed.send(v.clone());
+                        }
+                        map.put(key, v)
+                    }
                     None => {
                         map.take(&key);
                     }
@@ -434,6 +579,9 @@ impl<T: Table> Index<T> {
             Event::Delete(o) => {
                 let gone = self.map.write().unwrap().take(&extract(&o).0);
                 if let Some(v) = gone {
+                    if self.changed.receiver_count() > 0 {
+                        let _ = self.changed.send(v.clone());
+                    }
                     // No receiver is fine: nobody is waiting for deletions.
                     let _ = self.removed.send(v);
                 }
@@ -469,6 +617,21 @@ impl<T: Table> Index<T> {
         })
     }
 
+    /// Entries of objects changed or deleted from now on (a lagging receiver misses some: for
+    /// triggers that a periodic full pass backs up).
+    pub fn changes(&self) -> impl Stream<Item = T::Value> + Send + 'static {
+        let rx = self.changed.subscribe();
+        futures::stream::unfold(rx, |mut rx| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(v) => return Some((v, rx)),
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        })
+    }
+
     /// Read access to the whole index; never held across an `.await`.
     pub fn read(&self) -> std::sync::RwLockReadGuard<'_, T> {
         self.map.read().unwrap()
@@ -499,8 +662,9 @@ fn pod_entry(p: &SlimPod) -> (PodKey, Option<PodInfo>) {
 pub struct HandleEntry {
     /// `spec.handleID` where it differs from the object name (Calico's legacy names).
     id: Option<Box<str>>,
-    /// The object's UID and resourceVersion, when [`Self::plain`].
-    uid: Option<u128>,
+    /// The object's UID (as two halves: a `u128` would align the entry, and every slot of
+    /// the index's table, to 16 bytes) and resourceVersion, when [`Self::plain`].
+    uid: [u64; 2],
     resource_version: u64,
     /// Block CIDR → addresses held there.
     blocks: Box<[(IpNet, u64)]>,
@@ -562,7 +726,7 @@ fn handle_entry(h: &Handle) -> (Box<str>, Option<HandleEntry>) {
         && h.spec.extra.is_empty();
     let entry = HandleEntry {
         id: (h.spec.handle_id != name).then(|| h.spec.handle_id.as_str().into()),
-        uid: uid.flatten(),
+        uid: uid.flatten().map_or([0; 2], |u| [(u >> 64) as u64, u as u64]),
         resource_version: rv.unwrap_or_default(),
         blocks: blocks.into(),
         deleted: h.spec.deleted,
@@ -599,7 +763,9 @@ impl HandleEntry {
             extra: Default::default(),
         };
         let mut h = Handle::new(name, ar, spec);
-        h.metadata.uid = self.uid.map(format_uid);
+        h.metadata.uid = Some(format_uid(
+            (u128::from(self.uid[0]) << 64) | u128::from(self.uid[1]),
+        ));
         h.metadata.resource_version = Some(self.resource_version.to_string());
         Some(h)
     }
@@ -643,12 +809,10 @@ impl Stores {
                 "IPPool",
                 |_| {},
             ),
-            blocks: dynamic(
-                client,
-                mode.resource(CalicoKind::IPAMBlock),
-                any(),
+            blocks: Index::start(
+                Api::all_with(client.clone(), &mode.resource(CalicoKind::IPAMBlock)),
                 "IPAMBlock",
-                slim_block,
+                block_entry,
             ),
             affinities: dynamic(
                 client,
@@ -759,7 +923,91 @@ mod tests {
     }
 
     #[test]
+    fn a_published_object_keeps_its_name_and_the_annotations_the_bgp_controller_reads() {
+        use crate::node::published::{ANN_HASH, ANN_SHARDS};
+        let mut o: PartialObjectMeta<ConfigMap> = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "bgp-node-a", "namespace": "tortie-system", "uid": "u", "resourceVersion": "9",
+                         "labels": {"app.kubernetes.io/managed-by": "tortie"},
+                         "annotations": {ANN_HASH: "h1", ANN_SHARDS: "4", "other": "x"},
+                         "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": "a", "uid": "n"}]}
+        }))
+        .unwrap();
+        slim_published(&mut o);
+        let m = &o.metadata;
+        assert_eq!(
+            (m.name.as_deref(), m.namespace.as_deref()),
+            (Some("bgp-node-a"), Some("tortie-system"))
+        );
+        let a = m.annotations.as_ref().unwrap();
+        assert_eq!(a.len(), 2);
+        assert_eq!((a[ANN_HASH].as_str(), a[ANN_SHARDS].as_str()), ("h1", "4"));
+        assert!(m.labels.is_none() && m.owner_references.is_none() && m.uid.is_none());
+    }
+
+    #[test]
+    fn a_cached_block_decodes_to_the_block_and_answers_the_frequent_readers() {
+        let stored = serde_json::json!({
+            "apiVersion": "crd.projectcalico.org/v1", "kind": "IPAMBlock",
+            "metadata": {"name": "10-0-0-0-29", "uid": "0b6f7f0e-8c1e-4c5a-9d3e-1f2a3b4c5d6e", "resourceVersion": "42",
+                         "annotations": {"tortie.io/empty-since": "2026-01-01T00:00:00Z 3"},
+                         "managedFields": [{"manager": "kubectl", "operation": "Update"}]},
+            "spec": {
+                "cidr": "10.0.0.0/29", "affinity": "host:n1", "strictAffinity": false,
+                "allocations": [0, null, 1, 2, null, null, null, null], "unallocated": [1, 4, 5, 6, 7],
+                "attributes": [
+                    {"handle_id": "k8s-pod-network.a", "secondary": {"namespace": "ns", "node": "n1", "pod": "a", "timestamp": "t"}},
+                    {"handle_id": "k8s-pod-network.b\rjunk", "secondary": {"node": "n1"}, "releasedAt": "2026-01-01T00:00:00Z"},
+                    {"handle_id": "windows-reserved-ipam-handle", "futureField": {"x": [1, 2]}}
+                ],
+                "sequenceNumber": 7, "sequenceNumberForAllocation": {"0": 3, "2": 5, "3": 6},
+                "deleted": false, "futureSpecField": "kept"
+            }
+        });
+        let b: Block = serde_json::from_value(stored.clone()).unwrap();
+        let (name, entry) = block_entry(&b);
+        let c = entry.unwrap();
+        assert_eq!(&*name, "10-0-0-0-29");
+        let mut expect = b.clone();
+        expect.metadata.managed_fields = None;
+        let mut without_mf = b.clone();
+        drop_managed_fields(&mut without_mf);
+        let json = |b: &Block| serde_json::to_value(b).unwrap();
+        assert_eq!(json(&CachedBlock::new(&without_mf).block()), json(&expect));
+        assert_eq!(
+            json(&c.block()),
+            stored,
+            "every field, unknown ones too, comes back"
+        );
+        assert_eq!(
+            (c.cidr(), c.host(), c.is_deleted(), c.allocated(), c.is_empty()),
+            ("10.0.0.0/29", Some("n1"), false, 3, false)
+        );
+        assert!(c.references_handle("k8s-pod-network.a"));
+        assert!(
+            c.references_handle("k8s-pod-network.b"),
+            "compared after sanitizing, as Calico does"
+        );
+        assert!(!c.references_handle("k8s-pod-network.A") && !c.references_handle("k8s-pod-network.c"));
+        // Windows' reserved addresses alone leave a block empty.
+        let mut only_reserved = b.clone();
+        only_reserved.spec.allocations = vec![None, None, None, Some(2), None, None, None, None];
+        let r = CachedBlock::new(&only_reserved);
+        assert!(r.is_empty() && r.allocated() == 1);
+        let usage = crate::ipam::usage::by_pool(&[], [&*c]);
+        assert_eq!(
+            usage[&None],
+            crate::ipam::usage::PoolUsage {
+                allocations: 3,
+                blocks: 1
+            }
+        );
+    }
+
+    #[test]
     fn a_plain_handle_is_rebuilt_as_stored_and_others_are_not() {
+        // 100,000 handles: every byte of an entry counts (no 16-byte alignment).
+        assert!(std::mem::size_of::<HandleEntry>() <= 64);
         let ar = CrdMode::V1.resource(CalicoKind::IPAMHandle);
         let stored = serde_json::json!({
             "apiVersion": "crd.projectcalico.org/v1", "kind": "IPAMHandle",

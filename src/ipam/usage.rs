@@ -135,6 +135,20 @@ impl Usage {
         known_nodes: impl IntoIterator<Item = &'n str>,
         reserved: &[IpNet],
     ) -> Usage {
+        let mut u = Usage::start(pools, known_nodes, reserved);
+        for b in blocks {
+            u.add(pools, b);
+        }
+        u.finish(pools)
+    }
+
+    /// [`Self::compute`] one block at a time: `start`, [`Self::add`] each block, [`Self::finish`]
+    /// (for blocks decoded one by one).
+    pub fn start<'n>(
+        pools: &[PoolRef],
+        known_nodes: impl IntoIterator<Item = &'n str>,
+        reserved: &[IpNet],
+    ) -> Usage {
         let mut u = Usage {
             nodes: known_nodes.into_iter().map(str::to_string).collect(),
             ..Default::default()
@@ -149,8 +163,14 @@ impl Usage {
                 },
             );
         }
+        u
+    }
+
+    /// Counts one block (none when it is marked deleted or its CIDR does not parse).
+    pub fn add(&mut self, pools: &[PoolRef], b: &IPAMBlockSpec) {
+        let u = self;
         let key = |pool: &str, node: &str| (pool.to_string(), node.to_string());
-        for (pool, _, b) in attributed(pools, blocks) {
+        for (pool, _, b) in attributed(pools, [b]) {
             let pool = pool.map_or(NO_IPPOOL, |p| p.name.as_str());
             let host = b.host();
             let affine = host.unwrap_or(NO_AFFINITY);
@@ -175,6 +195,12 @@ impl Usage {
                 }
             }
         }
+    }
+
+    /// Every (pool, node) pair present, at zero where nothing was counted.
+    pub fn finish(mut self, pools: &[PoolRef]) -> Usage {
+        let u = &mut self;
+        let key = |pool: &str, node: &str| (pool.to_string(), node.to_string());
         for n in &u.nodes {
             for p in pools {
                 for m in [&mut u.in_use, &mut u.borrowed, &mut u.blocks] {
@@ -189,7 +215,7 @@ impl Usage {
                 m.entry(n.clone()).or_default();
             }
         }
-        u
+        self
     }
 
     /// The (pool, node) pairs present at zero: every known pool with every node.
@@ -229,16 +255,44 @@ pub struct PoolUsage {
     pub blocks: u64,
 }
 
-/// Usage per owning pool name (`None`: blocks no pool contains). Deleted blocks do not count.
-pub fn by_pool<'a>(
+/// What the per-pool counts read of a block: a block, or a compact copy of one.
+pub trait BlockCounts: Sync {
+    fn cidr(&self) -> &str;
+    fn is_deleted(&self) -> bool;
+    /// Allocated addresses.
+    fn allocated(&self) -> u64;
+}
+
+impl BlockCounts for IPAMBlockSpec {
+    fn cidr(&self) -> &str {
+        &self.cidr
+    }
+    fn is_deleted(&self) -> bool {
+        IPAMBlockSpec::is_deleted(self)
+    }
+    fn allocated(&self) -> u64 {
+        self.allocations.iter().filter(|a| a.is_some()).count() as u64
+    }
+}
+
+/// Usage per owning pool name (`None`: blocks no pool contains). Deleted blocks (and blocks
+/// whose CIDR does not parse) do not count.
+pub fn by_pool<'a, B: BlockCounts + ?Sized + 'a>(
     pools: &[PoolRef],
-    blocks: impl IntoIterator<Item = &'a IPAMBlockSpec>,
+    blocks: impl IntoIterator<Item = &'a B>,
 ) -> BTreeMap<Option<String>, PoolUsage> {
     let mut out: BTreeMap<Option<String>, PoolUsage> = BTreeMap::new();
-    for (pool, _, b) in attributed(pools, blocks) {
+    for b in blocks {
+        if b.is_deleted() {
+            continue;
+        }
+        let Ok(net) = b.cidr().parse::<IpNet>() else {
+            continue;
+        };
+        let pool = owning_pool(pools, &net);
         let u = out.entry(pool.map(|p| p.name.clone())).or_default();
         u.blocks += 1;
-        u.allocations += b.allocations.iter().filter(|a| a.is_some()).count() as u64;
+        u.allocations += b.allocated();
     }
     out
 }
