@@ -347,6 +347,12 @@ async fn confirm_affinity(
     Ok(aff)
 }
 
+/// The request's candidate pools and its cap on the host's blocks.
+struct OwnUse<'a> {
+    pools: &'a [PoolInfo],
+    max_blocks: u32,
+}
+
 /// How [`Ipam::claim_next_block`] ended.
 enum NextClaim {
     /// This call claimed the block.
@@ -357,6 +363,35 @@ enum NextClaim {
     NoFreeBlock,
     /// Another host won the block, or it would overlap another: pick again.
     NotOurs,
+}
+
+/// Records the explicitly requested address (at `ordinal` of the block `cidr`) in the block as
+/// read; the error says why it cannot be (with `strict`: the block is another host's).
+fn assign_ordinal(
+    b: &mut crate::api::IPAMBlockSpec,
+    req: &AssignIpRequest,
+    cidr: &IpNet,
+    ordinal: usize,
+    strict: bool,
+) -> Result<(), IpamError> {
+    if strict && b.host() != Some(req.hostname.as_str()) {
+        return Err(IpamError::AffinityMismatch {
+            ip: req.ip,
+            block: *cidr,
+            owner: b.affinity.clone(),
+            host: req.hostname.clone(),
+        });
+    }
+    blk::assign(b, ordinal, Some(&req.handle_id), &req.attrs.0).map_err(|e| match e {
+        blk::AssignError::AlreadyAssigned(_) => IpamError::AlreadyAssigned {
+            ip: req.ip,
+            block: *cidr,
+        },
+        blk::AssignError::OutOfRange(o) => IpamError::Block {
+            block: *cidr,
+            detail: format!("ordinal {o} outside spec.allocations"),
+        },
+    })
 }
 
 /// What step 2 of a claim found.
@@ -1239,19 +1274,13 @@ impl Ipam {
                 pools: pools.iter().map(|p| p.cidr).collect(),
             };
             match allocator::next_step(&state) {
-                Step::Use(c) => match self.allocate_batched(&c, n - got.len(), req, Some(host)).await? {
-                    BlockOutcome::Allocated(ips) if ips.is_empty() => {
-                        full.insert(c);
-                    }
-                    BlockOutcome::Allocated(ips) => {
-                        got.extend(ips);
-                        self.claim_ahead(host, &pools, max_blocks);
-                    }
-                    BlockOutcome::Gone => {
-                        self.remember_affinity(host, c, None);
-                        self.host_affinities(host, true).await?;
-                    }
-                },
+                Step::Use(c) => {
+                    let own = OwnUse {
+                        pools: &pools,
+                        max_blocks,
+                    };
+                    self.use_own_block(req, &c, n, &own, &mut got, &mut full).await?;
+                }
                 Step::Claim => {
                     // One claim at a time per host in this process; a request that waited for
                     // the lock looks again when another one changed the host's blocks meanwhile.
@@ -1289,6 +1318,35 @@ impl Ipam {
             requested: n,
             shortfall,
         })
+    }
+
+    /// Allocates what is still missing of `n` from the host's own block `c`: a block that gave
+    /// nothing is marked full, one gone is forgotten (the affinities are listed again); after an
+    /// allocation the host's next block may be claimed ahead ([`Self::claim_ahead`]).
+    async fn use_own_block(
+        &self,
+        req: &AutoAssignRequest,
+        c: &IpNet,
+        n: usize,
+        own: &OwnUse<'_>,
+        got: &mut Vec<IpNet>,
+        full: &mut HashSet<IpNet>,
+    ) -> Result<(), IpamError> {
+        let host = req.hostname.as_str();
+        match self.allocate_batched(c, n - got.len(), req, Some(host)).await? {
+            BlockOutcome::Allocated(ips) if ips.is_empty() => {
+                full.insert(*c);
+            }
+            BlockOutcome::Allocated(ips) => {
+                got.extend(ips);
+                self.claim_ahead(host, own.pools, own.max_blocks);
+            }
+            BlockOutcome::Gone => {
+                self.remember_affinity(host, *c, None);
+                self.host_affinities(host, true).await?;
+            }
+        }
+        Ok(())
     }
 
     /// The first of the host's own blocks (`owned`, from its affinities `affs`) with a free
@@ -1677,32 +1735,8 @@ impl Ipam {
         let mut refused = None;
         let res = self
             .edit_block(&cidr, |b| {
-                refused = None;
-                if strict && b.spec.host() != Some(req.hostname.as_str()) {
-                    refused = Some(IpamError::AffinityMismatch {
-                        ip: req.ip,
-                        block: cidr,
-                        owner: b.spec.affinity.clone(),
-                        host: req.hostname.clone(),
-                    });
-                    return Ok(None);
-                }
-                match blk::assign(&mut b.spec, ordinal, Some(handle), &req.attrs.0) {
-                    Ok(()) => Ok(Some(())),
-                    Err(e) => {
-                        refused = Some(match e {
-                            blk::AssignError::AlreadyAssigned(_) => IpamError::AlreadyAssigned {
-                                ip: req.ip,
-                                block: cidr,
-                            },
-                            blk::AssignError::OutOfRange(o) => IpamError::Block {
-                                block: cidr,
-                                detail: format!("ordinal {o} outside spec.allocations"),
-                            },
-                        });
-                        Ok(None)
-                    }
-                }
+                refused = assign_ordinal(&mut b.spec, req, &cidr, ordinal, strict).err();
+                Ok(refused.is_none().then_some(()))
             })
             .await;
         let (result, held) = match res {
@@ -1733,13 +1767,11 @@ impl Ipam {
         if let Some(held) = held.filter(|h| *h != preset) {
             // When this fails too, the handle stays over-counted (harmless: a DEL drops the
             // entry, a later allocation sets it right) and the first error is the one to report.
-            let fix = self.handle_set(handle, &cidr, held, false).await;
-            if result.is_ok() {
-                if let Err(e) = fix {
-                    warn!(error = %e, "handle count not set after an assignment");
+            if let Err(e) = self.handle_set(handle, &cidr, held, false).await {
+                match result {
+                    Ok(()) => warn!(error = %e, "handle count not set after an assignment"),
+                    Err(_) => warn!(error = %e, "handle left over-counted after a failed block write"),
                 }
-            } else if let Err(e) = fix {
-                warn!(error = %e, "handle left over-counted after a failed block write");
             }
         }
         result
