@@ -138,9 +138,14 @@ struct Agent(tokio::process::Child);
 
 impl Agent {
     async fn start(node: &str, socket: &Path) -> Agent {
+        Agent::start_with(node, socket, &[]).await
+    }
+
+    async fn start_with(node: &str, socket: &Path, extra: &[&str]) -> Agent {
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tortie"))
             .args(["agent", "--no-bgp", "--node", node, "--ipam-socket"])
             .arg(socket)
+            .args(extra)
             .env("KUBECONFIG", &cluster().kubeconfig)
             .env("TORTIE_LOG", "info,tortie=debug,kube=warn")
             .stdout(Stdio::null())
@@ -440,4 +445,99 @@ async fn concurrent_adds_through_the_agent_get_distinct_addresses() {
     assert!(left.is_empty(), "left allocated: {left:?}");
     agent.kill().await;
     Arc::try_unwrap(lab).ok().unwrap().cleanup().await;
+}
+
+/// The node's blocks in `net`, after waiting up to `wait` for there to be `want` of them.
+async fn node_blocks(lab: &Lab, net: &IpNet, want: usize, wait: Duration) -> Vec<tortie::api::Block> {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let mine: Vec<tortie::api::Block> =
+            list_calico::<tortie::api::Block>(&lab.client, lab.mode, CalicoKind::IPAMBlock)
+                .await
+                .into_iter()
+                .filter(|b| b.spec.host() == Some(lab.node.as_str()))
+                .filter(|b| b.spec.cidr.parse::<IpNet>().is_ok_and(|c| net.contains(&c)))
+                .collect();
+        if mine.len() >= want || std::time::Instant::now() > deadline {
+            return mine;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The agent claims its node's first block in the pools that select the node as soon as it
+/// serves, before any pod asks; the first ADD gets an address there; an agent restarting on a
+/// node with free addresses claims nothing; with `--claim-blocks-ahead false` nothing is claimed
+/// before an ADD.
+#[tokio::test]
+async fn the_agent_claims_its_nodes_first_block_when_it_starts() {
+    let mut lab = Lab::new("agent-first").await;
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(lab.client.clone());
+    let label = json!({"metadata": {"labels": {"tortie-e2e-first-block": "yes"}}});
+    nodes
+        .patch(
+            &lab.node,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&label),
+        )
+        .await
+        .unwrap();
+    let cidr = unique_cidr(24);
+    let pool = manual_pool(
+        &lab.client,
+        lab.mode,
+        "agent-first",
+        &cidr,
+        28,
+        &json!({"assignmentMode": "Automatic", "nodeSelector": "tortie-e2e-first-block == 'yes'"}),
+    )
+    .await;
+    lab.pools.push(pool.clone());
+    let net: IpNet = cidr.parse().unwrap();
+    create_namespace(&lab.client, &lab.ns, &[]).await;
+    create_pod(&lab.client, &lab.ns, "p-0", Some(&lab.node), &[]).await;
+    let socket = lab.socket();
+    let sock = socket.to_str().unwrap().to_string();
+
+    // Off: the agent serves, and claims nothing until an ADD needs a block.
+    let agent = Agent::start_with(&lab.node, &socket, &["--claim-blocks-ahead", "false"]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        node_blocks(&lab, &net, 1, Duration::ZERO).await.is_empty(),
+        "claimed with --claim-blocks-ahead false"
+    );
+    agent.kill().await;
+
+    // On (the default): the first block is claimed without any ADD.
+    let agent = Agent::start(&lab.node, &socket).await;
+    let blocks = node_blocks(&lab, &net, 1, Duration::from_secs(10)).await;
+    assert_eq!(blocks.len(), 1, "the node's first block, claimed at start");
+    let block: IpNet = blocks[0].spec.cidr.parse().unwrap();
+    assert_eq!(block.prefix_len(), 28);
+    let out = lab.add("p-0", &cid("p-0"), &sock).await;
+    assert!(out.via_agent(), "{}", out.stderr);
+    assert!(block.contains(&out.ip().addr()), "{} not in {block}", out.ip());
+
+    // Restarted: the node has free addresses, nothing more is claimed.
+    agent.kill().await;
+    let agent = Agent::start(&lab.node, &socket).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        node_blocks(&lab, &net, 2, Duration::ZERO).await.len(),
+        1,
+        "claimed again on restart"
+    );
+
+    let d = lab.del("p-0", &cid("p-0"), &sock).await;
+    assert!(d.ok && d.via_agent(), "{} / {}", d.json, d.stderr);
+    agent.kill().await;
+    let blocks = node_blocks(&lab, &net, 1, Duration::ZERO).await;
+    let affinities: Vec<tortie::api::Affinity> =
+        list_calico(&lab.client, lab.mode, CalicoKind::BlockAffinity)
+            .await
+            .into_iter()
+            .filter(|a: &tortie::api::Affinity| a.spec.cidr.parse::<IpNet>().is_ok_and(|c| net.contains(&c)))
+            .collect();
+    delete_ipam_objects(&lab.client, lab.mode, &blocks, &affinities, &[]).await;
+    lab.cleanup().await;
 }

@@ -306,6 +306,7 @@ async fn controller_and_agents_follow_the_apiserver() {
             no_reload: false,
             retry_secs: 1,
             ipam_socket: "none".into(),
+            claim_blocks_ahead: true,
             no_bgp: false,
             status_interval: Duration::from_secs(10),
             no_status: true,

@@ -89,6 +89,7 @@ async fn the_agent_refuses_a_bad_template_reports_it_and_takes_the_fixed_one() {
         no_reload: true,
         retry_secs: 1,
         ipam_socket: "none".into(),
+        claim_blocks_ahead: true,
         no_bgp: false,
         status_interval: Duration::from_secs(10),
         no_status: true,

@@ -1,7 +1,7 @@
 //! IPAM fault suite (issue 9), against this binary's own control plane.
 //!
 //! Each test: 20 allocators, each an independent [`Ipam`] with its own kube client (as 20 node
-//! agents would be), each performing 500 ADDs 4 at a time, so that they share block writes (a
+//! agents would be, claiming each node's next block ahead as they do), each performing 500 ADDs 4 at a time, so that they share block writes (a
 //! unique handle per container, Calico's pod attributes) on one pool; kube-apiserver is restarted
 //! mid-storm; meanwhile `tortie run` GCs leaked addresses of another pool and is SIGKILLed in the middle of its pass, then started
 //! again. Afterwards: no address was handed out twice, every ADD returned an address or a typed
@@ -308,6 +308,22 @@ impl Setup {
 
     async fn ipam(&self, client: kube::Client, variant: Variant) -> Ipam {
         ipam_engine(client, MODE, self.config(variant)).await
+    }
+
+    /// An engine as the node agent runs it: it claims the node's next block ahead, in the
+    /// background, while the apiserver dies under it too.
+    async fn agent_ipam(&self, client: kube::Client, variant: Variant) -> Ipam {
+        Ipam::new_with(
+            client,
+            MODE,
+            tortie::ipam::IpamOptions {
+                config_override: Some(self.config(variant)),
+                claim_ahead: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_or_else(|e| panic!("IPAM engine: {e}"))
     }
 }
 
@@ -695,7 +711,7 @@ async fn run(variant: Variant) {
     let mut tasks = vec![];
     let mut ipams = vec![];
     for (i, node) in s.storm_nodes.iter().enumerate() {
-        let ipam = s.ipam(client().await, variant).await;
+        let ipam = s.agent_ipam(client().await, variant).await;
         ipams.push(ipam.clone());
         tasks.push(tokio::spawn(allocator(Agent {
             i,

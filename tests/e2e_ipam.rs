@@ -1579,3 +1579,219 @@ async fn ip_reservations_are_never_auto_assigned() {
     api.delete(&name, &DeleteParams::default()).await.unwrap();
     lab.cleanup().await;
 }
+
+/// An engine as the node agent runs it: the host's next block is claimed ahead.
+async fn claiming_ahead(lab: &Lab, cfg: IPAMConfigSpec) -> Ipam {
+    Ipam::new_with(
+        lab.client.clone(),
+        MODE,
+        tortie::ipam::IpamOptions {
+            config_override: Some(cfg),
+            claim_ahead: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// The host's blocks, after waiting up to 10 s for there to be `want` of them.
+async fn wait_for_blocks(lab: &Lab, host: &str, want: usize) -> Vec<Block> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let mine: Vec<Block> = lab
+            .blocks()
+            .await
+            .into_iter()
+            .filter(|b| b.spec.host() == Some(host))
+            .collect();
+        if mine.len() >= want || std::time::Instant::now() > deadline {
+            return mine;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// The node agent's engine claims the host's next block in the background once fewer free
+/// addresses are left than its recent load takes (one request at a time: fewer than 2), and only
+/// one: the allocations that follow find it ready, no request claims, nothing more is claimed.
+/// A node starting claims its first block before any pod asks, once.
+#[tokio::test]
+async fn the_next_block_is_claimed_ahead_of_the_requests_that_need_it() {
+    let mut lab = Lab::new("ipam-ahead", 2).await;
+    lab.pool("p", "10.48.0.0/24", Some(28), |_| {}).await;
+    let (a, b) = (lab.nodes[0].clone(), lab.nodes[1].clone());
+    let ipam = claiming_ahead(&lab, defaults()).await;
+
+    // A node starting: its first block, before any request.
+    assert_eq!(lab.blocks().await.len(), 0);
+    let first = ipam.claim_first_blocks(&b).await.unwrap();
+    assert_eq!(first.len(), 1, "{first:?}");
+    let mine = wait_for_blocks(&lab, &b, 1).await;
+    assert_eq!(mine.len(), 1);
+    assert_eq!(mine[0].spec.cidr, first[0].to_string());
+    let aff = lab.affinities().await;
+    assert!(
+        aff.iter()
+            .any(|x| x.spec.node == b && x.spec.cidr == first[0].to_string() && x.spec.state == "confirmed"),
+        "{aff:?}"
+    );
+    // Again (an agent restarting): the host has free addresses, nothing is claimed.
+    assert!(ipam.claim_first_blocks(&b).await.unwrap().is_empty());
+    // Its first pod uses that block.
+    let got = ipam.auto_assign(lab.req("b0", &b, 1)).await.unwrap();
+    assert!(first[0].contains(&got.v4.ips[0].addr()), "{got:?}");
+
+    // One request at a time on a /28: 14 addresses leave 2 free, nothing claimed yet.
+    let mut ips = BTreeSet::new();
+    for i in 0..14 {
+        let got = ipam.auto_assign(lab.req(&format!("a{i}"), &a, 1)).await.unwrap();
+        assert!(got.is_complete(), "{got:?}");
+        ips.insert(got.v4.ips[0].addr());
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(wait_for_blocks(&lab, &a, 1).await.len(), 1, "claimed too early");
+    // The 15th leaves 1 free: the next block is claimed in the background.
+    let got = ipam.auto_assign(lab.req("a14", &a, 1)).await.unwrap();
+    ips.insert(got.v4.ips[0].addr());
+    let mine = wait_for_blocks(&lab, &a, 2).await;
+    assert_eq!(mine.len(), 2, "the next block was claimed ahead");
+    let confirmed = lab
+        .affinities()
+        .await
+        .into_iter()
+        .filter(|x| x.spec.node == a && x.spec.state == "confirmed")
+        .count();
+    assert_eq!(confirmed, 2);
+    // The rest of the first block and most of the second (4 left free): no further claim.
+    for i in 15..28 {
+        let got = ipam.auto_assign(lab.req(&format!("a{i}"), &a, 1)).await.unwrap();
+        assert!(got.is_complete(), "{got:?}");
+        assert!(ips.insert(got.v4.ips[0].addr()), "handed out twice");
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        wait_for_blocks(&lab, &a, 2).await.len(),
+        2,
+        "only the one block ahead"
+    );
+    lab.assert_check_clean().await;
+    lab.cleanup().await;
+}
+
+/// Claiming ahead obeys the rules a request's claim obeys: nothing at maxBlocksPerHost, nothing
+/// with autoAllocateBlocks off (neither the next block nor a starting node's first).
+#[tokio::test]
+async fn no_block_is_claimed_ahead_where_a_request_could_not_claim() {
+    let mut lab = Lab::new("ipam-ahead-rules", 2).await;
+    let pool = lab.pool("p", "10.48.0.0/24", Some(28), |_| {}).await;
+    let (a, b) = (lab.nodes[0].clone(), lab.nodes[1].clone());
+
+    // maxBlocksPerHost 1: the block fills up, no second one is claimed.
+    let ipam = claiming_ahead(
+        &lab,
+        IPAMConfigSpec {
+            max_blocks_per_host: Some(1),
+            ..defaults()
+        },
+    )
+    .await;
+    for i in 0..16 {
+        let got = ipam.auto_assign(lab.req(&format!("a{i}"), &a, 1)).await.unwrap();
+        assert!(got.is_complete(), "{got:?}");
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(wait_for_blocks(&lab, &a, 2).await.len(), 1, "maxBlocksPerHost 1");
+    let got = ipam.auto_assign(lab.req("a16", &a, 1)).await.unwrap();
+    assert_eq!(got.v4.shortfall, Some(Shortfall::BlockLimit { limit: 1 }));
+
+    // autoAllocateBlocks off: b's block comes from an explicit address (which claims it),
+    // automatic assignment uses it up, and no other block is claimed.
+    let ipam = claiming_ahead(
+        &lab,
+        IPAMConfigSpec {
+            auto_allocate_blocks: false,
+            ..defaults()
+        },
+    )
+    .await;
+    assert!(
+        ipam.claim_first_blocks(&b).await.unwrap().is_empty(),
+        "no first block either"
+    );
+    let free: Vec<IpNet> = {
+        let taken: Vec<IpNet> = lab
+            .blocks()
+            .await
+            .iter()
+            .map(|x| x.spec.cidr.parse().unwrap())
+            .collect();
+        (0..16)
+            .map(|i| tortie::ipam::cidr::nth_block(&lab.net("10.48.0.0/24"), 28, i))
+            .filter(|c| !taken.contains(c))
+            .collect()
+    };
+    let ip = tortie::ipam::cidr::address_of(&free[0], 0);
+    ipam.assign_ip(AssignIpRequest {
+        ip,
+        handle_id: format!("{}-explicit", lab.prefix),
+        attrs: Attrs::default().with("node", &b),
+        hostname: b.clone(),
+        intended_use: tortie::ipam::AllowedUse::Workload,
+    })
+    .await
+    .unwrap();
+    for i in 0..15 {
+        let got = ipam.auto_assign(lab.req(&format!("b{i}"), &b, 1)).await.unwrap();
+        assert!(got.is_complete(), "{pool}: {got:?}");
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(
+        wait_for_blocks(&lab, &b, 2).await.len(),
+        1,
+        "autoAllocateBlocks off"
+    );
+    lab.assert_check_clean().await;
+    lab.cleanup().await;
+}
+
+/// The layout guard after a block's creation runs beside the affinity's confirmation: a claim
+/// that created a block overlapping one it did not know of (its listing was stale, as a racing
+/// process with another view of the pools would have it) gives the new block and its affinity
+/// back, confirmed or not, and the request claims a block that overlaps nothing.
+#[tokio::test]
+async fn a_claim_that_finds_an_overlap_after_creating_its_block_gives_it_back() {
+    let mut lab = Lab::new("ipam-guard", 1).await;
+    lab.pool("p", "10.48.0.0/24", Some(26), |_| {}).await;
+    let a = lab.nodes[0].clone();
+    let ipam = lab.ipam(defaults()).await;
+    // The engine lists the blocks for a's first claim (none exist yet)...
+    assert_eq!(ipam.warm_host(&a).await.unwrap(), 0);
+    // ...then a /27 is created inside the /26 that a claims first.
+    let net = lab.net("10.48.0.0/24");
+    let first = tortie::ipam::cidr::nth_block(&net, 26, tortie::ipam::allocator::start_index(&a, 4));
+    let inner = IpNet::new(first.network(), 27).unwrap();
+    write_block(&lab.client, &inner.to_string(), None, &[]).await;
+
+    let got = ipam.auto_assign(lab.req("x", &a, 1)).await.unwrap();
+    assert!(got.is_complete(), "{got:?}");
+    let ip = got.v4.ips[0].addr();
+    assert!(!first.contains(&ip), "{ip} is in the overlapping block {first}");
+    let blocks = lab.blocks().await;
+    let nets: Vec<IpNet> = blocks.iter().map(|b| b.spec.cidr.parse().unwrap()).collect();
+    assert!(
+        !nets.contains(&first),
+        "the overlapping block was given back: {nets:?}"
+    );
+    assert_eq!(nets.len(), 2, "{nets:?}");
+    for (i, n) in nets.iter().enumerate() {
+        for m in &nets[i + 1..] {
+            assert!(!tortie::ipam::cidr::overlaps(n, m), "{n} and {m} overlap");
+        }
+    }
+    let affs = lab.affinities().await;
+    assert_eq!(affs.len(), 1, "only the block kept has an affinity: {affs:?}");
+    assert_eq!(affs[0].spec.state, "confirmed");
+    assert!(IpNet::new(ip, 26).unwrap().trunc().to_string() == affs[0].spec.cidr);
+    lab.cleanup().await;
+}

@@ -56,6 +56,13 @@ pub struct AgentArgs {
     /// (the network config's `ipam.socket`); `none` or empty: no IPAM server.
     #[arg(long, env = "TORTIE_IPAM_SOCKET", default_value = crate::cni::wire::DEFAULT_SOCKET)]
     pub ipam_socket: String,
+    /// With the IPAM server: claim the node's first block when the server starts and its next
+    /// block in the background when few free addresses are left (fewer than twice the recent
+    /// number of ADDs at once, at most 32), so that pods do not wait for a block claim. Only where
+    /// a pod's own request could claim (pools selecting the node, autoAllocateBlocks,
+    /// maxBlocksPerHost). `false`: blocks are claimed by the ADD that needs one.
+    #[arg(long, env = "TORTIE_CLAIM_BLOCKS_AHEAD", default_value_t = true, action = clap::ArgAction::Set)]
+    pub claim_blocks_ahead: bool,
     /// Do not manage BIRD (an IPAM-only agent).
     #[arg(long, env = "TORTIE_NO_BGP")]
     pub no_bgp: bool,
@@ -88,11 +95,15 @@ impl AgentArgs {
         }
         let ipam = async {
             match &socket {
-                Some(path) if self.no_bgp => run_ipam_server(client.clone(), &self.node, path).await,
+                Some(path) if self.no_bgp => {
+                    run_ipam_server(client.clone(), &self.node, path, self.claim_blocks_ahead).await
+                }
                 // Beside BIRD the server is an accelerator: tortie-ipam works without it, so a
                 // failure (RBAC, CRDs missing) is retried instead of taking BGP down with it.
                 Some(path) => loop {
-                    if let Err(e) = run_ipam_server(client.clone(), &self.node, path).await {
+                    if let Err(e) =
+                        run_ipam_server(client.clone(), &self.node, path, self.claim_blocks_ahead).await
+                    {
                         warn!(error = %e, "IPAM server stopped (tortie-ipam runs in-process meanwhile); retrying in 30 s");
                     }
                     tokio::time::sleep(Duration::from_secs(30)).await;
@@ -178,12 +189,24 @@ fn init_tracing() {
         .try_init();
 }
 
-/// Warms the IPAM engine and watches for `node`, then answers on `socket` until it fails.
-pub async fn run_ipam_server(client: Client, node: &str, socket: &Path) -> anyhow::Result<()> {
-    let shared = crate::cni::server::warm(client, node).await?;
+/// Warms the IPAM engine and watches for `node`, then answers on `socket` until it fails. With
+/// `claim_ahead`, the node's first block is claimed once the socket is bound (requests reach the
+/// server from then on, and wait for that claim rather than start one of their own).
+pub async fn run_ipam_server(
+    client: Client,
+    node: &str,
+    socket: &Path,
+    claim_ahead: bool,
+) -> anyhow::Result<()> {
+    let shared = crate::cni::server::warm_with(client, node, claim_ahead).await?;
     let listener = crate::cni::server::bind(socket)?;
     info!(node, socket = %socket.display(), "IPAM server listening");
-    crate::cni::server::serve(listener, shared).await?;
+    let first = claim_ahead.then(|| crate::cni::server::claim_first_blocks(&shared, node));
+    let served = crate::cni::server::serve(listener, shared).await;
+    if let Some(t) = first {
+        t.abort();
+    }
+    served?;
     Ok(())
 }
 

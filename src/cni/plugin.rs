@@ -103,6 +103,11 @@ impl Shared {
         })
     }
 
+    /// The engine, when this is a warm server's ([`Shared::warm`]).
+    pub fn warm_ipam(&self) -> Option<&Ipam> {
+        self.ipam.get()
+    }
+
     pub fn mode(&self) -> CrdMode {
         self.mode
     }

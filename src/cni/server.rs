@@ -39,14 +39,29 @@ pub enum ServerError {
 }
 
 /// Starts the engine and the watches for `node` and waits until they have listed once, so that
-/// the first answer is already a warm one.
+/// the first answer is already a warm one. The engine claims the node's next block ahead
+/// ([`warm_with`]).
 pub async fn warm(client: kube::Client, node: &str) -> Result<Arc<Shared>, ServerError> {
+    warm_with(client, node, true).await
+}
+
+/// [`warm`]; `claim_ahead`: the engine claims the node's next block in the background when few
+/// free addresses are left ([`crate::ipam::IpamOptions::claim_ahead`]).
+pub async fn warm_with(
+    client: kube::Client,
+    node: &str,
+    claim_ahead: bool,
+) -> Result<Arc<Shared>, ServerError> {
     let mode = crate::api::CrdMode::detect(&client).await.map_err(|e| {
         ServerError::Engine(crate::ipam::IpamError::BadRequest(format!(
             "listing API groups: {e}"
         )))
     })?;
-    let ipam = Ipam::new(client.clone(), mode).await?;
+    let opts = crate::ipam::IpamOptions {
+        claim_ahead,
+        ..Default::default()
+    };
+    let ipam = Ipam::new_with(client.clone(), mode, opts).await?;
     match ipam.warm_host(node).await {
         Ok(n) => info!(node, blocks = n, "IPAM cache warmed"),
         Err(e) => warn!(node, error = %e, "could not preload the node's blocks (they load on first use)"),
@@ -77,6 +92,27 @@ pub async fn warm(client: kube::Client, node: &str) -> Result<Arc<Shared>, Serve
             namespaces,
         },
     )))
+}
+
+/// Claims the node's first blocks in the background ([`Ipam::claim_first_blocks`]) so that its
+/// first pods find one ready. Called once the socket is bound: from then on tortie-ipam reaches
+/// this server, and an ADD arriving during the claim waits for it (the host's claim lock) rather
+/// than claiming a block of its own. A failure is logged: the first ADD then claims.
+pub fn claim_first_blocks(shared: &Shared, node: &str) -> tokio::task::JoinHandle<()> {
+    let ipam = shared.warm_ipam().cloned();
+    let node = node.to_string();
+    let span = info_span!("claim_first_blocks", node = %node);
+    tokio::spawn(
+        async move {
+            let Some(ipam) = ipam else { return };
+            match ipam.claim_first_blocks(&node).await {
+                Ok(blocks) if blocks.is_empty() => debug!("no block to claim ahead"),
+                Ok(blocks) => info!(?blocks, "claimed the node's first blocks ahead of its pods"),
+                Err(e) => warn!(error = %e, "could not claim the node's first block ahead (its first ADD claims it)"),
+            }
+        }
+        .instrument(span),
+    )
 }
 
 /// A metadata-only reflector (annotations and labels are all requests use), running until the

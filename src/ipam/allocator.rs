@@ -376,6 +376,30 @@ pub fn next_step(s: &LoopState) -> Step {
     }
 }
 
+/// What [`claim_ahead`] looks at: the host's own blocks in the candidate pools and the rules a
+/// request's claim obeys.
+#[derive(Clone, Debug)]
+pub struct AheadState {
+    /// Free addresses left in the host's affine blocks of the candidate pools.
+    pub free: usize,
+    /// Claim once fewer than this many are free (at least 1: a host with no free address).
+    pub watermark: usize,
+    /// Affine blocks the host holds inside the candidate pools.
+    pub owned: usize,
+    pub max_blocks: u32,
+    pub auto_allocate: bool,
+}
+
+/// Whether the node's next block is claimed now, ahead of the requests that will need it: only
+/// when fewer than `watermark` addresses are free in the host's own blocks, and only when a
+/// request finding no free address would claim one itself ([`next_step`]: under
+/// `maxBlocksPerHost`, with `autoAllocateBlocks`). Whether a free block is left in the pools is
+/// found out by the claim itself (it then claims nothing); strictAffinity only decides what a
+/// request does when none is left, so it does not enter here.
+pub fn claim_ahead(s: &AheadState) -> bool {
+    s.free < s.watermark.max(1) && (s.owned as u64) < u64::from(s.max_blocks) && s.auto_allocate
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -403,6 +427,103 @@ mod tests {
         );
         p.status = None;
         p
+    }
+
+    #[test]
+    fn claim_ahead_only_below_the_watermark_and_when_a_request_could_claim() {
+        let s = AheadState {
+            free: 20,
+            watermark: 16,
+            owned: 1,
+            max_blocks: 20,
+            auto_allocate: true,
+        };
+        assert!(!claim_ahead(&s), "enough free addresses: nothing to do");
+        assert!(claim_ahead(&AheadState {
+            free: 15,
+            ..s.clone()
+        }));
+        assert!(
+            !claim_ahead(&AheadState {
+                free: 16,
+                ..s.clone()
+            }),
+            "the watermark itself is enough"
+        );
+        // A fresh host: no block, nothing free.
+        assert!(claim_ahead(&AheadState {
+            free: 0,
+            owned: 0,
+            ..s.clone()
+        }));
+        // A watermark of 0 still claims for a host with no free address.
+        assert!(claim_ahead(&AheadState {
+            free: 0,
+            watermark: 0,
+            ..s.clone()
+        }));
+        assert!(!claim_ahead(&AheadState {
+            free: 1,
+            watermark: 0,
+            ..s.clone()
+        }));
+        // The rules of a request's claim.
+        assert!(
+            !claim_ahead(&AheadState {
+                free: 0,
+                owned: 20,
+                ..s.clone()
+            }),
+            "at maxBlocksPerHost"
+        );
+        assert!(!claim_ahead(&AheadState {
+            free: 0,
+            owned: 1,
+            max_blocks: 1,
+            ..s.clone()
+        }));
+        assert!(!claim_ahead(&AheadState {
+            free: 0,
+            max_blocks: 0,
+            owned: 0,
+            ..s.clone()
+        }));
+        assert!(
+            !claim_ahead(&AheadState {
+                free: 0,
+                auto_allocate: false,
+                ..s.clone()
+            }),
+            "autoAllocateBlocks off"
+        );
+    }
+
+    proptest! {
+        /// Claiming ahead never claims where a request that found no free address would not
+        /// claim: it agrees with [`next_step`] whenever the host is out of addresses.
+        #[test]
+        fn claim_ahead_never_claims_where_a_request_would_not(
+            free in 0usize..200, watermark in 0usize..64, owned in 0usize..30,
+            max_blocks in 0u32..30, auto in any::<bool>(), strict in any::<bool>(),
+        ) {
+            let ahead = claim_ahead(&AheadState { free, watermark, owned, max_blocks, auto_allocate: auto });
+            let step = next_step(&LoopState {
+                affine_with_space: None,
+                owned,
+                max_blocks,
+                auto_allocate: auto,
+                strict_affinity: strict,
+                no_free_blocks: false,
+                pools: vec![],
+            });
+            if ahead {
+                prop_assert_eq!(step.clone(), Step::Claim);
+                prop_assert!(free < watermark.max(1));
+            }
+            if free == 0 && step == Step::Claim {
+                prop_assert!(ahead, "a host with nothing free claims when a request would");
+            }
+        }
     }
 
     #[test]

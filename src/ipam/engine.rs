@@ -23,7 +23,7 @@ use ipnet::IpNet;
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use tracing::{Instrument, debug, info_span, warn};
 
-use super::allocator::{self, Family, LoopState, OwnBlock, PoolInfo, PoolQuery, Step};
+use super::allocator::{self, AheadState, Family, LoopState, OwnBlock, PoolInfo, PoolQuery, Step};
 use super::batch::{self, Grant};
 use super::block as blk;
 use super::layout::{BlockForIp, BlockSet, Overlap};
@@ -61,6 +61,11 @@ pub struct IpamOptions {
     /// copy before a write ([`Ipam::prime_block`]). The operator's GC: with a watch cache of
     /// every block, a second copy of each block it ever wrote was most of its memory.
     pub no_block_cache: bool,
+    /// Claim a host's next block in the background once its free addresses fall under the
+    /// watermark of its recent load ([`batch::claim_ahead_watermark`]), so that its requests find
+    /// a block ready instead of waiting for a claim. For a long-running server of one node (the
+    /// node agent); a process that exits after one request would leave the claim unfinished.
+    pub claim_ahead: bool,
 }
 
 struct Inner {
@@ -173,6 +178,8 @@ struct Cache {
     bad_reservations: HashSet<(String, String)>,
     /// The block listing [`Ipam::warm_host`] made for a host without blocks, for its first claim.
     warm_blocks: Option<(String, Instant, BlockSet)>,
+    /// Hosts whose next block is being claimed ahead ([`Ipam::claim_ahead`]).
+    claiming_ahead: HashSet<String>,
 }
 
 fn spawn_reflector<K>(
@@ -338,6 +345,63 @@ async fn confirm_affinity(
         }
     }
     Ok(aff)
+}
+
+/// The request's candidate pools and its cap on the host's blocks.
+struct OwnUse<'a> {
+    pools: &'a [PoolInfo],
+    max_blocks: u32,
+}
+
+/// How [`Ipam::claim_next_block`] ended.
+enum NextClaim {
+    /// This call claimed the block.
+    Claimed(IpNet),
+    /// Another process had claimed a block for the host meanwhile: nothing claimed.
+    Found,
+    /// No unclaimed block is left in the pools.
+    NoFreeBlock,
+    /// Another host won the block, or it would overlap another: pick again.
+    NotOurs,
+}
+
+/// Records the explicitly requested address (at `ordinal` of the block `cidr`) in the block as
+/// read; the error says why it cannot be (with `strict`: the block is another host's).
+fn assign_ordinal(
+    b: &mut crate::api::IPAMBlockSpec,
+    req: &AssignIpRequest,
+    cidr: &IpNet,
+    ordinal: usize,
+    strict: bool,
+) -> Result<(), IpamError> {
+    if strict && b.host() != Some(req.hostname.as_str()) {
+        return Err(IpamError::AffinityMismatch {
+            ip: req.ip,
+            block: *cidr,
+            owner: b.affinity.clone(),
+            host: req.hostname.clone(),
+        });
+    }
+    blk::assign(b, ordinal, Some(&req.handle_id), &req.attrs.0).map_err(|e| match e {
+        blk::AssignError::AlreadyAssigned(_) => IpamError::AlreadyAssigned {
+            ip: req.ip,
+            block: *cidr,
+        },
+        blk::AssignError::OutOfRange(o) => IpamError::Block {
+            block: *cidr,
+            detail: format!("ordinal {o} outside spec.allocations"),
+        },
+    })
+}
+
+/// What step 2 of a claim found.
+enum Created {
+    /// This claim created the block.
+    New,
+    /// The block exists, affine to this host (an earlier claim of the host was interrupted).
+    Ours,
+    /// The block is another host's, or was deleted meanwhile.
+    Theirs,
 }
 
 enum BlockOutcome {
@@ -972,7 +1036,6 @@ impl Ipam {
     ) -> Result<Claim, IpamError> {
         let span = info_span!("blockaffinity", name = %names::affinity_name(host, cidr));
         async {
-            let store = &self.inner.store;
             let listed;
             let existing = match known {
                 Some(k) => k,
@@ -986,78 +1049,101 @@ impl Ipam {
                 return Ok(Claim::Overlap(o));
             }
             // 1. pending affinity
-            let mut aff = None;
-            for _ in 0..RETRIES {
-                match store.create_affinity(host, cidr, "pending").await {
-                    Ok(a) => {
-                        aff = Some(a);
-                        break;
-                    }
-                    Err(StoreError::AlreadyExists { .. }) => match store.get_affinity(host, cidr).await? {
-                        None => continue,
-                        Some(a) if a.spec.is_confirmed() => {
-                            aff = Some(a);
-                            break;
-                        }
-                        Some(mut a) => {
-                            a.spec.state = "pending".into();
-                            match store.update_affinity(&a).await {
-                                Ok(a) => {
-                                    aff = Some(a);
-                                    break;
-                                }
-                                Err(StoreError::Conflict { .. }) => continue,
-                                Err(e) => return Err(e.into()),
-                            }
-                        }
-                    },
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            let Some(aff) = aff else {
-                return Err(IpamError::Contention {
-                    what: format!("BlockAffinity {}", names::affinity_name(host, cidr)),
-                });
-            };
+            let aff = self.pending_affinity(host, cidr).await?;
             // 2. the block: creation is the arbiter between hosts.
-            let claim_time = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
-            let spec = blk::new_block(cidr, Some(format!("host:{host}")), now_nanos(), Some(claim_time));
-            let ours = match store.create_block(spec).await {
-                Ok(b) => {
-                    self.remember_block(&b);
-                    let mut now = self.block_set().await?;
-                    now.remove(cidr);
-                    if let Some(other) = now.overlapping(cidr) {
-                        let o = Overlap { block: *cidr, existing: other };
-                        warn!(error = %o, "a block overlapping this new one was created concurrently: giving the new one back");
-                        self.release_block_affinity(host, cidr, true).await?;
-                        return Ok(Claim::Overlap(o));
+            match self.create_affine_block(host, cidr).await? {
+                Created::New => self.confirm_guarded(host, cidr, aff).await,
+                Created::Ours => {
+                    // 3. confirm (the block of an earlier, interrupted claim of this host)
+                    let aff = confirm_affinity(&self.inner.store, host, cidr, aff).await?;
+                    self.remember_affinity(host, *cidr, Some(aff));
+                    Ok(Claim::Ours)
+                }
+                Created::Theirs => {
+                    if let Err(e) = self.inner.store.delete_affinity(&aff).await
+                        && !e.is_conflict()
+                    {
+                        return Err(e.into());
                     }
-                    true
+                    self.remember_affinity(host, *cidr, None);
+                    Ok(Claim::Lost)
                 }
-                Err(StoreError::AlreadyExists { .. }) => match self.fresh_block(cidr).await? {
-                    Some(b) => b.spec.host() == Some(host),
-                    // Deleted meanwhile: let the caller pick again.
-                    None => false,
-                },
-                Err(e) => return Err(e.into()),
-            };
-            if !ours {
-                if let Err(e) = store.delete_affinity(&aff).await
-                    && !e.is_conflict()
-                {
-                    return Err(e.into());
-                }
-                self.remember_affinity(host, *cidr, None);
-                return Ok(Claim::Lost);
             }
-            // 3. confirm
-            let aff = confirm_affinity(store, host, cidr, aff).await?;
-            self.remember_affinity(host, *cidr, Some(aff));
-            Ok(Claim::Ours)
         }
         .instrument(span)
         .await
+    }
+
+    /// Step 1 of a claim: the host's affinity for the block, pending (one left confirmed by an
+    /// earlier claim is kept as it is).
+    async fn pending_affinity(&self, host: &str, cidr: &IpNet) -> Result<Affinity, IpamError> {
+        let store = &self.inner.store;
+        for _ in 0..RETRIES {
+            match store.create_affinity(host, cidr, "pending").await {
+                Ok(a) => return Ok(a),
+                Err(StoreError::AlreadyExists { .. }) => match store.get_affinity(host, cidr).await? {
+                    None => continue,
+                    Some(a) if a.spec.is_confirmed() => return Ok(a),
+                    Some(mut a) => {
+                        a.spec.state = "pending".into();
+                        match store.update_affinity(&a).await {
+                            Ok(a) => return Ok(a),
+                            Err(StoreError::Conflict { .. }) => continue,
+                            Err(e) => return Err(e.into()),
+                        }
+                    }
+                },
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(IpamError::Contention {
+            what: format!("BlockAffinity {}", names::affinity_name(host, cidr)),
+        })
+    }
+
+    /// Step 2 of a claim: the block, created affine to the host (the creation is the arbiter
+    /// between hosts).
+    async fn create_affine_block(&self, host: &str, cidr: &IpNet) -> Result<Created, IpamError> {
+        let claim_time = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+        let spec = blk::new_block(cidr, Some(format!("host:{host}")), now_nanos(), Some(claim_time));
+        match self.inner.store.create_block(spec).await {
+            Ok(b) => {
+                self.remember_block(&b);
+                Ok(Created::New)
+            }
+            Err(StoreError::AlreadyExists { .. }) => Ok(match self.fresh_block(cidr).await? {
+                Some(b) if b.spec.host() == Some(host) => Created::Ours,
+                // Another host's, or deleted meanwhile: let the caller pick again.
+                _ => Created::Theirs,
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Step 3 of a claim that created its block, beside the layout guard: the affinity is
+    /// confirmed while the blocks are listed again (two round trips at once, not one after the
+    /// other). When the listing shows an overlapping block created concurrently, the new block is
+    /// given back with its affinity, confirmed or not, exactly as before a confirmation; a failed
+    /// listing fails the claim as before (the block and its affinity stay the host's).
+    async fn confirm_guarded(&self, host: &str, cidr: &IpNet, aff: Affinity) -> Result<Claim, IpamError> {
+        let (listed, confirmed) = tokio::join!(
+            self.block_set(),
+            confirm_affinity(&self.inner.store, host, cidr, aff)
+        );
+        let mut now = listed?;
+        now.remove(cidr);
+        if let Some(other) = now.overlapping(cidr) {
+            let o = Overlap {
+                block: *cidr,
+                existing: other,
+            };
+            warn!(error = %o, "a block overlapping this new one was created concurrently: giving the new one back");
+            self.release_block_affinity(host, cidr, true).await?;
+            return Ok(Claim::Overlap(o));
+        }
+        let aff = confirmed?;
+        self.remember_affinity(host, *cidr, Some(aff));
+        Ok(Claim::Ours)
     }
 
     // ------------------------------------------------------------------ auto assign
@@ -1175,74 +1261,12 @@ impl Ipam {
             let seen = self.affinity_gen(host);
             let affs = self.host_affinities(host, false).await?;
             let owned = allocator::owned_blocks(&pools, affs.iter().map(|(c, a)| (c, a.spec.state.as_str())));
-            let mut with_space = None;
-            for c in &owned {
-                if full.contains(c) {
-                    continue;
-                }
-                let b = self.block(c).await?;
-                match allocator::own_block(b.as_ref().map(|b| &b.spec), host) {
-                    OwnBlock::HasSpace => {
-                        with_space = Some(*c);
-                        break;
-                    }
-                    OwnBlock::Full => {
-                        full.insert(*c);
-                    }
-                    OwnBlock::AffineElsewhere => {
-                        // The block is authoritative: this affinity is stale.
-                        if let Some(a) = affs.get(c) {
-                            warn!(block = %c, host, "removing stale BlockAffinity: the block is affine elsewhere");
-                            if let Err(e) = self.inner.store.delete_affinity(a).await
-                                && !e.is_conflict()
-                            {
-                                return Err(e.into());
-                            }
-                        }
-                        self.remember_affinity(host, *c, None);
-                    }
-                    OwnBlock::Missing => {
-                        // An interrupted claim (or one of another process in progress): finish
-                        // it, unless a request of this process changed the host's blocks while
-                        // this one waited for the claim lock (then the loop looks again).
-                        let lock = self.host_lock(host);
-                        let _claiming = lock.lock().await;
-                        if self.affinity_gen(host) == seen {
-                            match self.claim_block(host, c, None).await? {
-                                Claim::Ours => {}
-                                Claim::Lost => self.remember_affinity(host, *c, None),
-                                Claim::Overlap(_) => {
-                                    // The block can never be created: drop the claim's leftover.
-                                    if let Some(a) = affs.get(c)
-                                        && let Err(e) = self.inner.store.delete_affinity(a).await
-                                        && !e.is_conflict()
-                                    {
-                                        return Err(e.into());
-                                    }
-                                    self.remember_affinity(host, *c, None);
-                                }
-                            }
-                        }
-                        with_space = None;
-                        break;
-                    }
-                }
-            }
-            let owned_count = owned
-                .iter()
-                .filter(|c| {
-                    self.inner
-                        .cache
-                        .lock()
-                        .unwrap()
-                        .affinities
-                        .get(host)
-                        .is_some_and(|m| m.contains_key(c))
-                })
-                .count();
+            let with_space = self
+                .first_with_space(host, &owned, &affs, &mut full, seen)
+                .await?;
             let state = LoopState {
                 affine_with_space: with_space,
-                owned: owned_count,
+                owned: self.still_owned(host, &owned),
                 max_blocks,
                 auto_allocate: cfg.auto_allocate_blocks,
                 strict_affinity: cfg.strict_affinity,
@@ -1250,16 +1274,13 @@ impl Ipam {
                 pools: pools.iter().map(|p| p.cidr).collect(),
             };
             match allocator::next_step(&state) {
-                Step::Use(c) => match self.allocate_batched(&c, n - got.len(), req, Some(host)).await? {
-                    BlockOutcome::Allocated(ips) if ips.is_empty() => {
-                        full.insert(c);
-                    }
-                    BlockOutcome::Allocated(ips) => got.extend(ips),
-                    BlockOutcome::Gone => {
-                        self.remember_affinity(host, c, None);
-                        self.host_affinities(host, true).await?;
-                    }
-                },
+                Step::Use(c) => {
+                    let own = OwnUse {
+                        pools: &pools,
+                        max_blocks,
+                    };
+                    self.use_own_block(req, &c, n, &own, &mut got, &mut full).await?;
+                }
                 Step::Claim => {
                     // One claim at a time per host in this process; a request that waited for
                     // the lock looks again when another one changed the host's blocks meanwhile.
@@ -1268,56 +1289,16 @@ impl Ipam {
                     if self.affinity_gen(host) != seen {
                         continue;
                     }
-                    // Another process may have claimed a block for this host: list the blocks
-                    // first, then the host's affinities. A claim creates its affinity before its
-                    // block, so a block in the listing claimed for this host shows up among the
-                    // affinities, and one created after the listing is where this claim goes too
-                    // (the pick is deterministic), so both processes share one block.
-                    let t = Instant::now();
-                    let existing = match self.take_warm_blocks(host) {
-                        Some(b) => b,
-                        None => self.block_set().await?,
-                    };
-                    let t_list = t.elapsed();
-                    let fresh = self.host_affinities(host, true).await?;
-                    debug!(blocks_list = ?t_list, affinities_list = ?(t.elapsed() - t_list), "listed before claiming");
-                    let found = allocator::owned_blocks(
-                        &pools,
-                        fresh.iter().map(|(c, a)| (c, a.spec.state.as_str())),
-                    )
-                    .into_iter()
-                    .any(|c| !affs.contains_key(&c) && !full.contains(&c));
-                    if found {
-                        continue;
-                    }
-                    match allocator::pick_free_block(&pools, host, &existing, &self.reserved(), MAX_PROBE) {
-                        None => no_free_blocks = true,
-                        Some(c) => {
-                            debug!(block = %c, "claiming block");
-                            if !matches!(self.claim_block(host, &c, Some(&existing)).await?, Claim::Ours) {
-                                tokio::time::sleep(jitter()).await;
-                            }
-                        }
+                    match self.claim_next_block(host, &pools, &affs, &full).await? {
+                        NextClaim::NoFreeBlock => no_free_blocks = true,
+                        NextClaim::NotOurs => tokio::time::sleep(jitter()).await,
+                        NextClaim::Found | NextClaim::Claimed(_) => {}
                     }
                 }
                 Step::Borrow => {
-                    let existing: Vec<IpNet> = self.block_set().await?.iter().copied().collect();
-                    'pools: for p in &pools {
-                        for c in allocator::borrow_order(p, host, &existing) {
-                            if got.len() >= n {
-                                break 'pools;
-                            }
-                            if let BlockOutcome::Allocated(ips) =
-                                self.allocate_batched(&c, n - got.len(), req, None).await?
-                            {
-                                got.extend(ips);
-                            }
-                        }
-                    }
+                    self.borrow(req, &pools, n, &mut got).await?;
                     if got.len() < n {
-                        shortfall = Some(Shortfall::PoolsExhausted {
-                            pools: state.pools.clone(),
-                        });
+                        shortfall = Some(Shortfall::PoolsExhausted { pools: state.pools });
                     }
                     break;
                 }
@@ -1339,6 +1320,331 @@ impl Ipam {
         })
     }
 
+    /// Allocates what is still missing of `n` from the host's own block `c`: a block that gave
+    /// nothing is marked full, one gone is forgotten (the affinities are listed again); after an
+    /// allocation the host's next block may be claimed ahead ([`Self::claim_ahead`]).
+    async fn use_own_block(
+        &self,
+        req: &AutoAssignRequest,
+        c: &IpNet,
+        n: usize,
+        own: &OwnUse<'_>,
+        got: &mut Vec<IpNet>,
+        full: &mut HashSet<IpNet>,
+    ) -> Result<(), IpamError> {
+        let host = req.hostname.as_str();
+        match self.allocate_batched(c, n - got.len(), req, Some(host)).await? {
+            BlockOutcome::Allocated(ips) if ips.is_empty() => {
+                full.insert(*c);
+            }
+            BlockOutcome::Allocated(ips) => {
+                got.extend(ips);
+                self.claim_ahead(host, own.pools, own.max_blocks);
+            }
+            BlockOutcome::Gone => {
+                self.remember_affinity(host, *c, None);
+                self.host_affinities(host, true).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The first of the host's own blocks (`owned`, from its affinities `affs`) with a free
+    /// address; blocks found full are skipped and added to `full`. A block whose free addresses
+    /// the requests already waiting for its next write take up is passed over for a later one
+    /// with room (used only when there is none): those requests would fill it and this one would
+    /// get nothing from the write, then go to the next block anyway (two more handle writes). On
+    /// the way a stale affinity (the block is affine elsewhere) is removed, and an interrupted
+    /// claim (an affinity without its block) is finished, after which `None` makes the caller
+    /// look again.
+    async fn first_with_space(
+        &self,
+        host: &str,
+        owned: &[IpNet],
+        affs: &HashMap<IpNet, Affinity>,
+        full: &mut HashSet<IpNet>,
+        seen: u64,
+    ) -> Result<Option<IpNet>, IpamError> {
+        let mut taken_up = None;
+        for c in owned {
+            if full.contains(c) {
+                continue;
+            }
+            let b = self.block(c).await?;
+            match allocator::own_block(b.as_ref().map(|b| &b.spec), host) {
+                OwnBlock::HasSpace => {
+                    let free = b.as_ref().map_or(0, |b| blk::free_count(&b.spec));
+                    if self.waiting_for(c) < free {
+                        return Ok(Some(*c));
+                    }
+                    taken_up.get_or_insert(*c);
+                }
+                OwnBlock::Full => {
+                    full.insert(*c);
+                }
+                OwnBlock::AffineElsewhere => {
+                    // The block is authoritative: this affinity is stale.
+                    warn!(block = %c, host, "removing stale BlockAffinity: the block is affine elsewhere");
+                    self.drop_affinity(host, c, affs.get(c)).await?;
+                }
+                OwnBlock::Missing => {
+                    self.finish_interrupted_claim(host, c, affs.get(c), seen).await?;
+                    return Ok(None);
+                }
+            }
+        }
+        Ok(taken_up)
+    }
+
+    /// Addresses the requests queued for the block's next write ask for, plus one for each
+    /// request still writing its handle before it queues.
+    fn waiting_for(&self, cidr: &IpNet) -> usize {
+        let b = self.inner.batches.lock().unwrap();
+        b.blocks
+            .get(cidr)
+            .map_or(0, |q| q.inflight + q.queue.iter().map(|q| q.n).sum::<usize>())
+    }
+
+    /// Deletes the host's affinity `aff` for `cidr` (gone already is fine) and forgets it.
+    async fn drop_affinity(&self, host: &str, cidr: &IpNet, aff: Option<&Affinity>) -> Result<(), IpamError> {
+        if let Some(a) = aff
+            && let Err(e) = self.inner.store.delete_affinity(a).await
+            && !e.is_conflict()
+        {
+            return Err(e.into());
+        }
+        self.remember_affinity(host, *cidr, None);
+        Ok(())
+    }
+
+    /// An affinity without its block: an interrupted claim (or one of another process in
+    /// progress) is finished, unless a request of this process changed the host's blocks while
+    /// this one waited for the claim lock (`seen`: the generation it looked at).
+    async fn finish_interrupted_claim(
+        &self,
+        host: &str,
+        cidr: &IpNet,
+        aff: Option<&Affinity>,
+        seen: u64,
+    ) -> Result<(), IpamError> {
+        let lock = self.host_lock(host);
+        let _claiming = lock.lock().await;
+        if self.affinity_gen(host) != seen {
+            return Ok(());
+        }
+        match self.claim_block(host, cidr, None).await? {
+            Claim::Ours => Ok(()),
+            Claim::Lost => {
+                self.remember_affinity(host, *cidr, None);
+                Ok(())
+            }
+            // The block can never be created: drop the claim's leftover.
+            Claim::Overlap(_) => self.drop_affinity(host, cidr, aff).await,
+        }
+    }
+
+    /// How many of `owned` the host still has an affinity for in the cache (some may have been
+    /// dropped while looking for space).
+    fn still_owned(&self, host: &str, owned: &[IpNet]) -> usize {
+        let c = self.inner.cache.lock().unwrap();
+        let Some(m) = c.affinities.get(host) else { return 0 };
+        owned.iter().filter(|b| m.contains_key(b)).count()
+    }
+
+    /// Claims the host's next block in `pools`; the caller holds the host's claim lock. `affs`:
+    /// the affinities the caller looked at; `full`: its blocks found full.
+    ///
+    /// Another process may have claimed a block for this host: the blocks are listed first, then
+    /// the host's affinities. A claim creates its affinity before its block, so a block in the
+    /// listing claimed for this host shows up among the affinities (then nothing is claimed:
+    /// [`NextClaim::Found`]), and one created after the listing is where this claim goes too (the
+    /// pick is deterministic), so both processes share one block.
+    async fn claim_next_block(
+        &self,
+        host: &str,
+        pools: &[PoolInfo],
+        affs: &HashMap<IpNet, Affinity>,
+        full: &HashSet<IpNet>,
+    ) -> Result<NextClaim, IpamError> {
+        let t = Instant::now();
+        let existing = match self.take_warm_blocks(host) {
+            Some(b) => b,
+            None => self.block_set().await?,
+        };
+        let t_list = t.elapsed();
+        let fresh = self.host_affinities(host, true).await?;
+        debug!(blocks_list = ?t_list, affinities_list = ?(t.elapsed() - t_list), "listed before claiming");
+        let found = allocator::owned_blocks(pools, fresh.iter().map(|(c, a)| (c, a.spec.state.as_str())))
+            .into_iter()
+            .any(|c| !affs.contains_key(&c) && !full.contains(&c));
+        if found {
+            return Ok(NextClaim::Found);
+        }
+        let Some(c) = allocator::pick_free_block(pools, host, &existing, &self.reserved(), MAX_PROBE) else {
+            return Ok(NextClaim::NoFreeBlock);
+        };
+        debug!(block = %c, "claiming block");
+        Ok(match self.claim_block(host, &c, Some(&existing)).await? {
+            Claim::Ours => NextClaim::Claimed(c),
+            Claim::Lost | Claim::Overlap(_) => NextClaim::NotOurs,
+        })
+    }
+
+    /// Borrows single addresses from other hosts' blocks of `pools` (in the host's claim order)
+    /// until `got` holds `n`.
+    async fn borrow(
+        &self,
+        req: &AutoAssignRequest,
+        pools: &[PoolInfo],
+        n: usize,
+        got: &mut Vec<IpNet>,
+    ) -> Result<(), IpamError> {
+        let existing: Vec<IpNet> = self.block_set().await?.iter().copied().collect();
+        for p in pools {
+            for c in allocator::borrow_order(p, &req.hostname, &existing) {
+                if got.len() >= n {
+                    return Ok(());
+                }
+                if let BlockOutcome::Allocated(ips) =
+                    self.allocate_batched(&c, n - got.len(), req, None).await?
+                {
+                    got.extend(ips);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------------ claiming ahead
+
+    /// After an allocation, on a server with [`IpamOptions::claim_ahead`]: when the host's free
+    /// addresses in `pools` fell under the watermark of its recent load and a request finding
+    /// none would claim ([`allocator::claim_ahead`]), the next block is claimed in the
+    /// background, under the host's claim lock as a request's claim, one at a time per host.
+    /// Decided from the caches alone: no read.
+    fn claim_ahead(&self, host: &str, pools: &[PoolInfo], max_blocks: u32) {
+        if !self.inner.opts.claim_ahead {
+            return;
+        }
+        let watermark = {
+            let mut b = self.inner.batches.lock().unwrap();
+            let expected = b.load.get_mut(host).map_or(0, |l| l.expected(Instant::now()));
+            batch::claim_ahead_watermark(expected)
+        };
+        if !self.wants_block_ahead(host, pools, max_blocks, watermark)
+            || !self
+                .inner
+                .cache
+                .lock()
+                .unwrap()
+                .claiming_ahead
+                .insert(host.to_string())
+        {
+            return;
+        }
+        let (ipam, host, pools) = (self.clone(), host.to_string(), pools.to_vec());
+        let span = info_span!("claim_ahead", node = %host, watermark);
+        tokio::spawn(
+            async move {
+                match ipam.claim_ahead_now(&host, &pools, max_blocks, watermark).await {
+                    Ok(Some(c)) => debug!(block = %c, "claimed the next block ahead"),
+                    Ok(None) => {}
+                    Err(e) => {
+                        warn!(error = %e, "claiming the next block ahead failed (the request that needs it claims it)")
+                    }
+                }
+                ipam.inner.cache.lock().unwrap().claiming_ahead.remove(&host);
+            }
+            .instrument(span),
+        );
+    }
+
+    /// Whether the host's next block in `pools` is due ([`allocator::claim_ahead`]), from the
+    /// cached affinities and blocks (false when the cache cannot tell).
+    fn wants_block_ahead(&self, host: &str, pools: &[PoolInfo], max_blocks: u32, watermark: usize) -> bool {
+        let auto_allocate = self.config().auto_allocate_blocks;
+        let Some((free, owned)) = self.cached_own_space(host, pools) else {
+            return false;
+        };
+        allocator::claim_ahead(&AheadState {
+            free,
+            watermark,
+            owned,
+            max_blocks,
+            auto_allocate,
+        })
+    }
+
+    /// Free addresses in the host's own blocks of `pools` and how many those blocks are, from the
+    /// caches (`None`: affinities not loaded, or a block never read).
+    fn cached_own_space(&self, host: &str, pools: &[PoolInfo]) -> Option<(usize, usize)> {
+        let c = self.inner.cache.lock().unwrap();
+        let affs = c.affinities.get(host)?;
+        let owned = allocator::owned_blocks(pools, affs.iter().map(|(c, a)| (c, a.spec.state.as_str())));
+        let mut free = 0;
+        for b in &owned {
+            let spec = &c.blocks.get(b)?.spec;
+            if spec.host() == Some(host) {
+                free += blk::free_count(spec);
+            }
+        }
+        Some((free, owned.len()))
+    }
+
+    /// Takes the host's claim lock and claims its next block in `pools` when it is (still) due:
+    /// a request may have claimed one while this waited for the lock.
+    async fn claim_ahead_now(
+        &self,
+        host: &str,
+        pools: &[PoolInfo],
+        max_blocks: u32,
+        watermark: usize,
+    ) -> Result<Option<IpNet>, IpamError> {
+        let lock = self.host_lock(host);
+        let _claiming = lock.lock().await;
+        let affs = self.host_affinities(host, false).await?;
+        for c in allocator::owned_blocks(pools, affs.iter().map(|(c, a)| (c, a.spec.state.as_str()))) {
+            self.block(&c).await?;
+        }
+        if !self.wants_block_ahead(host, pools, max_blocks, watermark) {
+            return Ok(None);
+        }
+        Ok(
+            match self.claim_next_block(host, pools, &affs, &HashSet::new()).await? {
+                NextClaim::Claimed(c) => Some(c),
+                NextClaim::Found | NextClaim::NoFreeBlock | NextClaim::NotOurs => None,
+            },
+        )
+    }
+
+    /// Claims the host's first block of each address family before its first pod asks (a node
+    /// agent starting): the block a pod without pool annotations would claim, in the pools that
+    /// select the node, only when the host has no free address there and a request would claim
+    /// (autoAllocateBlocks on, under maxBlocksPerHost). Calico's calico-node likewise claims a
+    /// block when it starts, for its tunnel address. Returns the blocks claimed.
+    pub async fn claim_first_blocks(&self, host: &str) -> Result<Vec<IpNet>, IpamError> {
+        let max_blocks = allocator::max_blocks(&self.config(), None);
+        let req = AutoAssignRequest::new("", host);
+        let mut claimed = Vec::new();
+        for fam in [Family::V4, Family::V6] {
+            let any = self
+                .pool_infos(&[])
+                .await?
+                .iter()
+                .any(|p| p.family() == fam && p.is_enabled());
+            if !any {
+                continue;
+            }
+            let pools = match self.candidate_pools(&req, fam, &[]).await {
+                Ok(p) => p,
+                Err(IpamError::NoPools(_)) => continue,
+                Err(e) => return Err(e),
+            };
+            claimed.extend(self.claim_ahead_now(host, &pools, max_blocks, 1).await?);
+        }
+        Ok(claimed)
+    }
+
     // ------------------------------------------------------------------ assign one address
 
     /// Calico's AssignIP: one specific address (`ipAddrs`). Claims the block for the host when
@@ -1351,40 +1657,7 @@ impl Ipam {
     pub async fn assign_ip_with(&self, req: AssignIpRequest, new_handle: bool) -> Result<(), IpamError> {
         let span = info_span!("ipamhandle", name = %names::handle_name(&req.handle_id), node = %req.hostname, ip = %req.ip);
         async {
-            let since = Instant::now();
-            let mut infos = self.pool_infos(&[]).await?;
-            if !infos.iter().any(|p| p.is_enabled() && p.cidr.contains(&req.ip)) {
-                // A pool created a moment ago may not have reached the watch yet: ask the API.
-                infos = self.pool_infos_from(&[], since, true).await?;
-            }
-            let pool = infos
-                .iter()
-                .find(|p| p.is_enabled() && p.cidr.contains(&req.ip))
-                .ok_or(IpamError::NotInPool(req.ip))?;
-            if !pool.uses.contains(&req.intended_use) {
-                return Err(IpamError::Pool {
-                    pool: pool.name.clone(),
-                    reason: format!(
-                        "IP address {} is in IP pool {:?}, which is not allowed for use {:?} (spec.allowedUses: {:?})",
-                        req.ip, pool.name, req.intended_use, pool.uses
-                    ),
-                });
-            }
-            // The address belongs to the block that holds it, which is the pool's block for it
-            // unless the pool's block size changed under its blocks: only when the pool's block
-            // is missing are the blocks listed to find an older one (or to refuse an overlap).
-            let mut cidr = pool.block_of(req.ip);
-            // The listing serves the first claim too (a retry after a lost race lists afresh).
-            let mut listed = None;
-            if self.block(&cidr).await?.is_none() {
-                let set = self.block_set().await?;
-                cidr = match set.block_for_ip(req.ip, pool.block_size)? {
-                    BlockForIp::Existing(b) | BlockForIp::New(b) => b,
-                };
-                listed = Some(set);
-            }
-            let ordinal = cidr::ordinal_of(&cidr, req.ip).expect("ip is inside its block");
-            let strict = self.config().strict_affinity;
+            let (cidr, mut listed) = self.block_for_ip(&req).await?;
             let lock = self.host_lock(&req.hostname);
             let _guard = lock.lock().await;
             if new_handle && self.handle_cached(&req.handle_id) {
@@ -1395,67 +1668,113 @@ impl Ipam {
                 if self.block(&cidr).await?.is_some() {
                     break;
                 }
-                if let Claim::Overlap(o) = self.claim_block(&req.hostname, &cidr, listed.take().as_ref()).await? {
+                if let Claim::Overlap(o) = self
+                    .claim_block(&req.hostname, &cidr, listed.take().as_ref())
+                    .await?
+                {
                     return Err(o.into());
                 }
             }
-            // As in allocate_batched: the handle first, counting what the block will hold for it.
-            let handle = req.handle_id.as_str();
-            let held_before = self.cached_held(&cidr, handle);
-            let preset = held_before + 1;
-            self.handle_set(handle, &cidr, preset, new_handle).await?;
-            let mut refused = None;
-            let res = self
-                .edit_block(&cidr, |b| {
-                    refused = None;
-                    if strict && b.spec.host() != Some(req.hostname.as_str()) {
-                        refused = Some(IpamError::AffinityMismatch {
-                            ip: req.ip,
-                            block: cidr,
-                            owner: b.spec.affinity.clone(),
-                            host: req.hostname.clone(),
-                        });
-                        return Ok(None);
-                    }
-                    match blk::assign(&mut b.spec, ordinal, Some(handle), &req.attrs.0) {
-                        Ok(()) => Ok(Some(())),
-                        Err(e) => {
-                            refused = Some(match e {
-                                blk::AssignError::AlreadyAssigned(_) => IpamError::AlreadyAssigned { ip: req.ip, block: cidr },
-                                blk::AssignError::OutOfRange(o) => IpamError::Block { block: cidr, detail: format!("ordinal {o} outside spec.allocations") },
-                            });
-                            Ok(None)
-                        }
-                    }
-                })
-                .await;
-            let (result, held) = match res {
-                Ok((Some(()), after)) => (Ok(()), after.as_ref().map(|s| blk::ordinals_of_handle(s, handle).len() as u64)),
-                Ok((None, spec)) => (
-                    Err(refused.unwrap_or_else(|| IpamError::Contention { what: format!("IPAMBlock {} (deleted while assigning {})", names::block_name(&cidr), req.ip) })),
-                    Some(spec.as_ref().map_or(0, |s| blk::ordinals_of_handle(s, handle).len() as u64)),
-                ),
-                // A write that may have landed keeps its count (the DEL after the failed ADD
-                // then still visits this block).
-                Err(e) if e.may_have_applied() => (Err(e), None),
-                Err(e) => (Err(e), Some(held_before)),
-            };
-            if let Some(held) = held.filter(|h| *h != preset) {
-                // When this fails too, the handle stays over-counted (harmless: a DEL drops the
-                // entry, a later allocation sets it right) and the first error is the one to report.
-                let fix = self.handle_set(handle, &cidr, held, false).await;
-                if result.is_ok() {
-                    if let Err(e) = fix {
-                        warn!(error = %e, "handle count not set after an assignment");
-                    }
-                } else if let Err(e) = fix {
-                    warn!(error = %e, "handle left over-counted after a failed block write");
-                }
-            }
-            result
+            self.assign_in_block(&req, &cidr, new_handle).await
         }
         .instrument(span)
         .await
+    }
+
+    /// The block an explicitly requested address belongs to: the pool's block for it unless the
+    /// pool's block size changed under its blocks. Only when the pool's block is missing are the
+    /// blocks listed, to find an older one (or to refuse an overlap); that listing is returned
+    /// for the first claim (a retry after a lost race lists afresh).
+    async fn block_for_ip(&self, req: &AssignIpRequest) -> Result<(IpNet, Option<BlockSet>), IpamError> {
+        let since = Instant::now();
+        let mut infos = self.pool_infos(&[]).await?;
+        if !infos.iter().any(|p| p.is_enabled() && p.cidr.contains(&req.ip)) {
+            // A pool created a moment ago may not have reached the watch yet: ask the API.
+            infos = self.pool_infos_from(&[], since, true).await?;
+        }
+        let pool = infos
+            .iter()
+            .find(|p| p.is_enabled() && p.cidr.contains(&req.ip))
+            .ok_or(IpamError::NotInPool(req.ip))?;
+        if !pool.uses.contains(&req.intended_use) {
+            return Err(IpamError::Pool {
+                pool: pool.name.clone(),
+                reason: format!(
+                    "IP address {} is in IP pool {:?}, which is not allowed for use {:?} (spec.allowedUses: {:?})",
+                    req.ip, pool.name, req.intended_use, pool.uses
+                ),
+            });
+        }
+        let cidr = pool.block_of(req.ip);
+        if self.block(&cidr).await?.is_some() {
+            return Ok((cidr, None));
+        }
+        let set = self.block_set().await?;
+        let cidr = match set.block_for_ip(req.ip, pool.block_size)? {
+            BlockForIp::Existing(b) | BlockForIp::New(b) => b,
+        };
+        Ok((cidr, Some(set)))
+    }
+
+    /// Records the explicitly requested address in its (existing) block: as in
+    /// [`Self::allocate_batched`], the handle first, counting what the block will hold for it,
+    /// then set to what the block holds when the write did not give it the address.
+    async fn assign_in_block(
+        &self,
+        req: &AssignIpRequest,
+        cidr: &IpNet,
+        new_handle: bool,
+    ) -> Result<(), IpamError> {
+        let cidr = *cidr;
+        let ordinal = cidr::ordinal_of(&cidr, req.ip).expect("ip is inside its block");
+        let strict = self.config().strict_affinity;
+        let handle = req.handle_id.as_str();
+        let held_before = self.cached_held(&cidr, handle);
+        let preset = held_before + 1;
+        self.handle_set(handle, &cidr, preset, new_handle).await?;
+        let mut refused = None;
+        let res = self
+            .edit_block(&cidr, |b| {
+                refused = assign_ordinal(&mut b.spec, req, &cidr, ordinal, strict).err();
+                Ok(refused.is_none().then_some(()))
+            })
+            .await;
+        let (result, held) = match res {
+            Ok((Some(()), after)) => (
+                Ok(()),
+                after
+                    .as_ref()
+                    .map(|s| blk::ordinals_of_handle(s, handle).len() as u64),
+            ),
+            Ok((None, spec)) => (
+                Err(refused.unwrap_or_else(|| IpamError::Contention {
+                    what: format!(
+                        "IPAMBlock {} (deleted while assigning {})",
+                        names::block_name(&cidr),
+                        req.ip
+                    ),
+                })),
+                Some(
+                    spec.as_ref()
+                        .map_or(0, |s| blk::ordinals_of_handle(s, handle).len() as u64),
+                ),
+            ),
+            // A write that may have landed keeps its count (the DEL after the failed ADD
+            // then still visits this block).
+            Err(e) if e.may_have_applied() => (Err(e), None),
+            Err(e) => (Err(e), Some(held_before)),
+        };
+        if let Some(held) = held.filter(|h| *h != preset) {
+            // When this fails too, the handle stays over-counted (harmless: a DEL drops the
+            // entry, a later allocation sets it right) and the first error is the one to report.
+            if let Err(e) = self.handle_set(handle, &cidr, held, false).await {
+                match result {
+                    Ok(()) => warn!(error = %e, "handle count not set after an assignment"),
+                    Err(_) => warn!(error = %e, "handle left over-counted after a failed block write"),
+                }
+            }
+        }
+        result
     }
 
     // ------------------------------------------------------------------ release
