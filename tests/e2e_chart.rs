@@ -166,6 +166,14 @@ fn values_schema_rejects_bad_values_naming_the_field() {
         ("cni.tokenRefreshSeconds=90000", "tokenRefreshSeconds"),
         ("cni.confName=tortie.conf", "confName"),
         ("agent.birdTemplates=Bird_Templates", "birdTemplates"),
+        ("agent.ipam.socket=run/ipam.sock", "agent.ipam.socket"),
+        ("agent.ipam.socket=/ipam.sock", "agent.ipam.socket"),
+        ("agent.ipam.socket=/var/run/tortie/", "agent.ipam.socket"),
+        ("agent.ipam.socket=/run/bird/ipam.sock", "agent.ipam.socket"),
+        ("agent.ipam.socket=/var/run/ipam.sock", "agent.ipam.socket"),
+        ("agent.ipam.socket=/etc/cni/net.d/ipam.sock", "agent.ipam.socket"),
+        ("agent.ipam.claimBlocksAhead=yes", "claimBlocksAhead"),
+        ("agent.ipam.enable=false", "enable"),
     ] {
         let out = template(&[set]);
         assert!(!out.status.success(), "helm template --set {set} was accepted");
@@ -322,6 +330,136 @@ fn agent_daemonset_is_optional_and_on_the_host_network() {
         !none.iter().any(|o| o["metadata"]["name"] == "tortie-agent"),
         "agent objects rendered with nothing to run"
     );
+}
+
+/// The agent's container, its pod and the conflist the chart renders with `sets`.
+fn agent_pod_and_conflist(sets: &[&str]) -> (Value, Value, Value, Vec<Value>) {
+    let d = docs(sets);
+    let pod = find(&d, "DaemonSet", "tortie-agent")["spec"]["template"]["spec"].clone();
+    let agent = containers_of(&pod).get("agent").cloned().unwrap_or(Value::Null);
+    let conf: Value = serde_json::from_str(
+        find(&d, "ConfigMap", "tortie-cni-config")["data"]["config"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    (pod, agent, conf, d)
+}
+
+#[test]
+fn agent_serves_ipam_on_a_host_socket_the_conflist_names() {
+    let volume = |pod: &Value, name: &str| {
+        pod["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == name)
+            .cloned()
+    };
+    let mount = |c: &Value, name: &str| {
+        c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .cloned()
+    };
+    // By default: the server on the host socket tortie-ipam asks first, claiming ahead.
+    let (pod, agent, conf, d) = agent_pod_and_conflist(&[]);
+    let args = strings(&agent["args"]);
+    assert!(
+        args.contains(&"--ipam-socket=/var/run/tortie/ipam.sock".to_string()),
+        "{args:?}"
+    );
+    assert!(
+        args.contains(&"--claim-blocks-ahead=true".to_string()),
+        "{args:?}"
+    );
+    assert_eq!(conf["plugins"][0]["ipam"]["socket"], "/var/run/tortie/ipam.sock");
+    let v = volume(&pod, "ipam-run").expect("the socket's host directory");
+    assert_eq!(v["hostPath"]["path"], "/var/run/tortie");
+    assert_eq!(v["hostPath"]["type"], "DirectoryOrCreate");
+    assert_eq!(mount(&agent, "ipam-run").unwrap()["mountPath"], "/var/run/tortie");
+    for (name, c) in containers_of(&pod) {
+        assert!(
+            name == "agent" || mount(&c, "ipam-run").is_none(),
+            "{name} mounts the IPAM socket"
+        );
+    }
+    // The server does tortie-ipam's work: every IPAM rule of the CNI account, and a watch of the
+    // pods and namespaces it allocates for.
+    let node_agent = grants(find(&d, "ClusterRole", "tortie-agent"));
+    let cni = grants(find(&d, "ClusterRole", "tortie-cni"));
+    for g in &cni {
+        assert!(
+            node_agent.contains(g) || g.1 == "pods" || g.1 == "namespaces",
+            "the agent's IPAM server lacks {g:?}"
+        );
+    }
+    for res in ["pods", "namespaces"] {
+        assert!(
+            has(&node_agent, "", res, "list") && has(&node_agent, "", res, "watch"),
+            "{res}"
+        );
+        for verb in ["create", "update", "patch", "delete"] {
+            assert!(!has(&node_agent, "", res, verb), "{res} {verb}");
+        }
+    }
+    for res in ["ippools", "ipamconfigs", "ipreservations"] {
+        assert!(
+            !has(&node_agent, "crd.projectcalico.org", res, "update"),
+            "the agent writes {res}"
+        );
+    }
+
+    // Moved: the mount, the argument and the conflist follow; claims left to the ADDs.
+    let (pod, agent, conf, _) = agent_pod_and_conflist(&[
+        "agent.ipam.socket=/run/tortie-ipam/agent.sock",
+        "agent.ipam.claimBlocksAhead=false",
+    ]);
+    let args = strings(&agent["args"]);
+    assert!(
+        args.contains(&"--ipam-socket=/run/tortie-ipam/agent.sock".to_string())
+            && args.contains(&"--claim-blocks-ahead=false".to_string()),
+        "{args:?}"
+    );
+    assert_eq!(
+        conf["plugins"][0]["ipam"]["socket"],
+        "/run/tortie-ipam/agent.sock"
+    );
+    assert_eq!(
+        volume(&pod, "ipam-run").unwrap()["hostPath"]["path"],
+        "/run/tortie-ipam"
+    );
+
+    // Off (or no agent): tortie-ipam is told not to look, and the agent's account has no IPAM
+    // rights and no pod watch.
+    for sets in [&["agent.ipam.enabled=false"][..], &["agent.enabled=false"][..]] {
+        let d = docs(sets);
+        let conf: Value = serde_json::from_str(
+            find(&d, "ConfigMap", "tortie-cni-config")["data"]["config"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(conf["plugins"][0]["ipam"]["socket"], "none", "{sets:?}");
+        let pod = &find(&d, "DaemonSet", "tortie-agent")["spec"]["template"]["spec"];
+        assert!(volume(pod, "ipam-run").is_none(), "{sets:?}");
+        if let Some(agent) = containers_of(pod).get("agent") {
+            assert!(strings(&agent["args"]).contains(&"--ipam-socket=none".to_string()));
+        }
+        if let Some(role) = d
+            .iter()
+            .find(|o| o["kind"] == "ClusterRole" && o["metadata"]["name"] == "tortie-agent")
+        {
+            let g = grants(role);
+            assert!(
+                !g.iter()
+                    .any(|(_, r, _)| r.starts_with("ipam") || r == "blockaffinities" || r == "pods"),
+                "{sets:?}: {g:?}"
+            );
+        }
+    }
 }
 
 #[test]
@@ -591,11 +729,15 @@ fn rbac_grants_each_component_only_what_it_uses() {
         let core: BTreeSet<_> = cni.iter().filter(|(g, _, _)| g.is_empty()).cloned().collect();
         assert_eq!(
             core,
-            [("", "namespaces", "get"), ("", "pods", "get")]
-                .iter()
-                .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
-                .collect(),
-            "{mode}: the CNI plugin reads its pod and namespace, nothing else"
+            [
+                ("", "namespaces", "get"),
+                ("", "nodes", "get"),
+                ("", "pods", "get")
+            ]
+            .iter()
+            .map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string()))
+            .collect(),
+            "{mode}: the CNI plugin reads its pod, namespace and Node (pools' nodeSelector), nothing else"
         );
         assert!(has(&cni, group, "ipamblocks", "update") && has(&cni, group, "ipamhandles", "create"));
         assert!(
@@ -608,7 +750,7 @@ fn rbac_grants_each_component_only_what_it_uses() {
             cni.is_subset(
                 &op.union(
                     &cni.iter()
-                        .filter(|(_, r, _)| r == "pods" || r == "namespaces")
+                        .filter(|(_, r, _)| r == "pods" || r == "namespaces" || r == "nodes")
                         .cloned()
                         .collect()
                 )
@@ -625,7 +767,6 @@ fn rbac_grants_each_component_only_what_it_uses() {
         assert_eq!(
             extra,
             [
-                ("", "nodes", "get"),
                 ("", "pods/status", "patch"),
                 (group, "clusterinformations", "get"),
                 (group, "clusterinformations", "list"),
@@ -688,9 +829,11 @@ fn rbac_grants_each_component_only_what_it_uses() {
         // BGP session status: the agent reads CalicoNodeStatus objects of the mode's group and
         // writes only their status; the mode's CRDs reach it as `--crd-mode`.
         let node_agent = grants(find(&d, "ClusterRole", "tortie-agent"));
-        // The Node: its annotation and its BirdConfigRejected condition, by patch only.
+        // The Node: its annotation and its BirdConfigRejected condition, by patch only (and its
+        // labels read by the IPAM server, for pools' nodeSelector).
         assert!(has(&node_agent, "", "nodes", "patch") && has(&node_agent, "", "nodes/status", "patch"));
-        for verb in ["get", "update", "create", "delete"] {
+        assert!(!has(&node_agent, "", "nodes/status", "get"));
+        for verb in ["update", "create", "delete"] {
             assert!(
                 !has(&node_agent, "", "nodes", verb) && !has(&node_agent, "", "nodes/status", verb),
                 "{mode}: nodes {verb}"
@@ -1287,7 +1430,8 @@ fn least_privilege_by_impersonation(ns: &str) {
     no("tortie-cni", "update", &format!("ippools.{g}"), None);
     no("tortie-cni", "update", &format!("ipamconfigs.{g}"), None);
     no("tortie-cni", "get", &format!("bgppeers.{g}"), None);
-    no("tortie-cni", "get", "nodes", None);
+    yes("tortie-cni", "get", "nodes", None);
+    no("tortie-cni", "list", "nodes", None);
 
     // Until the operator has scoped its Role, the agent reads no ConfigMap or Secret at all.
     no("tortie-agent", "watch", "configmaps", Some(ns));
@@ -1301,7 +1445,16 @@ fn least_privilege_by_impersonation(ns: &str) {
     yes("tortie-agent", "create", "events", Some("default"));
     no("tortie-agent", "update", "configmaps", Some(ns));
     no("tortie-agent", "get", "secrets", Some("kube-system"));
-    no("tortie-agent", "get", &format!("ipamblocks.{g}"), None);
+    // The node's IPAM server (agent.ipam, on by default).
+    yes("tortie-agent", "update", &format!("ipamblocks.{g}"), None);
+    yes("tortie-agent", "create", &format!("ipamhandles.{g}"), None);
+    yes("tortie-agent", "delete", &format!("blockaffinities.{g}"), None);
+    yes("tortie-agent", "watch", "pods", None);
+    yes("tortie-agent", "get", "nodes", None);
+    no("tortie-agent", "update", "pods", Some("default"));
+    no("tortie-agent", "delete", "pods", Some("default"));
+    no("tortie-agent", "update", &format!("ippools.{g}"), None);
+    no("tortie-agent", "create", &format!("ipreservations.{g}"), None);
     // BGP session status: read the objects, write only their status.
     yes("tortie-agent", "watch", &format!("caliconodestatuses.{g}"), None);
     yes(
@@ -1620,6 +1773,8 @@ fn least_privilege_in_operation(ns: &str) {
         ips.push(ip);
     }
     assert_ne!(ips[0], ips[1]);
+    kubectl_in(&["apply", "-f", "-"], &pod("agent", "node-1"));
+    agent_ipam_in_operation(ns, &app, "agent", &conf, &ips);
 
     // BGP: the operator publishes node-1's BIRD files with the blackhole route of its pool2 block.
     let help = ok(
@@ -1673,6 +1828,90 @@ fn least_privilege_in_operation(ns: &str) {
 
     no_denials();
     kubectl(&["delete", "namespace", &app, "--wait=false"]);
+}
+
+/// The chart's agent serves node-1's IPAM requests with its own ServiceAccount (the server as
+/// the DaemonSet runs it): an ADD and a DEL over its socket succeed with a kubeconfig tortie-ipam
+/// could not use in-process, so the address can only be the agent's, and nothing is denied.
+fn agent_ipam_in_operation(ns: &str, app: &str, pod: &str, conf: &Value, taken: &[String]) {
+    let c = cluster();
+    let kc = sa_kubeconfig(ns, "tortie-agent");
+    let dir = c.state_dir().join("agent-ipam");
+    let socket = dir.join("ipam.sock");
+    let log = c.state_dir().join("logs/agent-ipam-sa.log");
+    let child = Command::new(bin("tortie"))
+        .args([
+            "agent",
+            "--no-bgp",
+            "--node",
+            "node-1",
+            "--namespace",
+            ns,
+            "--ipam-socket",
+        ])
+        .arg(&socket)
+        .env("KUBECONFIG", &kc)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(log.with_extension("stderr")).unwrap())
+        .spawn()
+        .expect("spawn tortie agent");
+    let mut agent = Operator(child);
+    let agent_log = || {
+        format!(
+            "{}{}",
+            std::fs::read_to_string(&log).unwrap_or_default(),
+            std::fs::read_to_string(log.with_extension("stderr")).unwrap_or_default()
+        )
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !socket.exists() {
+        assert!(
+            Instant::now() < deadline && agent.0.try_wait().unwrap().is_none(),
+            "the agent's IPAM server under its chart ServiceAccount never served:\n{}",
+            agent_log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777,
+        0o600,
+        "the IPAM socket is root's only"
+    );
+    let mut conf = conf.clone();
+    conf["plugins"][0]["ipam"]["socket"] = Value::String(socket.to_string_lossy().into_owned());
+    let unusable = c.state_dir().join("no-such.kubeconfig");
+    let out = cni(&unusable, "ADD", "c0ffee03", app, pod, "node-1", &conf);
+    assert!(
+        out.status.success(),
+        "ADD through the agent's socket failed:\n{}\nagent:\n{}",
+        output_text(&out),
+        agent_log()
+    );
+    let res: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ip = res["ips"][0]["address"].as_str().unwrap_or_default().to_string();
+    assert!(
+        ip.starts_with("10.48.128.") && !taken.contains(&ip),
+        "the agent gave {ip} (pool2 is 10.48.128.0/24; taken: {taken:?}): {res}"
+    );
+    let out = cni(&unusable, "DEL", "c0ffee03", app, pod, "node-1", &conf);
+    assert!(
+        out.status.success(),
+        "DEL through the agent's socket failed:\n{}",
+        output_text(&out)
+    );
+    assert!(
+        !kubectl(&["get", "ipamhandles.crd.projectcalico.org", "-o", "name"]).contains("c0ffee03"),
+        "the agent's DEL left the handle"
+    );
+    let logs = agent_log();
+    assert!(
+        !logs.contains("forbidden") && !logs.contains("Forbidden"),
+        "the agent's IPAM server hit RBAC denials under its chart ServiceAccount:\n{logs}"
+    );
+    drop(agent);
 }
 
 /// With the operator running, the agents' Role names exactly the nodes' published objects: the

@@ -145,6 +145,13 @@ impl NetConf {
                 socket: match opt_str(ipam, "socket", "ipam.socket")?.as_deref() {
                     None => Some(super::wire::DEFAULT_SOCKET.to_string()),
                     Some("") | Some("none") => None,
+                    // The runtime's working directory is no place to look for the agent.
+                    Some(p) if !p.starts_with('/') => {
+                        return Err(invalid(
+                            "ipam.socket",
+                            format!("{p:?} is not an absolute path (or \"none\")"),
+                        ));
+                    }
                     Some(p) => Some(p.to_string()),
                 },
             },
@@ -280,6 +287,11 @@ mod tests {
         }
         let e = NetConf::parse(br#"{"ipam":{"socket":5}}"#).unwrap_err();
         assert!(e.to_string().contains("ipam.socket"), "{e}");
+        let e = NetConf::parse(br#"{"ipam":{"socket":"run/ipam.sock"}}"#).unwrap_err();
+        assert!(
+            e.to_string().contains("ipam.socket") && e.to_string().contains("not an absolute path"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -78,3 +78,26 @@ capabilities:
 {{- end }}
 {{- end }}
 {{- end -}}
+
+{{/* What an IPAM engine needs, in tortie-ipam (the CNI account) and in the agent's IPAM server
+alike: the pools, the IPAM config and IP reservations to read, the node's labels (pools'
+nodeSelector), and the IPAM objects to write with compare-and-swap updates. The pod and namespace
+rules differ (the CNI plugin gets one pod; the server watches its node's pods) and are the
+callers'. */}}
+{{- define "tortie.ipamRules" -}}
+{{- $group := include "tortie.calicoGroup" . -}}
+- apiGroups: [""]
+  resources: [nodes]
+  verbs: [get]
+- apiGroups: [{{ $group | quote }}]
+  resources: [ippools, {{ include "tortie.ipamConfigPlural" . }}, ipreservations]
+  verbs: [get, list, watch]
+- apiGroups: [{{ $group | quote }}]
+  resources: [ipamblocks, blockaffinities, ipamhandles]
+  verbs: [get, list, watch, create, update, delete]
+{{- end -}}
+
+{{/* The agent serves the node's IPAM requests (agent.ipam.enabled, with the agent on). */}}
+{{- define "tortie.agentIpam" -}}
+{{- if and .Values.agent.enabled .Values.agent.ipam.enabled }}true{{ end -}}
+{{- end -}}
