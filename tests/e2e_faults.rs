@@ -1,7 +1,8 @@
 //! IPAM fault suite (issue 9), against this binary's own control plane.
 //!
 //! Each test: 20 allocators, each an independent [`Ipam`] with its own kube client (as 20 node
-//! agents would be, claiming each node's next block ahead as they do), each performing 500 ADDs 4 at a time, so that they share block writes (a
+//! agents would be; half of them claim each node's next block ahead, as the agent does by
+//! default), each performing 500 ADDs 4 at a time, so that they share block writes (a
 //! unique handle per container, Calico's pod attributes) on one pool; kube-apiserver is restarted
 //! mid-storm; meanwhile `tortie run` GCs leaked addresses of another pool and is SIGKILLed in the middle of its pass, then started
 //! again. Afterwards: no address was handed out twice, every ADD returned an address or a typed
@@ -711,7 +712,13 @@ async fn run(variant: Variant) {
     let mut tasks = vec![];
     let mut ipams = vec![];
     for (i, node) in s.storm_nodes.iter().enumerate() {
-        let ipam = s.agent_ipam(client().await, variant).await;
+        // Half the nodes' engines claim ahead (the agent's default), half do not (tortie-ipam
+        // in-process, or an agent with `--claim-blocks-ahead false`): both paths see the faults.
+        let ipam = if i % 2 == 0 {
+            s.agent_ipam(client().await, variant).await
+        } else {
+            s.ipam(client().await, variant).await
+        };
         ipams.push(ipam.clone());
         tasks.push(tokio::spawn(allocator(Agent {
             i,
