@@ -57,8 +57,8 @@ pub struct AgentArgs {
     #[arg(long, env = "TORTIE_IPAM_SOCKET", default_value = crate::cni::wire::DEFAULT_SOCKET)]
     pub ipam_socket: String,
     /// With the IPAM server: claim the node's first block when the server starts and its next
-    /// block in the background when few free addresses are left (fewer than twice the recent
-    /// number of ADDs at once, at most 32), so that pods do not wait for a block claim. Only where
+    /// block in the background when few free addresses are left (fewer than three times the
+    /// recent number of ADDs at once, at most 32), so that pods do not wait for a block claim. Only where
     /// a pod's own request could claim (pools selecting the node, autoAllocateBlocks,
     /// maxBlocksPerHost). `false`: blocks are claimed by the ADD that needs one.
     #[arg(long, env = "TORTIE_CLAIM_BLOCKS_AHEAD", default_value_t = true, action = clap::ArgAction::Set)]

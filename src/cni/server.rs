@@ -66,6 +66,7 @@ pub async fn warm_with(
         Ok(n) => info!(node, blocks = n, "IPAM cache warmed"),
         Err(e) => warn!(node, error = %e, "could not preload the node's blocks (they load on first use)"),
     }
+    warm_connections(&ipam, node).await;
     let pods = spawn_meta_reflector(
         Api::<PartialObjectMeta<Pod>>::all(client.clone()),
         watcher::Config::default().fields(&format!("spec.nodeName={node}")),
@@ -92,6 +93,27 @@ pub async fn warm_with(
             namespaces,
         },
     )))
+}
+
+/// API connections opened before the first pods: a burst of ADDs holds one connection per
+/// handle write, block write and claim at once, and each connection opened during the burst
+/// costs its request a TLS handshake (tens of milliseconds on a busy node). A few cheap reads at
+/// once leave that many connections in the client's pool.
+const WARM_CONNECTIONS: usize = 16;
+
+async fn warm_connections(ipam: &Ipam, node: &str) {
+    let reads = (0..WARM_CONNECTIONS).map(|_| ipam.store().node_labels(node));
+    let failed = futures::future::join_all(reads)
+        .await
+        .iter()
+        .filter(|r| r.is_err())
+        .count();
+    if failed > 0 {
+        debug!(
+            failed,
+            "some connection warm-up reads failed (connections open on first use)"
+        );
+    }
 }
 
 /// Claims the node's first blocks in the background ([`Ipam::claim_first_blocks`]) so that its

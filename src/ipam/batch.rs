@@ -27,11 +27,12 @@ pub const PEAK_WINDOW: Duration = Duration::from_secs(2);
 pub const MAX_AHEAD: usize = 32;
 
 /// The low watermark of a node's free addresses under which its agent claims the next block in
-/// the background ([`super::allocator::claim_ahead`]): twice the recent peak of requests at once
-/// (those running now take one each, those arriving during the claim the same again), at least 1,
-/// at most [`MAX_AHEAD`] (a node keeps at most that many addresses spare beyond what it uses).
+/// the background ([`super::allocator::claim_ahead`]): three times the recent peak of requests at
+/// once (those running now take one each; a claim takes about as long as two block writes, and
+/// each of those serves that many again), at least 1, at most [`MAX_AHEAD`] (a node keeps at most
+/// that many addresses spare beyond what it uses).
 pub fn claim_ahead_watermark(expected: usize) -> usize {
-    expected.saturating_mul(2).clamp(1, MAX_AHEAD)
+    expected.saturating_mul(3).clamp(1, MAX_AHEAD)
 }
 
 /// One request waiting for a block write.
@@ -209,9 +210,9 @@ mod tests {
             1,
             "a node with no load claims when none is free"
         );
-        assert_eq!(claim_ahead_watermark(1), 2);
-        assert_eq!(claim_ahead_watermark(8), 16);
-        assert_eq!(claim_ahead_watermark(16), MAX_AHEAD);
+        assert_eq!(claim_ahead_watermark(1), 3);
+        assert_eq!(claim_ahead_watermark(8), 24);
+        assert_eq!(claim_ahead_watermark(11), MAX_AHEAD);
         assert_eq!(claim_ahead_watermark(usize::MAX), MAX_AHEAD);
         // 100 addresses at 8 at once fit two /26 blocks without a third claimed ahead.
         assert!(2 * 64 - 100 >= claim_ahead_watermark(8));
