@@ -1642,17 +1642,17 @@ async fn the_next_block_is_claimed_ahead_of_the_requests_that_need_it() {
     let got = ipam.auto_assign(lab.req("b0", &b, 1)).await.unwrap();
     assert!(first[0].contains(&got.v4.ips[0].addr()), "{got:?}");
 
-    // One request at a time on a /28: 14 addresses leave 2 free, nothing claimed yet.
+    // One request at a time on a /28 (watermark 3): 13 addresses leave 3 free, nothing claimed yet.
     let mut ips = BTreeSet::new();
-    for i in 0..14 {
+    for i in 0..13 {
         let got = ipam.auto_assign(lab.req(&format!("a{i}"), &a, 1)).await.unwrap();
         assert!(got.is_complete(), "{got:?}");
         ips.insert(got.v4.ips[0].addr());
     }
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     assert_eq!(wait_for_blocks(&lab, &a, 1).await.len(), 1, "claimed too early");
-    // The 15th leaves 1 free: the next block is claimed in the background.
-    let got = ipam.auto_assign(lab.req("a14", &a, 1)).await.unwrap();
+    // The 14th leaves 2 free: the next block is claimed in the background.
+    let got = ipam.auto_assign(lab.req("a13", &a, 1)).await.unwrap();
     ips.insert(got.v4.ips[0].addr());
     let mine = wait_for_blocks(&lab, &a, 2).await;
     assert_eq!(mine.len(), 2, "the next block was claimed ahead");
@@ -1664,7 +1664,7 @@ async fn the_next_block_is_claimed_ahead_of_the_requests_that_need_it() {
         .count();
     assert_eq!(confirmed, 2);
     // The rest of the first block and most of the second (4 left free): no further claim.
-    for i in 15..28 {
+    for i in 14..28 {
         let got = ipam.auto_assign(lab.req(&format!("a{i}"), &a, 1)).await.unwrap();
         assert!(got.is_complete(), "{got:?}");
         assert!(ips.insert(got.v4.ips[0].addr()), "handed out twice");
